@@ -1,0 +1,126 @@
+"""Checkpoints: safetensors weights with the JSON metadata needed to trust and use them.
+
+The safetensors header carries `{"format": "lmae-repair", "format_version": "1", "lmae": <json>}`;
+the JSON holds the architecture, mask ratio, label space, a training summary, the validation
+PA-mIoU and the package version. Loading rebuilds the model from that JSON and checks that every
+tensor is present with the right shape, so a corrupt or mismatched file is refused with a one-line
+message rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from lmae_repair import __version__
+from lmae_repair.data import atomic_write
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import LabelMAE, ModelConfig
+
+FORMAT = "lmae-repair"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything a checkpoint says about itself, besides the weights."""
+
+    model: ModelConfig
+    mask_ratio: float
+    label_space: LabelSpace
+    training: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    package_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "model": self.model.to_dict(),
+                "mask_ratio": self.mask_ratio,
+                "label_space": self.label_space.to_dict(),
+                "training": self.training,
+                "validation": self.validation,
+                "package_version": self.package_version,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "CheckpointInfo":
+        data = json.loads(text)
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            mask_ratio=float(data["mask_ratio"]),
+            label_space=LabelSpace.from_dict(data["label_space"]),
+            training=data.get("training", {}),
+            validation=data.get("validation", {}),
+            package_version=data.get("package_version", "unknown"),
+        )
+
+
+def save_checkpoint(path: Path, model: LabelMAE, info: CheckpointInfo, half: bool = False) -> None:
+    """Write weights + metadata atomically; `half` stores float16 weights (half the size)."""
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "lmae": info.to_json()}
+    payload = safetensors_bytes(tensors, metadata=metadata)
+    atomic_write(Path(path), lambda f: f.write(payload))
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    """The metadata of a checkpoint, without loading its weights."""
+    metadata, _ = _open(Path(path), load_tensors=False)
+    return metadata
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[LabelMAE, CheckpointInfo]:
+    """Rebuild the model described by a checkpoint, in eval mode, with its weights."""
+    path = Path(path)
+    info, tensors = _open(path, load_tensors=True)
+    model = LabelMAE(info.model)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise LmaeError(
+            f"{path}: weights do not match the architecture in its metadata "
+            f"(missing: {', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(unexpected[:3]) or 'none'})"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise LmaeError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model.to(device).eval(), info
+
+
+def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise LmaeError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if load_tensors else {}
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LmaeError(f"{path}: not a readable safetensors checkpoint ({reason[:150]})") from None
+    if metadata.get("format") != FORMAT or "lmae" not in metadata:
+        raise LmaeError(f"{path}: safetensors file without lmae-repair metadata (not an L-MAE checkpoint)")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise LmaeError(
+            f"{path}: checkpoint format version {metadata.get('format_version')} is not supported "
+            f"(this lmae-repair {__version__} reads version {FORMAT_VERSION})"
+        )
+    try:
+        info = CheckpointInfo.from_json(metadata["lmae"])
+    except LmaeError as exc:
+        raise LmaeError(f"{path}: invalid metadata: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LmaeError(f"{path}: invalid metadata ({type(exc).__name__}: {exc})") from None
+    return info, tensors

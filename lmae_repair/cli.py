@@ -1,0 +1,172 @@
+"""The `lmae-repair` command line: thin typer commands over the library modules.
+
+Exit codes: 0 all done, 1 some pairs failed, 2 usage or setup error (bad option, missing data,
+unreadable checkpoint). Errors the user can fix print one line, no traceback (unless --debug).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmae_repair import __version__
+from lmae_repair.errors import LmaeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find and complete broken semantic-segmentation labels with a Label Masked Autoencoder (L-MAE).",
+)
+console = Console()
+err_console = Console(stderr=True)
+_debug = {"on": False}
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(function):
+    """Run a command body; LmaeError and Ctrl-C become a one-line message and an exit code."""
+    try:
+        return function()
+    except LmaeError as exc:
+        if _debug["on"]:
+            raise
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"lmae-repair {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    _debug["on"] = debug
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<data folder name>)."),
+    mask_ratio: list[float] = typer.Option([0.5], "--mask-ratio", "-m", help="Mask ratio; repeat for one checkpoint per ratio."),
+    split: Optional[str] = typer.Option(None, help="Split to train on, where the layout has splits (e.g. train)."),
+    images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
+    labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
+    val: Optional[Path] = typer.Option(None, help="Validation dataset root."),
+    val_split: Optional[str] = typer.Option(None, help="Validation split (of --val, or of DATA)."),
+    preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 8M params) or base (the paper's, 245M)."),
+    patch_size: Optional[int] = typer.Option(None, help="Patch size in pixels (default 16)."),
+    epochs: int = typer.Option(50, help="Epochs to train (with --resume: the total to reach)."),
+    batch_size: int = typer.Option(16, help="Images per step."),
+    crop: int = typer.Option(224, help="Training crop size; inference runs in tiles of this size."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate (Adam)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the cores, at most 4)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
+    mask_mix: str = typer.Option("1:2:2", help="Masking strategies mixed as random:label-first:background-first."),
+    class_weighting: str = typer.Option("paper", help="Loss class weights: paper (eq. 10), inverse, or none."),
+    num_classes: Optional[int] = typer.Option(None, help="Number of classes (default: classes.txt, else scanned)."),
+    background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
+    void_id: Optional[int] = typer.Option(None, help="Void / unlabelled value (default: classes.txt, else 255)."),
+    val_max_pairs: int = typer.Option(0, help="Validate on at most this many pairs (0: all)."),
+) -> None:
+    """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels."""
+
+    def run() -> None:
+        from lmae_repair.labelspace import _UNSET, parse_background_id
+        from lmae_repair.masking import parse_mix
+        from lmae_repair.train import TrainOptions, load_training_data, ratio_folder, train as run_training
+
+        options = TrainOptions(
+            out=out or Path("runs") / (data.resolve().name or "data"),
+            mask_ratios=list(mask_ratio),
+            preset=preset,
+            patch_size=patch_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            crop=crop,
+            lr=lr,
+            device=device,
+            workers=workers,
+            seed=seed,
+            mask_mix=parse_mix(mask_mix),
+            class_weighting=class_weighting,
+            resume=resume,
+            val_max_pairs=val_max_pairs,
+        )
+        space_options = {"num_classes": num_classes, "void_id": void_id}
+        background = parse_background_id(background_id)
+        if background is not _UNSET:
+            space_options["background_id"] = background
+        training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console)
+        if val_max_pairs > 0:
+            training_data.val_pairs = training_data.val_pairs[:val_max_pairs]
+        console.print(f"label space: {training_data.space.describe()}")
+        best = run_training(options, training_data, console)
+        table = Table(title="checkpoints")
+        for column in ("mask ratio", "best checkpoint", "val PA-mIoU"):
+            table.add_column(column)
+        from lmae_repair.checkpoints import read_info
+
+        for ratio, path in zip(options.mask_ratios, best):
+            info = read_info(path)
+            score = info.validation.get("val_pa_miou")
+            table.add_row(f"{ratio:.2f}", str(path), "-" if score is None else f"{score:.4f}")
+        console.print(table)
+        console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/state.pt)")
+
+    guarded(run)
+
+
+@app.command()
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),
+) -> None:
+    """Show what a checkpoint says about itself: architecture, label space, training, validation."""
+
+    def run() -> None:
+        from lmae_repair.checkpoints import load_checkpoint
+
+        model, info = load_checkpoint(checkpoint)
+        if as_json:
+            print(info.to_json())
+            return
+        table = Table(title=str(checkpoint), show_header=False)
+        table.add_row("mask ratio", f"{info.mask_ratio:.2f}")
+        table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
+        table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
+        table.add_row("label space", info.label_space.describe())
+        for key, value in info.validation.items():
+            table.add_row(key, str(value))
+        for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
+            if key in info.training:
+                table.add_row(f"training {key}", str(info.training[key]))
+        table.add_row("package version", info.package_version)
+        console.print(table)
+
+    guarded(run)
+
+
+def main() -> None:
+    app(prog_name="lmae-repair")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

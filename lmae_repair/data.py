@@ -1,0 +1,355 @@
+"""Dataset layouts and label files: find image/label pairs, read them, write labels back.
+
+Three layouts are recognised (and `--images/--labels` names the folders explicitly):
+- Pascal VOC: `JPEGImages/` + `SegmentationClass/`, optional `ImageSets/Segmentation/<split>.txt`,
+  also when nested as `VOCdevkit/VOC20xx/`;
+- Cityscapes: `leftImg8bit/<split>/<city>/*_leftImg8bit.png` + `gtFine/.../*_gtFine_labelTrainIds.png`;
+- paired folders: `images/` beside `labels/` (or `masks/`, `annotations/`), matched by file stem,
+  found anywhere below the root.
+Every pair keeps its label path relative to the dataset root, so outputs can mirror the input.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lmae_repair.errors import LmaeError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+LABEL_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
+IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
+LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
+LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_annotation")
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds"
+CITYSCAPES_NAMES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its label; `key` is the label's path relative to the dataset root."""
+
+    image: Path
+    label: Path
+    key: str
+
+
+@dataclass
+class DatasetIndex:
+    """What discovery found: the layout, its root, the pairs, and the files left unmatched."""
+
+    layout: str
+    root: Path
+    pairs: list[Pair]
+    unmatched: list[str] = field(default_factory=list)
+    known_class_names: list[str] | None = None
+
+
+def _files_below(folder: Path, suffixes: set[str]) -> list[Path]:
+    found = []
+    for dirpath, _dirnames, filenames in os.walk(folder, followlinks=True):
+        for name in filenames:
+            if Path(name).suffix.lower() in suffixes and not name.startswith("."):
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def _label_stem_candidates(stem: str) -> list[str]:
+    """A label named `x_mask.png` pairs with image `x.jpg` when no `x.png` label exists."""
+    candidates = [stem]
+    for suffix in LABEL_STEM_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            candidates.append(stem[: -len(suffix)])
+    return candidates
+
+
+def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str]]:
+    """Pair files in two folder trees by relative path without extension."""
+    images: dict[str, Path] = {}
+    for path in _files_below(image_dir, IMAGE_SUFFIXES):
+        rel = path.relative_to(image_dir).with_suffix("").as_posix()
+        images.setdefault(rel, path)  # same stem twice: the first in sorted order wins
+    pairs, unmatched, used = [], [], set()
+    for label in _files_below(label_dir, LABEL_SUFFIXES):
+        rel = label.relative_to(label_dir).with_suffix("")
+        match = None
+        for stem in _label_stem_candidates(rel.name):
+            key = (rel.parent / stem).as_posix()
+            if key in images:
+                match = key
+                break
+        if match is None:
+            unmatched.append(f"{_display(label, root)}: no image with the same name")
+            continue
+        used.add(match)
+        pairs.append(Pair(images[match], label, _display(label, root)))
+    for key, image in images.items():
+        if key not in used:
+            unmatched.append(f"{_display(image, root)}: no label with the same name")
+    return pairs, unmatched
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------- Pascal VOC
+
+
+def find_voc_root(root: Path) -> Path | None:
+    """The folder holding JPEGImages/ and SegmentationClass/: root, or VOCdevkit/VOC20xx below."""
+    candidates = [root] + sorted(root.glob("VOC*")) + sorted(root.glob("VOCdevkit/VOC*"))
+    for candidate in candidates:
+        if (candidate / "JPEGImages").is_dir() and (candidate / "SegmentationClass").is_dir():
+            return candidate
+    return None
+
+
+def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
+    image_dir, label_dir = voc_root / "JPEGImages", voc_root / "SegmentationClass"
+    pairs, unmatched = match_by_stem(image_dir, label_dir, root)
+    if split is not None:
+        split_file = voc_root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.is_file():
+            available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+            raise LmaeError(
+                f"{split_file}: no such split file (available splits: "
+                f"{', '.join(available) or 'none'})"
+            )
+        wanted = {line.split()[0] for line in split_file.read_text().splitlines() if line.strip()}
+        found = {p.label.stem: p for p in pairs}
+        missing = sorted(wanted - found.keys())
+        unmatched = [f"{split_file.name}: {name} has no image/label pair" for name in missing]
+        pairs = [found[name] for name in sorted(wanted & found.keys())]
+    return DatasetIndex("voc", root, pairs, unmatched)
+
+
+# ---------------------------------------------------------------- Cityscapes
+
+
+def is_cityscapes(root: Path) -> bool:
+    return (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir()
+
+
+def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
+    image_root, label_root = root / "leftImg8bit", root / "gtFine"
+    if split is not None and not (image_root / split).is_dir():
+        available = sorted(p.name for p in image_root.iterdir() if p.is_dir())
+        raise LmaeError(
+            f"{image_root / split}: no such split (available: {', '.join(available) or 'none'})"
+        )
+    search_root = image_root / split if split else image_root
+    pairs, unmatched = [], []
+    for image in _files_below(search_root, {".png", ".jpg"}):
+        if not image.stem.endswith(CITYSCAPES_IMAGE_SUFFIX):
+            continue
+        prefix = image.stem[: -len(CITYSCAPES_IMAGE_SUFFIX)]
+        rel_dir = image.parent.relative_to(image_root)
+        label = label_root / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
+        if label.is_file():
+            pairs.append(Pair(image, label, _display(label, root)))
+        else:
+            unmatched.append(f"{_display(image, root)}: no {label.name}")
+    return DatasetIndex("cityscapes", root, pairs, unmatched, known_class_names=CITYSCAPES_NAMES)
+
+
+# ---------------------------------------------------------------- paired folders
+
+
+def find_paired_dirs(root: Path) -> list[tuple[Path, Path]]:
+    """Every images/ folder below root that has a labels/ (masks/, ...) sibling."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        names = {name.lower(): name for name in dirnames}
+        image_name = next((names[n] for n in IMAGE_DIR_NAMES if n in names), None)
+        label_name = next((names[n] for n in LABEL_DIR_NAMES if n in names), None)
+        if image_name and label_name:
+            found.append((Path(dirpath) / image_name, Path(dirpath) / label_name))
+            dirnames[:] = [d for d in dirnames if d not in (image_name, label_name)]
+    return sorted(found)
+
+
+def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
+    folder_pairs = find_paired_dirs(root)
+    if not folder_pairs:
+        return None
+    if split is not None:
+        chosen = [
+            (i, l) for i, l in folder_pairs if split in i.parent.relative_to(root).parts
+        ]
+        if not chosen:
+            available = sorted({i.parent.name for i, _ in folder_pairs})
+            raise LmaeError(
+                f"{root}: no images/ + labels/ folders under a '{split}' folder "
+                f"(found under: {', '.join(available)})"
+            )
+        folder_pairs = chosen
+    pairs, unmatched = [], []
+    for image_dir, label_dir in folder_pairs:
+        found, missing = match_by_stem(image_dir, label_dir, root)
+        pairs += found
+        unmatched += missing
+    return DatasetIndex("paired", root, pairs, unmatched)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def discover(
+    root: Path | str = ".",
+    split: str | None = None,
+    images: Path | str | None = None,
+    labels: Path | str | None = None,
+) -> DatasetIndex:
+    """Find the image/label pairs of a dataset in any supported layout.
+
+    Raises LmaeError when the folder is missing, holds no recognised layout, or yields no pair.
+    """
+    root = Path(root)
+    if images is not None or labels is not None:
+        if images is None or labels is None:
+            raise LmaeError("--images and --labels must be given together")
+        images, labels = Path(images), Path(labels)
+        for folder in (images, labels):
+            if not folder.is_dir():
+                raise LmaeError(f"{folder}: no such folder")
+        pairs, unmatched = match_by_stem(images, labels, labels)
+        index = DatasetIndex("paired", labels, pairs, unmatched)
+    else:
+        if not root.is_dir():
+            raise LmaeError(f"{root}: no such dataset folder")
+        voc_root = find_voc_root(root)
+        if voc_root is not None:
+            index = discover_voc(voc_root, root, split)
+        elif is_cityscapes(root):
+            index = discover_cityscapes(root, split)
+        else:
+            index = discover_paired(root, split)
+            if index is None:
+                raise LmaeError(
+                    f"{root}: no dataset layout found (expected JPEGImages/ + SegmentationClass/, "
+                    "leftImg8bit/ + gtFine/, or images/ + labels/ folders; or pass --images and "
+                    "--labels)"
+                )
+    if not index.pairs:
+        raise LmaeError(f"{index.root}: found no image/label pairs ({index.layout} layout)")
+    return index
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+@dataclass
+class LabelFile:
+    """A label as class indices, with what is needed to write it back the same way."""
+
+    values: np.ndarray  # (H, W) uint8
+    mode: str  # "L" or "P"
+    palette: list[int] | None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); grayscale, palette, RGBA and CMYK images are converted."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.array(img.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for bad files
+        raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
+
+
+def read_label(path: Path) -> LabelFile:
+    """Single-channel class indices from an L, P, 1 or 16-bit PNG (values must fit 0..255)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            palette = img.getpalette() if mode == "P" else None
+            if mode in ("L", "P"):
+                values = np.array(img)
+            elif mode == "1":
+                values = np.asarray(img).astype(np.uint8)
+                mode = "L"
+            elif mode in ("I", "I;16", "I;16B", "I;16L"):
+                wide = np.asarray(img)
+                if wide.size and (wide.max() > 255 or wide.min() < 0):
+                    raise LmaeError(f"{path}: 16-bit label with values above 255")
+                values, mode = wide.astype(np.uint8), "L"
+            else:
+                raise LmaeError(
+                    f"{path}: label has {len(img.getbands())} channels (mode {mode}); expected a "
+                    "single-channel index PNG (mode L or P)"
+                )
+    except LmaeError:
+        raise
+    except Exception as exc:
+        raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
+    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette)
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, LabelFile]:
+    """Image and label of a pair, checked to be the same size."""
+    image = read_image(pair.image)
+    label = read_label(pair.label)
+    if image.shape[:2] != label.values.shape:
+        raise LmaeError(
+            f"{pair.label}: label is {label.values.shape[1]}x{label.values.shape[0]} but its image "
+            f"is {image.shape[1]}x{image.shape[0]}"
+        )
+    return image, label
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:
+        raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
+
+
+def write_label(path: Path, label: LabelFile) -> None:
+    """Write a label PNG atomically (temp file + rename), in the given mode and palette."""
+    img = Image.fromarray(label.values)
+    if label.mode == "P":
+        img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place.
+
+    An interrupted run therefore never leaves a partial file under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

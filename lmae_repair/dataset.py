@@ -1,0 +1,123 @@
+"""Training data: a scan of the labels (class frequencies, bad pairs) and a random-crop dataset."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lmae_repair.data import Pair, image_size, read_label, read_pair
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+
+
+@dataclass
+class LabelScan:
+    """What one pass over the label files found."""
+
+    histogram: np.ndarray  # (256,) pixel count per value, over the readable pairs
+    good: list[Pair]
+    values: dict[Pair, np.ndarray]  # the distinct values in each readable label
+    problems: list[str] = field(default_factory=list)
+    palette: list[int] | None = None
+
+    def max_value(self, void_id: int) -> int | None:
+        values = [v for v in np.flatnonzero(self.histogram) if v != void_id]
+        return int(max(values)) if values else None
+
+    def outside(self, space: LabelSpace) -> tuple[list[Pair], list[str]]:
+        """(pairs whose values all fit the label space, one line per pair that does not)."""
+        fitting, problems = [], []
+        for pair in self.good:
+            bad = [int(v) for v in self.values[pair] if v >= space.num_classes and v != space.void_id]
+            if bad:
+                problems.append(
+                    f"{pair.label}: values {bad[:5]} are outside the label space "
+                    f"(classes 0..{space.num_classes - 1}, void {space.void_id})"
+                )
+            else:
+                fitting.append(pair)
+        return fitting, problems
+
+
+def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) -> LabelScan:
+    """Read every label (and its image's header): value histogram, first palette, and the pairs
+    that cannot be used, each with a one-line reason."""
+    histogram = np.zeros(256, dtype=np.int64)
+    good, values, problems, palette = [], {}, [], None
+    for pair in pairs:
+        try:
+            label = read_label(pair.label)
+            width, height = image_size(pair.image)
+            if (height, width) != label.values.shape:
+                raise LmaeError(
+                    f"{pair.label}: label is {label.values.shape[1]}x{label.values.shape[0]} "
+                    f"but its image is {width}x{height}"
+                )
+        except LmaeError as exc:
+            problems.append(str(exc))
+        else:
+            counts = np.bincount(label.values.ravel(), minlength=256)
+            histogram += counts
+            values[pair] = np.flatnonzero(counts)
+            good.append(pair)
+            if palette is None and label.palette is not None:
+                palette = label.palette
+        if on_step is not None:
+            on_step()
+    return LabelScan(histogram, good, values, problems, palette)
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray, space: LabelSpace) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 HxWx3 image and HxW label -> float (3,H,W) in [0,1] and long (H,W) with unknown
+    values mapped to void."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    label_t = torch.from_numpy(np.ascontiguousarray(label)).long()
+    label_t[(label_t >= space.num_classes) & (label_t != space.void_id)] = space.void_id
+    return image_t, label_t
+
+
+class CropDataset(Dataset):
+    """Random `crop` x `crop` windows with random horizontal flips (smaller images are padded with
+    void). A pair that fails to load is reported once on stderr and replaced by another."""
+
+    def __init__(self, pairs: list[Pair], space: LabelSpace, crop: int, augment: bool = True):
+        self.pairs, self.space, self.crop, self.augment = pairs, space, crop, augment
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for attempt in range(len(self.pairs)):
+            pair = self.pairs[(index + attempt) % len(self.pairs)]
+            try:
+                image, label = read_pair(pair)
+                break
+            except LmaeError as exc:
+                if str(pair.label) not in self._reported:
+                    self._reported.add(str(pair.label))
+                    print(f"skipped: {exc}", file=sys.stderr)
+        else:
+            raise LmaeError("no readable training pair left")
+        image_t, label_t = to_tensors(image, label.values, self.space)
+        return self._random_window(image_t, label_t)
+
+    def _random_window(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.crop
+        height, width = label.shape
+        if height < c or width < c:
+            pad = (0, max(c - width, 0), 0, max(c - height, 0))
+            image = torch.nn.functional.pad(image, pad, value=0.0)
+            label = torch.nn.functional.pad(label, pad, value=self.space.void_id)
+            height, width = label.shape
+        top = int(torch.randint(0, height - c + 1, ())) if self.augment else (height - c) // 2
+        left = int(torch.randint(0, width - c + 1, ())) if self.augment else (width - c) // 2
+        image, label = image[:, top : top + c, left : left + c], label[top : top + c, left : left + c]
+        if self.augment and torch.rand(()) < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        return image.contiguous(), label.contiguous()

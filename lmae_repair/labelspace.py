@@ -1,0 +1,176 @@
+"""The label space: which pixel values are classes, which one is background, which one is void.
+
+Every checkpoint records its label space so that a model is never applied to labels it does not
+understand. A dataset's label space comes from a `classes.txt` beside the data (one class name
+per line, line number = pixel value), from command-line flags, or from scanning the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lmae_repair.errors import LmaeError
+
+VOID_NAMES = {"void", "ignore", "unlabelled", "unlabeled", "unknown", "_ignore_"}
+BACKGROUND_NAMES = {"background", "_background_", "bg", "backgroud"}
+DEFAULT_BACKGROUND_ID = 0
+DEFAULT_VOID_ID = 255
+
+
+@dataclass
+class LabelSpace:
+    """Pixel values 0..num_classes-1 are classes; `void_id` means "no annotation here".
+
+    `background_id` is the class that a missed object turns into (VOC-style data); it is None
+    when the data has no background class and missing annotation is void (CamVid, Cityscapes).
+    """
+
+    num_classes: int
+    names: list[str] = field(default_factory=list)
+    background_id: int | None = DEFAULT_BACKGROUND_ID
+    void_id: int = DEFAULT_VOID_ID
+    palette: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1 or self.num_classes > 255:
+            raise LmaeError(f"label space: number of classes must be 1..255, got {self.num_classes}")
+        if not self.names:
+            self.names = [f"class_{i}" for i in range(self.num_classes)]
+        if len(self.names) != self.num_classes:
+            raise LmaeError(
+                f"label space: {len(self.names)} class names for {self.num_classes} classes"
+            )
+        if self.background_id is not None and not 0 <= self.background_id < self.num_classes:
+            raise LmaeError(
+                f"label space: background id {self.background_id} is not a class "
+                f"(0..{self.num_classes - 1}); use --background-id none if there is none"
+            )
+        if not 0 <= self.void_id <= 255 or self.void_id < self.num_classes:
+            raise LmaeError(
+                f"label space: void id {self.void_id} must be 0..255 and not one of the "
+                f"{self.num_classes} class ids"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabelSpace":
+        return cls(**data)
+
+    def describe(self) -> str:
+        background = "none" if self.background_id is None else f"{self.background_id}"
+        return (
+            f"{self.num_classes} classes ({', '.join(self.names)}), "
+            f"background id {background}, void id {self.void_id}"
+        )
+
+    def same_classes(self, other: "LabelSpace") -> bool:
+        """True when two label spaces give the same meaning to every pixel value."""
+        return (
+            self.num_classes == other.num_classes
+            and self.background_id == other.background_id
+            and self.void_id == other.void_id
+        )
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Read a classes.txt: one name per line; blank lines and #-comments are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LmaeError(f"{path}: cannot read class names ({exc})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise LmaeError(f"{path}: no class names in it")
+    return names
+
+
+def find_classes_file(root: Path) -> Path | None:
+    """classes.txt (or labels.txt) in the dataset root or its parent."""
+    for folder in (root, root.parent):
+        for name in ("classes.txt", "labels.txt", "class_names.txt"):
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def label_space_from_names(names: list[str]) -> tuple[int, list[str], int | None, int | None]:
+    """(num_classes, names, background_id, void_id) implied by a list of class names.
+
+    A last name such as "void" marks the void value rather than a class (CamVid's classes.txt
+    lists `void` as value 11). A name such as "background" marks the background class; if no
+    name does, the data has no background class.
+    """
+    void_id = None
+    if names[-1].lower() in VOID_NAMES:
+        void_id = len(names) - 1
+        names = names[:-1]
+    background_id = next(
+        (i for i, name in enumerate(names) if name.lower() in BACKGROUND_NAMES), None
+    )
+    return len(names), names, background_id, void_id
+
+
+_UNSET = object()
+
+
+def build_label_space(
+    root: Path | None,
+    scanned_max_value: int | None = None,
+    num_classes: int | None = None,
+    background_id: int | None | object = _UNSET,
+    void_id: int | None = None,
+    palette: list[int] | None = None,
+    layout_names: list[str] | None = None,
+) -> LabelSpace:
+    """Combine classes.txt, flags and the scanned labels into one label space.
+
+    Precedence: explicit flags, then classes.txt, then the layout's own class list (Cityscapes
+    train ids), then defaults (background 0, void 255, and as many classes as the largest
+    non-void value seen in the labels implies).
+    """
+    names: list[str] = []
+    file_background: int | None | object = _UNSET
+    file_void = None
+    classes_file = find_classes_file(root) if root is not None else None
+    if classes_file is not None:
+        _, names, file_background, file_void = label_space_from_names(read_class_names(classes_file))
+    elif layout_names:
+        _, names, file_background, file_void = label_space_from_names(layout_names)
+    resolved_void = void_id if void_id is not None else (
+        file_void if file_void is not None else DEFAULT_VOID_ID
+    )
+    if num_classes is None:
+        if names:
+            num_classes = len(names)
+        elif scanned_max_value is not None:
+            num_classes = scanned_max_value + 1
+        else:
+            raise LmaeError("label space: cannot tell the number of classes; pass --num-classes")
+    if names and len(names) != num_classes:
+        names = (names + [f"class_{i}" for i in range(len(names), num_classes)])[:num_classes]
+    if background_id is _UNSET:
+        background_id = DEFAULT_BACKGROUND_ID if file_background is _UNSET else file_background
+    return LabelSpace(
+        num_classes=num_classes,
+        names=names,
+        background_id=background_id,  # type: ignore[arg-type]
+        void_id=resolved_void,
+        palette=palette,
+    )
+
+
+def parse_background_id(text: str | None) -> int | None | object:
+    """--background-id value: an integer, 'none', or unset (None -> use classes.txt/default)."""
+    if text is None:
+        return _UNSET
+    if text.strip().lower() in {"none", "-1", ""}:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise LmaeError(f"--background-id: expected an integer or 'none', got {text!r}") from None
+

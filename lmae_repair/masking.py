@@ -1,0 +1,114 @@
+"""Which patches to hide: per-patch background ratio and the three training strategies.
+
+A patch's background ratio is the share of its pixels that are background or void: the pixels a
+careless annotator leaves behind. Training mixes three strategies (paper, Sec. III-B) so that the
+model learns every situation it will meet:
+- random: any patch;
+- label-first: the patches most covered by annotated classes (learn to rebuild a whole object);
+- background-first: the patches most covered by background (learn to keep background background).
+Each strategy masks exactly floor(L * m) of the L patches; ties are broken at random.
+Inference always uses background-first: the background-heavy patches are the suspects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lmae_repair.errors import LmaeError
+
+STRATEGIES = ("random", "label-first", "background-first")
+DEFAULT_MIX = (1.0, 2.0, 2.0)  # random : label-first : background-first, as in the paper
+
+
+def mask_count(num_patches: int, mask_ratio: float) -> int:
+    """floor(L * m), robust to float error (0.29 * 100 must give 29, not 28)."""
+    return int(math.floor(num_patches * mask_ratio + 1e-9))
+
+
+def background_ratio(
+    label: torch.Tensor, patch_size: int, background_id: int | None, void_id: int
+) -> torch.Tensor:
+    """(B, H, W) class indices -> (B, L) share of background-or-void pixels in each patch.
+
+    Patches are numbered row by row, as the model numbers its tokens. H and W must be multiples of
+    the patch size.
+    """
+    missing = label == void_id
+    if background_id is not None:
+        missing |= label == background_id
+    pooled = F.avg_pool2d(missing.float().unsqueeze(1), patch_size)  # (B, 1, h, w)
+    return pooled.flatten(1)
+
+
+def top_patches(scores: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean mask (B, L) with True on the `count` highest-scoring patches of each row.
+
+    A tiny random jitter breaks ties, so equal-score patches are chosen at random rather than by
+    position.
+    """
+    jitter = torch.rand(scores.shape, generator=generator, device="cpu").to(scores.device) * 1e-4
+    order = torch.argsort(scores.float() + jitter, dim=1, descending=True)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order[:, :count], True)
+    return mask
+
+
+def strategy_mask(
+    strategy: str,
+    bg_ratio: torch.Tensor,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mask (B, L) for one strategy, from the per-patch background ratio (B, L)."""
+    count = mask_count(bg_ratio.shape[1], mask_ratio)
+    if strategy == "random":
+        scores = torch.zeros_like(bg_ratio)
+    elif strategy == "background-first":
+        scores = bg_ratio
+    elif strategy == "label-first":
+        scores = 1.0 - bg_ratio
+    else:
+        raise LmaeError(f"unknown masking strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    return top_patches(scores, count, generator)
+
+
+def mixed_training_mask(
+    bg_ratio: torch.Tensor,
+    mask_ratio: float,
+    mix: tuple[float, float, float] = DEFAULT_MIX,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """One strategy drawn per sample with probabilities `mix`; returns the mask and the choices."""
+    weights = torch.tensor(mix, dtype=torch.float)
+    picks = torch.multinomial(weights, bg_ratio.shape[0], replacement=True, generator=generator)
+    chosen = [STRATEGIES[i] for i in picks.tolist()]
+    mask = torch.zeros_like(bg_ratio, dtype=torch.bool)
+    for index, strategy in enumerate(STRATEGIES):
+        rows = [i for i, name in enumerate(chosen) if name == strategy]
+        if rows:
+            mask[rows] = strategy_mask(strategy, bg_ratio[rows], mask_ratio, generator)
+    return mask, chosen
+
+
+def parse_mix(text: str) -> tuple[float, float, float]:
+    """'1:2:2' -> (1.0, 2.0, 2.0): random : label-first : background-first."""
+    try:
+        parts = tuple(float(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise LmaeError(
+            f"--mask-mix: expected three non-negative weights like 1:2:2 "
+            f"(random:label-first:background-first), got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def expand_patch_mask(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(B, L) patch mask -> (B, H, W) pixel mask."""
+    h, w = grid
+    pixel = mask.view(-1, 1, h, w).float()
+    return F.interpolate(pixel, scale_factor=patch_size, mode="nearest").squeeze(1).bool()

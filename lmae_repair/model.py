@@ -1,0 +1,254 @@
+"""The Label Masked Autoencoder (L-MAE): a ViT masked autoencoder over image + label.
+
+Data flow (paper, Fig. 3), for an image (B, 3, H, W) in [0, 1], a label (B, H, W) of class indices
+and a patch mask (B, L) with True on the hidden patches:
+
+1. Stack Fuse: one-hot the label into N class planes (void and any value >= N give all-zero
+   planes) and concatenate the normalised RGB image: an (N+3)-channel fuse map.
+2. Patch embedding (a p x p convolution with stride p) plus fixed 2-D sin-cos positions, computed
+   for whatever grid the input has.
+3. Encoder: transformer blocks over the visible patches only.
+4. Image Patch Supplement (IPS): every hidden slot gets an embedding of that patch's *image*
+   pixels (plus a learned "hidden" marker), instead of MAE's blank mask token, so the decoder
+   still sees what is there to be labelled.
+5. Decoder: transformer blocks over all L patches, then a linear head to p*p*N logits per patch,
+   rearranged to per-pixel class logits (B, N, H, W).
+
+Samples of one batch may hide different numbers of patches: the visible sequences are padded and
+the padding is excluded from attention with a key mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmae_repair.errors import LmaeError
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; stored in every checkpoint so the model can be rebuilt exactly."""
+
+    num_classes: int
+    patch_size: int = 16
+    enc_depth: int = 6
+    enc_dim: int = 256
+    enc_heads: int = 8
+    dec_depth: int = 4
+    dec_dim: int = 192
+    dec_heads: int = 6
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    image_patch_supplement: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise LmaeError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+PRESETS: dict[str, dict] = {
+    # Fast on a 2-core CPU: ~6M parameters.
+    "tiny": dict(enc_depth=6, enc_dim=256, enc_heads=8, dec_depth=4, dec_dim=192, dec_heads=6),
+    # The paper's model: EB=8, DB=6, ED=1440, DD=720 (head width 120 suits fused attention kernels).
+    "base": dict(
+        enc_depth=8, enc_dim=1440, enc_heads=12, dec_depth=6, dec_dim=720, dec_heads=6,
+        drop_path=0.1,
+    ),
+}
+
+
+def preset_config(name: str, num_classes: int, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise LmaeError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return ModelConfig(num_classes=num_classes, **values)
+
+
+@lru_cache(maxsize=64)
+def _sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (L, dim), as in MAE: half the channels per axis."""
+    if dim % 4:
+        raise LmaeError(f"embedding width {dim} must be a multiple of 4 for 2-D sin-cos positions")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    ys, xs = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        angles = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([encode(ys), encode(xs)], axis=1)
+    return torch.from_numpy(table).float()
+
+
+def sincos_positions(grid_h: int, grid_w: int, dim: int, device, dtype) -> torch.Tensor:
+    return _sincos_2d(grid_h, grid_w, dim).to(device=device, dtype=dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample during training."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.rate
+        return x * keep.to(x.dtype) / (1.0 - self.rate)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise LmaeError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (paper eq. 4-5): attention and MLP residuals with DropPath."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class LabelMAE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        p, n = config.patch_size, config.num_classes
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.fuse_embed = nn.Conv2d(n + 3, config.enc_dim, p, stride=p)
+        depth = config.enc_depth + config.dec_depth
+        rates = [config.drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.encoder = nn.ModuleList(
+            Block(config.enc_dim, config.enc_heads, config.mlp_ratio, rates[i])
+            for i in range(config.enc_depth)
+        )
+        self.encoder_norm = nn.LayerNorm(config.enc_dim)
+        self.encoder_to_decoder = nn.Linear(config.enc_dim, config.dec_dim)
+
+        self.image_embed = nn.Conv2d(3, config.dec_dim, p, stride=p)  # IPS
+        self.hidden_token = nn.Parameter(torch.zeros(1, 1, config.dec_dim))
+        self.decoder = nn.ModuleList(
+            Block(config.dec_dim, config.dec_heads, config.mlp_ratio, rates[config.enc_depth + i])
+            for i in range(config.dec_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(config.dec_dim)
+        self.head = nn.Linear(config.dec_dim, p * p * n)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.hidden_token, std=0.02)
+        for conv in (self.fuse_embed, self.image_embed):
+            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+            nn.init.zeros_(conv.bias)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise LmaeError(f"input {width}x{height} is not a multiple of the patch size {p}")
+        return height // p, width // p
+
+    def fuse_map(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Stack Fuse (paper eq. 1): N one-hot class planes + the normalised RGB image."""
+        n = self.config.num_classes
+        one_hot = F.one_hot(label.long().clamp(0, n), n + 1)[..., :n]  # values >= n: no class
+        planes = one_hot.permute(0, 3, 1, 2).to(image.dtype)
+        return torch.cat([planes, (image - self.mean) / self.std], dim=1)
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits (B, N, H, W); `mask` (B, L) is True on hidden patches."""
+        b, _, height, width = image.shape
+        grid_h, grid_w = self.grid(height, width)
+        if mask.shape != (b, grid_h * grid_w):
+            raise LmaeError(f"mask shape {tuple(mask.shape)} does not match {b}x{grid_h * grid_w} patches")
+        mask = mask.bool()
+
+        tokens = self.fuse_embed(self.fuse_map(image, label)).flatten(2).transpose(1, 2)
+        tokens = tokens + sincos_positions(grid_h, grid_w, self.config.enc_dim, tokens.device, tokens.dtype)
+        encoded, keep = self._encode_visible(tokens, mask)
+
+        decoded_visible = self.encoder_to_decoder(encoded)
+        slots = torch.zeros(
+            b, grid_h * grid_w, decoded_visible.shape[-1], device=tokens.device, dtype=decoded_visible.dtype
+        )
+        slots = slots.scatter(1, keep.unsqueeze(-1).expand(-1, -1, slots.shape[-1]), decoded_visible)
+        hidden = self.hidden_token.to(slots.dtype).expand(b, grid_h * grid_w, -1)
+        if self.config.image_patch_supplement:
+            image_tokens = self.image_embed((image - self.mean) / self.std).flatten(2).transpose(1, 2)
+            hidden = hidden + image_tokens.to(slots.dtype)
+        x = torch.where(mask.unsqueeze(-1), hidden, slots)
+        x = x + sincos_positions(grid_h, grid_w, x.shape[-1], x.device, x.dtype)
+        for block in self.decoder:
+            x = block(x)
+        logits = self.head(self.decoder_norm(x))
+        return self._unpatchify(logits, grid_h, grid_w)
+
+    def _encode_visible(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder on visible tokens only; returns outputs and their patch indices.
+
+        Visible patches are moved to the front (stable, so in patch order); rows with fewer visible
+        patches than the longest row are padded with hidden ones, which attention ignores.
+        """
+        visible_counts = (~mask).sum(1)
+        width = max(int(visible_counts.max()), 1)
+        keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :width]
+        x = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        attn_mask = None
+        if int(visible_counts.min()) < width:
+            valid = torch.arange(width, device=mask.device).unsqueeze(0) < visible_counts.unsqueeze(1)
+            valid[:, 0] = True  # a row with nothing visible still needs one key (its output is unused)
+            attn_mask = valid[:, None, None, :]
+        for block in self.encoder:
+            x = block(x, attn_mask)
+        return self.encoder_norm(x), keep
+
+    def _unpatchify(self, logits: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        b, p, n = logits.shape[0], self.config.patch_size, self.config.num_classes
+        x = logits.view(b, grid_h, grid_w, p, p, n).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, n, grid_h * p, grid_w * p)

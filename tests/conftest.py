@@ -1,0 +1,84 @@
+"""Generated datasets for the tests: small scenes whose classes are drawn in their own colours,
+written in each supported layout. No test needs ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+NUM_CLASSES = 4  # 0 background, 1..3 objects
+CLASS_COLOURS = np.array([[40, 40, 40], [220, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.float64)
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (768 - 12)
+
+
+def make_scene(rng: np.random.Generator, height: int = 64, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its label: background plus a few rectangles and discs of classes 1..3,
+    each class in its own colour with noise, so that the image alone tells the classes apart."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(rng.integers(2, 5)):
+        cls = rng.integers(1, NUM_CLASSES)
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        size = rng.integers(max(height // 8, 4), max(height // 3, 6))
+        if rng.random() < 0.5:
+            shape = (abs(yy - cy) < size) & (abs(xx - cx) < size * rng.uniform(0.5, 1.5))
+        else:
+            shape = (yy - cy) ** 2 + (xx - cx) ** 2 < size**2
+        label[shape] = cls
+    image = CLASS_COLOURS[label] + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_pair(image_path: Path, label_path: Path, image: np.ndarray, label: np.ndarray, palette=None) -> None:
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(image_path)
+    label_img = Image.fromarray(label)
+    if palette is not None:
+        label_img.putpalette(palette)
+    label_img.save(label_path)
+
+
+def make_paired(root: Path, count: int = 6, size: int = 64, seed: int = 0, images="images", labels="labels") -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image, label = make_scene(rng, size, size)
+        write_pair(root / images / f"scene_{i:03d}.png", root / labels / f"scene_{i:03d}.png", image, label)
+    return root
+
+
+def make_voc(root: Path, count: int = 6, size: int = 64, seed: int = 0, splits=None) -> Path:
+    rng = np.random.default_rng(seed)
+    names = [f"2007_{i:06d}" for i in range(count)]
+    for name in names:
+        image, label = make_scene(rng, size, size)
+        write_pair(root / "JPEGImages" / f"{name}.jpg", root / "SegmentationClass" / f"{name}.png", image, label, VOC_PALETTE)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True, exist_ok=True)
+    splits = splits or {"train": names[: count - 2], "val": names[count - 2 :]}
+    for split, members in splits.items():
+        (sets / f"{split}.txt").write_text("\n".join(members) + "\n")
+    return root
+
+
+def make_cityscapes(root: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, city, count in (("train", "aachen", 3), ("train", "bremen", 2), ("val", "lindau", 2)):
+        for i in range(count):
+            image, label = make_scene(rng, 64, 128)
+            prefix = f"{city}_{i:06d}_000019"
+            write_pair(
+                root / "leftImg8bit" / split / city / f"{prefix}_leftImg8bit.png",
+                root / "gtFine" / split / city / f"{prefix}_gtFine_labelTrainIds.png",
+                image,
+                label,
+            )
+    return root
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

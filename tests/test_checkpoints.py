@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import torch
+
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import LabelMAE, ModelConfig
+
+CONFIG = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+
+
+def saved(tmp_path, half=False):
+    torch.manual_seed(0)
+    model = LabelMAE(CONFIG).eval()
+    space = LabelSpace(3, ["background", "crack", "spalling"], background_id=0, void_id=255, palette=[0, 0, 0, 128, 0, 0] + [0] * 762)
+    info = CheckpointInfo(CONFIG, 0.5, space, {"data": "somewhere", "pairs": 12}, {"val_pa_miou": 0.81})
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, info, half=half)
+    return path, model, info
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    path, model, info = saved(tmp_path)
+    loaded, loaded_info = load_checkpoint(path)
+    assert loaded_info.to_json() == info.to_json()
+    assert loaded_info.label_space.names == ["background", "crack", "spalling"]
+    assert loaded_info.mask_ratio == 0.5 and loaded_info.validation["val_pa_miou"] == 0.81
+    image, label = torch.rand(1, 3, 16, 16), torch.randint(0, 3, (1, 16, 16))
+    mask = torch.tensor([[True, False, False, True]])
+    assert torch.equal(model(image, label, mask), loaded(image, label, mask))
+    assert read_info(path).model == CONFIG
+
+
+def test_half_precision_checkpoint_loads_close(tmp_path):
+    path, model, _ = saved(tmp_path, half=True)
+    loaded, _ = load_checkpoint(path)
+    image, label = torch.rand(1, 3, 16, 16), torch.randint(0, 3, (1, 16, 16))
+    mask = torch.tensor([[True, False, False, True]])
+    assert torch.allclose(model(image, label, mask), loaded(image, label, mask), atol=5e-2)
+
+
+def test_truncated_file_is_refused_in_one_line(tmp_path):
+    path, _, _ = saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LmaeError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_garbage_and_missing_files_are_refused(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(LmaeError, match="junk.safetensors"):
+        load_checkpoint(junk)
+    with pytest.raises(LmaeError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_safetensors_without_our_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(LmaeError, match="not an L-MAE checkpoint"):
+        load_checkpoint(other)
+
+
+def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, _, _ = saved(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["lmae"])
+    meta["model"]["enc_dim"] = 64
+    metadata["lmae"] = json.dumps(meta)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(LmaeError, match="shape"):
+        load_checkpoint(path)

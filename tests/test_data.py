@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import VOC_PALETTE, make_cityscapes, make_paired, make_scene, make_voc, write_pair
+from lmae_repair.data import LabelFile, discover, read_label, read_pair, write_label
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace, build_label_space
+
+
+def keys(index):
+    return sorted(p.key for p in index.pairs)
+
+
+def test_paired_folders_are_matched_by_stem(tmp_path):
+    root = make_paired(tmp_path / "ds", count=3)
+    index = discover(root)
+    assert index.layout == "paired"
+    assert keys(index) == ["labels/scene_000.png", "labels/scene_001.png", "labels/scene_002.png"]
+    for pair in index.pairs:
+        assert pair.image.stem == pair.label.stem and pair.image.parent.name == "images"
+
+
+@pytest.mark.parametrize("label_dir", ["masks", "annotations"])
+def test_paired_folders_accept_masks_and_annotations(tmp_path, label_dir):
+    root = make_paired(tmp_path / "ds", count=2, labels=label_dir)
+    assert len(discover(root).pairs) == 2
+
+
+def test_paired_folders_are_found_recursively_and_by_split(tmp_path):
+    make_paired(tmp_path / "ds" / "train", count=3, seed=1)
+    make_paired(tmp_path / "ds" / "val", count=2, seed=2)
+    assert len(discover(tmp_path / "ds").pairs) == 5
+    val = discover(tmp_path / "ds", split="val")
+    assert keys(val) == ["val/labels/scene_000.png", "val/labels/scene_001.png"]
+    with pytest.raises(LmaeError, match="test"):
+        discover(tmp_path / "ds", split="test")
+
+
+def test_paired_reports_unmatched_files_and_label_suffixes(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "a.jpg", root / "labels" / "a_mask.png", image, label)
+    write_pair(root / "images" / "lonely.png", root / "labels" / "orphan.png", image, label)
+    index = discover(root)
+    assert keys(index) == ["labels/a_mask.png"]
+    assert any("orphan.png" in line for line in index.unmatched)
+    assert any("lonely.png" in line for line in index.unmatched)
+
+
+def test_nested_subfolders_inside_images_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    for city in ("x", "y"):
+        image, label = make_scene(rng)
+        write_pair(root / "images" / city / "f.png", root / "labels" / city / "f.png", image, label)
+    assert keys(discover(root)) == ["labels/x/f.png", "labels/y/f.png"]
+
+
+def test_voc_layout_with_splits(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6)
+    index = discover(root, split="train")
+    assert index.layout == "voc" and len(index.pairs) == 4
+    assert all(p.key.startswith("SegmentationClass/") for p in index.pairs)
+    assert len(discover(root, split="val").pairs) == 2
+    assert len(discover(root).pairs) == 6
+    with pytest.raises(LmaeError, match="available splits: train, val"):
+        discover(root, split="trainaug")
+
+
+def test_voc_nested_in_vocdevkit(tmp_path):
+    make_voc(tmp_path / "VOCdevkit" / "VOC2012", count=4)
+    index = discover(tmp_path, split="val")
+    assert index.layout == "voc" and len(index.pairs) == 2
+    assert index.pairs[0].key.startswith("VOCdevkit/VOC2012/SegmentationClass/")
+
+
+def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
+    root = make_voc(tmp_path / "voc", count=3, splits={"train": ["2007_000000", "2007_999999"]})
+    index = discover(root, split="train")
+    assert len(index.pairs) == 1 and any("2007_999999" in u for u in index.unmatched)
+
+
+def test_cityscapes_layout(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    index = discover(root, split="train")
+    assert index.layout == "cityscapes" and len(index.pairs) == 5
+    assert index.pairs[0].key.startswith("gtFine/train/")
+    assert index.pairs[0].label.name.endswith("_gtFine_labelTrainIds.png")
+    assert len(discover(root).pairs) == 7
+    assert index.known_class_names[0] == "road"
+    with pytest.raises(LmaeError, match="available: train, val"):
+        discover(root, split="test")
+
+
+def test_explicit_images_and_labels(tmp_path):
+    make_paired(tmp_path / "a", count=2, images="pics", labels="gts")
+    index = discover(images=tmp_path / "a" / "pics", labels=tmp_path / "a" / "gts")
+    assert len(index.pairs) == 2
+    with pytest.raises(LmaeError, match="together"):
+        discover(images=tmp_path / "a" / "pics")
+
+
+def test_missing_or_unrecognised_folder(tmp_path):
+    with pytest.raises(LmaeError, match="no such dataset folder"):
+        discover(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LmaeError, match="no dataset layout found"):
+        discover(tmp_path / "empty")
+
+
+def test_palette_labels_round_trip_with_their_palette(tmp_path):
+    root = make_voc(tmp_path / "voc", count=2)
+    label = read_label(discover(root).pairs[0].label)
+    assert label.mode == "P" and label.palette[:12] == VOC_PALETTE[:12]
+    out = tmp_path / "out" / "x.png"
+    write_label(out, label)
+    again = read_label(out)
+    assert again.mode == "P" and again.palette == label.palette
+    assert np.array_equal(again.values, label.values)
+    assert not list(out.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_label_modes(tmp_path):
+    values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "wide.png")
+    assert np.array_equal(read_label(tmp_path / "wide.png").values, values)
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(LmaeError, match="rgb.png.*3 channels"):
+        read_label(tmp_path / "rgb.png")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(LmaeError, match="text.png: unreadable label"):
+        read_label(tmp_path / "text.png")
+    write_label(tmp_path / "gray.png", LabelFile(values, "L", None))
+    assert Image.open(tmp_path / "gray.png").mode == "L"
+
+
+def test_size_mismatch_between_image_and_label(tmp_path):
+    rng = np.random.default_rng(0)
+    image, _ = make_scene(rng, 32, 32)
+    _, label = make_scene(rng, 32, 48)
+    write_pair(tmp_path / "images" / "a.png", tmp_path / "labels" / "a.png", image, label)
+    with pytest.raises(LmaeError, match="a.png: label is 48x32 but its image is 32x32"):
+        read_pair(discover(tmp_path).pairs[0])
+
+
+def test_label_space_from_classes_txt(tmp_path):
+    (tmp_path / "classes.txt").write_text("sky\nroad\ncar\nvoid\n")
+    space = build_label_space(tmp_path)
+    assert (space.num_classes, space.background_id, space.void_id) == (3, None, 3)
+    (tmp_path / "classes.txt").write_text("background\ncrack\nspalling\n")
+    space = build_label_space(tmp_path)
+    assert (space.num_classes, space.background_id, space.void_id) == (3, 0, 255)
+    assert build_label_space(tmp_path, background_id=None, void_id=200).void_id == 200
+
+
+def test_label_space_defaults_without_classes_txt(tmp_path):
+    space = build_label_space(tmp_path / "nothing", scanned_max_value=6)
+    assert (space.num_classes, space.background_id, space.void_id) == (7, 0, 255)
+    with pytest.raises(LmaeError, match="void id"):
+        LabelSpace(5, void_id=3)

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from lmae_repair.errors import LmaeError
+from lmae_repair.losses import class_weights, lmae_loss
+from lmae_repair.metrics import ConfusionMatrix, pa_miou
+
+
+def test_void_pixels_do_not_change_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    label = torch.randint(0, 3, (2, 8, 8))
+    with_void = label.clone()
+    with_void[:, :4] = 255
+    reference = lmae_loss(logits[:, :, 4:], label[:, 4:], None)
+    assert torch.isclose(lmae_loss(logits, with_void, None), reference)
+    # whatever the logits say at void pixels, the loss is the same
+    scrambled = logits.clone()
+    scrambled[:, :, :4] = torch.randn(2, 3, 4, 8) * 50
+    assert torch.isclose(lmae_loss(scrambled, with_void, None), reference)
+
+
+def test_loss_counts_only_masked_pixels_when_given_a_pixel_mask():
+    torch.manual_seed(0)
+    logits, label = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+    pixel_mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    pixel_mask[0, 0] = True
+    assert torch.isclose(lmae_loss(logits, label, None, pixel_mask), lmae_loss(logits[:, :, :1], label[:, :1], None))
+
+
+def test_all_void_gives_zero_loss_not_nan():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = lmae_loss(logits, torch.full((1, 4, 4), 255), None)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_weighted_loss_is_weighted_mean_as_in_eq_12():
+    logits = torch.zeros(1, 2, 1, 2)
+    logits[0, 0, 0, 0] = 2.0  # pixel 0: class 0 favoured, truth 0
+    label = torch.tensor([[[0, 1]]])
+    weights = torch.tensor([1.0, 3.0])
+    per_pixel = torch.nn.functional.cross_entropy(logits, label, reduction="none")[0, 0]
+    expected = (1.0 * per_pixel[0] + 3.0 * per_pixel[1]) / 4.0
+    assert torch.isclose(lmae_loss(logits, label, weights), expected)
+
+
+def test_paper_weights_favour_rare_classes():
+    w = class_weights(torch.tensor([900_000, 90_000, 9_000, 1_000]), "paper")
+    assert w[0] < w[1] < w[2] <= w[3]
+    assert math.isclose(float(w.mean()), 1.0, rel_tol=1e-5)
+    inverse = class_weights(torch.tensor([900_000, 90_000, 9_000, 1_000]), "inverse")
+    assert inverse[0] < inverse[3]
+    assert class_weights(torch.tensor([5, 5]), "none").tolist() == [1.0, 1.0]
+    assert class_weights(torch.tensor([100, 0, 10]), "paper")[1] == 1.0  # absent class
+    with pytest.raises(LmaeError):
+        class_weights(torch.tensor([1, 2]), "bogus")
+
+
+def test_miou_and_pa_miou():
+    truth = torch.tensor([0, 0, 1, 1, 2, 2, 9])
+    prediction = torch.tensor([0, 1, 1, 1, 2, 0, 0])
+    cm = ConfusionMatrix(3)
+    cm.update(prediction, truth)
+    iou = cm.iou()
+    assert torch.allclose(iou, torch.tensor([1 / 3, 2 / 3, 1 / 2], dtype=torch.float64))
+    assert math.isclose(cm.miou(), (1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert cm.total == 6  # the void pixel (9) is not counted
+    masked = torch.tensor([False, False, True, True, False, False, True])
+    assert pa_miou(prediction, truth, masked, 3) == 1.0  # only the two class-1 pixels count

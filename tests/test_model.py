@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from lmae_repair.errors import LmaeError
+from lmae_repair.model import LabelMAE, ModelConfig, preset_config
+
+SMALL = dict(patch_size=8, enc_depth=2, enc_dim=64, enc_heads=4, dec_depth=2, dec_dim=32, dec_heads=4)
+
+
+def small_model(**overrides) -> LabelMAE:
+    torch.manual_seed(0)
+    return LabelMAE(ModelConfig(num_classes=5, **{**SMALL, **overrides})).eval()
+
+
+def inputs(batch: int, height: int, width: int, patch: int = 8):
+    image = torch.rand(batch, 3, height, width)
+    label = torch.randint(0, 6, (batch, height, width))  # 5 = void
+    patches = (height // patch) * (width // patch)
+    mask = torch.zeros(batch, patches, dtype=torch.bool)
+    mask[:, : patches // 2] = True
+    return image, label, mask
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (48, 80)])
+def test_logits_have_one_plane_per_class_at_input_size(height, width):
+    model = small_model()
+    logits = model(*inputs(2, height, width))
+    assert logits.shape == (2, 5, height, width)
+    assert torch.isfinite(logits).all()
+
+
+def test_samples_may_hide_different_numbers_of_patches():
+    model = small_model()
+    image, label, mask = inputs(3, 32, 32)
+    mask[1] = False  # nothing hidden
+    mask[2] = True  # everything hidden
+    together = model(image, label, mask)
+    for i in range(3):
+        alone = model(image[i : i + 1], label[i : i + 1], mask[i : i + 1])
+        assert torch.allclose(together[i], alone[0], atol=1e-4)
+
+
+def patch_pixels(index: int, grid_w: int, patch: int):
+    row, col = divmod(index, grid_w)
+    return slice(row * patch, (row + 1) * patch), slice(col * patch, (col + 1) * patch)
+
+
+def test_image_patch_supplement_feeds_the_image_of_hidden_patches():
+    model = small_model()
+    image, label, mask = inputs(1, 32, 32)
+    hidden = 3  # hidden: mask[:, :8] is True
+    ys, xs = patch_pixels(hidden, 4, 8)
+    changed = image.clone()
+    changed[0, :, ys, xs] = 1.0 - changed[0, :, ys, xs]
+    before, after = model(image, label, mask), model(changed, label, mask)
+    assert (before[0, :, ys, xs] - after[0, :, ys, xs]).abs().max() > 1e-3
+
+
+def test_without_ips_the_image_of_hidden_patches_is_never_seen():
+    model = small_model(image_patch_supplement=False)
+    image, label, mask = inputs(1, 32, 32)
+    ys, xs = patch_pixels(3, 4, 8)
+    changed = image.clone()
+    changed[0, :, ys, xs] = 1.0 - changed[0, :, ys, xs]
+    assert torch.allclose(model(image, label, mask), model(changed, label, mask), atol=1e-6)
+
+
+def test_labels_of_hidden_patches_do_not_leak_into_the_output():
+    model = small_model()
+    image, label, mask = inputs(1, 32, 32)
+    ys, xs = patch_pixels(2, 4, 8)
+    changed = label.clone()
+    changed[0, ys, xs] = (changed[0, ys, xs] + 1) % 5
+    assert torch.allclose(model(image, label, mask), model(image, changed, mask), atol=1e-6)
+
+
+def test_visible_labels_do_change_the_output():
+    model = small_model()
+    image, label, mask = inputs(1, 32, 32)
+    ys, xs = patch_pixels(12, 4, 8)  # visible
+    changed = label.clone()
+    changed[0, ys, xs] = (changed[0, ys, xs] + 1) % 5
+    assert not torch.allclose(model(image, label, mask), model(image, changed, mask), atol=1e-4)
+
+
+def test_input_not_a_multiple_of_the_patch_size_is_refused():
+    model = small_model()
+    with pytest.raises(LmaeError, match="multiple of the patch size"):
+        model(torch.rand(1, 3, 30, 32), torch.zeros(1, 30, 32, dtype=torch.long), torch.zeros(1, 12, dtype=torch.bool))
+
+
+def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
+    with torch.device("meta"):
+        tiny = LabelMAE(preset_config("tiny", 21))
+        base = LabelMAE(preset_config("base", 21))
+    assert tiny.num_parameters() < 10_000_000
+    cfg = base.config
+    assert (cfg.enc_depth, cfg.dec_depth, cfg.enc_dim, cfg.dec_dim) == (8, 6, 1440, 720)
+    with pytest.raises(LmaeError):
+        preset_config("huge", 21)

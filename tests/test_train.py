@@ -1,0 +1,110 @@
+"""Training: the tiny model learns generated scenes, and `lmae-repair train` works end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import NUM_CLASSES, make_paired, make_scene, make_voc
+from lmae_repair.checkpoints import load_checkpoint
+from lmae_repair.cli import app
+from lmae_repair.data import discover
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.losses import lmae_loss
+from lmae_repair.masking import background_ratio, expand_patch_mask, mixed_training_mask
+from lmae_repair.model import LabelMAE, preset_config
+from lmae_repair.train import validate
+
+runner = CliRunner()
+
+
+def test_tiny_model_overfits_a_few_generated_pairs_to_pa_miou_above_0_9(tmp_path):
+    torch.manual_seed(0)
+    root = make_paired(tmp_path / "ds", count=4, size=64, seed=3)
+    pairs = discover(root).pairs
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    rng = np.random.default_rng(3)
+    scenes = [make_scene(rng, 64, 64) for _ in range(4)]
+    images = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i, _ in scenes])
+    labels = torch.stack([torch.from_numpy(l).long() for _, l in scenes])
+
+    model = LabelMAE(preset_config("tiny", NUM_CLASSES))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(150):
+        bg = background_ratio(labels, 16, 0, 255)
+        mask, _ = mixed_training_mask(bg, 0.5, generator=generator)
+        loss = lmae_loss(model(images, labels, mask), labels, None, expand_patch_mask(mask, (4, 4), 16))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    scores = validate(model, pairs, space, 0.5, tile=64, device=torch.device("cpu"), seed=1)
+    assert scores["val_pa_miou"] > 0.9, scores
+
+
+def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
+    root = make_paired(tmp_path / "ds" / "train", count=6, size=64, seed=1)
+    make_paired(tmp_path / "ds" / "val", count=2, size=64, seed=2)
+    (tmp_path / "ds" / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", str(tmp_path / "ds"), "--split", "train", "--val-split", "val", "--out", str(out),
+         "--mask-ratio", "0.25", "--mask-ratio", "0.5", "--epochs", "2", "--batch-size", "4",
+         "--crop", "64", "--workers", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    for ratio in ("0.25", "0.50"):
+        folder = out / f"mask-{ratio}"
+        for name in ("best.safetensors", "last.safetensors", "state.pt", "history.jsonl"):
+            assert (folder / name).is_file(), name
+        model, info = load_checkpoint(folder / "last.safetensors")
+        assert info.mask_ratio == float(ratio)
+        assert info.label_space.names == ["background", "red", "green", "blue"]
+        assert info.label_space.background_id == 0 and info.label_space.void_id == 255
+        assert info.training["pairs"] == 6 and info.training["epochs"] == 2
+        assert 0.0 <= info.validation["val_pa_miou"] <= 1.0
+        assert len((folder / "history.jsonl").read_text().splitlines()) == 2
+    inspected = runner.invoke(app, ["inspect", str(out / "mask-0.50" / "best.safetensors"), "--json"])
+    assert inspected.exit_code == 0 and json.loads(inspected.output)["mask_ratio"] == 0.5
+
+
+def test_resume_continues_from_the_last_saved_epoch(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(tmp_path / "run"),
+            "--batch-size", "4", "--crop", "64", "--workers", "0"]
+    assert runner.invoke(app, args + ["--epochs", "1"]).exit_code == 0
+    again = runner.invoke(app, args + ["--epochs", "1"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(app, args + ["--epochs", "3", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output
+    history = (tmp_path / "run" / "mask-0.50" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3]
+    _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "last.safetensors")
+    assert info.training["epochs"] == 3 and info.label_space.palette is not None
+
+
+def test_bad_options_and_missing_data_give_one_line_errors(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such dataset folder" in result.output
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    result = runner.invoke(app, ["train", str(root), "--mask-ratio", "1.5", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--mask-ratio" in result.output
+    result = runner.invoke(app, ["train", str(root), "--mask-mix", "1:2", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--mask-mix" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unusable_pairs_are_skipped_with_a_message(tmp_path):
+    root = make_paired(tmp_path / "ds", count=4, size=64)
+    (root / "labels" / "scene_000.png").write_text("broken")
+    result = runner.invoke(app, ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "64",
+                                 "--workers", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "scene_000.png: unreadable label" in result.output
+    _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
+    assert info.training["pairs"] == 3
