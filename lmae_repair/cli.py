@@ -108,7 +108,6 @@ def train(
             mask_mix=parse_mix(mask_mix),
             class_weighting=class_weighting,
             resume=resume,
-            val_max_pairs=val_max_pairs,
         )
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)

@@ -6,9 +6,9 @@ PA-mIoU; lowest training loss when there is no validation data), `last.safetenso
 
 Optimisation follows the paper: Adam with weight decay 1e-4 and ReduceLROnPlateau on the epoch's
 training loss (patience 5, threshold 1e-3, factor 0.8). Added, and written down here: a linear
-learning-rate warm-up over the first steps (transformers trained from scratch diverge without one)
-and gradient clipping at norm 1. The loss counts the hidden patches only, as in MAE: visible
-patches would only teach the model to copy its input.
+learning-rate warm-up over the first epoch or 200 steps, whichever is shorter (transformers
+trained from scratch diverge without one), and gradient clipping at norm 1. The loss counts the
+hidden patches only, as in MAE: visible patches would only teach the model to copy its input.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ class TrainOptions:
     mask_mix: tuple[float, float, float] = DEFAULT_MIX
     class_weighting: str = "paper"
     resume: bool = False
-    val_max_pairs: int = 0
 
 
 @dataclass
@@ -134,6 +133,7 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
         return folder / "best.safetensors"
 
     loader = make_loader(data.train_pairs, data.space, options, device)
+    warmup = min(options.warmup_steps, len(loader))
     generator = torch.Generator().manual_seed(options.seed * 1000 + state.epoch)
     console.print(
         f"[bold]mask ratio {ratio:.2f}[/]: {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
@@ -149,7 +149,7 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
             started = time.perf_counter()
             train_loss, images = run_epoch(
                 model, loader, optimizer, weights, ratio, options, data.space, generator, device,
-                use_amp, state, progress, task,
+                use_amp, warmup, state, progress, task,
             )
             plateau.step(train_loss)
             record = {
@@ -197,7 +197,7 @@ def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, dev
     )
 
 
-def run_epoch(model, loader, optimizer, weights, ratio, options, space, generator, device, use_amp, state, progress, task):
+def run_epoch(model, loader, optimizer, weights, ratio, options, space, generator, device, use_amp, warmup, state, progress, task):
     """One pass over the training data; returns (mean loss, images seen)."""
     model.train()
     total_loss, images = 0.0, 0
@@ -209,7 +209,7 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
         bg = background_ratio(label, p, space.background_id, space.void_id)
         mask, _ = mixed_training_mask(bg, ratio, options.mask_mix, generator)
         pixel_mask = expand_patch_mask(mask, (label.shape[1] // p, label.shape[2] // p), p)
-        set_warmup_lr(optimizer, state.step, options)
+        set_warmup_lr(optimizer, state.step, warmup, options.lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(image, label, mask)
         loss = lmae_loss(logits, label, weights, pixel_mask)
@@ -229,12 +229,12 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
     return total_loss / images, images
 
 
-def set_warmup_lr(optimizer, step: int, options: TrainOptions) -> None:
-    """Linear warm-up to options.lr over the first warmup_steps; afterwards the plateau
-    scheduler owns the learning rate."""
-    if step < options.warmup_steps:
+def set_warmup_lr(optimizer, step: int, warmup: int, lr: float) -> None:
+    """Linear warm-up to `lr` over the first `warmup` steps; afterwards the plateau scheduler
+    owns the learning rate."""
+    if step < warmup:
         for group in optimizer.param_groups:
-            group["lr"] = options.lr * (step + 1) / options.warmup_steps
+            group["lr"] = lr * (step + 1) / warmup
 
 
 @torch.no_grad()
