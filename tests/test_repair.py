@@ -1,0 +1,84 @@
+"""Repairing one label: the routing rule and do-no-harm."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmae_repair.checkpoints import CheckpointInfo
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.masking import background_ratio
+from lmae_repair.model import LabelMAE, ModelConfig
+from lmae_repair.repair import choose_checkpoint, heavy_share, repair_label
+
+
+def test_heavy_share_counts_patches_at_or_above_the_threshold():
+    bg = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert heavy_share(bg, 0.5) == pytest.approx(0.6)
+    assert heavy_share(bg, 0.9) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "share,expected",
+    [(0.0, None), (0.05, 0.25), (0.3, 0.25), (0.375, 0.5), (0.5, 0.5), (0.62, 0.5), (0.63, 0.75), (1.0, 0.75)],
+)
+def test_routing_picks_the_nearest_mask_ratio_ties_to_the_larger(share, expected):
+    ratios = [0.5, 0.25, 0.75]
+    index = choose_checkpoint(share, ratios)
+    assert (None if index is None else ratios[index]) == expected
+
+
+def untrained(num_classes=3, patch=8, crop=32):
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=num_classes, patch_size=patch, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    space = LabelSpace(num_classes, background_id=0, void_id=255)
+    return LabelMAE(config).eval(), CheckpointInfo(config, 0.5, space, {"crop": crop})
+
+
+def damaged_label(rng, height=40, width=52):
+    """A label of classes 1-2 with some patches erased to background and some pixels to void;
+    its size is not a multiple of the patch size."""
+    label = rng.integers(1, 3, (height, width)).astype(np.uint8)
+    label[:16, :16] = 0
+    label[20:30, 30:50] = 0
+    label[35:, :5] = 255
+    return label
+
+
+@pytest.fixture
+def scenario():
+    """An untrained model, its checkpoint info, and a damaged 52x40 label with an image."""
+    rng = np.random.default_rng(0)
+    model, info = untrained()
+    label = damaged_label(rng)
+    image = rng.integers(0, 255, (*label.shape, 3)).astype(np.uint8)
+    return model, info, image, label
+
+
+def test_only_background_or_void_pixels_inside_hidden_patches_change(scenario):
+    model, info, image, label = scenario
+    result = repair_label(model, info, image, label)
+    assert result.values.shape == label.shape and result.values.dtype == np.uint8
+    changed = result.values != label
+    assert result.pixels_changed == int(changed.sum()) > 0  # an untrained model changes something
+    assert np.isin(label[changed], [0, 255]).all()  # annotated pixels never change
+    # pixels outside the hidden patches never change: recompute which patches were hidden
+    padded = np.full((40, 56), 255, dtype=np.uint8)  # padded to whole 8-pixel patches: 5 x 7
+    padded[:40, :52] = label
+    bg = background_ratio(torch.from_numpy(padded)[None].long(), 8, 0, 255)[0]
+    hidden_floor = torch.sort(bg, descending=True).values[result.patches_masked - 1]
+    for y, x in zip(*np.nonzero(changed)):
+        assert bg[(y // 8) * 7 + x // 8] >= hidden_floor
+    assert result.patches_masked == 35 // 2 and 0 <= result.mean_confidence <= 1
+
+
+def test_overwrite_labeled_lets_annotated_pixels_in_hidden_patches_change(scenario):
+    model, info, image, label = scenario
+    careful = repair_label(model, info, image, label)
+    bold = repair_label(model, info, image, label, overwrite_labeled=True)
+    assert bold.pixels_changed > careful.pixels_changed
+    assert not np.isin(label[bold.values != label], [0, 255]).all()
+
+
+def test_repair_is_deterministic(scenario):
+    model, info, image, label = scenario
+    assert np.array_equal(repair_label(model, info, image, label).values, repair_label(model, info, image, label).values)
