@@ -134,6 +134,63 @@ def train(
 
 
 @app.command()
+def complete(
+    data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the completed dataset goes (default: <DATA>-completed beside DATA)."),
+    models: Optional[list[Path]] = typer.Option(None, "--models", help="Checkpoint file or folder of checkpoints (repeatable)."),
+    split: Optional[str] = typer.Option(None, help="Split to repair, where the layout has splits."),
+    images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
+    labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threshold: float = typer.Option(0.5, help="Background-or-void share from which a patch counts as background-heavy."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
+    labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
+    overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
+) -> None:
+    """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
+    background-heavy patches, and write a completed copy of the dataset plus a report."""
+
+    def run() -> int:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from lmae_repair.complete import CompleteOptions, complete_dataset, find_checkpoints
+        from lmae_repair.data import discover
+        from lmae_repair.train import resolve_device
+
+        if not models:
+            raise LmaeError(
+                "no --models given: pass a checkpoint file or folder (train one with "
+                "`lmae-repair train DATA --mask-ratio 0.5 --out runs/x`, then --models runs/x)"
+            )
+        index = discover(data, split, images, labels)
+        checkpoints = find_checkpoints(list(models))
+        target = out or data.resolve().parent / f"{data.resolve().name}-completed"
+        options = CompleteOptions(target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled)
+        columns = (TextColumn("completing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("complete", total=len(index.pairs))
+
+            def on_pair(entry: dict) -> None:
+                if entry["error"]:
+                    err_console.print(f"[yellow]failed:[/] {entry['error']}", highlight=False, soft_wrap=True)
+                progress.advance(task)
+
+            report = complete_dataset(index, checkpoints, options, on_pair)
+        entries = report["pairs"]
+        failed = sum(1 for e in entries if e["error"])
+        changed = sum(1 for e in entries if e["pixels_changed"])
+        console.print(
+            f"{len(entries)} pairs: {changed} repaired, {len(entries) - changed - failed} unchanged, {failed} failed"
+            + ("" if dry_run else f"; output in {target} (report: {target / 'lmae-report.json'})")
+        )
+        return 1 if failed else 0
+
+    code = guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def inspect(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),

@@ -1,0 +1,102 @@
+"""`lmae-repair complete` on generated datasets: layout mirroring, palette and size, refusal,
+resume and the report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_voc
+from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
+from lmae_repair.cli import app
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import LabelMAE, ModelConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def family(tmp_path):
+    """Two untrained checkpoints (mask ratios 0.25 and 0.5) for the generated label space."""
+    folder = tmp_path / "models"
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    for ratio in (0.25, 0.5):
+        torch.manual_seed(0)
+        save_checkpoint(folder / f"mask-{ratio:.2f}" / "best.safetensors", LabelMAE(config), CheckpointInfo(config, ratio, space, {"crop": 32}))
+    return folder
+
+
+def complete(data, out, family, *extra):
+    return runner.invoke(app, ["complete", str(data), "--out", str(out), "--models", str(family), "--device", "cpu", *extra])
+
+
+def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=4, size=40)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 0, result.output
+    for label in (root / "SegmentationClass").glob("*.png"):
+        written = Image.open(tmp_path / "out" / "SegmentationClass" / label.name)
+        original = Image.open(label)
+        assert written.mode == "P" and written.getpalette() == original.getpalette()
+        assert written.size == original.size
+        assert (tmp_path / "out" / "JPEGImages" / f"{label.stem}.jpg").is_file()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_paired_and_cityscapes_layouts_are_mirrored(tmp_path, family):
+    paired = make_paired(tmp_path / "p" / "train", count=2, size=48)
+    assert complete(tmp_path / "p", tmp_path / "out_p", family, "--labels-only").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out_p" / "train" / "labels").iterdir()) == ["scene_000.png", "scene_001.png"]
+    assert not (tmp_path / "out_p" / "train" / "images").exists()
+    cs = make_cityscapes(tmp_path / "cs")
+    assert complete(cs, tmp_path / "out_c", family, "--split", "val").exit_code == 0
+    written = sorted(p.relative_to(tmp_path / "out_c").as_posix() for p in (tmp_path / "out_c" / "gtFine").rglob("*.png"))
+    assert written == [f"gtFine/val/lindau/lindau_00000{i}_000019_gtFine_labelTrainIds.png" for i in range(2)]
+
+
+def test_output_inside_the_dataset_is_refused(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    for out in (root, root / "fixed"):
+        result = complete(root, out, family)
+        assert result.exit_code == 2 and "must not be the dataset folder or inside it" in result.output
+    assert not (root / "fixed").exists()
+
+
+def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    first = {p.name: p.read_bytes() for p in (out / "labels").iterdir()}
+    (out / "labels" / "scene_001.png").unlink()
+    stamp = (out / "labels" / "scene_000.png").stat().st_mtime_ns
+    assert complete(root, out, family).exit_code == 0
+    assert (out / "labels" / "scene_000.png").stat().st_mtime_ns == stamp  # skipped
+    assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first  # redone identically
+
+
+def test_report_lists_every_pair_and_failures(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    (root / "labels" / "scene_002.png").write_text("broken")
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 1 and "scene_002.png: unreadable label" in result.output
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    assert report["totals"]["pairs"] == 3 and report["totals"]["failed"] == 1
+    entries = {e["label"]: e for e in report["pairs"]}
+    good = entries["labels/scene_000.png"]
+    assert good["mask_ratio"] in (0.25, 0.5) and good["checkpoint"].endswith("best.safetensors")
+    assert good["patches_masked"] > 0 and good["pixels_changed"] >= 0 and good["error"] is None
+    changed = np.array(Image.open(tmp_path / "out" / "labels" / "scene_000.png")) != np.array(Image.open(root / "labels" / "scene_000.png"))
+    assert int(changed.sum()) == good["pixels_changed"]
+
+
+def test_dry_run_writes_nothing_and_models_are_required(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    assert complete(root, tmp_path / "out", family, "--dry-run").exit_code == 0
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "lmae-repair train" in result.output
