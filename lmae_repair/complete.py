@@ -17,15 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
 from lmae_repair.errors import LmaeError
-from lmae_repair.masking import background_ratio
-from lmae_repair.repair import DEFAULT_THRESHOLD, choose_checkpoint, heavy_share, repair_label
-from lmae_repair.inference import pad_to_multiple
-from lmae_repair.dataset import to_tensors
+from lmae_repair.repair import DEFAULT_THRESHOLD, choose_checkpoint, label_heavy_share, repair_label
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
 REPORT = "lmae-report.json"
@@ -105,11 +100,7 @@ class Completer:
                  "mask_ratio": None, "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
         try:
             image, label = read_pair(pair)
-            space = self.checkpoints[0][1].label_space
-            _, label_t = to_tensors(image, label.values, space)
-            patch = self.checkpoints[0][1].model.patch_size
-            _, padded = pad_to_multiple(torch.zeros(1, 3, *label_t.shape), label_t[None], patch, space.void_id)
-            share = heavy_share(background_ratio(padded, patch, space.background_id, space.void_id)[0], self.options.threshold)
+            share = label_heavy_share(label.values, self.checkpoints[0][1], self.options.threshold)
             entry["background_heavy_share"] = round(share, 4)
             choice = choose_checkpoint(share, [info.mask_ratio for _, info in self.checkpoints])
             values = label.values

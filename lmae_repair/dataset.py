@@ -76,9 +76,14 @@ def to_tensors(image: np.ndarray, label: np.ndarray, space: LabelSpace) -> tuple
     """uint8 HxWx3 image and HxW label -> float (3,H,W) in [0,1] and long (H,W) with unknown
     values mapped to void."""
     image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return image_t, label_tensor(label, space)
+
+
+def label_tensor(label: np.ndarray, space: LabelSpace) -> torch.Tensor:
+    """HxW uint8 label -> long (H,W) with values outside the label space mapped to void."""
     label_t = torch.from_numpy(np.ascontiguousarray(label)).long()
     label_t[(label_t >= space.num_classes) & (label_t != space.void_id)] = space.void_id
-    return image_t, label_t
+    return label_t
 
 
 class CropDataset(Dataset):

@@ -28,6 +28,14 @@ def mask_count(num_patches: int, mask_ratio: float) -> int:
     return int(math.floor(num_patches * mask_ratio + 1e-9))
 
 
+def missing_pixels(label: torch.Tensor, background_id: int | None, void_id: int) -> torch.Tensor:
+    """True where a pixel is background or void: where annotation may be missing."""
+    missing = label == void_id
+    if background_id is not None:
+        missing |= label == background_id
+    return missing
+
+
 def background_ratio(
     label: torch.Tensor, patch_size: int, background_id: int | None, void_id: int
 ) -> torch.Tensor:
@@ -36,9 +44,7 @@ def background_ratio(
     Patches are numbered row by row, as the model numbers its tokens. H and W must be multiples of
     the patch size.
     """
-    missing = label == void_id
-    if background_id is not None:
-        missing |= label == background_id
+    missing = missing_pixels(label, background_id, void_id)
     pooled = F.avg_pool2d(missing.float().unsqueeze(1), patch_size)  # (B, 1, h, w)
     return pooled.flatten(1)
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
-from lmae_repair.dataset import to_tensors
+from lmae_repair.dataset import label_tensor, to_tensors
 from lmae_repair.inference import pad_to_multiple, predict_probabilities
-from lmae_repair.masking import background_ratio, expand_patch_mask, mask_count, top_patches
+from lmae_repair.masking import background_ratio, expand_patch_mask, mask_count, missing_pixels, top_patches
 from lmae_repair.model import LabelMAE
 
 DEFAULT_THRESHOLD = 0.5
@@ -29,6 +30,16 @@ DEFAULT_THRESHOLD = 0.5
 def heavy_share(bg_ratio: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> float:
     """Share of patches whose background-or-void ratio is at least `threshold`."""
     return float((bg_ratio >= threshold).float().mean())
+
+
+def label_heavy_share(label: np.ndarray, info: CheckpointInfo, threshold: float = DEFAULT_THRESHOLD) -> float:
+    """Routing input: the share of background-heavy patches of a label at native resolution,
+    the last row/column of patches padded with void."""
+    space, p = info.label_space, info.model.patch_size
+    label_t = label_tensor(label, space)
+    height, width = label_t.shape
+    padded = F.pad(label_t, (0, -width % p, 0, -height % p), value=space.void_id)
+    return heavy_share(background_ratio(padded[None], p, space.background_id, space.void_id)[0], threshold)
 
 
 def choose_checkpoint(share: float, mask_ratios: list[float]) -> int | None:
@@ -80,10 +91,7 @@ def repair_label(
     editable = expand_patch_mask(mask[None], grid, p)[0][:height, :width].cpu()
     original = torch.from_numpy(label)
     if not overwrite_labeled:
-        missing = original == space.void_id
-        if space.background_id is not None:
-            missing |= original == space.background_id
-        editable &= missing
+        editable &= missing_pixels(original, space.background_id, space.void_id)
     prediction = prediction[:height, :width].cpu().to(torch.uint8)
     repaired = torch.where(editable, prediction, original)
     changed = repaired != original
