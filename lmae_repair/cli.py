@@ -137,12 +137,14 @@ def train(
 def complete(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the completed dataset goes (default: <DATA>-completed beside DATA)."),
-    models: Optional[list[Path]] = typer.Option(None, "--models", help="Checkpoint file or folder of checkpoints (repeatable)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder of checkpoints, or bundled family name (repeatable; default: the bundled family that fits the data)."),
     split: Optional[str] = typer.Option(None, help="Split to repair, where the layout has splits."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threshold: float = typer.Option(0.5, help="Background-or-void share from which a patch counts as background-heavy."),
+    batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Processes reading and preparing pairs (default: half the cores, at most 4; 0 on 2 cores or fewer)."),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
@@ -151,43 +153,94 @@ def complete(
     background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from lmae_repair.complete import CompleteOptions, complete_dataset, find_checkpoints
+        from lmae_repair.complete import CompleteOptions, complete_dataset
         from lmae_repair.data import discover
+        from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
 
-        if not models:
-            raise LmaeError(
-                "no --models given: pass a checkpoint file or folder (train one with "
-                "`lmae-repair train DATA --mask-ratio 0.5 --out runs/x`, then --models runs/x)"
-            )
         index = discover(data, split, images, labels)
-        checkpoints = find_checkpoints(list(models))
+        used, checkpoints = resolve_models(models, index)
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
-        options = CompleteOptions(target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled)
-        columns = (TextColumn("completing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("complete", total=len(index.pairs))
+        options = CompleteOptions(
+            target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
+            batch_size, default_workers() if workers is None else workers,
+        )
+        ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
+        console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
+        with pair_progress("completing", len(index.pairs)) as advance:
 
             def on_pair(entry: dict) -> None:
                 if entry["error"]:
                     err_console.print(f"[yellow]failed:[/] {entry['error']}", highlight=False, soft_wrap=True)
-                progress.advance(task)
+                advance()
 
             report = complete_dataset(index, checkpoints, options, on_pair)
-        entries = report["pairs"]
-        failed = sum(1 for e in entries if e["error"])
-        changed = sum(1 for e in entries if e["pixels_changed"])
-        console.print(
-            f"{len(entries)} pairs: {changed} repaired, {len(entries) - changed - failed} unchanged, {failed} failed"
-            + ("" if dry_run else f"; output in {target} (report: {target / 'lmae-report.json'})")
-        )
-        return 1 if failed else 0
+        print_complete_summary(report, target, dry_run)
+        return 1 if report["totals"]["failed"] else 0
 
     code = guarded(run)
     if code:
         raise typer.Exit(code)
+
+
+def default_workers() -> int:
+    """Loader processes for complete: none on small machines, where they would only compete
+    with the model for the same cores."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+class pair_progress:
+    """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair."""
+
+    def __init__(self, label: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        )
+        self.total = total
+
+    def __enter__(self):
+        import time
+
+        self.progress.__enter__()
+        self.task = self.progress.add_task("pairs", total=self.total, rate="-")
+        self.started, self.count = time.perf_counter(), 0
+
+        def advance() -> None:
+            self.count += 1
+            elapsed = time.perf_counter() - self.started
+            self.progress.update(self.task, advance=1, rate=f"{self.count / elapsed:.1f}" if elapsed > 0 else "-")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+
+def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
+    totals = report["totals"]
+    table = Table(title="lmae-repair complete", show_header=False)
+    table.add_row("pairs", str(totals["pairs"]))
+    table.add_row("repaired", str(totals["repaired"]))
+    table.add_row("unchanged", str(totals["unchanged"]))
+    table.add_row("failed", f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
+    if totals["resumed"]:
+        table.add_row("done by an earlier run", str(totals["resumed"]))
+    share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
+    table.add_row("pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
+    for ratio, count in totals["pairs_by_mask_ratio"].items():
+        table.add_row(f"routed to mask ratio {ratio}", str(count))
+    rate = f", {totals['pairs_per_second']} pairs/s" if totals["pairs_per_second"] else ""
+    table.add_row("time", f"{totals['seconds']:.1f} s{rate}")
+    if not dry_run:
+        table.add_row("output", str(target))
+        table.add_row("report", f"{target / 'lmae-report.html'} (and lmae-report.json)")
+    console.print(table)
 
 
 @app.command()

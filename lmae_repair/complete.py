@@ -3,9 +3,14 @@
 OUT mirrors the input: each label is written under its path relative to the dataset root (VOC:
 `OUT/SegmentationClass/x.png`; paired: `OUT/labels/x.png`; Cityscapes: `OUT/gtFine/...`), as a PNG
 in the input's mode and palette; images are hard-linked (copied across file systems) beside them
-unless `labels_only`. Input files are never written. Each finished pair is appended to
+unless `labels_only`. Input files are never written.
+
+Pipeline: loader workers read, route and prepare pairs (`repair.prepare`); the main thread runs
+the model on batches of tiles from several pairs; one writer thread encodes and writes the PNGs
+while the model works on the next batch. Each finished pair is appended to
 `OUT/.lmae-progress.jsonl` after its label is in place (written atomically), so a rerun of the same
-command skips the finished pairs; `OUT/lmae-report.json` is rebuilt from that log at the end.
+command skips the finished pairs; the reports are rebuilt from that log at the end. A lock file
+stops two runs from writing into the same OUT at once.
 """
 
 from __future__ import annotations
@@ -14,38 +19,28 @@ import json
 import os
 import shutil
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info
-from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
+from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
 from lmae_repair.errors import LmaeError
-from lmae_repair.repair import DEFAULT_THRESHOLD, choose_checkpoint, label_heavy_share, repair_label
+from lmae_repair.repair import DEFAULT_THRESHOLD, Prepared, choose_checkpoint, finish, label_heavy_share, predict, prepare
+from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
-REPORT = "lmae-report.json"
+LOCK_FILE = ".lmae-lock"
+PENDING_WRITES = 4  # batches the writer may fall behind before the model waits for it
 
-
-def find_checkpoints(specs: list[Path]) -> list[tuple[Path, CheckpointInfo]]:
-    """Checkpoint files named directly or found in folders (a run folder's best.safetensors is
-    preferred over its last.safetensors); all must share one label space and patch size."""
-    files: list[Path] = []
-    for spec in specs:
-        if spec.is_file():
-            files.append(spec)
-        elif spec.is_dir():
-            found = sorted(spec.rglob("*.safetensors"))
-            files += [f for f in found if not (f.name == "last.safetensors" and (f.parent / "best.safetensors").exists())]
-        else:
-            raise LmaeError(f"{spec}: no such checkpoint file or folder")
-    if not files:
-        raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
-    checkpoints = [(f, read_info(f)) for f in files]
-    first = checkpoints[0][1]
-    for path, info in checkpoints[1:]:
-        if not info.label_space.same_classes(first.label_space) or info.model.patch_size != first.model.patch_size:
-            raise LmaeError(f"{path}: label space or patch size differs from {checkpoints[0][0]}; give one family at a time")
-    return sorted(checkpoints, key=lambda c: c[1].mask_ratio)
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs are the user's business
+    fcntl = None
 
 
 def check_output_location(root: Path, out: Path) -> None:
@@ -79,11 +74,60 @@ class CompleteOptions:
     dry_run: bool = False
     labels_only: bool = False
     overwrite_labeled: bool = False
+    batch_size: int = 8  # pairs per model batch
+    workers: int = 0  # loader processes; 0 = read in the main process
+
+
+@dataclass
+class Loaded:
+    """One pair after the loader: its report entry so far, its label file, and the model input."""
+
+    pair: Pair
+    entry: dict
+    label: LabelFile | None = None
+    choice: int | None = None
+    prepared: Prepared | None = None
+
+
+def new_entry(pair: Pair) -> dict:
+    return {"label": pair.key, "image": str(pair.image), "input_label": str(pair.label), "output": None,
+            "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None,
+            "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
+
+
+class PairLoader(Dataset):
+    """Reads a pair, routes it and prepares the model input; errors end up in the entry."""
+
+    def __init__(self, pairs: list[Pair], checkpoints: list[tuple[Path, CheckpointInfo]], threshold: float):
+        self.pairs, self.checkpoints, self.threshold = pairs, checkpoints, threshold
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Loaded:
+        pair = self.pairs[i]
+        item = Loaded(pair, new_entry(pair))
+        try:
+            image, label = read_pair(pair)
+            item.label = label
+            item.entry["pixels"] = int(label.values.size)
+            share = label_heavy_share(label.values, self.checkpoints[0][1], self.threshold)
+            item.entry["background_heavy_share"] = round(share, 4)
+            item.choice = choose_checkpoint(share, [info.mask_ratio for _, info in self.checkpoints])
+            if item.choice is not None:
+                item.prepared = prepare(image, label.values, self.checkpoints[item.choice][1])
+        except LmaeError as exc:
+            item.entry["error"] = str(exc)
+        return item
+
+
+def _as_list(items: list) -> list:
+    return items
 
 
 @dataclass
 class Completer:
-    """Repairs pairs one at a time with the routed checkpoint (models load on first use)."""
+    """Runs the routed models on batches of loaded pairs (models load on first use)."""
 
     checkpoints: list[tuple[Path, CheckpointInfo]]
     options: CompleteOptions
@@ -94,32 +138,40 @@ class Completer:
             self._models[index] = load_checkpoint(self.checkpoints[index][0], self.options.device)[0]
         return self._models[index]
 
-    def process(self, pair: Pair, index: DatasetIndex) -> dict:
-        """Repair one pair and write its outputs; returns its report entry (errors included)."""
-        entry = {"label": pair.key, "image": str(pair.image), "output": None, "checkpoint": None,
-                 "mask_ratio": None, "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
+    def repair_batch(self, batch: list[Loaded]) -> list[tuple[Loaded, object]]:
+        """(loaded pair, repaired label values) for each pair; errors keep the original values."""
+        results = {}
+        for choice in sorted({item.choice for item in batch if item.prepared is not None}):
+            group = [item for item in batch if item.choice == choice and item.prepared is not None]
+            path, info = self.checkpoints[choice]
+            tiles_per_pass = 8 * self.options.batch_size
+            probs = predict(self.model(choice), info, [item.prepared for item in group], self.options.device, tiles_per_pass)
+            for item, prob in zip(group, probs):
+                result = finish(item.prepared, prob, info, self.options.overwrite_labeled)
+                item.entry.update(
+                    checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
+                    pixels_changed=result.pixels_changed,
+                    mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
+                )
+                results[id(item)] = result.values
+        return [(item, results.get(id(item), None if item.label is None else item.label.values)) for item in batch]
+
+
+def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions) -> dict:
+    """Write one pair's label (and image link) under OUT, then log it as finished."""
+    entry = item.entry
+    if entry["error"] is None and not options.dry_run:
         try:
-            image, label = read_pair(pair)
-            share = label_heavy_share(label.values, self.checkpoints[0][1], self.options.threshold)
-            entry["background_heavy_share"] = round(share, 4)
-            choice = choose_checkpoint(share, [info.mask_ratio for _, info in self.checkpoints])
-            values = label.values
-            if choice is not None:
-                path, info = self.checkpoints[choice]
-                result = repair_label(self.model(choice), info, image, label.values, self.options.overwrite_labeled, self.options.device)
-                values = result.values
-                entry.update(checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
-                             pixels_changed=result.pixels_changed,
-                             mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4))
-            if not self.options.dry_run:
-                target = (self.options.out / pair.key).with_suffix(".png")
-                write_label(target, LabelFile(values, label.mode, label.palette))
-                if not self.options.labels_only:
-                    mirror_image(pair, index.root, self.options.out)
-                entry["output"] = str(target)
-        except LmaeError as exc:
-            entry["error"] = str(exc)
-        return entry
+            target = (options.out / item.pair.key).with_suffix(".png")
+            write_label(target, LabelFile(values, item.label.mode, item.label.palette))
+            if not options.labels_only:
+                mirror_image(item.pair, index.root, options.out)
+            entry["output"] = str(target)
+        except (LmaeError, OSError) as exc:
+            entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"
+    if not options.dry_run:
+        append_progress(options.out, entry)
+    return entry
 
 
 def load_progress(out: Path) -> dict[str, dict]:
@@ -142,44 +194,76 @@ def append_progress(out: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def write_report(out: Path, index: DatasetIndex, entries: list[dict], seconds: float, checkpoints) -> dict:
-    totals = {
-        "pairs": len(entries),
-        "repaired": sum(1 for e in entries if e["pixels_changed"] > 0),
-        "failed": sum(1 for e in entries if e["error"]),
-        "pixels_changed": sum(e["pixels_changed"] for e in entries),
-        "seconds": round(seconds, 2),
-    }
-    report = {
-        "data": str(index.root),
-        "layout": index.layout,
-        "checkpoints": [{"path": str(p), "mask_ratio": info.mask_ratio} for p, info in checkpoints],
-        "totals": totals,
-        "pairs": entries,
-    }
-    atomic_write(out / REPORT, lambda f: f.write(json.dumps(report, indent=2).encode()))
-    return report
+def lock_output(out: Path):
+    """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused."""
+    handle = open(out / LOCK_FILE, "a")
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise LmaeError(f"{out}: another lmae-repair run is writing here; wait for it or choose another --out") from None
+    return handle
 
 
-def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
-    """Repair every pair of `index` into options.out; returns the report."""
-    check_output_location(index.root, options.out)
-    started = time.perf_counter()
+def remove_temporaries(out: Path) -> None:
+    """Delete the temporary files of a run that was killed (`atomic_write` names them .NAME.*.tmp);
+    safe because this run holds the lock on OUT."""
+    for leftover in out.rglob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: CompleteOptions, on_pair) -> list[dict]:
+    """Load, repair and write `todo`; returns the new entries in dataset order."""
     completer = Completer(checkpoints, options)
-    if not options.dry_run:
-        options.out.mkdir(parents=True, exist_ok=True)
-    done = {} if options.dry_run else load_progress(options.out)
-    entries = []
-    for pair in index.pairs:
-        entry = done.get(pair.key)
-        if entry is None:
-            entry = completer.process(pair, index)
-            if not options.dry_run:
-                append_progress(options.out, entry)
+    loader = DataLoader(
+        PairLoader(todo, checkpoints, options.threshold), batch_size=options.batch_size,
+        num_workers=options.workers, collate_fn=_as_list,
+        prefetch_factor=2 if options.workers else None, persistent_workers=False,
+    )
+    entries: list[dict] = []
+    pending: deque[Future] = deque()
+
+    def collect(future: Future) -> None:
+        entry = future.result()
         entries.append(entry)
         if on_pair is not None:
             on_pair(entry)
-    seconds = time.perf_counter() - started
-    if options.dry_run:
-        return {"totals": {"pairs": len(entries)}, "pairs": entries}
-    return write_report(options.out, index, entries, seconds, checkpoints)
+
+    with ThreadPoolExecutor(max_workers=1) as writer, torch.inference_mode():
+        for batch in loader:
+            for item, values in completer.repair_batch(batch):
+                pending.append(writer.submit(write_outputs, item, values, index, options))
+            while len(pending) > PENDING_WRITES * options.batch_size or (pending and pending[0].done()):
+                collect(pending.popleft())
+        while pending:
+            collect(pending.popleft())
+    return entries
+
+
+def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
+    """Repair every pair of `index` into options.out; returns the report (written unless dry run)."""
+    check_output_location(index.root, options.out)
+    started = time.perf_counter()
+    lock = None
+    if not options.dry_run:
+        options.out.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(options.out)
+        remove_temporaries(options.out)
+    try:
+        done = {} if options.dry_run else load_progress(options.out)
+        todo = [pair for pair in index.pairs if pair.key not in done]
+        for pair in index.pairs:
+            if pair.key in done and on_pair is not None:
+                on_pair(done[pair.key])
+        new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair)}
+        entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs]
+        totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
+        if options.dry_run:
+            return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
+        report = write_json_report(options.out, index, entries, totals, checkpoints)
+        write_html_report(options.out, report, checkpoints[0][1].label_space)
+        return report
+    finally:
+        if lock is not None:
+            lock.close()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.model import LabelMAE
+from lmae_repair.neighbourhood import neighbourhood_hint
 
 
 def pad_to_multiple(
@@ -47,27 +48,58 @@ def predict_probabilities(
     tile: int,
     batch_size: int = 16,
     autocast: bool = False,
+    hint: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class probabilities (N, H, W) for one image (3, H, W) whose sides are multiples of the patch
     size and at least `tile`; `mask` (L,) marks the hidden patches of its whole grid."""
-    p = model.config.patch_size
-    _, height, width = image.shape
-    grid_h, grid_w = height // p, width // p
-    grid_mask = mask.view(grid_h, grid_w)
-    windows = [(y, x) for y in tile_origins(height, tile) for x in tile_origins(width, tile)]
-    probs = torch.zeros(model.config.num_classes, height, width, device=image.device)
-    counts = torch.zeros(1, height, width, device=image.device)
+    return predict_many(model, [image], [label], [mask], tile, batch_size, autocast, [hint])[0]
+
+
+@torch.no_grad()
+def predict_many(
+    model: LabelMAE,
+    images: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    tile: int,
+    batch_size: int = 16,
+    autocast: bool = False,
+    hints: list[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """`predict_probabilities` for several images of any sizes at once: the tiles of all of them
+    share batches of `batch_size`, so small images still fill the batch.
+
+    `hints` are the whole-image nearest-fill hints of a `neighbour_hint` model (computed from the
+    whole image's visible labels when None, not from each tile's).
+    """
+    p, n = model.config.patch_size, model.config.num_classes
+    hints = list(hints) if hints is not None else [None] * len(images)
+    if model.config.neighbour_hint:
+        hints = [
+            h if h is not None else neighbourhood_hint(label[None], mask[None], p, n)[0]
+            for h, label, mask in zip(hints, labels, masks)
+        ]
+    windows = []  # (image index, y, x)
+    for i, image in enumerate(images):
+        _, height, width = image.shape
+        windows += [(i, y, x) for y in tile_origins(height, tile) for x in tile_origins(width, tile)]
+    grid_masks = [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(masks, images)]
+    probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
+    counts = [torch.zeros(1, *im.shape[1:], device=im.device) for im in images]
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
-        images = torch.stack([image[:, y : y + tile, x : x + tile] for y, x in chunk])
-        labels = torch.stack([label[y : y + tile, x : x + tile] for y, x in chunk])
-        masks = torch.stack(
-            [grid_mask[y // p : (y + tile) // p, x // p : (x + tile) // p].reshape(-1) for y, x in chunk]
+        crop_images = torch.stack([images[i][:, y : y + tile, x : x + tile] for i, y, x in chunk])
+        crop_labels = torch.stack([labels[i][y : y + tile, x : x + tile] for i, y, x in chunk])
+        crop_masks = torch.stack(
+            [grid_masks[i][y // p : (y + tile) // p, x // p : (x + tile) // p].reshape(-1) for i, y, x in chunk]
         )
-        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(images, labels, masks)
+        crop_hints = None
+        if model.config.neighbour_hint:
+            crop_hints = torch.stack([hints[i][y : y + tile, x : x + tile] for i, y, x in chunk])
+        with torch.autocast(crop_images.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(crop_images, crop_labels, crop_masks, crop_hints)
         tile_probs = logits.float().softmax(1)
-        for (y, x), prob in zip(chunk, tile_probs):
-            probs[:, y : y + tile, x : x + tile] += prob
-            counts[:, y : y + tile, x : x + tile] += 1
-    return probs / counts
+        for (i, y, x), prob in zip(chunk, tile_probs):
+            probs[i][:, y : y + tile, x : x + tile] += prob
+            counts[i][:, y : y + tile, x : x + tile] += 1
+    return [prob / count for prob, count in zip(probs, counts)]

@@ -8,6 +8,16 @@ patches with the highest background ratio, exactly as it was trained to, and reb
 
 Do no harm: only pixels inside hidden patches may change, and among those only pixels that were
 background or void, unless `overwrite_labeled` is set. Everything else is copied from the input.
+
+Native resolution: a label of any size is cut into patches from its top-left corner; a patch's
+background ratio counts only its pixels inside the label, so the partial last row/column of
+patches is judged like the others. For the model the image is padded (image black, label void) to
+whole patches and to at least one tile; tiles of the training crop size then cover it (see
+`inference.py`); padding patches are never hidden, and the result is cropped back to the input's
+exact size.
+
+The work is split in three steps so that `complete` can overlap them: `prepare` (CPU, in loader
+workers), `predict_many` (the model, on batches of tiles from several labels), `finish` (CPU).
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
-from lmae_repair.dataset import label_tensor, to_tensors
-from lmae_repair.inference import pad_to_multiple, predict_probabilities
-from lmae_repair.masking import background_ratio, expand_patch_mask, mask_count, missing_pixels, top_patches
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.dataset import label_tensor
+from lmae_repair.inference import predict_many
+from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, top_patches
 from lmae_repair.model import LabelMAE
+from lmae_repair.neighbourhood import neighbourhood_hint
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -32,14 +44,20 @@ def heavy_share(bg_ratio: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) ->
     return float((bg_ratio >= threshold).float().mean())
 
 
+def patch_background_ratio(label: torch.Tensor, patch_size: int, space: LabelSpace) -> torch.Tensor:
+    """(H, W) class indices -> (ceil(H/p), ceil(W/p)) share of background-or-void pixels among each
+    patch's pixels inside the label."""
+    height, width = label.shape
+    pad = (0, -width % patch_size, 0, -height % patch_size)
+    missing = F.pad(missing_pixels(label, space.background_id, space.void_id).float(), pad)
+    inside = F.pad(torch.ones(height, width), pad)
+    return F.avg_pool2d(missing[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
+
+
 def label_heavy_share(label: np.ndarray, info: CheckpointInfo, threshold: float = DEFAULT_THRESHOLD) -> float:
-    """Routing input: the share of background-heavy patches of a label at native resolution,
-    the last row/column of patches padded with void."""
-    space, p = info.label_space, info.model.patch_size
-    label_t = label_tensor(label, space)
-    height, width = label_t.shape
-    padded = F.pad(label_t, (0, -width % p, 0, -height % p), value=space.void_id)
-    return heavy_share(background_ratio(padded[None], p, space.background_id, space.void_id)[0], threshold)
+    """Routing input: the share of background-heavy patches of a label at native resolution."""
+    ratio = patch_background_ratio(label_tensor(label, info.label_space), info.model.patch_size, info.label_space)
+    return heavy_share(ratio.flatten(), threshold)
 
 
 def choose_checkpoint(share: float, mask_ratios: list[float]) -> int | None:
@@ -50,6 +68,41 @@ def choose_checkpoint(share: float, mask_ratios: list[float]) -> int | None:
 
 
 @dataclass
+class Prepared:
+    """One label made ready for the model (padded to whole tiles), and what is needed to finish."""
+
+    image: torch.Tensor  # (3, Hp, Wp) uint8
+    label: torch.Tensor  # (Hp, Wp) long, padding = void
+    mask: torch.Tensor  # (Lp,) bool, True on the hidden patches of the padded grid
+    hint: torch.Tensor | None  # (Hp, Wp) long nearest-fill hint, for neighbour_hint models
+    original: np.ndarray  # (H, W) the input label as it was
+
+
+def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepared:
+    """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
+    (H, W, 3) uint8 of the same size) and pad both for tiled prediction."""
+    space, p = info.label_space, info.model.patch_size
+    tile = int(info.training.get("crop", 224))
+    height, width = label.shape
+    label_t = label_tensor(label, space)
+    ratio = patch_background_ratio(label_t, p, space)
+    count = mask_count(ratio.numel(), info.mask_ratio)
+    native_mask = top_patches(ratio.flatten()[None], count, torch.Generator().manual_seed(0))[0].view(ratio.shape)
+
+    padded_h = max(ratio.shape[0] * p, tile)
+    padded_w = max(ratio.shape[1] * p, tile)
+    pad = (0, padded_w - width, 0, padded_h - height)
+    image_t = F.pad(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), pad, value=0)
+    label_t = F.pad(label_t, pad, value=space.void_id)
+    mask = F.pad(native_mask, (0, padded_w // p - ratio.shape[1], 0, padded_h // p - ratio.shape[0]), value=False)
+    mask = mask.flatten()
+    hint = None
+    if info.model.neighbour_hint:
+        hint = neighbourhood_hint(label_t[None], mask[None], p, info.model.num_classes)[0]
+    return Prepared(image_t, label_t, mask, hint, label)
+
+
+@dataclass
 class Repair:
     """A repaired label and what was done to it."""
 
@@ -57,6 +110,36 @@ class Repair:
     patches_masked: int
     pixels_changed: int
     mean_confidence: float  # mean top-class probability over the changed pixels (nan if none)
+
+
+def predict(
+    model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched."""
+    device = torch.device(device)
+    to = dict(device=device, non_blocking=True)
+    images = [item.image.to(**to).float().div_(255.0) for item in items]
+    labels = [item.label.to(**to) for item in items]
+    masks = [item.mask.to(**to) for item in items]
+    hints = [None if item.hint is None else item.hint.to(**to) for item in items]
+    tile = int(info.training.get("crop", 224))
+    return predict_many(model, images, labels, masks, tile, batch_size, device.type == "cuda", hints)
+
+
+def finish(item: Prepared, probs: torch.Tensor, info: CheckpointInfo, overwrite_labeled: bool = False) -> Repair:
+    """Merge the prediction into the original label under the do-no-harm rule."""
+    space, p = info.label_space, info.model.patch_size
+    height, width = item.original.shape
+    grid = (item.label.shape[0] // p, item.label.shape[1] // p)
+    editable = expand_patch_mask(item.mask[None], grid, p)[0][:height, :width]
+    original = torch.from_numpy(item.original)
+    if not overwrite_labeled:
+        editable &= missing_pixels(original, space.background_id, space.void_id)
+    confidence, prediction = probs[:, :height, :width].float().cpu().max(0)
+    repaired = torch.where(editable, prediction.to(torch.uint8), original)
+    changed = repaired != original
+    mean_conf = float(confidence[changed].mean()) if changed.any() else float("nan")
+    return Repair(repaired.numpy(), int(item.mask.sum()), int(changed.sum()), mean_conf)
 
 
 @torch.no_grad()
@@ -71,29 +154,7 @@ def repair_label(
     """Hide the floor(L*m) most background-heavy patches of `label` and rebuild them with `model`.
 
     `image` is (H, W, 3) uint8 and `label` (H, W) uint8 of the same size, in the checkpoint's label
-    space; the result has the input's size (the input is padded to whole tiles and cropped back).
+    space; the result has the input's size.
     """
-    space, p = info.label_space, model.config.patch_size
-    tile = int(info.training.get("crop", 224))
-    height, width = label.shape
-    image_t, label_t = to_tensors(image, label, space)
-    image_t, label_t = pad_to_multiple(image_t[None], label_t[None], p, space.void_id, minimum=tile)
-    image_t, label_t = image_t[0].to(device), label_t[0].to(device)
-
-    bg = background_ratio(label_t[None], p, space.background_id, space.void_id)
-    count = mask_count(bg.shape[1], info.mask_ratio)
-    mask = top_patches(bg, count, torch.Generator().manual_seed(0))[0]
-    probs = predict_probabilities(
-        model, image_t, label_t, mask, tile, autocast=torch.device(device).type == "cuda"
-    )
-    confidence, prediction = probs.max(0)
-    grid = (label_t.shape[0] // p, label_t.shape[1] // p)
-    editable = expand_patch_mask(mask[None], grid, p)[0][:height, :width].cpu()
-    original = torch.from_numpy(label)
-    if not overwrite_labeled:
-        editable &= missing_pixels(original, space.background_id, space.void_id)
-    prediction = prediction[:height, :width].cpu().to(torch.uint8)
-    repaired = torch.where(editable, prediction, original)
-    changed = repaired != original
-    mean_conf = float(confidence[:height, :width].cpu()[changed].mean()) if changed.any() else float("nan")
-    return Repair(repaired.numpy(), int(mask.sum()), int(changed.sum()), mean_conf)
+    item = prepare(image, label, info)
+    return finish(item, predict(model, info, [item], device)[0], info, overwrite_labeled)

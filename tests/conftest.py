@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import LabelMAE, ModelConfig
 
 NUM_CLASSES = 4  # 0 background, 1..3 objects
 CLASS_COLOURS = np.array([[40, 40, 40], [220, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.float64)
@@ -82,3 +87,16 @@ def make_cityscapes(root: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def family(tmp_path):
+    """Two untrained checkpoints (mask ratios 0.25 and 0.5) for the generated label space."""
+    folder = tmp_path / "models"
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2,
+                         neighbour_hint=True, refine_channels=4)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    for ratio in (0.25, 0.5):
+        torch.manual_seed(0)
+        save_checkpoint(folder / f"mask-{ratio:.2f}" / "best.safetensors", LabelMAE(config), CheckpointInfo(config, ratio, space, {"crop": 32}))
+    return folder

@@ -18,18 +18,6 @@ from lmae_repair.model import LabelMAE, ModelConfig
 runner = CliRunner()
 
 
-@pytest.fixture
-def family(tmp_path):
-    """Two untrained checkpoints (mask ratios 0.25 and 0.5) for the generated label space."""
-    folder = tmp_path / "models"
-    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
-    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
-    for ratio in (0.25, 0.5):
-        torch.manual_seed(0)
-        save_checkpoint(folder / f"mask-{ratio:.2f}" / "best.safetensors", LabelMAE(config), CheckpointInfo(config, ratio, space, {"crop": 32}))
-    return folder
-
-
 def complete(data, out, family, *extra):
     return runner.invoke(app, ["complete", str(data), "--out", str(out), "--models", str(family), "--device", "cpu", *extra])
 
@@ -94,9 +82,69 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert int(changed.sum()) == good["pixels_changed"]
 
 
-def test_dry_run_writes_nothing_and_models_are_required(tmp_path, family):
+def test_dry_run_writes_nothing(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
-    assert complete(root, tmp_path / "out", family, "--dry-run").exit_code == 0
+    result = complete(root, tmp_path / "out", family, "--dry-run")
+    assert result.exit_code == 0 and "repaired" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_without_models_and_no_bundled_family_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "empty"))
+    root = make_paired(tmp_path / "ds", count=2)
     result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "lmae-repair train" in result.output
+
+
+def test_bundled_family_by_name_and_by_label_space(tmp_path, family, monkeypatch):
+    """`--models NAME` picks models/NAME; without --models the family whose label space fits wins."""
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
+    bundled = tmp_path / "models_root"
+    bundled.mkdir()
+    family.rename(bundled / "shapes")
+    wide = ModelConfig(num_classes=2, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    save_checkpoint(bundled / "binary" / "mask-0.50.safetensors", LabelMAE(wide),
+                    CheckpointInfo(wide, 0.5, LabelSpace(2, background_id=0, void_id=255), {"crop": 32}))
+    root = make_paired(tmp_path / "ds", count=2)  # values 0..3: only "shapes" can read them
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o1"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "bundled family 'shapes'" in result.output
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o2"), "--models", "binary"])
+    assert result.exit_code == 2 and "does not fit the labels" in result.output
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o3"), "--models", "nosuch"])
+    assert result.exit_code == 2 and "bundled families: binary, shapes" in result.output
+
+
+def test_batching_and_loader_workers_do_not_change_the_output(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=5, size=40)
+    assert complete(root, tmp_path / "one", family, "--batch-size", "1", "--workers", "0").exit_code == 0
+    assert complete(root, tmp_path / "many", family, "--batch-size", "4", "--workers", "2").exit_code == 0
+    for label in (tmp_path / "one" / "labels").iterdir():
+        assert label.read_bytes() == (tmp_path / "many" / "labels" / label.name).read_bytes()
+
+
+def test_html_report_shows_the_changed_pairs(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    assert complete(root, tmp_path / "out", family).exit_code == 0
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    changed = [e for e in report["pairs"] if e["pixels_changed"] > 0]
+    page = (tmp_path / "out" / "lmae-report.html").read_text()
+    assert changed and page.count("<img ") == 4 * len(changed)  # image, original, repaired, changes
+    for entry in changed:
+        assert entry["label"] in page
+    assert report["totals"]["repaired"] == len(changed)
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_holds_it(tmp_path, family):
+    from lmae_repair.complete import lock_output
+
+    root = make_paired(tmp_path / "ds", count=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    held = lock_output(out)
+    try:
+        result = complete(root, out, family)
+        assert result.exit_code == 2 and "another lmae-repair run is writing here" in result.output
+    finally:
+        held.close()
+    assert complete(root, out, family).exit_code == 0

@@ -93,7 +93,7 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
     with torch.device("meta"):
         tiny = LabelMAE(preset_config("tiny", 21))
         base = LabelMAE(preset_config("base", 21))
-    assert tiny.num_parameters() < 10_000_000
+    assert tiny.num_parameters() < 12_000_000
     cfg = base.config
     assert (cfg.enc_depth, cfg.dec_depth, cfg.enc_dim, cfg.dec_dim) == (8, 6, 1440, 720)
     with pytest.raises(LmaeError):

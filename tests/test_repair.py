@@ -8,7 +8,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import choose_checkpoint, heavy_share, repair_label
+from lmae_repair.repair import choose_checkpoint, heavy_share, label_heavy_share, repair_label
 
 
 def test_heavy_share_counts_patches_at_or_above_the_threshold():
@@ -82,3 +82,25 @@ def test_overwrite_labeled_lets_annotated_pixels_in_hidden_patches_change(scenar
 def test_repair_is_deterministic(scenario):
     model, info, image, label = scenario
     assert np.array_equal(repair_label(model, info, image, label).values, repair_label(model, info, image, label).values)
+
+
+def test_a_label_smaller_than_a_tile_is_repaired_in_its_own_patches():
+    """Padding up to the tile size must not use up the mask budget: the hidden patches are the
+    label's own background-heavy ones."""
+    model, info = untrained(crop=64)  # 64-pixel tiles, 8-pixel patches; the label is 24x24
+    label = np.full((24, 24), 1, dtype=np.uint8)
+    label[:8, :8] = 0  # one empty patch of 9
+    image = np.zeros((24, 24, 3), dtype=np.uint8)
+    result = repair_label(model, info, image, label)
+    assert result.patches_masked == 9 // 2
+    assert (result.values[:8, :8] != 0).any()  # the empty patch was rebuilt (untrained model)
+
+
+def test_partial_border_patches_are_judged_on_their_own_pixels():
+    """A fully annotated label whose size is not a multiple of the patch size has no background-
+    heavy patch: the padding is not counted as void."""
+    _, info = untrained()
+    label = np.full((20, 21), 1, dtype=np.uint8)  # 8-pixel patches: the last row/column are partial
+    assert label_heavy_share(label, info) == 0.0
+    label[16:, :] = 0  # the partial last row is all background
+    assert label_heavy_share(label, info) == pytest.approx(3 / 9)

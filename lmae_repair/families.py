@@ -1,0 +1,148 @@
+"""Which checkpoints to use: `--models` given as files, folders or a bundled family name, or the
+bundled family that matches the dataset when `--models` is left out.
+
+A *family* is a folder of checkpoints that share one label space and patch size and differ in mask
+ratio (`models/camvid/mask-0.50.safetensors`, ...). Bundled families live in the project's
+`models/` folder (override with the LMAE_REPAIR_MODELS environment variable). A family matches a
+dataset when every label value seen in a sample of its labels is one of the family's classes or
+its void value; among matching families the one whose class names (classes.txt or the layout's
+list) or palette agree with the dataset wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmae_repair.checkpoints import CheckpointInfo, read_info
+from lmae_repair.data import DatasetIndex, read_label
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import find_classes_file, read_class_names
+
+Checkpoints = list[tuple[Path, CheckpointInfo]]
+MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
+HOW_TO_TRAIN = (
+    "train a family for it with `lmae-repair train DATA --mask-ratio 0.25 --mask-ratio 0.5 "
+    "--mask-ratio 0.75 --out runs/mine`, then pass --models runs/mine"
+)
+
+
+def bundled_models_dir() -> Path:
+    override = os.environ.get("LMAE_REPAIR_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+
+
+def bundled_families() -> dict[str, Path]:
+    """Family name -> folder, for every folder of checkpoints under the bundled models folder."""
+    root = bundled_models_dir()
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.rglob("*.safetensors"))}
+
+
+def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
+    """Checkpoint files named directly, found in folders (a run folder's best.safetensors is
+    preferred over its last.safetensors), or bundled families by name; all must share one label
+    space and patch size. Sorted by mask ratio."""
+    families = bundled_families()
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if not path.exists() and str(spec) in families:
+            path = families[str(spec)]
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(path.rglob("*.safetensors"))
+            files += [f for f in found if not (f.name == "last.safetensors" and (f.parent / "best.safetensors").exists())]
+        else:
+            known = f" (bundled families: {', '.join(families)})" if families else ""
+            raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
+    if not files:
+        raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
+    checkpoints = [(f, read_info(f)) for f in files]
+    first_path, first = checkpoints[0]
+    for path, info in checkpoints[1:]:
+        if not info.label_space.same_classes(first.label_space) or info.model.patch_size != first.model.patch_size:
+            raise LmaeError(f"{path}: label space or patch size differs from {first_path}; give one family at a time")
+    return sorted(checkpoints, key=lambda c: c[1].mask_ratio)
+
+
+def dataset_evidence(index: DatasetIndex) -> tuple[set[int], list[str] | None, list[int] | None]:
+    """Label values seen in a sample of the labels, the dataset's class names, and a palette."""
+    values: set[int] = set()
+    palette = None
+    step = max(1, len(index.pairs) // MATCH_SAMPLE)
+    for pair in index.pairs[::step][:MATCH_SAMPLE]:
+        try:
+            label = read_label(pair.label)
+        except LmaeError:
+            continue  # reported when the pair is processed
+        values.update(int(v) for v in set(label.values.ravel().tolist()))
+        palette = palette or label.palette
+    names = index.known_class_names
+    classes_file = find_classes_file(index.root)
+    if classes_file is not None:
+        names = read_class_names(classes_file)
+    return values, names, palette
+
+
+def match_score(info: CheckpointInfo, values: set[int], names: list[str] | None, palette: list[int] | None) -> int | None:
+    """None if the family cannot read these labels; otherwise higher = better agreement."""
+    space = info.label_space
+    if not values or any(v >= space.num_classes and v != space.void_id for v in values):
+        return None
+    score = 0
+    placeholder = space.names == [f"class_{i}" for i in range(space.num_classes)]
+    if names and not placeholder:
+        wanted = [n.strip().lower() for n in space.names]
+        given = [n.strip().lower() for n in names]
+        if given[: len(wanted)] != wanted:
+            return None  # the dataset says what its classes are, and they are others
+        score += 2
+    if palette and space.palette:
+        size = 3 * space.num_classes
+        if list(palette[:size]) == list(space.palette[:size]):
+            score += 1
+    return score
+
+
+def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
+    """The bundled family that fits the dataset best; a clear error when none or several do."""
+    families = bundled_families()
+    if not families:
+        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {HOW_TO_TRAIN}")
+    values, names, palette = dataset_evidence(index)
+    scored = []
+    for name, folder in families.items():
+        checkpoints = find_checkpoints([folder])
+        score = match_score(checkpoints[0][1], values, names, palette)
+        if score is not None:
+            scored.append((score, name, checkpoints))
+    if not scored:
+        raise LmaeError(
+            f"{index.root}: no bundled family ({', '.join(families)}) fits these labels "
+            f"(values seen: {sorted(values)[:12]}); {HOW_TO_TRAIN}"
+        )
+    scored.sort(key=lambda s: -s[0])
+    if len(scored) > 1 and scored[0][0] == scored[1][0]:
+        tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])
+        raise LmaeError(f"{index.root}: several bundled families fit these labels ({tied}); choose one with --models")
+    return scored[0][1], scored[0][2]
+
+
+def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkpoints]:
+    """(what was used, checkpoints) for `--models`, or the matching bundled family without it."""
+    if specs:
+        checkpoints = find_checkpoints(list(specs))
+        path, info = checkpoints[0]
+        values, names, palette = dataset_evidence(index)
+        if values and match_score(info, values, names, palette) is None:
+            space = info.label_space
+            raise LmaeError(
+                f"{path}: its label space ({space.describe()}) does not fit the labels of {index.root} "
+                f"(values seen: {sorted(values)[:12]}{', class names: ' + ', '.join(names[:12]) if names else ''})"
+            )
+        return ", ".join(map(str, specs)), checkpoints
+    name, checkpoints = match_family(index)
+    return f"bundled family {name!r}", checkpoints

@@ -1,0 +1,161 @@
+"""What `complete` tells the user: `lmae-report.json` for programs, `lmae-report.html` for people.
+
+The HTML page is self-contained (pictures embedded as PNG data URIs) so it can be mailed or
+archived with the dataset. It shows the most-changed pairs, each as image / original label /
+repaired label / changed pixels (the repaired colours over a dimmed image), in the labels' own
+palette when they have one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_label
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+
+REPORT_JSON = "lmae-report.json"
+REPORT_HTML = "lmae-report.html"
+THUMBNAIL_WIDTH = 320
+VOID_COLOUR = (255, 255, 255)
+
+
+def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
+    """Counts over all pairs; `resumed` pairs were finished by an earlier run into the same OUT."""
+    by_ratio: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("mask_ratio") is not None:
+            key = f"{entry['mask_ratio']:.2f}"
+            by_ratio[key] = by_ratio.get(key, 0) + 1
+    processed = len(entries) - resumed
+    return {
+        "pairs": len(entries),
+        "repaired": sum(1 for e in entries if e["pixels_changed"] > 0),
+        "unchanged": sum(1 for e in entries if e["pixels_changed"] == 0 and not e["error"]),
+        "failed": sum(1 for e in entries if e["error"]),
+        "resumed": resumed,
+        "pixels_changed": sum(e["pixels_changed"] for e in entries),
+        "pixels": sum(e.get("pixels") or 0 for e in entries),
+        "pairs_by_mask_ratio": dict(sorted(by_ratio.items())),
+        "seconds": round(seconds, 2),
+        "pairs_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
+    }
+
+
+def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], totals: dict, checkpoints) -> dict:
+    report = {
+        "data": str(index.root),
+        "layout": index.layout,
+        "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio} for path, info in checkpoints],
+        "totals": totals,
+        "pairs": entries,
+    }
+    atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    return report
+
+
+def default_palette(count: int = 256) -> np.ndarray:
+    """The Pascal VOC colour map (bit-interleaved), for labels that carry no palette."""
+    colours = np.zeros((count, 3), dtype=np.uint8)
+    for value in range(count):
+        r = g = b = 0
+        c = value
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours[value] = (r, g, b)
+    return colours
+
+
+def colour_table(space: LabelSpace, palette: list[int] | None) -> np.ndarray:
+    """(256, 3) colours: the label file's palette, else the label space's, else VOC colours."""
+    colours = default_palette()
+    source = palette or space.palette
+    if source:
+        given = np.array(source[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
+        colours[: len(given)] = given
+    if not source or len(source) < 3 * (space.void_id + 1):
+        colours[space.void_id] = VOID_COLOUR
+    return colours
+
+
+def _thumbnail(rgb: np.ndarray, width: int = THUMBNAIL_WIDTH) -> str:
+    img = Image.fromarray(rgb)
+    if img.width > width:
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.NEAREST)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
+    """Image, original label, repaired label, and the changed pixels in their new colour over a
+    dimmed image, as data URIs."""
+    changed = repaired != original
+    overlay = (image * 0.35).astype(np.uint8)
+    overlay[changed] = colours[repaired[changed]]
+    return [_thumbnail(image), _thumbnail(colours[original]), _thumbnail(colours[repaired]), _thumbnail(overlay)]
+
+
+def _legend(space: LabelSpace, colours: np.ndarray) -> str:
+    items = [(name, colours[i]) for i, name in enumerate(space.names)] + [("void", colours[space.void_id])]
+    return " ".join(
+        f'<span class="key"><i style="background:rgb{tuple(int(c) for c in colour)}"></i>{html.escape(name)}</span>'
+        for name, colour in items
+    )
+
+
+def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12) -> Path:
+    """The `top` most-changed pairs of the report, pictured; returns the page's path."""
+    entries = [e for e in report["pairs"] if e["pixels_changed"] > 0 and e.get("output")]
+    entries.sort(key=lambda e: e["pixels_changed"] / max(e.get("pixels") or 1, 1), reverse=True)
+    rows, colours = [], None
+    for entry in entries[:top]:
+        try:
+            image = read_image(Path(entry["image"]))
+            original = read_label(Path(entry["input_label"]))
+            repaired = read_label(Path(entry["output"])).values
+        except LmaeError:
+            continue  # moved or deleted since the run: leave it out of the page
+        colours = colour_table(space, original.palette)
+        pictures = pair_pictures(image, original.values, repaired, colours)
+        share = entry["pixels_changed"] / max(entry.get("pixels") or 1, 1)
+        caption = (
+            f"{html.escape(entry['label'])}: {entry['pixels_changed']:,} pixels changed ({share:.1%}), "
+            f"mask ratio {entry['mask_ratio']:.2f}, {entry['patches_masked']} patches rebuilt, "
+            f"mean confidence {entry['mean_confidence'] or 0:.2f}"
+        )
+        cells = "".join(f'<td><img src="{uri}"></td>' for uri in pictures)
+        rows.append(f'<tr><th colspan="4">{caption}</th></tr><tr>{cells}</tr>')
+    totals = report["totals"]
+    legend = _legend(space, colours if colours is not None else colour_table(space, None))
+    body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>lmae-repair report: {html.escape(report['data'])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }} td, th {{ padding: 4px; text-align: left; vertical-align: top; }}
+th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixelated; max-width: {THUMBNAIL_WIDTH}px; }}
+.key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
+</style></head><body>
+<h1>lmae-repair: {html.escape(report['data'])}</h1>
+<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed']} failed;
+{totals['pixels_changed']:,} pixels changed. The {min(top, len(entries))} most-changed pairs are shown
+(share of pixels changed, largest first); the full list is in {REPORT_JSON}.</p>
+<p>{legend}</p>
+<table>
+<tr><th>image</th><th>original label</th><th>repaired label</th><th>changed pixels</th></tr>
+{body}
+</table></body></html>
+"""
+    path = out / REPORT_HTML
+    atomic_write(path, lambda f: f.write(page.encode("utf-8")))
+    return path
