@@ -5,8 +5,8 @@ A *family* is a folder of checkpoints that share one label space and patch size 
 ratio (`models/camvid/mask-0.50.safetensors`, ...). Bundled families live in the project's
 `models/` folder (override with the LMAE_REPAIR_MODELS environment variable). A family matches a
 dataset when every label value seen in a sample of its labels is one of the family's classes or
-its void value; among matching families the one whose class names (classes.txt or the layout's
-list) or palette agree with the dataset wins.
+its void value, and, for a family with named classes, when the dataset's class names
+(classes.txt or the layout's list) or palette agree with it; the best agreement wins.
 """
 
 from __future__ import annotations
@@ -87,14 +87,17 @@ def dataset_evidence(index: DatasetIndex) -> tuple[set[int], list[str] | None, l
     return values, names, palette
 
 
+def has_real_names(space) -> bool:
+    return space.names != [f"class_{i}" for i in range(space.num_classes)]
+
+
 def match_score(info: CheckpointInfo, values: set[int], names: list[str] | None, palette: list[int] | None) -> int | None:
     """None if the family cannot read these labels; otherwise higher = better agreement."""
     space = info.label_space
     if not values or any(v >= space.num_classes and v != space.void_id for v in values):
         return None
     score = 0
-    placeholder = space.names == [f"class_{i}" for i in range(space.num_classes)]
-    if names and not placeholder:
+    if names and has_real_names(space):
         wanted = [n.strip().lower() for n in space.names]
         given = [n.strip().lower() for n in names]
         if given[: len(wanted)] != wanted:
@@ -116,8 +119,11 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
     scored = []
     for name, folder in families.items():
         checkpoints = find_checkpoints([folder])
-        score = match_score(checkpoints[0][1], values, names, palette)
-        if score is not None:
+        info = checkpoints[0][1]
+        score = match_score(info, values, names, palette)
+        # a family with named classes needs the data to say so (names or palette): label values
+        # alone (0, 1, 2...) fit almost any family
+        if score is not None and (score > 0 or not has_real_names(info.label_space)):
             scored.append((score, name, checkpoints))
     if not scored:
         raise LmaeError(
@@ -146,3 +152,17 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
         return ", ".join(map(str, specs)), checkpoints
     name, checkpoints = match_family(index)
     return f"bundled family {name!r}", checkpoints
+
+
+def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:
+    """Copy the best checkpoint of each mask ratio of a training run into a family folder
+    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size."""
+    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
+
+    written = []
+    for path, _ in find_checkpoints([run_dir]):
+        model, info = load_checkpoint(path)
+        target = Path(dest) / f"mask-{info.mask_ratio:.2f}.safetensors"
+        save_checkpoint(target, model, info, half=half)
+        written.append(target)
+    return written

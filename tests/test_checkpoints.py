@@ -82,3 +82,13 @@ def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path):
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(LmaeError, match="shape"):
         load_checkpoint(path)
+
+
+def test_export_family_writes_one_half_precision_file_per_ratio(tmp_path, family):
+    from lmae_repair.families import export_family, find_checkpoints
+
+    written = export_family(family, tmp_path / "bundled" / "shapes")
+    assert [p.name for p in written] == ["mask-0.25.safetensors", "mask-0.50.safetensors"]
+    exported = find_checkpoints([tmp_path / "bundled" / "shapes"])
+    assert [info.mask_ratio for _, info in exported] == [0.25, 0.5]
+    assert written[0].stat().st_size < (family / "mask-0.25" / "best.safetensors").stat().st_size * 0.6
