@@ -167,7 +167,7 @@ def complete(
         )
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
-        with pair_progress("completing", len(index.pairs)) as advance:
+        with PairProgress("completing", len(index.pairs)) as advance:
 
             def on_pair(entry: dict) -> None:
                 if entry["error"]:
@@ -192,7 +192,7 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
-class pair_progress:
+class PairProgress:
     """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair."""
 
     def __init__(self, label: str, total: int):

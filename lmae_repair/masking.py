@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
 
 STRATEGIES = ("random", "label-first", "background-first")
 DEFAULT_MIX = (1.0, 2.0, 2.0)  # random : label-first : background-first, as in the paper
@@ -47,6 +48,17 @@ def background_ratio(
     missing = missing_pixels(label, background_id, void_id)
     pooled = F.avg_pool2d(missing.float().unsqueeze(1), patch_size)  # (B, 1, h, w)
     return pooled.flatten(1)
+
+
+def patch_background_ratio(label: torch.Tensor, patch_size: int, space: LabelSpace) -> torch.Tensor:
+    """(H, W) class indices -> (ceil(H/p), ceil(W/p)) share of background-or-void pixels among each
+    patch's pixels inside the label: `background_ratio` for one label of any size, whose partial
+    last row/column of patches is judged on its own pixels rather than on padding."""
+    height, width = label.shape
+    pad = (0, -width % patch_size, 0, -height % patch_size)
+    missing = F.pad(missing_pixels(label, space.background_id, space.void_id).float(), pad)
+    inside = F.pad(torch.ones(height, width), pad)
+    return F.avg_pool2d(missing[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
 
 
 def top_patches(scores: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from lmae_repair.masking import expand_patch_mask
 
 
 def nearest_fill(label: np.ndarray, known: np.ndarray, fill_value: int) -> np.ndarray:
@@ -30,12 +31,6 @@ def nearest_fill(label: np.ndarray, known: np.ndarray, fill_value: int) -> np.nd
     return value_of[nearest]
 
 
-def visible_pixels(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
-    """(B, L) patch mask, True = hidden -> (B, H, W) True on pixels of visible patches."""
-    hidden = mask.view(-1, 1, *grid).float()
-    return F.interpolate(hidden, scale_factor=patch_size, mode="nearest")[:, 0] < 0.5
-
-
 @torch.no_grad()
 def neighbourhood_hint(label: torch.Tensor, mask: torch.Tensor, patch_size: int, num_classes: int) -> torch.Tensor:
     """(B, H, W) class indices, (B, L) hidden patches -> (B, H, W) nearest-fill hint.
@@ -47,6 +42,6 @@ def neighbourhood_hint(label: torch.Tensor, mask: torch.Tensor, patch_size: int,
     height, width = label.shape[-2:]
     grid = (height // patch_size, width // patch_size)
     labels = label.to("cpu", torch.uint8).numpy()
-    known = (visible_pixels(mask.cpu(), grid, patch_size) & (label.cpu() < num_classes)).numpy()
+    known = (~expand_patch_mask(mask.cpu(), grid, patch_size) & (label.cpu() < num_classes)).numpy()
     filled = np.stack([nearest_fill(values, ok, num_classes) for values, ok in zip(labels, known)])
     return torch.from_numpy(filled).to(label.device, torch.long)

@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
-from lmae_repair.labelspace import LabelSpace
 from lmae_repair.dataset import label_tensor
 from lmae_repair.inference import predict_many
-from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, top_patches
+from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, top_patches
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
@@ -42,16 +41,6 @@ DEFAULT_THRESHOLD = 0.5
 def heavy_share(bg_ratio: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> float:
     """Share of patches whose background-or-void ratio is at least `threshold`."""
     return float((bg_ratio >= threshold).float().mean())
-
-
-def patch_background_ratio(label: torch.Tensor, patch_size: int, space: LabelSpace) -> torch.Tensor:
-    """(H, W) class indices -> (ceil(H/p), ceil(W/p)) share of background-or-void pixels among each
-    patch's pixels inside the label."""
-    height, width = label.shape
-    pad = (0, -width % patch_size, 0, -height % patch_size)
-    missing = F.pad(missing_pixels(label, space.background_id, space.void_id).float(), pad)
-    inside = F.pad(torch.ones(height, width), pad)
-    return F.avg_pool2d(missing[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
 
 
 def label_heavy_share(label: np.ndarray, info: CheckpointInfo, threshold: float = DEFAULT_THRESHOLD) -> float:
