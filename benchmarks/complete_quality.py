@@ -30,7 +30,7 @@ from lmae_repair.metrics import ConfusionMatrix
 from lmae_repair.neighbourhood import nearest_fill
 
 
-def erase_patches(label: np.ndarray, rng: np.random.Generator, void: int, patch: int, ratio: float) -> np.ndarray:
+def erase_patches(label: np.ndarray, rng: np.random.Generator, patch: int, ratio: float) -> np.ndarray:
     """Boolean (H, W): pixels of randomly chosen patches (floor(L*ratio) of the L patches)."""
     h, w = label.shape
     gh, gw = -(-h // patch), -(-w // patch)
@@ -70,7 +70,7 @@ def main() -> None:
     truths, erased_masks = {}, {}
     for pair in pairs:
         label = read_label(pair.label).values
-        erased = erase_patches(label, rng, space.void_id, args.patch, args.ratio) & (label != space.void_id)
+        erased = erase_patches(label, rng, args.patch, args.ratio) & (label != space.void_id)
         damaged = label.copy()
         damaged[erased] = missing_value
         for root, values in ((damaged_root, damaged), (intact_root, label)):
@@ -79,10 +79,9 @@ def main() -> None:
             shutil.copy(pair.image, root / "images" / pair.image.name)
             Image.fromarray(values).save(root / "labels" / f"{pair.label.stem}.png")
         truths[pair.label.stem], erased_masks[pair.label.stem] = label, erased
-    for name in ("classes.txt",):
-        if (args.data / name).is_file():
-            for root in (damaged_root, intact_root):
-                shutil.copy(args.data / name, root / name)
+    if (args.data / "classes.txt").is_file():
+        for root in (damaged_root, intact_root):
+            shutil.copy(args.data / "classes.txt", root / "classes.txt")
 
     models = args.models or []
     extra = args.extra.split()

@@ -4,12 +4,10 @@ resume and the report."""
 import json
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_voc
+from conftest import make_cityscapes, make_paired, make_voc
 from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.labelspace import LabelSpace
@@ -37,7 +35,7 @@ def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
 
 
 def test_paired_and_cityscapes_layouts_are_mirrored(tmp_path, family):
-    paired = make_paired(tmp_path / "p" / "train", count=2, size=48)
+    make_paired(tmp_path / "p" / "train", count=2, size=48)
     assert complete(tmp_path / "p", tmp_path / "out_p", family, "--labels-only").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "out_p" / "train" / "labels").iterdir()) == ["scene_000.png", "scene_001.png"]
     assert not (tmp_path / "out_p" / "train" / "images").exists()
