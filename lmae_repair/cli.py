@@ -79,7 +79,8 @@ def train(
     workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the cores, at most 4)."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
-    mask_mix: str = typer.Option("1:2:2", help="Masking strategies mixed as random:label-first:background-first."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
+    mask_mix: str = typer.Option("1:2:2:2", help="Masking strategies mixed as random:label-first:background-first:objects (1:2:2 is the paper's mix)."),
     class_weighting: str = typer.Option("paper", help="Loss class weights: paper (eq. 10), inverse, or none."),
     num_classes: Optional[int] = typer.Option(None, help="Number of classes (default: classes.txt, else scanned)."),
     background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
@@ -108,6 +109,7 @@ def train(
             mask_mix=parse_mix(mask_mix),
             class_weighting=class_weighting,
             resume=resume,
+            init=init,
         )
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)
@@ -192,6 +194,14 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
+def rate_text(count: int, seconds: float) -> str:
+    """Pairs per second with enough digits to be useful for slow runs too."""
+    if seconds <= 0:
+        return "-"
+    rate = count / seconds
+    return f"{rate:.1f}" if rate >= 1 else f"{rate:.2f}"
+
+
 class PairProgress:
     """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair."""
 
@@ -214,7 +224,7 @@ class PairProgress:
         def advance() -> None:
             self.count += 1
             elapsed = time.perf_counter() - self.started
-            self.progress.update(self.task, advance=1, rate=f"{self.count / elapsed:.1f}" if elapsed > 0 else "-")
+            self.progress.update(self.task, advance=1, rate=rate_text(self.count, elapsed))
 
         return advance
 
@@ -241,6 +251,84 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
         table.add_row("output", str(target))
         table.add_row("report", f"{target / 'lmae-report.html'} (and lmae-report.json)")
     console.print(table)
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(Path("."), help="Dataset with complete labels: Pascal VOC, Cityscapes, or images/ + labels/."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder or bundled family name (repeatable; default: the bundled family that fits)."),
+    mask_ratio: float = typer.Option(0.5, "--mask-ratio", "-m", help="Share of patches (patch strategies) or of objects (objects) to erase."),
+    strategy: str = typer.Option("random", help="Damage: random, background-first or label-first patches set to void, or objects set to the missing value."),
+    seed: int = typer.Option(0, help="Seed of the damage (the same for every method)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    baselines: str = typer.Option("nearest", help="nearest (nearest labelled pixel fill), or all (adds scikit-image's random walker)."),
+    patch_size: int = typer.Option(16, min=1, help="Side of the erased patches, in pixels."),
+    max_object_share: float = typer.Option(0.05, min=0.0, max=1.0, help="objects: largest object erased, as a share of the image."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate on, where the layout has splits (e.g. val)."),
+    images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
+    labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
+    max_pairs: int = typer.Option(0, min=0, help="Evaluate on the first N pairs only (0: all)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
+) -> None:
+    """Damage complete labels on purpose, repair them as complete would, and score the repair
+    against the truth, beside classical baselines (the paper's protocol, on your data)."""
+
+    def run() -> None:
+        import json
+
+        from lmae_repair.data import atomic_write, discover
+        from lmae_repair.evaluate import EvaluateOptions, evaluate_dataset
+        from lmae_repair.families import resolve_models
+        from lmae_repair.train import resolve_device
+
+        index = discover(data, split, images, labels)
+        used, checkpoints = resolve_models(models, index)
+        options = EvaluateOptions(
+            mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
+            str(resolve_device(device)), batch_size, max_pairs,
+        )
+        total = min(len(index.pairs), max_pairs or len(index.pairs))
+        console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
+        with PairProgress("evaluating", total) as advance:
+            result = evaluate_dataset(
+                index, checkpoints, options, advance,
+                lambda message: err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True),
+            )
+        print_evaluation(result)
+        if json_file is not None:
+            text = json.dumps(result, indent=2)
+            atomic_write(json_file, lambda f: f.write(text.encode()))
+            console.print(f"figures written to {json_file}")
+
+    guarded(run)
+
+
+def print_evaluation(result: dict) -> None:
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    methods = result["methods"]
+    title = f"{result['strategy']} damage at {result['mask_ratio']}: {result['pairs']} pairs, {result['erased_pixels']:,} erased pixels"
+    table = Table(title=title)
+    columns = ("PA-mIoU", "mIoU", "erased restored", "changed precision", "intact changed")
+    table.add_column("method")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("seconds", justify="right")
+    for name, figures in methods.items():
+        values = [figures[k] for k in ("pa_miou", "miou", "restored", "precision")]
+        intact = figures["intact_changed"]
+        table.add_row(name, *map(cell, values), "-" if intact is None else f"{intact:.2%}", f"{figures['seconds']:.1f}")
+    console.print(table)
+    classes = Table(title="IoU per class over the erased pixels")
+    classes.add_column("class")
+    for name in methods:
+        classes.add_column(name, justify="right")
+    for class_name in next(iter(methods.values()))["class_iou"]:
+        classes.add_row(class_name, *(cell(methods[m]["class_iou"][class_name]) for m in methods))
+    console.print(classes)
 
 
 @app.command()

@@ -66,6 +66,11 @@ class LabelSpace:
             f"background id {background}, void id {self.void_id}"
         )
 
+    @property
+    def missing_id(self) -> int:
+        """The value a missed object turns into: background where there is one, void otherwise."""
+        return self.void_id if self.background_id is None else self.background_id
+
     def same_classes(self, other: "LabelSpace") -> bool:
         """True when two label spaces give the same meaning to every pixel value."""
         return (

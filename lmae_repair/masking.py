@@ -8,12 +8,21 @@ model learns every situation it will meet:
 - background-first: the patches most covered by background (learn to keep background background).
 Each strategy masks exactly floor(L * m) of the L patches; ties are broken at random.
 Inference always uses background-first: the background-heavy patches are the suspects.
+
+Our addition, `objects`: half of the small objects of the crop are first turned into the missing
+value (background, or void where there is no background class) in the model's *input*, then
+background-first masking hides the patches they leave behind, and the loss asks for the objects
+back. This is what a missed object looks like at inference; the paper's three strategies never
+show it (a hidden patch there always has the true label around it), so a model trained only on
+them learns to extend the neighbourhood and fills a missed car with road.
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +30,9 @@ from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 
 STRATEGIES = ("random", "label-first", "background-first")
-DEFAULT_MIX = (1.0, 2.0, 2.0)  # random : label-first : background-first, as in the paper
+TRAINING_STRATEGIES = STRATEGIES + ("objects",)
+# random : label-first : background-first as in the paper (1:2:2), plus objects (see above)
+DEFAULT_MIX = (1.0, 2.0, 2.0, 2.0)
 
 
 def mask_count(num_patches: int, mask_ratio: float) -> int:
@@ -93,36 +104,65 @@ def strategy_mask(
     return top_patches(scores, count, generator)
 
 
+def erase_objects(label: np.ndarray, space: LabelSpace, share: float, max_area: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) bool: `share` of the label's objects, the count rounded at random. An object is a
+    connected (8-neighbour) region of one class, not background or void, of at most `max_area`
+    pixels."""
+    objects = []
+    for value in np.unique(label):
+        if value >= space.num_classes or value == space.background_id:
+            continue
+        count, regions, stats, _ = cv2.connectedComponentsWithStats((label == value).astype(np.uint8), connectivity=8)
+        objects += [(regions, i) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] <= max_area]
+    wanted = len(objects) * share
+    take = int(wanted) + int(rng.random() < wanted - int(wanted))
+    erased = np.zeros(label.shape, bool)
+    for position in rng.permutation(len(objects))[:take]:
+        regions, index = objects[position]
+        erased |= regions == index
+    return erased
+
+
 def mixed_training_mask(
-    bg_ratio: torch.Tensor,
+    label: torch.Tensor,
+    objects: torch.Tensor,
+    patch_size: int,
+    space: LabelSpace,
     mask_ratio: float,
-    mix: tuple[float, float, float] = DEFAULT_MIX,
+    mix: tuple[float, ...] = DEFAULT_MIX,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, list[str]]:
-    """One strategy drawn per sample with probabilities `mix`; returns the mask and the choices."""
-    weights = torch.tensor(mix, dtype=torch.float)
-    picks = torch.multinomial(weights, bg_ratio.shape[0], replacement=True, generator=generator)
-    chosen = [STRATEGIES[i] for i in picks.tolist()]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One strategy per sample, drawn with probabilities `mix` (random : label-first :
+    background-first : objects). `label` (B, H, W) is the true label, `objects` (B, H, W) bool the
+    objects that the `objects` strategy erases. Returns the model's input label, the mask (B, L)
+    and the strategies chosen."""
+    weights = torch.tensor(mix + (0.0,) * (len(TRAINING_STRATEGIES) - len(mix)), dtype=torch.float)
+    picks = torch.multinomial(weights, label.shape[0], replacement=True, generator=generator)
+    chosen = [TRAINING_STRATEGIES[i] for i in picks.tolist()]
+    erase_rows = torch.tensor([name == "objects" for name in chosen], device=label.device)
+    input_label = torch.where(erase_rows[:, None, None] & objects, space.missing_id, label)
+    bg_ratio = background_ratio(input_label, patch_size, space.background_id, space.void_id)
     mask = torch.zeros_like(bg_ratio, dtype=torch.bool)
-    for index, strategy in enumerate(STRATEGIES):
-        rows = [i for i, name in enumerate(chosen) if name == strategy]
+    for strategy in STRATEGIES:
+        rows = [i for i, name in enumerate(chosen) if name == strategy or (strategy == "background-first" and name == "objects")]
         if rows:
             mask[rows] = strategy_mask(strategy, bg_ratio[rows], mask_ratio, generator)
-    return mask, chosen
+    return input_label, mask, chosen
 
 
-def parse_mix(text: str) -> tuple[float, float, float]:
-    """'1:2:2' -> (1.0, 2.0, 2.0): random : label-first : background-first."""
+def parse_mix(text: str) -> tuple[float, ...]:
+    """'1:2:2:2' -> (1.0, 2.0, 2.0, 2.0): random : label-first : background-first : objects
+    ('1:2:2', the paper's mix, leaves objects out)."""
     try:
         parts = tuple(float(p) for p in text.split(":"))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+    if len(parts) not in (3, 4) or min(parts) < 0 or sum(parts) <= 0:
         raise LmaeError(
-            f"--mask-mix: expected three non-negative weights like 1:2:2 "
-            f"(random:label-first:background-first), got {text!r}"
+            f"--mask-mix: expected three or four non-negative weights like 1:2:2:2 "
+            f"(random:label-first:background-first[:objects]), got {text!r}"
         )
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def expand_patch_mask(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 PA-mIoU (predicted-area mIoU, from the paper) is the mIoU computed over the reconstructed (masked)
 pixels only, so copying the visible labels earns nothing. Void pixels never count. Classes with no
-pixel in either prediction or truth are left out of the mean.
+pixel in either prediction or truth are left out of the mean. A prediction that is not a class
+(a hole a repair left void) counts as a miss of the true class.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.unpredicted = torch.zeros(num_classes, dtype=torch.long)  # per true class: no class predicted
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> None:
         """Count pixels where truth is a class (not void) and `where` (if given) is True."""
@@ -23,21 +25,25 @@ class ConfusionMatrix:
         valid = (truth >= 0) & (truth < n)
         if where is not None:
             valid &= where.bool()
-        pairs = truth[valid].long() * n + prediction[valid].long()
-        self.matrix += torch.bincount(pairs.cpu(), minlength=n * n).view(n, n)
+        truth, prediction = truth[valid].long().cpu(), prediction[valid].long().cpu()
+        predicted = (prediction >= 0) & (prediction < n)
+        pairs = truth[predicted] * n + prediction[predicted]
+        self.matrix += torch.bincount(pairs, minlength=n * n).view(n, n)
+        self.unpredicted += torch.bincount(truth[~predicted], minlength=n)
 
     def merge(self, other: "ConfusionMatrix") -> None:
         self.matrix += other.matrix
+        self.unpredicted += other.unpredicted
 
     @property
     def total(self) -> int:
-        return int(self.matrix.sum())
+        return int(self.matrix.sum() + self.unpredicted.sum())
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU (N,); NaN for classes absent from both truth and prediction."""
         m = self.matrix.double()
         tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
+        union = m.sum(0) + m.sum(1) + self.unpredicted.double() - tp
         return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
     def miou(self) -> float:

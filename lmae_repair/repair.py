@@ -4,7 +4,8 @@ Routing (paper, Fig. 4): a patch is *background-heavy* when at least `threshold`
 are background or void. The share s of background-heavy patches in a label picks, among the
 available checkpoints, the one whose mask ratio m is nearest to s (ties go to the larger ratio);
 a label with no background-heavy patch is left as it is. That model then hides the floor(L*m)
-patches with the highest background ratio, exactly as it was trained to, and rebuilds them.
+patches with the highest background ratio, exactly as it was trained to, and rebuilds them;
+among patches with the same ratio, those with more void go first (void is certainly a hole).
 
 Do no harm: only pixels inside hidden patches may change, and among those only pixels that were
 background or void, unless `overwrite_labeled` is set. Everything else is copied from the input.
@@ -22,7 +23,7 @@ workers), `predict_many` (the model, on batches of tiles from several labels), `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
 DEFAULT_THRESHOLD = 0.5
+VOID_FIRST = 1e-3  # tie-break weight of a patch's void share when choosing the patches to hide
 
 
 def heavy_share(bg_ratio: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> float:
@@ -75,8 +77,11 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     height, width = label.shape
     label_t = label_tensor(label, space)
     ratio = patch_background_ratio(label_t, p, space)
+    # Among equally background-heavy patches, void ones first: void is a hole for certain,
+    # background only perhaps.
+    priority = ratio + VOID_FIRST * patch_background_ratio(label_t, p, replace(space, background_id=None))
     count = mask_count(ratio.numel(), info.mask_ratio)
-    native_mask = top_patches(ratio.flatten()[None], count, torch.Generator().manual_seed(0))[0].view(ratio.shape)
+    native_mask = top_patches(priority.flatten()[None], count, torch.Generator().manual_seed(0))[0].view(ratio.shape)
 
     padded_h = max(ratio.shape[0] * p, tile)
     padded_w = max(ratio.shape[1] * p, tile)
@@ -116,7 +121,19 @@ def predict(
 
 
 def finish(item: Prepared, probs: torch.Tensor, info: CheckpointInfo, overwrite_labeled: bool = False) -> Repair:
-    """Merge the prediction into the original label under the do-no-harm rule."""
+    """Merge the model's prediction into the original label under the do-no-harm rule."""
+    height, width = item.original.shape
+    confidence, prediction = probs[:, :height, :width].float().cpu().max(0)
+    return merge(item, prediction, confidence, info, overwrite_labeled)
+
+
+def merge(
+    item: Prepared, prediction: torch.Tensor, confidence: torch.Tensor | None, info: CheckpointInfo,
+    overwrite_labeled: bool = False,
+) -> Repair:
+    """Do no harm: `prediction` ((H, W) class indices at the input's size; values that are not a
+    class mean "no opinion") replaces only pixels inside hidden patches, and among those only
+    background or void pixels unless `overwrite_labeled`. Shared by the model and the baselines."""
     space, p = info.label_space, info.model.patch_size
     height, width = item.original.shape
     grid = (item.label.shape[0] // p, item.label.shape[1] // p)
@@ -124,10 +141,10 @@ def finish(item: Prepared, probs: torch.Tensor, info: CheckpointInfo, overwrite_
     original = torch.from_numpy(item.original)
     if not overwrite_labeled:
         editable &= missing_pixels(original, space.background_id, space.void_id)
-    confidence, prediction = probs[:, :height, :width].float().cpu().max(0)
+    editable &= prediction < space.num_classes
     repaired = torch.where(editable, prediction.to(torch.uint8), original)
     changed = repaired != original
-    mean_conf = float(confidence[changed].mean()) if changed.any() else float("nan")
+    mean_conf = float(confidence[changed].mean()) if confidence is not None and changed.any() else float("nan")
     return Repair(repaired.numpy(), int(item.mask.sum()), int(changed.sum()), mean_conf)
 
 

@@ -97,13 +97,18 @@ def _thumbnail(rgb: np.ndarray, width: int = THUMBNAIL_WIDTH) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
+def pair_panels(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[np.ndarray]:
     """Image, original label, repaired label, and the changed pixels in their new colour over a
-    dimmed image, as data URIs."""
+    dimmed image, as RGB arrays of the label's size."""
     changed = repaired != original
     overlay = (image * 0.35).astype(np.uint8)
     overlay[changed] = colours[repaired[changed]]
-    return [_thumbnail(image), _thumbnail(colours[original]), _thumbnail(colours[repaired]), _thumbnail(overlay)]
+    return [image, colours[original], colours[repaired], overlay]
+
+
+def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
+    """`pair_panels` as data URIs of thumbnails, for the HTML report."""
+    return [_thumbnail(panel) for panel in pair_panels(image, original, repaired, colours)]
 
 
 def _legend(space: LabelSpace, colours: np.ndarray) -> str:

@@ -35,7 +35,7 @@ from rich.progress import (
 from torch.utils.data import DataLoader
 
 from lmae_repair import __version__
-from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
 from lmae_repair.dataset import CropDataset, to_tensors
 from lmae_repair.errors import LmaeError
@@ -68,9 +68,10 @@ class TrainOptions:
     device: str = "auto"
     workers: int | None = None
     seed: int = 0
-    mask_mix: tuple[float, float, float] = DEFAULT_MIX
+    mask_mix: tuple[float, ...] = DEFAULT_MIX
     class_weighting: str = "paper"
     resume: bool = False
+    init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
 
 
 @dataclass
@@ -115,7 +116,10 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
     config = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size)
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
-    model = LabelMAE(config).to(device)
+    model = LabelMAE(config)
+    if options.init is not None and not options.resume:
+        start_from(model, options.init, data.space)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
@@ -175,6 +179,16 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
     return folder / "best.safetensors"
 
 
+def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
+    """Load the weights of checkpoint `path` into `model` (same architecture and label space)."""
+    source, info = load_checkpoint(path)
+    if info.model != model.config:
+        raise LmaeError(f"--init {path}: its architecture ({info.model.to_dict()}) differs from the one being trained; pass the same --preset and --patch-size")
+    if not info.label_space.same_classes(space):
+        raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()})")
+    model.load_state_dict(source.state_dict())
+
+
 @dataclass
 class RunState:
     epoch: int = 0
@@ -203,15 +217,15 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
     total_loss, images = 0.0, 0
     window_start, window_images = time.perf_counter(), 0
     p = model.config.patch_size
-    for image, label in loader:
+    for image, label, objects in loader:
         image = image.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
-        bg = background_ratio(label, p, space.background_id, space.void_id)
-        mask, _ = mixed_training_mask(bg, ratio, options.mask_mix, generator)
+        objects = objects.to(device, non_blocking=True)
+        input_label, mask, _ = mixed_training_mask(label, objects, p, space, ratio, options.mask_mix, generator)
         pixel_mask = expand_patch_mask(mask, (label.shape[1] // p, label.shape[2] // p), p)
         set_warmup_lr(optimizer, state.step, warmup, options.lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(image, label, mask)
+            logits = model(image, input_label, mask)
         loss = lmae_loss(logits, label, weights, pixel_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,6 +303,7 @@ def checkpoint_info(model, ratio, data: TrainingData, options: TrainOptions, sta
         "weight_decay": options.weight_decay,
         "mask_mix": list(options.mask_mix),
         "class_weighting": options.class_weighting,
+        "init": None if options.init is None else str(options.init),
         "seed": options.seed,
         "device": str(resolve_device(options.device)),
         "train_seconds": round(sum(r["seconds"] for r in state.history), 1),

@@ -1,11 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import (
     background_ratio,
+    erase_objects,
     expand_patch_mask,
     mask_count,
     mixed_training_mask,
@@ -67,18 +70,55 @@ def test_random_strategy_spreads_over_all_patches():
     assert share.min() > 0.3 and share.max() < 0.7
 
 
+SPACE = LabelSpace(4, background_id=0, void_id=255)
+
+
 def test_mix_draws_strategies_in_the_given_proportions():
-    bg = torch.rand(5000, 16)
-    _, chosen = mixed_training_mask(bg, 0.5, (1, 2, 2), torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 4, (5000, 8, 8))
+    objects = torch.zeros_like(labels, dtype=torch.bool)
+    _, _, chosen = mixed_training_mask(labels, objects, 4, SPACE, 0.5, (1, 2, 2, 5), torch.Generator().manual_seed(0))
     shares = {name: chosen.count(name) / len(chosen) for name in set(chosen)}
-    assert abs(shares["random"] - 0.2) < 0.03
-    assert abs(shares["label-first"] - 0.4) < 0.03
-    assert abs(shares["background-first"] - 0.4) < 0.03
+    assert abs(shares["random"] - 0.1) < 0.03
+    assert abs(shares["label-first"] - 0.2) < 0.03
+    assert abs(shares["background-first"] - 0.2) < 0.03
+    assert abs(shares["objects"] - 0.5) < 0.03
+    _, _, paper = mixed_training_mask(labels[:500], objects[:500], 4, SPACE, 0.5, (1, 2, 2), torch.Generator().manual_seed(0))
+    assert "objects" not in paper
+
+
+def test_objects_strategy_erases_objects_from_the_input_and_hides_them():
+    """A row drawn for `objects` gets its objects turned into background in the input, and the
+    patches they leave behind are the hidden ones; the true label is untouched."""
+    label = torch.ones(1, 16, 16, dtype=torch.long)  # class 1 everywhere, 4x4 patches of 4 px
+    label[0, 4:8, 4:8] = 2  # one object filling patch 5
+    objects = torch.zeros_like(label, dtype=torch.bool)
+    objects[0, 4:8, 4:8] = True
+    truth = label.clone()
+    inputs, mask, chosen = mixed_training_mask(label, objects, 4, SPACE, 2 / 16, (0, 0, 0, 1), torch.Generator().manual_seed(0))
+    assert chosen == ["objects"]
+    assert torch.equal(label, truth)
+    assert (inputs[0, 4:8, 4:8] == 0).all() and (inputs[0][~objects[0]] == 1).all()
+    assert mask[0, 5] and mask.sum() == 2  # the erased object's patch is hidden first
+
+
+def test_erase_objects_takes_the_share_of_small_objects_only():
+    label = np.zeros((40, 40), np.uint8)
+    label[2:6, 2:6] = 1
+    label[10:14, 2:6] = 1
+    label[20:24, 20:24] = 2
+    label[30:34, 30:34] = 3
+    label[:, 36:] = 2  # 160 px: too big for max_area 100
+    erased = erase_objects(label, SPACE, 0.5, 100, np.random.default_rng(0))
+    assert erased.sum() == 2 * 16
+    assert not erased[:, 36:].any() and not (erased & (label == 0)).any()
+    everything = erase_objects(label, SPACE, 1.0, 100, np.random.default_rng(0))
+    assert everything.sum() == 4 * 16
 
 
 def test_parse_mix():
     assert parse_mix("1:2:2") == (1.0, 2.0, 2.0)
-    for bad in ("1:2", "a:b:c", "-1:1:1", "0:0:0"):
+    assert parse_mix("1:2:2:2") == (1.0, 2.0, 2.0, 2.0)
+    for bad in ("1:2", "a:b:c", "-1:1:1", "0:0:0", "1:1:1:1:1"):
         with pytest.raises(LmaeError):
             parse_mix(bad)
 

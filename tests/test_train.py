@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -13,7 +12,7 @@ from lmae_repair.cli import app
 from lmae_repair.data import discover
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import lmae_loss
-from lmae_repair.masking import background_ratio, expand_patch_mask, mixed_training_mask
+from lmae_repair.masking import expand_patch_mask, mixed_training_mask
 from lmae_repair.model import LabelMAE, preset_config
 from lmae_repair.train import validate
 
@@ -33,10 +32,10 @@ def test_tiny_model_overfits_a_few_generated_pairs_to_pa_miou_above_0_9(tmp_path
     model = LabelMAE(preset_config("tiny", NUM_CLASSES))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
+    no_objects = torch.zeros_like(labels, dtype=torch.bool)
     for step in range(150):
-        bg = background_ratio(labels, 16, 0, 255)
-        mask, _ = mixed_training_mask(bg, 0.5, generator=generator)
-        loss = lmae_loss(model(images, labels, mask), labels, None, expand_patch_mask(mask, (4, 4), 16))
+        inputs, mask, _ = mixed_training_mask(labels, no_objects, 16, space, 0.5, generator=generator)
+        loss = lmae_loss(model(images, inputs, mask), labels, None, expand_patch_mask(mask, (4, 4), 16))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -46,7 +45,7 @@ def test_tiny_model_overfits_a_few_generated_pairs_to_pa_miou_above_0_9(tmp_path
 
 
 def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
-    root = make_paired(tmp_path / "ds" / "train", count=6, size=64, seed=1)
+    make_paired(tmp_path / "ds" / "train", count=6, size=64, seed=1)
     make_paired(tmp_path / "ds" / "val", count=2, size=64, seed=2)
     (tmp_path / "ds" / "classes.txt").write_text("background\nred\ngreen\nblue\n")
     out = tmp_path / "run"
@@ -86,6 +85,22 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3]
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "last.safetensors")
     assert info.training["epochs"] == 3 and info.label_space.palette is not None
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "a")]).exit_code == 0
+    start = tmp_path / "a" / "mask-0.50" / "last.safetensors"
+    tuned = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--init", str(start), "--lr", "1e-12"])
+    assert tuned.exit_code == 0, tuned.output
+    before, _ = load_checkpoint(start)
+    after, info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")
+    assert info.training["init"] == str(start)
+    weight = "decoder_pred.weight" if "decoder_pred.weight" in after.state_dict() else next(iter(after.state_dict()))
+    assert torch.allclose(before.state_dict()[weight], after.state_dict()[weight], atol=1e-6)  # lr ~0: weights kept
+    other = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(family / "mask-0.50" / "best.safetensors")])
+    assert other.exit_code == 2 and "--init" in other.output and "architecture" in other.output
 
 
 def test_bad_options_and_missing_data_give_one_line_errors(tmp_path):

@@ -1,0 +1,115 @@
+"""`lmae-repair evaluate`: the damage is what the options say, the figures mean what they say, and
+the command prints and writes them for the model and the baselines."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import NUM_CLASSES, make_paired, make_voc
+from lmae_repair.cli import app
+from lmae_repair.evaluate import EvaluateOptions, Scores, degrade
+from lmae_repair.labelspace import LabelSpace
+
+runner = CliRunner()
+VOC_SPACE = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+NO_BACKGROUND = LabelSpace(NUM_CLASSES, background_id=None, void_id=255)
+
+
+def test_random_patches_are_erased_to_void_at_the_mask_ratio():
+    label = np.ones((64, 48), np.uint8)  # 4 x 3 patches of 16 px
+    damaged, erased = degrade(label, VOC_SPACE, EvaluateOptions(mask_ratio=0.5), np.random.default_rng(0))
+    assert erased.sum() == 6 * 16 * 16
+    assert (damaged[erased] == 255).all() and (damaged[~erased] == 1).all()
+    blocks = erased.reshape(4, 16, 3, 16)
+    assert all(blocks[r, :, c, :].all() or not blocks[r, :, c, :].any() for r in range(4) for c in range(3))
+
+
+def test_label_first_takes_the_annotated_patches_and_background_first_the_others():
+    label = np.zeros((32, 64), np.uint8)
+    label[:, :32] = 2  # left half annotated: patches 0, 1, 4, 5 of a 2 x 4 grid
+    _, label_first = degrade(label, VOC_SPACE, EvaluateOptions(mask_ratio=0.5, strategy="label-first"), np.random.default_rng(0))
+    assert label_first[:, :32].all() and not label_first[:, 32:].any()
+    _, background_first = degrade(label, VOC_SPACE, EvaluateOptions(mask_ratio=0.5, strategy="background-first"), np.random.default_rng(0))
+    assert background_first[:, 32:].all() and not background_first[:, :32].any()
+
+
+def test_objects_become_background_in_voc_data_and_void_without_background():
+    label = np.zeros((100, 100), np.uint8)
+    label[10:20, 10:20] = 1  # 1% of the image
+    label[40:50, 40:50] = 2
+    label[:, 80:] = 3  # 20%: too big to be an erasable object at the 5% limit
+    options = EvaluateOptions(mask_ratio=1.0, strategy="objects", max_object_share=0.05)
+    damaged, erased = degrade(label, VOC_SPACE, options, np.random.default_rng(0))
+    assert erased.sum() == 200 and (damaged[erased] == 0).all() and (damaged[:, 80:] == 3).all()
+    damaged, _ = degrade(label, NO_BACKGROUND, options, np.random.default_rng(0))
+    assert (damaged[10:20, 10:20] == 255).all()
+    half = EvaluateOptions(mask_ratio=0.5, strategy="objects")
+    counts = [degrade(label, VOC_SPACE, half, np.random.default_rng(s))[1].sum() for s in range(4)]
+    assert set(counts) == {100}  # one of the two small objects every time
+
+
+def test_scores_of_a_perfect_and_of_a_useless_repair():
+    truth = np.array([[1, 1, 2, 2], [0, 0, 3, 3]], np.uint8)
+    erased = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+    damaged = np.where(erased, 255, truth).astype(np.uint8)
+    perfect, useless = Scores(NUM_CLASSES), Scores(NUM_CLASSES)
+    perfect.add_damaged(truth, damaged, truth, erased)
+    perfect.add_intact(truth, truth)
+    wrong = np.where(erased, 0, truth).astype(np.uint8)  # fills every hole with background
+    useless.add_damaged(wrong, damaged, truth, erased)
+    useless.add_intact(np.zeros_like(truth), truth)
+    good, bad = perfect.summary(VOC_SPACE), useless.summary(VOC_SPACE)
+    assert good["pa_miou"] == 1.0 and good["restored"] == 1.0 and good["precision"] == 1.0 and good["intact_changed"] == 0.0
+    assert bad["restored"] == 0.0 and bad["precision"] == 0.0 and bad["intact_changed"] == 0.75
+    assert bad["class_iou"]["class_1"] == 0.0 and good["class_iou"]["class_1"] == 1.0
+
+
+def test_evaluate_command_prints_and_writes_figures_for_model_and_nearest_fill(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3, size=64, seed=5)
+    report = tmp_path / "figures.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--json", str(report), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "PA-mIoU" in result.output and "nearest" in result.output and "IoU per class" in result.output
+    figures = json.loads(report.read_text())
+    assert figures["pairs"] == 3 and figures["strategy"] == "random" and figures["erased_pixels"] > 0
+    assert set(figures["methods"]) == {"lmae-repair", "nearest"}
+    nearest = figures["methods"]["nearest"]
+    # generated scenes are big flat shapes: the nearest labelled pixel is usually right
+    assert nearest["restored"] > 0.6
+    for method in figures["methods"].values():
+        for key in ("pa_miou", "miou", "restored", "precision", "intact_changed"):
+            assert 0.0 <= method[key] <= 1.0, key
+    again = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--json", str(tmp_path / "b.json"), "--seed", "3"])
+    assert again.exit_code == 0
+    repeated = json.loads((tmp_path / "b.json").read_text())["methods"]["nearest"]
+    assert {**repeated, "seconds": 0} == {**nearest, "seconds": 0}  # same seed, same figures
+
+
+def test_objects_protocol_on_voc_data(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=3, size=64)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects", "--mask-ratio", "1",
+                                 "--max-object-share", "0.5", "--json", str(tmp_path / "o.json")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "o.json").read_text())
+    assert figures["missing_value"] == 0 and figures["erased_pixels"] > 0
+
+
+def test_bad_options_and_missing_extra_give_one_line_errors(tmp_path, family, monkeypatch):
+    root = make_paired(tmp_path / "ds", count=1, size=32)
+    bad = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "everything"])
+    assert bad.exit_code == 2 and "--strategy" in bad.output and "Traceback" not in bad.output
+    monkeypatch.setitem(sys.modules, "skimage", None)  # as if scikit-image were not installed
+    missing = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--baselines", "all"])
+    assert missing.exit_code == 2 and "scikit-image" in missing.output
+
+
+def test_random_walker_baseline_when_scikit_image_is_installed(tmp_path, family):
+    pytest.importorskip("skimage")
+    root = make_paired(tmp_path / "ds", count=2, size=48)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--baselines", "all", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    walker = json.loads((tmp_path / "r.json").read_text())["methods"]["random-walker"]
+    assert walker["restored"] > 0.5
