@@ -16,6 +16,7 @@ from rich.table import Table
 
 from lmae_repair import __version__
 from lmae_repair.errors import LmaeError
+from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
     add_completion=False,
@@ -146,10 +147,11 @@ def complete(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     workers: Optional[int] = typer.Option(None, min=0, help="Processes reading and preparing pairs (default: half the cores, at most 4; 0 on 2 cores or fewer)."),
-    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
+    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
     background-heavy patches, and write a completed copy of the dataset plus a report."""
@@ -165,7 +167,7 @@ def complete(
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
         options = CompleteOptions(
             target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers,
+            batch_size, default_workers() if workers is None else workers, min_confidence,
         )
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
@@ -270,7 +272,8 @@ def evaluate(
     max_pairs: int = typer.Option(0, min=0, help="Evaluate on the first N pairs only (0: all)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
-    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
+    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
 ) -> None:
     """Damage complete labels on purpose, repair them as complete would, and score the repair
     against the truth, beside classical baselines (the paper's protocol, on your data)."""
@@ -287,7 +290,7 @@ def evaluate(
         used, checkpoints = resolve_models(models, index)
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
-            str(resolve_device(device)), batch_size, max_pairs,
+            str(resolve_device(device)), batch_size, max_pairs, min_confidence,
         )
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
@@ -312,16 +315,17 @@ def print_evaluation(result: dict) -> None:
     methods = result["methods"]
     title = f"{result['strategy']} damage at {result['mask_ratio']}: {result['pairs']} pairs, {result['erased_pixels']:,} erased pixels"
     table = Table(title=title)
-    columns = ("PA-mIoU", "mIoU", "erased restored", "changed precision", "intact changed")
-    table.add_column("method")
+    columns = ("PA-mIoU", "mIoU", "restored", "precision", "intact changed", "seconds")
+    table.add_column("method", no_wrap=True)
     for column in columns:
         table.add_column(column, justify="right")
-    table.add_column("seconds", justify="right")
     for name, figures in methods.items():
         values = [figures[k] for k in ("pa_miou", "miou", "restored", "precision")]
         intact = figures["intact_changed"]
         table.add_row(name, *map(cell, values), "-" if intact is None else f"{intact:.2%}", f"{figures['seconds']:.1f}")
     console.print(table)
+    console.print("restored: share of erased pixels given back their true class; precision: share of changed pixels now right; "
+                  "intact changed: share of the pixels of the undamaged labels that the repair changed", style="dim")
     classes = Table(title="IoU per class over the erased pixels")
     classes.add_column("class")
     for name in methods:
@@ -329,6 +333,60 @@ def print_evaluation(result: dict) -> None:
     for class_name in next(iter(methods.values()))["class_iou"]:
         classes.add_row(class_name, *(cell(methods[m]["class_iou"][class_name]) for m in methods))
     console.print(classes)
+
+
+@app.command()
+def audit(
+    data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder or bundled family name (repeatable; default: the bundled family that fits)."),
+    top: int = typer.Option(20, "--top", min=1, help="Rows of the table printed."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write every pair, highest score first, to this JSON file."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="The same as a CSV table."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write, per pair, a picture of where the model suspects missing annotation."),
+    split: Optional[str] = typer.Option(None, help="Split to audit, where the layout has splits."),
+    images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
+    labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
+    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Count a background pixel as suspect only where the model is at least this sure."),
+) -> None:
+    """List the labels that look broken, worst first: file defects, statistics against the rest
+    of the dataset, and where the model sees annotated classes the label lacks."""
+
+    def run() -> None:
+        from lmae_repair.audit import AuditOptions, audit_dataset, write_csv, write_json
+        from lmae_repair.data import discover
+        from lmae_repair.families import resolve_models
+        from lmae_repair.train import resolve_device
+
+        index = discover(data, split, images, labels)
+        if heatmaps is not None:
+            from lmae_repair.complete import check_output_location
+
+            check_output_location(index.root, heatmaps)
+        used, checkpoints = resolve_models(models, index)
+        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps)
+        console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
+        with PairProgress("auditing", len(index.pairs)) as advance:
+            rows = audit_dataset(index, checkpoints, options, advance)
+        print_audit(rows, top)
+        for path, write in ((json_file, write_json), (csv_file, write_csv)):
+            if path is not None:
+                write(path, rows)
+                console.print(f"all {len(rows)} rows written to {path}")
+
+    guarded(run)
+
+
+def print_audit(rows: list[dict], top: int) -> None:
+    flagged = sum(1 for row in rows if row["reasons"])
+    table = Table(title=f"labels most likely broken ({flagged} of {len(rows)} with a reason)")
+    for column, justify in (("#", "right"), ("score", "right"), ("label", "left"), ("suspect pixels", "right"), ("reasons", "left")):
+        table.add_column(column, justify=justify)
+    for rank, row in enumerate(rows[:top], 1):
+        table.add_row(str(rank), f"{row['score']:.2f}", row["label"], f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
+    console.print(table)
 
 
 @app.command()

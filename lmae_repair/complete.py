@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
 from lmae_repair.errors import LmaeError
-from lmae_repair.repair import DEFAULT_THRESHOLD, Prepared, choose_checkpoint, finish, label_heavy_share, predict, prepare
+from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
+from lmae_repair.repair import Prepared, choose_checkpoint, finish, label_heavy_share, predict, prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
@@ -80,6 +81,7 @@ class CompleteOptions:
     overwrite_labeled: bool = False
     batch_size: int = 8  # pairs per model batch
     workers: int = 0  # loader processes; 0 = read in the main process
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # for changing background (see repair.merge)
 
 
 @dataclass
@@ -151,7 +153,7 @@ class Completer:
             tiles_per_pass = TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
             probs = predict(self.model(choice), info, [item.prepared for item in group], self.options.device, tiles_per_pass)
             for item, prob in zip(group, probs):
-                result = finish(item.prepared, prob, info, self.options.overwrite_labeled)
+                result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
                 item.entry.update(
                     checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
                     pixels_changed=result.pixels_changed,

@@ -41,12 +41,13 @@ import torch
 
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
 from lmae_repair.data import DatasetIndex, LabelFile, read_pair
+from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import erase_objects, expand_patch_mask, mask_count
 from lmae_repair.metrics import ConfusionMatrix
 from lmae_repair.neighbourhood import nearest_fill
-from lmae_repair.repair import DEFAULT_THRESHOLD, Prepared, choose_checkpoint, label_heavy_share, merge, prepare
+from lmae_repair.repair import Prepared, choose_checkpoint, label_heavy_share, merge, prepare
 
 STRATEGIES = ("random", "background-first", "label-first", "objects")
 BASELINES = ("nearest", "all")
@@ -65,6 +66,7 @@ class EvaluateOptions:
     device: str = "cpu"
     batch_size: int = 8
     max_pairs: int = 0
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
 
 def erase_patches(label: np.ndarray, space: LabelSpace, strategy: str, ratio: float, patch: int, rng) -> np.ndarray:
@@ -214,22 +216,27 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     return case
 
 
-def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions, on_pair=None, on_error=None) -> dict:
-    """Run the protocol over the dataset; returns the figures of the model and the baselines."""
+def checked_methods(options: EvaluateOptions) -> list[str]:
+    """The methods to score; a clear error for options that cannot work."""
     if options.strategy not in STRATEGIES:
         raise LmaeError(f"--strategy: unknown strategy {options.strategy!r} (choose from {', '.join(STRATEGIES)})")
     if not 0.0 < options.mask_ratio <= 1.0:
         raise LmaeError(f"--mask-ratio must be in (0, 1], got {options.mask_ratio}")
     if options.baselines not in BASELINES:
         raise LmaeError(f"--baselines: expected nearest or all, got {options.baselines!r}")
-    methods = [MODEL, "nearest"]
-    if options.baselines == "all":
-        if importlib.util.find_spec("skimage") is None:
-            raise LmaeError("--baselines all needs scikit-image for the random walker: pip install 'lmae-repair[baselines]'")
-        methods.append("random-walker")
+    if options.baselines == "nearest":
+        return [MODEL, "nearest"]
+    if importlib.util.find_spec("skimage") is None:
+        raise LmaeError("--baselines all needs scikit-image for the random walker: pip install 'lmae-repair[baselines]'")
+    return [MODEL, "nearest", "random-walker"]
+
+
+def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions, on_pair=None, on_error=None) -> dict:
+    """Run the protocol over the dataset; returns the figures of the model and the baselines."""
+    methods = checked_methods(options)
     space = checkpoints[0][1].label_space
     scores = {name: Scores(space.num_classes) for name in methods}
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device))
+    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence))
     pairs = index.pairs[: options.max_pairs or None]
     used = erased_pixels = 0
     batch: list[Case] = []
@@ -282,6 +289,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "max_object_share": options.max_object_share if options.strategy == "objects" else None,
         "missing_value": space.missing_id if options.strategy == "objects" else space.void_id,
         "seed": options.seed,
+        "min_confidence": options.min_confidence,
         "pairs": used,
         "erased_pixels": erased_pixels,
         "methods": {name: scores[name].summary(space) for name in methods},

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, read_label
 from lmae_repair.errors import LmaeError
@@ -21,6 +23,7 @@ from lmae_repair.labelspace import find_classes_file, read_class_names
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
+FIT_SHARE = 0.75  # share of those whose values must all be classes or void
 HOW_TO_TRAIN = (
     "train a family for it with `lmae-repair train DATA --mask-ratio 0.25 --mask-ratio 0.5 "
     "--mask-ratio 0.75 --out runs/mine`, then pass --models runs/mine"
@@ -68,9 +71,9 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
     return sorted(checkpoints, key=lambda c: c[1].mask_ratio)
 
 
-def dataset_evidence(index: DatasetIndex) -> tuple[set[int], list[str] | None, list[int] | None]:
-    """Label values seen in a sample of the labels, the dataset's class names, and a palette."""
-    values: set[int] = set()
+def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | None, list[int] | None]:
+    """The label values of each label of a sample, the dataset's class names, and a palette."""
+    values: list[set[int]] = []
     palette = None
     step = max(1, len(index.pairs) // MATCH_SAMPLE)
     for pair in index.pairs[::step][:MATCH_SAMPLE]:
@@ -78,7 +81,7 @@ def dataset_evidence(index: DatasetIndex) -> tuple[set[int], list[str] | None, l
             label = read_label(pair.label)
         except LmaeError:
             continue  # reported when the pair is processed
-        values.update(int(v) for v in set(label.values.ravel().tolist()))
+        values.append(set(np.unique(label.values).tolist()))
         palette = palette or label.palette
     names = index.known_class_names
     classes_file = find_classes_file(index.root)
@@ -91,10 +94,18 @@ def has_real_names(space) -> bool:
     return space.names != [f"class_{i}" for i in range(space.num_classes)]
 
 
-def match_score(info: CheckpointInfo, values: set[int], names: list[str] | None, palette: list[int] | None) -> int | None:
-    """None if the family cannot read these labels; otherwise higher = better agreement."""
+def seen(values: list[set[int]]) -> list[int]:
+    return sorted(set().union(*values))[:12]
+
+
+def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] | None, palette: list[int] | None) -> int | None:
+    """None if the family cannot read these labels; otherwise higher = better agreement.
+
+    The values of most sampled labels (FIT_SHARE) must be classes or void: a few broken labels
+    (a stray value, a colour label) must not stop a run; they are reported per pair."""
     space = info.label_space
-    if not values or any(v >= space.num_classes and v != space.void_id for v in values):
+    fitting = [all(v < space.num_classes or v == space.void_id for v in label) for label in values]
+    if not values or sum(fitting) < FIT_SHARE * len(values):
         return None
     score = 0
     if names and has_real_names(space):
@@ -128,7 +139,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
     if not scored:
         raise LmaeError(
             f"{index.root}: no bundled family ({', '.join(families)}) fits these labels "
-            f"(values seen: {sorted(values)[:12]}); {HOW_TO_TRAIN}"
+            f"(values seen: {seen(values)}); {HOW_TO_TRAIN}"
         )
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
@@ -147,7 +158,7 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
             space = info.label_space
             raise LmaeError(
                 f"{path}: its label space ({space.describe()}) does not fit the labels of {index.root} "
-                f"(values seen: {sorted(values)[:12]}{', class names: ' + ', '.join(names[:12]) if names else ''})"
+                f"(values seen: {seen(values)}{', class names: ' + ', '.join(names[:12]) if names else ''})"
             )
         return ", ".join(map(str, specs)), checkpoints
     name, checkpoints = match_family(index)

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.dataset import label_tensor
+from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import predict_many
 from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, top_patches
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
-DEFAULT_THRESHOLD = 0.5
 VOID_FIRST = 1e-3  # tie-break weight of a patch's void share when choosing the patches to hide
 
 
@@ -120,20 +120,27 @@ def predict(
     return predict_many(model, images, labels, masks, tile, batch_size, device.type == "cuda", hints)
 
 
-def finish(item: Prepared, probs: torch.Tensor, info: CheckpointInfo, overwrite_labeled: bool = False) -> Repair:
+def finish(
+    item: Prepared, probs: torch.Tensor, info: CheckpointInfo, overwrite_labeled: bool = False,
+    min_confidence: float = 0.0,
+) -> Repair:
     """Merge the model's prediction into the original label under the do-no-harm rule."""
     height, width = item.original.shape
     confidence, prediction = probs[:, :height, :width].float().cpu().max(0)
-    return merge(item, prediction, confidence, info, overwrite_labeled)
+    return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
 
 
 def merge(
     item: Prepared, prediction: torch.Tensor, confidence: torch.Tensor | None, info: CheckpointInfo,
     overwrite_labeled: bool = False,
+    min_confidence: float = 0.0,
 ) -> Repair:
     """Do no harm: `prediction` ((H, W) class indices at the input's size; values that are not a
     class mean "no opinion") replaces only pixels inside hidden patches, and among those only
-    background or void pixels unless `overwrite_labeled`. Shared by the model and the baselines."""
+    background or void pixels unless `overwrite_labeled`. A pixel that has a value (background,
+    or a class with `overwrite_labeled`) changes only where `confidence` is at least
+    `min_confidence`: saying an annotator missed something needs more certainty than filling a
+    hole. Shared by the model and the baselines (which give no confidence)."""
     space, p = info.label_space, info.model.patch_size
     height, width = item.original.shape
     grid = (item.label.shape[0] // p, item.label.shape[1] // p)
@@ -142,6 +149,8 @@ def merge(
     if not overwrite_labeled:
         editable &= missing_pixels(original, space.background_id, space.void_id)
     editable &= prediction < space.num_classes
+    if confidence is not None and min_confidence > 0.0:
+        editable &= (original == space.void_id) | (confidence >= min_confidence)
     repaired = torch.where(editable, prediction.to(torch.uint8), original)
     changed = repaired != original
     mean_conf = float(confidence[changed].mean()) if confidence is not None and changed.any() else float("nan")

@@ -100,3 +100,34 @@ def family(tmp_path):
         torch.manual_seed(0)
         save_checkpoint(folder / f"mask-{ratio:.2f}" / "best.safetensors", LabelMAE(config), CheckpointInfo(config, ratio, space, {"crop": 32}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_family(tmp_path_factory):
+    """A small model (mask ratio 0.5) trained for a few seconds on generated scenes with the
+    objects strategy, so that it sees an erased object in the image: for tests that need a model
+    with an opinion."""
+    from lmae_repair.losses import lmae_loss
+    from lmae_repair.masking import erase_objects, expand_patch_mask, mixed_training_mask
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=2, enc_dim=64, enc_heads=4, dec_depth=1, dec_dim=64, dec_heads=4,
+                         neighbour_hint=True, refine_channels=8)
+    model = LabelMAE(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(120):
+        scenes = [make_scene(rng, 64, 64) for _ in range(8)]
+        images = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i, _ in scenes])
+        labels = torch.stack([torch.from_numpy(l).long() for _, l in scenes])
+        objects = torch.stack([torch.from_numpy(erase_objects(l, space, 0.5, 64 * 64 * 0.5, rng)) for _, l in scenes])
+        inputs, mask, _ = mixed_training_mask(labels, objects, 16, space, 0.5, (1, 2, 2, 4), generator)
+        loss = lmae_loss(model(images, inputs, mask), labels, None, expand_patch_mask(mask, (4, 4), 16))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("trained") / "models"
+    save_checkpoint(folder / "mask-0.50" / "best.safetensors", model.eval(), CheckpointInfo(config, 0.5, space, {"crop": 64}))
+    return folder

@@ -17,7 +17,10 @@ runner = CliRunner()
 
 
 def complete(data, out, family, *extra):
-    return runner.invoke(app, ["complete", str(data), "--out", str(out), "--models", str(family), "--device", "cpu", *extra])
+    """complete with the untrained test family; --min-confidence 0 so that it changes pixels
+    (its guesses are never 90% sure) and the pipeline has something to write."""
+    return runner.invoke(app, ["complete", str(data), "--out", str(out), "--models", str(family), "--device", "cpu",
+                               "--min-confidence", "0", *extra])
 
 
 def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):

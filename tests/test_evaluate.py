@@ -113,3 +113,14 @@ def test_random_walker_baseline_when_scikit_image_is_installed(tmp_path, family)
     assert result.exit_code == 0, result.output
     walker = json.loads((tmp_path / "r.json").read_text())["methods"]["random-walker"]
     assert walker["restored"] > 0.5
+
+
+def test_a_model_trained_with_the_objects_strategy_restores_what_nearest_fill_cannot(tmp_path, trained_family):
+    """Generated objects erased to background: the model reads their colour from the image,
+    nearest fill paints them with the surrounding class."""
+    root = make_voc(tmp_path / "voc", count=6, size=64, seed=11)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(trained_family), "--strategy", "objects", "--mask-ratio", "1",
+                                 "--max-object-share", "0.5", "--json", str(tmp_path / "o.json")])
+    assert result.exit_code == 0, result.output
+    methods = json.loads((tmp_path / "o.json").read_text())["methods"]
+    assert methods["lmae-repair"]["restored"] > methods["nearest"]["restored"] + 0.2, methods

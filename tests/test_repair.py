@@ -8,7 +8,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import choose_checkpoint, heavy_share, label_heavy_share, repair_label
+from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, prepare, repair_label
 
 
 def test_heavy_share_counts_patches_at_or_above_the_threshold():
@@ -104,3 +104,20 @@ def test_partial_border_patches_are_judged_on_their_own_pixels():
     assert label_heavy_share(label, info) == 0.0
     label[16:, :] = 0  # the partial last row is all background
     assert label_heavy_share(label, info) == pytest.approx(3 / 9)
+
+
+def test_min_confidence_guards_background_but_void_is_always_filled():
+    """The model says class 1 everywhere at probability 0.6: with --min-confidence 0.7 the
+    background pixels stay, the void pixels are filled; at 0.5 both change."""
+    _, info = untrained(patch=8, crop=16)
+    label = np.zeros((16, 16), np.uint8)
+    label[:8, :8] = 255  # void patch
+    label[8:, 8:] = 2  # annotated patch, never hidden
+    item = prepare(np.zeros((16, 16, 3), np.uint8), label, info)  # hides 2 of the 4 patches
+    probs = torch.zeros(3, 16, 16)
+    probs[1], probs[0] = 0.6, 0.4
+    strict = finish(item, probs, info, min_confidence=0.7).values
+    hidden_background = (label == 0) & (strict != label)
+    assert (strict[:8, :8] == 1).all() and not hidden_background.any()
+    relaxed = finish(item, probs, info, min_confidence=0.5).values
+    assert (relaxed[:8, :8] == 1).all() and (relaxed == 1).sum() == 2 * 64 and (relaxed[8:, 8:] == 2).all()

@@ -1,0 +1,191 @@
+"""`lmae-repair audit`: score every pair of a dataset for how likely its label is broken.
+
+Three kinds of evidence, each giving reasons a curator can check:
+- **file defects** (score 1): unreadable or truncated files, an image without a label or a label
+  without an image, a label whose size differs from its image, values outside the label space, a
+  colour (RGB) label, a label that is all background or void;
+- **statistics**: the label's share of background-or-void pixels against the rest of the
+  dataset (robust z-score: median and median absolute deviation), and classes that almost every
+  other label has but this one lacks;
+- **the model's evidence**: the pair is repaired in memory exactly as `complete` would repair it;
+  the pixels it would change (background or void where the model sees an annotated class) are the
+  *suspect pixels*, and their share is compared with the rest of the dataset the same way.
+
+Score: the positive parts of the z-scores are summed (plus 2 per missing common class) into
+`evidence`, and score = 1 - exp(-evidence / 4), in [0, 1): a label like the median scores 0, one
+standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed from 2 deviations.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list
+from lmae_repair.data import DatasetIndex, atomic_write, read_image
+from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.report import colour_table, pair_panels
+
+REASON_FROM = 2.0  # deviations from which a statistic becomes a reason
+COMMON_CLASS = 0.9  # a class in at least this share of labels is expected in every label
+MISSING_CLASS_EVIDENCE = 2.0
+SCALE = 4.0
+
+
+@dataclass
+class AuditOptions:
+    threshold: float = DEFAULT_THRESHOLD
+    device: str = "cpu"
+    batch_size: int = 8
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    heatmaps: Path | None = None
+
+
+def new_row(key: str, image: str | None) -> dict:
+    return {"label": key, "image": image, "score": 0.0, "reasons": [], "suspect_pixels": 0, "pixels": 0,
+            "missing_share": None, "suspect_share": None, "classes": [], "defect": False}
+
+
+def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
+    """What is wrong with the files of a loaded pair, if anything (empty when it is usable)."""
+    if item.entry["error"]:
+        message = item.entry["error"]
+        if "channels (mode RGB" in message or "channels (mode RGBA" in message:
+            return [f"colour (RGB) label with no palette mapping: {message}"]
+        return [message]
+    values = item.label.values
+    outside = np.unique(values[(values >= space.num_classes) & (values != space.void_id)])
+    problems = []
+    if outside.size:
+        shown = ", ".join(str(v) for v in outside[:5])
+        problems.append(f"values outside the label space ({shown}; classes are 0-{space.num_classes - 1}, void {space.void_id})")
+    if missing_mask(values, space).all():
+        problems.append("label is all background or void")
+    return problems
+
+
+def missing_mask(values: np.ndarray, space: LabelSpace) -> np.ndarray:
+    missing = values == space.void_id
+    if space.background_id is not None:
+        missing |= values == space.background_id
+    return missing
+
+
+def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD), the MAD floored so that a dataset of equal values does not
+    turn tiny differences into huge scores."""
+    median = np.median(values)
+    spread = max(1.4826 * float(np.median(np.abs(values - median))), floor)
+    return (values - median) / spread
+
+
+def score_rows(rows: list[dict], space: LabelSpace) -> None:
+    """Fill in score and reasons of the usable rows from the dataset's statistics."""
+    usable = [row for row in rows if not row["defect"]]
+    if not usable:
+        return
+    missing = np.array([row["missing_share"] for row in usable])
+    suspect = np.array([row["suspect_share"] for row in usable])
+    z_missing, z_suspect = robust_z(missing, 0.01), robust_z(suspect, 0.001)
+    presence = np.zeros(space.num_classes)
+    for row in usable:
+        presence[row["classes"]] += 1
+    presence /= len(usable)
+    common = [c for c in range(space.num_classes) if presence[c] >= COMMON_CLASS and c != space.background_id]
+    for row, zm, zs in zip(usable, z_missing, z_suspect):
+        absent = [c for c in common if c not in row["classes"]]
+        evidence = max(zm, 0.0) + max(zs, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
+        row["score"] = round(1.0 - math.exp(-evidence / SCALE), 4)
+        if zs >= REASON_FROM:
+            row["reasons"].append(
+                f"model sees annotated classes where {row['suspect_share']:.1%} of the label is background/void "
+                f"(dataset median {np.median(suspect):.1%})"
+            )
+        if zm >= REASON_FROM:
+            row["reasons"].append(f"background/void covers {row['missing_share']:.1%} (dataset median {np.median(missing):.1%})")
+        for c in absent:
+            row["reasons"].append(f"no {space.names[c]} (present in {presence[c]:.0%} of labels)")
+
+
+def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None) -> list[dict]:
+    """Rows for every pair and every unmatched file, sorted by score, highest first."""
+    space = checkpoints[0][1].label_space
+    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence))
+    rows = [defect_row(problem, index) for problem in index.unmatched]
+    loader = torch.utils.data.DataLoader(
+        PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
+    )
+    with torch.inference_mode():
+        for batch in loader:
+            for item, values in completer.repair_batch(batch):
+                rows.append(pair_row(item, values, space, options))
+                if on_pair is not None:
+                    on_pair()
+    score_rows(rows, space)
+    return sorted(rows, key=lambda row: (-row["score"], row["label"]))
+
+
+def defect_row(problem: str, index: DatasetIndex) -> dict:
+    """A file discovery could not pair: 'path: no label with the same name' and the like."""
+    path, _, reason = problem.partition(": ")
+    row = new_row(path, path if "no label" in reason else None)
+    row.update(score=1.0, defect=True, reasons=[reason or problem])
+    return row
+
+
+def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> dict:
+    row = new_row(item.pair.key, str(item.pair.image))
+    problems = file_defects(item, space)
+    if problems:
+        row.update(score=1.0, defect=True, reasons=problems)
+        return row
+    original = item.label.values
+    suspect = values != original
+    row.update(
+        pixels=int(original.size),
+        suspect_pixels=int(suspect.sum()),
+        missing_share=round(float(missing_mask(original, space).mean()), 5),
+        suspect_share=round(float(suspect.mean()), 5),
+        classes=[int(c) for c in np.unique(original) if c < space.num_classes],
+    )
+    if options.heatmaps is not None and suspect.any():
+        write_heatmap(options.heatmaps, item, values, space)
+    return row
+
+
+def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: LabelSpace) -> None:
+    """The image dimmed, with the suspect pixels in the colour of the class the model sees there."""
+    overlay = pair_panels(read_image(item.pair.image), item.label.values, repaired, colour_table(space, item.label.palette))[3]
+    buffer = io.BytesIO()
+    Image.fromarray(overlay).save(buffer, format="PNG")
+    atomic_write((folder / item.pair.key).with_suffix(".png"), lambda f: f.write(buffer.getvalue()))
+
+
+PUBLIC_FIELDS = ("label", "image", "score", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share")
+
+
+def public(row: dict) -> dict:
+    return {key: row[key] for key in PUBLIC_FIELDS}
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    text = json.dumps([public(row) for row in rows], indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(PUBLIC_FIELDS)
+    for row in rows:
+        writer.writerow(["; ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))

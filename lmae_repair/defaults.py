@@ -1,0 +1,8 @@
+"""Defaults shared by the command line and the library, in a module light enough for `--help`."""
+
+# A patch is background-heavy from this share of background-or-void pixels (routing, hiding).
+DEFAULT_THRESHOLD = 0.5
+# A background pixel becomes a class only where the model is at least this sure (repair.merge);
+# void is always filled. 0.9 kept the bundled concrete model under 0.5% of intact pixels changed
+# (README, "Measured").
+DEFAULT_MIN_CONFIDENCE = 0.9

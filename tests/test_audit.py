@@ -1,0 +1,82 @@
+"""`lmae-repair audit`: every file defect is named, a label with an erased object ranks above its
+intact twin, and the JSON / CSV / heatmap outputs hold what a curator needs."""
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_paired, make_scene, write_pair
+from lmae_repair.cli import app
+
+runner = CliRunner()
+
+
+def audit(data, family, *extra):
+    return runner.invoke(app, ["audit", str(data), "--models", str(family), "--device", "cpu", *extra])
+
+
+def broken_dataset(root):
+    """Eight good pairs plus one of each file defect."""
+    make_paired(root, count=8, size=64, seed=4)
+    rng = np.random.default_rng(9)
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "truncated.png", root / "labels" / "truncated.png", image, label)
+    data = (root / "labels" / "truncated.png").read_bytes()
+    (root / "labels" / "truncated.png").write_bytes(data[: len(data) // 2])
+    write_pair(root / "images" / "lonely.png", root / "labels" / "elsewhere" / "x.png", image, label)
+    (root / "labels" / "elsewhere" / "x.png").unlink()
+    write_pair(root / "images" / "orphan_label_image_missing.png", root / "labels" / "no_image.png", image, label)
+    (root / "images" / "orphan_label_image_missing.png").unlink()
+    write_pair(root / "images" / "small.png", root / "labels" / "small.png", image, label[:32, :32])
+    outside = label.copy()
+    outside[:4, :4] = 9
+    write_pair(root / "images" / "outside.png", root / "labels" / "outside.png", image, outside)
+    write_pair(root / "images" / "colour.png", root / "labels" / "colour.png", image, label)
+    Image.fromarray(np.stack([label * 60] * 3, -1)).save(root / "labels" / "colour.png")
+    write_pair(root / "images" / "empty.png", root / "labels" / "empty.png", image, np.zeros_like(label))
+    return root
+
+
+def test_each_file_defect_is_reported_with_score_one(tmp_path, family):
+    root = broken_dataset(tmp_path / "ds")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    result = audit(root, family, "--json", str(tmp_path / "a.json"), "--top", "30")
+    assert result.exit_code == 0, result.output
+    rows = {row["label"]: row for row in json.loads((tmp_path / "a.json").read_text())}
+    expected = {
+        "labels/truncated.png": "unreadable label",
+        "images/lonely.png": "no label",
+        "labels/no_image.png": "no image",
+        "labels/small.png": "32x32 but its image is 64x64",
+        "labels/outside.png": "values outside the label space (9",
+        "labels/colour.png": "colour (RGB) label",
+        "labels/empty.png": "all background or void",
+    }
+    for key, reason in expected.items():
+        assert rows[key]["score"] == 1.0, key
+        assert any(reason in text for text in rows[key]["reasons"]), (key, rows[key]["reasons"])
+    good = [row for key, row in rows.items() if key.startswith("labels/scene_")]
+    assert len(good) == 8 and all(row["score"] < 1.0 for row in good)
+    assert list(rows) == sorted(rows, key=lambda k: -rows[k]["score"])  # highest first
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing modified
+
+
+def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, trained_family):
+    root = make_paired(tmp_path / "ds", count=10, size=64, seed=2)
+    image = np.array(Image.open(root / "images" / "scene_000.png"))
+    label = np.array(Image.open(root / "labels" / "scene_000.png"))
+    erased = label.copy()
+    erased[erased == erased.max()] = 0  # one class's objects missed by the annotator
+    write_pair(root / "images" / "twin_erased.png", root / "labels" / "twin_erased.png", image, erased)
+    result = audit(root, trained_family, "--json", str(tmp_path / "a.json"), "--csv", str(tmp_path / "a.csv"), "--heatmaps", str(tmp_path / "maps"))
+    assert result.exit_code == 0, result.output
+    order = [row["label"] for row in json.loads((tmp_path / "a.json").read_text())]
+    assert order.index("labels/twin_erased.png") < order.index("labels/scene_000.png")
+    with open(tmp_path / "a.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["label"] for row in table] == order
+    assert {"label", "image", "score", "reasons", "suspect_pixels"} <= set(table[0])
+    assert (tmp_path / "maps" / "labels" / "twin_erased.png").is_file()
