@@ -26,6 +26,7 @@ from PIL import Image
 
 from lmae_repair.audit import AuditOptions, audit_dataset
 from lmae_repair.data import discover, read_label
+from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE
 from lmae_repair.evaluate import EvaluateOptions, degrade
 from lmae_repair.families import resolve_models
 from lmae_repair.labelspace import find_classes_file
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--kinds", nargs="+", default=["patches", "objects"])
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
     args = parser.parse_args()
 
     index = discover(args.data, args.split)
@@ -80,7 +82,7 @@ def main() -> None:
         if classes is not None:
             shutil.copy(classes, work / "classes.txt")
         started = time.perf_counter()
-        rows = audit_dataset(discover(work), checkpoints, AuditOptions(device=str(resolve_device(args.device))))
+        rows = audit_dataset(discover(work), checkpoints, AuditOptions(device=str(resolve_device(args.device)), min_confidence=args.min_confidence))
         seconds = time.perf_counter() - started
         top = [row["label"] for row in rows[: len(broken)]]
         precision = sum(key in broken for key in top) / max(len(broken), 1)

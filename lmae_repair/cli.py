@@ -383,7 +383,7 @@ def print_audit(rows: list[dict], top: int) -> None:
     flagged = sum(1 for row in rows if row["reasons"])
     table = Table(title=f"labels most likely broken ({flagged} of {len(rows)} with a reason)")
     for column, justify in (("#", "right"), ("score", "right"), ("label", "left"), ("suspect pixels", "right"), ("reasons", "left")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold", ratio=2 if column in ("label", "reasons") else None)
     for rank, row in enumerate(rows[:top], 1):
         table.add_row(str(rank), f"{row['score']:.2f}", row["label"], f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
     console.print(table)
