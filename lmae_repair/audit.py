@@ -33,6 +33,7 @@ from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader,
 from lmae_repair.data import DatasetIndex, atomic_write, read_image
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.labelspace import LabelSpace
+from lmae_repair.masking import missing_pixels
 from lmae_repair.report import colour_table, pair_panels
 
 REASON_FROM = 2.0  # deviations from which a statistic becomes a reason
@@ -68,16 +69,9 @@ def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
     if outside.size:
         shown = ", ".join(str(v) for v in outside[:5])
         problems.append(f"values outside the label space ({shown}; classes are 0-{space.num_classes - 1}, void {space.void_id})")
-    if missing_mask(values, space).all():
+    if missing_pixels(values, space.background_id, space.void_id).all():
         problems.append("label is all background or void")
     return problems
-
-
-def missing_mask(values: np.ndarray, space: LabelSpace) -> np.ndarray:
-    missing = values == space.void_id
-    if space.background_id is not None:
-        missing |= values == space.background_id
-    return missing
 
 
 def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
@@ -153,7 +147,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     row.update(
         pixels=int(original.size),
         suspect_pixels=int(suspect.sum()),
-        missing_share=round(float(missing_mask(original, space).mean()), 5),
+        missing_share=round(float(missing_pixels(original, space.background_id, space.void_id).mean()), 5),
         suspect_share=round(float(suspect.mean()), 5),
         classes=[int(c) for c in np.unique(original) if c < space.num_classes],
     )

@@ -31,7 +31,7 @@ from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
-from lmae_repair.repair import Prepared, choose_checkpoint, finish, label_heavy_share, predict, prepare
+from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
@@ -117,11 +117,8 @@ class PairLoader(Dataset):
             image, label = read_pair(pair)
             item.label = label
             item.entry["pixels"] = int(label.values.size)
-            share = label_heavy_share(label.values, self.checkpoints[0][1], self.threshold)
+            share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
             item.entry["background_heavy_share"] = round(share, 4)
-            item.choice = choose_checkpoint(share, [info.mask_ratio for _, info in self.checkpoints])
-            if item.choice is not None:
-                item.prepared = prepare(image, label.values, self.checkpoints[item.choice][1])
         except LmaeError as exc:
             item.entry["error"] = str(exc)
         return item

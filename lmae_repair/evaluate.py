@@ -44,10 +44,11 @@ from lmae_repair.data import DatasetIndex, LabelFile, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
-from lmae_repair.masking import erase_objects, expand_patch_mask, mask_count
+from lmae_repair.dataset import label_tensor
+from lmae_repair.masking import erase_objects, mask_count, patch_background_ratio
 from lmae_repair.metrics import ConfusionMatrix
-from lmae_repair.neighbourhood import nearest_fill
-from lmae_repair.repair import Prepared, choose_checkpoint, label_heavy_share, merge, prepare
+from lmae_repair.neighbourhood import neighbourhood_hint
+from lmae_repair.repair import Prepared, merge, route_and_prepare
 
 STRATEGIES = ("random", "background-first", "label-first", "objects")
 BASELINES = ("nearest", "all")
@@ -72,22 +73,16 @@ class EvaluateOptions:
 def erase_patches(label: np.ndarray, space: LabelSpace, strategy: str, ratio: float, patch: int, rng) -> np.ndarray:
     """(H, W) bool: the pixels of the floor(L * ratio) patches chosen by `strategy`."""
     height, width = label.shape
-    rows, cols = -(-height // patch), -(-width // patch)
-    missing = label == space.void_id
-    if space.background_id is not None:
-        missing |= label == space.background_id
-    padded = np.zeros((rows * patch, cols * patch), bool)
-    padded[:height, :width] = missing
-    inside = np.zeros_like(padded)
-    inside[:height, :width] = True
-    share = padded.reshape(rows, patch, cols, patch).sum((1, 3)) / inside.reshape(rows, patch, cols, patch).sum((1, 3))
+    share = patch_background_ratio(label_tensor(label, space), patch, space)
+    rows, cols = share.shape
+    share = share.flatten().numpy()
     jitter = rng.random(rows * cols)  # random order among equal scores
     if strategy == "random":
         scores = jitter
     elif strategy == "background-first":
-        scores = share.ravel() + jitter * 1e-4
+        scores = share + jitter * 1e-4
     elif strategy == "label-first":
-        scores = 1.0 - share.ravel() + jitter * 1e-4
+        scores = 1.0 - share + jitter * 1e-4
     else:
         raise LmaeError(f"--strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     chosen = np.zeros(rows * cols, bool)
@@ -108,19 +103,13 @@ def degrade(label: np.ndarray, space: LabelSpace, options: EvaluateOptions, rng)
     return damaged, erased & (label < space.num_classes) & (label != value)
 
 
-def hidden_pixels(item: Prepared, patch: int) -> torch.Tensor:
-    grid = (item.label.shape[0] // patch, item.label.shape[1] // patch)
-    return expand_patch_mask(item.mask[None], grid, patch)[0]
-
-
 def nearest_baseline(item: Prepared, info) -> np.ndarray:
-    """The hidden patches filled with the nearest annotated pixel outside them, merged as
-    `complete` merges the model's prediction."""
-    space = info.label_space
-    known = ~hidden_pixels(item, info.model.patch_size) & (item.label < space.num_classes)
-    fill = nearest_fill(item.label.numpy().astype(np.uint8), known.numpy(), space.void_id)
+    """The hidden patches filled with the nearest annotated pixel outside them (the model's
+    neighbourhood hint), merged as `complete` merges the model's prediction."""
+    space, p = info.label_space, info.model.patch_size
+    fill = item.hint if item.hint is not None else neighbourhood_hint(item.label[None], item.mask[None], p, space.num_classes)[0]
     height, width = item.original.shape
-    return merge(item, torch.from_numpy(fill[:height, :width]).long(), None, info).values
+    return merge(item, fill[:height, :width], None, info).values
 
 
 def random_walker_baseline(item: Prepared, image: np.ndarray, info) -> np.ndarray:
@@ -131,7 +120,7 @@ def random_walker_baseline(item: Prepared, image: np.ndarray, info) -> np.ndarra
     space = info.label_space
     height, width = item.original.shape
     label = item.label[:height, :width].numpy()
-    hidden = hidden_pixels(item, info.model.patch_size)[:height, :width].numpy()
+    hidden = item.hidden_pixels(info.model.patch_size)[:height, :width].numpy()
     seeds = np.where(label < space.num_classes, label.astype(np.int32) + 1, -1)  # -1: left out
     seeds[hidden] = 0  # 0: to be labelled
     if not (seeds > 0).any() or not (seeds == 0).any():
@@ -205,13 +194,9 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     rng = np.random.default_rng([options.seed, index])
     damaged, erased = degrade(truth, space, options, rng)
     case = Case(index, image, truth, damaged, erased)
-    ratios = [info.mask_ratio for _, info in checkpoints]
     for name, values in (("damaged", damaged), ("intact", truth)):
-        loaded = Loaded(pair, new_entry(pair))
-        loaded.choice = choose_checkpoint(label_heavy_share(values, checkpoints[0][1], options.threshold), ratios)
-        if loaded.choice is not None:
-            loaded.prepared = prepare(image, values, checkpoints[loaded.choice][1])
-        loaded.label = LabelFile(values, label_file.mode, label_file.palette)
+        loaded = Loaded(pair, new_entry(pair), LabelFile(values, label_file.mode, label_file.palette))
+        _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold)
         case.versions[name] = loaded
     return case
 

@@ -142,9 +142,10 @@ def mixed_training_mask(
     erase_rows = torch.tensor([name == "objects" for name in chosen], device=label.device)
     input_label = torch.where(erase_rows[:, None, None] & objects, space.missing_id, label)
     bg_ratio = background_ratio(input_label, patch_size, space.background_id, space.void_id)
+    masked_as = ["background-first" if name == "objects" else name for name in chosen]
     mask = torch.zeros_like(bg_ratio, dtype=torch.bool)
     for strategy in STRATEGIES:
-        rows = [i for i, name in enumerate(chosen) if name == strategy or (strategy == "background-first" and name == "objects")]
+        rows = [i for i, name in enumerate(masked_as) if name == strategy]
         if rows:
             mask[rows] = strategy_mask(strategy, bg_ratio[rows], mask_ratio, generator)
     return input_label, mask, chosen

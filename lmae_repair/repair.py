@@ -68,6 +68,11 @@ class Prepared:
     hint: torch.Tensor | None  # (Hp, Wp) long nearest-fill hint, for neighbour_hint models
     original: np.ndarray  # (H, W) the input label as it was
 
+    def hidden_pixels(self, patch_size: int) -> torch.Tensor:
+        """(Hp, Wp) bool: the pixels of the hidden patches."""
+        grid = (self.label.shape[0] // patch_size, self.label.shape[1] // patch_size)
+        return expand_patch_mask(self.mask[None], grid, patch_size)[0]
+
 
 def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepared:
     """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
@@ -94,6 +99,17 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     if info.model.neighbour_hint:
         hint = neighbourhood_hint(label_t[None], mask[None], p, info.model.num_classes)[0]
     return Prepared(image_t, label_t, mask, hint, label)
+
+
+def route_and_prepare(
+    image: np.ndarray, label: np.ndarray, checkpoints: list[tuple[object, CheckpointInfo]], threshold: float = DEFAULT_THRESHOLD
+) -> tuple[float, int | None, Prepared | None]:
+    """(background-heavy share, index of the checkpoint chosen or None, its prepared input):
+    the routing rule above applied to one label, as `complete`, `evaluate` and `audit` use it."""
+    share = label_heavy_share(label, checkpoints[0][1], threshold)
+    choice = choose_checkpoint(share, [info.mask_ratio for _, info in checkpoints])
+    prepared = None if choice is None else prepare(image, label, checkpoints[choice][1])
+    return share, choice, prepared
 
 
 @dataclass
@@ -141,10 +157,9 @@ def merge(
     or a class with `overwrite_labeled`) changes only where `confidence` is at least
     `min_confidence`: saying an annotator missed something needs more certainty than filling a
     hole. Shared by the model and the baselines (which give no confidence)."""
-    space, p = info.label_space, info.model.patch_size
+    space = info.label_space
     height, width = item.original.shape
-    grid = (item.label.shape[0] // p, item.label.shape[1] // p)
-    editable = expand_patch_mask(item.mask[None], grid, p)[0][:height, :width]
+    editable = item.hidden_pixels(info.model.patch_size)[:height, :width]
     original = torch.from_numpy(item.original)
     if not overwrite_labeled:
         editable &= missing_pixels(original, space.background_id, space.void_id)
