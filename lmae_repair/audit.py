@@ -53,25 +53,16 @@ class AuditOptions:
 
 def new_row(key: str, image: str | None) -> dict:
     return {"label": key, "image": image, "score": 0.0, "reasons": [], "suspect_pixels": 0, "pixels": 0,
-            "missing_share": None, "suspect_share": None, "classes": [], "defect": False}
+            "missing_share": None, "suspect_share": None, "classes": [], "defect": False, "error": None}
 
 
 def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
     """What is wrong with the files of a loaded pair, if anything (empty when it is usable)."""
-    if item.entry["error"]:
-        message = item.entry["error"]
-        if "channels (mode RGB" in message or "channels (mode RGBA" in message:
-            return [f"colour (RGB) label with no palette mapping: {message}"]
-        return [message]
-    values = item.label.values
-    outside = np.unique(values[(values >= space.num_classes) & (values != space.void_id)])
-    problems = []
-    if outside.size:
-        shown = ", ".join(str(v) for v in outside[:5])
-        problems.append(f"values outside the label space ({shown}; classes are 0-{space.num_classes - 1}, void {space.void_id})")
-    if missing_pixels(values, space.background_id, space.void_id).all():
-        problems.append("label is all background or void")
-    return problems
+    if item.entry["error"]:  # unreadable, wrong size, colour label, values outside the space...
+        return [item.entry["error"]]
+    if missing_pixels(item.label.values, space.background_id, space.void_id).all():
+        return ["label is all background or void"]
+    return []
 
 
 def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
@@ -114,7 +105,8 @@ def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pa
     """Rows for every pair and every unmatched file, sorted by score, highest first."""
     space = checkpoints[0][1].label_space
     completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence))
-    rows = [defect_row(problem, index) for problem in index.unmatched]
+    rows = [defect_row(problem, failed=True) for problem in index.unmatched]
+    rows += [defect_row(problem, failed=False) for problem in index.unlabelled]
     loader = torch.utils.data.DataLoader(
         PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
     )
@@ -123,16 +115,16 @@ def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pa
             for item, values in completer.repair_batch(batch):
                 rows.append(pair_row(item, values, space, options))
                 if on_pair is not None:
-                    on_pair()
+                    on_pair(rows[-1]["error"])
     score_rows(rows, space)
     return sorted(rows, key=lambda row: (-row["score"], row["label"]))
 
 
-def defect_row(problem: str, index: DatasetIndex) -> dict:
+def defect_row(problem: str, failed: bool) -> dict:
     """A file discovery could not pair: 'path: no label with the same name' and the like."""
     path, _, reason = problem.partition(": ")
     row = new_row(path, path if "no label" in reason else None)
-    row.update(score=1.0, defect=True, reasons=[reason or problem])
+    row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
     return row
 
 
@@ -140,7 +132,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     row = new_row(item.pair.key, str(item.pair.image))
     problems = file_defects(item, space)
     if problems:
-        row.update(score=1.0, defect=True, reasons=problems)
+        row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"])
         return row
     original = item.label.values
     suspect = values != original

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmae_repair import __version__
-from lmae_repair.errors import LmaeError
+from lmae_repair.errors import DEBUG, LmaeError, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
@@ -25,7 +25,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-_debug = {"on": False}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -34,16 +33,23 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def guarded(function):
-    """Run a command body; LmaeError and Ctrl-C become a one-line message and an exit code."""
+    """Run a command body; errors become a one-line message and exit code 2 (a traceback only
+    with --debug), Ctrl-C exit code 130."""
     try:
         return function()
-    except LmaeError as exc:
-        if _debug["on"]:
-            raise
-        fail(str(exc))
+    except typer.Exit:
+        raise
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130)
+    except Exception as exc:
+        if DEBUG["on"]:
+            raise
+        if isinstance(exc, LmaeError):
+            fail(str(exc))
+        if isinstance(exc, OSError) and exc.filename:
+            fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
+        fail(unexpected("lmae-repair", exc))
 
 
 def version_callback(value: bool) -> None:
@@ -57,7 +63,7 @@ def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version."),
 ) -> None:
-    _debug["on"] = debug
+    DEBUG["on"] = debug
 
 
 @app.command()
@@ -132,8 +138,11 @@ def train(
             table.add_row(f"{ratio:.2f}", str(path), "-" if score is None else f"{score:.4f}")
         console.print(table)
         console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/state.pt)")
+        if training_data.skipped:
+            console.print(f"{len(training_data.skipped)} pairs were skipped (listed above)")
+        return 1 if training_data.skipped else 0
 
-    guarded(run)
+    exit_with(guarded(run))
 
 
 @app.command()
@@ -171,18 +180,29 @@ def complete(
         )
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
-        with PairProgress("completing", len(index.pairs)) as advance:
+        with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
             def on_pair(entry: dict) -> None:
                 if entry["error"]:
-                    err_console.print(f"[yellow]failed:[/] {entry['error']}", highlight=False, soft_wrap=True)
+                    report_failure(entry["error"])
                 advance()
 
             report = complete_dataset(index, checkpoints, options, on_pair)
+        if index.unlabelled:
+            console.print(f"note: {len(index.unlabelled)} images have no label and were left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False, soft_wrap=True)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
-    code = guarded(run)
+    exit_with(guarded(run))
+
+
+def report_failure(message: str) -> None:
+    """One line on stderr for a pair that could not be processed."""
+    err_console.print(f"[yellow]failed:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def exit_with(code: int | None) -> None:
+    """Exit code 1 when some pairs failed (documented: 0 all done, 1 some failed, 2 setup error)."""
     if code:
         raise typer.Exit(code)
 
@@ -294,18 +314,25 @@ def evaluate(
         )
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
+        failures = list(index.unmatched)
+        for problem in failures:
+            report_failure(problem)
+
+        def on_error(message: str) -> None:
+            failures.append(message)
+            report_failure(message)
+
         with PairProgress("evaluating", total) as advance:
-            result = evaluate_dataset(
-                index, checkpoints, options, advance,
-                lambda message: err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True),
-            )
+            result = evaluate_dataset(index, checkpoints, options, advance, on_error)
+        result["failed"] = failures
         print_evaluation(result)
         if json_file is not None:
             text = json.dumps(result, indent=2)
             atomic_write(json_file, lambda f: f.write(text.encode()))
             console.print(f"figures written to {json_file}")
+        return 1 if failures else 0
 
-    guarded(run)
+    exit_with(guarded(run))
 
 
 def print_evaluation(result: dict) -> None:
@@ -368,15 +395,24 @@ def audit(
         used, checkpoints = resolve_models(models, index)
         options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
+        for problem in index.unmatched:
+            report_failure(problem)
         with PairProgress("auditing", len(index.pairs)) as advance:
-            rows = audit_dataset(index, checkpoints, options, advance)
+
+            def on_pair(error: str | None) -> None:
+                if error:
+                    report_failure(error)
+                advance()
+
+            rows = audit_dataset(index, checkpoints, options, on_pair)
         print_audit(rows, top)
         for path, write in ((json_file, write_json), (csv_file, write_csv)):
             if path is not None:
                 write(path, rows)
                 console.print(f"all {len(rows)} rows written to {path}")
+        return 1 if any(row["error"] for row in rows) else 0
 
-    guarded(run)
+    exit_with(guarded(run))
 
 
 def print_audit(rows: list[dict], top: int) -> None:

@@ -29,18 +29,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
-from lmae_repair.errors import LmaeError
+from lmae_repair.errors import DEBUG, LmaeError, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
 LOCK_FILE = ".lmae-lock"
-PENDING_WRITES = 4
+PENDING_WRITES = 4  # batches the writer may fall behind before the model waits for it
 # Tiles per forward pass. On a CPU small passes are faster (measured on examples/camvid, 2 cores:
 # 8 tiles 2.6 pairs/s, 64 tiles 1.8 pairs/s: big activations only churn memory); a GPU wants
 # the tiles of the whole batch at once.
-TILES_PER_PASS_CPU = 8  # batches the writer may fall behind before the model waits for it
+TILES_PER_PASS_CPU = 8
+# Pixels whose class probabilities are held at once (4 bytes x classes each): a batch of large
+# images is run a few at a time. 16M pixels is about 45 CamVid frames.
+PIXELS_PER_PASS = 16_000_000
 
 try:
     import fcntl
@@ -52,6 +55,20 @@ def check_output_location(root: Path, out: Path) -> None:
     root_r, out_r = root.resolve(), out.resolve()
     if out_r == root_r or root_r in out_r.parents:
         raise LmaeError(f"{out}: the output must not be the dataset folder or inside it ({root})")
+
+
+def make_output_folder(out: Path) -> None:
+    """Create OUT, or say in one line why it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".lmae-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError) or (out.exists() and not out.is_dir()):
+            reason = "a file of that name exists"
+        raise LmaeError(f"{out}: cannot write the output here ({reason})") from None
 
 
 def mirror_image(pair: Pair, root: Path, out: Path) -> None:
@@ -101,6 +118,14 @@ def new_entry(pair: Pair) -> dict:
             "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
 
+def problem_entry(problem: str) -> dict:
+    """The report entry of a file discovery could not pair ('path: problem'): a failed pair."""
+    path = problem.partition(": ")[0]
+    entry = new_entry(Pair(Path(path), Path(path), path))
+    entry.update(image=None, input_label=None, error=problem)
+    return entry
+
+
 class PairLoader(Dataset):
     """Reads a pair, routes it and prepares the model input; errors end up in the entry."""
 
@@ -114,13 +139,19 @@ class PairLoader(Dataset):
         pair = self.pairs[i]
         item = Loaded(pair, new_entry(pair))
         try:
-            image, label = read_pair(pair)
+            image, label = read_pair(pair, self.checkpoints[0][1].label_space)
             item.label = label
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
             item.entry["background_heavy_share"] = round(share, 4)
         except LmaeError as exc:
             item.entry["error"] = str(exc)
+        except Exception as exc:
+            if DEBUG["on"]:
+                raise
+            item.entry["error"] = unexpected(str(pair.label), exc)
+        if item.entry["error"]:
+            item.label = item.prepared = None
         return item
 
 
@@ -146,18 +177,47 @@ class Completer:
         results = {}
         for choice in sorted({item.choice for item in batch if item.prepared is not None}):
             group = [item for item in batch if item.choice == choice and item.prepared is not None]
-            path, info = self.checkpoints[choice]
-            tiles_per_pass = TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
-            probs = predict(self.model(choice), info, [item.prepared for item in group], self.options.device, tiles_per_pass)
-            for item, prob in zip(group, probs):
-                result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
-                item.entry.update(
-                    checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
-                    pixels_changed=result.pixels_changed,
-                    mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
-                )
-                results[id(item)] = result.values
+            for chunk in pixel_chunks(group):
+                try:
+                    results.update(self._repair_chunk(choice, chunk))
+                except Exception as exc:  # e.g. out of memory: these pairs fail, the run goes on
+                    if DEBUG["on"]:
+                        raise
+                    for item in chunk:
+                        item.entry["error"] = unexpected(f"{item.pair.label}: the model failed", exc)
+                        item.label = None
         return [(item, results.get(id(item), None if item.label is None else item.label.values)) for item in batch]
+
+    def _repair_chunk(self, choice: int, chunk: list[Loaded]) -> dict[int, object]:
+        path, info = self.checkpoints[choice]
+        tiles_per_pass = TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
+        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, tiles_per_pass)
+        results = {}
+        for item, prob in zip(chunk, probs):
+            result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
+            item.entry.update(
+                checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
+                pixels_changed=result.pixels_changed,
+                mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
+            )
+            results[id(item)] = result.values
+        return results
+
+
+def pixel_chunks(items: list[Loaded], budget: int = PIXELS_PER_PASS) -> list[list[Loaded]]:
+    """Consecutive groups of items with at most `budget` padded pixels each (a larger item goes
+    alone): the model's class probabilities for a group are held at once, so a batch of huge
+    images must not multiply them."""
+    chunks: list[list[Loaded]] = []
+    size = 0
+    for item in items:
+        pixels = item.prepared.label.numel()
+        if not chunks or size + pixels > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += pixels
+    return chunks
 
 
 def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions) -> dict:
@@ -250,18 +310,20 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
     started = time.perf_counter()
     lock = None
     if not options.dry_run:
-        options.out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(options.out)
         lock = lock_output(options.out)
         remove_temporaries(options.out)
     try:
         done = {} if options.dry_run else load_progress(options.out)
         todo = [pair for pair in index.pairs if pair.key not in done]
-        for pair in index.pairs:
-            if pair.key in done and on_pair is not None:
-                on_pair(done[pair.key])
+        unpaired = [problem_entry(problem) for problem in index.unmatched]
+        for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:
+            if on_pair is not None:
+                on_pair(entry)
         new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair)}
-        entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs]
+        entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
         totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
+        totals["unlabelled_images"] = len(index.unlabelled)
         if options.dry_run:
             return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
         report = write_json_report(options.out, index, entries, totals, checkpoints)

@@ -7,6 +7,10 @@ Three layouts are recognised (and `--images/--labels` names the folders explicit
 - paired folders: `images/` beside `labels/` (or `masks/`, `annotations/`), matched by file stem,
   found anywhere below the root.
 Every pair keeps its label path relative to the dataset root, so outputs can mirror the input.
+
+What discovery cannot pair is kept apart: `unmatched` are problems that count as failed pairs (a
+label without an image, two files with the same name, a split entry without files), `unlabelled`
+are images without a label (normal in VOC's JPEGImages, so not recorded there).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from lmae_repair.errors import LmaeError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+# The largest image read, in pixels (8000x6000 fits): the model's class probabilities for one
+# image take about 4 * classes bytes per pixel, so a 50-megapixel image with 21 classes needs
+# about 4 GB; larger ones are refused before they are decoded. LMAE_REPAIR_MAX_PIXELS changes it.
+DEFAULT_MAX_PIXELS = 50_000_000
 LABEL_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
@@ -53,8 +61,9 @@ class DatasetIndex:
     layout: str
     root: Path
     pairs: list[Pair]
-    unmatched: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # "path: problem", each a failed pair
     known_class_names: list[str] | None = None
+    unlabelled: list[str] = field(default_factory=list)  # "path: no label with the same name"
 
 
 def _files_below(folder: Path, suffixes: set[str]) -> list[Path]:
@@ -75,30 +84,41 @@ def _label_stem_candidates(stem: str) -> list[str]:
     return candidates
 
 
-def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str]]:
-    """Pair files in two folder trees by relative path without extension."""
-    images: dict[str, Path] = {}
-    for path in _files_below(image_dir, IMAGE_SUFFIXES):
-        rel = path.relative_to(image_dir).with_suffix("").as_posix()
-        images.setdefault(rel, path)  # same stem twice: the first in sorted order wins
-    pairs, unmatched, used = [], [], set()
-    for label in _files_below(label_dir, LABEL_SUFFIXES):
-        rel = label.relative_to(label_dir).with_suffix("")
-        match = None
-        for stem in _label_stem_candidates(rel.name):
-            key = (rel.parent / stem).as_posix()
-            if key in images:
-                match = key
-                break
+def _by_stem(paths: list[Path], folder: Path, root: Path, kind: str) -> tuple[dict[str, Path], list[str]]:
+    """{relative path without extension: file}; names that two files share (a.jpg and a.png)
+    are left out and reported, since either could be the one meant."""
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
+    unique = {stem: group[0] for stem, group in groups.items() if len(group) == 1}
+    clashes = {
+        stem: f"{_display(group[0], root)}: {len(group)} {kind}s share this name "
+        f"({', '.join(p.name for p in group)}); rename or remove all but one"
+        for stem, group in groups.items() if len(group) > 1
+    }
+    return unique, clashes
+
+
+def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str], list[str]]:
+    """Pair files in two folder trees by relative path without extension: (pairs, problems,
+    images without a label). A name shared by two images or two labels is one problem, and
+    its partner is not reported again as lacking a match."""
+    images, image_clashes = _by_stem(_files_below(image_dir, IMAGE_SUFFIXES), image_dir, root, "image")
+    labels, label_clashes = _by_stem(_files_below(label_dir, LABEL_SUFFIXES), label_dir, root, "label")
+    problems = list(image_clashes.values()) + list(label_clashes.values())
+    pairs, used = [], set(label_clashes)
+    for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
+        rel = Path(stem_path)
+        keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+        match = next((key for key in keys if key in images), None)
         if match is None:
-            unmatched.append(f"{_display(label, root)}: no image with the same name")
+            if not any(key in image_clashes for key in keys):
+                problems.append(f"{_display(label, root)}: no image with the same name")
             continue
         used.add(match)
         pairs.append(Pair(images[match], label, _display(label, root)))
-    for key, image in images.items():
-        if key not in used:
-            unmatched.append(f"{_display(image, root)}: no label with the same name")
-    return pairs, unmatched
+    unlabelled = [f"{_display(image, root)}: no label with the same name" for key, image in images.items() if key not in used]
+    return pairs, problems, unlabelled
 
 
 def _display(path: Path, root: Path) -> str:
@@ -122,7 +142,7 @@ def find_voc_root(root: Path) -> Path | None:
 
 def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     image_dir, label_dir = voc_root / "JPEGImages", voc_root / "SegmentationClass"
-    pairs, unmatched = match_by_stem(image_dir, label_dir, root)
+    pairs, unmatched, _ = match_by_stem(image_dir, label_dir, root)  # unlabelled JPEGImages are normal
     if split is not None:
         split_file = voc_root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
@@ -133,8 +153,11 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
             )
         wanted = {line.split()[0] for line in split_file.read_text().splitlines() if line.strip()}
         found = {p.label.stem: p for p in pairs}
-        missing = sorted(wanted - found.keys())
-        unmatched = [f"{split_file.name}: {name} has no image/label pair" for name in missing]
+        problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
+        unmatched = [
+            problems.get(name, f"{split_file.name}: {name} has no image/label pair")
+            for name in sorted(wanted - found.keys())
+        ]
         pairs = [found[name] for name in sorted(wanted & found.keys())]
     return DatasetIndex("voc", root, pairs, unmatched)
 
@@ -154,7 +177,7 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
             f"{image_root / split}: no such split (available: {', '.join(available) or 'none'})"
         )
     search_root = image_root / split if split else image_root
-    pairs, unmatched = [], []
+    pairs, unlabelled = [], []
     for image in _files_below(search_root, {".png", ".jpg"}):
         if not image.stem.endswith(CITYSCAPES_IMAGE_SUFFIX):
             continue
@@ -164,8 +187,8 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
         if label.is_file():
             pairs.append(Pair(image, label, _display(label, root)))
         else:
-            unmatched.append(f"{_display(image, root)}: no {label.name}")
-    return DatasetIndex("cityscapes", root, pairs, unmatched, known_class_names=CITYSCAPES_NAMES)
+            unlabelled.append(f"{_display(image, root)}: no {label.name}")
+    return DatasetIndex("cityscapes", root, pairs, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
 
 
 # ---------------------------------------------------------------- paired folders
@@ -199,12 +222,13 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
                 f"(found under: {', '.join(available)})"
             )
         folder_pairs = chosen
-    pairs, unmatched = [], []
+    pairs, unmatched, unlabelled = [], [], []
     for image_dir, label_dir in folder_pairs:
-        found, missing = match_by_stem(image_dir, label_dir, root)
+        found, problems, lonely = match_by_stem(image_dir, label_dir, root)
         pairs += found
-        unmatched += missing
-    return DatasetIndex("paired", root, pairs, unmatched)
+        unmatched += problems
+        unlabelled += lonely
+    return DatasetIndex("paired", root, pairs, unmatched, unlabelled=unlabelled)
 
 
 # ---------------------------------------------------------------- entry point
@@ -228,8 +252,8 @@ def discover(
         for folder in (images, labels):
             if not folder.is_dir():
                 raise LmaeError(f"{folder}: no such folder")
-        pairs, unmatched = match_by_stem(images, labels, labels)
-        index = DatasetIndex("paired", labels, pairs, unmatched)
+        pairs, unmatched, unlabelled = match_by_stem(images, labels, labels)
+        index = DatasetIndex("paired", labels, pairs, unmatched, unlabelled=unlabelled)
     else:
         if not root.is_dir():
             raise LmaeError(f"{root}: no such dataset folder")
@@ -263,12 +287,32 @@ class LabelFile:
     palette: list[int] | None
 
 
+def max_pixels() -> int:
+    return int(os.environ.get("LMAE_REPAIR_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def check_size(path: Path, img: Image.Image) -> None:
+    """Refuse an image too large to repair before its pixels are decoded."""
+    width, height = img.size
+    if width * height > max_pixels():
+        raise LmaeError(
+            f"{path}: {width}x{height} ({width * height / 1e6:.1f} megapixels) is larger than the "
+            f"{max_pixels() / 1e6:.0f} megapixels lmae-repair reads (set LMAE_REPAIR_MAX_PIXELS to "
+            "raise the limit, or cut the image into tiles)"
+        )
+    if width == 0 or height == 0:
+        raise LmaeError(f"{path}: image has no pixels ({width}x{height})")
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3); grayscale, palette, RGBA and CMYK images are converted."""
     try:
         with Image.open(path) as img:
+            check_size(path, img)
             img.load()
             return np.array(img.convert("RGB"))
+    except LmaeError:
+        raise
     except Exception as exc:  # PIL raises many types for bad files
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 
@@ -277,6 +321,7 @@ def read_label(path: Path) -> LabelFile:
     """Single-channel class indices from an L, P, 1 or 16-bit PNG (values must fit 0..255)."""
     try:
         with Image.open(path) as img:
+            check_size(path, img)
             img.load()
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None
@@ -290,6 +335,11 @@ def read_label(path: Path) -> LabelFile:
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
                     raise LmaeError(f"{path}: 16-bit label with values above 255")
                 values, mode = wide.astype(np.uint8), "L"
+            elif mode in ("RGB", "RGBA"):
+                raise LmaeError(
+                    f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
+                    "indices (a palette or grayscale PNG, one value per class)"
+                )
             else:
                 raise LmaeError(
                     f"{path}: label has {len(img.getbands())} channels (mode {mode}); expected a "
@@ -302,16 +352,19 @@ def read_label(path: Path) -> LabelFile:
     return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette)
 
 
-def read_pair(pair: Pair) -> tuple[np.ndarray, LabelFile]:
-    """Image and label of a pair, checked to be the same size."""
-    image = read_image(pair.image)
+def read_pair(pair: Pair, space=None) -> tuple[np.ndarray, LabelFile]:
+    """Image and label of a pair, checked to be the same size and, given a LabelSpace `space`,
+    to hold only its values (a label with unknown values is not guessed at)."""
     label = read_label(pair.label)
-    if image.shape[:2] != label.values.shape:
+    width, height = image_size(pair.image)
+    if (height, width) != label.values.shape:
         raise LmaeError(
             f"{pair.label}: label is {label.values.shape[1]}x{label.values.shape[0]} but its image "
-            f"is {image.shape[1]}x{image.shape[0]}"
+            f"is {width}x{height}"
         )
-    return image, label
+    if space is not None:
+        space.check_values(pair.label, label.values)
+    return read_image(pair.image), label
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -319,6 +372,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
+    except LmaeError:
+        raise
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 

@@ -36,10 +36,7 @@ class LabelScan:
         for pair in self.good:
             bad = [int(v) for v in self.values[pair] if v >= space.num_classes and v != space.void_id]
             if bad:
-                problems.append(
-                    f"{pair.label}: values {bad[:5]} are outside the label space "
-                    f"(classes 0..{space.num_classes - 1}, void {space.void_id})"
-                )
+                problems.append(f"{pair.label}: {space.outside_message(bad)}")
             else:
                 fitting.append(pair)
         return fitting, problems

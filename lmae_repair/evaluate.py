@@ -42,7 +42,7 @@ import torch
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
 from lmae_repair.data import DatasetIndex, LabelFile, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
-from lmae_repair.errors import LmaeError
+from lmae_repair.errors import DEBUG, LmaeError, unexpected
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.dataset import label_tensor
 from lmae_repair.masking import erase_objects, mask_count, patch_background_ratio
@@ -189,8 +189,8 @@ class Case:
 
 def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: LabelSpace) -> Case:
     """Read, damage, route and prepare one pair (LmaeError when it cannot be read)."""
-    image, label_file = read_pair(pair)
-    truth = np.where(label_file.values < space.num_classes, label_file.values, space.void_id).astype(np.uint8)
+    image, label_file = read_pair(pair, space)
+    truth = label_file.values
     rng = np.random.default_rng([options.seed, index])
     damaged, erased = degrade(truth, space, options, rng)
     case = Case(index, image, truth, damaged, erased)
@@ -254,9 +254,11 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         for position, pair in enumerate(pairs):
             try:
                 batch.append(load_case(position, pair, checkpoints, options, space))
-            except LmaeError as exc:
+            except Exception as exc:
+                if DEBUG["on"] and not isinstance(exc, LmaeError):
+                    raise
                 if on_error is not None:
-                    on_error(str(exc))
+                    on_error(str(exc) if isinstance(exc, LmaeError) else unexpected(str(pair.label), exc))
                 if on_pair is not None:
                     on_pair()
             if len(batch) >= options.batch_size:

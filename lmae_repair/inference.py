@@ -67,7 +67,8 @@ def predict_many(
     hints: list[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """`predict_probabilities` for several images of any sizes at once: the tiles of all of them
-    share batches of `batch_size`, so small images still fill the batch.
+    share batches of `batch_size`, so small images still fill the batch. Images may be float in
+    [0, 1] or uint8 (made float one batch of tiles at a time, which keeps large images small).
 
     `hints` are the whole-image nearest-fill hints of a `neighbour_hint` model (computed from the
     whole image's visible labels when None, not from each tile's).
@@ -89,6 +90,8 @@ def predict_many(
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         crop_images = torch.stack([images[i][:, y : y + tile, x : x + tile] for i, y, x in chunk])
+        if crop_images.dtype == torch.uint8:
+            crop_images = crop_images.float().div_(255.0)
         crop_labels = torch.stack([labels[i][y : y + tile, x : x + tile] for i, y, x in chunk])
         crop_masks = torch.stack(
             [grid_masks[i][y // p : (y + tile) // p, x // p : (x + tile) // p].reshape(-1) for i, y, x in chunk]

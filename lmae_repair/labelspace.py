@@ -71,6 +71,23 @@ class LabelSpace:
         """The value a missed object turns into: background where there is one, void otherwise."""
         return self.void_id if self.background_id is None else self.background_id
 
+    def outside_values(self, values) -> list[int]:
+        """The distinct values of a label array that are neither a class nor void."""
+        import numpy as np
+
+        present = np.flatnonzero(np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256))
+        return [int(v) for v in present if v >= self.num_classes and v != self.void_id]
+
+    def outside_message(self, outside: list[int]) -> str:
+        shown = ", ".join(str(v) for v in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        return f"values outside the label space ({shown}; classes are 0-{self.num_classes - 1}, void {self.void_id})"
+
+    def check_values(self, path, values) -> None:
+        """Raise a one-line LmaeError naming `path` if the label holds values outside the space."""
+        outside = self.outside_values(values)
+        if outside:
+            raise LmaeError(f"{path}: {self.outside_message(outside)}")
+
     def same_classes(self, other: "LabelSpace") -> bool:
         """True when two label spaces give the same meaning to every pixel value."""
         return (

@@ -63,9 +63,9 @@ class Prepared:
     """One label made ready for the model (padded to whole tiles), and what is needed to finish."""
 
     image: torch.Tensor  # (3, Hp, Wp) uint8
-    label: torch.Tensor  # (Hp, Wp) long, padding = void
+    label: torch.Tensor  # (Hp, Wp) uint8, padding = void (uint8 throughout: large images stay small)
     mask: torch.Tensor  # (Lp,) bool, True on the hidden patches of the padded grid
-    hint: torch.Tensor | None  # (Hp, Wp) long nearest-fill hint, for neighbour_hint models
+    hint: torch.Tensor | None  # (Hp, Wp) uint8 nearest-fill hint, for neighbour_hint models
     original: np.ndarray  # (H, W) the input label as it was
 
     def hidden_pixels(self, patch_size: int) -> torch.Tensor:
@@ -95,9 +95,10 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     label_t = F.pad(label_t, pad, value=space.void_id)
     mask = F.pad(native_mask, (0, padded_w // p - ratio.shape[1], 0, padded_h // p - ratio.shape[0]), value=False)
     mask = mask.flatten()
+    label_t = label_t.to(torch.uint8)
     hint = None
     if info.model.neighbour_hint:
-        hint = neighbourhood_hint(label_t[None], mask[None], p, info.model.num_classes)[0]
+        hint = neighbourhood_hint(label_t[None], mask[None], p, info.model.num_classes)[0].to(torch.uint8)
     return Prepared(image_t, label_t, mask, hint, label)
 
 
@@ -128,7 +129,7 @@ def predict(
     """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched."""
     device = torch.device(device)
     to = dict(device=device, non_blocking=True)
-    images = [item.image.to(**to).float().div_(255.0) for item in items]
+    images = [item.image.to(**to) for item in items]  # uint8: each tile is made float on its own
     labels = [item.label.to(**to) for item in items]
     masks = [item.mask.to(**to) for item in items]
     hints = [None if item.hint is None else item.hint.to(**to) for item in items]

@@ -56,6 +56,7 @@ def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], total
         "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio} for path, info in checkpoints],
         "totals": totals,
         "pairs": entries,
+        "unlabelled_images": index.unlabelled,
     }
     atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report

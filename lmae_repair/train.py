@@ -84,6 +84,7 @@ class TrainingData:
     space: LabelSpace
     class_pixels: list[int]
     summary: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # one line per unusable pair
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,7 +118,8 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
     model = LabelMAE(config)
-    if options.init is not None and not options.resume:
+    state_path = folder / "state.pt"
+    if options.init is not None and not (options.resume and state_path.exists()):
         start_from(model, options.init, data.space)
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -126,8 +128,9 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
     )
     weights = class_weights(torch.tensor(data.class_pixels), options.class_weighting)
     state = RunState()
-    state_path = folder / "state.pt"
-    if options.resume:
+    if options.resume and not state_path.exists():
+        console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
+    elif options.resume:
         state = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
     elif state_path.exists():
@@ -174,7 +177,7 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
                 state.best_score = score
                 save_checkpoint(folder / "best.safetensors", model, info)
             save_state(state_path, model, optimizer, plateau, state, info)
-            append_history(folder / "history.jsonl", record)
+            write_history(folder / "history.jsonl", state.history)
             progress.console.print(epoch_line(record, improved))
     return folder / "best.safetensors"
 
@@ -354,9 +357,11 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     return RunState(run["epoch"], run["step"], run["best_score"], run["history"])
 
 
-def append_history(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+def write_history(path: Path, history: list[dict]) -> None:
+    """One line of figures per epoch, rewritten whole from the saved state (never appended), so
+    that a run killed between saving its state and its history cannot lose or repeat an epoch."""
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def epoch_line(record: dict, improved: bool) -> str:
@@ -415,13 +420,17 @@ def load_training_data(
         **space_options,
     )
     pairs, outside = scan.outside(space)
-    report_skipped(console, scan.problems + outside)
+    skipped = index.unmatched + scan.problems + outside
     if not pairs:
+        report_skipped(console, skipped)
         raise LmaeError(f"{index.root}: no usable training pair")
     val_pairs: list[Pair] = []
     if val is not None or val_split is not None:
         val_index = discover(val if val is not None else root, val_split)
-        val_pairs = val_index.pairs
+        val_scan = scan_labels(val_index.pairs)
+        val_pairs, val_outside = val_scan.outside(space)
+        skipped += [f"{line} (validation)" for line in val_index.unmatched + val_scan.problems + val_outside]
+    report_skipped(console, skipped)
     counts = scan.histogram[: space.num_classes]
     total = max(int(counts.sum()), 1)
     summary = {
@@ -434,7 +443,7 @@ def load_training_data(
         "val_pairs": len(val_pairs),
         "class_pixel_share": {name: round(int(c) / total, 5) for name, c in zip(space.names, counts)},
     }
-    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary)
+    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)
 
 
 def report_skipped(console: Console, problems: list[str], limit: int = 20) -> None:

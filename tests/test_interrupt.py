@@ -1,5 +1,7 @@
-"""Interrupting `complete` with SIGKILL and running it again: nothing half-written, same result."""
+"""Interrupting runs with SIGKILL, and two runs at once, with real processes: nothing half-written,
+nothing lost, the same result."""
 
+import json
 import os
 import signal
 import subprocess
@@ -45,3 +47,55 @@ def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path, fa
     assert rerun.returncode == 0, rerun.stderr
     assert outputs(out) == outputs(tmp_path / "reference")
     assert not list(out.rglob("*.tmp"))  # temporaries of the killed run are cleaned up
+
+
+def test_two_runs_into_the_same_output_the_second_refuses_and_the_first_finishes(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=400, size=96)
+    out = tmp_path / "out"
+    first = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / ".lmae-progress.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.005)
+    second = subprocess.run(complete_command(root, out, family), capture_output=True, text=True)
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    assert second.returncode == 2 and "another lmae-repair run is writing here" in second.stderr
+    assert first.wait() == 0, first.stderr.read()
+    report = json.loads((out / "lmae-report.json").read_text())
+    assert report["totals"]["pairs"] == 400 and report["totals"]["failed"] == 0
+    assert len(list((out / "labels").glob("*.png"))) == 400
+
+
+def train_command(data, out, *extra):
+    return [sys.executable, "-m", "lmae_repair", "train", str(data), "--out", str(out), "--batch-size", "2",
+            "--crop", "32", "--workers", "0", "--device", "cpu", *extra]
+
+
+def epochs_in(history):
+    return [json.loads(line)["epoch"] for line in history.read_text().splitlines()] if history.exists() else []
+
+
+def test_train_killed_part_way_resumes_from_the_last_saved_epoch(tmp_path):
+    root = make_paired(tmp_path / "ds", count=8, size=64)
+    run = tmp_path / "run"
+    history = run / "mask-0.50" / "history.jsonl"
+    process = subprocess.Popen(train_command(root, run, "--epochs", "500"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(epochs_in(history)) < 2:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    saved = epochs_in(history)
+    assert 2 <= len(saved) < 500 and saved == list(range(1, len(saved) + 1))
+
+    total = len(saved) + 2
+    resumed = subprocess.run(train_command(root, run, "--epochs", str(total), "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {len(saved)}" in resumed.stdout.replace("\n", " ")
+    assert epochs_in(history) == list(range(1, total + 1))  # nothing lost, nothing trained twice
+    from lmae_repair.checkpoints import load_checkpoint
+
+    _, info = load_checkpoint(run / "mask-0.50" / "last.safetensors")
+    assert info.training["epochs"] == total
+    assert not list(run.rglob("*.tmp"))

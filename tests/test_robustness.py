@@ -1,0 +1,243 @@
+"""Bad input: a corpus of broken and unusual files, built here, run through every command.
+
+Each broken pair must be named in one line (stderr and the report) and skipped while the rest is
+processed, unusual but valid files (grayscale/RGBA/CMYK images, 16-bit labels, names with spaces
+and accents, symlinked folders) must just work, setup errors must end with one line and exit code
+2, and no command may modify an input file.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_paired, make_scene, write_pair
+from lmae_repair.cli import app
+
+runner = CliRunner()
+
+# name -> (the file the message must name, words of the problem); each is one failed pair
+BROKEN = {
+    "truncated PNG label": ("trunc_label.png", "unreadable label"),
+    "truncated JPEG image": ("trunc_image.jpg", "unreadable image"),
+    "zero-byte label": ("zero_label.png", "unreadable label"),
+    "zero-byte image": ("zero_image.png", "unreadable image"),
+    "text file named .png": ("text_label.png", "unreadable label"),
+    "label size differs": ("small_label.png", "label is 32x32 but its image is 64x64"),
+    "16-bit label beyond 8 bits": ("wide_big.png", "16-bit label with values above 255"),
+    "RGB colour label": ("colour.png", "colour (RGB) label"),
+    "values beyond the label space": ("outside.png", "values outside the label space (9"),
+    "very large image": ("huge.png", "8000x6000 (48.0 megapixels) is larger than the 20 megapixels"),
+    "same stem, two image files": ("dup.jpg", "2 images share this name (dup.jpg, dup.png)"),
+    "same stem, two label files": ("twin.bmp", "2 labels share this name (twin.bmp, twin.png)"),
+    "label without image": ("no_image.png", "no image with the same name"),
+}
+# label path relative to the dataset -> what is unusual about it; each must be repaired
+UNUSUAL = {
+    "labels/gray.png": "grayscale image",
+    "labels/rgba.png": "RGBA image",
+    "labels/cmyk.png": "CMYK JPEG image",
+    "labels/wide16.png": "16-bit label with 8-bit values",
+    "labels/street scène 01.png": "spaces and non-ASCII characters",
+    "labels/linked/far.png": "symlinked image and label folders",
+}
+GOOD = 4
+HUGE_LIMIT = "20000000"  # pixels: the 8000x6000 pair is refused without being decoded
+
+
+def build_corpus(tmp_path):
+    """A paired dataset with GOOD ordinary pairs, one pair per BROKEN case and per UNUSUAL case."""
+    root = make_paired(tmp_path / "corpus", count=GOOD, size=64, seed=3)
+    images, labels = root / "images", root / "labels"
+    rng = np.random.default_rng(5)
+
+    def pair(image_name, label_name, image=None, label=None):
+        scene_image, scene_label = make_scene(rng)
+        write_pair(images / image_name, labels / label_name, scene_image if image is None else image,
+                   scene_label if label is None else label)
+        return scene_image, scene_label
+
+    image, label = pair("trunc_label.png", "trunc_label.png")
+    data = (labels / "trunc_label.png").read_bytes()
+    (labels / "trunc_label.png").write_bytes(data[: len(data) // 2])
+    pair("trunc_image.jpg", "trunc_image.png")
+    data = (images / "trunc_image.jpg").read_bytes()
+    (images / "trunc_image.jpg").write_bytes(data[: len(data) // 2])
+    pair("zero_label.png", "zero_label.png")
+    (labels / "zero_label.png").write_bytes(b"")
+    pair("zero_image.png", "zero_image.png")
+    (images / "zero_image.png").write_bytes(b"")
+    pair("text_label.png", "text_label.png")
+    (labels / "text_label.png").write_text("this is not a PNG\n")
+    pair("small_label.png", "small_label.png", label=label[:32, :32])
+    pair("wide_big.png", "wide_big.png")
+    Image.fromarray(np.full((64, 64), 300, dtype=np.uint16)).save(labels / "wide_big.png")
+    pair("colour.png", "colour.png")
+    Image.fromarray(np.stack([label * 60] * 3, -1)).save(labels / "colour.png")
+    outside = label.copy()
+    outside[:8, :8] = 9
+    pair("outside.png", "outside.png", label=outside)
+    Image.new("RGB", (8000, 6000), (90, 90, 90)).save(images / "huge.png")
+    Image.new("L", (8000, 6000), 0).save(labels / "huge.png")
+    pair("dup.jpg", "dup.png")
+    Image.fromarray(image).save(images / "dup.png")
+    pair("twin.png", "twin.png")
+    Image.fromarray(label).save(labels / "twin.bmp")
+    pair("no_image_partner.png", "no_image.png")
+    (images / "no_image_partner.png").unlink()
+    Image.fromarray(image).save(images / "lonely.png")  # an image without label: noted, not a failure
+
+    image, label = pair("gray.png", "gray.png")
+    Image.fromarray(image).convert("L").save(images / "gray.png")
+    Image.fromarray(image).convert("RGBA").save(images / "rgba.png")
+    Image.fromarray(label).save(labels / "rgba.png")
+    Image.fromarray(image).convert("CMYK").save(images / "cmyk.jpg")
+    Image.fromarray(label).save(labels / "cmyk.png")
+    pair("wide16.png", "wide16.png")
+    wide = np.array(Image.open(labels / "wide16.png")).astype(np.uint16)
+    Image.fromarray(wide).save(labels / "wide16.png")
+    assert Image.open(labels / "wide16.png").mode.startswith("I")
+    pair("street scène 01.png", "street scène 01.png")
+    elsewhere = tmp_path / "elsewhere"
+    write_pair(elsewhere / "img" / "far.png", elsewhere / "lab" / "far.png", *make_scene(rng))
+    (images / "linked").symlink_to(elsewhere / "img", target_is_directory=True)
+    (labels / "linked").symlink_to(elsewhere / "lab", target_is_directory=True)
+    return root
+
+
+def hashes(*folders):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_each_broken_pair_named_once(text):
+    lines = [line for line in text.splitlines() if line.startswith("failed:")]
+    for case, (name, problem) in BROKEN.items():
+        named = [line for line in lines if name in line]
+        assert named, f"{case}: no line names {name}"
+        assert any(problem in line for line in named), (case, named)
+    assert "Traceback" not in text
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMAE_REPAIR_MAX_PIXELS", HUGE_LIMIT)
+    return build_corpus(tmp_path)
+
+
+def test_complete_skips_each_broken_pair_in_one_line_and_repairs_the_rest(tmp_path, corpus, family):
+    before = hashes(corpus, tmp_path / "elsewhere")
+    out = tmp_path / "out"
+    env = {**os.environ, "LMAE_REPAIR_MAX_PIXELS": HUGE_LIMIT}
+    result = subprocess.run(
+        [sys.executable, "-m", "lmae_repair", "complete", str(corpus), "--out", str(out), "--models", str(family),
+         "--device", "cpu", "--min-confidence", "0"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1, result.stderr  # some pairs failed
+    assert_each_broken_pair_named_once(result.stderr)
+    assert "1 images have no label" in result.stdout and "lonely.png" in result.stdout
+
+    report = json.loads((out / "lmae-report.json").read_text())
+    entries = {entry["label"]: entry for entry in report["pairs"]}
+    assert report["totals"]["failed"] == len(BROKEN)
+    for key, what in list(UNUSUAL.items()) + [(f"labels/scene_{i:03d}.png", "ordinary") for i in range(GOOD)]:
+        assert entries[key]["error"] is None, (what, entries[key]["error"])
+        written = Image.open(out / key)
+        assert written.size == (64, 64) and written.mode == "L", what
+    assert not (out / "labels" / "linked").is_symlink()  # outputs are real files, not writes through the link
+    failed = [entry["error"] for entry in report["pairs"] if entry["error"]]
+    for case, (name, problem) in BROKEN.items():
+        assert any(name in error and problem in error for error in failed), case
+    assert hashes(corpus, tmp_path / "elsewhere") == before  # no input modified
+
+
+def test_audit_evaluate_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_path, corpus, family):
+    before = hashes(corpus, tmp_path / "elsewhere")
+    audit = runner.invoke(app, ["audit", str(corpus), "--models", str(family), "--device", "cpu",
+                                "--json", str(tmp_path / "audit.json")])
+    assert audit.exit_code == 1, audit.output
+    assert_each_broken_pair_named_once(audit.output)
+    rows = {row["label"]: row for row in json.loads((tmp_path / "audit.json").read_text())}
+    assert all(rows[key]["score"] < 1.0 for key in UNUSUAL)  # unusual but fine: judged, not defects
+
+    evaluate = runner.invoke(app, ["evaluate", str(corpus), "--models", str(family), "--device", "cpu"])
+    assert evaluate.exit_code == 1, evaluate.output
+    assert_each_broken_pair_named_once(evaluate.output)
+    assert f"{GOOD + len(UNUSUAL)} pairs" in evaluate.output.split("damage at")[1]  # the figures' title
+
+    train = runner.invoke(app, ["train", str(corpus), "--epochs", "1", "--batch-size", "4", "--crop", "32",
+                                "--workers", "0", "--num-classes", "4", "--out", str(tmp_path / "run")])
+    assert train.exit_code == 1, train.output
+    skipped = "\n".join(line.replace("skipped:", "failed:", 1) for line in train.output.splitlines())
+    broken_at_scan = {k: v for k, v in BROKEN.items() if k != "truncated JPEG image"}  # decoded only when used
+    for case, (name, problem) in broken_at_scan.items():
+        assert any(name in line and problem in line for line in skipped.splitlines()), case
+    assert (tmp_path / "run" / "mask-0.50" / "best.safetensors").is_file()
+    assert "Traceback" not in train.output
+    assert hashes(corpus, tmp_path / "elsewhere") == before
+
+
+def one_line_error(result, *words):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(word in errors[0] for word in words), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_missing_and_empty_dataset_folders(tmp_path, family):
+    (tmp_path / "empty").mkdir()
+    for command in ("complete", "audit", "evaluate", "train"):
+        extra = ["--models", str(family)] if command != "train" else []
+        one_line_error(runner.invoke(app, [command, str(tmp_path / "nowhere"), *extra]), "nowhere", "no such dataset folder")
+        one_line_error(runner.invoke(app, [command, str(tmp_path / "empty"), *extra]), "empty", "no dataset layout found")
+
+
+def test_an_output_that_cannot_be_written(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        result = runner.invoke(app, ["complete", str(root), "--out", str(out), "--models", str(family)])
+        one_line_error(result, str(out), "cannot write the output here")
+    result = runner.invoke(app, ["audit", str(root), "--models", str(family), "--json", str(tmp_path / "a_file" / "x.json")])
+    one_line_error(result, "a_file")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        one_line_error(runner.invoke(app, ["complete", str(root), "--out", str(locked / "out"), "--models", str(family)]),
+                       "cannot write the output here")
+
+
+def test_truncated_corrupt_and_mismatched_checkpoints(tmp_path, family):
+    from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
+    from lmae_repair.labelspace import LabelSpace
+    from lmae_repair.model import LabelMAE, ModelConfig
+
+    root = make_paired(tmp_path / "ds", count=2)
+    good = family / "mask-0.50" / "best.safetensors"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
+    config = ModelConfig(num_classes=2, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    other = tmp_path / "binary.safetensors"
+    save_checkpoint(other, LabelMAE(config), CheckpointInfo(config, 0.5, LabelSpace(2, background_id=0, void_id=255), {"crop": 32}))
+    for command in ("complete", "audit", "evaluate"):
+        out = ["--out", str(tmp_path / f"out-{command}")] if command == "complete" else []
+        for checkpoint in (truncated, corrupt):
+            one_line_error(runner.invoke(app, [command, str(root), "--models", str(checkpoint), *out]), checkpoint.name)
+        one_line_error(runner.invoke(app, [command, str(root), "--models", str(other), *out]), "binary.safetensors", "does not fit the labels")
+    result = runner.invoke(app, ["train", str(root), "--init", str(truncated), "--out", str(tmp_path / "run")])
+    one_line_error(result, "truncated.safetensors")
+
+
+def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path):
+    command = [sys.executable, "-m", "lmae_repair"]
+    plain = subprocess.run(command + ["complete", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no such dataset folder"]
+    debug = subprocess.run(command + ["--debug", "complete", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "LmaeError" in debug.stderr
