@@ -161,6 +161,7 @@ def complete(
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
+    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
     background-heavy patches, and write a completed copy of the dataset plus a report."""
@@ -176,7 +177,7 @@ def complete(
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
         options = CompleteOptions(
             target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers, min_confidence,
+            batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision),
         )
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
@@ -194,6 +195,14 @@ def complete(
         return 1 if report["totals"]["failed"] else 0
 
     exit_with(guarded(run))
+
+
+def parse_precision(value: str) -> bool | None:
+    """--precision: None lets inference choose (bf16 where it pays), else bf16 on or off."""
+    choices = {"auto": None, "bf16": True, "fp32": False}
+    if value not in choices:
+        raise LmaeError(f"--precision: expected auto, bf16 or fp32, got {value!r}")
+    return choices[value]
 
 
 def report_failure(message: str) -> None:
@@ -294,6 +303,7 @@ def evaluate(
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
+    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
 ) -> None:
     """Damage complete labels on purpose, repair them as complete would, and score the repair
     against the truth, beside classical baselines (the paper's protocol, on your data)."""
@@ -310,7 +320,7 @@ def evaluate(
         used, checkpoints = resolve_models(models, index)
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
-            str(resolve_device(device)), batch_size, max_pairs, min_confidence,
+            str(resolve_device(device)), batch_size, max_pairs, min_confidence, parse_precision(precision),
         )
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
@@ -377,6 +387,7 @@ def audit(
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Count a background pixel as suspect only where the model is at least this sure."),
+    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
 ) -> None:
     """List the labels that look broken, worst first: file defects, statistics against the rest
     of the dataset, and where the model sees annotated classes the label lacks."""
@@ -393,7 +404,7 @@ def audit(
 
             check_output_location(index.root, heatmaps)
         used, checkpoints = resolve_models(models, index)
-        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps)
+        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision))
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)

@@ -99,6 +99,7 @@ class CompleteOptions:
     batch_size: int = 8  # pairs per model batch
     workers: int = 0  # loader processes; 0 = read in the main process
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # for changing background (see repair.merge)
+    bf16: bool | None = None  # bf16 autocast; None: where it pays (inference.bf16_pays)
 
 
 @dataclass
@@ -191,7 +192,8 @@ class Completer:
     def _repair_chunk(self, choice: int, chunk: list[Loaded]) -> dict[int, object]:
         path, info = self.checkpoints[choice]
         tiles_per_pass = TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
-        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, tiles_per_pass)
+        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, tiles_per_pass,
+                        self.options.bf16, self.options.overwrite_labeled)
         results = {}
         for item, prob in zip(chunk, probs):
             result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)

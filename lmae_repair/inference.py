@@ -31,6 +31,19 @@ def pad_to_multiple(
     return F.pad(image, pad, value=0.0), F.pad(label, pad, value=void_id)
 
 
+def bf16_pays(device: torch.device | str) -> bool:
+    """bf16 autocast for inference: on a GPU, and on CPUs with native bf16 matrix instructions
+    (AVX512-BF16, AMX), where it doubles the model's speed; elsewhere bf16 would be emulated and
+    slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def tile_origins(length: int, tile: int) -> list[int]:
     """Start offsets of tiles of size `tile` covering [0, length); the last one ends at `length`."""
     if length <= tile:
@@ -65,13 +78,16 @@ def predict_many(
     batch_size: int = 16,
     autocast: bool = False,
     hints: list[torch.Tensor | None] | None = None,
+    needed: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """`predict_probabilities` for several images of any sizes at once: the tiles of all of them
     share batches of `batch_size`, so small images still fill the batch. Images may be float in
     [0, 1] or uint8 (made float one batch of tiles at a time, which keeps large images small).
 
     `hints` are the whole-image nearest-fill hints of a `neighbour_hint` model (computed from the
-    whole image's visible labels when None, not from each tile's).
+    whole image's visible labels when None, not from each tile's). `needed` (one (L,) bool per
+    image) marks the patches whose probabilities will be used; the others may come out unrefined
+    (see `LabelMAE.forward`).
     """
     p, n = model.config.patch_size, model.config.num_classes
     hints = list(hints) if hints is not None else [None] * len(images)
@@ -85,6 +101,7 @@ def predict_many(
         _, height, width = image.shape
         windows += [(i, y, x) for y in tile_origins(height, tile) for x in tile_origins(width, tile)]
     grid_masks = [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(masks, images)]
+    grid_needed = None if needed is None else [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(needed, images)]
     probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
     counts = [torch.zeros(1, *im.shape[1:], device=im.device) for im in images]
     for start in range(0, len(windows), batch_size):
@@ -93,16 +110,39 @@ def predict_many(
         if crop_images.dtype == torch.uint8:
             crop_images = crop_images.float().div_(255.0)
         crop_labels = torch.stack([labels[i][y : y + tile, x : x + tile] for i, y, x in chunk])
-        crop_masks = torch.stack(
-            [grid_masks[i][y // p : (y + tile) // p, x // p : (x + tile) // p].reshape(-1) for i, y, x in chunk]
-        )
+        def crop_grid(grids: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([grids[i][y // p : (y + tile) // p, x // p : (x + tile) // p].reshape(-1) for i, y, x in chunk])
+
+        crop_masks = crop_grid(grid_masks)
+        crop_needed = None if grid_needed is None else crop_grid(grid_needed)
         crop_hints = None
         if model.config.neighbour_hint:
             crop_hints = torch.stack([hints[i][y : y + tile, x : x + tile] for i, y, x in chunk])
         with torch.autocast(crop_images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(crop_images, crop_labels, crop_masks, crop_hints)
-        tile_probs = logits.float().softmax(1)
-        for (i, y, x), prob in zip(chunk, tile_probs):
-            probs[i][:, y : y + tile, x : x + tile] += prob
-            counts[i][:, y : y + tile, x : x + tile] += 1
-    return [prob / count for prob, count in zip(probs, counts)]
+            if crop_needed is None:
+                logits = model(crop_images, crop_labels, crop_masks, crop_hints)
+            else:
+                logits = model.forward_patches(crop_images, crop_labels, crop_masks, crop_needed, crop_hints)
+        if crop_needed is None:
+            for (i, y, x), prob in zip(chunk, logits.float().softmax(1)):
+                probs[i][:, y : y + tile, x : x + tile] += prob
+                counts[i][:, y : y + tile, x : x + tile] += 1
+        else:
+            add_patches(probs, counts, chunk, crop_needed, logits.float().softmax(1), p, tile)
+    return [prob / count.clamp_(min=1) for prob, count in zip(probs, counts)]
+
+
+def add_patches(probs, counts, chunk, needed: torch.Tensor, patch_probs: torch.Tensor, p: int, tile: int) -> None:
+    """Accumulate (K, N, p, p) patch probabilities (tiles' `needed` patches, in `nonzero` order)
+    into the whole images' probabilities and counts; patches never needed keep count 0."""
+    tile_index, row, column = needed.view(len(chunk), tile // p, tile // p).nonzero(as_tuple=True)
+    for j, (i, y, x) in enumerate(chunk):
+        rows = tile_index == j
+        if not rows.any():
+            continue
+        n, height, width = probs[i].shape
+        grid_y, grid_x = row[rows] + y // p, column[rows] + x // p
+        by_patch = probs[i].view(n, height // p, p, width // p, p).permute(1, 3, 0, 2, 4)
+        by_patch.index_put_((grid_y, grid_x), patch_probs[rows], accumulate=True)
+        count_by_patch = counts[i].view(1, height // p, p, width // p, p).permute(1, 3, 0, 2, 4)
+        count_by_patch.index_put_((grid_y, grid_x), torch.ones_like(patch_probs[rows][:, :1]), accumulate=True)

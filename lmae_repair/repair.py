@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
-from lmae_repair.inference import predict_many
+from lmae_repair.inference import bf16_pays, predict_many
 from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, top_patches
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
@@ -72,6 +72,17 @@ class Prepared:
         """(Hp, Wp) bool: the pixels of the hidden patches."""
         grid = (self.label.shape[0] // patch_size, self.label.shape[1] // patch_size)
         return expand_patch_mask(self.mask[None], grid, patch_size)[0]
+
+    def editable_patches(self, patch_size: int, space, overwrite_labeled: bool) -> torch.Tensor:
+        """(Lp,) bool: the hidden patches where `merge` may change a pixel (those holding
+        background or void, or every hidden patch with `overwrite_labeled`): the only patches whose
+        prediction is used."""
+        if overwrite_labeled:
+            return self.mask
+        p = patch_size
+        height, width = self.label.shape
+        missing = missing_pixels(self.label, space.background_id, space.void_id)
+        return self.mask & missing.view(height // p, p, width // p, p).any(3).any(1).flatten()
 
 
 def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepared:
@@ -124,17 +135,23 @@ class Repair:
 
 
 def predict(
-    model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, batch_size: int = 16
+    model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, batch_size: int = 16,
+    bf16: bool | None = None, overwrite_labeled: bool = False,
 ) -> list[torch.Tensor]:
-    """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched."""
+    """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched.
+    Exact only on the patches `merge` may edit (given `overwrite_labeled`); `bf16` autocast
+    defaults to where it pays (`bf16_pays`)."""
     device = torch.device(device)
     to = dict(device=device, non_blocking=True)
     images = [item.image.to(**to) for item in items]  # uint8: each tile is made float on its own
     labels = [item.label.to(**to) for item in items]
     masks = [item.mask.to(**to) for item in items]
     hints = [None if item.hint is None else item.hint.to(**to) for item in items]
+    p, space = info.model.patch_size, info.label_space
+    needed = [item.editable_patches(p, space, overwrite_labeled).to(**to) for item in items]
     tile = int(info.training.get("crop", 224))
-    return predict_many(model, images, labels, masks, tile, batch_size, device.type == "cuda", hints)
+    autocast = bf16_pays(device) if bf16 is None else bf16
+    return predict_many(model, images, labels, masks, tile, batch_size, autocast, hints, needed)
 
 
 def finish(
@@ -188,4 +205,4 @@ def repair_label(
     space; the result has the input's size.
     """
     item = prepare(image, label, info)
-    return finish(item, predict(model, info, [item], device)[0], info, overwrite_labeled)
+    return finish(item, predict(model, info, [item], device, overwrite_labeled=overwrite_labeled)[0], info, overwrite_labeled)

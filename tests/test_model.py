@@ -98,3 +98,34 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
     assert (cfg.enc_depth, cfg.dec_depth, cfg.enc_dim, cfg.dec_dim) == (8, 6, 1440, 720)
     with pytest.raises(LmaeError):
         preset_config("huge", 21)
+
+
+@pytest.mark.parametrize("hint,refine", [(True, 4), (False, 4), (True, 0)])
+def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine):
+    """Inference computes only the patches it will use: the same logits there, image borders and
+    corners included (the refiner's margin leaves the tile)."""
+    model = small_model(neighbour_hint=hint, refine_channels=refine)
+    if refine:  # a trained refiner is not zero
+        for layer in model.refine.layers:
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.normal_(layer.weight, std=0.2)
+    image, label, mask = inputs(2, 32, 48)
+    needed = mask & (torch.rand(mask.shape) < 0.6)
+    needed[:, [0, 5, 18, 23]] = True  # the four corners of the 4 x 6 grid
+    mask |= needed
+    with torch.no_grad():
+        full = model(image, label, mask)
+        part = model.forward_patches(image, label, mask, needed)
+    by_patch = full.view(2, 5, 4, 8, 6, 8).permute(0, 2, 4, 1, 3, 5)[needed.view(2, 4, 6)]
+    assert part.shape == by_patch.shape
+    assert torch.allclose(part, by_patch, atol=1e-5)
+
+
+def test_cpu_inference_attention_matches_the_training_kernel():
+    model = small_model()
+    image, label, mask = inputs(3, 32, 32)
+    mask[1, :10] = False  # rows with different numbers of visible patches: padded attention
+    with torch.no_grad():
+        fast = model(image, label, mask)
+    exact = model(image, label, mask)  # gradients on: scaled_dot_product_attention
+    assert torch.allclose(fast, exact.detach(), atol=1e-4)
