@@ -437,6 +437,59 @@ def print_audit(rows: list[dict], top: int) -> None:
 
 
 @app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="A training run folder (one best checkpoint per mask ratio), or a family folder."),
+    repo_id: str = typer.Argument(..., help="Hub repository, owner/name (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    evaluate_json: Optional[Path] = typer.Option(None, "--evaluate-json", help="An `lmae-repair evaluate --json` file whose figures go into the model card."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build the files and the model card into --staging and list them; send nothing."),
+    staging: Optional[Path] = typer.Option(None, "--staging", help="Where to build the upload (default: a temporary folder)."),
+) -> None:
+    """Upload a checkpoint family to the Hugging Face Hub with a generated model card (needs HF_TOKEN)."""
+
+    def run() -> None:
+        import json
+        import tempfile
+
+        from lmae_repair.hub import build_upload, push_family
+
+        figures = None
+        if evaluate_json is not None:
+            try:
+                figures = evaluation_markdown(json.loads(evaluate_json.read_text()))
+            except (OSError, ValueError, KeyError) as exc:
+                raise LmaeError(f"{evaluate_json}: not an evaluate --json file ({exc})") from None
+        with tempfile.TemporaryDirectory(prefix="lmae-push-") as temporary:
+            folder = staging or Path(temporary)
+            folder.mkdir(parents=True, exist_ok=True)
+            operations = build_upload(run_dir, repo_id, folder, figures)
+            table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {repo_id}")
+            table.add_column("file")
+            table.add_column("bytes", justify="right")
+            for operation in operations:
+                table.add_row(operation.path_in_repo, f"{Path(operation.path_or_fileobj).stat().st_size:,}")
+            console.print(table)
+            if dry_run:
+                console.print(f"dry run: nothing sent; files in {folder}" if staging else "dry run: nothing sent")
+                return
+            url = push_family(operations, repo_id, private, f"lmae-repair family from {run_dir.name}")
+            console.print(f"uploaded: {url}\nuse it with --models hf://{repo_id}")
+
+    guarded(run)
+
+
+def evaluation_markdown(result: dict) -> str:
+    """The figures of an `evaluate --json` file as a markdown table for a model card."""
+    lines = [f"{result['strategy']} damage at {result['mask_ratio']}, {result['pairs']} pairs of {result['data']} (seed {result['seed']}):", "",
+             "| method | PA-mIoU | restored | precision | intact changed |", "| --- | --- | --- | --- | --- |"]
+    for name, figures in result["methods"].items():
+        cells = ["-" if figures[k] is None else f"{figures[k]:.3f}" for k in ("pa_miou", "restored", "precision")]
+        intact = "-" if figures["intact_changed"] is None else f"{figures['intact_changed']:.2%}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {intact} |")
+    return "\n".join(lines)
+
+
+@app.command()
 def inspect(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),

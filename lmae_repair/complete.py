@@ -112,6 +112,16 @@ class Loaded:
     choice: int | None = None
     prepared: Prepared | None = None
 
+    def pin_memory(self) -> "Loaded":
+        """Called by the DataLoader's pinning thread when the model runs on a GPU: page-locked
+        inputs make the copies to the GPU asynchronous (`non_blocking=True` in repair.predict)."""
+        if self.prepared is not None:
+            item = self.prepared
+            item.image, item.label, item.mask = item.image.pin_memory(), item.label.pin_memory(), item.mask.pin_memory()
+            if item.hint is not None:
+                item.hint = item.hint.pin_memory()
+        return self
+
 
 def new_entry(pair: Pair) -> dict:
     return {"label": pair.key, "image": str(pair.image), "input_label": str(pair.label), "output": None,
@@ -283,7 +293,7 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
     completer = Completer(checkpoints, options)
     loader = DataLoader(
         PairLoader(todo, checkpoints, options.threshold), batch_size=options.batch_size,
-        num_workers=options.workers, collate_fn=_as_list,
+        num_workers=options.workers, collate_fn=_as_list, pin_memory=options.device.startswith("cuda"),
         prefetch_factor=2 if options.workers else None, persistent_workers=False,
     )
     entries: list[dict] = []

@@ -18,6 +18,7 @@ import numpy as np
 
 from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, read_label
+from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import find_classes_file, read_class_names
 
@@ -53,6 +54,8 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
         path = Path(spec)
         if not path.exists() and str(spec) in families:
             path = families[str(spec)]
+        elif is_hub_spec(str(spec)):
+            path = fetch_family(str(spec))
         if path.is_file():
             files.append(path)
         elif path.is_dir():

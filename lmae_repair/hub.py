@@ -1,0 +1,127 @@
+"""Checkpoint families on the Hugging Face Hub.
+
+A family on the Hub has the layout of a local `models/<family>/` folder: one
+`mask-<ratio>.safetensors` per mask ratio (the metadata inside each file says everything else)
+and a `README.md` model card. So `--models hf://owner/name` (or `owner/name@revision`) downloads
+the repository's snapshot with huggingface_hub into its usual cache and hands the folder to the
+same resolver as a local family. huggingface_hub itself honours `HF_TOKEN` (private repositories)
+and `HF_HUB_OFFLINE=1` (use the cache only), so a family fetched once works offline.
+
+`lmae-repair push RUN_DIR owner/name` builds that layout from a training run (the best
+checkpoint of each ratio, half precision) with a generated model card, and uploads it in one
+commit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lmae_repair.errors import LmaeError
+
+HUB_PREFIX = "hf://"
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+FAMILY_FILES = ["*.safetensors", "README.md"]
+
+
+def is_hub_spec(spec: str) -> bool:
+    """`hf://owner/name[@revision]`, or `owner/name[@revision]` that is not a local path."""
+    text = str(spec)
+    if text.startswith(HUB_PREFIX):
+        return True
+    return bool(_REPO.match(text)) and not Path(text).exists()
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+    """(repository id, revision or None)."""
+    text = str(spec).removeprefix(HUB_PREFIX)
+    repo_id, _, revision = text.partition("@")
+    if not _REPO.match(repo_id):
+        raise LmaeError(f"{spec}: expected a Hub repository as hf://owner/name or owner/name@revision")
+    return repo_id, revision or None
+
+
+def fetch_family(spec: str) -> Path:
+    """The local folder of the family `spec` on the Hub (downloaded into the huggingface_hub cache,
+    or taken from it when offline)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    repo_id, revision = parse_hub_spec(spec)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=FAMILY_FILES))
+    except (RepositoryNotFoundError, GatedRepoError):
+        local = "" if str(spec).startswith(HUB_PREFIX) else " (nor a local file, folder or bundled family of that name)"
+        raise LmaeError(f"{spec}: no such model repository on the Hub, or no access to it (set HF_TOKEN for a private one){local}") from None
+    except RevisionNotFoundError:
+        raise LmaeError(f"{spec}: the repository has no revision {revision!r}") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise LmaeError(f"{spec}: not in the local Hugging Face cache and the Hub cannot be reached (offline?); "
+                        "fetch it once online, or unset HF_HUB_OFFLINE") from None
+    except OSError as exc:
+        raise LmaeError(f"{spec}: download failed ({exc})") from None
+
+
+def model_card(repo_id: str, checkpoints) -> str:
+    """README.md for a family: label space, mask ratios, how it was trained, its validation
+    figures and how to use it."""
+    first = checkpoints[0][1]
+    space = first.label_space
+    lines = [
+        "---", "library_name: lmae-repair", "tags: [semantic-segmentation, label-repair, masked-autoencoder]", "---", "",
+        f"# {repo_id}: an lmae-repair checkpoint family", "",
+        "Label Masked Autoencoder (L-MAE) checkpoints that complete broken semantic-segmentation labels "
+        "(missed objects, unfinished annotation), one per mask ratio, for "
+        "[lmae-repair](https://pypi.org/project/lmae-repair/).", "",
+        "```bash", f"lmae-repair complete DATA --models hf://{repo_id} --out DATA-completed",
+        f"lmae-repair evaluate DATA --models hf://{repo_id}", "```", "",
+        "## Label space", "", f"{space.describe()}.", "",
+        "## Checkpoints", "",
+        "| file | mask ratio | parameters (config) | validation |", "| --- | --- | --- | --- |",
+    ]
+    for path, info in checkpoints:
+        figures = ", ".join(f"{k} {v}" for k, v in info.validation.items() if k.startswith("val_")) or "-"
+        config = f"patch {info.model.patch_size}, encoder {info.model.enc_depth}x{info.model.enc_dim}, decoder {info.model.dec_depth}x{info.model.dec_dim}"
+        lines.append(f"| `mask-{info.mask_ratio:.2f}.safetensors` | {info.mask_ratio:.2f} | {config} | {figures} |")
+    training = first.training
+    lines += ["", "## Training", ""]
+    for key in ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds"):
+        if key in training:
+            lines.append(f"- {key}: `{training[key]}`")
+    lines += ["", "Layout: the same as a local `models/<family>/` folder of lmae-repair; every file carries its "
+              "architecture, label space and training summary in its safetensors metadata "
+              "(`lmae-repair inspect FILE`).", ""]
+    return "\n".join(lines)
+
+
+def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: str | None = None) -> list:
+    """The commit operations that `push` sends: the family files written to `staging` in the local
+    family layout, and the model card. Nothing is sent here."""
+    from huggingface_hub import CommitOperationAdd
+
+    from lmae_repair.families import export_family, find_checkpoints
+
+    parse_hub_spec(repo_id)
+    export_family(run_dir, staging)
+    checkpoints = find_checkpoints([staging])
+    card = model_card(repo_id, checkpoints)
+    if evaluate_figures:
+        card += "\n## Evaluate figures\n\n" + evaluate_figures.strip() + "\n"
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    return [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in sorted(staging.iterdir())]
+
+
+def push_family(operations: list, repo_id: str, private: bool, message: str) -> str:
+    """Create the repository if needed and upload the operations in one commit; returns its URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=message, repo_type="model")
+    except (HfHubHTTPError, OSError) as exc:
+        raise LmaeError(f"{repo_id}: upload failed ({str(exc).splitlines()[0]}); is HF_TOKEN set with write access?") from None
+    return commit.commit_url

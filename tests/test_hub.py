@@ -1,0 +1,77 @@
+"""Checkpoint families on the Hugging Face Hub, tested with huggingface_hub's own offline machinery
+(this machine cannot reach the Hub): a populated cache read with HF_HUB_OFFLINE=1, and the upload
+built without being sent."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from conftest import make_paired
+from lmae_repair.cli import app
+from lmae_repair.families import export_family
+from lmae_repair.hub import build_upload, is_hub_spec, parse_hub_spec
+
+runner = CliRunner()
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def populate_cache(cache, repo_id, family):
+    """The huggingface_hub cache layout after a download of `repo_id` at main."""
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(COMMIT)
+    export_family(family, storage / "snapshots" / COMMIT)
+    (storage / "snapshots" / COMMIT / "README.md").write_text("card")
+
+
+def run_offline(args, cache):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf-home")}
+    return subprocess.run([sys.executable, "-m", "lmae_repair", *args], capture_output=True, text=True, env=env)
+
+
+def test_hub_specs_are_told_from_local_paths(tmp_path):
+    assert parse_hub_spec("hf://owner/name") == ("owner/name", None)
+    assert parse_hub_spec("owner/name@v1.0") == ("owner/name", "v1.0")
+    assert is_hub_spec("hf://owner/name") and is_hub_spec("owner/name@main")
+    (tmp_path / "runs" / "cv").mkdir(parents=True)
+    assert not is_hub_spec(str(tmp_path / "runs" / "cv")) and not is_hub_spec("camvid")
+
+
+def test_a_cached_family_works_offline_by_hub_name_and_revision(tmp_path, family):
+    cache = tmp_path / "cache"
+    populate_cache(cache, "someone/shapes", family)
+    root = make_paired(tmp_path / "ds", count=3)
+    for spec in ("hf://someone/shapes", "someone/shapes@main"):
+        out = tmp_path / f"out-{spec[-4:]}"
+        result = run_offline(["complete", str(root), "--models", spec, "--out", str(out), "--device", "cpu", "--min-confidence", "0"], cache)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "lmae-report.json").read_text())
+        assert {c["mask_ratio"] for c in report["checkpoints"]} == {0.25, 0.5}
+        assert all(str(cache) in c["path"] for c in report["checkpoints"])
+    missing = run_offline(["complete", str(root), "--models", "hf://someone/other", "--out", str(tmp_path / "o")], cache)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "hf://someone/other: not in the local Hugging Face cache" in missing.stderr
+
+
+def test_push_builds_the_local_family_layout_and_a_model_card_without_sending(tmp_path, family):
+    staging = tmp_path / "staging"
+    operations = build_upload(family, "someone/shapes", staging)
+    assert sorted(op.path_in_repo for op in operations) == ["README.md", "mask-0.25.safetensors", "mask-0.50.safetensors"]
+    card = (staging / "README.md").read_text()
+    assert "hf://someone/shapes" in card and "4 classes" in card and "| 0.25 |" in card and "| 0.50 |" in card
+    # the same resolver reads the upload as a local family
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["complete", str(root), "--models", str(staging), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+    shutil.rmtree(staging)
+    shown = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--staging", str(staging)])
+    assert shown.exit_code == 0, shown.output
+    assert "would upload to someone/shapes" in shown.output and "nothing sent" in shown.output
+    assert (staging / "mask-0.50.safetensors").is_file()
+    bad = runner.invoke(app, ["push", str(family), "not a repo", "--dry-run"])
+    assert bad.exit_code == 2 and "hf://owner/name" in bad.output
