@@ -106,8 +106,7 @@ def model_only(loaded, checkpoints, device: str, batch: int) -> float:
             group = routed[i : i + batch]
             for choice in {item.choice for item in group}:
                 items = [item.prepared for item in group if item.choice == choice]
-                tiles = 8 if device == "cpu" else 8 * batch
-                predict(completer.model(choice), checkpoints[choice][1], items, device, tiles)
+                predict(completer.model(choice), checkpoints[choice][1], items, device, completer.tiles_per_pass)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(loaded) / (time.perf_counter() - start)

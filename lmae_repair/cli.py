@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -161,7 +162,7 @@ def complete(
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
-    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
     background-heavy patches, and write a completed copy of the dataset plus a report."""
@@ -303,7 +304,7 @@ def evaluate(
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
-    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Damage complete labels on purpose, repair them as complete would, and score the repair
     against the truth, beside classical baselines (the paper's protocol, on your data)."""
@@ -387,7 +388,7 @@ def audit(
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Count a background pixel as suspect only where the model is at least this sure."),
-    precision: str = typer.Option("auto", help="Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """List the labels that look broken, worst first: file defects, statistics against the rest
     of the dataset, and where the model sees annotated classes the label lacks."""

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
-from lmae_repair.errors import DEBUG, LmaeError, unexpected
+from lmae_repair.errors import DEBUG, LmaeError, pair_error, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
@@ -155,12 +155,8 @@ class PairLoader(Dataset):
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
             item.entry["background_heavy_share"] = round(share, 4)
-        except LmaeError as exc:
-            item.entry["error"] = str(exc)
         except Exception as exc:
-            if DEBUG["on"]:
-                raise
-            item.entry["error"] = unexpected(str(pair.label), exc)
+            item.entry["error"] = pair_error(str(pair.label), exc)
         if item.entry["error"]:
             item.label = item.prepared = None
         return item
@@ -199,10 +195,13 @@ class Completer:
                         item.label = None
         return [(item, results.get(id(item), None if item.label is None else item.label.values)) for item in batch]
 
+    @property
+    def tiles_per_pass(self) -> int:
+        return TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
+
     def _repair_chunk(self, choice: int, chunk: list[Loaded]) -> dict[int, object]:
         path, info = self.checkpoints[choice]
-        tiles_per_pass = TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
-        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, tiles_per_pass,
+        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, self.tiles_per_pass,
                         self.options.bf16, self.options.overwrite_labeled)
         results = {}
         for item, prob in zip(chunk, probs):

@@ -34,7 +34,7 @@ class LabelScan:
         """(pairs whose values all fit the label space, one line per pair that does not)."""
         fitting, problems = [], []
         for pair in self.good:
-            bad = [int(v) for v in self.values[pair] if v >= space.num_classes and v != space.void_id]
+            bad = space.outside_values(self.values[pair])
             if bad:
                 problems.append(f"{pair.label}: {space.outside_message(bad)}")
             else:

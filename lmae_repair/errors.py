@@ -18,3 +18,13 @@ def unexpected(context: str, exc: BaseException) -> str:
     """One line for an exception nobody anticipated, naming what was being done."""
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{context}: unexpected {type(exc).__name__}{': ' + text if text else ''} (rerun with --debug for the traceback)"
+
+
+def pair_error(context: str, exc: Exception) -> str:
+    """The one-line message for a pair that failed with `exc`: an LmaeError's own message, any
+    other exception as `unexpected`, or that exception raised again under --debug."""
+    if isinstance(exc, LmaeError):
+        return str(exc)
+    if DEBUG["on"]:
+        raise exc
+    return unexpected(context, exc)

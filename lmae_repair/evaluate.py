@@ -42,7 +42,7 @@ import torch
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
 from lmae_repair.data import DatasetIndex, LabelFile, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
-from lmae_repair.errors import DEBUG, LmaeError, unexpected
+from lmae_repair.errors import LmaeError, pair_error
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.dataset import label_tensor
 from lmae_repair.masking import erase_objects, mask_count, patch_background_ratio
@@ -256,10 +256,9 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
             try:
                 batch.append(load_case(position, pair, checkpoints, options, space))
             except Exception as exc:
-                if DEBUG["on"] and not isinstance(exc, LmaeError):
-                    raise
+                message = pair_error(str(pair.label), exc)
                 if on_error is not None:
-                    on_error(str(exc) if isinstance(exc, LmaeError) else unexpected(str(pair.label), exc))
+                    on_error(message)
                 if on_pair is not None:
                     on_pair()
             if len(batch) >= options.batch_size:

@@ -313,18 +313,17 @@ class LabelMAE(nn.Module):
             size = p + 2 * halo
             return F.pad(x, (halo,) * 4).unfold(2, size, p).unfold(3, size, p)[where[0], :, where[1], where[2]]
 
+        inside = window(torch.ones(b, 1, height, width, device=image.device, dtype=logits.dtype))  # 0 beyond the tile
         hint_planes = None
-        if hint is not None:  # void padding: no class outside the tile
-            hint_window = window(hint[:, None].to(torch.uint8))
-            outside = window(torch.ones_like(hint[:, None], dtype=torch.uint8)) == 0
-            hint_planes = self.class_planes(hint_window[:, 0].masked_fill(outside[:, 0], n), logits.dtype)
+        if hint is not None:  # no class beyond the tile
+            hint_window = window(hint[:, None].to(torch.uint8))[:, 0].masked_fill(inside[:, 0] == 0, n)
+            hint_planes = self.class_planes(hint_window, logits.dtype)
             logits = logits + self.hint_scale * hint_planes
         centre = logits[:, :, halo:-halo, halo:-halo]
         if self.refine is None:
             return centre
         normalised = window(((image - self.mean) / self.std).to(logits.dtype))
         extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
-        inside = window(torch.ones(b, 1, height, width, device=image.device, dtype=logits.dtype))
         return centre + self.refine.on_windows(torch.cat([logits, normalised, extra], dim=1), inside)
 
     def _decode(
