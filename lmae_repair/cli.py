@@ -6,6 +6,7 @@ unreadable checkpoint). Errors the user can fix print one line, no traceback (un
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -29,7 +30,9 @@ PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native 
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, which process failed
+    err_console.print(f"[bold red]error:[/] {where}{message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -80,11 +83,11 @@ def train(
     preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 8M params) or base (the paper's, 245M)."),
     patch_size: Optional[int] = typer.Option(None, help="Patch size in pixels (default 16)."),
     epochs: int = typer.Option(50, help="Epochs to train (with --resume: the total to reach)."),
-    batch_size: int = typer.Option(16, help="Images per step."),
+    batch_size: int = typer.Option(16, help="Images per step (per process under torchrun)."),
     crop: int = typer.Option(224, help="Training crop size; inference runs in tiles of this size."),
     lr: float = typer.Option(5e-4, help="Peak learning rate (Adam)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the cores, at most 4)."),
+    workers: Optional[int] = typer.Option(None, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
@@ -95,13 +98,19 @@ def train(
     void_id: Optional[int] = typer.Option(None, help="Void / unlabelled value (default: classes.txt, else 255)."),
     val_max_pairs: int = typer.Option(0, help="Validate on at most this many pairs (0: all)."),
 ) -> None:
-    """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels."""
+    """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
+
+    On several GPUs: torchrun --nproc_per_node N -m lmae_repair train ... (DistributedDataParallel).
+    """
 
     def run() -> None:
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
+        from lmae_repair.distributed import ranks_from_environment
         from lmae_repair.train import TrainOptions, load_training_data, ratio_folder, train as run_training
 
+        if not ranks_from_environment().is_main:
+            console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
         options = TrainOptions(
             out=out or Path("runs") / (data.resolve().name or "data"),
             mask_ratios=list(mask_ratio),

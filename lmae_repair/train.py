@@ -32,12 +32,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lmae_repair import __version__
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
 from lmae_repair.dataset import CropDataset, to_tensors
+from lmae_repair.distributed import (
+    Ranks,
+    device_for_rank,
+    process_group,
+    ranks_from_environment,
+    sum_across_ranks,
+    wait_for_all,
+)
 from lmae_repair.errors import LmaeError
 from lmae_repair.inference import pad_to_multiple, predict_probabilities
 from lmae_repair.labelspace import LabelSpace
@@ -102,15 +111,20 @@ def ratio_folder(out: Path, ratio: float) -> Path:
 
 
 def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
-    """Train one model per mask ratio; returns the best checkpoint of each."""
+    """Train one model per mask ratio; returns the best checkpoint of each. Under torchrun every
+    process runs this, on its own shard of the data (see distributed.py)."""
     for ratio in options.mask_ratios:
         if not 0.0 < ratio < 1.0:
             raise LmaeError(f"--mask-ratio must be between 0 and 1 (exclusive), got {ratio}")
-    return [train_one_ratio(options, data, ratio, console) for ratio in options.mask_ratios]
+    ranks = ranks_from_environment()
+    device = device_for_rank(resolve_device(options.device), ranks)
+    with process_group(ranks, device):
+        return [train_one_ratio(options, data, ratio, console, ranks, device) for ratio in options.mask_ratios]
 
 
-def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, console: Console) -> Path:
-    device = resolve_device(options.device)
+def train_one_ratio(
+    options: TrainOptions, data: TrainingData, ratio: float, console: Console, ranks: Ranks, device: torch.device
+) -> Path:
     folder = ratio_folder(options.out, ratio)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
@@ -138,48 +152,65 @@ def train_one_ratio(options: TrainOptions, data: TrainingData, ratio: float, con
     if state.epoch >= options.epochs:
         console.print(f"{folder}: already trained for {state.epoch} epochs (--epochs {options.epochs})")
         return folder / "best.safetensors"
+    if ranks.rank:  # augmentations, drop-path and masks differ between processes
+        torch.manual_seed(options.seed + 7919 * ranks.rank + state.epoch)
 
-    loader = make_loader(data.train_pairs, data.space, options, device)
+    trained = model
+    if ranks.distributed:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_loader(data.train_pairs, data.space, options, device, ranks)
     warmup = min(options.warmup_steps, len(loader))
-    generator = torch.Generator().manual_seed(options.seed * 1000 + state.epoch)
+    generator = torch.Generator().manual_seed(options.seed * 1000 + state.epoch + 1_000_003 * ranks.rank)
+    processes = f", {ranks.world_size} processes x {options.batch_size} images per step" if ranks.distributed else ""
     console.print(
         f"[bold]mask ratio {ratio:.2f}[/]: {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
         f"parameters, patch {config.patch_size}, {len(data.train_pairs)} training pairs, "
-        f"{len(data.val_pairs)} validation pairs, device {device}"
+        f"{len(data.val_pairs)} validation pairs, device {device}{processes}"
     )
     use_amp = device.type == "cuda"
-    with training_progress(console) as progress:
+    with training_progress(console, disable=not ranks.is_main) as progress:
         task = progress.add_task(
             f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0
         )
         for epoch in range(state.epoch + 1, options.epochs + 1):
             started = time.perf_counter()
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             train_loss, images = run_epoch(
-                model, loader, optimizer, weights, ratio, options, data.space, generator, device,
+                trained, loader, optimizer, weights, ratio, options, data.space, generator, device,
                 use_amp, warmup, state, progress, task,
             )
             plateau.step(train_loss)
             record = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 5),
+                "images": images,
                 "images_per_s": round(images / (time.perf_counter() - started), 2),
                 "lr": optimizer.param_groups[0]["lr"],
             }
             if data.val_pairs:
-                record.update(validate(model, data.val_pairs, data.space, ratio, options.crop, device, options.seed))
+                record.update(validate(model, data.val_pairs, data.space, ratio, options.crop, device, options.seed, ranks))
             record["seconds"] = round(time.perf_counter() - started, 1)
             score = record.get("val_pa_miou", -train_loss)
             improved = score > state.best_score
             state.epoch, state.history = epoch, state.history + [record]
-            info = checkpoint_info(model, ratio, data, options, state, record)
-            save_checkpoint(folder / "last.safetensors", model, info)
             if improved:
                 state.best_score = score
-                save_checkpoint(folder / "best.safetensors", model, info)
-            save_state(state_path, model, optimizer, plateau, state, info)
-            write_history(folder / "history.jsonl", state.history)
-            progress.console.print(epoch_line(record, improved))
+            if ranks.is_main:
+                save_epoch(folder, model, optimizer, plateau, state, improved,
+                           checkpoint_info(model, ratio, data, options, state, record, device, ranks))
+                progress.console.print(epoch_line(record, improved))
+    wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo) -> None:
+    """Write the epoch's checkpoints, then the resumable state, then the history rebuilt from it."""
+    save_checkpoint(folder / "last.safetensors", model, info)
+    if improved:
+        save_checkpoint(folder / "best.safetensors", model, info)
+    save_state(folder / "state.pt", model, optimizer, plateau, state, info)
+    write_history(folder / "history.jsonl", state.history)
 
 
 def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
@@ -200,14 +231,22 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, device: torch.device) -> DataLoader:
+def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, device: torch.device, ranks: Ranks = Ranks()) -> DataLoader:
+    """Shuffled batches of random crops; under torchrun each process reads its own 1/N of the
+    pairs each epoch (DistributedSampler), so an epoch still covers the data once."""
     dataset = CropDataset(pairs, space, options.crop, augment=True)
-    workers = options.workers if options.workers is not None else min(4, max((os.cpu_count() or 2) // 2, 0))
+    default_workers = min(4, max((os.cpu_count() or 2) // (2 * ranks.world_size), 0))
+    workers = options.workers if options.workers is not None else default_workers
+    sampler = None
+    if ranks.distributed:
+        sampler = DistributedSampler(dataset, ranks.world_size, ranks.rank, shuffle=True, seed=options.seed)
+    shard = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
-        batch_size=min(options.batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=len(dataset) >= options.batch_size,
+        batch_size=min(options.batch_size, shard),
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=shard >= options.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -219,7 +258,7 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
     model.train()
     total_loss, images = 0.0, 0
     window_start, window_images = time.perf_counter(), 0
-    p = model.config.patch_size
+    p = (model.module if isinstance(model, DistributedDataParallel) else model).config.patch_size
     for image, label, objects in loader:
         image = image.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
@@ -241,9 +280,10 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
         window_images += image.shape[0]
         speed = window_images / max(time.perf_counter() - window_start, 1e-9)
         progress.update(task, advance=1, loss=batch_loss, speed=speed)
+    total_loss, images = (float(v) for v in sum_across_ranks(torch.tensor([total_loss, images], dtype=torch.float64)))
     if images == 0:
         raise LmaeError("no training batch could be formed (no readable training pair?)")
-    return total_loss / images, images
+    return total_loss / images, int(images)
 
 
 def set_warmup_lr(optimizer, step: int, warmup: int, lr: float) -> None:
@@ -263,15 +303,20 @@ def validate(
     tile: int,
     device: torch.device,
     seed: int = 0,
+    ranks: Ranks = Ranks(),
 ) -> dict:
     """PA-mIoU at mask ratio `ratio` on whole images: random patches hidden (the same ones every
     epoch, drawn from `seed`), rebuilt in tiles, scored on the hidden non-void pixels. Also the
-    global mIoU of the completed label (hidden pixels predicted, the rest kept)."""
+    global mIoU of the completed label (hidden pixels predicted, the rest kept). Under torchrun
+    each process scores every N-th pair and the confusion matrices are summed: the same figures
+    as one process."""
     model.eval()
     p = model.config.patch_size
     masked_cm, global_cm = ConfusionMatrix(space.num_classes), ConfusionMatrix(space.num_classes)
     use_amp = device.type == "cuda"
     for index, pair in enumerate(pairs):
+        if index % ranks.world_size != ranks.rank:
+            continue
         try:
             image_np, label_file = read_pair(pair)
         except LmaeError:
@@ -288,6 +333,9 @@ def validate(
         masked_cm.update(prediction, label, pixel_mask)
         global_cm.update(torch.where(pixel_mask, prediction, label), label)
     model.train()
+    for matrix in (masked_cm, global_cm):
+        matrix.matrix = sum_across_ranks(matrix.matrix)
+        matrix.unpredicted = sum_across_ranks(matrix.unpredicted)
     return {
         "val_pa_miou": round(masked_cm.miou(), 4),
         "val_pa_pixel_acc": round(masked_cm.pixel_accuracy(), 4),
@@ -295,12 +343,16 @@ def validate(
     }
 
 
-def checkpoint_info(model, ratio, data: TrainingData, options: TrainOptions, state: RunState, record: dict) -> CheckpointInfo:
+def checkpoint_info(
+    model, ratio, data: TrainingData, options: TrainOptions, state: RunState, record: dict,
+    device: torch.device, ranks: Ranks = Ranks(),
+) -> CheckpointInfo:
     training = {
         **data.summary,
         "preset": options.preset,
         "epochs": state.epoch,
-        "batch_size": options.batch_size,
+        "batch_size": options.batch_size * ranks.world_size,
+        "processes": ranks.world_size,
         "crop": options.crop,
         "lr": options.lr,
         "weight_decay": options.weight_decay,
@@ -308,9 +360,9 @@ def checkpoint_info(model, ratio, data: TrainingData, options: TrainOptions, sta
         "class_weighting": options.class_weighting,
         "init": None if options.init is None else str(options.init),
         "seed": options.seed,
-        "device": str(resolve_device(options.device)),
+        "device": device.type if ranks.distributed else str(device),
         "train_seconds": round(sum(r["seconds"] for r in state.history), 1),
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": launch_command(ranks),
     }
     validation = {k: v for k, v in record.items() if k.startswith("val_")}
     if validation:
@@ -318,6 +370,17 @@ def checkpoint_info(model, ratio, data: TrainingData, options: TrainOptions, sta
         validation["tile"] = options.crop
         validation["protocol"] = "random patches hidden at the training mask ratio, whole images in tiles"
     return CheckpointInfo(model.config, ratio, data.space, training, validation, __version__)
+
+
+def launch_command(ranks: Ranks) -> str:
+    """The command line that trained this checkpoint, as the user would retype it."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":  # python -m lmae_repair, or torchrun -m lmae_repair
+        program = "python -m lmae_repair"
+        if ranks.distributed:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(ranks.world_size))
+            program = f"torchrun --nproc_per_node {per_node} -m lmae_repair"
+    return " ".join([program] + sys.argv[1:])
 
 
 def save_state(path: Path, model, optimizer, plateau, state: RunState, info: CheckpointInfo) -> None:
@@ -374,7 +437,7 @@ def epoch_line(record: dict, improved: bool) -> str:
     return "  ".join(parts) + ("  [green]best[/]" if improved else "")
 
 
-def training_progress(console: Console) -> Progress:
+def training_progress(console: Console, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -385,6 +448,7 @@ def training_progress(console: Console) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
+        disable=disable,
     )
 
 
@@ -448,7 +512,7 @@ def load_training_data(
 
 
 def report_skipped(console: Console, problems: list[str], limit: int = 20) -> None:
-    err = Console(stderr=True)
+    err = Console(stderr=True, quiet=console.quiet)  # quiet on torchrun's other ranks
     for line in problems[:limit]:
         err.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     if len(problems) > limit:

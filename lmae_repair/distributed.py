@@ -1,0 +1,108 @@
+"""Multi-process training under torchrun: which process this is, and the few collective steps
+training needs.
+
+`torchrun --nproc_per_node N -m lmae_repair train ...` starts N copies of the command, each with
+RANK, WORLD_SIZE and LOCAL_RANK in its environment. Each copy trains on its own shard of the
+data (DistributedSampler) with the model wrapped in DistributedDataParallel, which averages the
+gradients, so the copies hold identical weights after every step. Losses, image counts and
+validation confusion matrices are summed across the copies, so every copy computes the same
+figures (and the learning-rate schedule stays in step); only rank 0 writes files and prints.
+
+Without torchrun WORLD_SIZE is unset: one process, and every function here does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from lmae_repair.errors import LmaeError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: `rank` of `world_size`, `local_rank` on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def ranks_from_environment() -> Ranks:
+    """Read the variables torchrun sets; a single process when they are absent."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise LmaeError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise LmaeError(f"RANK {rank} / WORLD_SIZE {world_size}: not a valid process placement")
+    return Ranks(rank, world_size, local_rank)
+
+
+def device_for_rank(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per process: rank r on this machine uses cuda:LOCAL_RANK."""
+    if device.type != "cuda" or not ranks.distributed:
+        return device
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise LmaeError(
+            f"LOCAL_RANK {ranks.local_rank}: this machine has {torch.cuda.device_count()} GPUs; "
+            "start at most that many processes per node (torchrun --nproc_per_node)"
+        )
+    torch.cuda.set_device(ranks.local_rank)
+    return torch.device("cuda", ranks.local_rank)
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
+    """Join the job's process group (NCCL between GPUs, gloo between CPU processes) for the
+    duration of the block, and leave it afterwards so the process exits cleanly."""
+    if not ranks.distributed or dist.is_initialized():
+        yield
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces GPU tensors, gloo CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over all processes (`values` itself when alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    total = values.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(values.device)
+
+
+def wait_for_all() -> None:
+    """Barrier: e.g. so no process reads a checkpoint before rank 0 has written it."""
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()

@@ -1,0 +1,91 @@
+"""Multi-process training (torchrun + DistributedDataParallel), run for real on CPU with gloo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_paired
+from lmae_repair.checkpoints import load_checkpoint
+from lmae_repair.cli import app
+from lmae_repair.data import discover
+from lmae_repair.distributed import Ranks, ranks_from_environment
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.train import TrainOptions, make_loader, validate
+
+runner = CliRunner()
+
+
+def torchrun_train(data, out, *extra):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "lmae_repair", "train", str(data), "--split", "train", "--val-split", "val",
+               "--out", str(out), "--batch-size", "2", "--crop", "64", "--workers", "0", "--device", "cpu", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_with_two_cpu_processes_trains_a_normal_checkpoint(tmp_path):
+    data = tmp_path / "ds"
+    make_paired(data / "train", count=8, size=64, seed=1)
+    make_paired(data / "val", count=3, size=64, seed=2)
+    (data / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    out = tmp_path / "run"
+
+    first = torchrun_train(data, out, "--epochs", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    # Only rank 0 prints: each epoch line once.
+    assert first.stdout.count("epoch 1 ") == 1 and first.stdout.count("epoch 2 ") == 1, first.stdout
+    assert "2 processes x 2 images per step" in first.stdout
+
+    folder = out / "mask-0.50"
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    # Sharded: the two processes together see the 8 training pairs once per epoch, not twice.
+    assert [record["images"] for record in history] == [8, 8]
+
+    model, info = load_checkpoint(folder / "last.safetensors")
+    assert info.training["processes"] == 2 and info.training["batch_size"] == 4
+    assert info.training["command"].startswith("torchrun --nproc_per_node 2 -m lmae_repair train")
+    # Validation figures were summed across ranks: one process scoring all pairs agrees.
+    alone = validate(model, discover(data, "val").pairs, info.label_space, 0.5, 64, torch.device("cpu"), 0)
+    assert alone["val_pa_miou"] == pytest.approx(history[-1]["val_pa_miou"], abs=2e-3)
+    assert alone["val_miou"] == pytest.approx(history[-1]["val_miou"], abs=2e-3)
+
+    resumed = torchrun_train(data, out, "--epochs", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [json.loads(line)["epoch"] for line in (folder / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # A normal checkpoint: complete uses it as it would a single-process one.
+    repaired = runner.invoke(app, ["complete", str(data / "val"), "--out", str(tmp_path / "fixed"),
+                                   "--models", str(out), "--workers", "0"])
+    assert repaired.exit_code == 0, repaired.output
+    assert len(list((tmp_path / "fixed" / "labels").glob("*.png"))) == 3
+
+
+def test_each_process_reads_its_own_shard_of_the_training_pairs(tmp_path):
+    pairs = discover(make_paired(tmp_path / "ds", count=10, size=64)).pairs
+    space = LabelSpace(4)
+    options = TrainOptions(out=tmp_path / "run", mask_ratios=[0.5], crop=64, batch_size=2, workers=0)
+    shards = []
+    for rank in (0, 1):
+        loader = make_loader(pairs, space, options, torch.device("cpu"), Ranks(rank, 2, rank))
+        loader.sampler.set_epoch(1)
+        shards.append(list(loader.sampler))
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "two"}, {"WORLD_SIZE": "2", "RANK": "2"}])
+def test_a_broken_torchrun_environment_is_a_clear_error(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(LmaeError, match="WORLD_SIZE"):
+        ranks_from_environment()
+
+
+def test_without_torchrun_training_is_a_single_process(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert ranks_from_environment() == Ranks(0, 1, 0)
