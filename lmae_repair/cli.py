@@ -107,7 +107,7 @@ def train(
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
         from lmae_repair.distributed import ranks_from_environment
-        from lmae_repair.train import TrainOptions, load_training_data, ratio_folder, train as run_training
+        from lmae_repair.train import STATE_FILE, TrainOptions, load_training_data, ratio_folder, train as run_training
 
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
@@ -147,7 +147,7 @@ def train(
             score = info.validation.get("val_pa_miou")
             table.add_row(f"{ratio:.2f}", str(path), "-" if score is None else f"{score:.4f}")
         console.print(table)
-        console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/state.pt)")
+        console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/{STATE_FILE})")
         if training_data.skipped:
             console.print(f"{len(training_data.skipped)} pairs were skipped (listed above)")
         return 1 if training_data.skipped else 0

@@ -106,6 +106,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STATE_FILE = "state.pt"  # in each ratio folder: everything --resume needs
+
+
 def ratio_folder(out: Path, ratio: float) -> Path:
     return out / f"mask-{ratio:.2f}"
 
@@ -132,7 +135,7 @@ def train_one_ratio(
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
     model = LabelMAE(config)
-    state_path = folder / "state.pt"
+    state_path = folder / STATE_FILE
     if options.init is not None and not (options.resume and state_path.exists()):
         start_from(model, options.init, data.space)
     model = model.to(device)
@@ -209,7 +212,7 @@ def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improve
     save_checkpoint(folder / "last.safetensors", model, info)
     if improved:
         save_checkpoint(folder / "best.safetensors", model, info)
-    save_state(folder / "state.pt", model, optimizer, plateau, state, info)
+    save_state(folder / STATE_FILE, model, optimizer, plateau, state, info)
     write_history(folder / "history.jsonl", state.history)
 
 
