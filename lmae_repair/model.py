@@ -20,6 +20,13 @@ the output logits get `hint_scale * one-hot(fill)` added. The model starts as th
 nearest fill and learns from the image where to correct it: measured on CamVid, a small
 CPU-trained model without the hint stays well below nearest fill.
 
+Image branch (our addition, `image_branch`): a small U-Net over the image alone gives per-pixel
+features to the pixel refiner, and in training its own class logits (an auxiliary loss on every
+labelled pixel). 16 x 16 patch tokens see a thin crack as a faint linear blend; convolutions see
+it: on concrete val a 0.4M-parameter U-Net trained 15 minutes on the 2-core CPU separates defect
+from background pixels with a ROC AUC of 0.93, against 0.70 for the tiny L-MAE's own defect
+probability on erased defects.
+
 Samples of one batch may hide different numbers of patches: the visible sequences are padded and
 the padding is excluded from attention with a key mask.
 """
@@ -59,9 +66,16 @@ class ModelConfig:
     image_patch_supplement: bool = True
     neighbour_hint: bool = False
     refine_channels: int = 0  # width of the pixel-level refinement convolutions; 0 = none
+    image_branch: int = 0  # width of the image U-Net's first level (features for the refiner); 0 = none
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.image_branch and not self.refine_channels:
+            raise LmaeError("an image branch feeds the pixel refiner: it needs refine_channels > 0")
+        if self.image_branch and self.patch_size % ImageBranch.MULTIPLE:
+            raise LmaeError(f"an image branch needs a patch size that is a multiple of {ImageBranch.MULTIPLE}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -174,10 +188,10 @@ class PixelRefiner(nn.Module):
     wide and the linear head cannot place class boundaries between them from the image; these
     can. The last convolution starts at zero, so training starts from the unrefined model."""
 
-    def __init__(self, num_classes: int, channels: int):
+    def __init__(self, num_classes: int, channels: int, extra_channels: int = 0):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(2 * num_classes + 3, channels, 3, padding=1),
+            nn.Conv2d(2 * num_classes + 3 + extra_channels, channels, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(channels, channels, 3, padding=2, dilation=2),
             nn.GELU(),
@@ -200,6 +214,38 @@ class PixelRefiner(nn.Module):
         y = gelu(F.conv2d(windows, conv1.weight, conv1.bias)) * inside[:, :, 1:-1, 1:-1]
         y = gelu(F.conv2d(y, conv2.weight, conv2.bias, dilation=2)) * inside[:, :, 3:-3, 3:-3]
         return F.conv2d(y, conv3.weight, conv3.bias)
+
+
+def _conv_block(inputs: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.GELU(),
+        nn.Conv2d(outputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.GELU(),
+    )
+
+
+class ImageBranch(nn.Module):
+    """A small U-Net over the normalised image (`image_branch`, see the module docstring): three
+    poolings, widths w, 2w, 4w, 6w; returns w features per pixel. `head` gives class logits from
+    them for the auxiliary training loss only."""
+
+    MULTIPLE = 8  # input sides must be multiples of 2 ** (number of poolings)
+
+    def __init__(self, width: int, num_classes: int):
+        super().__init__()
+        widths = (width, 2 * width, 4 * width, 6 * width)
+        self.down = nn.ModuleList(_conv_block(a, b) for a, b in zip((3,) + widths[:-1], widths))
+        self.up = nn.ModuleList(_conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(3)))
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, normalised: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = normalised
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = block(torch.cat([F.interpolate(x, scale_factor=2.0), skip], dim=1))
+        return x
 
 
 class LabelMAE(nn.Module):
@@ -231,7 +277,8 @@ class LabelMAE(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(config.dec_dim)
         self.head = nn.Linear(config.dec_dim, p * p * n)
-        self.refine = PixelRefiner(n, config.refine_channels) if config.refine_channels else None
+        self.branch = ImageBranch(config.image_branch, n) if config.image_branch else None
+        self.refine = PixelRefiner(n, config.refine_channels, config.image_branch) if config.refine_channels else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -267,12 +314,15 @@ class LabelMAE(nn.Module):
         return torch.cat([self.class_planes(label, image.dtype), normalised], dim=1)
 
     def forward(
-        self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None = None,
+        with_branch_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-pixel class logits (B, N, H, W); `mask` (B, L) is True on hidden patches.
 
         `hint` (B, H, W): the nearest-fill hint, for models with `neighbour_hint`; computed here
         from `label` and `mask` when not given (whole-image inference passes its own, cropped).
+        `with_branch_logits` (training, models with an image branch): also return the branch's
+        own logits (B, N, H, W) for the auxiliary loss.
         """
         grid_h, grid_w = self.grid(*image.shape[-2:])
         head, hint = self._decode(image, label, mask, hint)
@@ -280,10 +330,19 @@ class LabelMAE(nn.Module):
         hint_planes = self.class_planes(hint, logits.dtype) if hint is not None else None
         if hint_planes is not None:
             logits = logits + self.hint_scale * hint_planes
+        features = None
         if self.refine is not None:
             normalised = ((image - self.mean) / self.std).to(logits.dtype)
             extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
-            logits = logits + self.refine(torch.cat([logits, normalised, extra], dim=1))
+            inputs = [logits, normalised, extra]
+            if self.branch is not None:
+                features = self.branch(normalised).to(logits.dtype)
+                inputs.append(features)
+            logits = logits + self.refine(torch.cat(inputs, dim=1))
+        if with_branch_logits:
+            if features is None:
+                raise LmaeError("this model has no image branch")
+            return logits, self.branch.head(features)
         return logits
 
     def forward_patches(
@@ -322,9 +381,12 @@ class LabelMAE(nn.Module):
         centre = logits[:, :, halo:-halo, halo:-halo]
         if self.refine is None:
             return centre
-        normalised = window(((image - self.mean) / self.std).to(logits.dtype))
+        normalised_tile = ((image - self.mean) / self.std).to(logits.dtype)
         extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
-        return centre + self.refine.on_windows(torch.cat([logits, normalised, extra], dim=1), inside)
+        inputs = [logits, window(normalised_tile), extra]
+        if self.branch is not None:  # the U-Net needs the whole tile's context; its features are cut after
+            inputs.append(window(self.branch(normalised_tile).to(logits.dtype)))
+        return centre + self.refine.on_windows(torch.cat(inputs, dim=1), inside)
 
     def _decode(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None

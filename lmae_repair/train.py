@@ -9,6 +9,9 @@ training loss (patience 5, threshold 1e-3, factor 0.8). Added, and written down 
 learning-rate warm-up over the first epoch or 200 steps, whichever is shorter (transformers
 trained from scratch diverge without one), and gradient clipping at norm 1. The loss counts the
 hidden patches only, as in MAE: visible patches would only teach the model to copy its input.
+A model with an image branch (`--image-branch`) adds BRANCH_LOSS_WEIGHT times the branch's own
+loss over every labelled pixel of the crop: the branch sees only the image, so there is nothing
+to copy, and direct supervision teaches it defects much faster than the refiner's gradient alone.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -62,12 +65,16 @@ from lmae_repair.metrics import ConfusionMatrix
 from lmae_repair.model import LabelMAE, preset_config
 
 
+BRANCH_LOSS_WEIGHT = 0.5
+
+
 @dataclass
 class TrainOptions:
     out: Path
     mask_ratios: list[float]
     preset: str = "tiny"
     patch_size: int | None = None
+    image_branch: int | None = None  # None: the preset's (none)
     epochs: int = 50
     batch_size: int = 16
     crop: int = 224
@@ -131,7 +138,9 @@ def train_one_ratio(
     folder = ratio_folder(options.out, ratio)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
-    config = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size)
+    config = preset_config(
+        options.preset, data.space.num_classes, patch_size=options.patch_size, image_branch=options.image_branch
+    )
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
     model = LabelMAE(config)
@@ -217,13 +226,26 @@ def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improve
 
 
 def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
-    """Load the weights of checkpoint `path` into `model` (same architecture and label space)."""
+    """Load the weights of checkpoint `path` into `model` (same architecture and label space).
+
+    A checkpoint without an image branch may start a model with one (`--image-branch`): the
+    branch starts fresh and the refiner's weights for its features start at zero, so training
+    starts from exactly the checkpoint's predictions."""
     source, info = load_checkpoint(path)
-    if info.model != model.config:
-        raise LmaeError(f"--init {path}: its architecture ({info.model.to_dict()}) differs from the one being trained; pass the same --preset and --patch-size")
+    grows_branch = not info.model.image_branch and replace(info.model, image_branch=model.config.image_branch) == model.config
+    if info.model != model.config and not grows_branch:
+        raise LmaeError(f"--init {path}: its architecture ({info.model.to_dict()}) differs from the one being trained; pass the same --preset, --patch-size and --image-branch")
     if not info.label_space.same_classes(space):
         raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()})")
-    model.load_state_dict(source.state_dict())
+    weights = model.state_dict()
+    for name, tensor in source.state_dict().items():
+        target = weights[name]
+        if target.shape == tensor.shape:
+            target.copy_(tensor)
+        else:  # the refiner's first convolution, grown by the branch's feature channels
+            target.zero_()
+            target[:, : tensor.shape[1]].copy_(tensor)
+    model.load_state_dict(weights)
 
 
 @dataclass
@@ -261,7 +283,8 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
     model.train()
     total_loss, images = 0.0, 0
     window_start, window_images = time.perf_counter(), 0
-    p = (model.module if isinstance(model, DistributedDataParallel) else model).config.patch_size
+    config = (model.module if isinstance(model, DistributedDataParallel) else model).config
+    p, has_branch = config.patch_size, bool(config.image_branch)
     for image, label, objects in loader:
         image = image.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
@@ -270,8 +293,13 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
         pixel_mask = expand_patch_mask(mask, (label.shape[1] // p, label.shape[2] // p), p)
         set_warmup_lr(optimizer, state.step, warmup, options.lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(image, input_label, mask)
+            if has_branch:
+                logits, branch_logits = model(image, input_label, mask, with_branch_logits=True)
+            else:
+                logits = model(image, input_label, mask)
         loss = lmae_loss(logits, label, weights, pixel_mask)
+        if has_branch:  # the image branch also learns to segment the whole crop from the image alone
+            loss = loss + BRANCH_LOSS_WEIGHT * lmae_loss(branch_logits, label, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -100,11 +100,11 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
         preset_config("huge", 21)
 
 
-@pytest.mark.parametrize("hint,refine", [(True, 4), (False, 4), (True, 0)])
-def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine):
+@pytest.mark.parametrize("hint,refine,branch", [(True, 4, 0), (False, 4, 0), (True, 0, 0), (True, 4, 4)])
+def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, branch):
     """Inference computes only the patches it will use: the same logits there, image borders and
     corners included (the refiner's margin leaves the tile)."""
-    model = small_model(neighbour_hint=hint, refine_channels=refine)
+    model = small_model(neighbour_hint=hint, refine_channels=refine, image_branch=branch)
     if refine:  # a trained refiner is not zero
         for layer in model.refine.layers:
             if isinstance(layer, torch.nn.Conv2d):
@@ -129,3 +129,19 @@ def test_cpu_inference_attention_matches_the_training_kernel():
         fast = model(image, label, mask)
     exact = model(image, label, mask)  # gradients on: scaled_dot_product_attention
     assert torch.allclose(fast, exact.detach(), atol=1e-4)
+
+
+def test_the_image_branch_changes_the_output_and_gives_its_own_logits():
+    plain, branched = small_model(refine_channels=4), small_model(refine_channels=4, image_branch=4)
+    torch.nn.init.normal_(branched.refine.layers[-1].weight, std=0.2)  # a trained refiner is not zero
+    image, label, mask = inputs(2, 32, 48)
+    logits, branch_logits = branched(image, label, mask, with_branch_logits=True)
+    assert logits.shape == branch_logits.shape == (2, 5, 32, 48)
+    with torch.no_grad():
+        before = branched(image, label, mask)
+        branched.refine.layers[0].weight[:, -4:] = 0  # the refiner no longer reads the branch
+        assert (branched(image, label, mask) - before).abs().amax() > 1e-3
+    with pytest.raises(LmaeError):
+        plain(image, label, mask, with_branch_logits=True)
+    with pytest.raises(LmaeError):
+        ModelConfig(num_classes=5, image_branch=4)  # without a refiner the features go nowhere

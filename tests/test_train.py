@@ -123,3 +123,21 @@ def test_unusable_pairs_are_skipped_with_a_message(tmp_path):
     assert "scene_000.png: unreadable label" in result.output
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
     assert info.training["pairs"] == 3
+
+
+def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_predictions(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "a")]).exit_code == 0
+    start = tmp_path / "a" / "mask-0.50" / "last.safetensors"
+    grown = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--init", str(start), "--image-branch", "4", "--lr", "1e-12"])
+    assert grown.exit_code == 0, grown.output
+    before, _ = load_checkpoint(start)
+    after, info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")
+    assert info.model.image_branch == 4 and after.branch is not None
+    image, label = torch.rand(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
+    mask = torch.rand(1, 16) < 0.5
+    with torch.no_grad():
+        assert torch.allclose(before.float()(image, label, mask), after.float()(image, label, mask), atol=1e-3)
+    back = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "b" / "mask-0.50" / "last.safetensors")])
+    assert back.exit_code == 2 and "--image-branch" in back.output  # a branch is never dropped silently
