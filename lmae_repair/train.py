@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lmae_repair import __version__
-from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
 from lmae_repair.dataset import CropDataset, to_tensors
 from lmae_repair.distributed import (
@@ -74,7 +74,7 @@ class TrainOptions:
     mask_ratios: list[float]
     preset: str = "tiny"
     patch_size: int | None = None
-    image_branch: int | None = None  # None: the preset's (none)
+    image_branch: int | None = None  # None: the --init checkpoint's, else none
     epochs: int = 50
     batch_size: int = 16
     crop: int = 224
@@ -138,9 +138,10 @@ def train_one_ratio(
     folder = ratio_folder(options.out, ratio)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
-    config = preset_config(
-        options.preset, data.space.num_classes, patch_size=options.patch_size, image_branch=options.image_branch
-    )
+    image_branch = options.image_branch
+    if image_branch is None and options.init is not None:  # fine-tuning keeps the checkpoint's branch
+        image_branch = read_info(options.init).model.image_branch or None
+    config = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size, image_branch=image_branch)
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
     model = LabelMAE(config)

@@ -139,5 +139,8 @@ def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_pr
     mask = torch.rand(1, 16) < 0.5
     with torch.no_grad():
         assert torch.allclose(before.float()(image, label, mask), after.float()(image, label, mask), atol=1e-3)
-    back = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "b" / "mask-0.50" / "last.safetensors")])
-    assert back.exit_code == 2 and "--image-branch" in back.output  # a branch is never dropped silently
+    tuned = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "b" / "mask-0.50" / "last.safetensors")])
+    assert tuned.exit_code == 0, tuned.output  # fine-tuning keeps the checkpoint's branch
+    assert load_checkpoint(tmp_path / "c" / "mask-0.50" / "last.safetensors")[1].model.image_branch == 4
+    other = runner.invoke(app, args + ["--out", str(tmp_path / "d"), "--init", str(tmp_path / "b" / "mask-0.50" / "last.safetensors"), "--image-branch", "8"])
+    assert other.exit_code == 2 and "--image-branch" in other.output
