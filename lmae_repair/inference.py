@@ -19,6 +19,8 @@ shorter sequence than training had.
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
 import torch.nn.functional as F
 
@@ -100,8 +102,8 @@ def predict_many(
 ) -> list[torch.Tensor]:
     """`predict_probabilities` for several images of any sizes at once: the tiles of all of them
     share batches of `batch_size` (tiles of one shape per batch, see `tile_spans`), so small images
-    still fill the batch. Images may be float in
-    [0, 1] or uint8 (made float one batch of tiles at a time, which keeps large images small).
+    still fill the batch. Images may be float in [0, 1] or uint8 (made float one batch of tiles at
+    a time, which keeps large images small).
 
     `hints` are the whole-image nearest-fill hints of a `neighbour_hint` model (computed from the
     whole image's visible labels when None, not from each tile's). `needed` (one (L,) bool per
@@ -155,14 +157,11 @@ def predict_many(
 
 
 def _same_shape_batches(windows: list[tuple], batch_size: int):
-    """Consecutive runs of at most `batch_size` windows that share a tile shape (windows sorted)."""
-    start = 0
-    while start < len(windows):
-        stop = start + 1
-        while stop < len(windows) and stop - start < batch_size and windows[stop][:2] == windows[start][:2]:
-            stop += 1
-        yield windows[start:stop]
-        start = stop
+    """Batches of at most `batch_size` windows that share a tile shape (windows sorted by shape)."""
+    for _, same_shape in groupby(windows, key=lambda window: window[:2]):
+        same_shape = list(same_shape)
+        for start in range(0, len(same_shape), batch_size):
+            yield same_shape[start : start + batch_size]
 
 
 def add_patches(probs, counts, chunk, needed: torch.Tensor, patch_probs: torch.Tensor, p: int) -> None:

@@ -324,6 +324,8 @@ class LabelMAE(nn.Module):
         `with_branch_logits` (training, models with an image branch): also return the branch's
         own logits (B, N, H, W) for the auxiliary loss.
         """
+        if with_branch_logits and self.branch is None:
+            raise LmaeError("this model has no image branch")
         grid_h, grid_w = self.grid(*image.shape[-2:])
         head, hint = self._decode(image, label, mask, hint)
         logits = self._unpatchify(head, grid_h, grid_w)
@@ -339,9 +341,7 @@ class LabelMAE(nn.Module):
                 features = self.branch(normalised).to(logits.dtype)
                 inputs.append(features)
             logits = logits + self.refine(torch.cat(inputs, dim=1))
-        if with_branch_logits:
-            if features is None:
-                raise LmaeError("this model has no image branch")
+        if with_branch_logits:  # a branch always has a refiner (ModelConfig), so `features` is set
             return logits, self.branch.head(features)
         return logits
 
