@@ -9,6 +9,8 @@ among patches with the same ratio, those with more void go first (void is certai
 
 Do no harm: only pixels inside hidden patches may change, and among those only pixels that were
 background or void, unless `overwrite_labeled` is set. Everything else is copied from the input.
+Background (which may be right) changes only where the model is confident (`min_confidence`) and
+not where the change would only move the border of an annotated region (`border_moves`).
 
 Native resolution: a label of any size is cut into patches from its top-left corner; a patch's
 background ratio counts only its pixels inside the label, so the partial last row/column of
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,7 @@ from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
 VOID_FIRST = 1e-3  # tie-break weight of a patch's void share when choosing the patches to hide
+BORDER_MARGIN = 3  # pixels: background turned into class c only this close to class c is a border move
 
 
 def heavy_share(bg_ratio: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> float:
@@ -174,7 +178,8 @@ def merge(
     background or void pixels unless `overwrite_labeled`. A pixel that has a value (background,
     or a class with `overwrite_labeled`) changes only where `confidence` is at least
     `min_confidence`: saying an annotator missed something needs more certainty than filling a
-    hole. Shared by the model and the baselines (which give no confidence)."""
+    hole; and background never changes just to move a region's border (`border_moves`). Shared
+    by the model and the baselines (which give no confidence)."""
     space = info.label_space
     height, width = item.original.shape
     editable = item.hidden_pixels(info.model.patch_size)[:height, :width]
@@ -184,10 +189,35 @@ def merge(
     editable &= prediction < space.num_classes
     if confidence is not None and min_confidence > 0.0:
         editable &= (original == space.void_id) | (confidence >= min_confidence)
+    if space.background_id is not None and not overwrite_labeled:
+        editable &= ~border_moves(original.numpy(), prediction.numpy(), editable.numpy(), space)
     repaired = torch.where(editable, prediction.to(torch.uint8), original)
     changed = repaired != original
     mean_conf = float(confidence[changed].mean()) if confidence is not None and changed.any() else float("nan")
     return Repair(repaired.numpy(), int(item.mask.sum()), int(changed.sum()), mean_conf)
+
+
+def border_moves(original: np.ndarray, prediction: np.ndarray, editable: np.ndarray, space) -> torch.Tensor:
+    """(H, W) bool: the background pixels whose change would only move the border of an annotated
+    region: each connected group of background pixels that would become class c and lies wholly
+    within BORDER_MARGIN pixels of class c in the label. Annotators and the model disagree about
+    where a region ends; that is not a missed annotation, and on intact concrete labels it was most
+    of the wrong changes. A group that reaches further (a crack the annotator stopped drawing
+    halfway, a missed object) is kept whole, so a continued region has no gap."""
+    moves = np.zeros(original.shape, bool)
+    kernel = np.ones((2 * BORDER_MARGIN + 1, 2 * BORDER_MARGIN + 1), np.uint8)
+    candidates = editable & (original == space.background_id)
+    for c in np.unique(prediction[candidates]):
+        annotated = (original == c).astype(np.uint8)
+        if c == space.background_id or not annotated.any():
+            continue
+        group = (candidates & (prediction == c)).astype(np.uint8)
+        count, regions = cv2.connectedComponents(group, connectivity=8)
+        near = cv2.dilate(annotated, kernel) > 0
+        reaches_out = np.zeros(count, bool)
+        reaches_out[np.unique(regions[(group > 0) & ~near])] = True
+        moves |= (group > 0) & ~reaches_out[regions]
+    return torch.from_numpy(moves)
 
 
 @torch.no_grad()

@@ -69,12 +69,16 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     image = np.array(Image.open(root / "images" / "scene_000.png"))
     label = np.array(Image.open(root / "labels" / "scene_000.png"))
     erased = label.copy()
-    erased[erased == erased.max()] = 0  # one class's objects missed by the annotator
+    largest = np.bincount(label[label > 0]).argmax()
+    erased[erased == largest] = 0  # the annotator missed the objects of its largest class
     write_pair(root / "images" / "twin_erased.png", root / "labels" / "twin_erased.png", image, erased)
     result = audit(root, trained_family, "--json", str(tmp_path / "a.json"), "--csv", str(tmp_path / "a.csv"), "--heatmaps", str(tmp_path / "maps"))
     assert result.exit_code == 0, result.output
-    order = [row["label"] for row in json.loads((tmp_path / "a.json").read_text())]
+    rows = json.loads((tmp_path / "a.json").read_text())
+    order = [row["label"] for row in rows]
     assert order.index("labels/twin_erased.png") < order.index("labels/scene_000.png")
+    suspects = {row["label"]: row["suspect_pixels"] for row in rows}
+    assert suspects["labels/twin_erased.png"] > 0.5 * (label == largest).sum() > 0 == suspects["labels/scene_000.png"]
     with open(tmp_path / "a.csv") as f:
         table = list(csv.DictReader(f))
     assert [row["label"] for row in table] == order

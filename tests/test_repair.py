@@ -8,7 +8,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, prepare, repair_label
+from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, merge, prepare, repair_label
 
 
 def test_heavy_share_counts_patches_at_or_above_the_threshold():
@@ -121,3 +121,24 @@ def test_min_confidence_guards_background_but_void_is_always_filled():
     assert (strict[:8, :8] == 1).all() and not hidden_background.any()
     relaxed = finish(item, probs, info, min_confidence=0.5).values
     assert (relaxed[:8, :8] == 1).all() and (relaxed == 1).sum() == 2 * 64 and (relaxed[8:, 8:] == 2).all()
+
+
+def test_background_is_not_changed_just_to_move_a_border():
+    """Predicted class 1 as a 2-pixel ring around one annotated class-1 square (a border
+    disagreement), as a tail running 18 pixels out of another (a region drawn halfway) and as a
+    blob far from both (a missed object): the ring stays background, the tail and the blob are
+    added whole, the tail's first pixels next to its square included."""
+    _, info = untrained(patch=8, crop=32)
+    label = np.zeros((32, 32), np.uint8)
+    label[4:10, 4:10] = 1
+    label[20:26, 4:10] = 1
+    item = prepare(np.zeros((32, 32, 3), np.uint8), label, info)
+    item.mask[:] = True  # every patch hidden: only the merge rule decides
+    prediction = torch.from_numpy(label.astype(np.int64))
+    prediction[2:12, 2:12] = 1  # ring
+    prediction[22:24, 10:28] = 1  # tail
+    prediction[28:31, 20:28] = 1  # blob
+    repaired = merge(item, prediction, torch.ones(32, 32), info, min_confidence=0.9).values
+    assert (repaired[22:24, 10:28] == 1).all() and (repaired[28:31, 20:28] == 1).all()
+    assert (repaired[2:12, 2:12] == label[2:12, 2:12]).all()
+    assert (repaired == 1).sum() == 2 * 36 + 36 + 24
