@@ -202,21 +202,22 @@ def border_moves(original: np.ndarray, prediction: np.ndarray, editable: np.ndar
     region: each connected group of background pixels that would become class c and lies wholly
     within BORDER_MARGIN pixels of class c in the label. Annotators and the model disagree about
     where a region ends; that is not a missed annotation (on intact concrete val labels it was a
-    third of the pixels changed at the default confidence). A group that reaches further (a crack the annotator stopped drawing
-    halfway, a missed object) is kept whole, so a continued region has no gap."""
+    third of the pixels changed at the default confidence). A group that reaches further (a crack
+    the annotator stopped drawing halfway, a missed object) is kept whole, so a continued region
+    has no gap."""
     moves = np.zeros(original.shape, bool)
     kernel = np.ones((2 * BORDER_MARGIN + 1, 2 * BORDER_MARGIN + 1), np.uint8)
     candidates = editable & (original == space.background_id)
     for c in np.unique(prediction[candidates]):
         annotated = (original == c).astype(np.uint8)
         if c == space.background_id or not annotated.any():
-            continue
-        group = (candidates & (prediction == c)).astype(np.uint8)
-        count, regions = cv2.connectedComponents(group, connectivity=8)
+            continue  # a class the label does not have has no border to move
+        group = candidates & (prediction == c)
+        count, regions = cv2.connectedComponents(group.astype(np.uint8), connectivity=8)
         near = cv2.dilate(annotated, kernel) > 0
         reaches_out = np.zeros(count, bool)
-        reaches_out[np.unique(regions[(group > 0) & ~near])] = True
-        moves |= (group > 0) & ~reaches_out[regions]
+        reaches_out[np.unique(regions[group & ~near])] = True
+        moves |= group & ~reaches_out[regions]
     return torch.from_numpy(moves)
 
 
