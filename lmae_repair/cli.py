@@ -171,7 +171,7 @@ def complete(
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
-    overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too."),
+    overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too, and background move the border of an annotated region (kept otherwise)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
