@@ -22,6 +22,7 @@ from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Find and complete broken semantic-segmentation labels with a Label Masked Autoencoder (L-MAE).",
 )
 console = Console()
@@ -81,23 +82,23 @@ def train(
     val: Optional[Path] = typer.Option(None, help="Validation dataset root."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (of --val, or of DATA)."),
     preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 8M params) or base (the paper's, 245M)."),
-    patch_size: Optional[int] = typer.Option(None, help="Patch size in pixels (default 16)."),
+    patch_size: Optional[int] = typer.Option(None, min=2, max=128, help="Patch size in pixels (default 16)."),
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
-    epochs: int = typer.Option(50, help="Epochs to train (with --resume: the total to reach)."),
-    batch_size: int = typer.Option(16, help="Images per step (per process under torchrun)."),
-    crop: int = typer.Option(224, help="Training crop size; inference runs in tiles of this size."),
-    lr: float = typer.Option(5e-4, help="Peak learning rate (Adam)."),
+    epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
+    crop: int = typer.Option(224, min=16, help="Training crop size; inference runs in tiles of this size."),
+    lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
     mask_mix: str = typer.Option("1:2:2:2", help="Masking strategies mixed as random:label-first:background-first:objects (1:2:2 is the paper's mix)."),
     class_weighting: str = typer.Option("paper", help="Loss class weights: paper (eq. 10), inverse, or none."),
-    num_classes: Optional[int] = typer.Option(None, help="Number of classes (default: classes.txt, else scanned)."),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=255, help="Number of classes (default: classes.txt, else scanned)."),
     background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
-    void_id: Optional[int] = typer.Option(None, help="Void / unlabelled value (default: classes.txt, else 255)."),
-    val_max_pairs: int = typer.Option(0, help="Validate on at most this many pairs (0: all)."),
+    void_id: Optional[int] = typer.Option(None, min=0, max=255, help="Void / unlabelled value (default: classes.txt, else 255)."),
+    val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
 ) -> None:
     """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
 
@@ -184,15 +185,16 @@ def complete(
         from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
 
-        index = discover(data, split, images, labels)
-        used, checkpoints = resolve_models(models, index)
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
         options = CompleteOptions(
             target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
             batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision),
         )
+        index = discover(data, split, images, labels)
+        used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
-        console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
+        unpaired = f" and {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} that could not be paired" if index.unmatched else ""
+        console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
             def on_pair(entry: dict) -> None:
@@ -202,7 +204,8 @@ def complete(
 
             report = complete_dataset(index, checkpoints, options, on_pair)
         if index.unlabelled:
-            console.print(f"note: {len(index.unlabelled)} images have no label and were left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False, soft_wrap=True)
+            count = len(index.unlabelled)
+            console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False, soft_wrap=True)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
@@ -215,6 +218,20 @@ def parse_precision(value: str) -> bool | None:
     if value not in choices:
         raise LmaeError(f"--precision: expected auto, bf16 or fp32, got {value!r}")
     return choices[value]
+
+
+def check_can_write(path: Optional[Path], option: str) -> None:
+    """Fail before the work, not after it, when a report file named by `option` cannot be
+    written: it names a folder, or its nearest existing folder is not writable."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise LmaeError(f"{path}: {option} names a folder; give a file name")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise LmaeError(f"{path}: cannot write it ({folder} is not a writable folder)")
 
 
 def report_failure(message: str) -> None:
@@ -305,7 +322,7 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the damage (the same for every method)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     baselines: str = typer.Option("nearest", help="nearest (nearest labelled pixel fill), or all (adds scikit-image's random walker)."),
-    patch_size: int = typer.Option(16, min=1, help="Side of the erased patches, in pixels."),
+    patch_size: int = typer.Option(16, min=1, max=512, help="Side of the erased patches, in pixels."),
     max_object_share: float = typer.Option(0.05, min=0.0, max=1.0, help="objects: largest object erased, as a share of the image."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate on, where the layout has splits (e.g. val)."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
@@ -324,16 +341,18 @@ def evaluate(
         import json
 
         from lmae_repair.data import atomic_write, discover
-        from lmae_repair.evaluate import EvaluateOptions, evaluate_dataset
+        from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset
         from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
 
-        index = discover(data, split, images, labels)
-        used, checkpoints = resolve_models(models, index)
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
             str(resolve_device(device)), batch_size, max_pairs, min_confidence, parse_precision(precision),
         )
+        checked_methods(options)
+        check_can_write(json_file, "--json")
+        index = discover(data, split, images, labels)
+        used, checkpoints = resolve_models(models, index)
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
         failures = list(index.unmatched)
@@ -410,13 +429,15 @@ def audit(
         from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
 
+        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision))
+        check_can_write(json_file, "--json")
+        check_can_write(csv_file, "--csv")
         index = discover(data, split, images, labels)
         if heatmaps is not None:
             from lmae_repair.complete import check_output_location
 
-            check_output_location(index.root, heatmaps)
+            check_output_location(index, heatmaps)
         used, checkpoints = resolve_models(models, index)
-        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision))
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)

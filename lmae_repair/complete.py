@@ -51,10 +51,24 @@ except ImportError:  # Windows: no advisory locks; concurrent runs are the user'
     fcntl = None
 
 
-def check_output_location(root: Path, out: Path) -> None:
-    root_r, out_r = root.resolve(), out.resolve()
-    if out_r == root_r or root_r in out_r.parents:
-        raise LmaeError(f"{out}: the output must not be the dataset folder or inside it ({root})")
+def check_output_location(index: DatasetIndex, out: Path) -> None:
+    """Refuse an OUT that is, or lies inside, a folder the input is read from (the dataset, or
+    the --images and --labels folders): writing there could overwrite input files."""
+    out_r = out.resolve()
+    for folder in index.input_folders:
+        folder_r = folder.resolve()
+        if out_r == folder_r or folder_r in out_r.parents:
+            raise LmaeError(f"{out}: the output must not be an input folder or inside one ({folder})")
+
+
+def check_output_is_ours(out: Path) -> None:
+    """Refuse an existing, non-empty OUT that no lmae-repair run wrote: its files could be
+    overwritten. An earlier run's OUT (it has the progress log or the lock) is fine: that run is
+    resumed."""
+    if not out.is_dir() or (out / PROGRESS_LOG).exists() or (out / LOCK_FILE).exists():
+        return
+    if any(out.iterdir()):
+        raise LmaeError(f"{out}: this folder is not empty and is not the output of an earlier lmae-repair run; choose a new or empty --out")
 
 
 def make_output_folder(out: Path) -> None:
@@ -85,6 +99,32 @@ def mirror_image(pair: Pair, root: Path, out: Path) -> None:
     except OSError:
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copy2(pair.image, tmp)
+        os.replace(tmp, target)
+
+
+def side_files(index: DatasetIndex) -> list[Path]:
+    """The dataset's files besides images and labels that a training script reads: its class
+    list (classes.txt, ...) and, for Pascal VOC, the split lists under ImageSets/."""
+    from lmae_repair.data import find_voc_root
+    from lmae_repair.labelspace import find_classes_file
+
+    found = []
+    classes = find_classes_file(index.root)
+    if classes is not None and classes.parent == index.root:
+        found.append(classes)
+    voc_root = find_voc_root(index.root) if index.layout == "voc" else None
+    if voc_root is not None and (voc_root / "ImageSets").is_dir():
+        found += sorted(p for p in (voc_root / "ImageSets").rglob("*") if p.is_file() and not p.name.startswith("."))
+    return found
+
+
+def copy_side_files(index: DatasetIndex, out: Path) -> None:
+    """Copy `side_files` to the same places under OUT, so that OUT is a dataset of its own."""
+    for source in side_files(index):
+        target = out / source.relative_to(index.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copy2(source, tmp)
         os.replace(tmp, target)
 
 
@@ -231,12 +271,40 @@ def pixel_chunks(items: list[Loaded], budget: int = PIXELS_PER_PASS) -> list[lis
     return chunks
 
 
-def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions) -> dict:
+def output_label_path(out: Path, key: str) -> Path:
+    """Where a label goes under OUT: its path in the dataset, as a PNG (a `.PNG` keeps its
+    spelling, so that names still match their images on case-sensitive file systems)."""
+    path = out / key
+    return path if path.suffix.lower() == ".png" else path.with_suffix(".png")
+
+
+def resume_key(pair: Pair, settings: str) -> str:
+    """What a finished pair's output depends on: its input files (size and modification time)
+    and the run's settings. A rerun redoes a pair whose key changed (an edited label, other
+    models or options) instead of keeping an output made from something else."""
+    stamps = []
+    for path in (pair.image, pair.label):
+        try:
+            stat = path.stat()
+            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            stamps.append("missing")
+    return "|".join(stamps + [settings])
+
+
+def run_settings(checkpoints, options: CompleteOptions) -> str:
+    """The options that change a repaired label, as one string for `resume_key`."""
+    files = ",".join(f"{path.resolve()}:{path.stat().st_mtime_ns}" for path, _ in checkpoints)
+    return f"{files}|{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}"
+
+
+def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions, settings: str = "") -> dict:
     """Write one pair's label (and image link) under OUT, then log it as finished."""
     entry = item.entry
+    entry["resume_key"] = resume_key(item.pair, settings)
     if entry["error"] is None and not options.dry_run:
         try:
-            target = (options.out / item.pair.key).with_suffix(".png")
+            target = output_label_path(options.out, item.pair.key)
             write_label(target, LabelFile(values, item.label.mode, item.label.palette))
             if not options.labels_only:
                 mirror_image(item.pair, index.root, options.out)
@@ -249,7 +317,8 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
 
 
 def load_progress(out: Path) -> dict[str, dict]:
-    """Entries of pairs finished by an earlier run into the same OUT, by label key."""
+    """Entries of pairs finished by an earlier run into the same OUT, by label key (the last
+    entry of a pair wins)."""
     log = out / PROGRESS_LOG
     done: dict[str, dict] = {}
     if log.is_file():
@@ -260,6 +329,8 @@ def load_progress(out: Path) -> dict[str, dict]:
                 continue  # a line cut short by a kill: that pair is simply redone
             if entry.get("error") is None and entry.get("output") and Path(entry["output"]).is_file():
                 done[entry["label"]] = entry
+            else:
+                done.pop(entry.get("label"), None)
     return done
 
 
@@ -287,7 +358,7 @@ def remove_temporaries(out: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: CompleteOptions, on_pair) -> list[dict]:
+def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: CompleteOptions, on_pair, settings: str = "") -> list[dict]:
     """Load, repair and write `todo`; returns the new entries in dataset order."""
     completer = Completer(checkpoints, options)
     loader = DataLoader(
@@ -307,7 +378,7 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
     with ThreadPoolExecutor(max_workers=1) as writer, torch.inference_mode():
         for batch in loader:
             for item, values in completer.repair_batch(batch):
-                pending.append(writer.submit(write_outputs, item, values, index, options))
+                pending.append(writer.submit(write_outputs, item, values, index, options, settings))
             while len(pending) > PENDING_WRITES * options.batch_size or (pending and pending[0].done()):
                 collect(pending.popleft())
         while pending:
@@ -317,21 +388,26 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
 
 def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
     """Repair every pair of `index` into options.out; returns the report (written unless dry run)."""
-    check_output_location(index.root, options.out)
+    check_output_location(index, options.out)
     started = time.perf_counter()
     lock = None
     if not options.dry_run:
+        check_output_is_ours(options.out)
         make_output_folder(options.out)
         lock = lock_output(options.out)
         remove_temporaries(options.out)
+        copy_side_files(index, options.out)
     try:
-        done = {} if options.dry_run else load_progress(options.out)
+        settings = run_settings(checkpoints, options)
+        finished = {} if options.dry_run else load_progress(options.out)
+        done = {pair.key: finished[pair.key] for pair in index.pairs
+                if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
         todo = [pair for pair in index.pairs if pair.key not in done]
         unpaired = [problem_entry(problem) for problem in index.unmatched]
         for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:
             if on_pair is not None:
                 on_pair(entry)
-        new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair)}
+        new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair, settings)}
         entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
         totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
         totals["unlabelled_images"] = len(index.unlabelled)

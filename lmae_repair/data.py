@@ -64,6 +64,12 @@ class DatasetIndex:
     unmatched: list[str] = field(default_factory=list)  # "path: problem", each a failed pair
     known_class_names: list[str] | None = None
     unlabelled: list[str] = field(default_factory=list)  # "path: no label with the same name"
+    image_root: Path | None = None  # the --images folder, when it is not under root
+
+    @property
+    def input_folders(self) -> list[Path]:
+        """Every folder the input is read from: nothing may be written there."""
+        return [self.root] + ([self.image_root] if self.image_root is not None else [])
 
 
 def _files_below(folder: Path, suffixes: set[str]) -> list[Path]:
@@ -188,6 +194,11 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
             pairs.append(Pair(image, label, _display(label, root)))
         else:
             unlabelled.append(f"{_display(image, root)}: no {label.name}")
+    if not pairs and any(label_root.rglob("*_gtFine_labelIds.png")):
+        raise LmaeError(
+            f"{label_root}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
+            "works on the 19 train ids: make them with cityscapesscripts' csCreateTrainIdLabelImgs"
+        )
     return DatasetIndex("cityscapes", root, pairs, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
 
 
@@ -253,7 +264,7 @@ def discover(
             if not folder.is_dir():
                 raise LmaeError(f"{folder}: no such folder")
         pairs, unmatched, unlabelled = match_by_stem(images, labels, labels)
-        index = DatasetIndex("paired", labels, pairs, unmatched, unlabelled=unlabelled)
+        index = DatasetIndex("paired", labels, pairs, unmatched, unlabelled=unlabelled, image_root=images)
     else:
         if not root.is_dir():
             raise LmaeError(f"{root}: no such dataset folder")
@@ -389,10 +400,14 @@ def write_label(path: Path, label: LabelFile) -> None:
 def atomic_write(path: Path, write) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it into place.
 
-    An interrupted run therefore never leaves a partial file under the final name.
+    An interrupted run therefore never leaves a partial file under the final name. A failure
+    to write is an LmaeError naming `path` (not the temporary file the user never asked for).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

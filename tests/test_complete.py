@@ -25,6 +25,7 @@ def complete(data, out, family, *extra):
 
 def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
     root = make_voc(tmp_path / "voc", count=4, size=40)
+    (root / "classes.txt").write_text("background\nthing\n")
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     result = complete(root, tmp_path / "out", family)
     assert result.exit_code == 0, result.output
@@ -34,6 +35,8 @@ def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
         assert written.mode == "P" and written.getpalette() == original.getpalette()
         assert written.size == original.size
         assert (tmp_path / "out" / "JPEGImages" / f"{label.stem}.jpg").is_file()
+    for side_file in ("classes.txt", "ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt"):
+        assert (tmp_path / "out" / side_file).read_bytes() == (root / side_file).read_bytes()  # a dataset of its own
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # input untouched
 
 
@@ -52,8 +55,32 @@ def test_output_inside_the_dataset_is_refused(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     for out in (root, root / "fixed"):
         result = complete(root, out, family)
-        assert result.exit_code == 2 and "must not be the dataset folder or inside it" in result.output
+        assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
     assert not (root / "fixed").exists()
+
+
+def test_output_into_the_images_or_labels_folder_is_refused_and_inputs_stay(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for out in (root / "images", root / "labels", root / "images" / "fixed"):
+        result = runner.invoke(app, ["complete", "--images", str(root / "images"), "--labels", str(root / "labels"),
+                                     "--out", str(out), "--models", str(family), "--device", "cpu"])
+        assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_a_non_empty_folder_that_is_not_an_earlier_output_is_refused(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    out = tmp_path / "my-files"
+    (out / "labels").mkdir(parents=True)
+    (out / "labels" / "scene_000.png").write_bytes(b"precious")
+    result = complete(root, out, family)
+    assert result.exit_code == 2 and "not empty and is not the output of an earlier lmae-repair run" in result.output
+    assert (out / "labels" / "scene_000.png").read_bytes() == b"precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert complete(root, empty, family).exit_code == 0  # an empty folder is fine, and so is
+    assert complete(root, empty, family).exit_code == 0  # a rerun into an earlier output
 
 
 def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
@@ -66,6 +93,31 @@ def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
     assert complete(root, out, family).exit_code == 0
     assert (out / "labels" / "scene_000.png").stat().st_mtime_ns == stamp  # skipped
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first  # redone identically
+
+
+def test_an_uppercase_png_label_keeps_its_name(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "labels" / "scene_000.png").rename(root / "labels" / "scene_000.PNG")
+    assert complete(root, tmp_path / "out", family).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["scene_000.PNG", "scene_001.png"]
+
+
+def test_rerun_redoes_pairs_whose_input_or_options_changed(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    edited = root / "labels" / "scene_001.png"
+    values = np.array(Image.open(edited))
+    values[:, :] = values[0, 0]  # the curator fixed this label by hand since the first run
+    Image.fromarray(values).save(edited)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    result = complete(root, out, family)
+    assert result.exit_code == 0
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    assert [name for name in stamps if now[name] != stamps[name]] == ["scene_001.png"]
+    assert complete(root, out, family, "--threshold", "0.9").exit_code == 0  # other options: all redone
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    assert all(again[name] != now[name] for name in now)
 
 
 def test_report_lists_every_pair_and_failures(tmp_path, family):

@@ -94,6 +94,14 @@ def test_cityscapes_layout(tmp_path):
         discover(root, split="test")
 
 
+def test_cityscapes_with_label_ids_only_says_to_make_train_ids(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    for label in list((root / "gtFine").rglob("*_labelTrainIds.png")):
+        label.rename(label.with_name(label.name.replace("_labelTrainIds", "_labelIds")))
+    with pytest.raises(LmaeError, match="csCreateTrainIdLabelImgs"):
+        discover(root)
+
+
 def test_explicit_images_and_labels(tmp_path):
     make_paired(tmp_path / "a", count=2, images="pics", labels="gts")
     index = discover(images=tmp_path / "a" / "pics", labels=tmp_path / "a" / "gts")

@@ -139,7 +139,7 @@ def test_complete_skips_each_broken_pair_in_one_line_and_repairs_the_rest(tmp_pa
          "--device", "cpu", "--min-confidence", "0"], capture_output=True, text=True, env=env)
     assert result.returncode == 1, result.stderr  # some pairs failed
     assert_each_broken_pair_named_once(result.stderr)
-    assert "1 images have no label" in result.stdout and "lonely.png" in result.stdout
+    assert "1 image has no label" in result.stdout and "lonely.png" in result.stdout
 
     report = json.loads((out / "lmae-report.json").read_text())
     entries = {entry["label"]: entry for entry in report["pairs"]}
@@ -209,6 +209,32 @@ def test_an_output_that_cannot_be_written(tmp_path, family):
         locked.mkdir(mode=0o555)
         one_line_error(runner.invoke(app, ["complete", str(root), "--out", str(locked / "out"), "--models", str(family)]),
                        "cannot write the output here")
+
+
+def test_a_report_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    for command in ("audit", "evaluate"):
+        result = runner.invoke(app, [command, str(root), "--models", str(tmp_path / "no-such-model"), "--json", str(tmp_path)])
+        one_line_error(result, str(tmp_path), "--json names a folder")  # said first, not after the models
+    result = runner.invoke(app, ["audit", str(root), "--models", str(family), "--csv", str(tmp_path / "a" / "b.csv")])
+    assert result.exit_code == 0 and (tmp_path / "a" / "b.csv").is_file()  # a missing folder is made
+
+
+@pytest.mark.parametrize("option", [
+    ["--batch-size", "0"], ["--crop", "0"], ["--patch-size", "0"], ["--lr", "-1"], ["--workers", "-3"],
+    ["--epochs", "0"], ["--val-max-pairs", "-1"], ["--void-id", "300"],
+])
+def test_train_refuses_impossible_options_in_one_line(tmp_path, option):
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), *option])
+    assert result.exit_code == 2 and option[0] in result.output and "Invalid value" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_a_patch_larger_than_any_image(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--patch-size", "100000"])
+    assert result.exit_code == 2 and "--patch-size" in result.output
 
 
 def test_truncated_corrupt_and_mismatched_checkpoints(tmp_path, family):
