@@ -524,32 +524,39 @@ def evaluation_markdown(result: dict) -> str:
 
 @app.command()
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train."),
+    checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train, a run or family folder, or a bundled family name."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),
 ) -> None:
     """Show what a checkpoint says about itself: architecture, label space, training, validation."""
 
     def run() -> None:
-        from lmae_repair.checkpoints import load_checkpoint
+        from lmae_repair.families import find_checkpoints
 
-        model, info = load_checkpoint(checkpoint)
-        if as_json:
-            print(info.to_json())
-            return
-        table = Table(title=str(checkpoint), show_header=False)
-        table.add_row("mask ratio", f"{info.mask_ratio:.2f}")
-        table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
-        table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
-        table.add_row("label space", info.label_space.describe())
-        for key, value in info.validation.items():
-            table.add_row(key, str(value))
-        for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
-            if key in info.training:
-                table.add_row(f"training {key}", str(info.training[key]))
-        table.add_row("package version", info.package_version)
-        console.print(table)
+        for path, _ in find_checkpoints([checkpoint]):
+            print_checkpoint(path, as_json)
 
     guarded(run)
+
+
+def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
+    from lmae_repair.checkpoints import load_checkpoint
+
+    model, info = load_checkpoint(checkpoint)
+    if as_json:
+        print(info.to_json())
+        return
+    table = Table(title=str(checkpoint), show_header=False)
+    table.add_row("mask ratio", f"{info.mask_ratio:.2f}")
+    table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
+    table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
+    table.add_row("label space", info.label_space.describe())
+    for key, value in info.validation.items():
+        table.add_row(key, str(value))
+    for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
+        if key in info.training:
+            table.add_row(f"training {key}", str(info.training[key]))
+    table.add_row("package version", info.package_version)
+    console.print(table)
 
 
 def main() -> None:

@@ -85,12 +85,19 @@ def make_output_folder(out: Path) -> None:
         raise LmaeError(f"{out}: cannot write the output here ({reason})") from None
 
 
-def mirror_image(pair: Pair, root: Path, out: Path) -> None:
+def explicit_folder_names(index: DatasetIndex) -> tuple[str, str]:
+    """With --images and --labels, OUT gets one folder for each, named like them (`images` and
+    `labels` where both have the same name), so that OUT is a paired dataset of its own."""
+    images, labels = index.image_root.resolve().name, index.root.resolve().name
+    return ("images", "labels") if images == labels else (images, labels)
+
+
+def mirror_image(pair: Pair, index: DatasetIndex, out: Path) -> None:
     """Hard-link (or copy) the pair's image to the same relative place under OUT."""
-    try:
-        target = out / pair.image.relative_to(root)
-    except ValueError:
-        target = out / "images" / pair.image.name
+    if index.image_root is not None:
+        target = out / explicit_folder_names(index)[0] / pair.image.relative_to(index.image_root)
+    else:
+        target = out / pair.image.relative_to(index.root)
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -271,10 +278,10 @@ def pixel_chunks(items: list[Loaded], budget: int = PIXELS_PER_PASS) -> list[lis
     return chunks
 
 
-def output_label_path(out: Path, key: str) -> Path:
+def output_label_path(out: Path, key: str, index: DatasetIndex) -> Path:
     """Where a label goes under OUT: its path in the dataset, as a PNG (a `.PNG` keeps its
     spelling, so that names still match their images on case-sensitive file systems)."""
-    path = out / key
+    path = out / (explicit_folder_names(index)[1] if index.image_root is not None else "") / key
     return path if path.suffix.lower() == ".png" else path.with_suffix(".png")
 
 
@@ -304,10 +311,10 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     entry["resume_key"] = resume_key(item.pair, settings)
     if entry["error"] is None and not options.dry_run:
         try:
-            target = output_label_path(options.out, item.pair.key)
+            target = output_label_path(options.out, item.pair.key, index)
             write_label(target, LabelFile(values, item.label.mode, item.label.palette))
             if not options.labels_only:
-                mirror_image(item.pair, index.root, options.out)
+                mirror_image(item.pair, index, options.out)
             entry["output"] = str(target)
         except (LmaeError, OSError) as exc:
             entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"

@@ -346,6 +346,8 @@ def read_label(path: Path) -> LabelFile:
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
                     raise LmaeError(f"{path}: 16-bit label with values above 255")
                 values, mode = wide.astype(np.uint8), "L"
+            elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
+                values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
             elif mode in ("RGB", "RGBA"):
                 raise LmaeError(
                     f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
@@ -361,6 +363,13 @@ def read_label(path: Path) -> LabelFile:
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
     return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette)
+
+
+def is_grey(pixels: np.ndarray) -> bool:
+    """An RGB(A) label whose three channels are equal everywhere (and opaque): class indices
+    saved as a grey colour image, as some tools do."""
+    opaque = pixels.shape[-1] == 3 or bool((pixels[..., 3] == 255).all())
+    return opaque and bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all())
 
 
 def read_pair(pair: Pair, space=None) -> tuple[np.ndarray, LabelFile]:
@@ -392,7 +401,9 @@ def image_size(path: Path) -> tuple[int, int]:
 def write_label(path: Path, label: LabelFile) -> None:
     """Write a label PNG atomically (temp file + rename), in the given mode and palette."""
     img = Image.fromarray(label.values)
-    if label.mode == "P":
+    if label.mode in ("RGB", "RGBA"):  # a grey label read from a colour file goes back as one
+        img = img.convert(label.mode)
+    elif label.mode == "P":
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 

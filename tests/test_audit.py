@@ -35,7 +35,7 @@ def broken_dataset(root):
     outside[:4, :4] = 9
     write_pair(root / "images" / "outside.png", root / "labels" / "outside.png", image, outside)
     write_pair(root / "images" / "colour.png", root / "labels" / "colour.png", image, label)
-    Image.fromarray(np.stack([label * 60] * 3, -1)).save(root / "labels" / "colour.png")
+    Image.fromarray(np.stack([label * 60, label * 30, label * 0], -1)).save(root / "labels" / "colour.png")
     write_pair(root / "images" / "empty.png", root / "labels" / "empty.png", image, np.zeros_like(label))
     return root
 

@@ -69,6 +69,18 @@ def test_output_into_the_images_or_labels_folder_is_refused_and_inputs_stay(tmp_
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
+def test_images_and_labels_folders_named_explicitly_are_mirrored_under_their_names(tmp_path, family):
+    make_paired(tmp_path / "a", count=2, images="pics", labels="gts")
+    out = tmp_path / "out"
+    args = ["--images", str(tmp_path / "a" / "pics"), "--labels", str(tmp_path / "a" / "gts"), "--out", str(out),
+            "--models", str(family), "--device", "cpu"]
+    assert runner.invoke(app, ["complete", *args]).exit_code == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("scene_*")) == [
+        "gts/scene_000.png", "gts/scene_001.png", "pics/scene_000.png", "pics/scene_001.png"]
+    again = runner.invoke(app, ["complete", *args])
+    assert again.exit_code == 0 and "done by an earlier run" in again.output
+
+
 def test_a_non_empty_folder_that_is_not_an_earlier_output_is_refused(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     out = tmp_path / "my-files"

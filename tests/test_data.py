@@ -134,9 +134,15 @@ def test_label_modes(tmp_path):
     values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     Image.fromarray(values.astype(np.uint16)).save(tmp_path / "wide.png")
     assert np.array_equal(read_label(tmp_path / "wide.png").values, values)
-    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.stack([values, values, values * 0], -1)).save(tmp_path / "rgb.png")
     with pytest.raises(LmaeError, match=r"rgb.png: colour \(RGB\) label"):
         read_label(tmp_path / "rgb.png")
+    Image.fromarray(np.stack([values] * 3, -1)).save(tmp_path / "grey-rgb.png")  # indices saved as grey colour
+    grey = read_label(tmp_path / "grey-rgb.png")
+    assert np.array_equal(grey.values, values)
+    write_label(tmp_path / "grey-out.png", grey)  # written back the way it came
+    assert Image.open(tmp_path / "grey-out.png").mode == "RGB"
+    assert np.array_equal(read_label(tmp_path / "grey-out.png").values, values)
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(LmaeError, match="text.png: unreadable label"):
         read_label(tmp_path / "text.png")

@@ -79,7 +79,7 @@ def build_corpus(tmp_path):
     pair("wide_big.png", "wide_big.png")
     Image.fromarray(np.full((64, 64), 300, dtype=np.uint16)).save(labels / "wide_big.png")
     pair("colour.png", "colour.png")
-    Image.fromarray(np.stack([label * 60] * 3, -1)).save(labels / "colour.png")
+    Image.fromarray(np.stack([label * 60, label * 30, label * 0], -1)).save(labels / "colour.png")
     outside = label.copy()
     outside[:8, :8] = 9
     pair("outside.png", "outside.png", label=outside)

@@ -69,6 +69,8 @@ def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
         assert len((folder / "history.jsonl").read_text().splitlines()) == 2
     inspected = runner.invoke(app, ["inspect", str(out / "mask-0.50" / "best.safetensors"), "--json"])
     assert inspected.exit_code == 0 and json.loads(inspected.output)["mask_ratio"] == 0.5
+    whole_run = runner.invoke(app, ["inspect", str(out)])  # the run folder: one table per mask ratio
+    assert whole_run.exit_code == 0 and whole_run.output.count("│ mask ratio ") == 2, whole_run.output
 
 
 def test_resume_continues_from_the_last_saved_epoch(tmp_path):
