@@ -150,7 +150,7 @@ def memory_run(work: Path, checkpoints, device: str, pairs: int) -> None:
     samples: list[tuple[int, float]] = []
     done = [0]
 
-    def on_pair(_entry) -> None:
+    def on_pair(_entry, worked: bool = True) -> None:
         done[0] += 1
         if done[0] % max(pairs // 20, 1) == 0:
             samples.append((done[0], resident_mib()))

@@ -25,8 +25,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Find and complete broken semantic-segmentation labels with a Label Masked Autoencoder (L-MAE).",
 )
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."
 
 
@@ -197,10 +198,10 @@ def complete(
         console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
-            def on_pair(entry: dict) -> None:
+            def on_pair(entry: dict, worked: bool = True) -> None:
                 if entry["error"]:
                     report_failure(entry["error"])
-                advance()
+                advance(timed=worked)
 
             report = complete_dataset(index, checkpoints, options, on_pair)
         if index.unlabelled:
@@ -281,7 +282,12 @@ class PairProgress:
         self.task = self.progress.add_task("pairs", total=self.total, rate="-")
         self.started, self.count = time.perf_counter(), 0
 
-        def advance() -> None:
+        def advance(timed: bool = True) -> None:
+            """One pair done; `timed=False` for one that took no work (done by an earlier run):
+            it moves the bar, not the pairs/s."""
+            if not timed:
+                self.progress.update(self.task, advance=1)
+                return
             self.count += 1
             elapsed = time.perf_counter() - self.started
             self.progress.update(self.task, advance=1, rate=rate_text(self.count, elapsed))
@@ -367,6 +373,9 @@ def evaluate(
             result = evaluate_dataset(index, checkpoints, options, advance, on_error)
         result["failed"] = failures
         print_evaluation(result)
+        if result["pairs"] and not result["erased_pixels"]:
+            hint = "no object is small enough: raise --max-object-share" if strategy == "objects" else "raise --mask-ratio"
+            console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
         if json_file is not None:
             text = json.dumps(result, indent=2)
             atomic_write(json_file, lambda f: f.write(text.encode()))

@@ -394,7 +394,9 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
 
 
 def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
-    """Repair every pair of `index` into options.out; returns the report (written unless dry run)."""
+    """Repair every pair of `index` into options.out; returns the report (written unless dry run).
+    `on_pair(entry, worked)` is called once per pair; worked is False for pairs finished by an
+    earlier run and for files that could not be paired."""
     check_output_location(index, options.out)
     started = time.perf_counter()
     lock = None
@@ -413,7 +415,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         unpaired = [problem_entry(problem) for problem in index.unmatched]
         for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:
             if on_pair is not None:
-                on_pair(entry)
+                on_pair(entry, worked=False)  # counted at once: no work, so not in pairs/s
         new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair, settings)}
         entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
         totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
