@@ -100,6 +100,7 @@ def train(
     background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
     void_id: Optional[int] = typer.Option(None, min=0, max=255, help="Void / unlabelled value (default: classes.txt, else 255)."),
     val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
+    keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights (epoch-NNN.safetensors), to average them afterwards with lmae-repair average."),
 ) -> None:
     """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
 
@@ -131,6 +132,7 @@ def train(
             class_weighting=class_weighting,
             resume=resume,
             init=init,
+            keep_epochs=keep_epochs,
         )
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)
@@ -529,6 +531,30 @@ def evaluation_markdown(result: dict) -> str:
         intact = "-" if figures["intact_changed"] is None else f"{figures['intact_changed']:.2%}"
         lines.append(f"| {name} | {' | '.join(cells)} | {intact} |")
     return "\n".join(lines)
+
+
+@app.command()
+def average(
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints of one model (e.g. a run's epoch-NNN.safetensors from train --keep-epochs), or a ratio folder holding them."),
+    out: Path = typer.Option(..., "--out", "-o", help="The averaged checkpoint to write (.safetensors)."),
+    half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size, as the bundled models) or float32."),
+) -> None:
+    """Average the weights of several checkpoints of one model into one (weight averaging).
+
+    A small model trained at a constant learning rate swings from epoch to epoch; the average of its epochs beat every single epoch for the bundled camvid models (models/camvid/README.md)."""
+
+    def run() -> None:
+        from lmae_repair.checkpoints import average_checkpoints, save_checkpoint
+        from lmae_repair.train import EPOCH_FILES
+
+        files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
+        if not files:
+            raise LmaeError(f"{', '.join(map(str, checkpoints))}: no checkpoints to average (train with --keep-epochs)")
+        model, info = average_checkpoints(files)
+        save_checkpoint(out, model, info, half=half)
+        console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)
+
+    guarded(run)
 
 
 @app.command()

@@ -45,9 +45,9 @@ def bundled_families() -> dict[str, Path]:
 
 
 def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
-    """Checkpoint files named directly, found in folders (a run folder's best.safetensors is
-    preferred over its last.safetensors), or bundled families by name; all must share one label
-    space and patch size. Sorted by mask ratio."""
+    """Checkpoint files named directly, found in folders (in a run folder, each ratio's
+    best.safetensors stands for its last.safetensors and kept epochs), or bundled families by
+    name; all must share one label space and patch size. Sorted by mask ratio."""
     families = bundled_families()
     files: list[Path] = []
     for spec in specs:
@@ -60,7 +60,7 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             files.append(path)
         elif path.is_dir():
             found = sorted(path.rglob("*.safetensors"))
-            files += [f for f in found if not (f.name == "last.safetensors" and (f.parent / "best.safetensors").exists())]
+            files += [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()]
         else:
             known = f" (bundled families: {', '.join(families)})" if families else ""
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")

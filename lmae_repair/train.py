@@ -88,6 +88,7 @@ class TrainOptions:
     class_weighting: str = "paper"
     resume: bool = False
     init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
+    keep_epochs: bool = False  # also write epoch-NNN.safetensors every epoch, for `lmae-repair average`
 
 
 @dataclass
@@ -211,15 +212,19 @@ def train_one_ratio(
                 state.best_score = score
             if ranks.is_main:
                 save_epoch(folder, model, optimizer, plateau, state, improved,
-                           checkpoint_info(model, ratio, data, options, state, record, device, ranks))
+                           checkpoint_info(model, ratio, data, options, state, record, device, ranks), options.keep_epochs)
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
 
 
-def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo) -> None:
-    """Write the epoch's checkpoints, then the resumable state, then the history rebuilt from it."""
+def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo,
+               keep: bool = False) -> None:
+    """Write the epoch's checkpoints (with `keep`, also one named after the epoch), then the
+    resumable state, then the history rebuilt from it."""
     save_checkpoint(folder / "last.safetensors", model, info)
+    if keep:
+        save_checkpoint(folder / epoch_file(state.epoch), model, info)
     if improved:
         save_checkpoint(folder / "best.safetensors", model, info)
     save_state(folder / STATE_FILE, model, optimizer, plateau, state, info)
@@ -247,6 +252,13 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
             target.zero_()
             target[:, : tensor.shape[1]].copy_(tensor)
     model.load_state_dict(weights)
+
+
+EPOCH_FILES = "epoch-*.safetensors"  # the weights train --keep-epochs keeps, one file per epoch
+
+
+def epoch_file(epoch: int) -> str:
+    return f"epoch-{epoch:03d}.safetensors"
 
 
 @dataclass

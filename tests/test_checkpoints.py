@@ -12,6 +12,7 @@ CONFIG = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_h
 
 
 def saved(tmp_path, half=False):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = LabelMAE(CONFIG).eval()
     space = LabelSpace(3, ["background", "crack", "spalling"], background_id=0, void_id=255, palette=[0, 0, 0, 128, 0, 0] + [0] * 762)
@@ -92,3 +93,23 @@ def test_export_family_writes_one_half_precision_file_per_ratio(tmp_path, family
     exported = find_checkpoints([tmp_path / "bundled" / "shapes"])
     assert [info.mask_ratio for _, info in exported] == [0.25, 0.5]
     assert written[0].stat().st_size < (family / "mask-0.25" / "best.safetensors").stat().st_size * 0.6
+
+
+def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
+    from lmae_repair.checkpoints import average_checkpoints
+
+    first, model_a, info = saved(tmp_path / "a")
+    torch.manual_seed(1)
+    model_b = LabelMAE(CONFIG).eval()
+    second = tmp_path / "b.safetensors"
+    save_checkpoint(second, model_b, info)
+    averaged, averaged_info = average_checkpoints([first, second])
+    for name, tensor in averaged.state_dict().items():
+        expected = (model_a.state_dict()[name].double() + model_b.state_dict()[name].double()) / 2
+        assert torch.allclose(tensor.double(), expected, atol=1e-6), name
+    assert averaged_info.training["averaged_from"] == [str(first), str(second)]
+    assert averaged_info.label_space.names == info.label_space.names and averaged_info.mask_ratio == 0.5
+    other_ratio = tmp_path / "c.safetensors"
+    save_checkpoint(other_ratio, model_b, CheckpointInfo(CONFIG, 0.75, info.label_space))
+    with pytest.raises(LmaeError, match="c.safetensors: architecture, mask ratio or label space differs"):
+        average_checkpoints([first, other_ratio])

@@ -146,3 +146,33 @@ def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_pr
     assert load_checkpoint(tmp_path / "c" / "mask-0.50" / "last.safetensors")[1].model.image_branch == 4
     other = runner.invoke(app, args + ["--out", str(tmp_path / "d"), "--init", str(tmp_path / "b" / "mask-0.50" / "last.safetensors"), "--image-branch", "8"])
     assert other.exit_code == 2 and "--image-branch" in other.output
+
+
+def test_kept_epochs_average_into_a_checkpoint_that_complete_uses(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(out),
+                                 "--epochs", "3", "--batch-size", "4", "--crop", "64", "--workers", "0", "--keep-epochs"])
+    assert result.exit_code == 0, result.output
+    folder = out / "mask-0.50"
+    assert sorted(p.name for p in folder.glob("epoch-*")) == [f"epoch-00{e}.safetensors" for e in (1, 2, 3)]
+    last, _ = load_checkpoint(folder / "last.safetensors")
+    third, _ = load_checkpoint(folder / "epoch-003.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), third.state_dict().values()))
+    inspected = runner.invoke(app, ["inspect", str(out)])  # kept epochs do not count as more checkpoints
+    assert inspected.exit_code == 0 and inspected.output.count("│ mask ratio ") == 1, inspected.output
+
+    averaged_file = tmp_path / "family" / "mask-0.50.safetensors"
+    result = runner.invoke(app, ["average", str(folder), "--out", str(averaged_file)])
+    assert result.exit_code == 0 and "averaged 3 checkpoints" in result.output, result.output
+    averaged, info = load_checkpoint(averaged_file)
+    epochs = [load_checkpoint(folder / f"epoch-00{e}.safetensors")[0].state_dict() for e in (1, 2, 3)]
+    for name, tensor in averaged.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, sum(epoch[name] for epoch in epochs) / 3, atol=2e-3), name  # float16 file
+    assert len(info.training["averaged_from"]) == 3
+    completed = runner.invoke(app, ["complete", str(root), "--models", str(averaged_file.parent), "--out", str(tmp_path / "fixed")])
+    assert completed.exit_code == 0, completed.output
+
+    empty = runner.invoke(app, ["average", str(tmp_path / "voc"), "--out", str(tmp_path / "x.safetensors")])
+    assert empty.exit_code == 2 and "no checkpoints to average" in empty.output
