@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
-from lmae_repair.data import DatasetIndex, LabelFile, Pair, read_pair, write_label
+from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
@@ -128,11 +128,7 @@ def side_files(index: DatasetIndex) -> list[Path]:
 def copy_side_files(index: DatasetIndex, out: Path) -> None:
     """Copy `side_files` to the same places under OUT, so that OUT is a dataset of its own."""
     for source in side_files(index):
-        target = out / source.relative_to(index.root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copy2(source, tmp)
-        os.replace(tmp, target)
+        atomic_write(out / source.relative_to(index.root), lambda f, source=source: f.write(source.read_bytes()))  # small text files
 
 
 @dataclass
