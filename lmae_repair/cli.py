@@ -34,7 +34,7 @@ PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native 
 def fail(message: str, code: int = 2) -> None:
     rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
     where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, which process failed
-    err_console.print(f"[bold red]error:[/] {where}{message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {where}{message}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -208,7 +208,7 @@ def complete(
             report = complete_dataset(index, checkpoints, options, on_pair)
         if index.unlabelled:
             count = len(index.unlabelled)
-            console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False, soft_wrap=True)
+            console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
@@ -239,7 +239,7 @@ def check_can_write(path: Optional[Path], option: str) -> None:
 
 def report_failure(message: str) -> None:
     """One line on stderr for a pair that could not be processed."""
-    err_console.print(f"[yellow]failed:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]failed:[/] {message}", highlight=False)
 
 
 def exit_with(code: int | None) -> None:
