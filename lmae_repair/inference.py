@@ -44,15 +44,17 @@ def pad_to_multiple(
 
 def bf16_pays(device: torch.device | str) -> bool:
     """bf16 autocast for inference: on a GPU, and on CPUs with native bf16 matrix instructions
-    (AVX512-BF16, AMX), where it doubles the model's speed; elsewhere bf16 would be emulated and
-    slower than float32."""
+    (AVX512-BF16, AMX), where it doubles the model's speed. Elsewhere bf16 is emulated and much
+    slower than float32: on a 2-core Intel Xeon with AVX-512 but no AVX512-BF16, `complete` on
+    CamVid val ran at 2.9 pairs/s in bf16 against 7.9 in float32. (`torch.ops.mkldnn.
+    _is_mkldnn_bf16_supported()` says yes on any AVX-512 CPU, so it cannot decide this.)"""
     device = torch.device(device)
     if device.type == "cuda":
         return True
-    try:
-        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+    if device.type != "cpu":
         return False
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in native)
 
 
 TILE_STRETCH_PATCHES = 1  # how far a tile's side may exceed the training crop, in patches
