@@ -49,7 +49,7 @@ class AuditOptions:
     batch_size: int = 8
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     heatmaps: Path | None = None
-    bf16: bool | None = None  # as in CompleteOptions
+    precision: str = "auto"  # as in CompleteOptions
 
 
 def new_row(key: str, image: str | None) -> dict:
@@ -105,7 +105,7 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
 def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None) -> list[dict]:
     """Rows for every pair and every unmatched file, sorted by score, highest first."""
     space = checkpoints[0][1].label_space
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, bf16=options.bf16))
+    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
     rows = [defect_row(problem, failed=True) for problem in index.unmatched]
     rows += [defect_row(problem, failed=False) for problem in index.unlabelled]
     loader = torch.utils.data.DataLoader(

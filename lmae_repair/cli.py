@@ -28,7 +28,7 @@ app = typer.Typer(
 # soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
-PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, else fp32), bf16 or fp32."
+PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI, else fp32), bf16, fp32 or int8 (CPU)."
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -191,13 +191,13 @@ def complete(
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
         options = CompleteOptions(
             target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision),
+            batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision, device),
         )
         index = discover(data, split, images, labels)
         used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         unpaired = f" and {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} that could not be paired" if index.unmatched else ""
-        console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}", highlight=False)
+        console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
             def on_pair(entry: dict, worked: bool = True) -> None:
@@ -215,12 +215,12 @@ def complete(
     exit_with(guarded(run))
 
 
-def parse_precision(value: str) -> bool | None:
-    """--precision: None lets inference choose (bf16 where it pays), else bf16 on or off."""
-    choices = {"auto": None, "bf16": True, "fp32": False}
-    if value not in choices:
-        raise LmaeError(f"--precision: expected auto, bf16 or fp32, got {value!r}")
-    return choices[value]
+def parse_precision(value: str, device: str) -> str:
+    """--precision as inference will run it on `device`: bf16, fp32 or int8 (auto resolved)."""
+    from lmae_repair.inference import resolve_precision
+    from lmae_repair.train import resolve_device
+
+    return resolve_precision(value, resolve_device(device))
 
 
 def check_can_write(path: Optional[Path], option: str) -> None:
@@ -355,7 +355,7 @@ def evaluate(
 
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
-            str(resolve_device(device)), batch_size, max_pairs, min_confidence, parse_precision(precision),
+            str(resolve_device(device)), batch_size, max_pairs, min_confidence, parse_precision(precision, device),
         )
         checked_methods(options)
         check_can_write(json_file, "--json")
@@ -440,7 +440,7 @@ def audit(
         from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
 
-        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision))
+        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision, device))
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
         index = discover(data, split, images, labels)

@@ -31,6 +31,7 @@ from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
+from lmae_repair.inference import for_inference, resolve_precision
 from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
@@ -142,7 +143,7 @@ class CompleteOptions:
     batch_size: int = 8  # pairs per model batch
     workers: int = 0  # loader processes; 0 = read in the main process
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # for changing background (see repair.merge)
-    bf16: bool | None = None  # bf16 autocast; None: where it pays (inference.bf16_pays)
+    precision: str = "auto"  # auto, bf16, fp32 or int8 (inference.resolve_precision)
 
 
 @dataclass
@@ -219,7 +220,8 @@ class Completer:
 
     def model(self, index: int):
         if index not in self._models:
-            self._models[index] = load_checkpoint(self.checkpoints[index][0], self.options.device)[0]
+            model = load_checkpoint(self.checkpoints[index][0], self.options.device)[0]
+            self._models[index] = for_inference(model, self.precision)
         return self._models[index]
 
     def repair_batch(self, batch: list[Loaded]) -> list[tuple[Loaded, object]]:
@@ -239,13 +241,17 @@ class Completer:
         return [(item, results.get(id(item), None if item.label is None else item.label.values)) for item in batch]
 
     @property
+    def precision(self) -> str:
+        return resolve_precision(self.options.precision, self.options.device)
+
+    @property
     def tiles_per_pass(self) -> int:
         return TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
 
     def _repair_chunk(self, choice: int, chunk: list[Loaded]) -> dict[int, object]:
         path, info = self.checkpoints[choice]
         probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, self.tiles_per_pass,
-                        self.options.bf16, self.options.overwrite_labeled)
+                        self.precision, self.options.overwrite_labeled)
         results = {}
         for item, prob in zip(chunk, probs):
             result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
@@ -298,7 +304,8 @@ def resume_key(pair: Pair, settings: str) -> str:
 def run_settings(checkpoints, options: CompleteOptions) -> str:
     """The options that change a repaired label, as one string for `resume_key`."""
     files = ",".join(f"{path.resolve()}:{path.stat().st_mtime_ns}" for path, _ in checkpoints)
-    return f"{files}|{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}"
+    precision = resolve_precision(options.precision, options.device)
+    return f"{files}|{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}|{precision}"
 
 
 def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions, settings: str = "") -> dict:

@@ -68,7 +68,7 @@ class EvaluateOptions:
     batch_size: int = 8
     max_pairs: int = 0
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    bf16: bool | None = None  # as in CompleteOptions
+    precision: str = "auto"  # as in CompleteOptions
 
 
 def erase_patches(label: np.ndarray, space: LabelSpace, strategy: str, ratio: float, patch: int, rng) -> np.ndarray:
@@ -222,7 +222,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
     methods = checked_methods(options)
     space = checkpoints[0][1].label_space
     scores = {name: Scores(space.num_classes) for name in methods}
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, bf16=options.bf16))
+    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
     pairs = index.pairs[: options.max_pairs or None]
     used = erased_pixels = 0
     batch: list[Case] = []

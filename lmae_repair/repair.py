@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
-from lmae_repair.inference import bf16_pays, predict_many
+from lmae_repair.inference import predict_many, resolve_precision
 from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, top_patches
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
@@ -140,11 +140,12 @@ class Repair:
 
 def predict(
     model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, batch_size: int = 16,
-    bf16: bool | None = None, overwrite_labeled: bool = False,
+    precision: str = "auto", overwrite_labeled: bool = False,
 ) -> list[torch.Tensor]:
     """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched.
-    Exact only on the patches `merge` may edit (given `overwrite_labeled`); `bf16` autocast
-    defaults to where it pays (`bf16_pays`)."""
+    Exact only on the patches `merge` may edit (given `overwrite_labeled`); `precision` bf16 (or
+    auto where bf16 is native) runs it under bf16 autocast; int8 is a property of the model
+    (`inference.for_inference`)."""
     device = torch.device(device)
     to = dict(device=device, non_blocking=True)
     images = [item.image.to(**to) for item in items]  # uint8: each tile is made float on its own
@@ -154,7 +155,7 @@ def predict(
     p, space = info.model.patch_size, info.label_space
     needed = [item.editable_patches(p, space, overwrite_labeled).to(**to) for item in items]
     tile = int(info.training.get("crop", 224))
-    autocast = bf16_pays(device) if bf16 is None else bf16
+    autocast = resolve_precision(precision, device) == "bf16"
     return predict_many(model, images, labels, masks, tile, batch_size, autocast, hints, needed)
 
 

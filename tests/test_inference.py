@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmae_repair.inference import TILE_STRETCH_PATCHES, bf16_pays, predict_many, tile_spans
+from lmae_repair.checkpoints import load_checkpoint
+from lmae_repair.errors import LmaeError
+from lmae_repair.inference import TILE_STRETCH_PATCHES, bf16_pays, for_inference, predict_many, resolve_precision, tile_spans
 from lmae_repair.model import LabelMAE, ModelConfig
 
 
@@ -64,9 +66,45 @@ def test_an_image_of_one_tile_gets_the_model_output_itself():
 def test_bf16_is_chosen_on_a_cpu_only_where_it_has_native_bf16():
     """Emulated bf16 made `complete` 2.7x slower on an AVX-512 Xeon without AVX512-BF16: auto
     precision must pick it only where the CPU says it has bf16 instructions (or AMX)."""
+    assert bf16_pays("cpu") == bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert bf16_pays("cuda")
+
+
+def cpu_flags() -> set[str]:
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith(("flags", "Features")):
             flags |= set(line.split(":", 1)[1].split())
-    assert bf16_pays("cpu") == bool(flags & {"avx512_bf16", "amx_bf16"})
-    assert bf16_pays("cuda")
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from /proc/cpuinfo")
+def test_auto_precision_follows_the_cpu_and_bad_choices_are_refused():
+    flags = cpu_flags()
+    expected = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "int8" if flags & {"avx512_vnni", "avx_vnni"} else "fp32"
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
+    with pytest.raises(LmaeError, match="CPU only"):
+        resolve_precision("int8", "cuda")
+    with pytest.raises(LmaeError, match="expected one of auto, bf16, fp32, int8"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_int8_gives_the_bundled_model_s_classes_on_nearly_every_pixel():
+    """int8 (the default on CPUs with VNNI and no native bf16) must not change what complete
+    writes beyond rounding: the bundled camvid 0.5 model, a CamVid-size street-like scene."""
+    path = Path(__file__).resolve().parent.parent / "models" / "camvid" / "mask-0.50.safetensors"
+    model = load_checkpoint(path)[0].eval()
+    quantised = for_inference(load_checkpoint(path)[0].eval(), "int8")
+    assert any("quantized" in type(module).__module__ for module in quantised.modules())
+    generator = torch.Generator().manual_seed(0)
+    label = torch.full((368, 480), 3)  # road below, building above, sky on top, a car and a pole
+    label[:150], label[:60], label[200:260, 100:220], label[40:250, 400:410] = 1, 0, 8, 2
+    image = (torch.tensor([[128, 128, 128], [70, 70, 70], [180, 200, 230], [200, 200, 50], [150, 150, 150],
+                           [50, 120, 40], [200, 200, 0], [90, 90, 60], [40, 40, 160], [200, 50, 50], [0, 0, 0]])[label]
+             .permute(2, 0, 1).float() / 255 + 0.05 * torch.randn(3, 368, 480, generator=generator)).clamp(0, 1)
+    mask = torch.rand(23 * 30, generator=generator) < 0.5
+    hidden = mask.view(23, 30).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    fp32 = predict_many(model, [image], [label], [mask], 224)[0].argmax(0)
+    int8 = predict_many(quantised, [image], [label], [mask], 224)[0].argmax(0)
+    assert (fp32 == int8)[hidden].float().mean() > 0.99
