@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmae_repair.errors import LmaeError
-from lmae_repair.model import LabelMAE, ModelConfig, preset_config
+from lmae_repair.model import LabelMAE, ModelConfig, one_hot_patch_tokens, preset_config
 
 SMALL = dict(patch_size=8, enc_depth=2, enc_dim=64, enc_heads=4, dec_depth=2, dec_dim=32, dec_heads=4)
 
@@ -145,3 +145,22 @@ def test_the_image_branch_changes_the_output_and_gives_its_own_logits():
         plain(image, label, mask, with_branch_logits=True)
     with pytest.raises(LmaeError):
         ModelConfig(num_classes=5, image_branch=4)  # without a refiner the features go nowhere
+
+
+def test_patch_embeddings_of_the_fuse_map_and_hint_equal_the_stack_fuse_convolution():
+    """`fuse_tokens` and `one_hot_patch_tokens` skip convolving one-hot planes; they must give
+    the convolution's values and gradients, with uniform, mixed, void and out-of-range patches."""
+    torch.manual_seed(0)
+    model = LabelMAE(ModelConfig(num_classes=5, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1,
+                                 dec_dim=16, dec_heads=2, neighbour_hint=True, refine_channels=4))
+    image, label = torch.rand(2, 3, 32, 48), torch.randint(0, 7, (2, 32, 48))  # 5 = void, 6 = out of range
+    label[:, :16] = 2
+    label[0, 16:24, :8] = 5
+    expected = model.fuse_embed(model.fuse_map(image, label)).flatten(2).transpose(1, 2)
+    tokens = model.fuse_tokens(image, label)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    grad, expected_grad = (torch.autograd.grad(t.square().sum(), model.fuse_embed.weight)[0] for t in (tokens, expected))
+    torch.testing.assert_close(grad, expected_grad, atol=1e-4, rtol=1e-4)
+    hint = one_hot_patch_tokens(model.hint_embed.weight, label, 8) + model.hint_embed.bias
+    planes = model.class_planes(label, torch.float32)
+    torch.testing.assert_close(hint, model.hint_embed(planes).flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
