@@ -31,6 +31,11 @@ def test_a_camvid_frame_takes_four_tiles_instead_of_six():
     assert tile_spans(368, 224, 16) == (224, [0, 144])
 
 
+def test_a_pascal_voc_frame_takes_four_tiles():
+    assert tile_spans(512, 224, 16) == (256, [0, 256])  # 500 wide, padded to 512
+    assert tile_spans(384, 224, 16) == (224, [0, 160])  # 375 high, padded to 384
+
+
 def small_model(hint: bool) -> LabelMAE:
     torch.manual_seed(0)
     config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
