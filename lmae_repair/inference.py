@@ -17,7 +17,10 @@ hurt, unlike a whole unseen grid (above). Two patches beyond do not either, and 
 Pascal VOC frame (500x375, padded to 512x384) take 2 x 2 tiles of 16 x 14 patches instead of
 3 x 2: on CamVid val resized to 500x375 (2026-11-23, bundled camvid family, 101 pairs) random
 patches 0.5 PA-mIoU 0.761 with one patch and 0.760 with two, objects 0.130 both (restored 0.291
-and 0.292), `evaluate` 39 s -> 32 s. Tiles never get shorter than the crop, so no tile has a
+and 0.292), `evaluate` 39 s -> 32 s; and its first 24 pairs resized to 2048x1024, where tiles
+become 16 x 16 patches (8 x 4 tiles instead of 9 x 5): random 0.865 vs 0.866, objects 0.084 vs
+0.081 (restored 0.245 vs 0.227). (On 2026-11-22, with earlier models, 16 x 16 tiles forced on
+CamVid frames cost a little: 0.719 vs 0.726 on 40 pairs.) Tiles never get shorter than the crop, so no tile has a
 shorter sequence than training had.
 """
 
