@@ -59,8 +59,14 @@ def new_row(key: str, image: str | None) -> dict:
 
 def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
     """What is wrong with the files of a loaded pair, if anything (empty when it is usable)."""
-    if item.entry["error"]:  # unreadable, wrong size, colour label, values outside the space...
-        return [item.entry["error"]]
+    error = item.entry["error"]
+    if error:  # unreadable, wrong size, colour label, values outside the space...
+        # the row names the label already: its path is dropped from the reason, the image's kept short
+        if error.startswith(f"{item.pair.label}: "):
+            error = error[len(f"{item.pair.label}: "):]
+        elif error.startswith(f"{item.pair.image}: "):
+            error = f"image {item.pair.image.name}: {error[len(f'{item.pair.image}: '):]}"
+        return [error]
     if missing_pixels(item.label.values, space.background_id, space.void_id).all():
         return ["label is all background or void"]
     return []

@@ -473,8 +473,11 @@ def audit(
 def print_audit(rows: list[dict], top: int) -> None:
     flagged = sum(1 for row in rows if row["reasons"])
     table = Table(title=f"labels most likely broken ({flagged} of {len(rows)} with a reason)")
+    longest_label = max((len(row["label"]) for row in rows[:top]), default=5)
     for column, justify in (("#", "right"), ("score", "right"), ("label", "left"), ("suspect pixels", "right"), ("reasons", "left")):
-        table.add_column(column, justify=justify, overflow="fold", ratio=2 if column in ("label", "reasons") else None)
+        # a label path is kept on one line where it fits in 48 characters; the reasons wrap instead
+        width = min(longest_label, 48) if column == "label" else None
+        table.add_column(column, justify=justify, overflow="fold", min_width=width, ratio=2 if column == "reasons" else None)
     for rank, row in enumerate(rows[:top], 1):
         table.add_row(str(rank), f"{row['score']:.2f}", row["label"], f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
     console.print(table)

@@ -85,3 +85,18 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     assert [row["label"] for row in table] == order
     assert {"label", "image", "score", "reasons", "suspect_pixels"} <= set(table[0])
     assert (tmp_path / "maps" / "labels" / "twin_erased.png").is_file()
+
+
+def test_the_table_keeps_each_label_path_on_one_line(tmp_path, family):
+    """The top-K table is what a curator copies paths from: at 80 columns (a pipe, a log) the
+    reasons wrap, the label path does not."""
+    root = broken_dataset(tmp_path / "ds")
+    image, label = make_scene(np.random.default_rng(3))
+    long_name = "seq05vd_frame_001234_left"
+    write_pair(root / "images" / f"{long_name}.png", root / "labels" / f"{long_name}.png", image, label[:32, :32])
+    result = audit(root, family, "--top", "20")
+    assert result.exit_code in (0, 1), result.output
+    table = result.output[result.output.index("labels most likely broken"):]
+    for name in (f"labels/{long_name}.png", "labels/scene_000.png", "labels/no_image.png"):
+        assert name in table, name
+    assert str(root) not in table  # reasons do not repeat the label's full path
