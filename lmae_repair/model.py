@@ -256,8 +256,12 @@ def one_hot_patch_tokens(weight: torch.Tensor, label: torch.Tensor, patch_size: 
     Why not the convolution: most patches of a label hold one class (72% on CamVid val), and a
     patch of class c embeds to the sum of the kernel's plane c, looked up from a table; only the
     mixed patches take a matrix product over their one-hot pixels. The convolutions on the one-hot
-    planes were a fifth of the model's CPU time at inference."""
+    planes were a fifth of the model's CPU time at inference. A GPU convolves the planes instead:
+    it does that fast, and the boolean indexing would make it wait for the host."""
     d, n, p = weight.shape[0], weight.shape[1], patch_size
+    if label.device.type != "cpu":
+        planes = (label.unsqueeze(1) == torch.arange(n, device=label.device)[:, None, None]).to(weight.dtype)
+        return F.conv2d(planes, weight, stride=p).flatten(2).transpose(1, 2)
     b, height, width = label.shape
     patches = label.reshape(b, height // p, p, width // p, p).transpose(2, 3).reshape(b, -1, p * p)
     patches = patches.clamp(0, n).long()  # n: void and out-of-range values
@@ -333,7 +337,8 @@ class LabelMAE(nn.Module):
         return (label.unsqueeze(-1) == classes).to(dtype).permute(0, 3, 1, 2)
 
     def fuse_map(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Stack Fuse (paper eq. 1): N one-hot class planes + the normalised RGB image."""
+        """Stack Fuse (paper eq. 1): N one-hot class planes + the normalised RGB image. The model
+        embeds it through `fuse_tokens`, which gives `fuse_embed(fuse_map(...))` without building it."""
         normalised = ((image - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return torch.cat([self.class_planes(label, image.dtype), normalised], dim=1)
 

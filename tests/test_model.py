@@ -164,3 +164,6 @@ def test_patch_embeddings_of_the_fuse_map_and_hint_equal_the_stack_fuse_convolut
     hint = one_hot_patch_tokens(model.hint_embed.weight, label, 8) + model.hint_embed.bias
     planes = model.class_planes(label, torch.float32)
     torch.testing.assert_close(hint, model.hint_embed(planes).flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    if torch.cuda.is_available():  # the GPU's path (a convolution) gives the same
+        on_gpu = one_hot_patch_tokens(model.hint_embed.weight.cuda(), label.cuda(), 8).cpu() + model.hint_embed.bias
+        torch.testing.assert_close(on_gpu, hint, atol=1e-4, rtol=1e-4)
