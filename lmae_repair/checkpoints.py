@@ -133,18 +133,22 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     Why: trained at a constant learning rate on little data, a small L-MAE swings from epoch to
     epoch (between filling a hole with its surroundings and guessing the object under it); the
     average of many epochs is better than any one of them picked by a noisy validation figure
-    (the bundled camvid 0.25 model, see models/camvid/README.md). The result carries the first
-    checkpoint's metadata, with the averaged files under training["averaged_from"]."""
+    (the bundled camvid 0.25 model, see models/camvid/README.md). The result carries the last
+    checkpoint's training record (its epoch count and training time cover the whole run), the
+    averaged files under training["averaged_from"], and no validation figures: those measured one
+    epoch, not the average (measure it with `lmae-repair evaluate`)."""
     if not paths:
         raise LmaeError("no checkpoints to average")
     model, info = load_checkpoint(paths[0])
     total = {name: tensor.double() for name, tensor in model.state_dict().items()}
     for path in paths[1:]:
         other, other_info = load_checkpoint(path)
+        info.training = other_info.training
         if other_info.model != info.model or other_info.mask_ratio != info.mask_ratio or not other_info.label_space.same_classes(info.label_space):
             raise LmaeError(f"{path}: architecture, mask ratio or label space differs from {paths[0]}; only checkpoints of one model can be averaged")
         for name, tensor in other.state_dict().items():
             total[name] += tensor.double()
     model.load_state_dict({name: (tensor / len(paths)).float() for name, tensor in total.items()})
     info.training = {**info.training, "averaged_from": [str(p) for p in paths]}
+    info.validation = {}
     return model, info

@@ -593,6 +593,9 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
     for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
         if key in info.training:
             table.add_row(f"training {key}", str(info.training[key]))
+    if "averaged_from" in info.training:
+        averaged = info.training["averaged_from"]
+        table.add_row("averaged", f"weights of {len(averaged)} checkpoints: {Path(averaged[0]).name} ... {Path(averaged[-1]).name}")
     table.add_row("package version", info.package_version)
     console.print(table)
 

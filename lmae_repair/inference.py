@@ -26,12 +26,14 @@ shorter sequence than training had.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from itertools import groupby
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lmae_repair.errors import LmaeError
 from lmae_repair.model import LabelMAE
@@ -92,10 +94,29 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
     return "bf16" if bf16_pays(device) else "int8" if int8_pays(device) else "fp32"
 
 
+def fuse_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of `model` (in eval mode) with each BatchNorm folded into the convolution before it
+    (the image branch's U-Net): at inference a BatchNorm is a fixed per-channel affine map, and
+    folding it saves a full-resolution pass over memory per convolution. Same outputs up to
+    rounding. Models without BatchNorm come back as they are."""
+    if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+        return model
+    fused = copy.deepcopy(model).eval()
+    for sequence in [module for module in fused.modules() if isinstance(module, nn.Sequential)]:
+        for index in range(len(sequence) - 1):
+            conv, norm = sequence[index], sequence[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                sequence[index] = fuse_conv_bn_eval(conv, norm)
+                sequence[index + 1] = nn.Identity()
+    return fused
+
+
 def for_inference(model: nn.Module, precision: str) -> nn.Module:
-    """The model as inference runs it: with `precision` int8 its linear layers (nearly all of the
+    """The model as inference runs it: BatchNorms folded into their convolutions
+    (`fuse_batch_norms`); with `precision` int8 its linear layers (nearly all of the
     transformer's matrix work) become dynamically quantised int8 ones; bf16 is applied as
     autocast around each pass instead (see `predict_many`)."""
+    model = fuse_batch_norms(model)
     if precision != "int8":
         return model
     with warnings.catch_warnings():  # PyTorch warns that its quantised tensors are deprecated

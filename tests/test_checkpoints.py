@@ -102,12 +102,17 @@ def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     torch.manual_seed(1)
     model_b = LabelMAE(CONFIG).eval()
     second = tmp_path / "b.safetensors"
-    save_checkpoint(second, model_b, info)
+    later = CheckpointInfo(CONFIG, 0.5, info.label_space, training={"epochs": 2, "train_seconds": 20.0},
+                           validation={"val_pa_miou": 0.5, "epoch": 2})
+    save_checkpoint(second, model_b, later)
     averaged, averaged_info = average_checkpoints([first, second])
     for name, tensor in averaged.state_dict().items():
         expected = (model_a.state_dict()[name].double() + model_b.state_dict()[name].double()) / 2
         assert torch.allclose(tensor.double(), expected, atol=1e-6), name
     assert averaged_info.training["averaged_from"] == [str(first), str(second)]
+    # the whole run's training record; no one epoch's validation figure passed off as the average's
+    assert averaged_info.training["epochs"] == 2 and averaged_info.training["train_seconds"] == 20.0
+    assert averaged_info.validation == {}
     assert averaged_info.label_space.names == info.label_space.names and averaged_info.mask_ratio == 0.5
     other_ratio = tmp_path / "c.safetensors"
     save_checkpoint(other_ratio, model_b, CheckpointInfo(CONFIG, 0.75, info.label_space))

@@ -67,6 +67,29 @@ def test_an_image_of_one_tile_gets_the_model_output_itself():
     torch.testing.assert_close(probs, model(image[None], label[None], mask[None]).softmax(1)[0], atol=1e-5, rtol=1e-5)
 
 
+def test_batch_norms_folded_for_inference_give_the_same_probabilities_and_leave_the_model_alone():
+    """The image branch's BatchNorms are folded into its convolutions for inference: same output,
+    and the model handed in (which training may go on with) keeps its BatchNorms."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
+                         dec_heads=2, refine_channels=4, image_branch=4)
+    model = LabelMAE(config)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial 0 / 1
+        model.branch(torch.randn(2, 3, 32, 32) * 3 + 1)
+    for layer in model.refine.layers[-1:]:  # a trained refiner is not zero
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    model.eval()
+    folded = for_inference(model, "fp32")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 14
+    image, label = torch.rand(3, 40, 48), torch.randint(0, 3, (40, 48))
+    mask = torch.rand(30) < 0.5
+    with torch.no_grad():
+        expected = predict_many(model, [image], [label], [mask], 32)[0]
+        torch.testing.assert_close(predict_many(folded, [image], [label], [mask], 32)[0], expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from /proc/cpuinfo")
 def test_bf16_is_chosen_on_a_cpu_only_where_it_has_native_bf16():
     """Emulated bf16 made `complete` 2.7x slower on an AVX-512 Xeon without AVX512-BF16: auto

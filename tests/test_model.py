@@ -103,7 +103,8 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
 @pytest.mark.parametrize("hint,refine,branch", [(True, 4, 0), (False, 4, 0), (True, 0, 0), (True, 4, 4)])
 def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, branch):
     """Inference computes only the patches it will use: the same logits there, image borders and
-    corners included (the refiner's margin leaves the tile)."""
+    corners included (the refiner's margin leaves the tile), and a batch of two through the image
+    branch, which a CPU runs one tile at a time."""
     model = small_model(neighbour_hint=hint, refine_channels=refine, image_branch=branch)
     if refine:  # a trained refiner is not zero
         for layer in model.refine.layers:
