@@ -23,13 +23,15 @@ from audit_ranking import build_copy
 from lmae_repair.checkpoints import load_checkpoint
 from lmae_repair.data import discover, read_pair
 from lmae_repair.masking import missing_pixels
+from lmae_repair.model import ImageBranch
 
 
 def branch_probabilities(model, image: np.ndarray) -> np.ndarray:
     """(N, H, W) class probabilities of the image branch's own head, for an (H, W, 3) uint8 image."""
     height, width = image.shape[:2]
     tensor = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
-    tensor = torch.nn.functional.pad(tensor, (0, (-width) % 8, 0, (-height) % 8), mode="replicate")
+    multiple = ImageBranch.MULTIPLE
+    tensor = torch.nn.functional.pad(tensor, (0, (-width) % multiple, 0, (-height) % multiple), mode="replicate")
     with torch.inference_mode():
         logits = model.branch.head(model.branch((tensor - model.mean) / model.std))
     return logits.softmax(1)[0, :, :height, :width].numpy()

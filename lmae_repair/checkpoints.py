@@ -143,9 +143,9 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     total = {name: tensor.double() for name, tensor in model.state_dict().items()}
     for path in paths[1:]:
         other, other_info = load_checkpoint(path)
-        info.training = other_info.training
         if other_info.model != info.model or other_info.mask_ratio != info.mask_ratio or not other_info.label_space.same_classes(info.label_space):
             raise LmaeError(f"{path}: architecture, mask ratio or label space differs from {paths[0]}; only checkpoints of one model can be averaged")
+        info.training = other_info.training
         for name, tensor in other.state_dict().items():
             total[name] += tensor.double()
     model.load_state_dict({name: (tensor / len(paths)).float() for name, tensor in total.items()})

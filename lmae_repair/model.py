@@ -238,6 +238,14 @@ class ImageBranch(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Features (B, w, H, W). Inference on a CPU runs one image at a time: its full-resolution
+        activations then stay in cache, and the U-Net ran 1.7x faster than on 16 CamVid tiles at
+        once (2 cores; same outputs). Training keeps the batch, which its BatchNorms need."""
+        if not self.training and normalised.device.type == "cpu" and len(normalised) > 1:
+            return torch.cat([self._features(one) for one in normalised.split(1)])
+        return self._features(normalised)
+
+    def _features(self, normalised: torch.Tensor) -> torch.Tensor:
         skips = []
         x = normalised
         for level, block in enumerate(self.down):
@@ -424,18 +432,8 @@ class LabelMAE(nn.Module):
         extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
         inputs = [logits, window(normalised_tile), extra]
         if self.branch is not None:  # the U-Net needs the whole tile's context; its features are cut after
-            inputs.append(window(self.image_features(normalised_tile).to(logits.dtype)))
+            inputs.append(window(self.branch(normalised_tile).to(logits.dtype)))
         return centre + self.refine.on_windows(torch.cat(inputs, dim=1), inside)
-
-    CPU_BRANCH_CHUNK = 1  # tiles per U-Net pass on a CPU
-
-    def image_features(self, normalised: torch.Tensor) -> torch.Tensor:
-        """The image branch's features for a batch of tiles. On a CPU, one tile at a time: a
-        tile's full-resolution activations then stay in cache, and the U-Net ran 1.7x faster
-        than on 16 tiles at once (CamVid tiles, 2 cores; same outputs)."""
-        if normalised.device.type != "cpu":
-            return self.branch(normalised)
-        return torch.cat([self.branch(chunk) for chunk in normalised.split(self.CPU_BRANCH_CHUNK)])
 
     def _decode(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None

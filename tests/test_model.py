@@ -103,8 +103,7 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
 @pytest.mark.parametrize("hint,refine,branch", [(True, 4, 0), (False, 4, 0), (True, 0, 0), (True, 4, 4)])
 def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, branch):
     """Inference computes only the patches it will use: the same logits there, image borders and
-    corners included (the refiner's margin leaves the tile), and a batch of two through the image
-    branch, which a CPU runs one tile at a time."""
+    corners included (the refiner's margin leaves the tile)."""
     model = small_model(neighbour_hint=hint, refine_channels=refine, image_branch=branch)
     if refine:  # a trained refiner is not zero
         for layer in model.refine.layers:
@@ -142,6 +141,9 @@ def test_the_image_branch_changes_the_output_and_gives_its_own_logits():
         before = branched(image, label, mask)
         branched.refine.layers[0].weight[:, -4:] = 0  # the refiner no longer reads the branch
         assert (branched(image, label, mask) - before).abs().amax() > 1e-3
+    with torch.no_grad():  # inference on a CPU runs the U-Net one image at a time: same features
+        normalised = (image - branched.mean) / branched.std
+        torch.testing.assert_close(branched.branch(normalised), branched.branch._features(normalised), atol=1e-5, rtol=1e-4)
     with pytest.raises(LmaeError):
         plain(image, label, mask, with_branch_logits=True)
     with pytest.raises(LmaeError):
