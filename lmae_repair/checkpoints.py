@@ -2,7 +2,8 @@
 
 The safetensors header carries `{"format": "lmae-repair", "format_version": "1", "lmae": <json>}`;
 the JSON holds the architecture, mask ratio, label space, a training summary, the validation
-PA-mIoU and the package version. Loading rebuilds the model from that JSON and checks that every
+PA-mIoU, the package version and, for a model with an image branch, the activation ranges its
+int8 U-Net needs (quantise.py). Loading rebuilds the model from that JSON and checks that every
 tensor is present with the right shape, so a corrupt or mismatched file is refused with a one-line
 message rather than a traceback.
 """
@@ -22,6 +23,7 @@ from lmae_repair.data import atomic_write
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.model import LabelMAE, ModelConfig
+from lmae_repair.quantise import union
 
 FORMAT = "lmae-repair"
 FORMAT_VERSION = "1"
@@ -37,6 +39,7 @@ class CheckpointInfo:
     training: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     package_version: str = __version__
+    int8_calibration: list = field(default_factory=list)  # image branch activation ranges, see quantise.py
 
     def to_json(self) -> str:
         return json.dumps(
@@ -47,6 +50,7 @@ class CheckpointInfo:
                 "training": self.training,
                 "validation": self.validation,
                 "package_version": self.package_version,
+                "int8_calibration": self.int8_calibration,
             }
         )
 
@@ -60,6 +64,7 @@ class CheckpointInfo:
             training=data.get("training", {}),
             validation=data.get("validation", {}),
             package_version=data.get("package_version", "unknown"),
+            int8_calibration=data.get("int8_calibration", []),
         )
 
 
@@ -128,7 +133,8 @@ def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, tor
 
 def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     """The element-wise mean of the weights of checkpoints of one model (same architecture, label
-    space and mask ratio), e.g. the epochs of one run.
+    space and mask ratio), e.g. the epochs of one run. Its int8 activation ranges cover those of
+    all the checkpoints (`quantise.union`).
 
     Why: trained at a constant learning rate on little data, a small L-MAE swings from epoch to
     epoch (between filling a hole with its surroundings and guessing the object under it); the
@@ -140,15 +146,18 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     if not paths:
         raise LmaeError("no checkpoints to average")
     model, info = load_checkpoint(paths[0])
+    calibrations = [info.int8_calibration]
     total = {name: tensor.double() for name, tensor in model.state_dict().items()}
     for path in paths[1:]:
         other, other_info = load_checkpoint(path)
         if other_info.model != info.model or other_info.mask_ratio != info.mask_ratio or not other_info.label_space.same_classes(info.label_space):
             raise LmaeError(f"{path}: architecture, mask ratio or label space differs from {paths[0]}; only checkpoints of one model can be averaged")
         info.training = other_info.training
+        calibrations.append(other_info.int8_calibration)
         for name, tensor in other.state_dict().items():
             total[name] += tensor.double()
     model.load_state_dict({name: (tensor / len(paths)).float() for name, tensor in total.items()})
     info.training = {**info.training, "averaged_from": [str(p) for p in paths]}
     info.validation = {}
+    info.int8_calibration = union(calibrations)
     return model, info

@@ -596,6 +596,9 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
     if "averaged_from" in info.training:
         averaged = info.training["averaged_from"]
         table.add_row("averaged", f"weights of {len(averaged)} checkpoints: {Path(averaged[0]).name} ... {Path(averaged[-1]).name}")
+    if model.branch is not None:
+        calibrated = f"calibrated ({len(info.int8_calibration)} activation ranges)" if info.int8_calibration else "not calibrated: float32 U-Net on a CPU"
+        table.add_row("int8 image branch", calibrated)
     table.add_row("package version", info.package_version)
     console.print(table)
 

@@ -220,8 +220,8 @@ class Completer:
 
     def model(self, index: int):
         if index not in self._models:
-            model = load_checkpoint(self.checkpoints[index][0], self.options.device)[0]
-            self._models[index] = for_inference(model, self.precision)
+            model, info = load_checkpoint(self.checkpoints[index][0], self.options.device)
+            self._models[index] = for_inference(model, self.precision, info.int8_calibration)
         return self._models[index]
 
     def repair_batch(self, batch: list[Loaded]) -> list[tuple[Loaded, object]]:

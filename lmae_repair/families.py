@@ -180,3 +180,22 @@ def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:
         save_checkpoint(target, model, info, half=half)
         written.append(target)
     return written
+
+
+def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half: bool = True) -> int:
+    """Measure the int8 activation ranges of a checkpoint's image branch (quantise.py) on the
+    training images of `data`, as `train` does when it saves, and write them into the checkpoint
+    (float16 weights by default, as bundled). For checkpoints saved before `train` did this.
+    Returns the number of ranges (0: the model has no image branch, the file is left alone)."""
+    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
+    from lmae_repair.data import discover
+    from lmae_repair.quantise import calibrate
+    from lmae_repair.train import calibration_images
+
+    model, info = load_checkpoint(path)
+    if model.branch is None:
+        return 0
+    images = calibration_images(discover(Path(data), split).pairs, int(info.training.get("crop", 224)))
+    info.int8_calibration = calibrate(model, images)
+    save_checkpoint(Path(path), model, info, half=half)
+    return len(info.int8_calibration)

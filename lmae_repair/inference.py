@@ -38,6 +38,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from lmae_repair.errors import LmaeError
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
+from lmae_repair.quantise import quantised_branch
 
 
 def pad_to_multiple(
@@ -111,11 +112,17 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
     return fused
 
 
-def for_inference(model: nn.Module, precision: str) -> nn.Module:
+def for_inference(model: nn.Module, precision: str, int8_calibration: list | None = None) -> nn.Module:
     """The model as inference runs it: BatchNorms folded into their convolutions
     (`fuse_batch_norms`); with `precision` int8 its linear layers (nearly all of the
-    transformer's matrix work) become dynamically quantised int8 ones; bf16 is applied as
-    autocast around each pass instead (see `predict_many`)."""
+    transformer's matrix work) become dynamically quantised int8 ones, and its image branch, if
+    the checkpoint carries `int8_calibration`, a statically quantised int8 U-Net (quantise.py);
+    bf16 is applied as autocast around each pass instead (see `predict_many`)."""
+    if precision == "int8" and getattr(model, "branch", None) is not None:
+        branch = quantised_branch(model.branch, int8_calibration or [])
+        if branch is not None:
+            model = copy.deepcopy(model)
+            model.branch = branch
     model = fuse_batch_norms(model)
     if precision != "int8":
         return model

@@ -54,6 +54,7 @@ from lmae_repair.errors import LmaeError
 from lmae_repair.inference import pad_to_multiple, predict_probabilities
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import class_weights, lmae_loss
+from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
     DEFAULT_MIX,
     background_ratio,
@@ -182,6 +183,7 @@ def train_one_ratio(
         f"{len(data.val_pairs)} validation pairs, device {device}{processes}"
     )
     use_amp = device.type == "cuda"
+    calibration = calibration_images(data.train_pairs, options.crop) if config.image_branch and ranks.is_main else []
     with training_progress(console, disable=not ranks.is_main) as progress:
         task = progress.add_task(
             f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0
@@ -211,8 +213,9 @@ def train_one_ratio(
             if improved:
                 state.best_score = score
             if ranks.is_main:
-                save_epoch(folder, model, optimizer, plateau, state, improved,
-                           checkpoint_info(model, ratio, data, options, state, record, device, ranks), options.keep_epochs)
+                info = checkpoint_info(model, ratio, data, options, state, record, device, ranks)
+                info.int8_calibration = calibrate(model, calibration)
+                save_epoch(folder, model, optimizer, plateau, state, improved, info, options.keep_epochs)
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
@@ -229,6 +232,28 @@ def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improve
         save_checkpoint(folder / "best.safetensors", model, info)
     save_state(folder / STATE_FILE, model, optimizer, plateau, state, info)
     write_history(folder / "history.jsonl", state.history)
+
+
+CALIBRATION_PAIRS = 8  # training images whose central crop calibrates an int8 U-Net
+
+
+def calibration_images(pairs: list[Pair], crop: int) -> list[torch.Tensor]:
+    """The central `crop` x `crop` window (zero-padded where the image is smaller), in [0, 1], of
+    the first CALIBRATION_PAIRS readable training images: what `quantise.calibrate` measures the
+    image branch's activation ranges on when a checkpoint is saved. The same images every epoch,
+    so that only the weights change the ranges."""
+    images = []
+    for pair in pairs:
+        if len(images) == CALIBRATION_PAIRS:
+            break
+        try:
+            image = read_pair(pair)[0]
+        except LmaeError:
+            continue
+        top, left = max((image.shape[0] - crop) // 2, 0), max((image.shape[1] - crop) // 2, 0)
+        window = torch.from_numpy(image[top : top + crop, left : left + crop].copy()).permute(2, 0, 1).float() / 255.0
+        images.append(torch.nn.functional.pad(window, (0, crop - window.shape[2], 0, crop - window.shape[1])))
+    return images
 
 
 def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:

@@ -14,6 +14,7 @@ from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import lmae_loss
 from lmae_repair.masking import expand_patch_mask, mixed_training_mask
 from lmae_repair.model import LabelMAE, preset_config
+from lmae_repair.quantise import quantised_branch
 from lmae_repair.train import validate
 
 runner = CliRunner()
@@ -137,6 +138,7 @@ def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_pr
     before, _ = load_checkpoint(start)
     after, info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")
     assert info.model.image_branch == 4 and after.branch is not None
+    assert quantised_branch(after.branch, info.int8_calibration) is not None  # calibrated for int8 on a CPU
     image, label = torch.rand(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
     mask = torch.rand(1, 16) < 0.5
     with torch.no_grad():

@@ -1,0 +1,78 @@
+"""int8 U-Net of the image branch (quantise.py): close to the float one, used only where the
+checkpoint carries its calibration, and the calibration survives saving and averaging."""
+
+import pytest
+import torch
+
+from lmae_repair.checkpoints import CheckpointInfo, average_checkpoints, load_checkpoint, save_checkpoint
+from lmae_repair.inference import for_inference, predict_many
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import ImageBranch, LabelMAE, ModelConfig
+from lmae_repair.quantise import QuantisedBranch, calibrate, quantised_branch, union
+
+pytestmark = pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines, reason="needs PyTorch's x86 int8 engine")
+
+CONFIG = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
+                     dec_heads=2, refine_channels=4, image_branch=4)
+
+
+def smooth_images(count: int, height: int = 32, width: int = 40) -> list[torch.Tensor]:
+    """Images with structure (blurred noise), in [0, 1]: what a U-Net's activations are calibrated on."""
+    noise = torch.rand(count, 3, height // 4, width // 4)
+    return list(torch.nn.functional.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False))
+
+
+def trained_like_model() -> LabelMAE:
+    torch.manual_seed(0)
+    model = LabelMAE(CONFIG)
+    model.train()
+    for _ in range(3):  # BatchNorm statistics of real inputs, not the initial 0 / 1
+        model.branch(torch.stack(smooth_images(4)) * 2 - 1)
+    torch.nn.init.normal_(model.refine.layers[-1].weight, std=0.5)  # a trained refiner reads the features
+    return model.eval()
+
+
+def test_int8_u_net_gives_features_close_to_the_float_one():
+    model = trained_like_model()
+    calibration = calibrate(model, smooth_images(6))
+    assert len(calibration) > 10 and all(low <= 0.0 <= high for low, high in calibration)
+    int8 = quantised_branch(model.branch, calibration)
+    assert isinstance(int8, QuantisedBranch)
+    normalised = (torch.stack(smooth_images(3)) - model.mean) / model.std
+    with torch.no_grad():
+        expected, got = model.branch(normalised), int8(normalised)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert (got - expected).norm() / expected.norm() < 0.15
+    assert quantised_branch(model.branch, []) is None  # no calibration: no int8 U-Net
+    assert quantised_branch(model.branch, calibration[:-1]) is None  # another architecture's
+
+
+def test_int8_inference_uses_the_u_net_only_with_a_calibration_and_keeps_the_predictions():
+    model = trained_like_model()
+    calibration = calibrate(model, smooth_images(6))
+    assert isinstance(for_inference(model, "int8", calibration).branch, QuantisedBranch)
+    assert isinstance(for_inference(model, "int8", []).branch, ImageBranch)
+    assert isinstance(for_inference(model, "fp32", calibration).branch, ImageBranch)
+    assert isinstance(model.branch, ImageBranch)  # the model handed in is left as it was
+    image, label = smooth_images(1, 40, 48)[0], torch.randint(0, 3, (40, 48))
+    mask = torch.rand(30) < 0.5
+    with torch.no_grad():
+        expected = predict_many(model, [image], [label], [mask], 32)[0]
+        got = predict_many(for_inference(model, "int8", calibration), [image], [label], [mask], 32)[0]
+    hidden = mask.view(5, 6).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    agree = (got.argmax(0) == expected.argmax(0))[hidden].float().mean()
+    assert agree > 0.9, float(agree)
+
+
+def test_calibration_is_saved_with_the_checkpoint_and_averages_to_ranges_covering_both(tmp_path):
+    model = trained_like_model()
+    space = LabelSpace(3, ["background", "crack", "spalling"], background_id=0, void_id=255)
+    first = calibrate(model, smooth_images(4))
+    second = [[low * 2, high / 2] for low, high in first]
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for path, calibration in zip(paths, (first, second)):
+        save_checkpoint(path, model, CheckpointInfo(CONFIG, 0.5, space, int8_calibration=calibration))
+    assert load_checkpoint(paths[0])[1].int8_calibration == first
+    _, info = average_checkpoints(paths)
+    assert info.int8_calibration == [[min(a[0], b[0]), max(a[1], b[1])] for a, b in zip(first, second)]
+    assert union([first, []]) == []  # one checkpoint without ranges: the average has none
