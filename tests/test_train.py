@@ -139,6 +139,8 @@ def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_pr
     after, info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")
     assert info.model.image_branch == 4 and after.branch is not None
     assert quantised_branch(after.branch, info.int8_calibration) is not None  # calibrated for int8 on a CPU
+    inspected = runner.invoke(app, ["inspect", str(tmp_path / "b" / "mask-0.50" / "last.safetensors")])
+    assert inspected.exit_code == 0 and "int8 image branch" in inspected.output and "calibrated (" in inspected.output
     image, label = torch.rand(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
     mask = torch.rand(1, 16) < 0.5
     with torch.no_grad():
