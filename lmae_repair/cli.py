@@ -28,7 +28,7 @@ app = typer.Typer(
 # soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
-PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI, else fp32), bf16, fp32 or int8 (CPU)."
+PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU)."
 
 
 def fail(message: str, code: int = 2) -> None:
