@@ -584,7 +584,9 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
         print(info.to_json())
         return
     table = Table(title=str(checkpoint), show_header=False)
-    table.add_row("mask ratio", f"{info.mask_ratio:.2f}")
+    trained_at = info.training.get("trained_mask_ratio")
+    serving = f" (trained at {trained_at:.2f})" if trained_at not in (None, info.mask_ratio) else ""
+    table.add_row("mask ratio", f"{info.mask_ratio:.2f}{serving}")
     table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
     table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
     table.add_row("label space", info.label_space.describe())

@@ -12,6 +12,7 @@ its void value, and, for a family with named classes, when the dataset's class n
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,21 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     info.int8_calibration = calibrate(model, images)
     save_checkpoint(Path(path), model, info, half=half)
     return len(info.int8_calibration)
+
+
+def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> Path:
+    """Copy a checkpoint into a family slot of another mask ratio (`dest/mask-<ratio>.safetensors`),
+    weights unchanged. The mask ratio is not part of the network: at inference it only sets how
+    many patches are hidden, so one well-trained model can serve several routing slots. (CamVid,
+    2026-11-23: the bundled 0.25 model with its image branch beat the models trained at 0.5 and
+    0.75 on their own damage, see models/camvid/README.md.) The ratio it was trained at is kept
+    in the metadata as `training["trained_mask_ratio"]` and shown by `inspect`."""
+    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
+
+    if not 0.0 < ratio <= 1.0:
+        raise LmaeError(f"mask ratio must be in (0, 1], got {ratio}")
+    model, info = load_checkpoint(path)
+    training = {**info.training, "trained_mask_ratio": info.training.get("trained_mask_ratio", info.mask_ratio)}
+    target = Path(dest) / f"mask-{ratio:.2f}.safetensors"
+    save_checkpoint(target, model, replace(info, mask_ratio=ratio, training=training), half=half)
+    return target

@@ -95,6 +95,32 @@ def test_export_family_writes_one_half_precision_file_per_ratio(tmp_path, family
     assert written[0].stat().st_size < (family / "mask-0.25" / "best.safetensors").stat().st_size * 0.6
 
 
+def test_a_checkpoint_can_serve_another_mask_ratio_slot(tmp_path, family):
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.families import find_checkpoints, serve_at_ratio
+    from lmae_repair.repair import choose_checkpoint
+
+    source = family / "mask-0.25" / "best.safetensors"
+    dest = tmp_path / "shapes"
+    serve_at_ratio(source, 0.25, dest)
+    written = serve_at_ratio(dest / "mask-0.25.safetensors", 0.75, dest)  # a copy of a copy still knows
+    assert written.name == "mask-0.75.safetensors"
+    checkpoints = find_checkpoints([dest])
+    assert [info.mask_ratio for _, info in checkpoints] == [0.25, 0.75]
+    assert choose_checkpoint(0.7, [info.mask_ratio for _, info in checkpoints]) == 1  # routing sees the new slot
+    original, _ = load_checkpoint(source)
+    served, info = load_checkpoint(written)
+    for name, tensor in original.state_dict().items():
+        assert torch.allclose(served.state_dict()[name], tensor, atol=1e-2)  # the same weights, float16
+    assert info.training["trained_mask_ratio"] == 0.25
+    inspected = CliRunner().invoke(app, ["inspect", str(written)])
+    assert inspected.exit_code == 0 and "0.75 (trained at 0.25)" in inspected.output, inspected.output
+    with pytest.raises(LmaeError):
+        serve_at_ratio(source, 1.5, dest)
+
+
 def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     from lmae_repair.checkpoints import average_checkpoints
 
