@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmae_repair import __version__
-from lmae_repair.errors import DEBUG, LmaeError, unexpected
+from lmae_repair.errors import DEBUG, LmaeError, unexpected, watch_interrupts
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ def fail(message: str, code: int = 2) -> None:
 def guarded(function):
     """Run a command body; errors become a one-line message and exit code 2 (a traceback only
     with --debug), Ctrl-C exit code 130."""
+    watch_interrupts()
     try:
         return function()
     except typer.Exit:
@@ -183,7 +184,7 @@ def complete(
     background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
-        from lmae_repair.complete import CompleteOptions, complete_dataset
+        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset
         from lmae_repair.data import discover
         from lmae_repair.families import resolve_models
         from lmae_repair.train import resolve_device
@@ -194,6 +195,7 @@ def complete(
             batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision, device),
         )
         index = discover(data, split, images, labels)
+        check_output(index, target, dry_run)  # before the models load
         used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
         unpaired = f" and {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} that could not be paired" if index.unmatched else ""

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
-from lmae_repair.errors import DEBUG, LmaeError, pair_error, unexpected
+from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
 from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
@@ -72,6 +72,17 @@ def check_output_is_ours(out: Path) -> None:
         raise LmaeError(f"{out}: this folder is not empty and is not the output of an earlier lmae-repair run; choose a new or empty --out")
 
 
+def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
+    """Everything about OUT that can be refused before any work (the CLI calls it before it
+    loads the models): inside the input, not ours, or a file."""
+    check_output_location(index, out)
+    if dry_run:
+        return
+    check_output_is_ours(out)
+    if out.exists() and not out.is_dir():
+        raise LmaeError(f"{out}: cannot write the output here (a file of that name exists)")
+
+
 def make_output_folder(out: Path) -> None:
     """Create OUT, or say in one line why it cannot be written."""
     try:
@@ -93,12 +104,16 @@ def explicit_folder_names(index: DatasetIndex) -> tuple[str, str]:
     return ("images", "labels") if images == labels else (images, labels)
 
 
+def mirrored_image_path(pair: Pair, index: DatasetIndex, out: Path) -> Path:
+    """Where the pair's image goes under OUT: its place relative to the dataset (or --images)."""
+    if index.image_root is not None:
+        return out / explicit_folder_names(index)[0] / pair.image.relative_to(index.image_root)
+    return out / pair.image.relative_to(index.root)
+
+
 def mirror_image(pair: Pair, index: DatasetIndex, out: Path) -> None:
     """Hard-link (or copy) the pair's image to the same relative place under OUT."""
-    if index.image_root is not None:
-        target = out / explicit_folder_names(index)[0] / pair.image.relative_to(index.image_root)
-    else:
-        target = out / pair.image.relative_to(index.root)
+    target = mirrored_image_path(pair, index, out)
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +145,27 @@ def copy_side_files(index: DatasetIndex, out: Path) -> None:
     """Copy `side_files` to the same places under OUT, so that OUT is a dataset of its own."""
     for source in side_files(index):
         atomic_write(out / source.relative_to(index.root), lambda f, source=source: f.write(source.read_bytes()))  # small text files
+
+
+def prune_split_lists(index: DatasetIndex, out: Path) -> None:
+    """Pascal VOC: drop from OUT's split lists (ImageSets/Segmentation/*.txt, copied from the
+    input) the names whose label OUT does not hold (pairs that failed, or that no run into OUT
+    has done yet), so that a training script reading OUT finds every pair it lists. Each run
+    copies the input's lists afresh, so a name comes back once its pair is written."""
+    from lmae_repair.data import find_voc_root
+
+    voc_root = find_voc_root(index.root) if index.layout == "voc" else None
+    if voc_root is None:
+        return
+    labels = out / voc_root.relative_to(index.root) / "SegmentationClass"
+    for source in side_files(index):
+        if source.suffix != ".txt" or source.parent.name != "Segmentation":
+            continue
+        lines = source.read_text().splitlines()
+        kept = [line for line in lines if not line.strip() or (labels / f"{line.split()[0]}.png").is_file()]
+        if len(kept) != len(lines):
+            text = "".join(f"{line}\n" for line in kept)
+            atomic_write(out / source.relative_to(index.root), lambda f, text=text: f.write(text.encode()))
 
 
 @dataclass
@@ -233,6 +269,7 @@ class Completer:
                 try:
                     results.update(self._repair_chunk(choice, chunk))
                 except Exception as exc:  # e.g. out of memory: these pairs fail, the run goes on
+                    stop_if_interrupted(exc)
                     if DEBUG["on"]:
                         raise
                     for item in chunk:
@@ -321,9 +358,22 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
             entry["output"] = str(target)
         except (LmaeError, OSError) as exc:
             entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"
+    if entry["error"] is not None and not options.dry_run:
+        remove_stale_outputs(item.pair, index, options.out)
     if not options.dry_run:
         append_progress(options.out, entry)
     return entry
+
+
+def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
+    """A pair that failed leaves nothing under OUT: an earlier run's completed label (and image
+    link) for it would no longer match its input. OUT is this run's (locked, see
+    `check_output_is_ours`), so only files lmae-repair wrote are removed."""
+    for path in (output_label_path(out, pair.key, index), mirrored_image_path(pair, index, out)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder or an unwritable file: left as it is
 
 
 def load_progress(out: Path) -> dict[str, dict]:
@@ -400,11 +450,10 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
     """Repair every pair of `index` into options.out; returns the report (written unless dry run).
     `on_pair(entry, worked)` is called once per pair; worked is False for pairs finished by an
     earlier run and for files that could not be paired."""
-    check_output_location(index, options.out)
+    check_output(index, options.out, options.dry_run)
     started = time.perf_counter()
     lock = None
     if not options.dry_run:
-        check_output_is_ours(options.out)
         make_output_folder(options.out)
         lock = lock_output(options.out)
         remove_temporaries(options.out)
@@ -425,6 +474,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         totals["unlabelled_images"] = len(index.unlabelled)
         if options.dry_run:
             return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
+        prune_split_lists(index, options.out)
         report = write_json_report(options.out, index, entries, totals, checkpoints)
         write_html_report(options.out, report, checkpoints[0][1].label_space)
         return report

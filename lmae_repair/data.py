@@ -33,6 +33,7 @@ os.umask(_UMASK)
 # about 4 GB; larger ones are refused before they are decoded. LMAE_REPAIR_MAX_PIXELS changes it.
 DEFAULT_MAX_PIXELS = 50_000_000
 LABEL_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
+LOSSY_LABEL_SUFFIXES = {".jpg", ".jpeg", ".webp"}  # found among labels: reported, never read
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
 LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_annotation")
@@ -113,6 +114,13 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     labels, label_clashes = _by_stem(_files_below(label_dir, LABEL_SUFFIXES), label_dir, root, "label")
     problems = list(image_clashes.values()) + list(label_clashes.values())
     pairs, used = [], set(label_clashes)
+    if label_dir.resolve() != image_dir.resolve():
+        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, root, "label")
+        for stem_path, path in sorted(lossy.items()):
+            if stem_path not in labels and stem_path not in label_clashes:
+                problems.append(f"{_display(path, root)}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
+                                "changes class values at region borders, so labels must be PNG (or BMP, TIFF)")
+                used.add(stem_path)  # its image is reported through this label, not as unlabelled
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
         keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
@@ -147,25 +155,40 @@ def find_voc_root(root: Path) -> Path | None:
 
 
 def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
+    """Pairs of JPEGImages/ and SegmentationClass/. Images without a label are normal there
+    (VOC's JPEGImages also serve detection) unless a split list under ImageSets/Segmentation/
+    names them: a listed name without its pair is a failed pair. With `split`, only the names of
+    that list are taken."""
     image_dir, label_dir = voc_root / "JPEGImages", voc_root / "SegmentationClass"
-    pairs, unmatched, _ = match_by_stem(image_dir, label_dir, root)  # unlabelled JPEGImages are normal
+    pairs, unmatched, unlabelled = match_by_stem(image_dir, label_dir, root)
+    lists_dir = voc_root / "ImageSets" / "Segmentation"
     if split is not None:
-        split_file = voc_root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not split_file.is_file():
-            available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+        lists = [lists_dir / f"{split}.txt"]
+        if not lists[0].is_file():
+            available = sorted(p.stem for p in lists_dir.glob("*.txt"))
             raise LmaeError(
-                f"{split_file}: no such split file (available splits: "
+                f"{lists[0]}: no such split file (available splits: "
                 f"{', '.join(available) or 'none'})"
             )
-        wanted = {line.split()[0] for line in split_file.read_text().splitlines() if line.strip()}
-        found = {p.label.stem: p for p in pairs}
-        problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
-        unmatched = [
-            problems.get(name, f"{split_file.name}: {name} has no image/label pair")
-            for name in sorted(wanted - found.keys())
-        ]
-        pairs = [found[name] for name in sorted(wanted & found.keys())]
-    return DatasetIndex("voc", root, pairs, unmatched)
+    else:
+        lists = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+    if not lists:
+        return DatasetIndex("voc", root, pairs, unmatched)
+    listed: dict[str, str] = {}  # name -> the first list naming it
+    for split_file in lists:
+        for line in split_file.read_text().splitlines():
+            if line.strip():
+                listed.setdefault(line.split()[0], split_file.name)
+    found = {p.label.stem: p for p in pairs}
+    problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
+    lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
+    missing = [
+        problems.get(name) or f"{listed[name]}: {name} has {'an image but no label' if name in lonely_images else 'no image/label pair'}"
+        for name in sorted(listed.keys() - found.keys())
+    ]
+    if split is not None:
+        return DatasetIndex("voc", root, [found[name] for name in sorted(listed.keys() & found.keys())], missing)
+    return DatasetIndex("voc", root, pairs, list(dict.fromkeys(unmatched + missing)))
 
 
 # ---------------------------------------------------------------- Cityscapes
@@ -294,7 +317,7 @@ class LabelFile:
     """A label as class indices, with what is needed to write it back the same way."""
 
     values: np.ndarray  # (H, W) uint8
-    mode: str  # "L" or "P"
+    mode: str  # "L", "P", "I;16" (16-bit grey), or "RGB"/"RGBA" for grey saved as colour
     palette: list[int] | None
 
 
@@ -345,7 +368,7 @@ def read_label(path: Path) -> LabelFile:
                 wide = np.asarray(img)
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
                     raise LmaeError(f"{path}: 16-bit label with values above 255")
-                values, mode = wide.astype(np.uint8), "L"
+                values, mode = wide.astype(np.uint8), "I;16"  # written back as 16-bit (write_label)
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
                 values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
             elif mode in ("RGB", "RGBA"):
@@ -405,6 +428,8 @@ def write_label(path: Path, label: LabelFile) -> None:
         img = img.convert(label.mode)
     elif label.mode == "P":
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
+    elif label.mode.startswith("I"):  # a 16- or 32-bit grey label goes back as 16-bit grey
+        img = Image.fromarray(label.values.astype(np.uint16))
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 

@@ -7,7 +7,33 @@ run over a whole dataset; `--debug` (which sets `DEBUG["on"]`) lets those except
 with their tracebacks instead.
 """
 
+import signal
+import threading
+
 DEBUG = {"on": False}
+INTERRUPTED = {"on": False}
+
+
+def watch_interrupts() -> None:
+    """Remember a Ctrl-C (`INTERRUPTED`) before raising KeyboardInterrupt as usual: some library
+    code swallows the exception (an interrupted lazy import left PyTorch half-imported and the
+    run went on, failing pairs), and the per-pair error handlers check the flag (`pair_error`,
+    `complete.Completer`) to stop the run instead."""
+    INTERRUPTED["on"] = False  # a new command (tests run several in one process)
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_interrupt(signum, frame):
+        INTERRUPTED["on"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
+def stop_if_interrupted(exc: BaseException) -> None:
+    """Raise KeyboardInterrupt in place of `exc` when a Ctrl-C came before it (see above)."""
+    if INTERRUPTED["on"]:
+        raise KeyboardInterrupt from exc
 
 
 class LmaeError(Exception):
@@ -23,6 +49,7 @@ def unexpected(context: str, exc: BaseException) -> str:
 def pair_error(context: str, exc: Exception) -> str:
     """The one-line message for a pair that failed with `exc`: an LmaeError's own message, any
     other exception as `unexpected`, or that exception raised again under --debug."""
+    stop_if_interrupted(exc)
     if isinstance(exc, LmaeError):
         return str(exc)
     if DEBUG["on"]:

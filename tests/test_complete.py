@@ -95,6 +95,37 @@ def test_a_non_empty_folder_that_is_not_an_earlier_output_is_refused(tmp_path, f
     assert complete(root, empty, family).exit_code == 0  # a rerun into an earlier output
 
 
+def test_the_output_is_checked_before_any_model_loads(tmp_path):
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["complete", str(root), "--out", str(root / "fixed"), "--models", str(tmp_path / "no-such-model")])
+    assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
+
+
+def test_a_pair_that_fails_on_a_rerun_leaves_no_stale_output(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    (root / "labels" / "scene_001.png").write_bytes(b"broken since the first run")
+    result = complete(root, out, family)
+    assert result.exit_code == 1 and "scene_001.png" in result.output
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["scene_000.png", "scene_002.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["scene_000.png", "scene_002.png"]
+    assert (root / "images" / "scene_001.png").is_file()  # the input image stays
+
+
+def test_voc_split_lists_in_the_output_name_only_the_pairs_it_holds(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=6)  # train: 2007_000000-3, val: 2007_000004-5
+    (root / "SegmentationClass" / "2007_000001.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert complete(root, out, family, "--split", "val").exit_code == 0
+    lists = out / "ImageSets" / "Segmentation"
+    assert (lists / "val.txt").read_text() == "2007_000004\n2007_000005\n"
+    assert (lists / "train.txt").read_text() == ""  # no train pair in OUT yet
+    assert complete(root, out, family, "--split", "train").exit_code == 1  # 2007_000001 fails
+    assert (lists / "train.txt").read_text() == "2007_000000\n2007_000002\n2007_000003\n"
+    assert (lists / "val.txt").read_text() == "2007_000004\n2007_000005\n"
+
+
 def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=3)
     out = tmp_path / "out"

@@ -82,6 +82,17 @@ def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
     assert len(index.pairs) == 1 and any("2007_999999" in u for u in index.unmatched)
 
 
+def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path):
+    root = make_voc(tmp_path / "voc", count=4)
+    (root / "SegmentationClass" / "2007_000003.png").unlink()  # listed in val.txt
+    (root / "JPEGImages" / "2008_000000.jpg").write_bytes((root / "JPEGImages" / "2007_000000.jpg").read_bytes())  # listed nowhere
+    for split in (None, "val"):
+        index = discover(root, split=split)
+        assert index.unmatched == ["val.txt: 2007_000003 has an image but no label"], split
+        assert "2007_000003" not in {p.label.stem for p in index.pairs}
+    assert index.unlabelled == []  # an unlisted JPEGImages file without a label is normal in VOC
+
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
@@ -148,6 +159,10 @@ def test_label_modes(tmp_path):
         read_label(tmp_path / "text.png")
     write_label(tmp_path / "gray.png", LabelFile(values, "L", None))
     assert Image.open(tmp_path / "gray.png").mode == "L"
+    wide = read_label(tmp_path / "wide.png")
+    write_label(tmp_path / "wide-out.png", wide)  # 16-bit stays 16-bit
+    assert Image.open(tmp_path / "wide-out.png").mode == "I;16"
+    assert np.array_equal(read_label(tmp_path / "wide-out.png").values, values)
 
 
 def test_size_mismatch_between_image_and_label(tmp_path):

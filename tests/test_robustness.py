@@ -37,6 +37,7 @@ BROKEN = {
     "same stem, two image files": ("dup.jpg", "2 images share this name (dup.jpg, dup.png)"),
     "same stem, two label files": ("twin.bmp", "2 labels share this name (twin.bmp, twin.png)"),
     "label without image": ("no_image.png", "no image with the same name"),
+    "JPEG label": ("jpeg_label.jpg", "a JPG label; lossy compression"),
 }
 # label path relative to the dataset -> what is unusual about it; each must be repaired
 UNUSUAL = {
@@ -92,6 +93,9 @@ def build_corpus(tmp_path):
     pair("no_image_partner.png", "no_image.png")
     (images / "no_image_partner.png").unlink()
     Image.fromarray(image).save(images / "lonely.png")  # an image without label: noted, not a failure
+    pair("jpeg_label.png", "jpeg_label.png")
+    Image.fromarray(label).save(labels / "jpeg_label.jpg")  # lossy: reported, its image not "unlabelled"
+    (labels / "jpeg_label.png").unlink()
 
     image, label = pair("gray.png", "gray.png")
     Image.fromarray(image).convert("L").save(images / "gray.png")
@@ -147,7 +151,7 @@ def test_complete_skips_each_broken_pair_in_one_line_and_repairs_the_rest(tmp_pa
     for key, what in list(UNUSUAL.items()) + [(f"labels/scene_{i:03d}.png", "ordinary") for i in range(GOOD)]:
         assert entries[key]["error"] is None, (what, entries[key]["error"])
         written = Image.open(out / key)
-        assert written.size == (64, 64) and written.mode == "L", what
+        assert written.size == (64, 64) and written.mode == ("I;16" if "16-bit" in what else "L"), what
     assert not (out / "labels" / "linked").is_symlink()  # outputs are real files, not writes through the link
     failed = [entry["error"] for entry in report["pairs"] if entry["error"]]
     for case, (name, problem) in BROKEN.items():
