@@ -553,8 +553,9 @@ def average(
         from lmae_repair.train import EPOCH_FILES
 
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
-        if not files:
-            raise LmaeError(f"{', '.join(map(str, checkpoints))}: no checkpoints to average (train with --keep-epochs)")
+        if len(files) < 2:
+            found = f"only {files[0]}" if files else "none"
+            raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} (train with --keep-epochs)")
         model, info = average_checkpoints(files)
         save_checkpoint(out, model, info, half=half)
         console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)

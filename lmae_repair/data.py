@@ -290,7 +290,7 @@ def discover(
         index = DatasetIndex("paired", labels, pairs, unmatched, unlabelled=unlabelled, image_root=images)
     else:
         if not root.is_dir():
-            raise LmaeError(f"{root}: no such dataset folder")
+            raise LmaeError(f"{root}: {'not a folder (give the dataset folder)' if root.exists() else 'no such dataset folder'}")
         voc_root = find_voc_root(root)
         if voc_root is not None:
             index = discover_voc(voc_root, root, split)
@@ -457,5 +457,11 @@ def atomic_write(path: Path, write) -> None:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError) and exc.args and str(exc.args[0]).startswith("cannot identify"):
+        try:  # PIL says "cannot identify image file" for a zero-byte file too: say why
+            if Path(str(exc.args[0]).split("'")[1]).stat().st_size == 0:
+                return "empty file"
+        except (IndexError, OSError):
+            pass
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]

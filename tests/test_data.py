@@ -127,6 +127,9 @@ def test_missing_or_unrecognised_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmaeError, match="no dataset layout found"):
         discover(tmp_path / "empty")
+    (tmp_path / "list.txt").write_text("a file, not a dataset")
+    with pytest.raises(LmaeError, match="list.txt: not a folder"):
+        discover(tmp_path / "list.txt")
 
 
 def test_palette_labels_round_trip_with_their_palette(tmp_path):

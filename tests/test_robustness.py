@@ -26,8 +26,8 @@ runner = CliRunner()
 BROKEN = {
     "truncated PNG label": ("trunc_label.png", "unreadable label"),
     "truncated JPEG image": ("trunc_image.jpg", "unreadable image"),
-    "zero-byte label": ("zero_label.png", "unreadable label"),
-    "zero-byte image": ("zero_image.png", "unreadable image"),
+    "zero-byte label": ("zero_label.png", "unreadable label (empty file)"),
+    "zero-byte image": ("zero_image.png", "unreadable image (empty file)"),
     "text file named .png": ("text_label.png", "unreadable label"),
     "label size differs": ("small_label.png", "label is 32x32 but its image is 64x64"),
     "16-bit label beyond 8 bits": ("wide_big.png", "16-bit label with values above 255"),

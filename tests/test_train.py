@@ -179,4 +179,6 @@ def test_kept_epochs_average_into_a_checkpoint_that_complete_uses(tmp_path):
     assert completed.exit_code == 0, completed.output
 
     empty = runner.invoke(app, ["average", str(tmp_path / "voc"), "--out", str(tmp_path / "x.safetensors")])
-    assert empty.exit_code == 2 and "no checkpoints to average" in empty.output
+    assert empty.exit_code == 2 and "needs at least two checkpoints, found none" in empty.output
+    single = runner.invoke(app, ["average", str(averaged_file), "--out", str(tmp_path / "x.safetensors")])
+    assert single.exit_code == 2 and "found only" in single.output
