@@ -27,7 +27,6 @@ shorter sequence than training had.
 from __future__ import annotations
 
 import copy
-import warnings
 from itertools import groupby
 
 import torch
@@ -38,7 +37,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from lmae_repair.errors import LmaeError
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
-from lmae_repair.quantise import quantised_branch
+from lmae_repair.quantise import int8_linears, quantised_branch
 
 
 def pad_to_multiple(
@@ -74,7 +73,7 @@ PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
 
 def int8_pays(device: torch.device | str) -> bool:
-    """int8 linear layers (dynamic quantisation) for inference on CPUs with VNNI (int8 dot
+    """int8 linear layers (`quantise.Int8Linear`) for inference on CPUs with VNNI (int8 dot
     products) but no native bf16: on a 2-core Intel Xeon with AVX512-VNNI, `complete` on CamVid
     val ran at 9.2-9.4 pairs/s against 7.9 in float32, with the same `evaluate` figures to three
     decimals. Where bf16 is native it is faster than int8 (AMD EPYC: encoder 42 ms bf16, 70 ms int8)."""
@@ -115,7 +114,7 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
 def for_inference(model: nn.Module, precision: str, int8_calibration: list | None = None) -> nn.Module:
     """The model as inference runs it: BatchNorms folded into their convolutions
     (`fuse_batch_norms`); with `precision` int8 its linear layers (nearly all of the
-    transformer's matrix work) become dynamically quantised int8 ones, and its image branch, if
+    transformer's matrix work) become int8 ones (`quantise.Int8Linear`), and its image branch, if
     the checkpoint carries `int8_calibration`, a statically quantised int8 U-Net (quantise.py);
     bf16 is applied as autocast around each pass instead (see `predict_many`)."""
     if precision == "int8" and getattr(model, "branch", None) is not None:
@@ -124,11 +123,7 @@ def for_inference(model: nn.Module, precision: str, int8_calibration: list | Non
             model = copy.deepcopy(model)
             model.branch = branch
     model = fuse_batch_norms(model)
-    if precision != "int8":
-        return model
-    with warnings.catch_warnings():  # PyTorch warns that its quantised tensors are deprecated
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return int8_linears(model) if precision == "int8" else model
 
 TILE_STRETCH_PATCHES = 2  # how far a tile's side may exceed the training crop, in patches
 

@@ -374,8 +374,8 @@ class LabelMAE(nn.Module):
         if with_branch_logits and self.branch is None:
             raise LmaeError("this model has no image branch")
         grid_h, grid_w = self.grid(*image.shape[-2:])
-        head, hint = self._decode(image, label, mask, hint)
-        logits = self._unpatchify(head, grid_h, grid_w)
+        decoded, hint = self._decode(image, label, mask, hint)
+        logits = self._unpatchify(self.head(decoded), grid_h, grid_w)
         hint_planes = self.class_planes(hint, logits.dtype) if hint is not None else None
         if hint_planes is not None:
             logits = logits + self.hint_scale * hint_planes
@@ -402,17 +402,25 @@ class LabelMAE(nn.Module):
         Only the patches that may change (hidden, holding background or void) are ever used, often
         a small share of a tile; the full-resolution work after the decoder (unpatchify, hint,
         refiner, softmax) was most of the model's time on a CPU. Each needed patch is cut with a
-        HALO-pixel margin from its 3 x 3 neighbourhood of patches for the refiner."""
+        HALO-pixel margin from its 3 x 3 neighbourhood of patches for the refiner, and the head
+        (the widest linear layer: dec_dim -> p*p*N) runs on those neighbourhoods only."""
         b, _, height, width = image.shape
         grid_h, grid_w = self.grid(height, width)
         p, n, halo = self.config.patch_size, self.config.num_classes, PixelRefiner.HALO
-        head, hint = self._decode(image, label, mask, hint)
-        where = needed.bool().view(b, grid_h, grid_w).nonzero(as_tuple=True)
+        decoded, hint = self._decode(image, label, mask, hint)
+        needed_grid = needed.bool().view(b, grid_h, grid_w)
+        # the head on the patches read below (the needed ones and their neighbours), one row each,
+        # plus a row of zeros for the places beyond the tile; `row_of` maps the padded grid to them
+        read = F.max_pool2d(needed_grid[:, None].to(decoded.dtype), 3, stride=1, padding=1)[:, 0] > 0
+        rows = self.head(decoded[read.view(b, -1)])
+        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+        row_of = torch.full((b, grid_h + 2, grid_w + 2), len(rows) - 1, dtype=torch.long, device=image.device)
+        row_of[:, 1:-1, 1:-1][read] = torch.arange(len(rows) - 1, device=image.device)
+        where = needed_grid.nonzero(as_tuple=True)
         # (K, N, 3p, 3p): the head's logits of each needed patch and its 8 neighbours (zero outside)
-        tokens = F.pad(head.view(b, grid_h, grid_w, p, p, n), (0, 0, 0, 0, 0, 0, 1, 1, 1, 1))
         offsets = torch.arange(3, device=image.device)
-        around = tokens[where[0][:, None, None], where[1][:, None, None] + offsets[None, :, None],
-                        where[2][:, None, None] + offsets[None, None, :]]
+        around = rows[row_of[where[0][:, None, None], where[1][:, None, None] + offsets[None, :, None],
+                             where[2][:, None, None] + offsets[None, None, :]]].view(-1, 3, 3, p, p, n)
         logits = around.permute(0, 5, 1, 3, 2, 4).reshape(-1, n, 3 * p, 3 * p)[:, :, p - halo : 2 * p + halo, p - halo : 2 * p + halo]
 
         def window(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, C, p + 2*halo, ...), zero outside
@@ -438,8 +446,9 @@ class LabelMAE(nn.Module):
     def _decode(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoder on the visible patches, IPS and hint slots, decoder on all: the head's output
-        (B, L, p*p*N) and the hint used (None without `neighbour_hint`)."""
+        """Encoder on the visible patches, IPS and hint slots, decoder on all: the decoder's
+        normalised output (B, L, dec_dim), for the head, and the hint used (None without
+        `neighbour_hint`)."""
         b, _, height, width = image.shape
         grid_h, grid_w = self.grid(height, width)
         if mask.shape != (b, grid_h * grid_w):
@@ -468,7 +477,7 @@ class LabelMAE(nn.Module):
         x = x + sincos_positions(grid_h, grid_w, x.shape[-1], x.device, x.dtype)
         for block in self.decoder:
             x = block(x)
-        return self.head(self.decoder_norm(x)), hint if self.config.neighbour_hint else None
+        return self.decoder_norm(x), hint if self.config.neighbour_hint else None
 
     def _encode_visible(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the encoder on visible tokens only; returns outputs and their patch indices.
