@@ -28,6 +28,7 @@ app = typer.Typer(
 # soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU)."
 
 
@@ -156,7 +157,7 @@ def train(
         console.print(table)
         console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/{STATE_FILE})")
         if training_data.skipped:
-            console.print(f"{len(training_data.skipped)} pairs were skipped (listed above)")
+            console.print(f"{len(training_data.skipped)} pairs were skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
         return 1 if training_data.skipped else 0
 
     exit_with(guarded(run))
@@ -166,7 +167,7 @@ def train(
 def complete(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the completed dataset goes (default: <DATA>-completed beside DATA)."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder of checkpoints, or bundled family name (repeatable; default: the bundled family that fits the data)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
     split: Optional[str] = typer.Option(None, help="Split to repair, where the layout has splits."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
@@ -326,7 +327,7 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
 @app.command()
 def evaluate(
     data: Path = typer.Argument(Path("."), help="Dataset with complete labels: Pascal VOC, Cityscapes, or images/ + labels/."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder or bundled family name (repeatable; default: the bundled family that fits)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
     mask_ratio: float = typer.Option(0.5, "--mask-ratio", "-m", help="Share of patches (patch strategies) or of objects (objects) to erase."),
     strategy: str = typer.Option("random", help="Damage: random, background-first or label-first patches set to void, or objects set to the missing value."),
     seed: int = typer.Option(0, help="Seed of the damage (the same for every method)."),
@@ -419,7 +420,7 @@ def print_evaluation(result: dict) -> None:
 @app.command()
 def audit(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Checkpoint file, folder or bundled family name (repeatable; default: the bundled family that fits)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
     top: int = typer.Option(20, "--top", min=1, help="Rows of the table printed."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write every pair, highest score first, to this JSON file."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="The same as a CSV table."),
