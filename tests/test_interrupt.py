@@ -99,3 +99,25 @@ def test_train_killed_part_way_resumes_from_the_last_saved_epoch(tmp_path):
     _, info = load_checkpoint(run / "mask-0.50" / "last.safetensors")
     assert info.training["epochs"] == total
     assert not list(run.rglob("*.tmp"))
+
+
+def test_a_ctrl_c_that_library_code_swallows_still_stops_complete(tmp_path, family, monkeypatch):
+    """Seen once: Ctrl-C landed while PyTorch was importing lazily; PyTorch swallowed the
+    KeyboardInterrupt, the half-imported module then failed with AttributeError, and the run went
+    on marking pairs failed. The interrupt is remembered, so the failure stops the run instead."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.complete import Completer
+    from lmae_repair.errors import INTERRUPTED
+
+    def swallowed_interrupt(self, index):
+        INTERRUPTED["on"] = True  # what the SIGINT handler records before raising
+        raise AttributeError("module 'torch._dynamo' has no attribute 'guards'")
+
+    monkeypatch.setattr(Completer, "model", swallowed_interrupt)
+    root = make_paired(tmp_path / "ds", count=3)
+    result = CliRunner().invoke(app, ["complete", str(root), "--out", str(tmp_path / "out"), "--models", str(family),
+                                      "--device", "cpu"])
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert "failed:" not in result.output
