@@ -392,9 +392,14 @@ class LabelMAE(nn.Module):
             return logits, self.branch.head(features)
         return logits
 
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The image branch's features (B, w, H, W) of images (B, 3, H, W) in [0, 1], as
+        `forward_patches` reads them (for models with an image branch)."""
+        return self.branch((image - self.mean) / self.std)
+
     def forward_patches(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, needed: torch.Tensor,
-        hint: torch.Tensor | None = None,
+        hint: torch.Tensor | None = None, features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Inference: the logits of the patches marked in `needed` (B, L) only, (K, N, p, p) in
         the order of `needed.nonzero()`, equal to `forward` there.
@@ -403,7 +408,10 @@ class LabelMAE(nn.Module):
         a small share of a tile; the full-resolution work after the decoder (unpatchify, hint,
         refiner, softmax) was most of the model's time on a CPU. Each needed patch is cut with a
         HALO-pixel margin from its 3 x 3 neighbourhood of patches for the refiner, and the head
-        (the widest linear layer: dec_dim -> p*p*N) runs on those neighbourhoods only."""
+        (the widest linear layer: dec_dim -> p*p*N) runs on those neighbourhoods only.
+
+        `features`: the image branch's features of these tiles, when the caller computed them on
+        the whole image (`image_features`); otherwise the branch runs on each tile."""
         b, _, height, width = image.shape
         grid_h, grid_w = self.grid(height, width)
         p, n, halo = self.config.patch_size, self.config.num_classes, PixelRefiner.HALO
@@ -440,7 +448,9 @@ class LabelMAE(nn.Module):
         extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
         inputs = [logits, window(normalised_tile), extra]
         if self.branch is not None:  # the U-Net needs the whole tile's context; its features are cut after
-            inputs.append(window(self.branch(normalised_tile).to(logits.dtype)))
+            if features is None:
+                features = self.branch(normalised_tile)
+            inputs.append(window(features.to(logits.dtype)))
         return centre + self.refine.on_windows(torch.cat(inputs, dim=1), inside)
 
     def _decode(
