@@ -425,11 +425,15 @@ class LabelMAE(nn.Module):
         row_of = torch.full((b, grid_h + 2, grid_w + 2), len(rows) - 1, dtype=torch.long, device=image.device)
         row_of[:, 1:-1, 1:-1][read] = torch.arange(len(rows) - 1, device=image.device)
         where = needed_grid.nonzero(as_tuple=True)
-        # (K, N, 3p, 3p): the head's logits of each needed patch and its 8 neighbours (zero outside)
-        offsets = torch.arange(3, device=image.device)
-        around = rows[row_of[where[0][:, None, None], where[1][:, None, None] + offsets[None, :, None],
-                             where[2][:, None, None] + offsets[None, None, :]]].view(-1, 3, 3, p, p, n)
-        logits = around.permute(0, 5, 1, 3, 2, 4).reshape(-1, n, 3 * p, 3 * p)[:, :, p - halo : 2 * p + halo, p - halo : 2 * p + halo]
+        # (K, N, p + 2*halo, p + 2*halo): the head's logits around each needed patch (zero beyond
+        # the tile), gathered pixel by pixel: offset o in [-halo, p + halo) lies in neighbour
+        # o // p + 1 (of the 3 x 3 around the patch), at pixel o % p of it
+        offset = torch.arange(-halo, p + halo, device=image.device)
+        neighbour, pixel = offset.div(p, rounding_mode="floor") + 1, offset.remainder(p)
+        patch_rows = row_of[where[0][:, None, None], where[1][:, None, None] + neighbour[None, :, None],
+                            where[2][:, None, None] + neighbour[None, None, :]]  # (K, size, size)
+        flat = (patch_rows * (p * p) + pixel[:, None] * p + pixel[None, :]).view(-1)
+        logits = rows.view(-1, n)[flat].view(len(patch_rows), p + 2 * halo, p + 2 * halo, n).permute(0, 3, 1, 2)
 
         def window(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, C, p + 2*halo, ...), zero outside
             size = p + 2 * halo
