@@ -182,4 +182,6 @@ class QuantisedBranch(nn.Module):
         self.features = features
 
     def forward(self, normalised: torch.Tensor) -> torch.Tensor:
+        if len(normalised) == 1:  # a whole image (inference.whole_image_features): no copy
+            return self.features(normalised.float())
         return torch.cat([self.features(one.float()) for one in normalised.split(1)])
