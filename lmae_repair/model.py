@@ -435,14 +435,21 @@ class LabelMAE(nn.Module):
         flat = (patch_rows * (p * p) + pixel[:, None] * p + pixel[None, :]).view(-1)
         logits = rows.view(-1, n)[flat].view(len(patch_rows), p + 2 * halo, p + 2 * halo, n).permute(0, 3, 1, 2)
 
-        def window(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, C, p + 2*halo, ...), zero outside
-            size = p + 2 * halo
-            return F.pad(x, (halo,) * 4).unfold(2, size, p).unfold(3, size, p)[where[0], :, where[1], where[2]]
+        # the same windows of the tile's pixels: rows and columns (clamped), and 1 inside the tile
+        span_y, span_x = where[1][:, None] * p + offset, where[2][:, None] * p + offset  # (K, size)
+        inside = (((span_y >= 0) & (span_y < height))[:, None, :, None]
+                  & ((span_x >= 0) & (span_x < width))[:, None, None, :]).to(logits.dtype)  # (K, 1, size, size)
+        at_y, at_x = span_y.clamp(0, height - 1)[:, :, None], span_x.clamp(0, width - 1)[:, None, :]
 
-        inside = window(torch.ones(b, 1, height, width, device=image.device, dtype=logits.dtype))  # 0 beyond the tile
+        def gather(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, C, size, size), clamped beyond the tile
+            return x[where[0][:, None, None], :, at_y, at_x].permute(0, 3, 1, 2)
+
+        def window(x: torch.Tensor) -> torch.Tensor:  # the same, zero beyond the tile (the convolutions' padding)
+            return gather(x) * inside
+
         hint_planes = None
         if hint is not None:  # no class beyond the tile
-            hint_window = window(hint[:, None].to(torch.uint8))[:, 0].masked_fill(inside[:, 0] == 0, n)
+            hint_window = gather(hint[:, None])[:, 0].masked_fill(inside[:, 0] == 0, n)
             hint_planes = self.class_planes(hint_window, logits.dtype)
             logits = logits + self.hint_scale * hint_planes
         centre = logits[:, :, halo:-halo, halo:-halo]
