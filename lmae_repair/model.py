@@ -455,12 +455,11 @@ class LabelMAE(nn.Module):
         centre = logits[:, :, halo:-halo, halo:-halo]
         if self.refine is None:
             return centre
-        normalised_tile = ((image - self.mean) / self.std).to(logits.dtype)
         extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
-        inputs = [logits, window(normalised_tile), extra]
-        if self.branch is not None:  # the U-Net needs the whole tile's context; its features are cut after
-            if features is None:
-                features = self.branch(normalised_tile)
+        inputs = [logits, ((gather(image) - self.mean) / self.std).to(logits.dtype) * inside, extra]  # window of the normalised image
+        if self.branch is not None:
+            if features is None:  # the U-Net needs the whole tile's context; its features are cut after
+                features = self.image_features(image)
             inputs.append(window(features.to(logits.dtype)))
         return centre + self.refine.on_windows(torch.cat(inputs, dim=1), inside)
 
