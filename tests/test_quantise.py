@@ -8,7 +8,7 @@ from lmae_repair.checkpoints import CheckpointInfo, average_checkpoints, load_ch
 from lmae_repair.inference import for_inference, predict_many
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.model import ImageBranch, LabelMAE, ModelConfig
-from lmae_repair.quantise import Int8Linear, QuantisedBranch, calibrate, quantised_branch, union
+from lmae_repair.quantise import Int8Linear, Int8UNet, _observed, _quantization, calibrate, quantised_branch, union
 
 pytestmark = pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines, reason="needs PyTorch's x86 int8 engine")
 
@@ -37,7 +37,7 @@ def test_int8_u_net_gives_features_close_to_the_float_one():
     calibration = calibrate(model, smooth_images(6))
     assert len(calibration) > 10 and all(low <= 0.0 <= high for low, high in calibration)
     int8 = quantised_branch(model.branch, calibration)
-    assert isinstance(int8, QuantisedBranch)
+    assert isinstance(int8, Int8UNet)
     normalised = (torch.stack(smooth_images(3)) - model.mean) / model.std
     with torch.no_grad():
         expected, got = model.branch(normalised), int8(normalised)
@@ -47,10 +47,37 @@ def test_int8_u_net_gives_features_close_to_the_float_one():
     assert quantised_branch(model.branch, calibration[:-1]) is None  # another architecture's
 
 
+def fx_int8_u_net(branch: ImageBranch, calibration: list[list[float]]) -> torch.nn.Module:
+    """PyTorch's own static quantisation (FX graph mode) of the U-Net at the calibrated ranges:
+    the reference `Int8UNet` must match (it was the implementation until 2026-11-23)."""
+    quantization = _quantization()
+    observed, observers = _observed(branch)
+    for (names, observer), (low, high) in zip(observers, calibration):
+        low, high = min(low, 0.0), max(high, 0.0)
+        scale = max((high - low) / (observer.quant_max - observer.quant_min), 1e-8)
+        zero_point = int(min(max(round(observer.quant_min - low / scale), observer.quant_min), observer.quant_max))
+        fixed = quantization.FixedQParamsObserver(scale, zero_point, observer.dtype, torch.per_tensor_affine,
+                                                  observer.quant_min, observer.quant_max)
+        for name in names:
+            setattr(observed, name, fixed)
+    return quantization.quantize_fx.convert_fx(observed)
+
+
+def test_int8_u_net_computes_what_pytorchs_static_quantisation_computes():
+    model = trained_like_model()
+    calibration = calibrate(model, smooth_images(6))
+    normalised = (torch.stack(smooth_images(2)) - model.mean) / model.std
+    with torch.no_grad():
+        expected = torch.cat([fx_int8_u_net(model.branch, calibration)(one) for one in normalised.split(1)])
+        got = quantised_branch(model.branch, calibration)(normalised)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-5  # the same int8 codes; float rounding in the last GELU
+
+
 def test_int8_inference_uses_the_u_net_only_with_a_calibration_and_keeps_the_predictions():
     model = trained_like_model()
     calibration = calibrate(model, smooth_images(6))
-    assert isinstance(for_inference(model, "int8", calibration).branch, QuantisedBranch)
+    assert isinstance(for_inference(model, "int8", calibration).branch, Int8UNet)
     assert isinstance(for_inference(model, "int8", []).branch, ImageBranch)
     assert isinstance(for_inference(model, "fp32", calibration).branch, ImageBranch)
     assert isinstance(model.branch, ImageBranch)  # the model handed in is left as it was
