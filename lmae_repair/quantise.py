@@ -292,7 +292,8 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_()).clamp_(min=1e-12).div_(127.0)
-        products = torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), self.weight_t).float().mul_(scale)
+        # int32 products times the row scale: one pass (the multiplication promotes to float)
+        products = torch.mul(torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), self.weight_t), scale)
         out = products.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, products, self.weight_scale)
         return out.view(*shape[:-1], out.shape[-1])
 
