@@ -208,14 +208,30 @@ class PixelRefiner(nn.Module):
         return self.layers(x)
 
     def on_windows(self, windows: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        """The residual for (K, C, p + 2*HALO, p + 2*HALO) windows around K patches: (K, N, p, p),
-        equal to `forward` on the whole tile at those patches. The convolutions run without
-        padding; `inside` (K, 1, ...) is 0 where a window leaves the tile, and activations there
-        are zeroed after each layer, exactly as `forward`'s zero padding sees them."""
+        """The residual for (K, p + 2*HALO, p + 2*HALO, C) channels-last windows around K patches:
+        (K, N, p, p), equal to `forward` on the whole tile at those patches. The convolutions run
+        without padding; `inside` (K, ..., 1) is 0 where a window leaves the tile, and activations
+        there are zeroed after each layer, exactly as `forward`'s zero padding sees them (only the
+        windows that leave the tile are touched).
+
+        Channels-last because PyTorch's CPU convolutions run about twice as fast on it (800
+        windows, 2-core Xeon: 45 against 91 ms for the first), while its GELU is three times
+        slower on a channels-last NCHW tensor than on the same memory seen as a contiguous NHWC one
+        (50 against 16 ms): so activations stay (K, h, w, C) and only the convolutions see NCHW."""
         conv1, gelu, conv2, _, conv3 = self.layers
-        y = gelu(F.conv2d(windows, conv1.weight, conv1.bias)) * inside[:, :, 1:-1, 1:-1]
-        y = gelu(F.conv2d(y, conv2.weight, conv2.bias, dilation=2)) * inside[:, :, 3:-3, 3:-3]
-        return F.conv2d(y, conv3.weight, conv3.bias)
+        edge = (inside == 0).flatten(1).any(1)
+
+        def conv(x: torch.Tensor, layer: nn.Conv2d, **options) -> torch.Tensor:
+            return F.conv2d(x.permute(0, 3, 1, 2), layer.weight, layer.bias, **options).permute(0, 2, 3, 1)
+
+        def zero_outside(y: torch.Tensor, margin: int) -> torch.Tensor:
+            if bool(edge.any()):
+                y[edge] = y[edge] * inside[edge, margin:-margin, margin:-margin]
+            return y
+
+        y = zero_outside(gelu(conv(windows, conv1)), 1)
+        y = zero_outside(gelu(conv(y, conv2, dilation=2)), 3)
+        return conv(y, conv3).permute(0, 3, 1, 2)
 
 
 def _conv_block(inputs: int, outputs: int) -> nn.Sequential:
@@ -435,35 +451,49 @@ class LabelMAE(nn.Module):
         patch_rows = row_of[where[0][:, None, None], where[1][:, None, None] + neighbour[None, :, None],
                             where[2][:, None, None] + neighbour[None, None, :]]  # (K, size, size)
         flat = (patch_rows * (p * p) + pixel[:, None] * p + pixel[None, :]).view(-1)
-        logits = rows.view(-1, n)[flat].view(len(patch_rows), p + 2 * halo, p + 2 * halo, n).permute(0, 3, 1, 2)
+        # From here on windows are laid out channels-last, (K, size, size, C): the gathers give
+        # that layout, the refiner's input is one concatenation along the last dimension, and its
+        # convolutions run about twice as fast on it (CPU, measured; see `PixelRefiner.on_windows`).
+        size = p + 2 * halo
+        logits = rows.view(-1, n)[flat].view(len(patch_rows), size, size, n)
 
         # the same windows of the tile's pixels: rows and columns (clamped), and 1 inside the tile
         span_y, span_x = where[1][:, None] * p + offset, where[2][:, None] * p + offset  # (K, size)
-        inside = (((span_y >= 0) & (span_y < height))[:, None, :, None]
-                  & ((span_x >= 0) & (span_x < width))[:, None, None, :]).to(logits.dtype)  # (K, 1, size, size)
+        inside = (((span_y >= 0) & (span_y < height))[:, :, None, None]
+                  & ((span_x >= 0) & (span_x < width))[:, None, :, None]).to(logits.dtype)  # (K, size, size, 1)
         at_y, at_x = span_y.clamp(0, height - 1)[:, :, None], span_x.clamp(0, width - 1)[:, None, :]
 
-        def gather(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, C, size, size), clamped beyond the tile
-            return x[where[0][:, None, None], :, at_y, at_x].permute(0, 3, 1, 2)
-
-        def window(x: torch.Tensor) -> torch.Tensor:  # the same, zero beyond the tile (the convolutions' padding)
-            return gather(x) * inside
+        def gather(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (K, size, size, C), clamped beyond the tile
+            return x[where[0][:, None, None], :, at_y, at_x]
 
         hint_planes = None
         if hint is not None:  # no class beyond the tile
-            hint_window = gather(hint[:, None])[:, 0].masked_fill(inside[:, 0] == 0, n)
-            hint_planes = self.class_planes(hint_window, logits.dtype)
-            logits = logits + self.hint_scale * hint_planes
-        centre = logits[:, :, halo:-halo, halo:-halo]
+            hint_window = gather(hint[:, None])[..., 0].masked_fill(inside[..., 0] == 0, n)
+            hint_planes = self.class_planes(hint_window, logits.dtype).permute(0, 2, 3, 1)
         if self.refine is None:
-            return centre
-        extra = hint_planes if hint_planes is not None else torch.zeros_like(logits)
-        inputs = [logits, ((gather(image) - self.mean) / self.std).to(logits.dtype) * inside, extra]  # window of the normalised image
-        if self.branch is not None:
-            if features is None:  # the U-Net needs the whole tile's context; its features are cut after
-                features = self.image_features(image)
-            inputs.append(window(features.to(logits.dtype)))
-        return centre + self.refine.on_windows(torch.cat(inputs, dim=1), inside)
+            if hint_planes is not None:
+                logits = logits + self.hint_scale * hint_planes
+            return logits[:, halo:-halo, halo:-halo].permute(0, 3, 1, 2)
+        if self.branch is not None and features is None:  # the U-Net needs the whole tile's context
+            features = self.image_features(image)
+        # the refiner's input, [logits + hint, normalised image, hint planes, image features],
+        # each part written straight into its channels (a concatenation of the parts was 12% of
+        # the model's time on heavily damaged CamVid labels); zero beyond the tile (the
+        # convolutions' padding)
+        widths = [n, 3, n] + ([] if features is None else [features.shape[1]])
+        windows = logits.new_empty(*logits.shape[:3], sum(widths))
+        with_hint, normalised, planes, *feature_part = windows.split(widths, dim=-1)
+        if hint_planes is None:
+            with_hint.copy_(logits)
+            planes.zero_()
+        else:
+            torch.add(logits, self.hint_scale * hint_planes, out=with_hint)
+            planes.copy_(hint_planes)
+        torch.mul(((gather(image) - self.mean.view(-1)) / self.std.view(-1)).to(logits.dtype), inside, out=normalised)
+        if feature_part:
+            torch.mul(gather(features.to(logits.dtype)), inside, out=feature_part[0])
+        centre = with_hint[:, halo:-halo, halo:-halo].permute(0, 3, 1, 2)
+        return centre + self.refine.on_windows(windows, inside)
 
     def _decode(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None
