@@ -225,6 +225,8 @@ class PixelRefiner(nn.Module):
             return F.conv2d(x.permute(0, 3, 1, 2), layer.weight, layer.bias, **options).permute(0, 2, 3, 1)
 
         def zero_outside(y: torch.Tensor, margin: int) -> torch.Tensor:
+            if y.device.type != "cpu":  # a GPU multiplies them all sooner than it asks the host which
+                return y * inside[:, margin:-margin, margin:-margin]
             if bool(edge.any()):
                 y[edge] = y[edge] * inside[edge, margin:-margin, margin:-margin]
             return y
