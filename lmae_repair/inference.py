@@ -8,8 +8,8 @@ border; class probabilities are averaged where tiles overlap. The patch mask is 
 whole image's patch grid, and every tile uses its own part of it.
 
 Tile size (`tile_spans`): a side may stretch up to TILE_STRETCH_PATCHES patches beyond the
-training crop when that saves a tile. A CamVid frame (480x368, 30x23 patches of 16) then takes
-2 x 2 tiles of 15 x 14 patches instead of 3 x 2 of 14 x 14: 840 tokens instead of 1,176, and
+training crop when that saves a tile. A CamVid frame (480x368, 30x23 patches of 16) then took
+2 x 2 tiles of 15 x 14 patches instead of 3 x 2 of 14 x 14 (15 x 13 since the shrink below): 840 tokens instead of 1,176, and
 `complete` on CamVid val went from 7.8 to 9.8-10.9 pairs/s (2-core CPU, 2026-11-22) with the same
 quality (first 40 val pairs, bundled 224-crop models: random patches 0.5 PA-mIoU 0.726 both ways,
 erased objects restored 0.153 vs 0.151): one patch beyond the positions seen in training does not
@@ -20,8 +20,16 @@ patches 0.5 PA-mIoU 0.761 with one patch and 0.760 with two, objects 0.130 both 
 and 0.292), `evaluate` 39 s -> 32 s; and its first 24 pairs resized to 2048x1024, where tiles
 become 16 x 16 patches (8 x 4 tiles instead of 9 x 5): random 0.865 vs 0.866, objects 0.084 vs
 0.081 (restored 0.245 vs 0.227). (On 2026-11-22, with earlier models, 16 x 16 tiles forced on
-CamVid frames cost a little: 0.719 vs 0.726 on 40 pairs.) Tiles never get shorter than the crop, so no tile has a
-shorter sequence than training had.
+CamVid frames cost a little: 0.719 vs 0.726 on 40 pairs.)
+
+A side may also be one patch *shorter* than the crop where tiles overlap (TILE_SHRINK_PATCHES):
+the CamVid frame's 23 rows of patches then take two rows of tiles of 13 patches (overlapping by
+3 rows) instead of 14 (by 5), tiles of 15 x 13 = 195 tokens against the 196 of training, 780
+tokens a frame instead of 840. On all 101 CamVid val pairs (2026-11-23, bundled family, int8,
+seed 0): objects PA-mIoU 0.242 -> 0.251 (restored 0.449 -> 0.459), random patches at 0.5 0.7664
+-> 0.7658 and at 0.25 0.7938 -> 0.7932; `complete --dry-run` 8.3 pairs/s against 7.2-7.4. Two
+patches shorter (12 rows, 180 tokens) was faster still (8.3-8.8) but cost random patches more
+(0.763 at 0.5, 0.790 at 0.25, under nearest fill's 0.791), so the shrink stays at one.
 """
 
 from __future__ import annotations
@@ -126,16 +134,18 @@ def for_inference(model: nn.Module, precision: str, int8_calibration: list | Non
     return int8_linears(model) if precision == "int8" else model
 
 TILE_STRETCH_PATCHES = 2  # how far a tile's side may exceed the training crop, in patches
+TILE_SHRINK_PATCHES = 1  # how much shorter than the training crop a side may be, where tiles overlap
 
 
 def tile_spans(length: int, crop: int, patch_size: int) -> tuple[int, list[int]]:
     """(tile side, start offsets) of the fewest tiles covering [0, length) along one side, in
     pixels; `length` is a multiple of `patch_size` and at least `crop`. A side may be up to
-    TILE_STRETCH_PATCHES patches longer than `crop`; tiles are never shorter than `crop`, overlap
-    evenly, and the last one ends at `length`."""
+    TILE_STRETCH_PATCHES patches longer than `crop`, and TILE_SHRINK_PATCHES shorter where
+    several tiles overlap (less overlap, fewer tokens); tiles overlap evenly, and the last one
+    ends at `length`."""
     patches, crop_patches = length // patch_size, max(crop // patch_size, 1)
     count = -(-patches // (crop_patches + TILE_STRETCH_PATCHES))
-    side = max(-(-patches // count), min(crop_patches, patches))
+    side = max(-(-patches // count), min(crop_patches - TILE_SHRINK_PATCHES, patches))
     if count == 1:
         return length, [0]
     origins = [round(j * (patches - side) / (count - 1)) * patch_size for j in range(count)]
