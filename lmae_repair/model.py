@@ -292,13 +292,12 @@ def one_hot_patch_tokens(weight: torch.Tensor, label: torch.Tensor, patch_size: 
         return F.conv2d(planes, weight, stride=p).flatten(2).transpose(1, 2)
     b, height, width = label.shape
     patches = label.reshape(b, height // p, p, width // p, p).transpose(2, 3).reshape(b, -1, p * p)
-    patches = patches.clamp(0, n).long()  # n: void and out-of-range values
-    first = patches[..., 0]
+    patches = patches.clamp(0, n)  # n: void and out-of-range values; compared in the label's dtype (uint8 at inference)
     table = torch.cat([weight.sum((2, 3)).t(), weight.new_zeros(1, d)])  # (N + 1, D)
-    tokens = table[first]
-    mixed = (patches != first[..., None]).any(-1)
+    tokens = table[patches[..., 0].long()]
+    mixed = (patches != patches[..., :1]).any(-1)
     if bool(mixed.any()):
-        planes = F.one_hot(patches[mixed], n + 1)[..., :n].to(weight.dtype)  # (K, p*p, N)
+        planes = F.one_hot(patches[mixed].long(), n + 1)[..., :n].to(weight.dtype)  # (K, p*p, N)
         kernel = weight.permute(0, 2, 3, 1).reshape(d, p * p * n)  # pixel-major, like `planes`
         tokens = tokens.index_put((mixed,), (planes.reshape(-1, p * p * n) @ kernel.t()).to(tokens.dtype))
     return tokens
