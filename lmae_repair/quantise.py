@@ -178,7 +178,7 @@ class _Conv:
         weight = fused.weight.detach().float()
         scale = (weight.flatten(1).abs().amax(1) / 127.5).clamp(min=torch.finfo(torch.float32).eps)
         qweight = torch.quantize_per_channel(weight, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
-        bias = fused.bias.detach().float()
+        bias = None if fused.bias is None else fused.bias.detach().float()
         self.packed = torch.ops.quantized.conv2d_prepack(qweight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
         self.target = target
 
