@@ -453,7 +453,7 @@ class LabelMAE(nn.Module):
                             where[2][:, None, None] + neighbour[None, None, :]]  # (K, size, size)
         flat = (patch_rows * (p * p) + pixel[:, None] * p + pixel[None, :]).view(-1)
         # From here on windows are laid out channels-last, (K, size, size, C): the gathers give
-        # that layout, the refiner's input is one concatenation along the last dimension, and its
+        # that layout, the refiner's input parts fill one buffer along the last dimension, and its
         # convolutions run about twice as fast on it (CPU, measured; see `PixelRefiner.on_windows`).
         size = p + 2 * halo
         logits = rows.view(-1, n)[flat].view(len(patch_rows), size, size, n)
