@@ -11,8 +11,8 @@ Tile size (`tile_spans`): a side may stretch up to TILE_STRETCH_PATCHES patches 
 training crop when that saves a tile. A CamVid frame (480x368, 30x23 patches of 16) then took
 2 x 2 tiles of 15 x 14 patches instead of 3 x 2 of 14 x 14 (15 x 13 since the shrink below):
 840 tokens instead of 1,176, and `complete` on CamVid val went from 7.8 to 9.8-10.9 pairs/s
-(2-core CPU, 2026-11-22) with the same quality (first 40 val pairs, bundled 224-crop models: random patches 0.5 PA-mIoU 0.726 both ways,
-erased objects restored 0.153 vs 0.151): one patch beyond the positions seen in training does not
+(2-core CPU, 2026-11-22) with the same quality (first 40 val pairs, bundled 224-crop models:
+random patches 0.5 PA-mIoU 0.726 both ways, erased objects restored 0.153 vs 0.151): one patch beyond the positions seen in training does not
 hurt, unlike a whole unseen grid (above). Two patches beyond do not either, and they let a
 Pascal VOC frame (500x375, padded to 512x384) take 2 x 2 tiles of 16 x 14 patches instead of
 3 x 2: on CamVid val resized to 500x375 (2026-11-23, bundled camvid family, 101 pairs) random
