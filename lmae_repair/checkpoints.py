@@ -2,8 +2,9 @@
 
 The safetensors header carries `{"format": "lmae-repair", "format_version": "1", "lmae": <json>}`;
 the JSON holds the architecture, mask ratio, label space, a training summary, the validation
-PA-mIoU, the package version and, for a model with an image branch, the activation ranges its
-int8 U-Net needs (quantise.py). Loading rebuilds the model from that JSON and checks that every
+PA-mIoU, the package version, for a model with an image branch the activation ranges its int8
+U-Net needs (quantise.py), and how routing may use it: the other mask ratios it serves and the
+kind of gap it is for (repair.py). Loading rebuilds the model from that JSON and checks that every
 tensor is present with the right shape, so a corrupt or mismatched file is refused with a one-line
 message rather than a traceback.
 """
@@ -27,6 +28,7 @@ from lmae_repair.quantise import union
 
 FORMAT = "lmae-repair"
 FORMAT_VERSION = "1"
+GAP_KINDS = ("any", "objects")  # repair.py: which gaps a checkpoint is for
 
 
 @dataclass
@@ -40,6 +42,12 @@ class CheckpointInfo:
     validation: dict = field(default_factory=dict)
     package_version: str = __version__
     int8_calibration: list = field(default_factory=list)  # image branch activation ranges, see quantise.py
+    # Routing (repair.py). The mask ratio is not part of the network, so one file may serve the
+    # routing slots of several ratios (the family then stores its weights once); and a file may
+    # be meant only for gaps whose border follows the image's edges ("objects": objects left
+    # unlabelled) rather than for any gap.
+    serve_ratios: list = field(default_factory=list)  # mask ratios served besides mask_ratio
+    gap_kind: str = "any"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -51,12 +59,22 @@ class CheckpointInfo:
                 "validation": self.validation,
                 "package_version": self.package_version,
                 "int8_calibration": self.int8_calibration,
+                "serve_ratios": self.serve_ratios,
+                "gap_kind": self.gap_kind,
             }
         )
+
+    @property
+    def slot_ratios(self) -> list[float]:
+        """Every mask ratio this checkpoint serves in routing, its own first."""
+        return [self.mask_ratio] + [r for r in self.serve_ratios if r != self.mask_ratio]
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointInfo":
         data = json.loads(text)
+        gap_kind = data.get("gap_kind", "any")
+        if gap_kind not in GAP_KINDS:
+            raise LmaeError(f"gap_kind {gap_kind!r} is not one of {', '.join(GAP_KINDS)}")
         return cls(
             model=ModelConfig.from_dict(data["model"]),
             mask_ratio=float(data["mask_ratio"]),
@@ -65,6 +83,8 @@ class CheckpointInfo:
             validation=data.get("validation", {}),
             package_version=data.get("package_version", "unknown"),
             int8_calibration=data.get("int8_calibration", []),
+            serve_ratios=[float(r) for r in data.get("serve_ratios", [])],
+            gap_kind=gap_kind,
         )
 
 

@@ -198,7 +198,7 @@ def complete(
         index = discover(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
         used, checkpoints = resolve_models(models, index)
-        ratios = ", ".join(f"{info.mask_ratio:.2f}" for _, info in checkpoints)
+        ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
         unpaired = f" and {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} that could not be paired" if index.unmatched else ""
         console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
@@ -591,6 +591,9 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
     trained_at = info.training.get("trained_mask_ratio")
     serving = f" (trained at {trained_at:.2f})" if trained_at not in (None, info.mask_ratio) else ""
     table.add_row("mask ratio", f"{info.mask_ratio:.2f}{serving}")
+    if info.serve_ratios:
+        table.add_row("also serves", ", ".join(f"mask ratio {r:.2f}" for r in info.serve_ratios))
+    table.add_row("gaps", "any" if info.gap_kind == "any" else "those that follow the image's edges (missed objects)")
     table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
     table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
     table.add_row("label space", info.label_space.describe())

@@ -205,7 +205,7 @@ class Loaded:
 
 def new_entry(pair: Pair) -> dict:
     return {"label": pair.key, "image": str(pair.image), "input_label": str(pair.label), "output": None,
-            "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None,
+            "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None, "gap_kind": None,
             "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
 
@@ -255,10 +255,12 @@ class Completer:
     _models: dict = field(default_factory=dict)
 
     def model(self, index: int):
-        if index not in self._models:
-            model, info = load_checkpoint(self.checkpoints[index][0], self.options.device)
-            self._models[index] = for_inference(model, self.precision, info.int8_calibration)
-        return self._models[index]
+        """The model of routing slot `index`, loaded once per file (a file may serve several)."""
+        path = self.checkpoints[index][0]
+        if path not in self._models:
+            model, info = load_checkpoint(path, self.options.device)
+            self._models[path] = for_inference(model, self.precision, info.int8_calibration)
+        return self._models[path]
 
     def repair_batch(self, batch: list[Loaded]) -> list[tuple[Loaded, object]]:
         """(loaded pair, repaired label values) for each pair; errors keep the original values."""
@@ -293,7 +295,7 @@ class Completer:
         for item, prob in zip(chunk, probs):
             result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
             item.entry.update(
-                checkpoint=str(path), mask_ratio=info.mask_ratio, patches_masked=result.patches_masked,
+                checkpoint=str(path), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
                 pixels_changed=result.pixels_changed,
                 mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
             )

@@ -269,7 +269,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
     return {
         "data": str(index.root),
         "layout": index.layout,
-        "models": [str(path) for path, _ in checkpoints],
+        "models": list(dict.fromkeys(str(path) for path, _ in checkpoints)),
         "strategy": options.strategy,
         "mask_ratio": options.mask_ratio,
         "patch_size": options.patch_size,

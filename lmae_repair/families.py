@@ -48,7 +48,9 @@ def bundled_families() -> dict[str, Path]:
 def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
     """Checkpoint files named directly, found in folders (in a run folder, each ratio's
     best.safetensors stands for its last.safetensors and kept epochs), or bundled families by
-    name; all must share one label space and patch size. Sorted by mask ratio."""
+    name; all must share one label space and patch size. One entry per routing slot, sorted by
+    mask ratio: a file that serves several ratios (`CheckpointInfo.serve_ratios`) comes once per
+    ratio, its info carrying that ratio."""
     families = bundled_families()
     files: list[Path] = []
     for spec in specs:
@@ -67,12 +69,12 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
-    checkpoints = [(f, read_info(f)) for f in files]
+    checkpoints = [(f, replace(info, mask_ratio=ratio)) for f, info in ((f, read_info(f)) for f in files) for ratio in info.slot_ratios]
     first_path, first = checkpoints[0]
     for path, info in checkpoints[1:]:
         if not info.label_space.same_classes(first.label_space) or info.model.patch_size != first.model.patch_size:
             raise LmaeError(f"{path}: label space or patch size differs from {first_path}; give one family at a time")
-    return sorted(checkpoints, key=lambda c: c[1].mask_ratio)
+    return sorted(checkpoints, key=lambda c: (c[1].mask_ratio, c[1].gap_kind))
 
 
 def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | None, list[int] | None]:
@@ -171,13 +173,15 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
 
 def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:
     """Copy the best checkpoint of each mask ratio of a training run into a family folder
-    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size."""
+    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size. A file that
+    serves several slots or only one kind of gap (a family folder's) keeps its name."""
     from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
 
     written = []
-    for path, _ in find_checkpoints([run_dir]):
+    for path in dict.fromkeys(path for path, _ in find_checkpoints([run_dir])):
         model, info = load_checkpoint(path)
-        target = Path(dest) / f"mask-{info.mask_ratio:.2f}.safetensors"
+        plain = not info.serve_ratios and info.gap_kind == "any"
+        target = Path(dest) / (f"mask-{info.mask_ratio:.2f}.safetensors" if plain else path.name)
         save_checkpoint(target, model, info, half=half)
         written.append(target)
     return written
@@ -202,6 +206,24 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     return len(info.int8_calibration)
 
 
+def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str = "any", half: bool = True) -> Path:
+    """Copy a checkpoint to `dest` (a file), weights unchanged, serving the routing slots of
+    `ratios` (the first is its mask ratio) and meant for `gap_kind` gaps (checkpoints.GAP_KINDS).
+    One file for several slots keeps a family small: the bundled camvid family serves 0.25, 0.50
+    and 0.75 from one model (models/camvid/README.md)."""
+    from lmae_repair.checkpoints import GAP_KINDS, load_checkpoint, save_checkpoint
+
+    if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
+        raise LmaeError(f"mask ratios must be in (0, 1], got {ratios}")
+    if gap_kind not in GAP_KINDS:
+        raise LmaeError(f"gap kind must be one of {', '.join(GAP_KINDS)}, got {gap_kind!r}")
+    model, info = load_checkpoint(path)
+    training = {**info.training, "trained_mask_ratio": info.training.get("trained_mask_ratio", info.mask_ratio)}
+    served = replace(info, mask_ratio=float(ratios[0]), serve_ratios=[float(r) for r in ratios[1:]], gap_kind=gap_kind, training=training)
+    save_checkpoint(Path(dest), model, served, half=half)
+    return Path(dest)
+
+
 def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> Path:
     """Copy a checkpoint into a family slot of another mask ratio (`dest/mask-<ratio>.safetensors`),
     weights unchanged. The mask ratio is not part of the network: at inference it only sets how
@@ -209,12 +231,5 @@ def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> P
     2026-11-23: the bundled 0.25 model with its image branch beat the models trained at 0.5 and
     0.75 on their own damage, see models/camvid/README.md.) The ratio it was trained at is kept
     in the metadata as `training["trained_mask_ratio"]` and shown by `inspect`."""
-    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
-
-    if not 0.0 < ratio <= 1.0:
-        raise LmaeError(f"mask ratio must be in (0, 1], got {ratio}")
-    model, info = load_checkpoint(path)
-    training = {**info.training, "trained_mask_ratio": info.training.get("trained_mask_ratio", info.mask_ratio)}
     target = Path(dest) / f"mask-{ratio:.2f}.safetensors"
-    save_checkpoint(target, model, replace(info, mask_ratio=ratio, training=training), half=half)
-    return target
+    return set_routing(path, target, [ratio], read_info(Path(path)).gap_kind, half=half)

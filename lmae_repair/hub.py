@@ -84,7 +84,8 @@ def model_card(repo_id: str, checkpoints) -> str:
     for path, info in checkpoints:
         figures = ", ".join(f"{k} {v}" for k, v in info.validation.items() if k.startswith("val_")) or "-"
         config = f"patch {info.model.patch_size}, encoder {info.model.enc_depth}x{info.model.enc_dim}, decoder {info.model.dec_depth}x{info.model.dec_dim}"
-        lines.append(f"| `mask-{info.mask_ratio:.2f}.safetensors` | {info.mask_ratio:.2f} | {config} | {figures} |")
+        gaps = " (gaps that follow the image's edges: missed objects)" if info.gap_kind == "objects" else ""
+        lines.append(f"| `{path.name}` | {info.mask_ratio:.2f}{gaps} | {config} | {figures} |")
     training = first.training
     lines += ["", "## Training", ""]
     for key in ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds"):

@@ -32,7 +32,7 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
     by_ratio: dict[str, int] = {}
     for entry in entries:
         if entry.get("mask_ratio") is not None:
-            key = f"{entry['mask_ratio']:.2f}"
+            key = f"{entry['mask_ratio']:.2f}" + (" (objects)" if entry.get("gap_kind") == "objects" else "")
             by_ratio[key] = by_ratio.get(key, 0) + 1
     processed = len(entries) - resumed
     return {
@@ -53,7 +53,7 @@ def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], total
     report = {
         "data": str(index.root),
         "layout": index.layout,
-        "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio} for path, info in checkpoints],
+        "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
         "totals": totals,
         "pairs": entries,
         "unlabelled_images": index.unlabelled,
@@ -137,7 +137,8 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
         share = entry["pixels_changed"] / max(entry.get("pixels") or 1, 1)
         caption = (
             f"{html.escape(entry['label'])}: {entry['pixels_changed']:,} pixels changed ({share:.1%}), "
-            f"mask ratio {entry['mask_ratio']:.2f}, {entry['patches_masked']} patches rebuilt, "
+            f"mask ratio {entry['mask_ratio']:.2f}{' (objects model)' if entry.get('gap_kind') == 'objects' else ''}, "
+            f"{entry['patches_masked']} patches rebuilt, "
             f"mean confidence {entry['mean_confidence'] or 0:.2f}"
         )
         cells = "".join(f'<td><img src="{uri}"></td>' for uri in pictures)

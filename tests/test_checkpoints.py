@@ -121,6 +121,32 @@ def test_a_checkpoint_can_serve_another_mask_ratio_slot(tmp_path, family):
         serve_at_ratio(source, 1.5, dest)
 
 
+def test_one_file_serves_several_routing_slots_and_keeps_its_gap_kind(tmp_path, family):
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.families import export_family, find_checkpoints, set_routing
+
+    source = family / "mask-0.25" / "best.safetensors"
+    dest = tmp_path / "shapes"
+    set_routing(source, dest / "general.safetensors", [0.25, 0.5, 0.75])
+    set_routing(source, dest / "objects.safetensors", [0.25], "objects")
+    checkpoints = find_checkpoints([dest])
+    assert [(path.name, info.mask_ratio, info.gap_kind) for path, info in checkpoints] == [
+        ("general.safetensors", 0.25, "any"), ("objects.safetensors", 0.25, "objects"),
+        ("general.safetensors", 0.5, "any"), ("general.safetensors", 0.75, "any")]
+    from lmae_repair.complete import CompleteOptions, Completer
+
+    completer = Completer(checkpoints, CompleteOptions(tmp_path / "out"))
+    assert completer.model(0) is completer.model(3) and completer.model(1) is not completer.model(0)  # loaded once per file
+    inspected = CliRunner().invoke(app, ["inspect", str(dest / "general.safetensors")])
+    assert inspected.exit_code == 0 and "mask ratio 0.50, mask ratio 0.75" in inspected.output, inspected.output
+    exported = export_family(dest, tmp_path / "copy")  # each file once, under its own name
+    assert sorted(path.name for path in exported) == ["general.safetensors", "objects.safetensors"]
+    with pytest.raises(LmaeError):
+        set_routing(source, dest / "bad.safetensors", [0.25], "cars")
+
+
 def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     from lmae_repair.checkpoints import average_checkpoints
 

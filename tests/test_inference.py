@@ -149,7 +149,7 @@ def test_auto_precision_follows_the_cpu_and_bad_choices_are_refused():
 def test_int8_gives_the_bundled_model_s_classes_on_nearly_every_pixel():
     """int8 (the default on CPUs with VNNI and no native bf16) must not change what complete
     writes beyond rounding: the bundled camvid 0.5 model, a CamVid-size street-like scene."""
-    path = Path(__file__).resolve().parent.parent / "models" / "camvid" / "mask-0.50.safetensors"
+    path = Path(__file__).resolve().parent.parent / "models" / "camvid" / "general.safetensors"
     model = load_checkpoint(path)[0].eval()
     quantised = for_inference(load_checkpoint(path)[0].eval(), "int8")
     assert any(isinstance(module, Int8Linear) for module in quantised.modules())

@@ -142,3 +142,49 @@ def test_background_is_not_changed_just_to_move_a_border():
     assert (repaired[22:24, 10:28] == 1).all() and (repaired[28:31, 20:28] == 1).all()
     assert (repaired[2:12, 2:12] == label[2:12, 2:12]).all()
     assert (repaired == 1).sum() == 2 * 36 + 36 + 24
+
+
+def street_like(rng, height=96, width=128):
+    """A noisy grey scene with two bright boxes (objects), and its label in a space without
+    background: 0 = ground, 1 = object, void 2."""
+    image = np.clip(rng.normal(90, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    label = np.zeros((height, width), np.uint8)
+    for top, left in ((20, 20), (50, 80)):
+        image[top : top + 24, left : left + 30] = 220
+        label[top : top + 24, left : left + 30] = 1
+    return image, label, LabelSpace(2, background_id=None, void_id=2)
+
+
+def test_a_gap_where_an_object_was_follows_the_image_edges_and_a_hole_cut_across_does_not():
+    from lmae_repair.repair import EDGE_FOLLOWING, gap_edge_contrast
+
+    image, label, space = street_like(np.random.default_rng(0))
+    missed = label.copy()
+    missed[label == 1] = 2  # the annotator left the objects out
+    hole = label.copy()
+    hole[60:92, 10:42] = 2  # stopped halfway, across the ground
+    assert gap_edge_contrast(image, missed, space) >= EDGE_FOLLOWING
+    assert gap_edge_contrast(image, hole, space) < EDGE_FOLLOWING
+    assert gap_edge_contrast(image, label, space) is None  # no gap
+
+
+def test_routing_gives_object_shaped_gaps_to_the_objects_checkpoint_where_a_family_has_one():
+    from lmae_repair.repair import route_and_prepare
+
+    image, label, space = street_like(np.random.default_rng(0))
+    config = ModelConfig(num_classes=2, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    general = [CheckpointInfo(config, ratio, space, {"crop": 32}) for ratio in (0.25, 0.5)]
+    objects = CheckpointInfo(config, 0.25, space, {"crop": 32}, gap_kind="objects")
+    family = [("general", general[0]), ("objects", objects), ("general", general[1])]
+    missed, hole = label.copy(), label.copy()
+    missed[50:74, 80:110] = 2
+    hole[60:92, 10:42] = 2
+    assert family[route_and_prepare(image, missed, family)[1]][0] == "objects"
+    assert family[route_and_prepare(image, hole, family)[1]][0] == "general"
+    missed_many = label.copy()
+    missed_many[label == 1] = 2
+    missed_many[:, :40] = 2
+    share, choice, _ = route_and_prepare(image, missed_many, family)
+    assert share > 0.375 and family[choice][1].mask_ratio == 0.5  # no objects checkpoint at 0.5: the general one
+    without = [("general", general[0]), ("general", general[1])]
+    assert without[route_and_prepare(image, missed, without)[1]][0] == "general"
