@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lmae_repair import __version__
-from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
 from lmae_repair.dataset import CropDataset, to_tensors
 from lmae_repair.distributed import (
@@ -90,6 +90,7 @@ class TrainOptions:
     resume: bool = False
     init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
     keep_epochs: bool = False  # also write epoch-NNN.safetensors every epoch, for `lmae-repair average`
+    gaps: str = "any"  # the labels the checkpoints are for, in routing: CheckpointInfo.gap_kind
 
 
 @dataclass
@@ -128,6 +129,8 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     for ratio in options.mask_ratios:
         if not 0.0 < ratio < 1.0:
             raise LmaeError(f"--mask-ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if options.gaps not in GAP_KINDS:
+        raise LmaeError(f"--gaps must be one of {', '.join(GAP_KINDS)}, got {options.gaps!r}")
     ranks = ranks_from_environment()
     device = device_for_rank(resolve_device(options.device), ranks)
     with process_group(ranks, device):
@@ -438,7 +441,7 @@ def checkpoint_info(
         validation["epoch"] = state.epoch
         validation["tile"] = options.crop
         validation["protocol"] = "random patches hidden at the training mask ratio, whole images in tiles"
-    return CheckpointInfo(model.config, ratio, data.space, training, validation, __version__)
+    return CheckpointInfo(model.config, ratio, data.space, training, validation, __version__, gap_kind=options.gaps)
 
 
 def launch_command(ranks: Ranks) -> str:

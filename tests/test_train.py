@@ -74,6 +74,18 @@ def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
     assert whole_run.exit_code == 0 and whole_run.output.count("│ mask ratio ") == 2, whole_run.output
 
 
+def test_train_for_object_gaps_marks_its_checkpoints_for_routing(tmp_path):
+    root = make_voc(tmp_path / "voc", count=4, size=64)
+    args = ["train", str(root), "--split", "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "4", "--crop", "64", "--workers", "0", "--mask-ratio", "0.25"]
+    result = runner.invoke(app, args + ["--gaps", "objects", "--mask-mix", "1:1:1:3"])
+    assert result.exit_code == 0, result.output
+    _, info = load_checkpoint(tmp_path / "run" / "mask-0.25" / "best.safetensors")
+    assert info.gap_kind == "objects" and info.training["mask_mix"] == [1.0, 1.0, 1.0, 3.0]
+    wrong = runner.invoke(app, args + ["--gaps", "cars"])
+    assert wrong.exit_code != 0 and "--gaps must be one of any, objects" in wrong.output and "Traceback" not in wrong.output
+
+
 def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     args = ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(tmp_path / "run"),
