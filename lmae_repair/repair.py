@@ -46,6 +46,7 @@ from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
 EDGE_FOLLOWING = 1.6  # gap_edge_contrast at or above which a label's gaps follow the image's edges
+GAP_CONTRAST_PIXELS = 4_000_000  # larger images are measured at this size
 VOID_FIRST = 1e-3  # tie-break weight of a patch's void share when choosing the patches to hide
 BORDER_MARGIN = 3  # pixels: background turned into class c only this close to class c is a border move
 
@@ -81,6 +82,11 @@ def gap_edge_contrast(image: np.ndarray, label: np.ndarray, space) -> float | No
     above) and 1.0-1.4 (1.6%). Where background is the missing value (concrete) the gaps are the
     whole background and this says nothing (38-61% above 1.6 whatever the damage): such a family
     holds no objects checkpoint."""
+    if label.size > GAP_CONTRAST_PIXELS:  # a huge image: measured on a smaller copy, in bounded memory
+        scale = (GAP_CONTRAST_PIXELS / label.size) ** 0.5
+        size = (max(1, round(label.shape[1] * scale)), max(1, round(label.shape[0] * scale)))
+        image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
     gaps = label == space.void_id
     if space.background_id is not None:
         gaps |= label == space.background_id

@@ -1,5 +1,6 @@
 """Repairing one label: the routing rule and do-no-harm."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -166,6 +167,8 @@ def test_a_gap_where_an_object_was_follows_the_image_edges_and_a_hole_cut_across
     assert gap_edge_contrast(image, missed, space) >= EDGE_FOLLOWING
     assert gap_edge_contrast(image, hole, space) < EDGE_FOLLOWING
     assert gap_edge_contrast(image, label, space) is None  # no gap
+    huge = (128 * 20, 96 * 20)  # 4.9 megapixels: measured on a smaller copy
+    assert gap_edge_contrast(cv2.resize(image, huge), cv2.resize(missed, huge, interpolation=cv2.INTER_NEAREST), space) >= EDGE_FOLLOWING
 
 
 def test_routing_gives_object_shaped_gaps_to_the_objects_checkpoint_where_a_family_has_one():
