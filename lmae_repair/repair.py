@@ -10,7 +10,8 @@ among patches with the same ratio, those with more void go first (void is certai
 Gap kind: a family may also hold a checkpoint meant for gaps that follow the image's edges
 (`gap_kind` "objects": objects an annotator left unlabelled) beside one for any gap (holes cut
 across the scene: an unfinished label). At the chosen mask ratio, a label whose gaps follow the
-image's edges (`gap_edge_contrast`) goes to the first where the family has one.
+image's edges (`gap_edge_contrast`) goes to the objects checkpoint where the family has one there,
+any other label to the checkpoint for any gap.
 
 Do no harm: only pixels inside hidden patches may change, and among those only pixels that were
 background or void, unless `overwrite_labeled` is set. Everything else is copied from the input.
