@@ -206,18 +206,20 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     return len(info.int8_calibration)
 
 
-def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str = "any", half: bool = True) -> Path:
+def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | None = None, half: bool = True) -> Path:
     """Copy a checkpoint to `dest` (a file), weights unchanged, serving the routing slots of
-    `ratios` (the first is its mask ratio) and meant for `gap_kind` gaps (checkpoints.GAP_KINDS).
+    `ratios` (the first is its mask ratio) and meant for `gap_kind` gaps (checkpoints.GAP_KINDS;
+    None keeps the checkpoint's own).
     One file for several slots keeps a family small: the bundled camvid family serves 0.25, 0.50
     and 0.75 from one model (models/camvid/README.md)."""
     from lmae_repair.checkpoints import GAP_KINDS, load_checkpoint, save_checkpoint
 
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
         raise LmaeError(f"mask ratios must be in (0, 1], got {ratios}")
-    if gap_kind not in GAP_KINDS:
+    if gap_kind is not None and gap_kind not in GAP_KINDS:
         raise LmaeError(f"gap kind must be one of {', '.join(GAP_KINDS)}, got {gap_kind!r}")
     model, info = load_checkpoint(path)
+    gap_kind = info.gap_kind if gap_kind is None else gap_kind
     training = {**info.training, "trained_mask_ratio": info.training.get("trained_mask_ratio", info.mask_ratio)}
     served = replace(info, mask_ratio=float(ratios[0]), serve_ratios=[float(r) for r in ratios[1:]], gap_kind=gap_kind, training=training)
     save_checkpoint(Path(dest), model, served, half=half)
@@ -232,4 +234,4 @@ def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> P
     0.75 on their own damage, see models/camvid/README.md.) The ratio it was trained at is kept
     in the metadata as `training["trained_mask_ratio"]` and shown by `inspect`."""
     target = Path(dest) / f"mask-{ratio:.2f}.safetensors"
-    return set_routing(path, target, [ratio], read_info(Path(path)).gap_kind, half=half)
+    return set_routing(path, target, [ratio], half=half)
