@@ -84,11 +84,11 @@ def family(preset: str, folder: Path, reference: list) -> list:
 def end_to_end(data: Path, checkpoints, device: str, batch: int, out: Path) -> tuple[float, float | None]:
     """(pairs/s of a full `complete` run into a fresh OUT, peak GPU memory in GiB or None)."""
     shutil.rmtree(out, ignore_errors=True)
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     workers = 0 if (torch.get_num_threads() <= 2 and device == "cpu") else 4
     report = complete_dataset(discover(data), checkpoints, CompleteOptions(out, device=device, batch_size=batch, workers=workers))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
     return report["totals"]["pairs"] / report["totals"]["seconds"], peak
 
 
@@ -98,7 +98,7 @@ def model_only(loaded, checkpoints, device: str, batch: int) -> float:
     routed = [item for item in loaded if item.prepared is not None]
     for choice in {item.choice for item in routed}:
         completer.model(choice)
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -107,7 +107,7 @@ def model_only(loaded, checkpoints, device: str, batch: int) -> float:
             for choice in {item.choice for item in group}:
                 items = [item.prepared for item in group if item.choice == choice]
                 predict(completer.model(choice), checkpoints[choice][1], items, device, completer.tiles_per_pass)
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return len(loaded) / (time.perf_counter() - start)
 

@@ -21,7 +21,8 @@ from lmae_repair.masking import expand_patch_mask, mixed_training_mask
 from lmae_repair.model import LabelMAE, preset_config
 
 # Dense bf16 peak of the GPUs this was meant for (TFLOP/s, NVIDIA data sheets, SXM, no sparsity).
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Checked in this order (the first name found in the GPU's name wins): PCIe and NVL H100s are slower.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def measure(preset: str, device: torch.device, batch: int, crop: int, steps: int, classes: int) -> tuple[float, int, float]:

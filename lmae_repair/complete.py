@@ -269,8 +269,8 @@ class Completer:
             group = [item for item in batch if item.choice == choice and item.prepared is not None]
             for chunk in pixel_chunks(group):
                 try:
-                    results.update(self._repair_chunk(choice, chunk))
-                except Exception as exc:  # e.g. out of memory: these pairs fail, the run goes on
+                    results.update(self._repair_fitting(choice, chunk, self.tiles_per_pass))
+                except Exception as exc:  # the model failed on these pairs: they fail, the run goes on
                     stop_if_interrupted(exc)
                     if DEBUG["on"]:
                         raise
@@ -287,9 +287,25 @@ class Completer:
     def tiles_per_pass(self) -> int:
         return TILES_PER_PASS_CPU if self.options.device == "cpu" else TILES_PER_PASS_CPU * self.options.batch_size
 
-    def _repair_chunk(self, choice: int, chunk: list[Loaded]) -> dict[int, object]:
+    def _repair_fitting(self, choice: int, chunk: list[Loaded], tiles: int) -> dict[int, object]:
+        """`_repair_chunk`, retried in halves when the GPU runs out of memory (a large
+        `--batch-size` with a large preset or many damaged patches): first fewer pairs held at
+        once, then fewer tiles per pass; only a single pair at one tile a pass may fail."""
+        try:
+            return self._repair_chunk(choice, chunk, tiles)
+        except torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1 and tiles == 1:
+                raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            return {**self._repair_fitting(choice, chunk[:half], tiles), **self._repair_fitting(choice, chunk[half:], tiles)}
+        return self._repair_fitting(choice, chunk, tiles // 2)
+
+    def _repair_chunk(self, choice: int, chunk: list[Loaded], tiles: int) -> dict[int, object]:
         path, info = self.checkpoints[choice]
-        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, self.tiles_per_pass,
+        probs = predict(self.model(choice), info, [item.prepared for item in chunk], self.options.device, tiles,
                         self.precision, self.options.overwrite_labeled)
         results = {}
         for item, prob in zip(chunk, probs):

@@ -58,6 +58,8 @@ def ranks_from_environment() -> Ranks:
 def device_for_rank(device: torch.device, ranks: Ranks) -> torch.device:
     """One GPU per process: rank r on this machine uses cuda:LOCAL_RANK."""
     if device.type != "cuda" or not ranks.distributed:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # else pinned-memory threads and caches also open GPU 0
         return device
     if ranks.local_rank >= torch.cuda.device_count():
         raise LmaeError(

@@ -69,8 +69,8 @@ def bf16_pays(device: torch.device | str) -> bool:
     CamVid val ran at 2.9 pairs/s in bf16 against 7.9 in float32. (`torch.ops.mkldnn.
     _is_mkldnn_bf16_supported()` says yes on any AVX-512 CPU, so it cannot decide this.)"""
     device = torch.device(device)
-    if device.type == "cuda":
-        return True
+    if device.type == "cuda":  # native from Ampere (compute capability 8) on; emulated before
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -125,6 +125,8 @@ def for_inference(model: nn.Module, precision: str, int8_calibration: list | Non
     transformer's matrix work) become int8 ones (`quantise.Int8Linear`), and its image branch, if
     the checkpoint carries `int8_calibration`, a statically quantised int8 U-Net (quantise.py);
     bf16 is applied as autocast around each pass instead (see `predict_many`)."""
+    if precision == "int8" and next(model.parameters()).device.type != "cpu":
+        raise LmaeError("int8 runs on a CPU only; use bf16 or fp32 on a GPU")
     if precision == "int8" and getattr(model, "branch", None) is not None:
         branch = quantised_branch(model.branch, int8_calibration or [])
         if branch is not None:

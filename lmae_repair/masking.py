@@ -68,7 +68,7 @@ def patch_background_ratio(label: torch.Tensor, patch_size: int, space: LabelSpa
     height, width = label.shape
     pad = (0, -width % patch_size, 0, -height % patch_size)
     missing = F.pad(missing_pixels(label, space.background_id, space.void_id).float(), pad)
-    inside = F.pad(torch.ones(height, width), pad)
+    inside = F.pad(torch.ones(height, width, device=label.device), pad)
     return F.avg_pool2d(missing[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
 
 

@@ -509,7 +509,9 @@ class LabelMAE(nn.Module):
         mask = mask.bool()
 
         tokens = self.fuse_tokens(image, label)
-        tokens = tokens + sincos_positions(grid_h, grid_w, self.config.enc_dim, tokens.device, tokens.dtype)
+        # positions in float32: under bf16 autocast the residual stream then stays float32 (each
+        # block adds its bf16 update onto a float32 sum), as in the usual ViT recipe
+        tokens = tokens.float() + sincos_positions(grid_h, grid_w, self.config.enc_dim, tokens.device, torch.float32)
         encoded, keep = self._encode_visible(tokens, mask)
 
         decoded_visible = self.encoder_to_decoder(encoded)
@@ -527,7 +529,7 @@ class LabelMAE(nn.Module):
             hint_tokens = one_hot_patch_tokens(self.hint_embed.weight, hint, self.config.patch_size) + self.hint_embed.bias
             hidden = hidden + hint_tokens.to(slots.dtype)
         x = torch.where(mask.unsqueeze(-1), hidden, slots)
-        x = x + sincos_positions(grid_h, grid_w, x.shape[-1], x.device, x.dtype)
+        x = x.float() + sincos_positions(grid_h, grid_w, x.shape[-1], x.device, torch.float32)
         for block in self.decoder:
             x = block(x)
         return self.decoder_norm(x), hint if self.config.neighbour_hint else None

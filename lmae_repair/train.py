@@ -109,11 +109,17 @@ class TrainingData:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LmaeError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise LmaeError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise LmaeError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LmaeError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LmaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
 
 
 STATE_FILE = "state.pt"  # in each ratio folder: everything --resume needs
@@ -159,6 +165,7 @@ def train_one_ratio(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
     )
     weights = class_weights(torch.tensor(data.class_pixels), options.class_weighting)
+    weights = None if weights is None else weights.to(device, torch.float)  # once, not every step
     state = RunState()
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
@@ -465,6 +472,7 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
             "run": asdict(state),
             "info": info.to_json(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # drop-path on a GPU
         },
         buffer,
     )
@@ -488,6 +496,8 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     optimizer.load_state_dict(saved["optimizer"])
     plateau.load_state_dict(saved["plateau"])
     torch.set_rng_state(saved["torch_rng"])
+    if saved.get("cuda_rng") and torch.cuda.is_available() and len(saved["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
     run = saved["run"]
     return RunState(run["epoch"], run["step"], run["best_score"], run["history"])
 

@@ -4,6 +4,7 @@ resume and the report."""
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -217,6 +218,29 @@ def test_batching_and_loader_workers_do_not_change_the_output(tmp_path, family):
     assert complete(root, tmp_path / "many", family, "--batch-size", "4", "--workers", "2").exit_code == 0
     for label in (tmp_path / "one" / "labels").iterdir():
         assert label.read_bytes() == (tmp_path / "many" / "labels" / label.name).read_bytes()
+
+
+def test_a_gpu_out_of_memory_retries_smaller_passes_with_the_same_output(tmp_path, family, monkeypatch):
+    """A large --batch-size on a GPU may run out of memory: the pairs are retried in halves (fewer
+    pairs, then fewer tiles a pass) instead of failing, and come out as an unhindered run writes them."""
+    import lmae_repair.complete as complete_module
+
+    root = make_paired(tmp_path / "ds", count=5, size=40)
+    assert complete(root, tmp_path / "plain", family, "--batch-size", "4", "--workers", "0").exit_code == 0
+    real_predict, passes = complete_module.predict, []
+
+    def predict_that_fits_one_pair_at_two_tiles(model, info, items, device, tiles, *args):
+        passes.append((len(items), tiles))
+        if len(items) > 1 or tiles > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_predict(model, info, items, device, tiles, *args)
+
+    monkeypatch.setattr(complete_module, "predict", predict_that_fits_one_pair_at_two_tiles)
+    result = complete(root, tmp_path / "retried", family, "--batch-size", "4", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert (1, 2) in passes and passes[0][0] > 1
+    for label in (tmp_path / "plain" / "labels").iterdir():
+        assert label.read_bytes() == (tmp_path / "retried" / "labels" / label.name).read_bytes()
 
 
 def test_html_report_shows_the_changed_pairs(tmp_path, family):

@@ -119,11 +119,15 @@ def test_batch_norms_folded_for_inference_give_the_same_probabilities_and_leave_
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from /proc/cpuinfo")
-def test_bf16_is_chosen_on_a_cpu_only_where_it_has_native_bf16():
+def test_bf16_is_chosen_on_a_cpu_only_where_it_has_native_bf16(monkeypatch):
     """Emulated bf16 made `complete` 2.7x slower on an AVX-512 Xeon without AVX512-BF16: auto
-    precision must pick it only where the CPU says it has bf16 instructions (or AMX)."""
+    precision must pick it only where the CPU says it has bf16 instructions (or AMX), and on GPUs
+    from Ampere on (a V100 or T4 emulates it)."""
     assert bf16_pays("cpu") == bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100
     assert bf16_pays("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # V100
+    assert not bf16_pays("cuda")
 
 
 def cpu_flags() -> set[str]:
@@ -135,7 +139,8 @@ def cpu_flags() -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from /proc/cpuinfo")
-def test_auto_precision_follows_the_cpu_and_bad_choices_are_refused():
+def test_auto_precision_follows_the_cpu_and_bad_choices_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     flags = cpu_flags()
     expected = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "int8" if flags & {"avx512_vnni", "avx_vnni"} else "fp32"
     assert resolve_precision("auto", "cpu") == expected

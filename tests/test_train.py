@@ -194,3 +194,17 @@ def test_kept_epochs_average_into_a_checkpoint_that_complete_uses(tmp_path):
     assert empty.exit_code == 2 and "needs at least two checkpoints, found none" in empty.output
     single = runner.invoke(app, ["average", str(averaged_file), "--out", str(tmp_path / "x.safetensors")])
     assert single.exit_code == 2 and "found only" in single.output
+
+
+def test_device_names_are_checked_with_a_one_line_error(tmp_path, monkeypatch):
+    """`--device cuda:3` on a machine without that GPU says so at once, instead of a CUDA error
+    later; nonsense names are refused with the accepted forms."""
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    for name in ("gpu", "cuda:x", "cpu:1"):
+        result = runner.invoke(app, ["train", str(root), "--device", name, "--out", str(tmp_path / "out")])
+        assert result.exit_code != 0 and "expected auto, cpu, cuda or cuda:N" in result.output, result.output
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = runner.invoke(app, ["train", str(root), "--device", "cuda:3", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "has 1 CUDA GPU(s)" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
