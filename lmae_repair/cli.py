@@ -50,6 +50,9 @@ def guarded(function):
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130)
+    except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
+        raise typer.Exit(0)
     except Exception as exc:
         if DEBUG["on"]:
             raise
@@ -159,7 +162,8 @@ def train(
         console.print(table)
         console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/{STATE_FILE})")
         if training_data.skipped:
-            console.print(f"{len(training_data.skipped)} pairs were skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
+            skipped = len(training_data.skipped)
+            console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
         return 1 if training_data.skipped else 0
 
     exit_with(guarded(run))
@@ -305,9 +309,18 @@ class PairProgress:
         self.progress.__exit__(*exc)
 
 
+def key_value_table(title: str) -> Table:
+    """A two-column summary whose values fold onto more lines instead of being cut with an
+    ellipsis: a path must stay whole to be copied."""
+    table = Table(title=title, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
 def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
     totals = report["totals"]
-    table = Table(title="lmae-repair complete", show_header=False)
+    table = key_value_table("lmae-repair complete")
     table.add_row("pairs", str(totals["pairs"]))
     table.add_row("repaired", str(totals["repaired"]))
     table.add_row("unchanged", str(totals["unchanged"]))
@@ -589,7 +602,7 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
     if as_json:
         print(info.to_json())
         return
-    table = Table(title=str(checkpoint), show_header=False)
+    table = key_value_table(str(checkpoint))
     trained_at = info.training.get("trained_mask_ratio")
     serving = f" (trained at {trained_at:.2f})" if trained_at not in (None, info.mask_ratio) else ""
     table.add_row("mask ratio", f"{info.mask_ratio:.2f}{serving}")
@@ -602,7 +615,7 @@ def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
     for key, value in info.validation.items():
         table.add_row(key, str(value))
     for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
-        if key in info.training:
+        if info.training.get(key) is not None:
             table.add_row(f"training {key}", str(info.training[key]))
     if "averaged_from" in info.training:
         averaged = info.training["averaged_from"]

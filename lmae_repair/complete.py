@@ -118,7 +118,7 @@ def mirror_image(pair: Pair, index: DatasetIndex, out: Path) -> None:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(pair.image, target)
+        os.link(os.path.realpath(pair.image), target)  # a symlinked image: link its file, not the link
     except OSError:
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copy2(pair.image, tmp)
@@ -133,7 +133,7 @@ def side_files(index: DatasetIndex) -> list[Path]:
 
     found = []
     classes = find_classes_file(index.root)
-    if classes is not None and classes.parent == index.root:
+    if classes is not None:
         found.append(classes)
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is not None and (voc_root / "ImageSets").is_dir():
@@ -144,7 +144,9 @@ def side_files(index: DatasetIndex) -> list[Path]:
 def copy_side_files(index: DatasetIndex, out: Path) -> None:
     """Copy `side_files` to the same places under OUT, so that OUT is a dataset of its own."""
     for source in side_files(index):
-        atomic_write(out / source.relative_to(index.root), lambda f, source=source: f.write(source.read_bytes()))  # small text files
+        # a class list above the dataset (beside --images and --labels folders) goes to OUT's top
+        place = source.relative_to(index.root) if source.is_relative_to(index.root) else source.name
+        atomic_write(out / place, lambda f, source=source: f.write(source.read_bytes()))  # small text files
 
 
 def prune_split_lists(index: DatasetIndex, out: Path) -> None:

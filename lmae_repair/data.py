@@ -106,12 +106,30 @@ def _by_stem(paths: list[Path], folder: Path, root: Path, kind: str) -> tuple[di
     return unique, clashes
 
 
+def _labels_beside_images(candidates: list[Path], files: list[Path]) -> list[Path]:
+    """Images and labels in one folder (`x.jpg` + `x.png` or `x_mask.png`): the labels are the
+    label-format files that name another file of the folder (same name with another extension,
+    or the name plus a label suffix such as `_mask`); the rest are images. Without this a label
+    would pair with itself as its image."""
+    stems: dict[Path, set[Path]] = {}
+    for path in files:
+        stems.setdefault(path.with_suffix(""), set()).add(path)
+    return [
+        path for path in candidates
+        if any(stems.get(path.parent / stem, set()) - {path} for stem in _label_stem_candidates(path.stem))
+    ]
+
+
 def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str], list[str]]:
     """Pair files in two folder trees by relative path without extension: (pairs, problems,
     images without a label). A name shared by two images or two labels is one problem, and
     its partner is not reported again as lacking a match."""
-    images, image_clashes = _by_stem(_files_below(image_dir, IMAGE_SUFFIXES), image_dir, root, "image")
-    labels, label_clashes = _by_stem(_files_below(label_dir, LABEL_SUFFIXES), label_dir, root, "label")
+    image_files, label_files = _files_below(image_dir, IMAGE_SUFFIXES), _files_below(label_dir, LABEL_SUFFIXES)
+    if label_dir.resolve() == image_dir.resolve():
+        label_files = _labels_beside_images(label_files, image_files)
+        image_files = [path for path in image_files if path not in set(label_files)]
+    images, image_clashes = _by_stem(image_files, image_dir, root, "image")
+    labels, label_clashes = _by_stem(label_files, label_dir, root, "label")
     problems = list(image_clashes.values()) + list(label_clashes.values())
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
@@ -339,16 +357,28 @@ def check_size(path: Path, img: Image.Image) -> None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); grayscale, palette, RGBA and CMYK images are converted."""
+    """RGB uint8 (H, W, 3); grayscale, palette, RGBA and CMYK images are converted, and 16-bit
+    or 32-bit grayscale ones scaled to 8 bits (PIL's own conversion clips them: all white)."""
     try:
         with Image.open(path) as img:
             check_size(path, img)
             img.load()
+            if img.mode.startswith("I") or img.mode == "F":
+                return _wide_grey_to_rgb(np.array(img))
             return np.array(img.convert("RGB"))
     except LmaeError:
         raise
     except Exception as exc:  # PIL raises many types for bad files
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
+
+
+def _wide_grey_to_rgb(values: np.ndarray) -> np.ndarray:
+    """A grayscale image of more than 8 bits as RGB uint8: 16-bit values (above 255) are scaled
+    from 0-65535, smaller ones kept as they are."""
+    values = values.astype(np.float64)
+    top = 255.0 if values.max(initial=0) <= 255 else 65535.0
+    grey = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def read_label(path: Path) -> LabelFile:

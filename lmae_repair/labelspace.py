@@ -110,8 +110,9 @@ def read_class_names(path: Path) -> list[str]:
 
 
 def find_classes_file(root: Path) -> Path | None:
-    """classes.txt (or labels.txt) in the dataset root or its parent."""
-    for folder in (root, root.parent):
+    """classes.txt (or labels.txt) in the dataset root, its parent, or a Pascal VOC folder nested
+    in it (root/VOCdevkit/VOC2012/)."""
+    for folder in (root, root.parent, *sorted(root.glob("VOCdevkit/*/"))):
         for name in ("classes.txt", "labels.txt", "class_names.txt"):
             candidate = folder / name
             if candidate.is_file():

@@ -65,11 +65,16 @@ def patch_background_ratio(label: torch.Tensor, patch_size: int, space: LabelSpa
     """(H, W) class indices -> (ceil(H/p), ceil(W/p)) share of background-or-void pixels among each
     patch's pixels inside the label: `background_ratio` for one label of any size, whose partial
     last row/column of patches is judged on its own pixels rather than on padding."""
-    height, width = label.shape
+    return patch_share(missing_pixels(label, space.background_id, space.void_id), patch_size)
+
+
+def patch_share(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(H, W) bool -> (ceil(H/p), ceil(W/p)) share of True pixels among each patch's pixels
+    inside the image (a partial last row/column of patches is judged on its own pixels)."""
+    height, width = pixels.shape
     pad = (0, -width % patch_size, 0, -height % patch_size)
-    missing = F.pad(missing_pixels(label, space.background_id, space.void_id).float(), pad)
-    inside = F.pad(torch.ones(height, width, device=label.device), pad)
-    return F.avg_pool2d(missing[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
+    inside = F.pad(torch.ones(height, width, device=pixels.device), pad)
+    return F.avg_pool2d(F.pad(pixels.float(), pad)[None], patch_size)[0] / F.avg_pool2d(inside[None], patch_size)[0]
 
 
 def top_patches(scores: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -42,7 +42,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import predict_many, resolve_precision
-from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, top_patches
+from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, patch_share, top_patches
 from lmae_repair.model import LabelMAE
 from lmae_repair.neighbourhood import neighbourhood_hint
 
@@ -144,6 +144,20 @@ class Prepared:
         return self.mask & missing.view(height // p, p, width // p, p).any(3).any(1).flatten()
 
 
+def mirror_pad(image: np.ndarray, label: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, height, width) image and (height, width) label tensors: the pair extended at the bottom
+    and right by its mirror image (repeated for a pair much smaller than a tile).
+
+    Why not zeros and void: the model never met black, unlabelled borders in training, and they
+    cost it near the edge. On CamVid val (480x360, padded to 368: a partial last row of patches),
+    random patches at 0.5 PA-mIoU went from 0.766 to 0.774 with mirrored padding; on its frames cut
+    to 160x160 (padded to a 224 tile) from 0.679 to 0.696 (objects 0.343 to 0.400). The padded
+    patches stay visible and are never edited."""
+    widths = ((0, height - label.shape[0]), (0, width - label.shape[1]))
+    image_t = torch.from_numpy(np.pad(image, widths + ((0, 0),), mode="symmetric")).permute(2, 0, 1)
+    return image_t, torch.from_numpy(np.pad(label, widths, mode="symmetric"))
+
+
 def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepared:
     """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
     (H, W, 3) uint8 of the same size) and pad both for tiled prediction."""
@@ -160,9 +174,7 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
 
     padded_h = max(ratio.shape[0] * p, tile)
     padded_w = max(ratio.shape[1] * p, tile)
-    pad = (0, padded_w - width, 0, padded_h - height)
-    image_t = F.pad(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), pad, value=0)
-    label_t = F.pad(label_t, pad, value=space.void_id)
+    image_t, label_t = mirror_pad(image, label_t.numpy(), padded_h, padded_w)
     mask = F.pad(native_mask, (0, padded_w // p - ratio.shape[1], 0, padded_h // p - ratio.shape[0]), value=False)
     mask = mask.flatten()
     label_t = label_t.to(torch.uint8)
@@ -251,10 +263,25 @@ def merge(
         editable &= (original == space.void_id) | (confidence >= min_confidence)
     if space.background_id is not None and not overwrite_labeled:
         editable &= ~border_moves(original.numpy(), prediction.numpy(), editable.numpy(), space)
+        editable &= ~dont_care_void(original, space, info.model.patch_size)
     repaired = torch.where(editable, prediction.to(torch.uint8), original)
     changed = repaired != original
     mean_conf = float(confidence[changed].mean()) if confidence is not None and changed.any() else float("nan")
     return Repair(repaired.numpy(), int(item.mask.sum()), int(changed.sum()), mean_conf)
+
+
+def dont_care_void(original: torch.Tensor, space, patch_size: int) -> torch.Tensor:
+    """Void pixels a label space with a background class means as "don't care", kept as they are:
+    those of patches that are mostly not void, such as Pascal VOC's bands of 255 along object
+    borders. Where a background class exists, missing annotation is background, and thin void
+    is deliberate; void holes (patches mostly void) are still filled. (Filling the bands changed
+    17,742 of 29,714 band pixels of 12 224x224 labels: 2.9% of every intact label's pixels.)"""
+    void = original == space.void_id
+    if not void.any():
+        return void
+    share = patch_share(void, patch_size)
+    mostly_labelled = share.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)[: void.shape[0], : void.shape[1]] < 0.5
+    return void & mostly_labelled
 
 
 def border_moves(original: np.ndarray, prediction: np.ndarray, editable: np.ndarray, space) -> torch.Tensor:

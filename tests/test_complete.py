@@ -72,6 +72,7 @@ def test_output_into_the_images_or_labels_folder_is_refused_and_inputs_stay(tmp_
 
 def test_images_and_labels_folders_named_explicitly_are_mirrored_under_their_names(tmp_path, family):
     make_paired(tmp_path / "a", count=2, images="pics", labels="gts")
+    (tmp_path / "a" / "classes.txt").write_text("background\nclass_1\nclass_2\nclass_3\n")
     out = tmp_path / "out"
     args = ["--images", str(tmp_path / "a" / "pics"), "--labels", str(tmp_path / "a" / "gts"), "--out", str(out),
             "--models", str(family), "--device", "cpu"]
@@ -80,6 +81,7 @@ def test_images_and_labels_folders_named_explicitly_are_mirrored_under_their_nam
         "gts/scene_000.png", "gts/scene_001.png", "pics/scene_000.png", "pics/scene_001.png"]
     again = runner.invoke(app, ["complete", *args])
     assert again.exit_code == 0 and "done by an earlier run" in again.output
+    assert (out / "classes.txt").read_text() == (tmp_path / "a" / "classes.txt").read_text()  # OUT is a dataset of its own
 
 
 def test_a_non_empty_folder_that_is_not_an_earlier_output_is_refused(tmp_path, family):
@@ -268,3 +270,16 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_holds_it(t
     finally:
         held.close()
     assert complete(root, out, family).exit_code == 0
+
+
+def test_a_symlinked_image_is_mirrored_as_a_file_that_opens(tmp_path, family):
+    """A relative symlink inside DATA must not become a dangling link inside OUT."""
+    root = make_paired(tmp_path / "ds", count=2, size=40)
+    raw = tmp_path / "ds" / "raw"
+    raw.mkdir()
+    image = sorted((root / "images").iterdir())[0]
+    image.rename(raw / image.name)
+    image.symlink_to(f"../raw/{image.name}")
+    assert complete(root, tmp_path / "out", family).exit_code == 0
+    mirrored = tmp_path / "out" / "images" / image.name
+    assert not mirrored.is_symlink() and Image.open(mirrored).size == (40, 40)

@@ -74,6 +74,10 @@ def test_voc_nested_in_vocdevkit(tmp_path):
     index = discover(tmp_path, split="val")
     assert index.layout == "voc" and len(index.pairs) == 2
     assert index.pairs[0].key.startswith("VOCdevkit/VOC2012/SegmentationClass/")
+    (tmp_path / "VOCdevkit" / "VOC2012" / "classes.txt").write_text("background\nrust\nhole\n")
+    from lmae_repair.labelspace import find_classes_file
+
+    assert find_classes_file(tmp_path) == tmp_path / "VOCdevkit" / "VOC2012" / "classes.txt"
 
 
 def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
@@ -192,3 +196,29 @@ def test_label_space_defaults_without_classes_txt(tmp_path):
     assert (space.num_classes, space.background_id, space.void_id) == (7, 0, 255)
     with pytest.raises(LmaeError, match="void id"):
         LabelSpace(5, void_id=3)
+
+
+def test_images_and_labels_in_one_folder_pair_by_name_not_with_themselves(tmp_path):
+    """x.jpg beside x_mask.png (or x.png) in one folder: the PNG is the label of the JPEG, never
+    an image of its own paired with itself."""
+    folder = tmp_path / "data"
+    make_paired(tmp_path / "src", count=2)
+    folder.mkdir()
+    for i, label in enumerate(sorted((tmp_path / "src" / "labels").glob("*.png"))):
+        image = tmp_path / "src" / "images" / f"{label.stem}.png"
+        Image.open(image).convert("RGB").save(folder / f"{label.stem}.jpg", quality=95)
+        (folder / (f"{label.stem}_mask.png" if i == 0 else f"{label.stem}.png")).write_bytes(label.read_bytes())
+    index = discover(images=folder, labels=folder)
+    assert sorted((p.image.suffix, p.label.name.endswith(("_mask.png", ".png"))) for p in index.pairs) == [(".jpg", True)] * 2
+    assert all(p.image != p.label for p in index.pairs) and not index.unlabelled and not index.unmatched
+
+
+def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    from lmae_repair.data import read_image
+
+    grey = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    pixels = read_image(tmp_path / "wide.png")
+    assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
+    assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 1

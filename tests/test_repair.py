@@ -191,3 +191,37 @@ def test_routing_gives_object_shaped_gaps_to_the_objects_checkpoint_where_a_fami
     assert share > 0.375 and family[choice][1].mask_ratio == 0.5  # no objects checkpoint at 0.5: the general one
     without = [("general", general[0]), ("general", general[1])]
     assert without[route_and_prepare(image, missed, without)[1]][0] == "general"
+
+
+def test_thin_void_is_kept_as_dont_care_where_background_exists_and_void_holes_are_filled():
+    """A Pascal VOC style label (background 0, void 255): a 2-pixel band of 255 around an object
+    marks uncertain borders and stays; a patch that is all void is a hole and is filled. Without
+    a background class (CamVid) void is the missing annotation: the band is filled too."""
+    _, info = untrained(patch=8, crop=32)
+    label = np.zeros((32, 32), np.uint8)
+    label[8:16, 8:16] = 1
+    label[6:18, 6:8] = 255  # band along the object's left border
+    label[24:32, 24:32] = 255  # a hole: one whole patch
+    item = prepare(np.zeros((32, 32, 3), np.uint8), label, info)
+    item.mask[:] = True
+    prediction = torch.ones(32, 32, dtype=torch.long)
+    repaired = merge(item, prediction, torch.ones(32, 32), info).values
+    assert (repaired[6:18, 6:8] == 255).all()
+    assert (repaired[24:32, 24:32] == 1).all()
+    camvid_like = CheckpointInfo(info.model, 0.5, LabelSpace(3, background_id=None, void_id=255), info.training)
+    repaired = merge(item, prediction, torch.ones(32, 32), camvid_like).values
+    assert (repaired[6:18, 6:8] == 1).all() and (repaired[24:32, 24:32] == 1).all()
+
+
+def test_a_pair_smaller_than_a_tile_is_extended_by_its_mirror_not_by_black_void():
+    """The model never met black, unlabelled borders in training; a 20x12 pair padded to a 32
+    tile shows it the pair's mirror image instead, and only the pair's own pixels can change."""
+    _, info = untrained(patch=8, crop=32)
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 3, (12, 20)).astype(np.uint8)
+    image = rng.integers(0, 255, (12, 20, 3)).astype(np.uint8)
+    item = prepare(image, label, info)
+    assert tuple(item.label.shape) == (32, 32) and tuple(item.image.shape) == (3, 32, 32)
+    assert (item.label[12:24, :20].numpy() == label[::-1]).all()
+    assert (item.image[:, :12, 20:32].permute(1, 2, 0).numpy() == image[:, ::-1][:, :12]).all()
+    assert not item.mask.view(4, 4)[2:, :].any() and not item.mask.view(4, 4)[:, 3:].any()
