@@ -72,6 +72,19 @@ def check_output_is_ours(out: Path) -> None:
         raise LmaeError(f"{out}: this folder is not empty and is not the output of an earlier lmae-repair run; choose a new or empty --out")
 
 
+def check_output_is_of(index: DatasetIndex, out: Path) -> None:
+    """Refuse an earlier run's OUT that holds another dataset's output: the two would mix (and
+    the class list be overwritten). The dataset is the one its report names."""
+    from lmae_repair.report import REPORT_JSON
+
+    try:
+        earlier = json.loads((out / REPORT_JSON).read_text()).get("data_root")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier and Path(earlier) != index.root.resolve():
+        raise LmaeError(f"{out}: holds the completed copy of another dataset ({earlier}); choose another --out")
+
+
 def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
     """Everything about OUT that can be refused before any work (the CLI calls it before it
     loads the models): inside the input, not ours, or a file."""
@@ -79,6 +92,7 @@ def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
     if dry_run:
         return
     check_output_is_ours(out)
+    check_output_is_of(index, out)
     if out.exists() and not out.is_dir():
         raise LmaeError(f"{out}: cannot write the output here (a file of that name exists)")
 

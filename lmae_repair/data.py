@@ -429,15 +429,27 @@ def read_pair(pair: Pair, space=None) -> tuple[np.ndarray, LabelFile]:
     """Image and label of a pair, checked to be the same size and, given a LabelSpace `space`,
     to hold only its values (a label with unknown values is not guessed at)."""
     label = read_label(pair.label)
-    width, height = image_size(pair.image)
-    if (height, width) != label.values.shape:
-        raise LmaeError(
-            f"{pair.label}: label is {label.values.shape[1]}x{label.values.shape[0]} but its image "
-            f"is {width}x{height}"
-        )
+    check_same_size(pair, label.values.shape)
     if space is not None:
         space.check_values(pair.label, label.values)
     return read_image(pair.image), label
+
+
+def check_same_size(pair: Pair, label_shape: tuple[int, int]) -> None:
+    """Refuse a pair whose label and image differ in size, saying so when the image's EXIF
+    orientation is a quarter turn (viewers show it turned; its stored pixels are what counts)."""
+    width, height = image_size(pair.image)
+    if (height, width) == tuple(label_shape):
+        return
+    turned = ""
+    if (width, height) == tuple(label_shape):
+        try:
+            with Image.open(pair.image) as img:
+                if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF Orientation: rotated by 90 degrees
+                    turned = " (its EXIF orientation turns it a quarter for viewers; its stored pixels are what count: rotate the image's pixels to match)"
+        except Exception:
+            pass
+    raise LmaeError(f"{pair.label}: label is {label_shape[1]}x{label_shape[0]} but its image is {width}x{height}{turned}")
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lmae_repair.data import Pair, image_size, read_label, read_pair
+from lmae_repair.data import Pair, check_same_size, read_label, read_pair
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import erase_objects
@@ -50,12 +50,7 @@ def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) ->
     for pair in pairs:
         try:
             label = read_label(pair.label)
-            width, height = image_size(pair.image)
-            if (height, width) != label.values.shape:
-                raise LmaeError(
-                    f"{pair.label}: label is {label.values.shape[1]}x{label.values.shape[0]} "
-                    f"but its image is {width}x{height}"
-                )
+            check_same_size(pair, label.values.shape)
         except LmaeError as exc:
             problems.append(str(exc))
         else:
@@ -91,8 +86,8 @@ OBJECT_ERASE_SHARE = 0.5
 
 
 class CropDataset(Dataset):
-    """Random `crop` x `crop` windows with random horizontal flips (smaller images are padded with
-    void), each with the objects that the `objects` strategy would erase from it (see masking.py).
+    """Random `crop` x `crop` windows with random horizontal flips (smaller images are extended by
+    their mirror image, as at inference), each with the objects that the `objects` strategy would erase from it (see masking.py).
     A pair that fails to load is reported once on stderr and replaced by another."""
 
     def __init__(self, pairs: list[Pair], space: LabelSpace, crop: int, augment: bool = True):
@@ -124,10 +119,10 @@ class CropDataset(Dataset):
     def _random_window(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.crop
         height, width = label.shape
-        if height < c or width < c:
-            pad = (0, max(c - width, 0), 0, max(c - height, 0))
-            image = torch.nn.functional.pad(image, pad, value=0.0)
-            label = torch.nn.functional.pad(label, pad, value=self.space.void_id)
+        if height < c or width < c:  # extended by its mirror image, as inference does (repair.mirror_pad)
+            widths = ((0, max(c - height, 0)), (0, max(c - width, 0)))
+            image = torch.from_numpy(np.pad(image.numpy(), ((0, 0), *widths), mode="symmetric"))
+            label = torch.from_numpy(np.pad(label.numpy(), widths, mode="symmetric"))
             height, width = label.shape
         top = int(torch.randint(0, height - c + 1, ())) if self.augment else (height - c) // 2
         left = int(torch.randint(0, width - c + 1, ())) if self.augment else (width - c) // 2

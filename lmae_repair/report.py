@@ -52,6 +52,7 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
 def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], totals: dict, checkpoints) -> dict:
     report = {
         "data": str(index.root),
+        "data_root": str(index.root.resolve()),  # which dataset OUT holds: another is refused
         "layout": index.layout,
         "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
         "totals": totals,

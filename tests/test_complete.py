@@ -283,3 +283,16 @@ def test_a_symlinked_image_is_mirrored_as_a_file_that_opens(tmp_path, family):
     assert complete(root, tmp_path / "out", family).exit_code == 0
     mirrored = tmp_path / "out" / "images" / image.name
     assert not mirrored.is_symlink() and Image.open(mirrored).size == (40, 40)
+
+
+def test_the_output_of_another_dataset_is_refused_as_out(tmp_path, family):
+    """Completing dataset B into the folder that holds dataset A's completed copy would mix the
+    two; a rerun of A into it resumes as before."""
+    first = make_paired(tmp_path / "a", count=2, size=40)
+    second = make_paired(tmp_path / "b", count=2, size=40, seed=1)
+    assert complete(first, tmp_path / "out", family).exit_code == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    result = complete(second, tmp_path / "out", family)
+    assert result.exit_code == 2 and "another dataset" in result.output and str(first.resolve()) in result.output
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")} == before
+    assert complete(first, tmp_path / "out", family).exit_code == 0

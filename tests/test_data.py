@@ -222,3 +222,18 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     pixels = read_image(tmp_path / "wide.png")
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
     assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 1
+
+
+def test_a_size_mismatch_from_an_exif_quarter_turn_says_so(tmp_path):
+    """A photo stored 40x64 with EXIF orientation 6 shows as 64x40 in viewers, like its label;
+    the error must say why they differ."""
+    root = make_paired(tmp_path / "ds", count=1, size=64)
+    label = next((root / "labels").iterdir())
+    Image.fromarray(np.array(Image.open(label))[:40]).save(label)  # label 64 wide, 40 high
+    image = next((root / "images").iterdir())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 64)).save(image.with_suffix(".jpg"), exif=exif)
+    image.unlink()
+    with pytest.raises(LmaeError, match="label is 64x40 but its image is 40x64 .*EXIF orientation"):
+        read_pair(discover(root).pairs[0])

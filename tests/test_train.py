@@ -208,3 +208,17 @@ def test_device_names_are_checked_with_a_one_line_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", str(root), "--device", "cuda:3", "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "has 1 CUDA GPU(s)" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_training_crops_of_a_small_pair_show_its_mirror_not_black_void(tmp_path):
+    """Inference extends a pair smaller than a tile by its mirror image; training crops must look
+    the same, or the model learns borders it will never meet."""
+    from lmae_repair.dataset import CropDataset
+
+    root = make_paired(tmp_path / "ds", count=1, size=40)
+    index = discover(root)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    image, label, _ = CropDataset(index.pairs, space, crop=64, augment=False)[0]
+    assert image.shape == (3, 64, 64) and label.shape == (64, 64)
+    assert (label[40:] == label[:40].flip(0)[:24]).all() and (label != 255).all()
+    assert torch.equal(image[:, :, 40:], image[:, :, :40].flip(-1)[:, :, :24])
