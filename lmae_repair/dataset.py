@@ -119,7 +119,7 @@ class CropDataset(Dataset):
     def _random_window(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.crop
         height, width = label.shape
-        if height < c or width < c:  # extended by its mirror image, as inference does (repair.mirror_pad)
+        if height < c or width < c:  # extended by its mirror image, as inference does (inference.mirror_pad)
             widths = ((0, max(c - height, 0)), (0, max(c - width, 0)))
             image = torch.from_numpy(np.pad(image.numpy(), ((0, 0), *widths), mode="symmetric"))
             label = torch.from_numpy(np.pad(label.numpy(), widths, mode="symmetric"))

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lmae_repair import __version__
 from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
-from lmae_repair.dataset import CropDataset, to_tensors
+from lmae_repair.dataset import CropDataset, label_tensor
 from lmae_repair.distributed import (
     Ranks,
     device_for_rank,
@@ -51,7 +51,7 @@ from lmae_repair.distributed import (
     wait_for_all,
 )
 from lmae_repair.errors import LmaeError
-from lmae_repair.inference import pad_to_multiple, predict_probabilities
+from lmae_repair.inference import mirror_pad, predict_probabilities
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
@@ -400,17 +400,19 @@ def validate(
             image_np, label_file = read_pair(pair)
         except LmaeError:
             continue
-        image, label = to_tensors(image_np, label_file.values, space)
-        image, label = pad_to_multiple(image[None], label[None], p, space.void_id, minimum=tile)
-        image, label = image[0].to(device), label[0].to(device)
+        height, width = label_file.values.shape
+        padded = [max(-(-side // p) * p, tile) for side in (height, width)]
+        image, label = mirror_pad(image_np, label_tensor(label_file.values, space).numpy(), *padded)  # as inference pads
+        image, label = image.float().div_(255.0).to(device), label.to(device)
         generator = torch.Generator().manual_seed(seed * 100_003 + index)
         bg = background_ratio(label[None], p, space.background_id, space.void_id)
         mask = strategy_mask("random", bg, ratio, generator)[0]
         probs = predict_probabilities(model, image, label, mask, tile, autocast=use_amp)
         prediction = probs.argmax(0)
         pixel_mask = expand_patch_mask(mask[None], (label.shape[0] // p, label.shape[1] // p), p)[0]
-        masked_cm.update(prediction, label, pixel_mask)
-        global_cm.update(torch.where(pixel_mask, prediction, label), label)
+        real = (slice(0, height), slice(0, width))  # the padding is scored nowhere
+        masked_cm.update(prediction[real], label[real], pixel_mask[real])
+        global_cm.update(torch.where(pixel_mask, prediction, label)[real], label[real])
     model.train()
     for matrix in (masked_cm, global_cm):
         matrix.matrix = sum_across_ranks(matrix.matrix)
