@@ -39,16 +39,16 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def guarded(function):
+def guarded(function, interrupted: str = "interrupted"):
     """Run a command body; errors become a one-line message and exit code 2 (a traceback only
-    with --debug), Ctrl-C exit code 130."""
+    with --debug), Ctrl-C exit code 130 with the `interrupted` message."""
     watch_interrupts()
     try:
         return function()
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        err_console.print(interrupted)
         raise typer.Exit(130)
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
@@ -221,7 +221,7 @@ def complete(
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
-    exit_with(guarded(run))
+    exit_with(guarded(run, "interrupted: the pairs finished so far are written; run the same command again to do the rest"))
 
 
 def parse_precision(value: str, device: str) -> str:

@@ -470,13 +470,15 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
             on_pair(entry)
 
     with ThreadPoolExecutor(max_workers=1) as writer, torch.inference_mode():
-        for batch in loader:
-            for item, values in completer.repair_batch(batch):
-                pending.append(writer.submit(write_outputs, item, values, index, options, settings))
-            while len(pending) > PENDING_WRITES * options.batch_size or (pending and pending[0].done()):
+        try:
+            for batch in loader:
+                for item, values in completer.repair_batch(batch):
+                    pending.append(writer.submit(write_outputs, item, values, index, options, settings))
+                while len(pending) > PENDING_WRITES * options.batch_size or (pending and pending[0].done()):
+                    collect(pending.popleft())
+        finally:  # also on Ctrl-C: the writes already under way finish, and the progress counts them
+            while pending:
                 collect(pending.popleft())
-        while pending:
-            collect(pending.popleft())
     return entries
 
 

@@ -121,3 +121,28 @@ def test_a_ctrl_c_that_library_code_swallows_still_stops_complete(tmp_path, fami
                                       "--device", "cpu"])
     assert result.exit_code == 130 and "interrupted" in result.output
     assert "failed:" not in result.output
+
+
+def test_ctrl_c_keeps_the_pairs_written_so_far_and_says_how_to_go_on(tmp_path, family, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.complete import Completer
+
+    real, calls = Completer.repair_batch, []
+
+    def ctrl_c_on_the_third_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(Completer, "repair_batch", ctrl_c_on_the_third_batch)
+    root = make_paired(tmp_path / "ds", count=4, size=40)
+    args = ["complete", str(root), "--out", str(tmp_path / "out"), "--models", str(family), "--device", "cpu", "--batch-size", "1", "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130 and "run the same command again" in result.output
+    assert len(list((tmp_path / "out" / "labels").glob("*.png"))) == 2
+    monkeypatch.setattr(Completer, "repair_batch", real)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and len(list((tmp_path / "out" / "labels").glob("*.png"))) == 4
