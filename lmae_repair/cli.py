@@ -218,7 +218,7 @@ def complete(
         if index.unlabelled:
             count = len(index.unlabelled)
             console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False)
-        print_complete_summary(report, target, dry_run)
+        print_complete_summary(report, target, dry_run, len(index.unmatched))
         return 1 if report["totals"]["failed"] else 0
 
     exit_with(guarded(run, "interrupted: the pairs finished so far are written; run the same command again to do the rest"))
@@ -318,13 +318,17 @@ def key_value_table(title: str) -> Table:
     return table
 
 
-def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
+def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: int = 0) -> None:
+    """The run in one table; files that could not be paired count as failed, not as pairs."""
     totals = report["totals"]
     table = key_value_table("lmae-repair complete")
-    table.add_row("pairs", str(totals["pairs"]))
+    table.add_row("pairs", str(totals["pairs"] - unpaired))
+    if unpaired:
+        table.add_row("files that could not be paired", f"[red]{unpaired}[/]")
     table.add_row("repaired", str(totals["repaired"]))
     table.add_row("unchanged", str(totals["unchanged"]))
-    table.add_row("failed", f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
+    failed = "failed (unpaired files included)" if unpaired else "failed"
+    table.add_row(failed, f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
     if totals["resumed"]:
         table.add_row("done by an earlier run", str(totals["resumed"]))
     share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
