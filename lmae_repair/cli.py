@@ -218,6 +218,10 @@ def complete(
         if index.unlabelled:
             count = len(index.unlabelled)
             console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False)
+        unannotated = [entry["label"] for entry in report["pairs"] if entry.get("note")]
+        if unannotated:
+            count = len(unannotated)
+            console.print(f"note: {count} label{'s have' if count > 1 else ' has'} no annotated pixel (all void) and {'were' if count > 1 else 'was'} left as {'they are' if count > 1 else 'it is'}: nothing to complete from (first: {unannotated[0]})", highlight=False)
         print_complete_summary(report, target, dry_run, len(index.unmatched))
         return 1 if report["totals"]["failed"] else 0
 

@@ -32,7 +32,7 @@ from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_p
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
-from lmae_repair.repair import Prepared, finish, predict, route_and_prepare
+from lmae_repair.repair import Prepared, finish, has_annotation, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
@@ -251,6 +251,8 @@ class PairLoader(Dataset):
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
             item.entry["background_heavy_share"] = round(share, 4)
+            if not has_annotation(label.values, self.checkpoints[0][1].label_space):
+                item.entry["note"] = "no annotated pixel (all void): nothing to complete from, left as it is"
         except Exception as exc:
             item.entry["error"] = pair_error(str(pair.label), exc)
         if item.entry["error"]:

@@ -170,6 +170,14 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     return Prepared(image_t, label_t, mask, hint, label)
 
 
+def has_annotation(label: np.ndarray, space) -> bool:
+    """Whether a label holds any class (background included): an all-void label was never
+    annotated, so there is nothing to complete from. Rebuilt, it came out as the model's own
+    segmentation of 75% of the image with void squares left in the rest; it is left as it is
+    (`audit` lists it as a file defect)."""
+    return bool((label < space.num_classes).any())
+
+
 def route_and_prepare(
     image: np.ndarray, label: np.ndarray, checkpoints: list[tuple[object, CheckpointInfo]], threshold: float = DEFAULT_THRESHOLD
 ) -> tuple[float, int | None, Prepared | None]:
@@ -178,6 +186,8 @@ def route_and_prepare(
     `evaluate` and `audit` use them."""
     infos = [info for _, info in checkpoints]
     share = label_heavy_share(label, infos[0], threshold)
+    if not has_annotation(label, infos[0].label_space):
+        return share, None, None
     choice = choose_checkpoint(share, [info.mask_ratio for info in infos])
     if choice is not None:
         choice = choose_for_gaps(choice, infos, lambda: gaps_follow_edges(image, label, infos[0].label_space))

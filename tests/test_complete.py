@@ -296,3 +296,17 @@ def test_the_output_of_another_dataset_is_refused_as_out(tmp_path, family):
     assert result.exit_code == 2 and "another dataset" in result.output and str(first.resolve()) in result.output
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")} == before
     assert complete(first, tmp_path / "out", family).exit_code == 0
+
+
+def test_an_all_void_label_is_left_as_it_is_and_said_so(tmp_path, family):
+    """A label with no annotated pixel was never annotated: completing it would be the model's
+    own segmentation with void squares left over, not a completion."""
+    root = make_paired(tmp_path / "ds", count=3, size=40)
+    empty = sorted((root / "labels").iterdir())[0]
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(empty)
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 0 and "1 label has no annotated pixel" in result.output
+    assert (tmp_path / "out" / "labels" / empty.name).read_bytes() == empty.read_bytes()
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    entry = next(e for e in report["pairs"] if e["label"].endswith(empty.name))
+    assert entry["pixels_changed"] == 0 and "nothing to complete" in entry["note"]
