@@ -143,9 +143,10 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
         if score is not None and (score > 0 or not has_real_names(info.label_space)):
             scored.append((score, name, checkpoints))
     if not scored:
+        named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
         raise LmaeError(
             f"{index.root}: no bundled family ({', '.join(families)}) fits these labels "
-            f"(values seen: {seen(values)}); {HOW_TO_TRAIN}"
+            f"({named}values seen: {seen(values)}); {HOW_TO_TRAIN}"
         )
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:

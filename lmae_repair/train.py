@@ -559,6 +559,9 @@ def load_training_data(
     with Progress(TextColumn("scanning labels"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as progress:
         task = progress.add_task("scan", total=len(index.pairs))
         scan = scan_labels(index.pairs, lambda: progress.advance(task))
+    if not scan.good:  # before the label space, which cannot be told from no label at all
+        report_skipped(console, index.unmatched + scan.problems)
+        raise LmaeError(f"{index.root}: no usable training pair")
     void_hint = space_options.get("void_id")
     space = build_label_space(
         index.root,

@@ -222,3 +222,12 @@ def test_training_crops_of_a_small_pair_show_its_mirror_not_black_void(tmp_path)
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)
     assert (label[40:] == label[:40].flip(0)[:24]).all() and (label != 255).all()
     assert torch.equal(image[:, :, 40:], image[:, :, :40].flip(-1)[:, :, :24])
+
+
+def test_train_with_no_readable_label_says_so_not_that_the_classes_are_unknown(tmp_path):
+    root = make_paired(tmp_path / "ds", count=1, size=32)
+    label = next((root / "labels").iterdir())
+    label.write_bytes(b"")
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 2 and "no usable training pair" in result.output and "empty file" in result.output
+    assert "--num-classes" not in result.output
