@@ -93,6 +93,8 @@ def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
         return
     check_output_is_ours(out)
     check_output_is_of(index, out)
+    if (out / LOCK_FILE).is_file():  # refused now, not after the models have loaded
+        lock_output(out).close()
     if out.exists() and not out.is_dir():
         raise LmaeError(f"{out}: cannot write the output here (a file of that name exists)")
 

@@ -267,6 +267,8 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_holds_it(t
     try:
         result = complete(root, out, family)
         assert result.exit_code == 2 and "another lmae-repair run is writing here" in result.output
+        no_model = runner.invoke(app, ["complete", str(root), "--out", str(out), "--models", str(tmp_path / "no-such-model")])
+        assert "another lmae-repair run is writing here" in no_model.output  # said before any model loads
     finally:
         held.close()
     assert complete(root, out, family).exit_code == 0
