@@ -122,7 +122,7 @@ class Prepared:
     """One label made ready for the model (padded to whole tiles), and what is needed to finish."""
 
     image: torch.Tensor  # (3, Hp, Wp) uint8
-    label: torch.Tensor  # (Hp, Wp) uint8, padding = void (uint8 throughout: large images stay small)
+    label: torch.Tensor  # (Hp, Wp) uint8, padded with its mirror image (uint8 throughout: large images stay small)
     mask: torch.Tensor  # (Lp,) bool, True on the hidden patches of the padded grid
     hint: torch.Tensor | None  # (Hp, Wp) uint8 nearest-fill hint, for neighbour_hint models
     original: np.ndarray  # (H, W) the input label as it was
@@ -149,7 +149,6 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     (H, W, 3) uint8 of the same size) and pad both for tiled prediction."""
     space, p = info.label_space, info.model.patch_size
     tile = int(info.training.get("crop", 224))
-    height, width = label.shape
     label_t = label_tensor(label, space)
     ratio = patch_background_ratio(label_t, p, space)
     # Among equally background-heavy patches, void ones first: void is a hole for certain,
