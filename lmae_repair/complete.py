@@ -356,10 +356,10 @@ def pixel_chunks(items: list[Loaded], budget: int = PIXELS_PER_PASS) -> list[lis
 
 
 def output_label_path(out: Path, key: str, index: DatasetIndex) -> Path:
-    """Where a label goes under OUT: its path in the dataset, as a PNG (a `.PNG` keeps its
-    spelling, so that names still match their images on case-sensitive file systems)."""
-    path = out / (explicit_folder_names(index)[1] if index.image_root is not None else "") / key
-    return path if path.suffix.lower() == ".png" else path.with_suffix(".png")
+    """Where a label goes under OUT: its path in the dataset, under the same name and format
+    (`data.write_label` writes PNG, BMP or TIFF by the suffix, whose spelling is kept), so that a
+    training script finds OUT's labels where it found the input's."""
+    return out / (explicit_folder_names(index)[1] if index.image_root is not None else "") / key
 
 
 def resume_key(pair: Pair, settings: str) -> str:

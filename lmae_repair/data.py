@@ -463,16 +463,21 @@ def image_size(path: Path) -> tuple[int, int]:
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 
 
+LABEL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}  # lossless, by suffix
+
+
 def write_label(path: Path, label: LabelFile) -> None:
-    """Write a label PNG atomically (temp file + rename), in the given mode and palette."""
+    """Write a label atomically (temp file + rename), in the given mode and palette, as PNG, BMP
+    or TIFF by the path's suffix (PNG for any other)."""
+    file_format = LABEL_FORMATS.get(path.suffix.lower(), "PNG")
     img = Image.fromarray(label.values)
     if label.mode in ("RGB", "RGBA"):  # a grey label read from a colour file goes back as one
         img = img.convert(label.mode)
     elif label.mode == "P":
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
-    elif label.mode.startswith("I"):  # a 16- or 32-bit grey label goes back as 16-bit grey
+    elif label.mode.startswith("I") and file_format != "BMP":  # 16- or 32-bit grey goes back as 16-bit (BMP has none)
         img = Image.fromarray(label.values.astype(np.uint16))
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format=file_format))
 
 
 def atomic_write(path: Path, write) -> None:

@@ -312,3 +312,16 @@ def test_an_all_void_label_is_left_as_it_is_and_said_so(tmp_path, family):
     report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
     entry = next(e for e in report["pairs"] if e["label"].endswith(empty.name))
     assert entry["pixels_changed"] == 0 and "nothing to complete" in entry["note"]
+
+
+def test_bmp_and_tiff_labels_come_out_under_the_same_name_and_format(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3, size=40)
+    labels = sorted((root / "labels").iterdir())
+    for label, suffix in zip(labels, (".bmp", ".tif")):
+        Image.open(label).save(label.with_suffix(suffix))
+        label.unlink()
+    assert complete(root, tmp_path / "out", family).exit_code == 0
+    for label, suffix, file_format in zip(labels, (".bmp", ".tif"), ("BMP", "TIFF")):
+        written = tmp_path / "out" / "labels" / label.with_suffix(suffix).name
+        assert Image.open(written).format == file_format and Image.open(written).size == (40, 40)
+    assert sorted(p.suffix for p in (tmp_path / "out" / "labels").iterdir()) == [".bmp", ".png", ".tif"]
