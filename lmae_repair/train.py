@@ -170,8 +170,10 @@ def train_one_ratio(
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
     elif options.resume:
-        state = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio)
+        state, trained_on = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
+        if trained_on and trained_on != data.summary.get("data"):
+            console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
     elif state_path.exists():
         raise LmaeError(f"{state_path}: a run already exists here; pass --resume to continue it or choose another --out")
     if state.epoch >= options.epochs:
@@ -481,7 +483,9 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float) -> RunState:
+def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float) -> tuple[RunState, str | None]:
+    """The saved run loaded into `model`, `optimizer` and `plateau`: its state, and the data its
+    epochs were trained on (a resumed run may be given other data on purpose; it is said, not refused)."""
     if not path.is_file():
         raise LmaeError(f"{path}: nothing to resume (no training state here)")
     try:
@@ -501,7 +505,7 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     if saved.get("cuda_rng") and torch.cuda.is_available() and len(saved["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     run = saved["run"]
-    return RunState(run["epoch"], run["step"], run["best_score"], run["history"])
+    return RunState(run["epoch"], run["step"], run["best_score"], run["history"]), info.training.get("data")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

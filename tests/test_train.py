@@ -95,11 +95,14 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
     resumed = runner.invoke(app, args + ["--epochs", "3", "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming" in resumed.output
+    assert "resuming" in resumed.output and "trained on" not in resumed.output
     history = (tmp_path / "run" / "mask-0.50" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3]
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "last.safetensors")
     assert info.training["epochs"] == 3 and info.label_space.palette is not None
+    other = make_voc(tmp_path / "other", count=6, size=64, seed=1)
+    moved = runner.invoke(app, [str(other) if a == str(root) else a for a in args] + ["--epochs", "4", "--resume"])
+    assert moved.exit_code == 0 and f"trained on {root.resolve()}" in " ".join(moved.output.split())
 
 
 def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(tmp_path, family):
