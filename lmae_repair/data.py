@@ -127,7 +127,8 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     image_files, label_files = _files_below(image_dir, IMAGE_SUFFIXES), _files_below(label_dir, LABEL_SUFFIXES)
     if label_dir.resolve() == image_dir.resolve():
         label_files = _labels_beside_images(label_files, image_files)
-        image_files = [path for path in image_files if path not in set(label_files)]
+        taken = set(label_files)
+        image_files = [path for path in image_files if path not in taken]
     images, image_clashes = _by_stem(image_files, image_dir, root, "image")
     labels, label_clashes = _by_stem(label_files, label_dir, root, "label")
     problems = list(image_clashes.values()) + list(label_clashes.values())

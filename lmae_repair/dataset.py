@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from lmae_repair.data import Pair, check_same_size, read_label, read_pair
 from lmae_repair.errors import LmaeError
+from lmae_repair.inference import mirror_pad
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import erase_objects
 
@@ -119,10 +120,8 @@ class CropDataset(Dataset):
     def _random_window(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.crop
         height, width = label.shape
-        if height < c or width < c:  # extended by its mirror image, as inference does (inference.mirror_pad)
-            widths = ((0, max(c - height, 0)), (0, max(c - width, 0)))
-            image = torch.from_numpy(np.pad(image.numpy(), ((0, 0), *widths), mode="symmetric"))
-            label = torch.from_numpy(np.pad(label.numpy(), widths, mode="symmetric"))
+        if height < c or width < c:  # extended by its mirror image, as inference extends it
+            image, label = mirror_pad(image.permute(1, 2, 0).numpy(), label.numpy(), max(height, c), max(width, c))
             height, width = label.shape
         top = int(torch.randint(0, height - c + 1, ())) if self.augment else (height - c) // 2
         left = int(torch.randint(0, width - c + 1, ())) if self.augment else (width - c) // 2

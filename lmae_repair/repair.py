@@ -274,9 +274,9 @@ def dont_care_void(original: torch.Tensor, space, patch_size: int) -> torch.Tens
     void = original == space.void_id
     if not void.any():
         return void
-    share = patch_share(void, patch_size)
-    mostly_labelled = share.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)[: void.shape[0], : void.shape[1]] < 0.5
-    return void & mostly_labelled
+    mostly_labelled = patch_share(void, patch_size) < 0.5
+    pixels = expand_patch_mask(mostly_labelled.flatten()[None], tuple(mostly_labelled.shape), patch_size)[0]
+    return void & pixels[: void.shape[0], : void.shape[1]]
 
 
 def border_moves(original: np.ndarray, prediction: np.ndarray, editable: np.ndarray, space) -> torch.Tensor:
