@@ -140,6 +140,7 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
                 problems.append(f"{_display(path, root)}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
                                 "changes class values at region borders, so labels must be PNG (or BMP, TIFF)")
                 used.add(stem_path)  # its image is reported through this label, not as unlabelled
+    claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
         keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
@@ -149,7 +150,13 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
                 problems.append(f"{_display(label, root)}: no image with the same name")
             continue
         used.add(match)
-        pairs.append(Pair(images[match], label, _display(label, root)))
+        claims.setdefault(match, []).append(label)
+    for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
+        if len(claimants) == 1:
+            pairs.append(Pair(images[key], claimants[0], _display(claimants[0], root)))
+        else:  # x.png and x_mask.png both name x.jpg: either could be the one meant
+            problems.append(f"{_display(images[key], root)}: {len(claimants)} labels name this image "
+                            f"({', '.join(_display(p, root) for p in claimants)}); rename or remove all but one")
     unlabelled = [f"{_display(image, root)}: no label with the same name" for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
 

@@ -237,3 +237,19 @@ def test_a_size_mismatch_from_an_exif_quarter_turn_says_so(tmp_path):
     image.unlink()
     with pytest.raises(LmaeError, match="label is 64x40 but its image is 40x64 .*EXIF orientation"):
         read_pair(discover(root).pairs[0])
+
+
+def test_two_labels_naming_one_image_are_reported_not_both_repaired(tmp_path):
+    """labels/a.png and labels/a_mask.png both name images/a.jpg: either could be the one meant,
+    so neither is used and the clash is reported once; other pairs are unaffected."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "a.jpg", root / "labels" / "a.png", image, label)
+    write_pair(root / "images" / "a.jpg", root / "labels" / "a_mask.png", image, label)
+    write_pair(root / "images" / "b.jpg", root / "labels" / "b.png", image, label)
+    index = discover(root)
+    assert keys(index) == ["labels/b.png"]
+    clash = [line for line in index.unmatched if "a.jpg" in line]
+    assert len(clash) == 1 and "labels/a.png" in clash[0] and "labels/a_mask.png" in clash[0]
+    assert not any("a.jpg" in line for line in index.unlabelled)
