@@ -49,6 +49,8 @@ from lmae_repair.neighbourhood import neighbourhood_hint
 EDGE_FOLLOWING = 1.6  # gap_edge_contrast at or above which a label's gaps follow the image's edges
 GAP_CONTRAST_PIXELS = 4_000_000  # larger images are measured at this size
 VOID_FIRST = 1e-3  # tie-break weight of a patch's void share when choosing the patches to hide
+GAP_VOTE_WEIGHT = 0.5  # objects checkpoints: weight of a void gap's mean probabilities (`lean_on_whole_gaps`)
+GAP_VOTE_MAX_SHARE = 0.1  # ... for gaps of at most this share of the image (larger ones: not one object)
 BORDER_MARGIN = 3  # pixels: background turned into class c only this close to class c is a border move
 
 
@@ -231,8 +233,38 @@ def finish(
 ) -> Repair:
     """Merge the model's prediction into the original label under the do-no-harm rule."""
     height, width = item.original.shape
-    confidence, prediction = probs[:, :height, :width].float().cpu().max(0)
+    probs = probs[:, :height, :width].float().cpu()
+    if info.gap_kind == "objects":
+        probs = lean_on_whole_gaps(probs, item, info)
+    confidence, prediction = probs.max(0)
     return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
+
+
+def lean_on_whole_gaps(probs: torch.Tensor, item: Prepared, info: CheckpointInfo) -> torch.Tensor:
+    """Each pixel's class probabilities averaged half and half with the mean over its connected
+    void gap (8-connected, inside the hidden patches, at most GAP_VOTE_MAX_SHARE of the image).
+
+    Why, for checkpoints meant for missed objects only: such a gap is mostly one object, but the
+    model's per-pixel guess drifts to the surrounding class near the gap's border and between
+    look-alike classes (bicyclist / pedestrian). Leaning on the whole gap's mean pulls those pixels
+    to the class the gap as a whole looks like. CamVid val, objects damage (all 101 pairs, seed 0):
+    PA-mIoU 0.351 -> 0.362 (weights 0.3 / 0.4 / 0.6 / 0.8: 0.358 / 0.361 / 0.359 / 0.302; the whole
+    mean alone, 0.248: gaps often join several objects). Not for gaps cut across the scene: random
+    patches at 0.25 fell 0.816 -> 0.811, so other checkpoints keep their per-pixel guess."""
+    space = info.label_space
+    height, width = item.original.shape
+    gap = (torch.from_numpy(item.original) == space.void_id) & item.hidden_pixels(info.model.patch_size)[:height, :width]
+    if not gap.any():
+        return probs
+    count, regions = cv2.connectedComponents(gap.numpy().astype(np.uint8), connectivity=8)
+    regions = torch.from_numpy(regions).long().flatten()
+    sizes = torch.bincount(regions, minlength=count)
+    sums = torch.zeros(probs.shape[0], count).index_add_(1, regions, probs.flatten(1))
+    means = (sums / sizes.clamp(min=1))[:, regions].view_as(probs)
+    voted = (sizes <= GAP_VOTE_MAX_SHARE * height * width)
+    voted[0] = False  # label 0: not a gap
+    lean = voted[regions].view(height, width)
+    return torch.where(lean, (1.0 - GAP_VOTE_WEIGHT) * probs + GAP_VOTE_WEIGHT * means, probs)
 
 
 def merge(

@@ -225,3 +225,27 @@ def test_a_pair_smaller_than_a_tile_is_extended_by_its_mirror_not_by_black_void(
     assert (item.label[12:24, :20].numpy() == label[::-1]).all()
     assert (item.image[:, :12, 20:32].permute(1, 2, 0).numpy() == image[:, ::-1][:, :12]).all()
     assert not item.mask.view(4, 4)[2:, :].any() and not item.mask.view(4, 4)[:, 3:].any()
+
+
+def test_an_objects_checkpoint_fills_a_void_gap_as_the_class_the_whole_gap_looks_like():
+    """A void gap (a missed object) whose left half the model calls class 1 firmly and whose right
+    half it calls class 2 barely: an objects checkpoint fills the whole gap with class 1; a
+    checkpoint for any gap (holes cut across the scene) keeps the per-pixel guess. Gaps apart
+    from each other are judged apart."""
+    _, info = untrained(patch=8, crop=32)
+    space = LabelSpace(3, background_id=None, void_id=255)
+    general = CheckpointInfo(info.model, 0.5, space, info.training)
+    objects = CheckpointInfo(info.model, 0.5, space, info.training, gap_kind="objects")
+    label = np.zeros((64, 64), np.uint8)
+    label[8:16, 0:16] = 255  # one gap over two patches
+    label[40:48, 40:48] = 255  # another gap, far away
+    item = prepare(np.zeros((64, 64, 3), np.uint8), label, general)
+    item.mask[:] = True
+    probs = torch.zeros(3, 64, 64)
+    probs[1, :, :8], probs[2, :, :8] = 0.9, 0.1  # left of the first gap: firmly 1
+    probs[1, :, 8:], probs[2, :, 8:] = 0.45, 0.55  # right of it and the other gap: barely 2
+    per_pixel = finish(item, probs, general).values
+    assert (per_pixel[8:16, :8] == 1).all() and (per_pixel[8:16, 8:16] == 2).all()
+    whole = finish(item, probs, objects).values
+    assert (whole[8:16, 0:16] == 1).all() and (whole[label != 255] == 0).all()
+    assert (whole[40:48, 40:48] == 2).all()  # its own mean is 2
