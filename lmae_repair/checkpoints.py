@@ -48,6 +48,8 @@ class CheckpointInfo:
     # unlabelled) rather than for any gap.
     serve_ratios: list = field(default_factory=list)  # mask ratios served besides mask_ratio
     gap_kind: str = "any"
+    # Offsets added to the log-probabilities before choosing a class (class_bias.py); empty: none.
+    class_bias: list = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -61,6 +63,7 @@ class CheckpointInfo:
                 "int8_calibration": self.int8_calibration,
                 "serve_ratios": self.serve_ratios,
                 "gap_kind": self.gap_kind,
+                "class_bias": self.class_bias,
             }
         )
 
@@ -75,7 +78,7 @@ class CheckpointInfo:
         gap_kind = data.get("gap_kind", "any")
         if gap_kind not in GAP_KINDS:
             raise LmaeError(f"gap_kind {gap_kind!r} is not one of {', '.join(GAP_KINDS)}")
-        return cls(
+        info = cls(
             model=ModelConfig.from_dict(data["model"]),
             mask_ratio=float(data["mask_ratio"]),
             label_space=LabelSpace.from_dict(data["label_space"]),
@@ -85,7 +88,11 @@ class CheckpointInfo:
             int8_calibration=data.get("int8_calibration", []),
             serve_ratios=[float(r) for r in data.get("serve_ratios", [])],
             gap_kind=gap_kind,
+            class_bias=[float(b) for b in data.get("class_bias", [])],
         )
+        if info.class_bias and len(info.class_bias) != info.label_space.num_classes:
+            raise LmaeError(f"class_bias has {len(info.class_bias)} values for {info.label_space.num_classes} classes")
+        return info
 
 
 def save_checkpoint(path: Path, model: LabelMAE, info: CheckpointInfo, half: bool = False) -> None:
@@ -179,5 +186,6 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     model.load_state_dict({name: (tensor / len(paths)).float() for name, tensor in total.items()})
     info.training = {**info.training, "averaged_from": [str(p) for p in paths]}
     info.validation = {}
+    info.class_bias = []  # tuned for other weights: tune the average again (class_bias.py)
     info.int8_calibration = union(calibrations)
     return model, info

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
+from lmae_repair.class_bias import apply_class_bias
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import mirror_pad, predict_many, resolve_precision
@@ -236,7 +237,7 @@ def finish(
     probs = probs[:, :height, :width].float().cpu()
     if info.gap_kind == "objects":
         probs = lean_on_whole_gaps(probs, item, info)
-    confidence, prediction = probs.max(0)
+    confidence, prediction = apply_class_bias(probs, info.class_bias).max(0)
     return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
 
 

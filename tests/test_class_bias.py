@@ -1,0 +1,95 @@
+"""Class offsets: tuned for PA-mIoU, stored in the checkpoint, applied where a class is chosen."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import NUM_CLASSES, make_paired
+from lmae_repair.checkpoints import CheckpointInfo, read_info
+from lmae_repair.class_bias import apply_class_bias, held_out, pa_miou, tune_offsets
+from lmae_repair.cli import app
+from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import ModelConfig
+from lmae_repair.repair import finish, prepare
+
+runner = CliRunner()
+
+
+def test_tuned_offsets_give_a_class_the_model_underrates_its_pixels():
+    """The model says class 0 at 0.6 on pixels that are class 1, and at 0.9 on pixels that are
+    class 0: every class-1 pixel is lost. An offset for class 1 between log(0.6/0.4) and
+    log(0.9/0.1) gets both right; tuning finds one."""
+    probs = np.array([[0.9, 0.1]] * 50 + [[0.6, 0.4]] * 50)
+    logs, truths = np.log(probs).astype(np.float32), np.array([0] * 50 + [1] * 50)
+    missed = np.zeros(2, np.int64)
+    bias, before, after = tune_offsets(logs, truths, missed)
+    assert before == pytest.approx(0.25)  # class 0: IoU 0.5, class 1: 0
+    assert after == pytest.approx(1.0) and pa_miou(logs, truths, missed, bias) == pytest.approx(1.0)
+    assert np.log(0.6 / 0.4) < bias[1] - bias[0] < np.log(0.9 / 0.1)
+    folds = np.arange(100) % 2  # the same pattern in both halves of the pairs: it holds out of sample
+    assert held_out(logs, truths, folds, np.zeros((2, 2))) == (pytest.approx(0.25), pytest.approx(1.0))
+
+
+def test_offsets_reweight_probabilities_and_no_offsets_change_nothing():
+    probs = torch.tensor([0.6, 0.4]).view(2, 1, 1).expand(2, 3, 3).contiguous()
+    assert torch.equal(apply_class_bias(probs, []), probs)
+    shifted = apply_class_bias(probs, [0.0, 1.0])
+    assert torch.allclose(shifted.sum(0), torch.ones(3, 3)) and (shifted.argmax(0) == 1).all()
+
+
+def test_a_checkpoint_carries_its_offsets_and_repair_chooses_with_them():
+    """Stored with the checkpoint, read back, and used by `finish`: a void patch the model calls
+    class 1 at 0.6 becomes class 2 under offsets favouring it. Offsets of the wrong length are
+    refused when the checkpoint is read."""
+    config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    info = CheckpointInfo(config, 0.5, LabelSpace(3, background_id=0, void_id=255), {"crop": 16}, class_bias=[0.0, 0.0, 1.0])
+    assert CheckpointInfo.from_json(info.to_json()).class_bias == [0.0, 0.0, 1.0]
+    label = np.full((16, 16), 2, np.uint8)
+    label[:8, :8] = 255
+    item = prepare(np.zeros((16, 16, 3), np.uint8), label, info)
+    probs = torch.zeros(3, 16, 16)
+    probs[1], probs[2] = 0.6, 0.4
+    assert (finish(item, probs, info).values[:8, :8] == 2).all()
+    info.class_bias = []
+    assert (finish(item, probs, info).values[:8, :8] == 1).all()
+    broken = info.to_json().replace('"class_bias": []', '"class_bias": [1.0]')
+    with pytest.raises(LmaeError, match="class_bias has 1 values for 3 classes"):
+        CheckpointInfo.from_json(broken)
+
+
+def test_tune_writes_tuned_checkpoints_and_leaves_bundled_ones_alone(tmp_path, trained_family):
+    data = make_paired(tmp_path / "val", count=4, size=64, seed=5)
+    out = tmp_path / "tuned"
+    result = runner.invoke(app, ["tune", str(data), "--models", str(trained_family), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "PA-mIoU on" in result.output
+    tuned = read_info(out / "best.safetensors")
+    assert len(tuned.class_bias) == NUM_CLASSES
+    record = tuned.training["class_bias_tuned_on"]
+    assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
+    assert "held_out_after" in record and "scored on the other" in result.output
+    assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
+    refused = runner.invoke(app, ["tune", str(data), "--models", "camvid"])
+    assert refused.exit_code == 2 and "give --out" in refused.output
+
+
+def test_the_tuning_sample_stays_bounded_and_keeps_the_class_shares(monkeypatch):
+    """Millions of erased pixels are thinned to a uniform sample of at most twice TUNING_PIXELS,
+    missed pixels included, so each class keeps its share and the memory stays bounded."""
+    import lmae_repair.class_bias as class_bias
+
+    monkeypatch.setattr(class_bias, "TUNING_PIXELS", 1000)
+    gathered = class_bias.ErasedProbabilities(2, seed=0)
+    truth = np.zeros((40, 50), np.int64)
+    truth[:, :10] = 1  # a fifth of the pixels are class 1
+    erased = np.ones((40, 50), bool)
+    fillable = np.ones((40, 50), bool)
+    fillable[:4] = False  # a tenth may not be filled: missed
+    for _ in range(20):
+        gathered.add(torch.full((2, 40, 50), 0.5), truth, erased, fillable)
+    logs, truths, folds, missed = gathered.arrays()
+    assert len(truths) <= 2000 and gathered.rate < 0.1 and logs.shape == (len(truths), 2) and set(folds) == {0}
+    assert abs((truths == 1).mean() - 0.2) < 0.05
+    assert abs(missed.sum() / (missed.sum() + len(truths)) - 0.1) < 0.03
