@@ -590,8 +590,8 @@ def average(
 @app.command()
 def tune(
     data: Path = typer.Argument(Path("."), help="Dataset with complete labels that the checkpoints did not train on (e.g. your validation split)."),
-    models: list[str] = typer.Option(..., "--models", help="Checkpoint file, run or family folder to tune (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the tuned checkpoints to, under their own names (default: each checkpoint in place; bundled ones need --out)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the tuned checkpoints to, under their own names (default: each checkpoint in place; a bundled family's go to ./<family>-tuned)."),
     split: Optional[str] = typer.Option(None, help="Split to tune on, where the layout has splits (e.g. val)."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
@@ -602,25 +602,28 @@ def tune(
     """Tune each checkpoint's class offsets for PA-mIoU on labelled pairs (damaged as evaluate
     damages them, with the damage the checkpoint serves) and store them in the checkpoint.
 
-    The model's most probable class is not the choice that maximises the mean IoU over the filled pixels: rare classes count as much as common ones. Tune on pairs the checkpoint did not train on (models/camvid/README.md, "Class offsets")."""
+    The model's most probable class is not the choice that maximises the mean IoU over the filled pixels: rare classes count as much as common ones. Tune on pairs the checkpoint did not train on (README "Tuning class offsets")."""
 
     def run() -> None:
         from lmae_repair.checkpoints import read_info
         from lmae_repair.class_bias import served_damages, tune_checkpoint
         from lmae_repair.data import discover
-        from lmae_repair.families import bundled_models_dir, find_checkpoints
+        from lmae_repair.families import bundled_models_dir, resolve_models
         from lmae_repair.train import resolve_device
 
-        files = list(dict.fromkeys(path for path, _ in find_checkpoints(models)))
-        bundled = bundled_models_dir().resolve()
-        if out is None and any(bundled in path.resolve().parents for path in files):
-            raise LmaeError(f"{files[0]}: a checkpoint bundled with lmae-repair is not changed in place; give --out FOLDER")
         index = discover(data, split, images, labels)
+        used, checkpoints = resolve_models(models, index)
+        files = list(dict.fromkeys(path for path, _ in checkpoints))
+        folder = out
+        if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
+            folder = Path(f"{files[0].parent.name}-tuned")
+            console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
+                          f"(use them with --models {folder})", highlight=False)
         pairs = min(len(index.pairs), max_pairs or len(index.pairs))
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
         for path in files:
-            target = path if out is None else out / path.name
+            target = path if folder is None else folder / path.name
             with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
                 result = tune_checkpoint(path, index, target, max_pairs, seed, str(resolve_device(device)),
                                          on_pair=lambda n: [advance() for _ in range(n)])

@@ -253,7 +253,7 @@ class PairLoader(Dataset):
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
             item.entry["background_heavy_share"] = round(share, 4)
-            if not has_annotation(label.values, self.checkpoints[0][1].label_space):
+            if item.choice is None and not has_annotation(label.values, self.checkpoints[0][1].label_space):
                 item.entry["note"] = "no annotated pixel (all void): nothing to complete from, left as it is"
         except Exception as exc:
             item.entry["error"] = pair_error(str(pair.label), exc)

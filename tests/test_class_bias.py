@@ -59,7 +59,7 @@ def test_a_checkpoint_carries_its_offsets_and_repair_chooses_with_them():
         CheckpointInfo.from_json(broken)
 
 
-def test_tune_writes_tuned_checkpoints_and_leaves_bundled_ones_alone(tmp_path, trained_family):
+def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_family):
     data = make_paired(tmp_path / "val", count=4, size=64, seed=5)
     out = tmp_path / "tuned"
     result = runner.invoke(app, ["tune", str(data), "--models", str(trained_family), "--out", str(out), "--device", "cpu"])
@@ -71,8 +71,29 @@ def test_tune_writes_tuned_checkpoints_and_leaves_bundled_ones_alone(tmp_path, t
     assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
     assert "held_out_after" in record and "scored on the other" in result.output
     assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
-    refused = runner.invoke(app, ["tune", str(data), "--models", "camvid"])
-    assert refused.exit_code == 2 and "give --out" in refused.output
+
+
+def test_tune_leaves_a_bundled_family_as_it_is_and_writes_tuned_copies(tmp_path, monkeypatch):
+    """With no --models and no --out on CamVid-like data: the bundled camvid family is picked,
+    left untouched, and its tuned copies land in ./camvid-tuned, offsets and record included."""
+    from pathlib import Path
+
+    import lmae_repair
+    from lmae_repair.families import bundled_families
+
+    examples = Path(lmae_repair.__file__).resolve().parents[1] / "examples" / "camvid"
+    if not examples.is_dir() or "camvid" not in bundled_families():
+        pytest.skip("needs the repository's examples and bundled models")
+    bundled = sorted(bundled_families()["camvid"].glob("*.safetensors"))
+    before = [path.read_bytes() for path in bundled]
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["tune", str(examples), "--max-pairs", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "camvid-tuned" in result.output
+    tuned = sorted((tmp_path / "camvid-tuned").glob("*.safetensors"))
+    assert [path.name for path in tuned] == [path.name for path in bundled]
+    assert all(len(read_info(path).class_bias) == 11 and read_info(path).training["class_bias_tuned_on"]["pairs"] == 2 for path in tuned)
+    assert [path.read_bytes() for path in bundled] == before
 
 
 def test_the_tuning_sample_stays_bounded_and_keeps_the_class_shares(monkeypatch):
