@@ -222,6 +222,10 @@ def complete(
         if unannotated:
             count = len(unannotated)
             console.print(f"note: {count} label{'s have' if count > 1 else ' has'} no annotated pixel (all void) and {'were' if count > 1 else 'was'} left as {'they are' if count > 1 else 'it is'}: nothing to complete from (first: {unannotated[0]})", highlight=False)
+        earlier = report["totals"].get("outputs_not_in_input", [])
+        if earlier:
+            count = len(earlier)
+            console.print(f"note: {target} also holds {count} label{'s' if count > 1 else ''} written by an earlier run for pairs not in this input, kept as {'they are' if count > 1 else 'it is'} (first: {earlier[0]}; all in lmae-report.json)", highlight=False)
         print_complete_summary(report, target, dry_run, len(index.unmatched))
         return 1 if report["totals"]["failed"] else 0
 

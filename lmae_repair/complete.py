@@ -512,6 +512,11 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
         totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
         totals["unlabelled_images"] = len(index.unlabelled)
+        # Labels an earlier run wrote for pairs this input no longer has (removed, renamed, or
+        # another --split into the same OUT): kept, since removing them could undo other work,
+        # but listed so that OUT is not taken for a mirror of this input alone.
+        current = {pair.key for pair in index.pairs}
+        totals["outputs_not_in_input"] = sorted(key for key in finished if key not in current)
         if options.dry_run:
             return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
         prune_split_lists(index, options.out)

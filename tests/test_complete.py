@@ -141,6 +141,22 @@ def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first  # redone identically
 
 
+def test_labels_of_pairs_gone_from_the_input_are_kept_and_listed(tmp_path, family):
+    """A pair removed from the input after a run: its label in OUT stays (it may be another
+    split's work) but the rerun says so and the report lists it; the other pairs are skipped."""
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    (root / "labels" / "scene_002.png").unlink()
+    (root / "images" / "scene_002.png").unlink()
+    result = complete(root, out, family)
+    assert result.exit_code == 0, result.output
+    assert "1 label written by an earlier run for pairs not in this input" in result.output
+    assert (out / "labels" / "scene_002.png").is_file()
+    report = json.loads((out / "lmae-report.json").read_text())
+    assert report["totals"]["outputs_not_in_input"] == ["labels/scene_002.png"] and report["totals"]["resumed"] == 2
+
+
 def test_an_uppercase_png_label_keeps_its_name(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     (root / "labels" / "scene_000.png").rename(root / "labels" / "scene_000.PNG")
