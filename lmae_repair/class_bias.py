@@ -25,11 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, read_pair
 from lmae_repair.errors import LmaeError
-from lmae_repair.inference import for_inference, resolve_precision
-from lmae_repair.masking import missing_pixels
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)  # candidate offsets per class (log-probability units)
 SWEEPS = 3
@@ -130,12 +128,13 @@ def tune_offsets(logs: np.ndarray, truths: np.ndarray, missed: np.ndarray) -> tu
 def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, device: str = "cpu",
             batch_size: int = 8, on_pair=None) -> tuple[CheckpointInfo, ErasedProbabilities]:
     """Damage each pair as the checkpoint's served damages say and gather its probabilities."""
+    from lmae_repair.complete import CompleteOptions, Completer
     from lmae_repair.evaluate import EvaluateOptions, degrade
-    from lmae_repair.repair import lean_on_whole_gaps, predict, prepare
+    from lmae_repair.repair import gap_probabilities, predict, prepare
 
-    model, info = load_checkpoint(path, device)
-    precision = resolve_precision("auto", device)
-    model = for_inference(model, precision, info.int8_calibration)
+    info = read_info(path)
+    completer = Completer([(path, info)], CompleteOptions(Path("."), device=device))
+    model, precision = completer.model(0), completer.precision
     space, p = info.label_space, info.model.patch_size
     gathered = ErasedProbabilities(space.num_classes, seed)
     pairs = index.pairs[: max_pairs or None]
@@ -156,13 +155,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
                 with torch.inference_mode():
                     probs = predict(model, slot, [c[0] for c in cases], device, batch_size, precision)
                 for (item, truth, erased, position), prob in zip(cases, probs):
-                    height, width = truth.shape
-                    prob = prob[:, :height, :width].float().cpu()
-                    if info.gap_kind == "objects":
-                        prob = lean_on_whole_gaps(prob, item, info)
-                    missing = missing_pixels(torch.from_numpy(item.original), space.background_id, space.void_id)
-                    fillable = (item.hidden_pixels(p)[:height, :width] & missing).numpy()
-                    gathered.add(prob, truth, erased, fillable, position)
+                    gathered.add(gap_probabilities(item, prob, info), truth, erased, item.fillable_pixels(p, space).numpy(), position)
             if on_pair is not None:
                 on_pair(min(batch_size, len(pairs) - start))
     return info, gathered

@@ -631,7 +631,7 @@ def tune(
             with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
                 result = tune_checkpoint(path, index, target, max_pairs, seed, str(resolve_device(device)),
                                          on_pair=lambda n: [advance() for _ in range(n)])
-            offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(read_names(target), result["bias"]) if b)
+            offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(checkpoints[0][1].label_space.names, result["bias"]) if b)
             held_out = ""
             if "held_out_after" in result:
                 held_out = (f"; tuned on one half of the pairs and scored on the other: {result['held_out_before']:.3f} -> "
@@ -642,12 +642,6 @@ def tune(
                 console.print("note: on pairs they were not tuned on the offsets lose; tune on more pairs, or keep the checkpoint as it was", highlight=False)
 
     guarded(run)
-
-
-def read_names(path: Path) -> list[str]:
-    from lmae_repair.checkpoints import read_info
-
-    return read_info(path).label_space.names
 
 
 @app.command()

@@ -135,6 +135,13 @@ class Prepared:
         grid = (self.label.shape[0] // patch_size, self.label.shape[1] // patch_size)
         return expand_patch_mask(self.mask[None], grid, patch_size)[0]
 
+    def fillable_pixels(self, patch_size: int, space) -> torch.Tensor:
+        """(H, W) bool at the input's size: the background or void pixels of the hidden patches,
+        the only ones `merge` may change (without `overwrite_labeled`)."""
+        height, width = self.original.shape
+        missing = missing_pixels(torch.from_numpy(self.original), space.background_id, space.void_id)
+        return self.hidden_pixels(patch_size)[:height, :width] & missing
+
     def editable_patches(self, patch_size: int, space, overwrite_labeled: bool) -> torch.Tensor:
         """(Lp,) bool: the hidden patches where `merge` may change a pixel (those holding
         background or void, or every hidden patch with `overwrite_labeled`): the only patches whose
@@ -233,12 +240,18 @@ def finish(
     min_confidence: float = 0.0,
 ) -> Repair:
     """Merge the model's prediction into the original label under the do-no-harm rule."""
+    confidence, prediction = apply_class_bias(gap_probabilities(item, probs, info), info.class_bias).max(0)
+    return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
+
+
+def gap_probabilities(item: Prepared, probs: torch.Tensor, info: CheckpointInfo) -> torch.Tensor:
+    """The model's (N, Hp, Wp) probabilities as the class is chosen from them, before any class
+    offsets: cropped to the input's size, float on the CPU, and for an objects checkpoint leaning
+    on each gap's mean (`lean_on_whole_gaps`). Shared by `finish` and the offsets' tuning, so the
+    offsets are tuned on what they are applied to."""
     height, width = item.original.shape
     probs = probs[:, :height, :width].float().cpu()
-    if info.gap_kind == "objects":
-        probs = lean_on_whole_gaps(probs, item, info)
-    confidence, prediction = apply_class_bias(probs, info.class_bias).max(0)
-    return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
+    return lean_on_whole_gaps(probs, item, info) if info.gap_kind == "objects" else probs
 
 
 def lean_on_whole_gaps(probs: torch.Tensor, item: Prepared, info: CheckpointInfo) -> torch.Tensor:
@@ -282,10 +295,11 @@ def merge(
     by the model and the baselines (which give no confidence)."""
     space = info.label_space
     height, width = item.original.shape
-    editable = item.hidden_pixels(info.model.patch_size)[:height, :width]
     original = torch.from_numpy(item.original)
-    if not overwrite_labeled:
-        editable &= missing_pixels(original, space.background_id, space.void_id)
+    if overwrite_labeled:
+        editable = item.hidden_pixels(info.model.patch_size)[:height, :width]
+    else:
+        editable = item.fillable_pixels(info.model.patch_size, space)
     editable &= prediction < space.num_classes
     if confidence is not None and min_confidence > 0.0:
         editable &= (original == space.void_id) | (confidence >= min_confidence)
