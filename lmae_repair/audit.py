@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list
-from lmae_repair.data import DatasetIndex, atomic_write, read_image
+from lmae_repair.data import DatasetIndex, atomic_write, read_image, relative_key
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import missing_pixels
@@ -112,8 +112,8 @@ def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pa
     """Rows for every pair and every unmatched file, sorted by score, highest first."""
     space = checkpoints[0][1].label_space
     completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
-    rows = [defect_row(problem, failed=True) for problem in index.unmatched]
-    rows += [defect_row(problem, failed=False) for problem in index.unlabelled]
+    rows = [defect_row(problem, index.root, failed=True) for problem in index.unmatched]
+    rows += [defect_row(problem, index.root, failed=False) for problem in index.unlabelled]
     loader = torch.utils.data.DataLoader(
         PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
     )
@@ -127,10 +127,11 @@ def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pa
     return sorted(rows, key=lambda row: (-row["score"], row["label"]))
 
 
-def defect_row(problem: str, failed: bool) -> dict:
-    """A file discovery could not pair: 'path: no label with the same name' and the like."""
+def defect_row(problem: str, root: Path, failed: bool) -> dict:
+    """A file discovery could not pair: 'path: no label with the same name' and the like,
+    keyed like a pair by its path relative to the dataset root."""
     path, _, reason = problem.partition(": ")
-    row = new_row(path, path if "no label" in reason else None)
+    row = new_row(relative_key(path, root), path if "no label" in reason else None)
     row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
     return row
 

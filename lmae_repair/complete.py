@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
-from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, write_label
+from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, relative_key, write_label
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
@@ -227,10 +227,11 @@ def new_entry(pair: Pair) -> dict:
             "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
 
-def problem_entry(problem: str) -> dict:
-    """The report entry of a file discovery could not pair ('path: problem'): a failed pair."""
+def problem_entry(problem: str, root: Path) -> dict:
+    """The report entry of a file discovery could not pair ('path: problem'): a failed pair,
+    keyed like a pair by its path relative to the dataset root."""
     path = problem.partition(": ")[0]
-    entry = new_entry(Pair(Path(path), Path(path), path))
+    entry = new_entry(Pair(Path(path), Path(path), relative_key(path, root)))
     entry.update(image=None, input_label=None, error=problem)
     return entry
 
@@ -504,7 +505,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         done = {pair.key: finished[pair.key] for pair in index.pairs
                 if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
         todo = [pair for pair in index.pairs if pair.key not in done]
-        unpaired = [problem_entry(problem) for problem in index.unmatched]
+        unpaired = [problem_entry(problem, index.root) for problem in index.unmatched]
         for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:
             if on_pair is not None:
                 on_pair(entry, worked=False)  # counted at once: no work, so not in pairs/s

@@ -91,7 +91,7 @@ def _label_stem_candidates(stem: str) -> list[str]:
     return candidates
 
 
-def _by_stem(paths: list[Path], folder: Path, root: Path, kind: str) -> tuple[dict[str, Path], list[str]]:
+def _by_stem(paths: list[Path], folder: Path, kind: str) -> tuple[dict[str, Path], list[str]]:
     """{relative path without extension: file}; names that two files share (a.jpg and a.png)
     are left out and reported, since either could be the one meant."""
     groups: dict[str, list[Path]] = {}
@@ -99,7 +99,7 @@ def _by_stem(paths: list[Path], folder: Path, root: Path, kind: str) -> tuple[di
         groups.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
     unique = {stem: group[0] for stem, group in groups.items() if len(group) == 1}
     clashes = {
-        stem: f"{_display(group[0], root)}: {len(group)} {kind}s share this name "
+        stem: f"{group[0]}: {len(group)} {kind}s share this name "
         f"({', '.join(p.name for p in group)}); rename or remove all but one"
         for stem, group in groups.items() if len(group) > 1
     }
@@ -129,15 +129,15 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         label_files = _labels_beside_images(label_files, image_files)
         taken = set(label_files)
         image_files = [path for path in image_files if path not in taken]
-    images, image_clashes = _by_stem(image_files, image_dir, root, "image")
-    labels, label_clashes = _by_stem(label_files, label_dir, root, "label")
+    images, image_clashes = _by_stem(image_files, image_dir, "image")
+    labels, label_clashes = _by_stem(label_files, label_dir, "label")
     problems = list(image_clashes.values()) + list(label_clashes.values())
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
-        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, root, "label")
+        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, "label")
         for stem_path, path in sorted(lossy.items()):
             if stem_path not in labels and stem_path not in label_clashes:
-                problems.append(f"{_display(path, root)}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
+                problems.append(f"{path}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
                                 "changes class values at region borders, so labels must be PNG (or BMP, TIFF)")
                 used.add(stem_path)  # its image is reported through this label, not as unlabelled
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
@@ -147,23 +147,25 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         match = next((key for key in keys if key in images), None)
         if match is None:
             if not any(key in image_clashes for key in keys):
-                problems.append(f"{_display(label, root)}: no image with the same name")
+                problems.append(f"{label}: no image with the same name")
             continue
         used.add(match)
         claims.setdefault(match, []).append(label)
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
         if len(claimants) == 1:
-            pairs.append(Pair(images[key], claimants[0], _display(claimants[0], root)))
+            pairs.append(Pair(images[key], claimants[0], relative_key(claimants[0], root)))
         else:  # x.png and x_mask.png both name x.jpg: either could be the one meant
-            problems.append(f"{_display(images[key], root)}: {len(claimants)} labels name this image "
-                            f"({', '.join(_display(p, root) for p in claimants)}); rename or remove all but one")
-    unlabelled = [f"{_display(image, root)}: no label with the same name" for key, image in images.items() if key not in used]
+            problems.append(f"{images[key]}: {len(claimants)} labels name this image "
+                            f"({', '.join(str(p) for p in claimants)}); rename or remove all but one")
+    unlabelled = [f"{image}: no label with the same name" for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
 
 
-def _display(path: Path, root: Path) -> str:
+def relative_key(path: Path | str, root: Path) -> str:
+    """`path` relative to the dataset root: what keys a pair in reports and resumed runs.
+    (Messages name files as the user gave them, so the path opens from where they ran it.)"""
     try:
-        return path.relative_to(root).as_posix()
+        return Path(path).relative_to(root).as_posix()
     except ValueError:
         return str(path)
 
@@ -204,12 +206,13 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     for split_file in lists:
         for line in split_file.read_text().splitlines():
             if line.strip():
-                listed.setdefault(line.split()[0], split_file.name)
+                listed.setdefault(line.split()[0], split_file.relative_to(voc_root).as_posix())
     found = {p.label.stem: p for p in pairs}
     problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
     lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
-    missing = [
-        problems.get(name) or f"{listed[name]}: {name} has {'an image but no label' if name in lonely_images else 'no image/label pair'}"
+    missing = [  # named by the label file that should be there: one entry per missing pair
+        problems.get(name) or f"{label_dir / name}.png: {listed[name]} lists {name}, but "
+        f"{'this label is missing (its image is there)' if name in lonely_images else 'neither this label nor its image exists'}"
         for name in sorted(listed.keys() - found.keys())
     ]
     if split is not None:
@@ -240,9 +243,9 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
         rel_dir = image.parent.relative_to(image_root)
         label = label_root / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
         if label.is_file():
-            pairs.append(Pair(image, label, _display(label, root)))
+            pairs.append(Pair(image, label, relative_key(label, root)))
         else:
-            unlabelled.append(f"{_display(image, root)}: no {label.name}")
+            unlabelled.append(f"{image}: no {label.name}")
     if not pairs and any(label_root.rglob("*_gtFine_labelIds.png")):
         raise LmaeError(
             f"{label_root}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "

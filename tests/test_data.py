@@ -92,7 +92,8 @@ def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path
     (root / "JPEGImages" / "2008_000000.jpg").write_bytes((root / "JPEGImages" / "2007_000000.jpg").read_bytes())  # listed nowhere
     for split in (None, "val"):
         index = discover(root, split=split)
-        assert index.unmatched == ["val.txt: 2007_000003 has an image but no label"], split
+        label = root / "SegmentationClass" / "2007_000003.png"  # named as the user's path gives it
+        assert index.unmatched == [f"{label}: ImageSets/Segmentation/val.txt lists 2007_000003, but this label is missing (its image is there)"], split
         assert "2007_000003" not in {p.label.stem for p in index.pairs}
     assert index.unlabelled == []  # an unlisted JPEGImages file without a label is normal in VOC
 

@@ -119,8 +119,10 @@ def hashes(*folders):
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_each_broken_pair_named_once(text):
+def assert_each_broken_pair_named_once(text, root):
     lines = [line for line in text.splitlines() if line.startswith("failed:")]
+    for line in lines:  # every file named as the user gave the dataset, unpaired ones as unreadable ones
+        assert line.removeprefix("failed: ").startswith(str(root)), line
     for case, (name, problem) in BROKEN.items():
         named = [line for line in lines if name in line]
         assert named, f"{case}: no line names {name}"
@@ -142,7 +144,7 @@ def test_complete_skips_each_broken_pair_in_one_line_and_repairs_the_rest(tmp_pa
         [sys.executable, "-m", "lmae_repair", "complete", str(corpus), "--out", str(out), "--models", str(family),
          "--device", "cpu", "--min-confidence", "0"], capture_output=True, text=True, env=env)
     assert result.returncode == 1, result.stderr  # some pairs failed
-    assert_each_broken_pair_named_once(result.stderr)
+    assert_each_broken_pair_named_once(result.stderr, corpus)
     assert "1 image has no label" in result.stdout and "lonely.png" in result.stdout
 
     report = json.loads((out / "lmae-report.json").read_text())
@@ -164,13 +166,13 @@ def test_audit_evaluate_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_
     audit = runner.invoke(app, ["audit", str(corpus), "--models", str(family), "--device", "cpu",
                                 "--json", str(tmp_path / "audit.json")])
     assert audit.exit_code == 1, audit.output
-    assert_each_broken_pair_named_once(audit.output)
+    assert_each_broken_pair_named_once(audit.output, corpus)
     rows = {row["label"]: row for row in json.loads((tmp_path / "audit.json").read_text())}
     assert all(rows[key]["score"] < 1.0 for key in UNUSUAL)  # unusual but fine: judged, not defects
 
     evaluate = runner.invoke(app, ["evaluate", str(corpus), "--models", str(family), "--device", "cpu"])
     assert evaluate.exit_code == 1, evaluate.output
-    assert_each_broken_pair_named_once(evaluate.output)
+    assert_each_broken_pair_named_once(evaluate.output, corpus)
     assert f"{GOOD + len(UNUSUAL)} pairs" in evaluate.output.split("damage at")[1]  # the figures' title
 
     train = runner.invoke(app, ["train", str(corpus), "--epochs", "1", "--batch-size", "4", "--crop", "32",
