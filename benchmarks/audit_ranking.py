@@ -1,9 +1,10 @@
 """Does `lmae-repair audit` put the broken labels first?
 
 Run by hand; prints figures. Protocol (issue 5): copy a dataset's pairs into a paired layout, break
-a known 20% of the labels (seeded) in one way, run the real audit on the copy and report the
-precision at k = the number broken (the share of the top k that are broken ones; with k equal to
-the number broken it is also the recall).
+a known 20% of the labels (seeded, among the labels the breakage can change) in one way, run the
+real audit on the copy and report the precision at k = the number broken (the share of the top k
+that are broken ones; with k equal to the number broken it is also the recall: the share of the
+broken labels in audit's top 20%).
 
 Breakages: `patches` (random 16-px patches set to void at ratio 0.5 for CamVid-style data, to the
 missing value otherwise: the `evaluate` patch damage) and `objects` (half of the objects up to 5%
@@ -34,28 +35,32 @@ from lmae_repair.train import resolve_device
 
 
 def build_copy(pairs, space, kind: str, share: float, seed: int, work: Path) -> set[str]:
-    """Paired copy under `work` with `share` of the labels broken; returns their keys."""
-    rng = np.random.default_rng(seed)
-    broken = set(rng.choice(len(pairs), int(round(share * len(pairs))), replace=False).tolist())
+    """Paired copy under `work` with `share` of the labels broken; returns their keys.
+
+    The broken ones are drawn (seeded) among the labels the breakage can change: a concrete
+    label whose only defect covers more than 5% of the image has no object to erase, and
+    drawing it would break fewer than `share` of the labels."""
     options = EvaluateOptions(strategy="objects" if kind == "objects" else "random", mask_ratio=0.5)
-    keys = set()
+    damaged = {}
+    for i, pair in enumerate(pairs):
+        values, erased = degrade(read_label(pair.label).values, space, options, np.random.default_rng([seed, i]))
+        if erased.any():
+            damaged[i] = values
+    wanted = int(round(share * len(pairs)))
+    if len(damaged) < wanted:
+        print(f"{kind}: only {len(damaged)} of {len(pairs)} labels can be broken this way; all of them are")
+    rng = np.random.default_rng(seed)
+    broken = set(rng.choice(sorted(damaged), min(wanted, len(damaged)), replace=False).tolist())
+    (work / "images").mkdir(parents=True, exist_ok=True)
+    (work / "labels").mkdir(parents=True, exist_ok=True)
     for i, pair in enumerate(pairs):
         label = read_label(pair.label)
-        values = label.values
-        if i in broken:
-            values, erased = degrade(values, space, options, np.random.default_rng([seed, i]))
-            if not erased.any():
-                values = label.values  # nothing to erase: not broken after all
-            else:
-                keys.add(f"labels/{pair.label.stem}.png")
-        (work / "images").mkdir(parents=True, exist_ok=True)
-        (work / "labels").mkdir(parents=True, exist_ok=True)
         shutil.copy(pair.image, work / "images" / f"{pair.label.stem}{pair.image.suffix}")
-        out = Image.fromarray(values)
+        out = Image.fromarray(damaged[i] if i in broken else label.values)
         if label.palette:
             out.putpalette(label.palette)
         out.save(work / "labels" / f"{pair.label.stem}.png")
-    return keys
+    return {f"labels/{pairs[i].label.stem}.png" for i in broken}
 
 
 def main() -> None:
