@@ -107,6 +107,7 @@ def train(
     val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
     gaps: str = typer.Option("any", help="The labels these checkpoints are for: any, or objects: only labels whose gaps follow the image's edges (missed objects), beside a family's checkpoints for any gap (README \"Routing\"); for objects, lean --mask-mix on the objects strategy (e.g. 1:1:1:3)."),
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights (epoch-NNN.safetensors), to average them afterwards with lmae-repair average."),
+    max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0, help="Time budget per mask ratio: begin no epoch that would end past it (0: none); --resume goes on later."),
 ) -> None:
     """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
 
@@ -140,6 +141,7 @@ def train(
             init=init,
             keep_epochs=keep_epochs,
             gaps=gaps,
+            max_minutes=max_minutes,
         )
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)

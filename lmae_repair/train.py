@@ -91,6 +91,7 @@ class TrainOptions:
     init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
     keep_epochs: bool = False  # also write epoch-NNN.safetensors every epoch, for `lmae-repair average`
     gaps: str = "any"  # the labels the checkpoints are for, in routing: CheckpointInfo.gap_kind
+    max_minutes: float = 0.0  # per mask ratio: no epoch is begun that would end past it (0: no limit)
 
 
 @dataclass
@@ -200,7 +201,13 @@ def train_one_ratio(
         task = progress.add_task(
             f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0
         )
+        run_started, epoch_seconds = time.perf_counter(), []
         for epoch in range(state.epoch + 1, options.epochs + 1):
+            if next_epoch_would_overrun(options.max_minutes, time.perf_counter() - run_started, epoch_seconds):
+                progress.console.print(
+                    f"stopped after epoch {state.epoch}: another would end past --max-minutes {options.max_minutes:g} "
+                    f"(an epoch takes {max(epoch_seconds) / 60:.1f} min); go on with --resume", highlight=False)
+                break
             started = time.perf_counter()
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
@@ -219,6 +226,7 @@ def train_one_ratio(
             if data.val_pairs:
                 record.update(validate(model, data.val_pairs, data.space, ratio, options.crop, device, options.seed, ranks))
             record["seconds"] = round(time.perf_counter() - started, 1)
+            epoch_seconds.append(record["seconds"])
             score = record.get("val_pa_miou", -train_loss)
             improved = score > state.best_score
             state.epoch, state.history = epoch, state.history + [record]
@@ -231,6 +239,16 @@ def train_one_ratio(
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def next_epoch_would_overrun(max_minutes: float, elapsed: float, epoch_seconds: list[float]) -> bool:
+    """Whether the next epoch, as long as the longest so far, would end past `max_minutes` of
+    this ratio's training: a time budget (a shared machine, a lent GPU) ends the run cleanly at an
+    epoch's end, with its checkpoints written, instead of killed mid-epoch. At least one epoch
+    always runs. Under torchrun the processes agree (any one out of time stops them all), so
+    none waits for the others at a collective that never comes."""
+    over = bool(max_minutes) and bool(epoch_seconds) and elapsed + max(epoch_seconds) > 60.0 * max_minutes
+    return bool(sum_across_ranks(torch.tensor([float(over)])).item() > 0)
 
 
 def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo,

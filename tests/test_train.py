@@ -105,6 +105,21 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert moved.exit_code == 0 and f"trained on {root.resolve()}" in " ".join(moved.output.split())
 
 
+def test_a_time_budget_ends_the_run_at_an_epochs_end_with_its_checkpoints_written(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(tmp_path / "run"),
+            "--batch-size", "4", "--crop", "64", "--workers", "0"]
+    limited = runner.invoke(app, args + ["--epochs", "5", "--max-minutes", "0.0001"])
+    assert limited.exit_code == 0, limited.output
+    assert "stopped after epoch 1" in limited.output and "--resume" in limited.output
+    folder = tmp_path / "run" / "mask-0.50"
+    assert [json.loads(line)["epoch"] for line in (folder / "history.jsonl").read_text().splitlines()] == [1]
+    assert (folder / "best.safetensors").is_file() and (folder / "last.safetensors").is_file()
+    resumed = runner.invoke(app, args + ["--epochs", "2", "--resume"])
+    assert resumed.exit_code == 0 and "stopped" not in resumed.output, resumed.output
+    assert [json.loads(line)["epoch"] for line in (folder / "history.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(tmp_path, family):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     args = ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"]
