@@ -207,6 +207,8 @@ def train_one_ratio(
                 progress.console.print(
                     f"stopped after epoch {state.epoch}: another would end past --max-minutes {options.max_minutes:g} "
                     f"(an epoch takes {max(epoch_seconds) / 60:.1f} min); go on with --resume", highlight=False)
+                done = next(t.completed for t in progress.tasks if t.id == task)
+                progress.update(task, total=done)  # the bar ends full, not stuck part-way
                 break
             started = time.perf_counter()
             if isinstance(loader.sampler, DistributedSampler):
