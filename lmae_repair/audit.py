@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list
-from lmae_repair.data import DatasetIndex, atomic_write, read_image, relative_key
+from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list, new_entry
+from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_pair, relative_key
+from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
-from lmae_repair.labelspace import LabelSpace
+from lmae_repair.errors import pair_error
+from lmae_repair.labelspace import DEFAULT_VOID_ID, LabelSpace, build_label_space
 from lmae_repair.masking import missing_pixels
 from lmae_repair.report import colour_table, pair_panels
 
@@ -86,7 +88,7 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
     if not usable:
         return
     missing = np.array([row["missing_share"] for row in usable])
-    suspect = np.array([row["suspect_share"] for row in usable])
+    suspect = np.array([row["suspect_share"] or 0.0 for row in usable])  # None: no model measured it
     z_missing, z_suspect = robust_z(missing, 0.01), robust_z(suspect, 0.001)
     presence = np.zeros(space.num_classes)
     for row in usable:
@@ -108,23 +110,48 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
             row["reasons"].append(f"no {space.names[c]} (present in {presence[c]:.0%} of labels)")
 
 
-def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None) -> list[dict]:
-    """Rows for every pair and every unmatched file, sorted by score, highest first."""
-    space = checkpoints[0][1].label_space
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
+def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None, space: LabelSpace | None = None) -> list[dict]:
+    """Rows for every pair and every unmatched file, sorted by score, highest first. Without
+    checkpoints (no model fits the labels) the rows hold file defects and statistics only, in
+    `space` (`label_space_of_data`): no pixel is suspect."""
+    space = space or checkpoints[0][1].label_space
     rows = [defect_row(problem, index.root, failed=True) for problem in index.unmatched]
     rows += [defect_row(problem, index.root, failed=False) for problem in index.unlabelled]
+    for item, values in _audited_pairs(index, checkpoints, options, space):
+        rows.append(pair_row(item, values, space, options))
+        if on_pair is not None:
+            on_pair(rows[-1]["error"])
+    score_rows(rows, space)
+    return sorted(rows, key=lambda row: (-row["score"], row["label"]))
+
+
+def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, space: LabelSpace):
+    """(loaded pair, its labels as `complete` would repair them) for every pair; without
+    checkpoints, the labels as they are."""
+    if checkpoints is None:
+        for pair in index.pairs:
+            item = Loaded(pair, new_entry(pair))
+            try:
+                item.label = read_pair(pair, space)[1]
+            except Exception as exc:
+                item.entry["error"] = pair_error(str(pair.label), exc)
+            yield item, None
+        return
+    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
     loader = torch.utils.data.DataLoader(
         PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
     )
     with torch.inference_mode():
         for batch in loader:
-            for item, values in completer.repair_batch(batch):
-                rows.append(pair_row(item, values, space, options))
-                if on_pair is not None:
-                    on_pair(rows[-1]["error"])
-    score_rows(rows, space)
-    return sorted(rows, key=lambda row: (-row["score"], row["label"]))
+            yield from completer.repair_batch(batch)
+
+
+def label_space_of_data(index: DatasetIndex) -> LabelSpace:
+    """The label space the dataset's own files say (classes.txt, a layout's class list, else the
+    values its labels hold, void 255): what `audit` uses when no model fits the labels."""
+    scan = scan_labels(index.pairs)
+    return build_label_space(index.root, scanned_max_value=scan.max_value(DEFAULT_VOID_ID), palette=scan.palette,
+                             layout_names=index.known_class_names)
 
 
 def defect_row(problem: str, root: Path, failed: bool) -> dict:
@@ -143,14 +170,16 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
         row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"])
         return row
     original = item.label.values
-    suspect = values != original
     row.update(
         pixels=int(original.size),
-        suspect_pixels=int(suspect.sum()),
         missing_share=round(float(missing_pixels(original, space.background_id, space.void_id).mean()), 5),
-        suspect_share=round(float(suspect.mean()), 5),
         classes=[int(c) for c in np.unique(original) if c < space.num_classes],
     )
+    if values is None:  # no model: nothing measured, so no suspect count (None, not 0)
+        row.update(suspect_pixels=None)
+        return row
+    suspect = values != original
+    row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5))
     if options.heatmaps is not None and suspect.any():
         write_heatmap(options.heatmaps, item, values, space)
     return row

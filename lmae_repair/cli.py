@@ -467,9 +467,9 @@ def audit(
     of the dataset, and where the model sees annotated classes the label lacks."""
 
     def run() -> None:
-        from lmae_repair.audit import AuditOptions, audit_dataset, write_csv, write_json
+        from lmae_repair.audit import AuditOptions, audit_dataset, label_space_of_data, write_csv, write_json
         from lmae_repair.data import discover
-        from lmae_repair.families import resolve_models
+        from lmae_repair.families import HOW_TO_TRAIN, NoFamilyFits, resolve_models
         from lmae_repair.train import resolve_device
 
         options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision, device))
@@ -480,7 +480,13 @@ def audit(
             from lmae_repair.complete import check_output_location
 
             check_output_location(index, heatmaps)
-        used, checkpoints = resolve_models(models, index)
+        space = None
+        try:
+            used, checkpoints = resolve_models(models, index)
+        except NoFamilyFits as exc:  # files and statistics need no model: audit them, say what is missing
+            used, checkpoints, space = "none", None, label_space_of_data(index)
+            console.print(f"note: {exc.reason}, so this audit checks files and label statistics only, without the "
+                          f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {HOW_TO_TRAIN}", highlight=False)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)
@@ -491,7 +497,7 @@ def audit(
                     report_failure(error)
                 advance()
 
-            rows = audit_dataset(index, checkpoints, options, on_pair)
+            rows = audit_dataset(index, checkpoints, options, on_pair, space)
         print_audit(rows, top)
         for path, write in ((json_file, write_json), (csv_file, write_csv)):
             if path is not None:
@@ -511,7 +517,7 @@ def print_audit(rows: list[dict], top: int) -> None:
         width = min(longest_label, 48) if column == "label" else None
         table.add_column(column, justify=justify, overflow="fold", min_width=width, ratio=2 if column == "reasons" else None)
     for rank, row in enumerate(rows[:top], 1):
-        table.add_row(str(rank), f"{row['score']:.2f}", row["label"], f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
+        table.add_row(str(rank), f"{row['score']:.2f}", row["label"], "-" if row["suspect_pixels"] is None else f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
     console.print(table)
 
 

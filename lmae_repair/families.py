@@ -127,6 +127,15 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
     return score
 
 
+class NoFamilyFits(LmaeError):
+    """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
+    `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
+
+    def __init__(self, reason: str, root: Path):
+        super().__init__(f"{root}: {reason}; {HOW_TO_TRAIN}")
+        self.reason = reason
+
+
 def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
     """The bundled family that fits the dataset best; a clear error when none or several do."""
     families = bundled_families()
@@ -144,10 +153,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
             scored.append((score, name, checkpoints))
     if not scored:
         named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
-        raise LmaeError(
-            f"{index.root}: no bundled family ({', '.join(families)}) fits these labels "
-            f"({named}values seen: {seen(values)}); {HOW_TO_TRAIN}"
-        )
+        raise NoFamilyFits(f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})", index.root)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

@@ -64,6 +64,31 @@ def test_each_file_defect_is_reported_with_score_one(tmp_path, family):
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing modified
 
 
+def test_labels_no_model_fits_are_still_audited_for_files_and_statistics(tmp_path):
+    """No --models and no bundled family fits (generated classes 0..3, no class list): audit says
+    so and still ranks what needs no model, file defects first, then a label that lost most of
+    its annotation; no pixel counts as suspect, since no model looked."""
+    root = broken_dataset(tmp_path / "ds")
+    for path in (root / "labels" / "outside.png", root / "images" / "outside.png"):
+        path.unlink()  # its 9 is a class of the space read from the data, no defect
+    image, label = make_scene(np.random.default_rng(5))
+    label[:] = 0  # its annotation erased to background, but for one small region
+    label[:6, :6] = 1
+    write_pair(root / "images" / "stripped.png", root / "labels" / "stripped.png", image, label)
+    result = runner.invoke(app, ["audit", str(root), "--device", "cpu", "--json", str(tmp_path / "a.json"), "--top", "30"])
+    assert result.exit_code == 1, result.output  # some pairs could not be read
+    assert "no bundled family" in result.output and "files and label statistics only" in result.output
+    assert "Traceback" not in result.output
+    rows = json.loads((tmp_path / "a.json").read_text())
+    defects = {"labels/truncated.png", "images/lonely.png", "labels/no_image.png", "labels/small.png",
+               "labels/colour.png", "labels/empty.png"}
+    assert {row["label"] for row in rows[: len(defects)]} == defects
+    assert all(row["score"] == 1.0 for row in rows[: len(defects)])
+    assert rows[len(defects)]["label"] == "labels/stripped.png"
+    assert any("background/void covers" in reason for reason in rows[len(defects)]["reasons"])
+    assert all(row["suspect_pixels"] is None for row in rows[len(defects):])
+
+
 def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, trained_family):
     root = make_paired(tmp_path / "ds", count=10, size=64, seed=2)
     image = np.array(Image.open(root / "images" / "scene_000.png"))
