@@ -148,9 +148,12 @@ def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, spac
 
 def label_space_of_data(index: DatasetIndex) -> LabelSpace:
     """The label space the dataset's own files say (classes.txt, a layout's class list, else the
-    values its labels hold, void 255): what `audit` uses when no model fits the labels."""
+    values its labels hold, void 255): what `audit` uses when no model fits the labels. Labels
+    with no class value at all (unreadable, or all void) are defects whatever the space: one
+    class then stands in."""
     scan = scan_labels(index.pairs)
-    return build_label_space(index.root, scanned_max_value=scan.max_value(DEFAULT_VOID_ID), palette=scan.palette,
+    largest = scan.max_value(DEFAULT_VOID_ID)
+    return build_label_space(index.root, scanned_max_value=0 if largest is None else largest, palette=scan.palette,
                              layout_names=index.known_class_names)
 
 

@@ -88,6 +88,12 @@ def test_labels_no_model_fits_are_still_audited_for_files_and_statistics(tmp_pat
     assert any("background/void covers" in reason for reason in rows[len(defects)]["reasons"])
     assert all(row["suspect_pixels"] is None for row in rows[len(defects):])
 
+    only_broken = tmp_path / "only_broken"  # no readable label at all: each still named, no crash
+    write_pair(only_broken / "images" / "a.png", only_broken / "labels" / "a.png", image, label)
+    (only_broken / "labels" / "a.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["audit", str(only_broken), "--device", "cpu"])
+    assert result.exit_code == 1 and "unreadable label" in result.output, result.output
+
 
 def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, trained_family):
     root = make_paired(tmp_path / "ds", count=10, size=64, seed=2)
