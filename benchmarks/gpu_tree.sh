@@ -30,11 +30,13 @@ case "${1:-}" in
     echo "travels: $((bytes / 1048576)) MiB of 64 (carry [\"data\"]); models/ untracked: run 'bash $0 restore' before any commit"
     ;;
   restore)
-    if grep -qxF "$marker" "$exclude" 2>/dev/null; then
-      awk -v marker="$marker" '$0 == marker { skip = 1; next } skip && $0 == "/models/" { skip = 0; next } { skip = 0; print }' \
-        "$exclude" > "$exclude.tmp"
-      mv "$exclude.tmp" "$exclude"
+    if ! grep -qxF "$marker" "$exclude" 2>/dev/null; then
+      echo "nothing to restore: models/ was not untracked by prepare"
+      exit 0
     fi
+    awk -v marker="$marker" '$0 == marker { skip = 1; next } skip && $0 == "/models/" { skip = 0; next } { skip = 0; print }' \
+      "$exclude" > "$exclude.tmp"
+    mv "$exclude.tmp" "$exclude"
     git reset -q HEAD -- models
     git status --short models | head -5
     echo "models/ tracked again"
