@@ -248,8 +248,11 @@ def next_epoch_would_overrun(max_minutes: float, elapsed: float, epoch_seconds: 
     this ratio's training: a time budget (a shared machine, a lent GPU) ends the run cleanly at an
     epoch's end, with its checkpoints written, instead of killed mid-epoch. At least one epoch
     always runs. Under torchrun the processes agree (any one out of time stops them all), so
-    none waits for the others at a collective that never comes."""
-    over = bool(max_minutes) and bool(epoch_seconds) and elapsed + max(epoch_seconds) > 60.0 * max_minutes
+    none waits for the others at a collective that never comes; without a budget (the same
+    option in every process) there is nothing to agree on."""
+    if not max_minutes:
+        return False
+    over = bool(epoch_seconds) and elapsed + max(epoch_seconds) > 60.0 * max_minutes
     return bool(sum_across_ranks(torch.tensor([float(over)])).item() > 0)
 
 
