@@ -101,6 +101,7 @@ def train(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
     mask_mix: str = typer.Option("1:2:2:2", help="Masking strategies mixed as random:label-first:background-first:objects (1:2:2 is the paper's mix)."),
     class_weighting: str = typer.Option("paper", help="Loss class weights: paper (eq. 10), inverse, or none."),
+    weights_from: str = typer.Option("labels", help="Class frequencies the weights come from: labels (whole labels, the paper), or gaps (the small objects the objects strategy erases: for --gaps objects checkpoints)."),
     num_classes: Optional[int] = typer.Option(None, min=1, max=255, help="Number of classes (default: classes.txt, else scanned)."),
     background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
     void_id: Optional[int] = typer.Option(None, min=0, max=255, help="Void / unlabelled value (default: classes.txt, else 255)."),
@@ -118,8 +119,10 @@ def train(
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
         from lmae_repair.distributed import ranks_from_environment
-        from lmae_repair.train import STATE_FILE, TrainOptions, load_training_data, ratio_folder, train as run_training
+        from lmae_repair.train import STATE_FILE, WEIGHT_SOURCES, TrainOptions, load_training_data, ratio_folder, train as run_training
 
+        if weights_from not in WEIGHT_SOURCES:
+            raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {weights_from!r}")
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
         options = TrainOptions(
@@ -137,6 +140,7 @@ def train(
             seed=seed,
             mask_mix=parse_mix(mask_mix),
             class_weighting=class_weighting,
+            weights_from=weights_from,
             resume=resume,
             init=init,
             keep_epochs=keep_epochs,

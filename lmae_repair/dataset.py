@@ -86,6 +86,24 @@ OBJECT_MAX_SHARE_OF_CROP = 0.1
 OBJECT_ERASE_SHARE = 0.5
 
 
+def gap_pixel_counts(pairs: list[Pair], space: LabelSpace, crop: int, seed: int = 0) -> list[int]:
+    """Per class, the pixels of the objects that the `objects` strategy may erase (every object
+    small enough for a `crop` window), summed over the labels: the class frequencies of what an
+    objects checkpoint is asked to rebuild, for `--weights-from gaps`. Unreadable labels are
+    left out (the label scan reports them)."""
+    counts = np.zeros(space.num_classes, np.int64)
+    max_area = OBJECT_MAX_SHARE_OF_CROP * crop * crop
+    rng = np.random.default_rng(seed)
+    for pair in pairs:
+        try:
+            label = read_label(pair.label).values
+        except LmaeError:
+            continue
+        erased = erase_objects(label, space, 1.0, max_area, rng)
+        counts += np.bincount(label[erased], minlength=256)[: space.num_classes]
+    return [int(c) for c in counts]
+
+
 class CropDataset(Dataset):
     """Random `crop` x `crop` windows with random horizontal flips (smaller images are extended by
     their mirror image, as at inference), each with the objects that the `objects` strategy would erase from it (see masking.py).

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lmae_repair import __version__
 from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
-from lmae_repair.dataset import CropDataset, label_tensor
+from lmae_repair.dataset import CropDataset, gap_pixel_counts, label_tensor
 from lmae_repair.distributed import (
     Ranks,
     device_for_rank,
@@ -87,6 +87,7 @@ class TrainOptions:
     seed: int = 0
     mask_mix: tuple[float, ...] = DEFAULT_MIX
     class_weighting: str = "paper"
+    weights_from: str = "labels"  # class frequencies for the weights: whole labels, or the objects strategy's gaps
     resume: bool = False
     init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
     keep_epochs: bool = False  # also write epoch-NNN.safetensors every epoch, for `lmae-repair average`
@@ -105,6 +106,21 @@ class TrainingData:
     class_pixels: list[int]
     summary: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # one line per unusable pair
+
+
+WEIGHT_SOURCES = ("labels", "gaps")
+
+
+def weight_counts(data: TrainingData, options: TrainOptions) -> list[int]:
+    """The per-class pixel counts the loss weights come from. `labels`: the whole labels (the
+    paper). `gaps`: the objects that the objects strategy erases, because an objects checkpoint is
+    scored on rebuilding those, where the classes are mixed quite unlike whole labels (CamVid:
+    road is a third of the pixels but 2% of the small objects)."""
+    if options.weights_from == "labels":
+        return data.class_pixels
+    if options.weights_from == "gaps":
+        return gap_pixel_counts(data.train_pairs, data.space, options.crop, options.seed)
+    raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,8 +181,13 @@ def train_one_ratio(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
     )
-    weights = class_weights(torch.tensor(data.class_pixels), options.class_weighting)
-    weights = None if weights is None else weights.to(device, torch.float)  # once, not every step
+    weights = class_weights(torch.tensor(weight_counts(data, options)), options.class_weighting)
+    console.print(
+        f"loss weights ({options.class_weighting}, from {options.weights_from}): "
+        + ", ".join(f"{name} {w:.2f}" for name, w in zip(data.space.names, weights.tolist())),
+        highlight=False,
+    )
+    weights = weights.to(device, torch.float)  # once, not every step
     state = RunState()
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
@@ -464,6 +485,7 @@ def checkpoint_info(
         "weight_decay": options.weight_decay,
         "mask_mix": list(options.mask_mix),
         "class_weighting": options.class_weighting,
+        "weights_from": options.weights_from,
         "init": None if options.init is None else str(options.init),
         "seed": options.seed,
         "device": device.type if ranks.distributed else str(device),

@@ -249,3 +249,35 @@ def test_train_with_no_readable_label_says_so_not_that_the_classes_are_unknown(t
     result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert result.exit_code == 2 and "no usable training pair" in result.output and "empty file" in result.output
     assert "--num-classes" not in result.output
+
+
+def test_gap_counts_hold_only_the_small_objects_an_objects_checkpoint_rebuilds(tmp_path):
+    """--weights-from gaps: a class that covers most of the label but never forms a small object
+    (a road) weighs nothing in the counts; small objects count whole."""
+    from PIL import Image
+
+    from lmae_repair.dataset import gap_pixel_counts
+
+    root = make_paired(tmp_path / "ds", count=1, size=64)
+    label = np.full((64, 64), 1, np.uint8)  # one region of class 1: 4096 pixels, too large
+    label[4:12, 4:12] = 2  # 64 pixels
+    label[40:44, 40:50] = 3  # 40 pixels
+    label[50:52, 2:4] = 255  # void never counts
+    Image.fromarray(label).save(next((root / "labels").iterdir()))
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    counts = gap_pixel_counts(discover(root).pairs, space, crop=64)  # largest object: 10% of 64 x 64
+    assert counts[:4] == [0, 0, 64, 40] and sum(counts) == 104
+
+
+def test_weights_from_gaps_is_recorded_and_a_wrong_source_is_a_one_line_error(tmp_path):
+    root = make_voc(tmp_path / "voc", count=4, size=64)
+    args = ["train", str(root), "--split", "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "4", "--crop", "64", "--workers", "0", "--mask-ratio", "0.25", "--gaps", "objects"]
+    result = runner.invoke(app, args + ["--weights-from", "gaps"])
+    assert result.exit_code == 0, result.output
+    assert "loss weights (paper, from gaps)" in result.output
+    _, info = load_checkpoint(tmp_path / "run" / "mask-0.25" / "best.safetensors")
+    assert info.training["weights_from"] == "gaps"
+    wrong = runner.invoke(app, args + ["--weights-from", "crops"])
+    assert wrong.exit_code != 0 and "--weights-from: expected labels or gaps" in wrong.output
+    assert "Traceback" not in wrong.output
