@@ -119,10 +119,8 @@ def train(
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
         from lmae_repair.distributed import ranks_from_environment
-        from lmae_repair.train import STATE_FILE, WEIGHT_SOURCES, TrainOptions, load_training_data, ratio_folder, train as run_training
+        from lmae_repair.train import STATE_FILE, TrainOptions, load_training_data, ratio_folder, train as run_training
 
-        if weights_from not in WEIGHT_SOURCES:
-            raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {weights_from!r}")
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
         options = TrainOptions(

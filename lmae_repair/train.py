@@ -111,16 +111,23 @@ class TrainingData:
 WEIGHT_SOURCES = ("labels", "gaps")
 
 
-def weight_counts(data: TrainingData, options: TrainOptions) -> list[int]:
-    """The per-class pixel counts the loss weights come from. `labels`: the whole labels (the
-    paper). `gaps`: the objects that the objects strategy erases, because an objects checkpoint is
-    scored on rebuilding those, where the classes are mixed quite unlike whole labels (CamVid:
-    road is a third of the pixels but 2% of the small objects)."""
-    if options.weights_from == "labels":
-        return data.class_pixels
+def loss_weights(options: TrainOptions, data: TrainingData, console: Console) -> torch.Tensor:
+    """Per-class loss weights (eq. 10 or an alternative) from the class frequencies that
+    `--weights-from` names, printed once. `labels`: the whole labels (the paper). `gaps`: the
+    objects that the objects strategy erases, because an objects checkpoint is scored on
+    rebuilding those, where the classes are mixed quite unlike whole labels (CamVid: road is a
+    third of the pixels but 2% of the small objects)."""
     if options.weights_from == "gaps":
-        return gap_pixel_counts(data.train_pairs, data.space, options.crop, options.seed)
-    raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
+        counts = gap_pixel_counts(data.train_pairs, data.space, options.crop, options.seed)
+    else:
+        counts = data.class_pixels
+    weights = class_weights(torch.tensor(counts), options.class_weighting)
+    console.print(
+        f"loss weights ({options.class_weighting}, from {options.weights_from}): "
+        + ", ".join(f"{name} {w:.2f}" for name, w in zip(data.space.names, weights.tolist())),
+        highlight=False,
+    )
+    return weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,14 +161,18 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
             raise LmaeError(f"--mask-ratio must be between 0 and 1 (exclusive), got {ratio}")
     if options.gaps not in GAP_KINDS:
         raise LmaeError(f"--gaps must be one of {', '.join(GAP_KINDS)}, got {options.gaps!r}")
+    if options.weights_from not in WEIGHT_SOURCES:
+        raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
     ranks = ranks_from_environment()
     device = device_for_rank(resolve_device(options.device), ranks)
+    weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
     with process_group(ranks, device):
-        return [train_one_ratio(options, data, ratio, console, ranks, device) for ratio in options.mask_ratios]
+        return [train_one_ratio(options, data, ratio, weights, console, ranks, device) for ratio in options.mask_ratios]
 
 
 def train_one_ratio(
-    options: TrainOptions, data: TrainingData, ratio: float, console: Console, ranks: Ranks, device: torch.device
+    options: TrainOptions, data: TrainingData, ratio: float, weights: torch.Tensor, console: Console, ranks: Ranks,
+    device: torch.device,
 ) -> Path:
     folder = ratio_folder(options.out, ratio)
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,13 +192,6 @@ def train_one_ratio(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
     )
-    weights = class_weights(torch.tensor(weight_counts(data, options)), options.class_weighting)
-    console.print(
-        f"loss weights ({options.class_weighting}, from {options.weights_from}): "
-        + ", ".join(f"{name} {w:.2f}" for name, w in zip(data.space.names, weights.tolist())),
-        highlight=False,
-    )
-    weights = weights.to(device, torch.float)  # once, not every step
     state = RunState()
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
