@@ -80,8 +80,11 @@ def label_tensor(label: np.ndarray, space: LabelSpace) -> torch.Tensor:
     return label_t
 
 
-# Objects the `objects` training strategy may erase: up to this share of the crop (at 224, about
-# 5,000 pixels: 5% of a CamVid frame, a tenth of a concrete image).
+# Objects the `objects` training strategy may erase: up to this share of the crop, found in the
+# crop (at 224: 5,017 pixels, 2.9% of a CamVid frame, a tenth of a concrete image). `evaluate`
+# erases objects of up to 5% of the whole image (8,640 pixels on a CamVid frame); training on
+# those instead (found in the whole label, then cut to the crop) was measured against this rule
+# on 2026-11-24 and was not better (models/camvid/README.md, "Objects slot, fifteenth round").
 OBJECT_MAX_SHARE_OF_CROP = 0.1
 OBJECT_ERASE_SHARE = 0.5
 
