@@ -89,14 +89,14 @@ OBJECT_MAX_SHARE_OF_CROP = 0.1
 OBJECT_ERASE_SHARE = 0.5
 
 
-def gap_pixel_counts(pairs: list[Pair], space: LabelSpace, crop: int, seed: int = 0) -> list[int]:
+def gap_pixel_counts(pairs: list[Pair], space: LabelSpace, crop: int) -> list[int]:
     """Per class, the pixels of the objects that the `objects` strategy may erase (every object
     small enough for a `crop` window), summed over the labels: the class frequencies of what an
     objects checkpoint is asked to rebuild, for `--weights-from gaps`. Unreadable labels are
     left out (the label scan reports them)."""
     counts = np.zeros(space.num_classes, np.int64)
     max_area = OBJECT_MAX_SHARE_OF_CROP * crop * crop
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # every object is taken (share 1), so the draw never matters
     for pair in pairs:
         try:
             label = read_label(pair.label).values

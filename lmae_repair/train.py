@@ -118,7 +118,7 @@ def loss_weights(options: TrainOptions, data: TrainingData, console: Console) ->
     rebuilding those, where the classes are mixed quite unlike whole labels (CamVid: road is a
     third of the pixels but 2% of the small objects)."""
     if options.weights_from == "gaps":
-        counts = gap_pixel_counts(data.train_pairs, data.space, options.crop, options.seed)
+        counts = gap_pixel_counts(data.train_pairs, data.space, options.crop)
     else:
         counts = data.class_pixels
     weights = class_weights(torch.tensor(counts), options.class_weighting)
