@@ -55,7 +55,9 @@ class AuditOptions:
 
 
 def new_row(key: str, image: str | None) -> dict:
-    return {"label": key, "image": image, "score": 0.0, "reasons": [], "suspect_pixels": 0, "pixels": 0,
+    """A row before anything is measured: counts None (null in the JSON, empty in the CSV), so
+    that a pair that could not be read never looks like a clean one with 0 suspect pixels."""
+    return {"label": key, "image": image, "score": 0.0, "reasons": [], "suspect_pixels": None, "pixels": None,
             "missing_share": None, "suspect_share": None, "classes": [], "defect": False, "error": None}
 
 

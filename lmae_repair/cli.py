@@ -25,8 +25,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Find and complete broken semantic-segmentation labels with a Label Masked Autoencoder (L-MAE).",
 )
+
+
+class PipedConsole(Console):
+    """A reader that goes away (`lmae-repair audit --json F | head`) ends the printing, not the
+    work: the command goes on silently and writes its files (rich's own handling exits at once,
+    with status 1, and `--json` was never written)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
+
+
 # soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
-console = Console(soft_wrap=True)
+console = PipedConsole(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU)."
@@ -80,7 +92,7 @@ def main_options(
 @app.command()
 def train(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<data folder name>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<data folder name>, or <DATA>-runs beside DATA when the current folder is inside DATA)."),
     mask_ratio: list[float] = typer.Option([0.5], "--mask-ratio", "-m", help="Mask ratio; repeat for one checkpoint per ratio."),
     split: Optional[str] = typer.Option(None, help="Split to train on, where the layout has splits (e.g. train)."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
@@ -124,7 +136,7 @@ def train(
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
         options = TrainOptions(
-            out=out or Path("runs") / (data.resolve().name or "data"),
+            out=out or Path("runs") / (data.resolve().name or "data"),  # settled below, once the data is found
             mask_ratios=list(mask_ratio),
             preset=preset,
             patch_size=patch_size,
@@ -150,6 +162,9 @@ def train(
         if background is not _UNSET:
             space_options["background_id"] = background
         training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console)
+        if out is None:
+            options.out = outside_input(training_data.train, options.out, "-runs")
+        training_data.train.refuse_inside(options.out, "the run folder")
         if val_max_pairs > 0:
             training_data.val_pairs = training_data.val_pairs[:val_max_pairs]
         console.print(f"label space: {training_data.space.describe()}")
@@ -188,7 +203,7 @@ def complete(
     dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too, and background move the border of an annotated region (kept otherwise)."),
-    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
+    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is filled whatever the confidence, but for thin void beside annotation where the label space has a background class: README \"Do no harm\")."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
@@ -256,6 +271,17 @@ def check_can_write(path: Optional[Path], option: str) -> None:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise LmaeError(f"{path}: cannot write it ({folder} is not a writable folder)")
+
+
+def outside_input(index, default: Path, suffix: str) -> Path:
+    """A default output folder, or `<DATA><suffix>` beside DATA where the default (relative to the
+    current folder) would lie inside the input: no command writes under DATA."""
+    try:
+        index.refuse_inside(default)
+    except LmaeError:
+        root = index.root.resolve()
+        return root.parent / f"{root.name}{suffix}"
+    return default
 
 
 def report_failure(message: str) -> None:
@@ -333,7 +359,7 @@ def key_value_table(title: str) -> Table:
 def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: int = 0) -> None:
     """The run in one table; files that could not be paired count as failed, not as pairs."""
     totals = report["totals"]
-    table = key_value_table("lmae-repair complete")
+    table = key_value_table("lmae-repair complete --dry-run: nothing was written" if dry_run else "lmae-repair complete")
     table.add_row("pairs", str(totals["pairs"] - unpaired))
     if unpaired:
         table.add_row("files that could not be paired", f"[red]{unpaired}[/]")
@@ -349,7 +375,9 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: 
         table.add_row(f"routed to mask ratio {ratio}", str(count))
     rate = f", {totals['pairs_per_second']} pairs/s" if totals["pairs_per_second"] else ""
     table.add_row("time", f"{totals['seconds']:.1f} s{rate}")
-    if not dry_run:
+    if dry_run:
+        table.add_row("output", f"none (without --dry-run: {target})")
+    else:
         table.add_row("output", str(target))
         table.add_row("report", f"{target / 'lmae-report.html'} (and lmae-report.json)")
     console.print(table)
@@ -373,7 +401,7 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
-    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is always filled)."),
+    min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is filled whatever the confidence, but for thin void beside annotation where the label space has a background class: README \"Do no harm\")."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Damage complete labels on purpose, repair them as complete would, and score the repair
@@ -394,6 +422,8 @@ def evaluate(
         checked_methods(options)
         check_can_write(json_file, "--json")
         index = discover(data, split, images, labels)
+        if json_file is not None:
+            index.refuse_inside(json_file, "--json")
         used, checkpoints = resolve_models(models, index)
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
@@ -408,13 +438,14 @@ def evaluate(
         with PairProgress("evaluating", total) as advance:
             result = evaluate_dataset(index, checkpoints, options, advance, on_error)
         result["failed"] = failures
+        if json_file is not None:  # before printing: a reader that goes away (`| head`) ends the printing
+            text = json.dumps(result, indent=2)
+            atomic_write(json_file, lambda f: f.write(text.encode()))
         print_evaluation(result)
         if result["pairs"] and not result["erased_pixels"]:
             hint = "no object is small enough: raise --max-object-share" if strategy == "objects" else "raise --mask-ratio"
             console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
         if json_file is not None:
-            text = json.dumps(result, indent=2)
-            atomic_write(json_file, lambda f: f.write(text.encode()))
             console.print(f"figures written to {json_file}")
         return 1 if failures else 0
 
@@ -438,7 +469,8 @@ def print_evaluation(result: dict) -> None:
         table.add_row(name, *map(cell, values), "-" if intact is None else f"{intact:.2%}", f"{figures['seconds']:.1f}")
     console.print(table)
     console.print("restored: share of erased pixels given back their true class; precision: share of changed pixels now right; "
-                  "intact changed: share of the pixels of the undamaged labels that the repair changed", style="dim")
+                  "intact changed: share of the pixels of the undamaged labels that the repair changed (where missing annotation is void, "
+                  "as in CamVid, that is the labels' own void, which every method fills)", style="dim")
     classes = Table(title="IoU per class over the erased pixels")
     classes.add_column("class")
     for name in methods:
@@ -478,10 +510,9 @@ def audit(
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
         index = discover(data, split, images, labels)
-        if heatmaps is not None:
-            from lmae_repair.complete import check_output_location
-
-            check_output_location(index, heatmaps)
+        for path, option in ((json_file, "--json"), (csv_file, "--csv"), (heatmaps, "--heatmaps")):
+            if path is not None:
+                index.refuse_inside(path, option)
         space = None
         try:
             used, checkpoints = resolve_models(models, index)
@@ -500,11 +531,12 @@ def audit(
                 advance()
 
             rows = audit_dataset(index, checkpoints, options, on_pair, space)
+        files = [(path, write) for path, write in ((json_file, write_json), (csv_file, write_csv)) if path is not None]
+        for path, write in files:  # before printing: a reader that goes away (`| head`) ends the printing
+            write(path, rows)
         print_audit(rows, top)
-        for path, write in ((json_file, write_json), (csv_file, write_csv)):
-            if path is not None:
-                write(path, rows)
-                console.print(f"all {len(rows)} rows written to {path}")
+        for path, _ in files:
+            console.print(f"all {len(rows)} rows written to {path}")
         return 1 if any(row["error"] for row in rows) else 0
 
     exit_with(guarded(run))
@@ -605,7 +637,7 @@ def average(
 def tune(
     data: Path = typer.Argument(Path("."), help="Dataset with complete labels that the checkpoints did not train on (e.g. your validation split)."),
     models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the tuned checkpoints to, under their own names (default: each checkpoint in place; a bundled family's go to ./<family>-tuned)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the tuned checkpoints to, under their own names (default: each checkpoint in place; a bundled family's go to ./<family>-tuned, or beside DATA when the current folder is inside it)."),
     split: Optional[str] = typer.Option(None, help="Split to tune on, where the layout has splits (e.g. val)."),
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
@@ -629,8 +661,10 @@ def tune(
         used, checkpoints = resolve_models(models, index)
         files = list(dict.fromkeys(path for path, _ in checkpoints))
         folder = out
+        if folder is not None:
+            index.refuse_inside(folder, "--out")
         if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
-            folder = Path(f"{files[0].parent.name}-tuned")
+            folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
             console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
                           f"(use them with --models {folder})", highlight=False)
         pairs = min(len(index.pairs), max_pairs or len(index.pairs))

@@ -52,16 +52,6 @@ except ImportError:  # Windows: no advisory locks; concurrent runs are the user'
     fcntl = None
 
 
-def check_output_location(index: DatasetIndex, out: Path) -> None:
-    """Refuse an OUT that is, or lies inside, a folder the input is read from (the dataset, or
-    the --images and --labels folders): writing there could overwrite input files."""
-    out_r = out.resolve()
-    for folder in index.input_folders:
-        folder_r = folder.resolve()
-        if out_r == folder_r or folder_r in out_r.parents:
-            raise LmaeError(f"{out}: the output must not be an input folder or inside one ({folder})")
-
-
 def check_output_is_ours(out: Path) -> None:
     """Refuse an existing, non-empty OUT that no lmae-repair run wrote: its files could be
     overwritten. An earlier run's OUT (it has the progress log or the lock) is fine: that run is
@@ -87,16 +77,15 @@ def check_output_is_of(index: DatasetIndex, out: Path) -> None:
 
 def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
     """Everything about OUT that can be refused before any work (the CLI calls it before it
-    loads the models): inside the input, not ours, or a file."""
-    check_output_location(index, out)
-    if dry_run:
-        return
+    loads the models): inside the input, not ours, or a file. A dry run writes nothing but is
+    refused where the real run would be, so that it tells what the real run will do."""
+    index.refuse_inside(out)
     check_output_is_ours(out)
     check_output_is_of(index, out)
-    if (out / LOCK_FILE).is_file():  # refused now, not after the models have loaded
-        lock_output(out).close()
     if out.exists() and not out.is_dir():
         raise LmaeError(f"{out}: cannot write the output here (a file of that name exists)")
+    if not dry_run and (out / LOCK_FILE).is_file():  # refused now, not after the models have loaded
+        lock_output(out).close()
 
 
 def make_output_folder(out: Path) -> None:

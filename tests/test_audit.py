@@ -57,6 +57,7 @@ def test_each_file_defect_is_reported_with_score_one(tmp_path, family):
     }
     for key, reason in expected.items():
         assert rows[key]["score"] == 1.0, key
+        assert rows[key]["suspect_pixels"] is None, key  # not measured, so not 0 ("looks clean")
         assert any(reason in text for text in rows[key]["reasons"]), (key, rows[key]["reasons"])
     good = [row for key, row in rows.items() if key.startswith("labels/scene_")]
     assert len(good) == 8 and all(row["score"] < 1.0 for row in good)
@@ -131,3 +132,31 @@ def test_the_table_keeps_each_label_path_on_one_line(tmp_path, family):
     for name in (f"labels/{long_name}.png", "labels/scene_000.png", "labels/no_image.png"):
         assert name in table, name
     assert str(root) not in table  # reasons do not repeat the label's full path
+
+
+def test_report_files_inside_the_dataset_are_refused_and_the_labels_stay(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for option, target in (("--json", root / "labels" / "scene_000.png"), ("--csv", root / "report.csv"),
+                            ("--heatmaps", root / "heat")):
+        result = audit(root, family, option, str(target))
+        assert result.exit_code == 2 and "would be written inside the input" in result.output, (option, result.output)
+    evaluated = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--json", str(root / "labels" / "scene_001.png")])
+    assert evaluated.exit_code == 2 and "would be written inside the input" in evaluated.output
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_the_json_is_written_even_when_the_reader_of_the_table_goes_away(tmp_path, family):
+    """`lmae-repair audit --json F | head -2`: head closes the pipe early; F must still be written."""
+    import subprocess
+    import sys
+
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    rows = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "lmae_repair", "audit", str(root), "--models", str(family), "--device", "cpu",
+               "--json", str(rows)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+    assert len(json.loads(rows.read_text())) == 3

@@ -71,6 +71,8 @@ def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_fam
     assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
     assert "held_out_after" in record and "scored on the other" in result.output
     assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
+    inside = runner.invoke(app, ["tune", str(data), "--models", str(trained_family), "--out", str(data / "tuned")])
+    assert inside.exit_code == 2 and "would be written inside the input" in inside.output
 
 
 def test_tune_leaves_a_bundled_family_as_it_is_and_writes_tuned_copies(tmp_path, monkeypatch):

@@ -56,7 +56,7 @@ def test_output_inside_the_dataset_is_refused(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     for out in (root, root / "fixed"):
         result = complete(root, out, family)
-        assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
+        assert result.exit_code == 2 and "would be written inside the input" in result.output
     assert not (root / "fixed").exists()
 
 
@@ -66,7 +66,7 @@ def test_output_into_the_images_or_labels_folder_is_refused_and_inputs_stay(tmp_
     for out in (root / "images", root / "labels", root / "images" / "fixed"):
         result = runner.invoke(app, ["complete", "--images", str(root / "images"), "--labels", str(root / "labels"),
                                      "--out", str(out), "--models", str(family), "--device", "cpu"])
-        assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
+        assert result.exit_code == 2 and "would be written inside the input" in result.output
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
@@ -101,7 +101,7 @@ def test_a_non_empty_folder_that_is_not_an_earlier_output_is_refused(tmp_path, f
 def test_the_output_is_checked_before_any_model_loads(tmp_path):
     root = make_paired(tmp_path / "ds", count=2)
     result = runner.invoke(app, ["complete", str(root), "--out", str(root / "fixed"), "--models", str(tmp_path / "no-such-model")])
-    assert result.exit_code == 2 and "must not be an input folder or inside one" in result.output
+    assert result.exit_code == 2 and "would be written inside the input" in result.output
 
 
 def test_a_pair_that_fails_on_a_rerun_leaves_no_stale_output(tmp_path, family):
@@ -197,11 +197,16 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert int(changed.sum()) == good["pixels_changed"]
 
 
-def test_dry_run_writes_nothing(tmp_path, family):
+def test_dry_run_writes_nothing_says_so_and_is_refused_where_the_real_run_would_be(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     result = complete(root, tmp_path / "out", family, "--dry-run")
-    assert result.exit_code == 0 and "repaired" in result.output
+    assert result.exit_code == 0 and "repaired" in result.output and "nothing was written" in result.output
     assert not (tmp_path / "out").exists()
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused = complete(root, mine, family, "--dry-run")
+    assert refused.exit_code == 2 and "not the output of an earlier lmae-repair run" in refused.output
 
 
 def test_without_models_and_no_bundled_family_says_how_to_train(tmp_path, monkeypatch):

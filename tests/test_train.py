@@ -281,3 +281,16 @@ def test_weights_from_gaps_is_recorded_and_a_wrong_source_is_a_one_line_error(tm
     wrong = runner.invoke(app, args + ["--weights-from", "crops"])
     assert wrong.exit_code != 0 and "--weights-from: expected labels or gaps" in wrong.output
     assert "Traceback" not in wrong.output
+
+
+def test_a_run_started_inside_the_dataset_writes_beside_it_and_never_under_it(tmp_path, monkeypatch):
+    root = make_paired(tmp_path / "ds", count=4, size=64)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    args = ["--epochs", "1", "--batch-size", "4", "--crop", "64", "--workers", "0"]
+    inside = runner.invoke(app, ["train", str(root), "--out", str(root / "labels" / "run"), *args])
+    assert inside.exit_code == 2 and "would be written inside the input" in inside.output
+    monkeypatch.chdir(root)  # `cd ds && lmae-repair train`: DATA is the current folder
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ds-runs" / "mask-0.50" / "last.safetensors").is_file()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
