@@ -177,8 +177,14 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     total = {name: tensor.double() for name, tensor in model.state_dict().items()}
     for path in paths[1:]:
         other, other_info = load_checkpoint(path)
-        if other_info.model != info.model or other_info.mask_ratio != info.mask_ratio or not other_info.label_space.same_classes(info.label_space):
-            raise LmaeError(f"{path}: architecture, mask ratio or label space differs from {paths[0]}; only checkpoints of one model can be averaged")
+        differs = [what for what, same in (
+            ("architecture", other_info.model == info.model),
+            ("mask ratio", other_info.mask_ratio == info.mask_ratio),
+            ("label space", other_info.label_space.same_classes(info.label_space)),
+            ("kind of gap (inspect: gaps)", other_info.gap_kind == info.gap_kind),
+        ) if not same]
+        if differs:
+            raise LmaeError(f"{path}: {', '.join(differs)} differ{'s' if len(differs) == 1 else ''} from {paths[0]}; only checkpoints of one model can be averaged")
         info.training = other_info.training
         calibrations.append(other_info.int8_calibration)
         for name, tensor in other.state_dict().items():

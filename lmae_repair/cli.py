@@ -445,6 +445,9 @@ def evaluate(
         if result["pairs"] and not result["erased_pixels"]:
             hint = "no object is small enough: raise --max-object-share" if strategy == "objects" else "raise --mask-ratio"
             console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
+        if strategy != "objects" and mask_ratio >= 1.0:
+            console.print("note: at --mask-ratio 1 every patch is erased, so every label is all void: with nothing annotated to "
+                          "complete from, complete leaves such labels as they are", highlight=False)
         if json_file is not None:
             console.print(f"figures written to {json_file}")
         return 1 if failures else 0
@@ -691,26 +694,34 @@ def tune(
 @app.command()
 def inspect(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train, a run or family folder, or a bundled family name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON: one object for a file, a list of objects with their \"path\" for a folder or family."),
 ) -> None:
     """Show what a checkpoint says about itself: architecture, label space, training, validation."""
 
     def run() -> None:
+        import json
+
+        from lmae_repair.checkpoints import read_info
         from lmae_repair.families import find_checkpoints
 
-        for path in dict.fromkeys(path for path, _ in find_checkpoints([checkpoint])):  # a file serving two slots: once
-            print_checkpoint(path, as_json)
+        paths = list(dict.fromkeys(path for path, _ in find_checkpoints([checkpoint])))  # a file serving two slots: once
+        if as_json:
+            documents = [json.loads(read_info(path).to_json()) for path in paths]
+            if Path(checkpoint).is_file():
+                print(json.dumps(documents[0]))
+            else:  # one document, so that json.load reads it
+                print(json.dumps([{"path": str(path), **document} for path, document in zip(paths, documents)]))
+            return
+        for path in paths:
+            print_checkpoint(path)
 
     guarded(run)
 
 
-def print_checkpoint(checkpoint: Path, as_json: bool) -> None:
+def print_checkpoint(checkpoint: Path) -> None:
     from lmae_repair.checkpoints import load_checkpoint
 
     model, info = load_checkpoint(checkpoint)
-    if as_json:
-        print(info.to_json())
-        return
     table = key_value_table(str(checkpoint))
     trained_at = info.training.get("trained_mask_ratio")
     serving = f" (trained at {trained_at:.2f})" if trained_at not in (None, info.mask_ratio) else ""

@@ -352,18 +352,20 @@ def output_label_path(out: Path, key: str, index: DatasetIndex) -> Path:
     return out / (explicit_folder_names(index)[1] if index.image_root is not None else "") / key
 
 
+def file_stamp(path: Path) -> str:
+    """Size and modification time: what tells a file that changed since it was logged."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def resume_key(pair: Pair, settings: str) -> str:
     """What a finished pair's output depends on: its input files (size and modification time)
     and the run's settings. A rerun redoes a pair whose key changed (an edited label, other
     models or options) instead of keeping an output made from something else."""
-    stamps = []
-    for path in (pair.image, pair.label):
-        try:
-            stat = path.stat()
-            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-        except OSError:
-            stamps.append("missing")
-    return "|".join(stamps + [settings])
+    return "|".join([file_stamp(pair.image), file_stamp(pair.label), settings])
 
 
 def run_settings(checkpoints, options: CompleteOptions) -> str:
@@ -384,6 +386,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
             if not options.labels_only:
                 mirror_image(item.pair, index, options.out)
             entry["output"] = str(target)
+            entry["output_stamp"] = file_stamp(target)
         except (LmaeError, OSError) as exc:
             entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"
     if entry["error"] is not None and not options.dry_run:
@@ -406,7 +409,8 @@ def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
 
 def load_progress(out: Path) -> dict[str, dict]:
     """Entries of pairs finished by an earlier run into the same OUT, by label key (the last
-    entry of a pair wins)."""
+    entry of a pair wins). An output that is gone, or was changed since it was written (edited
+    by hand), does not count as finished: the pair is redone and the report tells the truth."""
     log = out / PROGRESS_LOG
     done: dict[str, dict] = {}
     if log.is_file():
@@ -415,7 +419,9 @@ def load_progress(out: Path) -> dict[str, dict]:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill: that pair is simply redone
-            if entry.get("error") is None and entry.get("output") and Path(entry["output"]).is_file():
+            output = Path(entry.get("output") or "")
+            written = entry.get("output_stamp", file_stamp(output))  # logs of earlier versions have no stamp
+            if entry.get("error") is None and entry.get("output") and output.is_file() and file_stamp(output) == written:
                 done[entry["label"]] = entry
             else:
                 done.pop(entry.get("label"), None)
@@ -493,6 +499,12 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         finished = {} if options.dry_run else load_progress(options.out)
         done = {pair.key: finished[pair.key] for pair in index.pairs
                 if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
+        if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
+            for pair in [pair for pair in index.pairs if pair.key in done]:
+                try:
+                    mirror_image(pair, index, options.out)
+                except OSError:
+                    del done[pair.key]  # redone, where the failure is reported like any other
         todo = [pair for pair in index.pairs if pair.key not in done]
         unpaired = [problem_entry(problem, index.root) for problem in index.unmatched]
         for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:

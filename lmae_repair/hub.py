@@ -8,8 +8,8 @@ same resolver as a local family. huggingface_hub itself honours `HF_TOKEN` (priv
 and `HF_HUB_OFFLINE=1` (use the cache only), so a family fetched once works offline.
 
 `lmae-repair push RUN_DIR owner/name` builds that layout from a training run (the best
-checkpoint of each ratio, half precision) with a generated model card, and uploads it in one
-commit.
+checkpoint of each ratio, half precision) with a generated model card (a family folder's own
+README.md instead, where it has one), and uploads it in one commit.
 """
 
 from __future__ import annotations
@@ -81,11 +81,12 @@ def model_card(repo_id: str, checkpoints) -> str:
         "## Checkpoints", "",
         "| file | mask ratio | parameters (config) | validation |", "| --- | --- | --- | --- |",
     ]
-    for path, info in checkpoints:
+    for path, info in dict(checkpoints).items():  # a file serving several slots: one row
         figures = ", ".join(f"{k} {v}" for k, v in info.validation.items() if k.startswith("val_")) or "-"
         config = f"patch {info.model.patch_size}, encoder {info.model.enc_depth}x{info.model.enc_dim}, decoder {info.model.dec_depth}x{info.model.dec_dim}"
         gaps = " (gaps that follow the image's edges: missed objects)" if info.gap_kind == "objects" else ""
-        lines.append(f"| `{path.name}` | {info.mask_ratio:.2f}{gaps} | {config} | {figures} |")
+        ratios = ", ".join(f"{r:.2f}" for r in info.slot_ratios)
+        lines.append(f"| `{path.name}` | {ratios}{gaps} | {config} | {figures} |")
     training = first.training
     lines += ["", "## Training", ""]
     for key in ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds"):
@@ -107,7 +108,11 @@ def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: s
     parse_hub_spec(repo_id)
     export_family(run_dir, staging)
     checkpoints = find_checkpoints([staging])
-    card = model_card(repo_id, checkpoints)
+    own = Path(run_dir) / "README.md"
+    if own.is_file():  # a family folder with its own model card (the bundled ones): that card goes up
+        card = "\n".join(model_card(repo_id, checkpoints).split("\n")[:4]) + "\n\n" + own.read_text(encoding="utf-8")
+    else:
+        card = model_card(repo_id, checkpoints)
     if evaluate_figures:
         card += "\n## Evaluate figures\n\n" + evaluate_figures.strip() + "\n"
     (staging / "README.md").write_text(card, encoding="utf-8")

@@ -168,5 +168,9 @@ def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     assert averaged_info.label_space.names == info.label_space.names and averaged_info.mask_ratio == 0.5
     other_ratio = tmp_path / "c.safetensors"
     save_checkpoint(other_ratio, model_b, CheckpointInfo(CONFIG, 0.75, info.label_space))
-    with pytest.raises(LmaeError, match="c.safetensors: architecture, mask ratio or label space differs"):
+    with pytest.raises(LmaeError, match="c.safetensors: mask ratio differs"):
         average_checkpoints([first, other_ratio])
+    objects = tmp_path / "d.safetensors"  # a checkpoint for missed objects beside one for any gap
+    save_checkpoint(objects, model_b, CheckpointInfo(CONFIG, 0.5, info.label_space, gap_kind="objects"))
+    with pytest.raises(LmaeError, match="d.safetensors: kind of gap"):
+        average_checkpoints([first, objects])

@@ -2,6 +2,7 @@
 resume and the report."""
 
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -139,6 +140,28 @@ def test_rerun_skips_finished_pairs_and_redoes_missing_ones(tmp_path, family):
     assert complete(root, out, family).exit_code == 0
     assert (out / "labels" / "scene_000.png").stat().st_mtime_ns == stamp  # skipped
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first  # redone identically
+
+
+def test_an_output_label_edited_by_hand_is_redone_and_the_report_tells_the_truth(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    first = {p.name: p.read_bytes() for p in (out / "labels").iterdir()}
+    shutil.copyfile(root / "labels" / "scene_001.png", out / "labels" / "scene_001.png")  # the output overwritten
+    result = complete(root, out, family)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first  # redone as the first run made it
+    assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 2
+
+
+def test_a_full_run_after_a_labels_only_run_links_the_images(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    out = tmp_path / "out"
+    assert complete(root, out, family, "--labels-only").exit_code == 0
+    assert not (out / "images").exists()
+    result = complete(root, out, family)
+    assert result.exit_code == 0 and "done by an earlier run" in result.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["scene_000.png", "scene_001.png"]
 
 
 def test_labels_of_pairs_gone_from_the_input_are_kept_and_listed(tmp_path, family):

@@ -95,7 +95,9 @@ def test_objects_protocol_on_voc_data(tmp_path, family):
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "o.json").read_text())
     assert figures["missing_value"] == 0 and figures["erased_pixels"] > 0
-    assert "nothing to score" not in result.output
+    assert "nothing to score" not in result.output and "every label is all void" not in result.output
+    everything = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--mask-ratio", "1"])
+    assert everything.exit_code == 0 and "every label is all void" in everything.output
     none_small = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects",
                                      "--max-object-share", "0"])
     assert none_small.exit_code == 0 and "raise --max-object-share" in none_small.output

@@ -75,3 +75,9 @@ def test_push_builds_the_local_family_layout_and_a_model_card_without_sending(tm
     assert (staging / "mask-0.50.safetensors").is_file()
     bad = runner.invoke(app, ["push", str(family), "not a repo", "--dry-run"])
     assert bad.exit_code == 2 and "hf://owner/name" in bad.output
+
+    (family / "README.md").write_text("# shapes\n\nMeasured with lmae-repair evaluate: PA-mIoU 0.9.\n")  # its own model card
+    shutil.rmtree(staging)
+    build_upload(family, "someone/shapes", staging)
+    card = (staging / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: lmae-repair") and "Measured with lmae-repair evaluate: PA-mIoU 0.9." in card

@@ -1,6 +1,7 @@
 """Training: the tiny model learns generated scenes, and `lmae-repair train` works end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,6 +73,10 @@ def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
     assert inspected.exit_code == 0 and json.loads(inspected.output)["mask_ratio"] == 0.5
     whole_run = runner.invoke(app, ["inspect", str(out)])  # the run folder: one table per mask ratio
     assert whole_run.exit_code == 0 and whole_run.output.count("│ mask ratio ") == 2, whole_run.output
+    as_json = runner.invoke(app, ["inspect", str(out), "--json"])  # one JSON document that names each file
+    listed = json.loads(as_json.output)
+    assert [Path(item["path"]).parent.name for item in listed] == ["mask-0.25", "mask-0.50"]
+    assert [item["mask_ratio"] for item in listed] == [0.25, 0.5]
 
 
 def test_train_for_object_gaps_marks_its_checkpoints_for_routing(tmp_path):
