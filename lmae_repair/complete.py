@@ -21,7 +21,7 @@ import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -382,7 +382,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     if entry["error"] is None and not options.dry_run:
         try:
             target = output_label_path(options.out, item.pair.key, index)
-            write_label(target, LabelFile(values, item.label.mode, item.label.palette))
+            write_label(target, replace(item.label, values=values))
             if not options.labels_only:
                 mirror_image(item.pair, index, options.out)
             entry["output"] = str(target)

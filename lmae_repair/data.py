@@ -358,6 +358,7 @@ class LabelFile:
     values: np.ndarray  # (H, W) uint8
     mode: str  # "L", "P", "I;16" (16-bit grey), or "RGB"/"RGBA" for grey saved as colour
     palette: list[int] | None
+    transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
 
 
 def max_pixels() -> int:
@@ -410,6 +411,7 @@ def read_label(path: Path) -> LabelFile:
             img.load()
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None
+            transparency = img.info.get("transparency") if mode == "P" else None
             if mode in ("L", "P"):
                 values = np.array(img)
             elif mode == "1":
@@ -436,7 +438,7 @@ def read_label(path: Path) -> LabelFile:
         raise
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
-    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette)
+    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency)
 
 
 def is_grey(pixels: np.ndarray) -> bool:
@@ -498,7 +500,8 @@ def write_label(path: Path, label: LabelFile) -> None:
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
     elif label.mode.startswith("I") and file_format != "BMP":  # 16- or 32-bit grey goes back as 16-bit (BMP has none)
         img = Image.fromarray(label.values.astype(np.uint16))
-    atomic_write(path, lambda f: img.save(f, format=file_format))
+    extra = {"transparency": label.transparency} if label.mode == "P" and label.transparency is not None and file_format == "PNG" else {}
+    atomic_write(path, lambda f: img.save(f, format=file_format, **extra))
 
 
 def atomic_write(path: Path, write) -> None:

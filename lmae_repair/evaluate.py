@@ -33,14 +33,14 @@ from __future__ import annotations
 import importlib.util
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
-from lmae_repair.data import DatasetIndex, LabelFile, read_pair
+from lmae_repair.data import DatasetIndex, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError, pair_error
 from lmae_repair.labelspace import LabelSpace
@@ -196,7 +196,7 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     damaged, erased = degrade(truth, space, options, rng)
     case = Case(index, image, truth, damaged, erased)
     for name, values in (("damaged", damaged), ("intact", truth)):
-        loaded = Loaded(pair, new_entry(pair), LabelFile(values, label_file.mode, label_file.palette))
+        loaded = Loaded(pair, new_entry(pair), replace(label_file, values=values))
         _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold)
         case.versions[name] = loaded
     return case

@@ -28,6 +28,10 @@ def complete(data, out, family, *extra):
 def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
     root = make_voc(tmp_path / "voc", count=4, size=40)
     (root / "classes.txt").write_text("background\nthing\n")
+    first = sorted((root / "SegmentationClass").glob("*.png"))[0]
+    with Image.open(first) as img:  # a palette whose background entry is transparent (tRNS)
+        img.load()
+        img.save(first, transparency=0)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     result = complete(root, tmp_path / "out", family)
     assert result.exit_code == 0, result.output
@@ -35,6 +39,7 @@ def test_voc_output_mirrors_layout_palette_and_size(tmp_path, family):
         written = Image.open(tmp_path / "out" / "SegmentationClass" / label.name)
         original = Image.open(label)
         assert written.mode == "P" and written.getpalette() == original.getpalette()
+        assert written.info.get("transparency") == original.info.get("transparency")
         assert written.size == original.size
         assert (tmp_path / "out" / "JPEGImages" / f"{label.stem}.jpg").is_file()
     for side_file in ("classes.txt", "ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt"):
