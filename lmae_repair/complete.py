@@ -72,7 +72,8 @@ def check_output_is_of(index: DatasetIndex, out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if earlier and Path(earlier) != index.root.resolve():
-        raise LmaeError(f"{out}: holds the completed copy of another dataset ({earlier}); choose another --out")
+        raise LmaeError(f"{out}: holds the completed copy of another dataset ({earlier}; this run reads "
+                        f"{index.root.resolve()}); choose another --out")
 
 
 def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
