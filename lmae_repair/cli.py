@@ -673,8 +673,12 @@ def tune(
         pairs = min(len(index.pairs), max_pairs or len(index.pairs))
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+        # under --out, each file keeps its place relative to the files' common folder: a run folder's
+        # mask-0.25/best.safetensors and mask-0.50/best.safetensors must not land on one name
+        common = Path(os.path.commonpath([str(path.resolve().parent) for path in files]))
         for path in files:
-            target = path if folder is None else folder / path.name
+            target = path if folder is None else folder / path.resolve().relative_to(common)
+            target.parent.mkdir(parents=True, exist_ok=True)
             with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
                 result = tune_checkpoint(path, index, target, max_pairs, seed, str(resolve_device(device)),
                                          on_pair=lambda n: [advance() for _ in range(n)])
@@ -685,8 +689,9 @@ def tune(
                             f"{result['held_out_after']:.3f}")
             console.print(f"{target}: PA-mIoU on {result['pixels']} erased pixels {result['pa_miou_before']:.3f} -> "
                           f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'})", highlight=False)
-            if "held_out_after" in result and result["held_out_after"] < result["held_out_before"]:
-                console.print("note: on pairs they were not tuned on the offsets lose; tune on more pairs, or keep the checkpoint as it was", highlight=False)
+            if "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
+                keep = "the file now carries them; tune with --out to compare before replacing" if folder is None else f"{path} itself is unchanged"
+                console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
 
     guarded(run)
 

@@ -196,7 +196,7 @@ def train_one_ratio(
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
     elif options.resume:
-        state, trained_on = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio)
+        state, trained_on = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio, options)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
         if trained_on and trained_on != data.summary.get("data"):
             console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
@@ -324,10 +324,13 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
     starts from exactly the checkpoint's predictions."""
     source, info = load_checkpoint(path)
     grows_branch = not info.model.image_branch and replace(info.model, image_branch=model.config.image_branch) == model.config
+    if not info.label_space.same_classes(space):  # first: no option fixes it
+        raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()}); "
+                        "a checkpoint can only start a model of the same classes")
     if info.model != model.config and not grows_branch:
-        raise LmaeError(f"--init {path}: its architecture ({info.model.to_dict()}) differs from the one being trained; pass the same --preset, --patch-size and --image-branch")
-    if not info.label_space.same_classes(space):
-        raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()})")
+        mine, theirs = model.config.to_dict(), info.model.to_dict()
+        differs = ", ".join(f"{key} {theirs[key]} (this run: {mine[key]})" for key in theirs if theirs[key] != mine.get(key))
+        raise LmaeError(f"--init {path}: its architecture differs from the one being trained ({differs}); pass the same --preset, --patch-size and --image-branch")
     weights = model.state_dict()
     for name, tensor in source.state_dict().items():
         target = weights[name]
@@ -532,9 +535,20 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float) -> tuple[RunState, str | None]:
+RESUMED_OPTIONS = {"crop": "--crop", "lr": "--lr", "mask_mix": "--mask-mix", "class_weighting": "--class-weighting",
+                   "weights_from": "--weights-from"}  # what a resumed run must keep (see resume_state)
+
+
+def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float,
+                 options: TrainOptions | None = None) -> tuple[RunState, str | None]:
     """The saved run loaded into `model`, `optimizer` and `plateau`: its state, and the data its
-    epochs were trained on (a resumed run may be given other data on purpose; it is said, not refused)."""
+    epochs were trained on (a resumed run may be given other data on purpose; it is said, not refused).
+
+    Options that change what the run learns (crop, learning rate, masks, loss weights, kind of
+    gap) must be the ones it was started with: the optimizer's saved state would silently keep
+    the old learning rate while the checkpoints recorded the new one, and a run resumed with
+    `--gaps objects` would be marked for labels its earlier epochs never trained for. Changing
+    them is a new run from these weights (`--init`)."""
     if not path.is_file():
         raise LmaeError(f"{path}: nothing to resume (no training state here)")
     try:
@@ -547,6 +561,8 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
             f"{path}: saved run differs from this command (model, label space or mask ratio); "
             "use the same options or another --out"
         )
+    if options is not None:
+        check_resumed_options(path, info, options)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     plateau.load_state_dict(saved["plateau"])
@@ -555,6 +571,18 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     run = saved["run"]
     return RunState(run["epoch"], run["step"], run["best_score"], run["history"]), info.training.get("data")
+
+
+def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOptions) -> None:
+    now = {"crop": options.crop, "lr": options.lr, "mask_mix": list(options.mask_mix),
+           "class_weighting": options.class_weighting, "weights_from": options.weights_from}
+    changed = [f"{flag} {now[key]} (started with {info.training[key]})" for key, flag in RESUMED_OPTIONS.items()
+               if key in info.training and info.training[key] != now[key]]
+    if info.gap_kind != options.gaps:
+        changed.append(f"--gaps {options.gaps} (started with {info.gap_kind})")
+    if changed:
+        raise LmaeError(f"{path}: --resume continues a run with the options it was started with, and these differ: "
+                        f"{'; '.join(changed)}. Pass those, or start a new run from its weights with --init")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -1,5 +1,7 @@
 """Class offsets: tuned for PA-mIoU, stored in the checkpoint, applied where a class is chosen."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,14 @@ def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_fam
     assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
     assert "held_out_after" in record and "scored on the other" in result.output
     assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
+    run = tmp_path / "run"  # a training run of two mask ratios: both files are kept under --out, in the run's layout
+    for ratio in ("0.25", "0.50"):
+        (run / f"mask-{ratio}").mkdir(parents=True)
+        shutil.copy(trained_family / "mask-0.50" / "best.safetensors", run / f"mask-{ratio}" / "best.safetensors")
+    both = runner.invoke(app, ["tune", str(data), "--models", str(run), "--out", str(tmp_path / "run-tuned"), "--max-pairs", "2"])
+    assert both.exit_code == 0, both.output
+    assert sorted(p.relative_to(tmp_path / "run-tuned").as_posix() for p in (tmp_path / "run-tuned").rglob("*.safetensors")) == [
+        "mask-0.25/best.safetensors", "mask-0.50/best.safetensors"]
     inside = runner.invoke(app, ["tune", str(data), "--models", str(trained_family), "--out", str(data / "tuned")])
     assert inside.exit_code == 2 and "would be written inside the input" in inside.output
 

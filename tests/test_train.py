@@ -98,6 +98,10 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert runner.invoke(app, args + ["--epochs", "1"]).exit_code == 0
     again = runner.invoke(app, args + ["--epochs", "1"])
     assert again.exit_code == 2 and "--resume" in again.output
+    for changed, said in ((["--lr", "1e-3"], "--lr 0.001 (started with 0.0005)"), (["--crop", "32"], "--crop 32"),
+                          (["--gaps", "objects"], "--gaps objects (started with any)")):
+        refused = runner.invoke(app, args + ["--epochs", "3", "--resume", *changed])
+        assert refused.exit_code == 2 and said in refused.output and "--init" in refused.output, refused.output
     resumed = runner.invoke(app, args + ["--epochs", "3", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and "trained on" not in resumed.output
@@ -138,7 +142,12 @@ def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(tmp_
     weight = "decoder_pred.weight" if "decoder_pred.weight" in after.state_dict() else next(iter(after.state_dict()))
     assert torch.allclose(before.state_dict()[weight], after.state_dict()[weight], atol=1e-6)  # lr ~0: weights kept
     other = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(family / "mask-0.50" / "best.safetensors")])
-    assert other.exit_code == 2 and "--init" in other.output and "architecture" in other.output
+    assert other.exit_code == 2 and "--init" in other.output and "architecture" in other.output and "enc_depth 1 (this run: " in other.output
+    classes = make_paired(tmp_path / "six", count=4, size=64)  # another label space: said first, as no option fixes it
+    (classes / "classes.txt").write_text("background\na\nb\nc\nd\ne\n")
+    another = runner.invoke(app, ["train", str(classes), "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1",
+                                  "--out", str(tmp_path / "d"), "--init", str(start)])
+    assert another.exit_code == 2 and "label space" in another.output and "architecture" not in another.output, another.output
 
 
 def test_bad_options_and_missing_data_give_one_line_errors(tmp_path):
