@@ -118,7 +118,7 @@ def train(
     background_id: Optional[str] = typer.Option(None, help="Background class id, or 'none' (default: classes.txt, else 0)."),
     void_id: Optional[int] = typer.Option(None, min=0, max=255, help="Void / unlabelled value (default: classes.txt, else 255)."),
     val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
-    gaps: str = typer.Option("any", help="The labels these checkpoints are for: any, or objects: only labels whose gaps follow the image's edges (missed objects), beside a family's checkpoints for any gap (README \"Routing\"); for objects, lean --mask-mix on the objects strategy (e.g. 1:1:1:3)."),
+    gaps: str = typer.Option("any", help="The labels these checkpoints are for: any, or objects: only labels whose gaps follow the image's edges (missed objects), beside a family's checkpoints for any gap (README \"Routing\"); for objects, lean --mask-mix on the objects strategy (e.g. 1:1:1:3); validation, and so best.safetensors, scores random patches, so average the epochs (--keep-epochs, lmae-repair average) and measure with evaluate --strategy objects."),
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights (epoch-NNN.safetensors), to average them afterwards with lmae-repair average."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0, help="Time budget per mask ratio: begin no epoch that would end past it (0: none); --resume goes on later."),
 ) -> None:

@@ -663,6 +663,12 @@ def load_training_data(
         val_pairs, val_outside = val_scan.outside(space)
         skipped += [f"{line} (validation)" for line in val_index.unmatched + val_scan.problems + val_outside]
     report_skipped(console, skipped)
+    trained = {pair.label.resolve() for pair in pairs}
+    shared = sum(pair.label.resolve() in trained for pair in val_pairs)
+    if shared:  # the best checkpoint would be picked on pairs it trained on
+        hint = " (pass --split to train on one split only)" if split is None and val is None else ""
+        console.print(f"note: {shared} of the {len(val_pairs)} validation pairs are also training pairs{hint}; "
+                      "validation figures then overrate the model", highlight=False)
     counts = scan.histogram[: space.num_classes]
     total = max(int(counts.sum()), 1)
     summary = {

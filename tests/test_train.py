@@ -120,6 +120,10 @@ def test_a_time_budget_ends_the_run_at_an_epochs_end_with_its_checkpoints_writte
             "--batch-size", "4", "--crop", "64", "--workers", "0"]
     limited = runner.invoke(app, args + ["--epochs", "5", "--max-minutes", "0.0001"])
     assert limited.exit_code == 0, limited.output
+    assert "also training pairs" not in limited.output  # separate splits
+    whole = runner.invoke(app, ["train", str(root), "--val-split", "val", "--out", str(tmp_path / "whole"),  # no --split
+                                "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"])
+    assert whole.exit_code == 0 and "validation pairs are also training pairs (pass --split" in " ".join(whole.output.split())
     assert "stopped after epoch 1" in limited.output and "--resume" in limited.output
     folder = tmp_path / "run" / "mask-0.50"
     assert [json.loads(line)["epoch"] for line in (folder / "history.jsonl").read_text().splitlines()] == [1]
