@@ -179,13 +179,14 @@ def train(
             score = info.validation.get("val_pa_miou")
             table.add_row(f"{ratio:.2f}", str(path), "-" if score is None else f"{score:.4f}")
         console.print(table)
-        console.print(f"run folder: {options.out} (resume with --resume; state in {ratio_folder(options.out, options.mask_ratios[0]).name}/{STATE_FILE})")
+        states = ratio_folder(options.out, options.mask_ratios[0]).name if len(options.mask_ratios) == 1 else "mask-*"
+        console.print(f"run folder: {options.out} (resume with --resume; state in {states}/{STATE_FILE})")
         if training_data.skipped:
             skipped = len(training_data.skipped)
             console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
         return 1 if training_data.skipped else 0
 
-    exit_with(guarded(run))
+    exit_with(guarded(run, "interrupted: every finished epoch is saved; the same command with --resume continues from the last one"))
 
 
 @app.command()

@@ -312,3 +312,15 @@ def test_a_run_started_inside_the_dataset_writes_beside_it_and_never_under_it(tm
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ds-runs" / "mask-0.50" / "last.safetensors").is_file()
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch):
+    import lmae_repair.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmae_repair.train, "train", interrupted)
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--crop", "64", "--workers", "0"])
+    assert result.exit_code == 130 and "--resume continues" in result.output
