@@ -277,12 +277,10 @@ def check_can_write(path: Optional[Path], option: str) -> None:
 def outside_input(index, default: Path, suffix: str) -> Path:
     """A default output folder, or `<DATA><suffix>` beside DATA where the default (relative to the
     current folder) would lie inside the input: no command writes under DATA."""
-    try:
-        index.refuse_inside(default)
-    except LmaeError:
-        root = index.root.resolve()
-        return root.parent / f"{root.name}{suffix}"
-    return default
+    if index.input_folder_holding(default) is None:
+        return default
+    root = index.root.resolve()
+    return root.parent / f"{root.name}{suffix}"
 
 
 def report_failure(message: str) -> None:

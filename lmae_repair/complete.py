@@ -421,8 +421,9 @@ def load_progress(out: Path) -> dict[str, dict]:
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill: that pair is simply redone
             output = Path(entry.get("output") or "")
-            written = entry.get("output_stamp", file_stamp(output))  # logs of earlier versions have no stamp
-            if entry.get("error") is None and entry.get("output") and output.is_file() and file_stamp(output) == written:
+            stamp = file_stamp(output) if entry.get("output") and output.is_file() else "missing"
+            # logs of earlier versions have no stamp: their outputs count as they are
+            if entry.get("error") is None and stamp != "missing" and stamp == entry.get("output_stamp", stamp):
                 done[entry["label"]] = entry
             else:
                 done.pop(entry.get("label"), None)

@@ -72,15 +72,19 @@ class DatasetIndex:
         """Every folder the input is read from: nothing may be written there."""
         return [self.root] + ([self.image_root] if self.image_root is not None else [])
 
-    def refuse_inside(self, path: Path, what: str = "the output") -> None:
-        """Refuse to write `path` (an output folder, a report file) where it is, or lies inside,
-        a folder the input is read from: it could overwrite an input file (an `audit --json`
-        naming a label did), and no command writes under DATA."""
+    def input_folder_holding(self, path: Path) -> Path | None:
+        """The input folder that `path` is, or lies inside; None when it is outside the input."""
         path_r = path.resolve()
-        for folder in self.input_folders:
-            folder_r = folder.resolve()
-            if path_r == folder_r or folder_r in path_r.parents:
-                raise LmaeError(f"{path}: {what} would be written inside the input ({folder}); choose a place outside it")
+        return next((folder for folder in self.input_folders
+                     if path_r == folder.resolve() or folder.resolve() in path_r.parents), None)
+
+    def refuse_inside(self, path: Path, what: str = "the output") -> None:
+        """Refuse to write `path` (an output folder, a report file) inside the input: it could
+        overwrite an input file (an `audit --json` naming a label did), and no command writes
+        under DATA."""
+        folder = self.input_folder_holding(path)
+        if folder is not None:
+            raise LmaeError(f"{path}: {what} would be written inside the input ({folder}); choose a place outside it")
 
 
 def _files_below(folder: Path, suffixes: set[str]) -> list[Path]:

@@ -22,6 +22,7 @@ from lmae_repair.errors import LmaeError
 HUB_PREFIX = "hf://"
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 FAMILY_FILES = ["*.safetensors", "README.md"]
+FRONT_MATTER = "---\nlibrary_name: lmae-repair\ntags: [semantic-segmentation, label-repair, masked-autoencoder]\n---\n"
 
 
 def is_hub_spec(spec: str) -> bool:
@@ -70,7 +71,7 @@ def model_card(repo_id: str, checkpoints) -> str:
     first = checkpoints[0][1]
     space = first.label_space
     lines = [
-        "---", "library_name: lmae-repair", "tags: [semantic-segmentation, label-repair, masked-autoencoder]", "---", "",
+        FRONT_MATTER,
         f"# {repo_id}: an lmae-repair checkpoint family", "",
         "Label Masked Autoencoder (L-MAE) checkpoints that complete broken semantic-segmentation labels "
         "(missed objects, unfinished annotation), one per mask ratio, for "
@@ -110,7 +111,7 @@ def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: s
     checkpoints = find_checkpoints([staging])
     own = Path(run_dir) / "README.md"
     if own.is_file():  # a family folder with its own model card (the bundled ones): that card goes up
-        card = "\n".join(model_card(repo_id, checkpoints).split("\n")[:4]) + "\n\n" + own.read_text(encoding="utf-8")
+        card = FRONT_MATTER + "\n" + own.read_text(encoding="utf-8")
     else:
         card = model_card(repo_id, checkpoints)
     if evaluate_figures:

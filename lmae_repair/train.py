@@ -535,12 +535,13 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-RESUMED_OPTIONS = {"crop": "--crop", "lr": "--lr", "mask_mix": "--mask-mix", "class_weighting": "--class-weighting",
-                   "weights_from": "--weights-from"}  # what a resumed run must keep (see resume_state)
+# what a resumed run must keep (see resume_state): TrainOptions fields, recorded under the same
+# names in each checkpoint's training record (checkpoint_info)
+RESUMED_OPTIONS = ("crop", "lr", "mask_mix", "class_weighting", "weights_from")
 
 
 def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float,
-                 options: TrainOptions | None = None) -> tuple[RunState, str | None]:
+                 options: TrainOptions) -> tuple[RunState, str | None]:
     """The saved run loaded into `model`, `optimizer` and `plateau`: its state, and the data its
     epochs were trained on (a resumed run may be given other data on purpose; it is said, not refused).
 
@@ -561,8 +562,7 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
             f"{path}: saved run differs from this command (model, label space or mask ratio); "
             "use the same options or another --out"
         )
-    if options is not None:
-        check_resumed_options(path, info, options)
+    check_resumed_options(path, info, options)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     plateau.load_state_dict(saved["plateau"])
@@ -574,9 +574,9 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
 
 
 def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOptions) -> None:
-    now = {"crop": options.crop, "lr": options.lr, "mask_mix": list(options.mask_mix),
-           "class_weighting": options.class_weighting, "weights_from": options.weights_from}
-    changed = [f"{flag} {now[key]} (started with {info.training[key]})" for key, flag in RESUMED_OPTIONS.items()
+    now = {key: list(value) if isinstance(value, tuple) else value  # as the JSON record holds it
+           for key, value in ((key, getattr(options, key)) for key in RESUMED_OPTIONS)}
+    changed = [f"--{key.replace('_', '-')} {now[key]} (started with {info.training[key]})" for key in RESUMED_OPTIONS
                if key in info.training and info.training[key] != now[key]]
     if info.gap_kind != options.gaps:
         changed.append(f"--gaps {options.gaps} (started with {info.gap_kind})")
