@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmae_repair import __version__
-from lmae_repair.errors import DEBUG, LmaeError, unexpected, watch_interrupts
+from lmae_repair.errors import DEBUG, LmaeError, interrupt_exit_code, unexpected, watch_interrupts
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def guarded(function, interrupted: str = "interrupted"):
     """Run a command body; errors become a one-line message and exit code 2 (a traceback only
-    with --debug), Ctrl-C exit code 130 with the `interrupted` message."""
+    with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message."""
     watch_interrupts()
     try:
         return function()
@@ -61,7 +61,7 @@ def guarded(function, interrupted: str = "interrupted"):
         raise
     except KeyboardInterrupt:
         err_console.print(interrupted)
-        raise typer.Exit(130)
+        raise typer.Exit(interrupt_exit_code())
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
         raise typer.Exit(0)
@@ -161,12 +161,10 @@ def train(
         background = parse_background_id(background_id)
         if background is not _UNSET:
             space_options["background_id"] = background
-        training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console)
+        training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console, val_max_pairs)
         if out is None:
             options.out = outside_input(training_data.train, options.out, "-runs")
         training_data.train.refuse_inside(options.out, "the run folder")
-        if val_max_pairs > 0:
-            training_data.val_pairs = training_data.val_pairs[:val_max_pairs]
         console.print(f"label space: {training_data.space.describe()}")
         best = run_training(options, training_data, console)
         table = Table(title="checkpoints")

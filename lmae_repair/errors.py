@@ -11,23 +11,31 @@ import signal
 import threading
 
 DEBUG = {"on": False}
-INTERRUPTED = {"on": False}
+INTERRUPTED = {"on": False, "signal": signal.SIGINT}
 
 
 def watch_interrupts() -> None:
-    """Remember a Ctrl-C (`INTERRUPTED`) before raising KeyboardInterrupt as usual: some library
-    code swallows the exception (an interrupted lazy import left PyTorch half-imported and the
-    run went on, failing pairs), and the per-pair error handlers check the flag (`pair_error`,
-    `complete.Completer`) to stop the run instead."""
-    INTERRUPTED["on"] = False  # a new command (tests run several in one process)
+    """Remember a Ctrl-C or a SIGTERM (`INTERRUPTED`) before raising KeyboardInterrupt as usual:
+    some library code swallows the exception (an interrupted lazy import left PyTorch
+    half-imported and the run went on, failing pairs), and the per-pair error handlers check the
+    flag (`pair_error`, `complete.Completer`) to stop the run instead. SIGTERM (`kill`, a job
+    scheduler's time limit) takes the same way out, so it too says what was kept and how to go
+    on, where Python's default would end the process without a word."""
+    INTERRUPTED.update(on=False, signal=signal.SIGINT)  # a new command (tests run several in one process)
     if threading.current_thread() is not threading.main_thread():
         return
 
     def on_interrupt(signum, frame):
-        INTERRUPTED["on"] = True
+        INTERRUPTED.update(on=True, signal=signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
+
+
+def interrupt_exit_code() -> int:
+    """The shell's convention for a process ended by a signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + int(INTERRUPTED["signal"])
 
 
 def stop_if_interrupted(exc: BaseException) -> None:

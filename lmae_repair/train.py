@@ -626,8 +626,10 @@ def load_training_data(
     val_split: str | None,
     space_options: dict,
     console: Console,
+    val_max_pairs: int = 0,
 ) -> TrainingData:
-    """Discover and scan the training data, settle the label space, and find the validation pairs.
+    """Discover and scan the training data, settle the label space, and find the validation pairs
+    (the first `val_max_pairs` usable ones when that is above 0).
 
     Pairs that cannot be used (unreadable, size mismatch, values outside the label space) are
     reported one line each on stderr and left out.
@@ -653,14 +655,18 @@ def load_training_data(
     )
     pairs, outside = scan.outside(space)
     skipped = index.unmatched + scan.problems + outside
+    hint = void_255_hint(scan, space) if void_hint is None else None
     if not pairs:
         report_skipped(console, skipped)
-        raise LmaeError(f"{index.root}: no usable training pair")
+        raise LmaeError(f"{index.root}: no usable training pair{'; ' + hint if hint else ''}")
+    if hint:
+        console.print(f"note: {hint}", highlight=False)
     val_pairs: list[Pair] = []
     if val is not None or val_split is not None:
         val_index = discover(val if val is not None else root, val_split)
         val_scan = scan_labels(val_index.pairs)
         val_pairs, val_outside = val_scan.outside(space)
+        val_pairs = val_pairs[:val_max_pairs] if val_max_pairs > 0 else val_pairs
         skipped += [f"{line} (validation)" for line in val_index.unmatched + val_scan.problems + val_outside]
     report_skipped(console, skipped)
     trained = {pair.label.resolve() for pair in pairs}
@@ -683,6 +689,19 @@ def load_training_data(
         "skipped_pairs": len(skipped),
     }
     return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)
+
+
+def void_255_hint(scan, space) -> str | None:
+    """The likely fix when labels mark unannotated pixels 255 (the common convention) but the
+    label space took another void value (a classes.txt whose last line is `void`): every such
+    label would otherwise be skipped with no word on which option helps."""
+    if space.void_id == 255:
+        return None
+    holding = sum(255 in values for values in scan.values.values())  # each: the distinct values of a label
+    if not holding:
+        return None
+    return (f"{holding} labels hold the value 255, outside the label space (void is {space.void_id}); "
+            "if 255 marks unannotated pixels, pass --void-id 255")
 
 
 def report_skipped(console: Console, problems: list[str], limit: int = 20) -> None:

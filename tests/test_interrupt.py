@@ -1,4 +1,4 @@
-"""Interrupting runs with SIGKILL, and two runs at once, with real processes: nothing half-written,
+"""Interrupting runs with SIGKILL and SIGTERM, and two runs at once, with real processes: nothing half-written,
 nothing lost, the same result."""
 
 import json
@@ -47,6 +47,27 @@ def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path, fa
     assert rerun.returncode == 0, rerun.stderr
     assert outputs(out) == outputs(tmp_path / "reference")
     assert not list(out.rglob("*.tmp"))  # temporaries of the killed run are cleaned up
+
+
+def test_sigterm_says_what_was_kept_and_the_rerun_finishes(tmp_path, family):
+    """`kill` or a job scheduler's time limit sends SIGTERM: the run stops as on Ctrl-C, with the
+    message and the shell's exit code for SIGTERM, not silently."""
+    root = make_paired(tmp_path / "ds", count=200, size=96)
+    out = tmp_path / "out"
+    process = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / ".lmae-progress.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait() == 143
+    assert "run the same command again" in process.stderr.read()
+    written = list((out / "labels").glob("*.png"))
+    assert 3 <= len(written) < 200
+    rerun = subprocess.run(complete_command(root, out, family), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list((out / "labels").glob("*.png"))) == 200
 
 
 def test_two_runs_into_the_same_output_the_second_refuses_and_the_first_finishes(tmp_path, family):

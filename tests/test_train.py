@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 from typer.testing import CliRunner
 
@@ -122,8 +123,9 @@ def test_a_time_budget_ends_the_run_at_an_epochs_end_with_its_checkpoints_writte
     assert limited.exit_code == 0, limited.output
     assert "also training pairs" not in limited.output  # separate splits
     whole = runner.invoke(app, ["train", str(root), "--val-split", "val", "--out", str(tmp_path / "whole"),  # no --split
-                                "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"])
-    assert whole.exit_code == 0 and "validation pairs are also training pairs (pass --split" in " ".join(whole.output.split())
+                                "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1", "--val-max-pairs", "1"])
+    assert whole.exit_code == 0 and "1 of the 1 validation pairs are also training pairs (pass --split" in " ".join(whole.output.split())
+    assert load_checkpoint(tmp_path / "whole" / "mask-0.50" / "last.safetensors")[1].training["val_pairs"] == 1
     assert "stopped after epoch 1" in limited.output and "--resume" in limited.output
     folder = tmp_path / "run" / "mask-0.50"
     assert [json.loads(line)["epoch"] for line in (folder / "history.jsonl").read_text().splitlines()] == [1]
@@ -174,6 +176,22 @@ def test_unusable_pairs_are_skipped_with_a_message(tmp_path):
     assert "scene_000.png: unreadable label" in result.output
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
     assert info.training["pairs"] == 3
+
+
+def test_labels_marking_void_255_against_a_classes_txt_void_line_get_the_option_that_fixes_it(tmp_path):
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    for path in (root / "labels").glob("*.png"):
+        label = np.array(Image.open(path))
+        label[:8] = 255
+        Image.fromarray(label).save(path)
+    (root / "classes.txt").write_text("background\nred\ngreen\nblue\nvoid\n")  # void is 4 here
+    args = ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
+    refused = runner.invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2
+    assert "3 labels hold the value 255" in refused.output and "pass --void-id 255" in refused.output
+    fixed = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--void-id", "255"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "--void-id 255" not in fixed.output
 
 
 def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_predictions(tmp_path):
