@@ -25,6 +25,14 @@ def outputs(out):
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "labels").iterdir())}
 
 
+def wait_for_logged_pairs(out, count, timeout=120):
+    """Return once the run writing into `out` has logged `count` finished pairs (or on timeout)."""
+    log = out / ".lmae-progress.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= count):
+        time.sleep(0.005)
+
+
 def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=60, size=96)
     subprocess.run(complete_command(root, tmp_path / "reference", family), check=True, capture_output=True)
@@ -32,10 +40,7 @@ def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path, fa
     out = tmp_path / "out"
     process = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / ".lmae-progress.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
-        time.sleep(0.005)
+    wait_for_logged_pairs(out, 3)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed part-way, not finished
     written = list((out / "labels").glob("*.png"))
@@ -56,10 +61,7 @@ def test_sigterm_says_what_was_kept_and_the_rerun_finishes(tmp_path, family):
     out = tmp_path / "out"
     process = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = out / ".lmae-progress.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
-        time.sleep(0.005)
+    wait_for_logged_pairs(out, 3)
     process.send_signal(signal.SIGTERM)
     assert process.wait() == 143
     assert "run the same command again" in process.stderr.read()
@@ -75,10 +77,7 @@ def test_two_runs_into_the_same_output_the_second_refuses_and_the_first_finishes
     out = tmp_path / "out"
     first = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = out / ".lmae-progress.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
-        time.sleep(0.005)
+    wait_for_logged_pairs(out, 1)
     second = subprocess.run(complete_command(root, out, family), capture_output=True, text=True)
     assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
     assert second.returncode == 2 and "another lmae-repair run is writing here" in second.stderr
