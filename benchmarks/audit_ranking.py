@@ -31,7 +31,7 @@ from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE
 from lmae_repair.evaluate import EvaluateOptions, degrade
 from lmae_repair.families import resolve_models
 from lmae_repair.labelspace import find_classes_file
-from lmae_repair.train import resolve_device
+from lmae_repair.inference import resolve_device
 
 
 def build_copy(pairs, space, kind: str, share: float, seed: int, work: Path) -> set[str]:

@@ -139,7 +139,10 @@ def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, spac
                 item.entry["error"] = pair_error(str(pair.label), exc)
             yield item, None
         return
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
+    completer = Completer(checkpoints, CompleteOptions(
+        Path("."), options.threshold, options.device, batch_size=options.batch_size,
+        min_confidence=options.min_confidence, precision=options.precision,
+    ))
     loader = torch.utils.data.DataLoader(
         PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
     )

@@ -68,6 +68,12 @@ class CheckpointInfo:
         )
 
     @property
+    def tile(self) -> int:
+        """The side of the tiles inference runs in: the training crop, so that the model sees
+        only positions and sequence lengths it was trained on."""
+        return int(self.training.get("crop", 224))
+
+    @property
     def slot_ratios(self) -> list[float]:
         """Every mask ratio this checkpoint serves in routing, its own first."""
         return [self.mask_ratio] + [r for r in self.serve_ratios if r != self.mask_ratio]

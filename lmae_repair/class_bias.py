@@ -28,6 +28,7 @@ import torch
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, read_pair
 from lmae_repair.errors import LmaeError
+from lmae_repair.metrics import class_ious, mean_iou
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)  # candidate offsets per class (log-probability units)
 SWEEPS = 3
@@ -97,12 +98,10 @@ def pa_miou(logs: np.ndarray, truths: np.ndarray, missed: np.ndarray, bias: np.n
 
 
 def _miou_of(chosen: np.ndarray, truths: np.ndarray, missed: np.ndarray) -> float:
+    """PA-mIoU as `evaluate` computes it (`metrics.class_ious`), the missed pixels left unpredicted."""
     num_classes = len(missed)
     confusion = np.bincount(truths * num_classes + chosen, minlength=num_classes**2).reshape(num_classes, num_classes)
-    hits = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - hits + missed
-    present = confusion.sum(1) + missed > 0
-    return float((hits / np.maximum(union, 1))[present].mean()) if present.any() else float("nan")
+    return mean_iou(class_ious(confusion, missed))
 
 
 def tune_offsets(logs: np.ndarray, truths: np.ndarray, missed: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -133,7 +132,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
     from lmae_repair.repair import gap_probabilities, predict, prepare
 
     info = read_info(path)
-    completer = Completer([(path, info)], CompleteOptions(Path("."), device=device))
+    completer = Completer([(path, info)], CompleteOptions(Path("."), device=device, batch_size=batch_size))
     model, precision = completer.model(0), completer.precision
     space, p = info.label_space, info.model.patch_size
     gathered = ErasedProbabilities(space.num_classes, seed)

@@ -99,7 +99,7 @@ def train(
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
     val: Optional[Path] = typer.Option(None, help="Validation dataset root."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (of --val, or of DATA)."),
-    preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 8M params) or base (the paper's, 245M)."),
+    preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 7-10M parameters) or base (the paper's, 245M)."),
     patch_size: Optional[int] = typer.Option(None, min=2, max=128, help="Patch size in pixels (default 16)."),
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
@@ -212,12 +212,12 @@ def complete(
         from lmae_repair.complete import CompleteOptions, check_output, complete_dataset
         from lmae_repair.data import discover
         from lmae_repair.families import resolve_models
-        from lmae_repair.train import resolve_device
 
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
+        device_name, arithmetic = device_and_precision(device, precision)
         options = CompleteOptions(
-            target, threshold, str(resolve_device(device)), dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers, min_confidence, parse_precision(precision, device),
+            target, threshold, device_name, dry_run, labels_only, overwrite_labeled,
+            batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic,
         )
         index = discover(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
@@ -250,12 +250,13 @@ def complete(
     exit_with(guarded(run, "interrupted: the pairs finished so far are written; run the same command again to do the rest"))
 
 
-def parse_precision(value: str, device: str) -> str:
-    """--precision as inference will run it on `device`: bf16, fp32 or int8 (auto resolved)."""
-    from lmae_repair.inference import resolve_precision
-    from lmae_repair.train import resolve_device
+def device_and_precision(device: str, precision: str) -> tuple[str, str]:
+    """--device and --precision as inference will run them: cpu, cuda or cuda:N, and bf16, fp32
+    or int8 (auto resolved for that device)."""
+    from lmae_repair.inference import resolve_device, resolve_precision
 
-    return resolve_precision(value, resolve_device(device))
+    resolved = resolve_device(device)
+    return str(resolved), resolve_precision(precision, resolved)
 
 
 def check_can_write(path: Optional[Path], option: str) -> None:
@@ -410,11 +411,11 @@ def evaluate(
         from lmae_repair.data import atomic_write, discover
         from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset
         from lmae_repair.families import resolve_models
-        from lmae_repair.train import resolve_device
 
+        device_name, arithmetic = device_and_precision(device, precision)
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
-            str(resolve_device(device)), batch_size, max_pairs, min_confidence, parse_precision(precision, device),
+            device_name, batch_size, max_pairs, min_confidence, arithmetic,
         )
         checked_methods(options)
         check_can_write(json_file, "--json")
@@ -504,9 +505,9 @@ def audit(
         from lmae_repair.audit import AuditOptions, audit_dataset, label_space_of_data, write_csv, write_json
         from lmae_repair.data import discover
         from lmae_repair.families import HOW_TO_TRAIN, NoFamilyFits, resolve_models
-        from lmae_repair.train import resolve_device
 
-        options = AuditOptions(threshold, str(resolve_device(device)), batch_size, min_confidence, heatmaps, parse_precision(precision, device))
+        device_name, arithmetic = device_and_precision(device, precision)
+        options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic)
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
         index = discover(data, split, images, labels)
@@ -655,7 +656,7 @@ def tune(
         from lmae_repair.class_bias import served_damages, tune_checkpoint
         from lmae_repair.data import discover
         from lmae_repair.families import bundled_models_dir, resolve_models
-        from lmae_repair.train import resolve_device
+        from lmae_repair.inference import resolve_device
 
         index = discover(data, split, images, labels)
         used, checkpoints = resolve_models(models, index)

@@ -484,8 +484,6 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except LmaeError:
-        raise
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 
@@ -526,8 +524,10 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a quota, a folder gone: name the file
+            raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
         raise
 
 

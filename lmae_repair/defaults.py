@@ -1,4 +1,7 @@
-"""Defaults shared by the command line and the library, in a module light enough for `--help`."""
+"""Defaults of the command line, shared by its commands, in a module light enough for `--help`.
+
+The library's functions take them as arguments (`repair.finish`'s `min_confidence` defaults to 0,
+no floor), so a caller sees what it asked for."""
 
 # A patch is background-heavy from this share of background-or-void pixels (routing, hiding).
 DEFAULT_THRESHOLD = 0.5

@@ -8,7 +8,8 @@ gradients, so the copies hold identical weights after every step. Losses, image 
 validation confusion matrices are summed across the copies, so every copy computes the same
 figures (and the learning-rate schedule stays in step); only rank 0 writes files and prints.
 
-Without torchrun WORLD_SIZE is unset: one process, and every function here does nothing.
+Without torchrun WORLD_SIZE is unset: one process, and the collective steps do nothing (the
+device is still chosen as asked: `device_for_rank`).
 """
 
 from __future__ import annotations

@@ -45,12 +45,12 @@ from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError, pair_error
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.dataset import label_tensor
-from lmae_repair.masking import erase_objects, mask_count, patch_background_ratio
+from lmae_repair.masking import TRAINING_STRATEGIES, erase_objects, mask_count, patch_background_ratio
 from lmae_repair.metrics import ConfusionMatrix
 from lmae_repair.neighbourhood import neighbourhood_hint
 from lmae_repair.repair import Prepared, merge, route_and_prepare
 
-STRATEGIES = ("random", "background-first", "label-first", "objects")
+STRATEGIES = TRAINING_STRATEGIES  # the damages: the patch strategies of training, and objects
 BASELINES = ("nearest", "all")
 MODEL = "lmae-repair"
 
@@ -71,8 +71,15 @@ class EvaluateOptions:
     precision: str = "auto"  # as in CompleteOptions
 
 
+def unknown_strategy(strategy: str) -> LmaeError:
+    return LmaeError(f"--strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+
+
 def erase_patches(label: np.ndarray, space: LabelSpace, strategy: str, ratio: float, patch: int, rng) -> np.ndarray:
-    """(H, W) bool: the pixels of the floor(L * ratio) patches chosen by `strategy`."""
+    """(H, W) bool: the pixels of the floor(L * ratio) patches chosen by `strategy`.
+
+    The same choice as training's `masking.strategy_mask`, drawn from a numpy generator so that
+    a seed gives the damage every recorded `evaluate` figure was measured on."""
     height, width = label.shape
     share = patch_background_ratio(label_tensor(label, space), patch, space)
     rows, cols = share.shape
@@ -85,7 +92,7 @@ def erase_patches(label: np.ndarray, space: LabelSpace, strategy: str, ratio: fl
     elif strategy == "label-first":
         scores = 1.0 - share + jitter * 1e-4
     else:
-        raise LmaeError(f"--strategy: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        raise unknown_strategy(strategy)
     chosen = np.zeros(rows * cols, bool)
     chosen[np.argsort(-scores)[: mask_count(rows * cols, ratio)]] = True
     return np.kron(chosen.reshape(rows, cols), np.ones((patch, patch), bool))[:height, :width].astype(bool)
@@ -205,7 +212,7 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
 def checked_methods(options: EvaluateOptions) -> list[str]:
     """The methods to score; a clear error for options that cannot work."""
     if options.strategy not in STRATEGIES:
-        raise LmaeError(f"--strategy: unknown strategy {options.strategy!r} (choose from {', '.join(STRATEGIES)})")
+        raise unknown_strategy(options.strategy)
     if not 0.0 < options.mask_ratio <= 1.0:
         raise LmaeError(f"--mask-ratio must be in (0, 1], got {options.mask_ratio}")
     if options.baselines not in BASELINES:
@@ -222,7 +229,10 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
     methods = checked_methods(options)
     space = checkpoints[0][1].label_space
     scores = {name: Scores(space.num_classes) for name in methods}
-    completer = Completer(checkpoints, CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence, precision=options.precision))
+    completer = Completer(checkpoints, CompleteOptions(
+        Path("."), options.threshold, options.device, batch_size=options.batch_size,
+        min_confidence=options.min_confidence, precision=options.precision,
+    ))
     pairs = index.pairs[: options.max_pairs or None]
     used = erased_pixels = 0
     batch: list[Case] = []
@@ -234,6 +244,13 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         outputs = {id(item): values for item, values in completer.repair_batch(loaded)}
         scores[MODEL].seconds += time.perf_counter() - started
         for case in cases:
+            failed = [item for item in case.versions.values() if outputs[id(item)] is None]
+            if failed:  # the model failed on this pair (its message is in the entry): not scored
+                if on_error is not None:
+                    on_error(failed[0].entry["error"])
+                if on_pair is not None:
+                    on_pair()
+                continue
             for name in ("damaged", "intact"):
                 item = case.versions[name]
                 results = {MODEL: outputs[id(item)]}

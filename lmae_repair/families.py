@@ -207,7 +207,7 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     model, info = load_checkpoint(path)
     if model.branch is None:
         return 0
-    images = calibration_images(discover(Path(data), split).pairs, int(info.training.get("crop", 224)))
+    images = calibration_images(discover(Path(data), split).pairs, info.tile)
     info.int8_calibration = calibrate(model, images)
     save_checkpoint(Path(path), model, info, half=half)
     return len(info.int8_calibration)

@@ -90,6 +90,24 @@ def int8_pays(device: torch.device | str) -> bool:
     return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device as a torch device: auto is the GPU when there is one; a clear error for a device
+    this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise LmaeError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LmaeError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LmaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
+
+
 def resolve_precision(requested: str, device: torch.device | str) -> str:
     """--precision: `auto` becomes bf16 where it is native (`bf16_pays`), int8 where that pays
     (`int8_pays`), float32 elsewhere; an explicit choice is kept (int8 runs on a CPU only)."""

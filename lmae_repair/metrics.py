@@ -8,7 +8,25 @@ pixel in either prediction or truth are left out of the mean. A prediction that 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def class_ious(matrix: np.ndarray, unpredicted: np.ndarray) -> np.ndarray:
+    """Per-class IoU (N,) from a confusion matrix (rows true, columns predicted) and, per true
+    class, the pixels left without a class; NaN for classes absent from both truth and
+    prediction. The one definition behind `evaluate`, validation and `tune`, so that their
+    figures can be compared."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    hits = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) + np.asarray(unpredicted, dtype=np.float64) - hits
+    return np.where(union > 0, hits / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(ious: np.ndarray) -> float:
+    """The mean over the classes that count (not NaN); NaN when none does."""
+    present = ~np.isnan(ious)
+    return float(ious[present].mean()) if present.any() else float("nan")
 
 
 class ConfusionMatrix:
@@ -31,33 +49,17 @@ class ConfusionMatrix:
         self.matrix += torch.bincount(pairs, minlength=n * n).view(n, n)
         self.unpredicted += torch.bincount(truth[~predicted], minlength=n)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
-        self.matrix += other.matrix
-        self.unpredicted += other.unpredicted
-
     @property
     def total(self) -> int:
         return int(self.matrix.sum() + self.unpredicted.sum())
 
-    def iou(self) -> torch.Tensor:
+    def iou(self) -> np.ndarray:
         """Per-class IoU (N,); NaN for classes absent from both truth and prediction."""
-        m = self.matrix.double()
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) + self.unpredicted.double() - tp
-        return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        return class_ious(self.matrix.numpy(), self.unpredicted.numpy())
 
     def miou(self) -> float:
-        ious = self.iou()
-        present = ~torch.isnan(ious)
-        return float(ious[present].mean()) if present.any() else float("nan")
+        return mean_iou(self.iou())
 
     def pixel_accuracy(self) -> float:
         total = self.total
         return float(self.matrix.diag().sum()) / total if total else float("nan")
-
-
-def pa_miou(prediction: torch.Tensor, truth: torch.Tensor, pixel_mask: torch.Tensor, num_classes: int) -> float:
-    """PA-mIoU of one batch: mIoU over masked, non-void pixels."""
-    cm = ConfusionMatrix(num_classes)
-    cm.update(prediction, truth, pixel_mask)
-    return cm.miou()

@@ -87,7 +87,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # Fast on a 2-core CPU: ~6M parameters.
+    # Fast on a 2-core CPU: 7.4M parameters for 3 classes, 8.9M for 12, 10.4M for 21.
     "tiny": dict(
         enc_depth=6, enc_dim=256, enc_heads=8, dec_depth=4, dec_dim=192, dec_heads=6, neighbour_hint=True,
         refine_channels=32,

@@ -26,7 +26,7 @@ whole patches and to at least one tile; tiles of the training crop size then cov
 exact size.
 
 The work is split in three steps so that `complete` can overlap them: `prepare` (CPU, in loader
-workers), `predict_many` (the model, on batches of tiles from several labels), `finish` (CPU).
+workers), `predict` (the model, on batches of tiles from several labels), `finish` (CPU).
 """
 
 from __future__ import annotations
@@ -91,9 +91,7 @@ def gap_edge_contrast(image: np.ndarray, label: np.ndarray, space) -> float | No
         size = (max(1, round(label.shape[1] * scale)), max(1, round(label.shape[0] * scale)))
         image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
         label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
-    gaps = label == space.void_id
-    if space.background_id is not None:
-        gaps |= label == space.background_id
+    gaps = missing_pixels(label, space.background_id, space.void_id)
     band = cv2.morphologyEx(gaps.view(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     band[:2], band[-2:], band[:, :2], band[:, -2:] = 0, 0, 0, 0  # the image's own border is no gap border
     if not band.any():
@@ -158,7 +156,7 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo) -> Prepa
     """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
     (H, W, 3) uint8 of the same size) and pad both for tiled prediction."""
     space, p = info.label_space, info.model.patch_size
-    tile = int(info.training.get("crop", 224))
+    tile = info.tile
     label_t = label_tensor(label, space)
     ratio = patch_background_ratio(label_t, p, space)
     # Among equally background-heavy patches, void ones first: void is a hole for certain,
@@ -230,7 +228,7 @@ def predict(
     hints = [None if item.hint is None else item.hint.to(**to) for item in items]
     p, space = info.model.patch_size, info.label_space
     needed = [item.editable_patches(p, space, overwrite_labeled).to(**to) for item in items]
-    tile = int(info.training.get("crop", 224))
+    tile = info.tile
     autocast = resolve_precision(precision, device) == "bf16"
     return predict_many(model, images, labels, masks, tile, batch_size, autocast, hints, needed)
 
@@ -348,21 +346,3 @@ def border_moves(original: np.ndarray, prediction: np.ndarray, editable: np.ndar
         reaches_out[np.unique(regions[group & ~near])] = True
         moves |= group & ~reaches_out[regions]
     return torch.from_numpy(moves)
-
-
-@torch.no_grad()
-def repair_label(
-    model: LabelMAE,
-    info: CheckpointInfo,
-    image: np.ndarray,
-    label: np.ndarray,
-    overwrite_labeled: bool = False,
-    device: torch.device | str = "cpu",
-) -> Repair:
-    """Hide the floor(L*m) most background-heavy patches of `label` and rebuild them with `model`.
-
-    `image` is (H, W, 3) uint8 and `label` (H, W) uint8 of the same size, in the checkpoint's label
-    space; the result has the input's size.
-    """
-    item = prepare(image, label, info)
-    return finish(item, predict(model, info, [item], device, overwrite_labeled=overwrite_labeled)[0], info, overwrite_labeled)

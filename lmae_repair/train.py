@@ -51,7 +51,7 @@ from lmae_repair.distributed import (
     wait_for_all,
 )
 from lmae_repair.errors import LmaeError
-from lmae_repair.inference import mirror_pad, predict_probabilities
+from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
@@ -128,22 +128,6 @@ def loss_weights(options: TrainOptions, data: TrainingData, console: Console) ->
         highlight=False,
     )
     return weights
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise LmaeError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LmaeError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise LmaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    return device
 
 
 STATE_FILE = "state.pt"  # in each ratio folder: everything --resume needs
@@ -550,8 +534,6 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     the old learning rate while the checkpoints recorded the new one, and a run resumed with
     `--gaps objects` would be marked for labels its earlier epochs never trained for. Changing
     them is a new run from these weights (`--init`)."""
-    if not path.is_file():
-        raise LmaeError(f"{path}: nothing to resume (no training state here)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         info = CheckpointInfo.from_json(saved["info"])
@@ -645,22 +627,22 @@ def load_training_data(
     if not scan.good:  # before the label space, which cannot be told from no label at all
         report_skipped(console, index.unmatched + scan.problems)
         raise LmaeError(f"{index.root}: no usable training pair")
-    void_hint = space_options.get("void_id")
+    void_option = space_options.get("void_id")
     space = build_label_space(
         index.root,
-        scanned_max_value=scan.max_value(void_hint if void_hint is not None else 255),
+        scanned_max_value=scan.max_value(void_option if void_option is not None else 255),
         palette=scan.palette,
         layout_names=index.known_class_names,
         **space_options,
     )
     pairs, outside = scan.outside(space)
     skipped = index.unmatched + scan.problems + outside
-    hint = void_255_hint(scan, space) if void_hint is None else None
+    void_note = void_255_hint(scan, space) if void_option is None else None
     if not pairs:
         report_skipped(console, skipped)
-        raise LmaeError(f"{index.root}: no usable training pair{'; ' + hint if hint else ''}")
-    if hint:
-        console.print(f"note: {hint}", highlight=False)
+        raise LmaeError(f"{index.root}: no usable training pair{'; ' + void_note if void_note else ''}")
+    if void_note:
+        console.print(f"note: {void_note}", highlight=False)
     val_pairs: list[Pair] = []
     if val is not None or val_split is not None:
         val_index = discover(val if val is not None else root, val_split)
@@ -672,8 +654,8 @@ def load_training_data(
     trained = {pair.label.resolve() for pair in pairs}
     shared = sum(pair.label.resolve() in trained for pair in val_pairs)
     if shared:  # the best checkpoint would be picked on pairs it trained on
-        hint = " (pass --split to train on one split only)" if split is None and val is None else ""
-        console.print(f"note: {shared} of the {len(val_pairs)} validation pairs are also training pairs{hint}; "
+        split_hint = " (pass --split to train on one split only)" if split is None and val is None else ""
+        console.print(f"note: {shared} of the {len(val_pairs)} validation pairs are also training pairs{split_hint}; "
                       "validation figures then overrate the model", highlight=False)
     counts = scan.histogram[: space.num_classes]
     total = max(int(counts.sum()), 1)

@@ -254,3 +254,18 @@ def test_two_labels_naming_one_image_are_reported_not_both_repaired(tmp_path):
     clash = [line for line in index.unmatched if "a.jpg" in line]
     assert len(clash) == 1 and "labels/a.png" in clash[0] and "labels/a_mask.png" in clash[0]
     assert not any("a.jpg" in line for line in index.unlabelled)
+
+
+def test_a_write_that_fails_part_way_names_the_file_and_leaves_nothing_behind(tmp_path):
+    import errno
+
+    from lmae_repair.data import atomic_write
+
+    def disk_full(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "report.json"
+    with pytest.raises(LmaeError, match=r"report\.json: cannot write it \(No space left on device\)"):
+        atomic_write(target, disk_full)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

@@ -88,6 +88,26 @@ def test_evaluate_command_prints_and_writes_figures_for_model_and_nearest_fill(t
     assert {**repeated, "seconds": 0} == {**nearest, "seconds": 0}  # same seed, same figures
 
 
+def test_a_pair_the_model_fails_on_is_reported_and_the_others_are_scored(tmp_path, family, monkeypatch):
+    from lmae_repair.complete import Completer
+
+    real = Completer._repair_fitting
+
+    def fail_on_scene_1(self, choice, chunk, tiles):
+        if any(item.pair.label.name == "scene_001.png" for item in chunk):
+            raise RuntimeError("out of memory")
+        return real(self, choice, chunk, tiles)
+
+    monkeypatch.setattr(Completer, "_repair_fitting", fail_on_scene_1)
+    root = make_paired(tmp_path / "ds", count=3, size=64, seed=5)
+    report = tmp_path / "figures.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--batch-size", "1", "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    assert "scene_001.png: the model failed" in " ".join(result.output.split()) and "Traceback" not in result.output
+    figures = json.loads(report.read_text())
+    assert figures["pairs"] == 2 and len(figures["failed"]) == 1 and "scene_001.png" in figures["failed"][0]
+
+
 def test_objects_protocol_on_voc_data(tmp_path, family):
     root = make_voc(tmp_path / "voc", count=3, size=64)
     result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects", "--mask-ratio", "1",

@@ -1,11 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lmae_repair.errors import LmaeError
 from lmae_repair.losses import class_weights, lmae_loss
-from lmae_repair.metrics import ConfusionMatrix, pa_miou
+from lmae_repair.metrics import ConfusionMatrix
 
 
 def test_void_pixels_do_not_change_the_loss():
@@ -64,9 +65,22 @@ def test_miou_and_pa_miou():
     prediction = torch.tensor([0, 1, 1, 1, 2, 0, 0])
     cm = ConfusionMatrix(3)
     cm.update(prediction, truth)
-    iou = cm.iou()
-    assert torch.allclose(iou, torch.tensor([1 / 3, 2 / 3, 1 / 2], dtype=torch.float64))
+    assert np.allclose(cm.iou(), [1 / 3, 2 / 3, 1 / 2])
     assert math.isclose(cm.miou(), (1 / 3 + 2 / 3 + 1 / 2) / 3)
     assert cm.total == 6  # the void pixel (9) is not counted
-    masked = torch.tensor([False, False, True, True, False, False, True])
-    assert pa_miou(prediction, truth, masked, 3) == 1.0  # only the two class-1 pixels count
+    masked = ConfusionMatrix(3)
+    masked.update(prediction, truth, torch.tensor([False, False, True, True, False, False, True]))
+    assert masked.miou() == 1.0  # only the two class-1 pixels count
+    spilled = ConfusionMatrix(3)  # a class predicted where it is not true counts, with IoU 0
+    spilled.update(torch.tensor([0, 2, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    assert math.isclose(spilled.miou(), (1 / 2 + 1 + 0) / 3)
+
+
+def test_tune_scores_the_miou_that_evaluate_reports():
+    from lmae_repair.class_bias import pa_miou
+
+    truths, chosen = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+    logs = np.log(np.eye(3)[chosen] * 0.9 + 0.05)
+    cm = ConfusionMatrix(3)
+    cm.update(torch.from_numpy(chosen), torch.from_numpy(truths))
+    assert math.isclose(pa_miou(logs, truths, np.zeros(3, np.int64), np.zeros(3)), cm.miou())

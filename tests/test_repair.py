@@ -9,7 +9,15 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, merge, prepare, repair_label
+from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, merge, predict, prepare
+
+
+@torch.no_grad()
+def repair_label(model, info, image, label, overwrite_labeled=False):
+    """One label through the three steps `complete` runs, without routing and with no confidence
+    floor (`complete` defaults to 0.9), so that the model's own choice shows."""
+    item = prepare(image, label, info)
+    return finish(item, predict(model, info, [item], "cpu", overwrite_labeled=overwrite_labeled)[0], info, overwrite_labeled)
 
 
 def test_heavy_share_counts_patches_at_or_above_the_threshold():
