@@ -15,6 +15,7 @@ are images without a label (normal in VOC's JPEGImages, so not recorded there).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ import numpy as np
 from PIL import Image
 
 from lmae_repair.errors import LmaeError
+
+# PIL logs some decoding problems (a TIFF of 8 bands) before raising; the raise becomes our one
+# line naming the file, so its log line, printed with no file name, would only add noise.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _UMASK = os.umask(0o022)
@@ -383,14 +388,18 @@ def check_size(path: Path, img: Image.Image) -> None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); grayscale, palette, RGBA and CMYK images are converted, and 16-bit
-    or 32-bit grayscale ones scaled to 8 bits (PIL's own conversion clips them: all white)."""
+    """RGB uint8 (H, W, 3). Grayscale, palette, RGBA and CMYK images are converted; images of more
+    than 8 bits per value (16-bit PNG, 12-bit scans stored in 16 bits, signed or float rasters,
+    16-bit RGB TIFFs) are stretched to 8 bits (`stretch_to_8_bits`): PIL's own conversion clips
+    them to white, or keeps only the high byte, which leaves 12-bit data almost black."""
     try:
         with Image.open(path) as img:
             check_size(path, img)
+            if _bits_per_band(img) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
+                return stretch_to_8_bits(_read_wide_colour(path))
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
-                return _wide_grey_to_rgb(np.array(img))
+                return stretch_to_8_bits(np.array(img))
             return np.array(img.convert("RGB"))
     except LmaeError:
         raise
@@ -398,13 +407,42 @@ def read_image(path: Path) -> np.ndarray:
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 
 
-def _wide_grey_to_rgb(values: np.ndarray) -> np.ndarray:
-    """A grayscale image of more than 8 bits as RGB uint8: 16-bit values (above 255) are scaled
-    from 0-65535, smaller ones kept as they are."""
-    values = values.astype(np.float64)
-    top = 255.0 if values.max(initial=0) <= 255 else 65535.0
-    grey = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+def _bits_per_band(img: Image.Image) -> int:
+    """The widest band of a TIFF (its BitsPerSample tag); 8 for other formats."""
+    bits = getattr(img, "tag_v2", {}).get(258, 8)
+    return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
+def _read_wide_colour(path: Path) -> np.ndarray:
+    """A colour TIFF of more than 8 bits per band as (H, W, 3) in R, G, B order: the first three
+    bands (an RGBN or RGBA file gives its RGB). OpenCV decodes these where PIL keeps 8 bits."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # libtiff's warnings name no file
+    try:
+        values = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if values is None or values.ndim != 3 or values.shape[2] < 3:
+        raise LmaeError(f"{path}: unreadable image (a TIFF of more than 8 bits per band that OpenCV cannot decode)")
+    return values[..., [2, 1, 0]]  # OpenCV orders the bands B, G, R(, A)
+
+
+def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """An image of more than 8 bits as RGB uint8. Values that already fit 0-255 are kept; others
+    are stretched from the image's 0.1st to its 99.9th percentile, whatever their type: the bit
+    depth a file declares (16) is often not the one its data uses (12), and signed or float
+    rasters have no fixed range. Grey is repeated into three channels."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 255:
+        scaled = np.nan_to_num(values)
+    else:
+        low, high = np.percentile(finite, [0.1, 99.9]) if finite.size else (0.0, 1.0)
+        scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / max(high - low, 1e-12))
+    rgb = np.clip(scaled, 0, 255).round().astype(np.uint8)
+    return np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
 
 
 def read_label(path: Path) -> LabelFile:

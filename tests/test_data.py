@@ -225,6 +225,33 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 1
 
 
+def test_images_of_more_than_8_bits_use_the_range_their_data_uses(tmp_path, capfd):
+    """12-bit scans in 16-bit files, 16-bit colour TIFFs, signed rasters: read almost black (or
+    clipped) before, so the model saw nothing of them."""
+    import cv2
+
+    from lmae_repair.data import read_image
+
+    ramp = np.linspace(0, 4095, 64 * 48).reshape(48, 64)
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "ct.png")  # 12 bits of 16
+    grey = read_image(tmp_path / "ct.png")
+    assert grey.min() == 0 and grey.max() == 255 and abs(grey.mean() - 127.5) < 2
+
+    colour = np.zeros((48, 64, 4), np.uint16)  # R, G, B, near-infrared; red the brightest band
+    colour[..., 0], colour[..., 1], colour[..., 2], colour[..., 3] = 3000, 1500, 100, 4000
+    colour[0, 0, :3] = 0
+    cv2.imwrite(str(tmp_path / "rgbn.tif"), colour[..., [2, 1, 0, 3]])  # OpenCV writes B, G, R, A
+    assert Image.open(tmp_path / "rgbn.tif").mode in ("RGB", "RGBA")  # PIL would keep the high byte
+    rgb = read_image(tmp_path / "rgbn.tif")
+    red, green, blue = rgb[5, 5].tolist()
+    assert rgb.shape == (48, 64, 3) and red == 255 and 100 < green < 140 and blue < 20
+
+    assert "TIFF" not in capfd.readouterr().err  # libtiff's warnings, naming no file, stay quiet
+    Image.fromarray((ramp - 2000).astype(np.int32)).save(tmp_path / "dem.tif")  # signed values
+    signed = read_image(tmp_path / "dem.tif")
+    assert signed.min() == 0 and signed.max() == 255
+
+
 def test_a_size_mismatch_from_an_exif_quarter_turn_says_so(tmp_path):
     """A photo stored 40x64 with EXIF orientation 6 shows as 64x40 in viewers, like its label;
     the error must say why they differ."""
