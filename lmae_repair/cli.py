@@ -504,7 +504,7 @@ def audit(
     def run() -> None:
         from lmae_repair.audit import AuditOptions, audit_dataset, label_space_of_data, write_csv, write_json
         from lmae_repair.data import discover
-        from lmae_repair.families import HOW_TO_TRAIN, NoFamilyFits, resolve_models
+        from lmae_repair.families import NoFamilyFits, resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
         options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic)
@@ -520,7 +520,9 @@ def audit(
         except NoFamilyFits as exc:  # files and statistics need no model: audit them, say what is missing
             used, checkpoints, space = "none", None, label_space_of_data(index)
             console.print(f"note: {exc.reason}, so this audit checks files and label statistics only, without the "
-                          f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {HOW_TO_TRAIN}", highlight=False)
+                          f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {exc.advice}", highlight=False)
+            if space.single_class_problem():
+                console.print(f"note: {space.single_class_problem()}", highlight=False)
         console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)

@@ -471,10 +471,13 @@ def read_label(path: Path) -> LabelFile:
                     f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
                     "indices (a palette or grayscale PNG, one value per class)"
                 )
+            elif mode == "F" or mode.startswith("I"):
+                raise LmaeError(f"{path}: label holds {'floating-point' if mode == 'F' else '32-bit'} values (mode {mode}); "
+                                "expected class indices of 8 or 16 bits (a palette or grayscale PNG or TIFF)")
             else:
                 raise LmaeError(
                     f"{path}: label has {len(img.getbands())} channels (mode {mode}); expected a "
-                    "single-channel index PNG (mode L or P)"
+                    "single-channel index image (mode L or P)"
                 )
     except LmaeError:
         raise

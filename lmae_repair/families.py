@@ -12,6 +12,7 @@ its void value, and, for a family with named classes, when the dataset's class n
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,15 +22,15 @@ from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import find_classes_file, read_class_names
+from lmae_repair.labelspace import find_classes_file, read_class_list
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
 FIT_SHARE = 0.75  # share of those whose values must all be classes or void
-HOW_TO_TRAIN = (
-    "train a family for it with `lmae-repair train DATA --mask-ratio 0.25 --mask-ratio 0.5 "
-    "--mask-ratio 0.75 --out runs/mine`, then pass --models runs/mine"
-)
+def how_to_train(root: Path) -> str:
+    """The advice for data no bundled family fits, as a command that can be pasted."""
+    return (f"train a family for it with `lmae-repair train {shlex.quote(str(root))} --mask-ratio 0.25 "
+            "--mask-ratio 0.5 --mask-ratio 0.75 --out runs/mine`, then pass --models runs/mine")
 
 
 def bundled_models_dir() -> Path:
@@ -92,16 +93,19 @@ def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | N
     names = index.known_class_names
     classes_file = find_classes_file(index.root)
     if classes_file is not None:
-        names = read_class_names(classes_file)
+        names = read_class_list(classes_file)[0]
     return values, names, palette
 
 
-def has_real_names(space) -> bool:
-    return space.names != [f"class_{i}" for i in range(space.num_classes)]
+def seen(values: list[set[int]]) -> str:
+    """The label values of the sample, the largest ones kept when there are many: they are the
+    ones that usually explain a misfit (a void 255, classes beyond the family's)."""
+    every = sorted(set().union(*values))
+    shown = every if len(every) <= 14 else every[:8] + ["..."] + every[-5:]
+    return "[" + ", ".join(map(str, shown)) + "]"
 
 
-def seen(values: list[set[int]]) -> list[int]:
-    return sorted(set().union(*values))[:12]
+PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one
 
 
 def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] | None, palette: list[int] | None) -> int | None:
@@ -114,7 +118,7 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
     if not values or sum(fitting) < FIT_SHARE * len(values):
         return None
     score = 0
-    if names and has_real_names(space):
+    if names and space.has_names:
         wanted = [n.strip().lower() for n in space.names]
         given = [n.strip().lower() for n in names]
         if given[: len(wanted)] != wanted:
@@ -123,7 +127,7 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
     if palette and space.palette:
         size = 3 * space.num_classes
         if list(palette[:size]) == list(space.palette[:size]):
-            score += 1
+            score += PALETTE_SCORE
     return score
 
 
@@ -132,15 +136,17 @@ class NoFamilyFits(LmaeError):
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
     def __init__(self, reason: str, root: Path):
-        super().__init__(f"{root}: {reason}; {HOW_TO_TRAIN}")
+        super().__init__(f"{root}: {reason}; {how_to_train(root)}")
         self.reason = reason
+        self.advice = how_to_train(root)
 
 
-def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
-    """The bundled family that fits the dataset best; a clear error when none or several do."""
+def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
+    """The bundled family that fits the dataset best, and a note when the evidence is thin; a
+    clear error when none or several fit."""
     families = bundled_families()
     if not families:
-        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {HOW_TO_TRAIN}")
+        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {how_to_train(index.root)}")
     values, names, palette = dataset_evidence(index)
     scored = []
     for name, folder in families.items():
@@ -149,7 +155,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
         score = match_score(info, values, names, palette)
         # a family with named classes needs the data to say so (names or palette): label values
         # alone (0, 1, 2...) fit almost any family
-        if score is not None and (score > 0 or not has_real_names(info.label_space)):
+        if score is not None and (score > 0 or not info.label_space.has_names):
             scored.append((score, name, checkpoints))
     if not scored:
         named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
@@ -158,7 +164,12 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints]:
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])
         raise LmaeError(f"{index.root}: several bundled families fit these labels ({tied}); choose one with --models")
-    return scored[0][1], scored[0][2]
+    score, name, checkpoints = scored[0]
+    note = ""
+    if score == PALETTE_SCORE and checkpoints[0][1].label_space.has_names:
+        note = (" (chosen by its label values and palette alone: the data has no class list to confirm "
+                "its classes; pass --models to be sure)")
+    return name, checkpoints, note
 
 
 def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkpoints]:
@@ -174,8 +185,8 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
                 f"(values seen: {seen(values)}{', class names: ' + ', '.join(names[:12]) if names else ''})"
             )
         return ", ".join(map(str, specs)), checkpoints
-    name, checkpoints = match_family(index)
-    return f"bundled family {name!r}", checkpoints
+    name, checkpoints, note = match_family(index)
+    return f"bundled family {name!r}{note}", checkpoints
 
 
 def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:

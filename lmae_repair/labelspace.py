@@ -2,17 +2,21 @@
 
 Every checkpoint records its label space so that a model is never applied to labels it does not
 understand. A dataset's label space comes from a `classes.txt` beside the data (one class name
-per line, line number = pixel value), from command-line flags, or from scanning the labels.
+per line, line number = pixel value; or `VALUE name` lines; or labelme's `labels.txt`), from
+command-line flags, or from scanning the labels.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmae_repair.errors import LmaeError
 
-VOID_NAMES = {"void", "ignore", "unlabelled", "unlabeled", "unknown", "_ignore_"}
+VOID_NAMES = {"void", "ignore", "unlabelled", "unlabeled", "unknown", "_ignore_", "__ignore__"}
+# "0 background", "1: crack", "255=ignore": a class list that gives each name its value
+INDEXED_LINE = re.compile(r"(\d+)(?:\s*[:=,]\s*|\s+)(\S.*)")
 BACKGROUND_NAMES = {"background", "_background_", "bg", "backgroud"}
 DEFAULT_BACKGROUND_ID = 0
 DEFAULT_VOID_ID = 255
@@ -71,6 +75,22 @@ class LabelSpace:
         """The value a missed object turns into: background where there is one, void otherwise."""
         return self.void_id if self.background_id is None else self.background_id
 
+    @property
+    def has_names(self) -> bool:
+        """True when the classes were named (a class list, a layout), not numbered `class_N`."""
+        return self.names != [f"class_{i}" for i in range(self.num_classes)]
+
+    def single_class_problem(self) -> str | None:
+        """Why a label space of one class is almost surely misread: every label is then all one
+        class or void, with nothing to learn or complete. The usual cause is a binary mask of 0
+        and 255, where 255 (void by default) was meant as the object."""
+        if self.num_classes > 1:
+            return None
+        name = self.names[0] if self.names else "class_0"
+        return (f"the label space has a single class ({name}, value 0) besides void {self.void_id}, so there is nothing "
+                f"to learn or complete; for masks of 0 and 255, 255 is void here: save the objects as 1 (0/1 masks), "
+                "or list the classes in a classes.txt")
+
     def outside_values(self, values) -> list[int]:
         """The distinct values of a label array that are neither a class nor void."""
         import numpy as np
@@ -120,15 +140,38 @@ def find_classes_file(root: Path) -> Path | None:
     return None
 
 
-def label_space_from_names(names: list[str]) -> tuple[int, list[str], int | None, int | None]:
+def read_class_list(path: Path) -> tuple[list[str], int | None]:
+    """(names in value order, the void value if the file gives it) from a class list file.
+
+    Three formats: one name per line, the line number its value (a last `void` line marks the
+    void value: `label_space_from_names`); every line `VALUE name` (also `VALUE: name`), where a
+    void name gives the void value (`255 ignore`) and unlisted values below the largest class get
+    `class_N`; labelme's `labels.txt`, whose first line `__ignore__` is value -1, saved as 255, and
+    whose classes start at 0 with `_background_`.
+    """
+    lines = read_class_names(path)
+    indexed = [INDEXED_LINE.fullmatch(line) for line in lines]
+    if all(indexed):
+        by_value = {int(match[1]): match[2].strip() for match in indexed}
+        voids = [value for value, name in by_value.items() if name.lower() in VOID_NAMES]
+        void_id = max(voids) if voids else None
+        classes = {value: name for value, name in by_value.items() if value != void_id}
+        if not classes:
+            raise LmaeError(f"{path}: no class in it, only the void value")
+        return [classes.get(value, f"class_{value}") for value in range(max(classes) + 1)], void_id
+    if lines[0].lower() == "__ignore__" and len(lines) > 1:
+        return lines[1:], DEFAULT_VOID_ID
+    return lines, None
+
+
+def label_space_from_names(names: list[str], void_id: int | None = None) -> tuple[int, list[str], int | None, int | None]:
     """(num_classes, names, background_id, void_id) implied by a list of class names.
 
-    A last name such as "void" marks the void value rather than a class (CamVid's classes.txt
-    lists `void` as value 11). A name such as "background" marks the background class; if no
-    name does, the data has no background class.
+    Without a `void_id`, a last name such as "void" marks the void value rather than a class
+    (CamVid's classes.txt lists `void` as value 11). A name such as "background" marks the
+    background class; if no name does, the data has no background class.
     """
-    void_id = None
-    if names[-1].lower() in VOID_NAMES:
+    if void_id is None and names[-1].lower() in VOID_NAMES:
         void_id = len(names) - 1
         names = names[:-1]
     background_id = next(
@@ -160,7 +203,7 @@ def build_label_space(
     file_void = None
     classes_file = find_classes_file(root) if root is not None else None
     if classes_file is not None:
-        _, names, file_background, file_void = label_space_from_names(read_class_names(classes_file))
+        _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
     elif layout_names:
         _, names, file_background, file_void = label_space_from_names(layout_names)
     resolved_void = void_id if void_id is not None else (

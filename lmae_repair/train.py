@@ -635,6 +635,8 @@ def load_training_data(
         layout_names=index.known_class_names,
         **space_options,
     )
+    if space.single_class_problem():
+        raise LmaeError(f"{index.root}: {space.single_class_problem()}")
     pairs, outside = scan.outside(space)
     skipped = index.unmatched + scan.problems + outside
     void_note = void_255_hint(scan, space) if void_option is None else None
@@ -650,7 +652,13 @@ def load_training_data(
         val_pairs, val_outside = val_scan.outside(space)
         val_pairs = val_pairs[:val_max_pairs] if val_max_pairs > 0 else val_pairs
         skipped += [f"{line} (validation)" for line in val_index.unmatched + val_scan.problems + val_outside]
+        if val_outside and space_options.get("num_classes") is None and not space.has_names:
+            console.print(f"note: the {space.num_classes} classes were counted from the training labels' largest value; "
+                          "validation labels hold more: pass --num-classes, or list the classes in a classes.txt", highlight=False)
     report_skipped(console, skipped)
+    if not val_pairs:
+        console.print("note: no validation pairs (--val-split, --val), so best.safetensors is the epoch of lowest "
+                      "training loss, which says little of how well it repairs", highlight=False)
     trained = {pair.label.resolve() for pair in pairs}
     shared = sum(pair.label.resolve() in trained for pair in val_pairs)
     if shared:  # the best checkpoint would be picked on pairs it trained on

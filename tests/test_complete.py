@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_cityscapes, make_paired, make_voc
+from conftest import NUM_CLASSES, VOC_PALETTE, make_cityscapes, make_paired, make_voc
 from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.labelspace import LabelSpace
@@ -241,7 +241,25 @@ def test_without_models_and_no_bundled_family_says_how_to_train(tmp_path, monkey
     monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "empty"))
     root = make_paired(tmp_path / "ds", count=2)
     result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o2")])
-    assert result.exit_code == 2 and "lmae-repair train" in result.output
+    assert result.exit_code == 2 and f"lmae-repair train {root} --mask-ratio" in " ".join(result.output.split())
+
+
+def test_a_family_chosen_by_its_palette_alone_says_so(tmp_path, monkeypatch):
+    """Most VOC tools write the same palette: a named family (concrete) picked without a class
+    list to confirm its classes must say so, and a class list that does confirm them silences it."""
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    names = ["background", "rust", "dent", "hole"]
+    space = LabelSpace(NUM_CLASSES, names=names, background_id=0, void_id=255, palette=VOC_PALETTE)
+    save_checkpoint(tmp_path / "models_root" / "metal" / "mask-0.50.safetensors", LabelMAE(config), CheckpointInfo(config, 0.5, space, {"crop": 32}))
+    root = make_voc(tmp_path / "voc", count=2)
+    args = ["complete", str(root), "--device", "cpu", "--dry-run"]
+    guessed = runner.invoke(app, args + ["--out", str(tmp_path / "o1")])
+    assert guessed.exit_code == 0, guessed.output
+    assert "bundled family 'metal' (chosen by its label values and palette alone" in " ".join(guessed.output.split())
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    confirmed = runner.invoke(app, args + ["--out", str(tmp_path / "o2")])
+    assert confirmed.exit_code == 0 and "palette alone" not in confirmed.output
 
 
 def test_bundled_family_by_name_and_by_label_space(tmp_path, family, monkeypatch):

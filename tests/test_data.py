@@ -192,6 +192,18 @@ def test_label_space_from_classes_txt(tmp_path):
     assert build_label_space(tmp_path, background_id=None, void_id=200).void_id == 200
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("0 background\n1 cat\n2 dog\n", (["background", "cat", "dog"], 0, 255)),
+    ("0: background\n1: cat\n2: dog\n255: ignore\n", (["background", "cat", "dog"], 0, 255)),
+    ("0=sky\n2=car\n3=void\n", (["sky", "class_1", "car"], None, 3)),
+    ("__ignore__\n_background_\ncat\ndog\n", (["_background_", "cat", "dog"], 0, 255)),  # labelme's labels.txt
+])
+def test_class_lists_that_give_values_or_come_from_labelme_are_read_as_meant(tmp_path, text, expected):
+    (tmp_path / "labels.txt").write_text(text)
+    space = build_label_space(tmp_path)
+    assert (space.names, space.background_id, space.void_id) == expected
+
+
 def test_label_space_defaults_without_classes_txt(tmp_path):
     space = build_label_space(tmp_path / "nothing", scanned_max_value=6)
     assert (space.num_classes, space.background_id, space.void_id) == (7, 0, 255)

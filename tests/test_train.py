@@ -174,6 +174,7 @@ def test_unusable_pairs_are_skipped_with_a_message(tmp_path):
                                  "--workers", "0", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output  # trained, but some pairs failed
     assert "scene_000.png: unreadable label" in result.output
+    assert "no validation pairs" in result.output and "lowest training loss" in " ".join(result.output.split())
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
     assert info.training["pairs"] == 3
 
@@ -192,6 +193,37 @@ def test_labels_marking_void_255_against_a_classes_txt_void_line_get_the_option_
     fixed = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--void-id", "255"])
     assert fixed.exit_code == 0, fixed.output
     assert "--void-id 255" not in fixed.output
+
+
+def test_binary_masks_of_0_and_255_are_refused_with_what_255_means_here(tmp_path):
+    """255 is void by default, so 0/255 masks (common in medical and remote-sensing data) would
+    train a one-class model on nothing: refused, and audit says why every label looks empty."""
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    for path in (root / "labels").glob("*.png"):
+        Image.fromarray((np.array(Image.open(path)) > 0).astype(np.uint8) * 255).save(path)
+    result = runner.invoke(app, ["train", str(root), "--epochs", "1", "--crop", "64", "--workers", "0", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "single class" in result.output and "0/1 masks" in result.output
+    assert not (tmp_path / "r").exists()
+    audited = runner.invoke(app, ["audit", str(root), "--device", "cpu"])
+    assert "single class" in " ".join(audited.output.split())
+
+
+def test_validation_labels_beyond_the_classes_counted_from_training_say_how_to_give_the_count(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    train_names = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    for path in (root / "SegmentationClass").glob("*.png"):
+        label = Image.open(path)
+        values = np.array(label)
+        values[values == 3] = 2
+        if path.stem not in train_names:
+            values[:4, :4] = 3  # a class the training labels never show
+        out = Image.fromarray(values)
+        out.putpalette(label.getpalette())
+        out.save(path)
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--val-split", "val", "--epochs", "1", "--crop", "64",
+                                 "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "r")])
+    text = " ".join(result.output.split())
+    assert "the 3 classes were counted from the training labels' largest value" in text and "--num-classes" in text
 
 
 def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_predictions(tmp_path):
