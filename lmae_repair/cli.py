@@ -169,7 +169,7 @@ def train(
         best = run_training(options, training_data, console)
         table = Table(title="checkpoints")
         for column in ("mask ratio", "best checkpoint", "val PA-mIoU"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # a path folded, never cut to "..."
         from lmae_repair.checkpoints import read_info
 
         for ratio, path in zip(options.mask_ratios, best):
@@ -540,6 +540,10 @@ def audit(
         print_audit(rows, top)
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")
+        if heatmaps is not None and checkpoints is not None:
+            drawn = sum(1 for row in rows if row["suspect_pixels"])
+            console.print(f"heatmaps of the {drawn} labels with suspect pixels written to {heatmaps}" if drawn else
+                          "no label has suspect pixels, so no heatmap was written", highlight=False)
         return 1 if any(row["error"] for row in rows) else 0
 
     exit_with(guarded(run))

@@ -621,7 +621,8 @@ def load_training_data(
     from lmae_repair.labelspace import build_label_space
 
     index = discover(root, split, images, labels)
-    with Progress(TextColumn("scanning labels"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as progress:
+    with Progress(TextColumn("scanning labels"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:  # a transient bar leaves a blank line in logs
         task = progress.add_task("scan", total=len(index.pairs))
         scan = scan_labels(index.pairs, lambda: progress.advance(task))
     if not scan.good:  # before the label space, which cannot be told from no label at all

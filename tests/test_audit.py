@@ -117,6 +117,8 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     assert [row["label"] for row in table] == order
     assert {"label", "image", "score", "reasons", "suspect_pixels"} <= set(table[0])
     assert (tmp_path / "maps" / "labels" / "twin_erased.png").is_file()
+    drawn = sum(1 for row in rows if row["suspect_pixels"])
+    assert f"heatmaps of the {drawn} labels with suspect pixels written to" in " ".join(result.output.split())
 
 
 def test_the_table_keeps_each_label_path_on_one_line(tmp_path, family):
