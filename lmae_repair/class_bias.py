@@ -152,7 +152,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
                     cases.append((prepare(image, damaged, slot), label_file.values, erased, position))
             if cases:
                 with torch.inference_mode():
-                    probs = predict(model, slot, [c[0] for c in cases], device, batch_size, precision)
+                    probs = predict(model, slot, [c[0] for c in cases], device, completer.tiles_per_pass, precision)
                 for (item, truth, erased, position), prob in zip(cases, probs):
                     gathered.add(gap_probabilities(item, prob, info), truth, erased, item.fillable_pixels(p, space).numpy(), position)
             if on_pair is not None:

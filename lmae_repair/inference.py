@@ -179,13 +179,13 @@ def predict_probabilities(
     label: torch.Tensor,
     mask: torch.Tensor,
     crop: int,
-    batch_size: int = 16,
+    tiles_per_pass: int = 16,
     autocast: bool = False,
     hint: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class probabilities (N, H, W) for one image (3, H, W) whose sides are multiples of the patch
     size and at least the training `crop`; `mask` (L,) marks the hidden patches of its whole grid."""
-    return predict_many(model, [image], [label], [mask], crop, batch_size, autocast, [hint])[0]
+    return predict_many(model, [image], [label], [mask], crop, tiles_per_pass, autocast, [hint])[0]
 
 
 @torch.no_grad()
@@ -195,13 +195,13 @@ def predict_many(
     labels: list[torch.Tensor],
     masks: list[torch.Tensor],
     crop: int,
-    batch_size: int = 16,
+    tiles_per_pass: int = 16,
     autocast: bool = False,
     hints: list[torch.Tensor | None] | None = None,
     needed: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """`predict_probabilities` for several images of any sizes at once: the tiles of all of them
-    share batches of `batch_size` (tiles of one shape per batch, see `tile_spans`), so small images
+    share passes of `tiles_per_pass` (tiles of one shape per pass, see `tile_spans`), so small images
     still fill the batch. Images may be float in [0, 1] or uint8 (made float one batch of tiles at
     a time, which keeps large images small).
 
@@ -227,7 +227,7 @@ def predict_many(
     grid_needed = None if needed is None else [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(needed, images)]
     probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
     counts = [torch.zeros(1, *im.shape[1:], device=im.device) for im in images]
-    for chunk in _same_shape_batches(windows, batch_size):
+    for chunk in _same_shape_batches(windows, tiles_per_pass):
         th, tw = chunk[0][:2]
         places = [(i, slice(y, y + th), slice(x, x + tw)) for _, _, i, y, x in chunk]
         crop_images = torch.stack([images[i][:, rows, cols] for i, rows, cols in places])
@@ -287,12 +287,12 @@ def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: 
     return features
 
 
-def _same_shape_batches(windows: list[tuple], batch_size: int):
-    """Batches of at most `batch_size` windows that share a tile shape (windows sorted by shape)."""
+def _same_shape_batches(windows: list[tuple], tiles_per_pass: int):
+    """Batches of at most `tiles_per_pass` windows that share a tile shape (windows sorted by shape)."""
     for _, same_shape in groupby(windows, key=lambda window: window[:2]):
         same_shape = list(same_shape)
-        for start in range(0, len(same_shape), batch_size):
-            yield same_shape[start : start + batch_size]
+        for start in range(0, len(same_shape), tiles_per_pass):
+            yield same_shape[start : start + tiles_per_pass]
 
 
 def add_patches(probs, counts, chunk, needed: torch.Tensor, patch_probs: torch.Tensor, p: int) -> None:

@@ -213,7 +213,7 @@ class Repair:
 
 
 def predict(
-    model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, batch_size: int = 16,
+    model: LabelMAE, info: CheckpointInfo, items: list[Prepared], device: torch.device | str, tiles_per_pass: int = 16,
     precision: str = "auto", overwrite_labeled: bool = False,
 ) -> list[torch.Tensor]:
     """Class probabilities (N, Hp, Wp) for each prepared label, tiles of all of them batched.
@@ -230,7 +230,7 @@ def predict(
     needed = [item.editable_patches(p, space, overwrite_labeled).to(**to) for item in items]
     tile = info.tile
     autocast = resolve_precision(precision, device) == "bf16"
-    return predict_many(model, images, labels, masks, tile, batch_size, autocast, hints, needed)
+    return predict_many(model, images, labels, masks, tile, tiles_per_pass, autocast, hints, needed)
 
 
 def finish(

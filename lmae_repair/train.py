@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lmae_repair import __version__
 from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
-from lmae_repair.data import DatasetIndex, Pair, atomic_write, read_pair
-from lmae_repair.dataset import CropDataset, gap_pixel_counts, label_tensor
+from lmae_repair.data import DatasetIndex, Pair, atomic_write, discover, read_pair
+from lmae_repair.dataset import CropDataset, gap_pixel_counts, label_tensor, scan_labels
 from lmae_repair.distributed import (
     Ranks,
     device_for_rank,
@@ -52,7 +52,7 @@ from lmae_repair.distributed import (
 )
 from lmae_repair.errors import LmaeError
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
-from lmae_repair.labelspace import LabelSpace
+from lmae_repair.labelspace import LabelSpace, build_label_space
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
@@ -161,31 +161,16 @@ def train_one_ratio(
     folder = ratio_folder(options.out, ratio)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
-    image_branch = options.image_branch
-    if image_branch is None and options.init is not None:  # fine-tuning keeps the checkpoint's branch
-        image_branch = read_info(options.init).model.image_branch or None
-    config = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size, image_branch=image_branch)
-    if options.crop % config.patch_size:
-        raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
-    model = LabelMAE(config)
-    state_path = folder / STATE_FILE
-    if options.init is not None and not (options.resume and state_path.exists()):
+    model = build_model(options, data.space)
+    config = model.config
+    if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
         start_from(model, options.init, data.space)
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
     )
-    state = RunState()
-    if options.resume and not state_path.exists():
-        console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
-    elif options.resume:
-        state, trained_on = resume_state(state_path, model, optimizer, plateau, config, data.space, ratio, options)
-        console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
-        if trained_on and trained_on != data.summary.get("data"):
-            console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
-    elif state_path.exists():
-        raise LmaeError(f"{state_path}: a run already exists here; pass --resume to continue it or choose another --out")
+    state = restore_run(folder, model, optimizer, plateau, data, ratio, options, console)
     if state.epoch >= options.epochs:
         console.print(f"{folder}: already trained for {state.epoch} epochs (--epochs {options.epochs})")
         return folder / "best.safetensors"
@@ -250,6 +235,39 @@ def train_one_ratio(
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
+    """The `--preset` model for this label space. Without `--image-branch`, an `--init`
+    checkpoint's image branch is kept: fine-tuning must not drop what it learned."""
+    image_branch = options.image_branch
+    if image_branch is None and options.init is not None:
+        image_branch = read_info(options.init).model.image_branch or None
+    config = preset_config(options.preset, space.num_classes, patch_size=options.patch_size, image_branch=image_branch)
+    if options.crop % config.patch_size:
+        raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
+    return LabelMAE(config)
+
+
+def restore_run(
+    folder: Path, model: LabelMAE, optimizer, plateau, data: TrainingData, ratio: float, options: TrainOptions,
+    console: Console,
+) -> RunState:
+    """With --resume, the saved run loaded into `model`, `optimizer` and `plateau` (a ratio killed
+    before its first epoch ended starts again); without it, a fresh run, refused where one
+    already exists, so that a repeated command never overwrites a run."""
+    state_path = folder / STATE_FILE
+    if options.resume and not state_path.exists():
+        console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
+    elif options.resume:
+        state, trained_on = resume_state(state_path, model, optimizer, plateau, model.config, data.space, ratio, options)
+        console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
+        if trained_on and trained_on != data.summary.get("data"):
+            console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
+        return state
+    elif state_path.exists():
+        raise LmaeError(f"{state_path}: a run already exists here; pass --resume to continue it or choose another --out")
+    return RunState()
 
 
 def next_epoch_would_overrun(max_minutes: float, elapsed: float, epoch_seconds: list[float]) -> bool:
@@ -616,18 +634,50 @@ def load_training_data(
     Pairs that cannot be used (unreadable, size mismatch, values outside the label space) are
     reported one line each on stderr and left out.
     """
-    from lmae_repair.data import discover
-    from lmae_repair.dataset import scan_labels
-    from lmae_repair.labelspace import build_label_space
-
     index = discover(root, split, images, labels)
+    scan = scan_training_labels(index, console)
+    space, pairs, skipped = settle_label_space(index, scan, space_options, console)
+    val_pairs: list[Pair] = []
+    if val is not None or val_split is not None:
+        val_pairs, val_skipped = find_validation_pairs(val if val is not None else root, val_split, space, val_max_pairs,
+                                                       counted=space_options.get("num_classes") is None, console=console)
+        skipped += val_skipped
+    report_skipped(console, skipped)
+    note_validation(console, pairs, val_pairs, own_split_hint=split is None and val is None)
+    counts = scan.histogram[: space.num_classes]
+    total = max(int(counts.sum()), 1)
+    summary = {
+        "data": str(index.root.resolve()),
+        "layout": index.layout,
+        "split": split,
+        "pairs": len(pairs),
+        "val_data": str((val or root).resolve()) if val_pairs else None,
+        "val_split": val_split,
+        "val_pairs": len(val_pairs),
+        "class_pixel_share": {name: round(int(c) / total, 5) for name, c in zip(space.names, counts)},
+        "skipped_pairs": len(skipped),
+    }
+    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)
+
+
+def scan_training_labels(index: DatasetIndex, console: Console):
+    """Every training label read once (`dataset.scan_labels`), with a bar on a terminal; an error
+    when none is usable, before the label space, which cannot be told from no label at all."""
     with Progress(TextColumn("scanning labels"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
                   disable=not console.is_terminal) as progress:  # a transient bar leaves a blank line in logs
         task = progress.add_task("scan", total=len(index.pairs))
         scan = scan_labels(index.pairs, lambda: progress.advance(task))
-    if not scan.good:  # before the label space, which cannot be told from no label at all
+    if not scan.good:
         report_skipped(console, index.unmatched + scan.problems)
         raise LmaeError(f"{index.root}: no usable training pair")
+    return scan
+
+
+def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: Console) -> tuple[LabelSpace, list[Pair], list[str]]:
+    """(label space, the pairs whose values fit it, one line per pair left out). The space comes
+    from the options, the class list or the scanned values (`build_label_space`); one that cannot
+    be meant (a single class) is refused, and labels holding 255 against another void value get
+    the option that reads them."""
     void_option = space_options.get("void_id")
     space = build_label_space(
         index.root,
@@ -646,40 +696,37 @@ def load_training_data(
         raise LmaeError(f"{index.root}: no usable training pair{'; ' + void_note if void_note else ''}")
     if void_note:
         console.print(f"note: {void_note}", highlight=False)
-    val_pairs: list[Pair] = []
-    if val is not None or val_split is not None:
-        val_index = discover(val if val is not None else root, val_split)
-        val_scan = scan_labels(val_index.pairs)
-        val_pairs, val_outside = val_scan.outside(space)
-        val_pairs = val_pairs[:val_max_pairs] if val_max_pairs > 0 else val_pairs
-        skipped += [f"{line} (validation)" for line in val_index.unmatched + val_scan.problems + val_outside]
-        if val_outside and space_options.get("num_classes") is None and not space.has_names:
-            console.print(f"note: the {space.num_classes} classes were counted from the training labels' largest value; "
-                          "validation labels hold more: pass --num-classes, or list the classes in a classes.txt", highlight=False)
-    report_skipped(console, skipped)
+    return space, pairs, skipped
+
+
+def find_validation_pairs(
+    root: Path, split: str | None, space: LabelSpace, max_pairs: int, counted: bool, console: Console,
+) -> tuple[list[Pair], list[str]]:
+    """(the validation pairs that fit the label space, the first `max_pairs` when above 0; one
+    line per pair left out). When the classes were `counted` from the training labels and
+    validation labels hold more, the note says how to give the count."""
+    index = discover(root, split)
+    scan = scan_labels(index.pairs)
+    pairs, outside = scan.outside(space)
+    if outside and counted and not space.has_names:
+        console.print(f"note: the {space.num_classes} classes were counted from the training labels' largest value; "
+                      "validation labels hold more: pass --num-classes, or list the classes in a classes.txt", highlight=False)
+    skipped = [f"{line} (validation)" for line in index.unmatched + scan.problems + outside]
+    return (pairs[:max_pairs] if max_pairs > 0 else pairs), skipped
+
+
+def note_validation(console: Console, pairs: list[Pair], val_pairs: list[Pair], own_split_hint: bool) -> None:
+    """Say when best.safetensors will be chosen on little evidence: without validation pairs (by
+    training loss), or on validation pairs it also trains on."""
     if not val_pairs:
         console.print("note: no validation pairs (--val-split, --val), so best.safetensors is the epoch of lowest "
                       "training loss, which says little of how well it repairs", highlight=False)
     trained = {pair.label.resolve() for pair in pairs}
     shared = sum(pair.label.resolve() in trained for pair in val_pairs)
-    if shared:  # the best checkpoint would be picked on pairs it trained on
-        split_hint = " (pass --split to train on one split only)" if split is None and val is None else ""
+    if shared:
+        split_hint = " (pass --split to train on one split only)" if own_split_hint else ""
         console.print(f"note: {shared} of the {len(val_pairs)} validation pairs are also training pairs{split_hint}; "
                       "validation figures then overrate the model", highlight=False)
-    counts = scan.histogram[: space.num_classes]
-    total = max(int(counts.sum()), 1)
-    summary = {
-        "data": str(index.root.resolve()),
-        "layout": index.layout,
-        "split": split,
-        "pairs": len(pairs),
-        "val_data": str((val or root).resolve()) if val_pairs else None,
-        "val_split": val_split,
-        "val_pairs": len(val_pairs),
-        "class_pixel_share": {name: round(int(c) / total, 5) for name, c in zip(space.names, counts)},
-        "skipped_pairs": len(skipped),
-    }
-    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)
 
 
 def void_255_hint(scan, space) -> str | None:

@@ -54,9 +54,9 @@ def test_images_of_different_sizes_batched_together_get_what_each_gets_alone(hin
     images = [torch.rand(3, h, w, generator=generator) for h, w in sizes]
     labels = [torch.randint(0, 3, (h, w), generator=generator) for h, w in sizes]
     masks = [torch.rand((h // 8) * (w // 8), generator=generator) < 0.5 for h, w in sizes]
-    together = predict_many(model, images, labels, masks, 32, batch_size=3)
+    together = predict_many(model, images, labels, masks, 32, tiles_per_pass=3)
     for image, label, mask, probs in zip(images, labels, masks, together):
-        alone = predict_many(model, [image], [label], [mask], 32, batch_size=16)[0]
+        alone = predict_many(model, [image], [label], [mask], 32, tiles_per_pass=16)[0]
         assert probs.shape == (3, *image.shape[1:])
         torch.testing.assert_close(probs, alone, atol=1e-5, rtol=1e-5)
 
