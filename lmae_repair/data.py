@@ -92,12 +92,32 @@ class DatasetIndex:
             raise LmaeError(f"{path}: {what} would be written inside the input ({folder}); choose a place outside it")
 
 
-def _files_below(folder: Path, suffixes: set[str]) -> list[Path]:
-    found = []
-    for dirpath, _dirnames, filenames in os.walk(folder, followlinks=True):
+def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = None) -> list[Path]:
+    """The files below `folder` with one of `suffixes` (hidden ones left out), through symlinked
+    folders but each real folder once, so that a link loop ends. What cannot be used is added to
+    `problems`, one line each, instead of hanging or vanishing: a folder that cannot be read, a
+    FIFO or device (opening it would wait forever), a link to nothing."""
+    found, visited = [], set()
+
+    def unreadable(error: OSError) -> None:
+        if problems is not None:
+            problems.append(f"{error.filename}: cannot read this folder ({error.strerror}); the files in it are left out")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a link back to a folder already read (a loop, or a second way in)
+            dirnames[:] = []
+            continue
+        visited.add(real)
         for name in filenames:
-            if Path(name).suffix.lower() in suffixes and not name.startswith("."):
-                found.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if Path(name).suffix.lower() not in suffixes or name.startswith("."):
+                continue
+            if path.is_file():
+                found.append(path)
+            elif problems is not None:
+                what = f"a link to {os.readlink(path)}, which does not exist" if path.is_symlink() and not path.exists() else "not a regular file"
+                problems.append(f"{path}: {what}; left out")
     return sorted(found)
 
 
@@ -143,14 +163,15 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     """Pair files in two folder trees by relative path without extension: (pairs, problems,
     images without a label). A name shared by two images or two labels is one problem, and
     its partner is not reported again as lacking a match."""
-    image_files, label_files = _files_below(image_dir, IMAGE_SUFFIXES), _files_below(label_dir, LABEL_SUFFIXES)
+    problems: list[str] = []
+    image_files, label_files = _files_below(image_dir, IMAGE_SUFFIXES, problems), _files_below(label_dir, LABEL_SUFFIXES, problems)
     if label_dir.resolve() == image_dir.resolve():
         label_files = _labels_beside_images(label_files, image_files)
         taken = set(label_files)
         image_files = [path for path in image_files if path not in taken]
     images, image_clashes = _by_stem(image_files, image_dir, "image")
     labels, label_clashes = _by_stem(label_files, label_dir, "label")
-    problems = list(image_clashes.values()) + list(label_clashes.values())
+    problems += list(image_clashes.values()) + list(label_clashes.values())
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
         lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, "label")
@@ -254,8 +275,8 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
             f"{image_root / split}: no such split (available: {', '.join(available) or 'none'})"
         )
     search_root = image_root / split if split else image_root
-    pairs, unlabelled = [], []
-    for image in _files_below(search_root, {".png", ".jpg"}):
+    pairs, unlabelled, problems = [], [], []
+    for image in _files_below(search_root, {".png", ".jpg"}, problems):
         if not image.stem.endswith(CITYSCAPES_IMAGE_SUFFIX):
             continue
         prefix = image.stem[: -len(CITYSCAPES_IMAGE_SUFFIX)]
@@ -270,7 +291,7 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
             f"{label_root}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
             "works on the 19 train ids: make them with cityscapesscripts' csCreateTrainIdLabelImgs"
         )
-    return DatasetIndex("cityscapes", root, pairs, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
+    return DatasetIndex("cityscapes", root, pairs, problems, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
 
 
 # ---------------------------------------------------------------- paired folders

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -308,3 +311,24 @@ def test_a_write_that_fails_part_way_names_the_file_and_leaves_nothing_behind(tm
     with pytest.raises(LmaeError, match=r"report\.json: cannot write it \(No space left on device\)"):
         atomic_write(target, disk_full)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_a_folder_that_cannot_be_read_is_named_not_skipped_silently(tmp_path, monkeypatch):
+    """A folder without read permission (made here as os.walk meets it: the tests may run as root,
+    who reads any folder)."""
+    import lmae_repair.data as data
+
+    root = make_paired(tmp_path / "ds", count=2)
+    hidden = root / "labels" / "cityB"
+    real_walk = os.walk
+
+    def walk_meeting_a_locked_folder(top, **options):
+        if Path(top) == root / "labels":
+            options["onerror"](PermissionError(13, "Permission denied", str(hidden)))
+        return real_walk(top, **options)
+
+    monkeypatch.setattr(data.os, "walk", walk_meeting_a_locked_folder)
+    index = discover(root)
+    assert len(index.pairs) == 2
+    assert [line for line in index.unmatched if "cannot read this folder" in line] == [
+        f"{hidden}: cannot read this folder (Permission denied); the files in it are left out"]

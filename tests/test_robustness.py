@@ -38,6 +38,8 @@ BROKEN = {
     "same stem, two label files": ("twin.bmp", "2 labels share this name (twin.bmp, twin.png)"),
     "label without image": ("no_image.png", "no image with the same name"),
     "JPEG label": ("jpeg_label.jpg", "a JPG label; lossy compression"),
+    "FIFO named .png (reading it would wait forever)": ("fifo.png", "not a regular file"),
+    "symlink to nothing": ("dangling.png", "a link to"),
 }
 # label path relative to the dataset -> what is unusual about it; each must be repaired
 UNUSUAL = {
@@ -46,7 +48,7 @@ UNUSUAL = {
     "labels/cmyk.png": "CMYK JPEG image",
     "labels/wide16.png": "16-bit label with 8-bit values",
     "labels/street scène 01.png": "spaces and non-ASCII characters",
-    "labels/linked/far.png": "symlinked image and label folders",
+    "labels/linked/far.png": "symlinked image and label folders (one with a link back to itself)",
 }
 GOOD = 4
 HUGE_LIMIT = "20000000"  # pixels: the 8000x6000 pair is refused without being decoded
@@ -112,6 +114,9 @@ def build_corpus(tmp_path):
     write_pair(elsewhere / "img" / "far.png", elsewhere / "lab" / "far.png", *make_scene(rng))
     (images / "linked").symlink_to(elsewhere / "img", target_is_directory=True)
     (labels / "linked").symlink_to(elsewhere / "lab", target_is_directory=True)
+    (elsewhere / "lab" / "loop").symlink_to(elsewhere / "lab", target_is_directory=True)  # a loop: read once
+    os.mkfifo(labels / "fifo.png")
+    (labels / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     return root
 
 
