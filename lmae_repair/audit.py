@@ -14,6 +14,9 @@ Three kinds of evidence, each giving reasons a curator can check:
 Score: the positive parts of the z-scores are summed (plus 2 per missing common class) into
 `evidence`, and score = 1 - exp(-evidence / 4), in [0, 1): a label like the median scores 0, one
 standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed from 2 deviations.
+Rows are ranked by the evidence itself, file defects first: on a large, mostly clean dataset the
+median suspect share is 0, so a few percent of suspect pixels already stands far out and many
+scores round to 1.00; the evidence still orders them (a label half suspect above one with 4%).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class AuditOptions:
 def new_row(key: str, image: str | None) -> dict:
     """A row before anything is measured: counts None (null in the JSON, empty in the CSV), so
     that a pair that could not be read never looks like a clean one with 0 suspect pixels."""
-    return {"label": key, "image": image, "score": 0.0, "reasons": [], "suspect_pixels": None, "pixels": None,
+    return {"label": key, "image": image, "score": 0.0, "evidence": None, "reasons": [], "suspect_pixels": None, "pixels": None,
             "missing_share": None, "suspect_share": None, "classes": [], "defect": False, "error": None}
 
 
@@ -101,6 +104,7 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
         absent = [c for c in common if c not in row["classes"]]
         evidence = max(zm, 0.0) + max(zs, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
         row["score"] = round(1.0 - math.exp(-evidence / SCALE), 4)
+        row["evidence"] = round(evidence, 3)
         if zs >= REASON_FROM:
             row["reasons"].append(
                 f"model sees annotated classes where {row['suspect_share']:.1%} of the label is background/void "
@@ -124,7 +128,12 @@ def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pa
         if on_pair is not None:
             on_pair(rows[-1]["error"])
     score_rows(rows, space)
-    return sorted(rows, key=lambda row: (-row["score"], row["label"]))
+    return sorted(rows, key=rank_key)
+
+
+def rank_key(row: dict) -> tuple:
+    """Worst first: file defects, then by evidence (which keeps ordering where scores round to 1)."""
+    return (not row["defect"], -(row["evidence"] or 0.0), row["label"])
 
 
 def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, space: LabelSpace):
@@ -201,7 +210,7 @@ def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: Label
     atomic_write((folder / item.pair.key).with_suffix(".png"), lambda f: f.write(buffer.getvalue()))
 
 
-PUBLIC_FIELDS = ("label", "image", "score", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share")
+PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share")
 
 
 def public(row: dict) -> dict:
@@ -219,4 +228,5 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer.writerow(PUBLIC_FIELDS)
     for row in rows:
         writer.writerow(["; ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
-    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+    # a file name that is not UTF-8 is written back as the bytes it has on disk, so a script can open it
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8", errors="surrogateescape")))

@@ -223,8 +223,8 @@ def complete(
         check_output(index, target, dry_run)  # before the models load
         used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
-        unpaired = f" and {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} that could not be paired" if index.unmatched else ""
-        console.print(f"{len(index.pairs)} pairs{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
+        unpaired = f" and {counted(len(index.unmatched), 'file')} that could not be paired" if index.unmatched else ""
+        console.print(f"{counted(len(index.pairs), 'pair')}{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
             def on_pair(entry: dict, worked: bool = True) -> None:
@@ -302,6 +302,11 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 pair', '3 pairs'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def rate_text(count: int, seconds: float) -> str:
     """Pairs per second with enough digits to be useful for slow runs too."""
     if seconds <= 0:
@@ -311,7 +316,11 @@ def rate_text(count: int, seconds: float) -> str:
 
 
 class PairProgress:
-    """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair."""
+    """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair. Where
+    the output is no terminal (a log file, a scheduler) the bar is drawn only at the end, so a
+    line of progress is printed every LOG_EVERY_S seconds instead: a long job must not look hung."""
+
+    LOG_EVERY_S = 60.0
 
     def __init__(self, label: str, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -320,24 +329,30 @@ class PairProgress:
             TextColumn(label), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
         )
-        self.total = total
+        self.total, self.label = total, label
 
     def __enter__(self):
         import time
 
         self.progress.__enter__()
         self.task = self.progress.add_task("pairs", total=self.total, rate="-")
-        self.started, self.count = time.perf_counter(), 0
+        self.started, self.count, self.done = time.perf_counter(), 0, 0
+        self.logged = self.started
 
         def advance(timed: bool = True) -> None:
             """One pair done; `timed=False` for one that took no work (done by an earlier run):
             it moves the bar, not the pairs/s."""
-            if not timed:
+            self.done += 1
+            now = time.perf_counter()
+            if timed:
+                self.count += 1
+                self.progress.update(self.task, advance=1, rate=rate_text(self.count, now - self.started))
+            else:
                 self.progress.update(self.task, advance=1)
-                return
-            self.count += 1
-            elapsed = time.perf_counter() - self.started
-            self.progress.update(self.task, advance=1, rate=rate_text(self.count, elapsed))
+            if not console.is_terminal and now - self.logged >= self.LOG_EVERY_S and self.done < self.total:
+                self.logged = now
+                console.print(f"{self.label}: {self.done}/{self.total} pairs, {rate_text(self.count, now - self.started)} "
+                              f"pairs/s, {(now - self.started) / 60:.1f} min so far", highlight=False)
 
         return advance
 
@@ -349,8 +364,8 @@ def key_value_table(title: str) -> Table:
     """A two-column summary whose values fold onto more lines instead of being cut with an
     ellipsis: a path must stay whole to be copied."""
     table = Table(title=title, show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")
+    table.add_column(overflow="fold", max_width=24)  # on a narrow terminal the names fold, the values keep room
+    table.add_column(overflow="fold", min_width=16)
     return table
 
 
@@ -424,7 +439,7 @@ def evaluate(
             index.refuse_inside(json_file, "--json")
         used, checkpoints = resolve_models(models, index)
         total = min(len(index.pairs), max_pairs or len(index.pairs))
-        console.print(f"{total} pairs ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
+        console.print(f"{counted(total, 'pair')} ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
         failures = list(index.unmatched)
         for problem in failures:
             report_failure(problem)
@@ -523,7 +538,7 @@ def audit(
                           f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {exc.advice}", highlight=False)
             if space.single_class_problem():
                 console.print(f"note: {space.single_class_problem()}", highlight=False)
-        console.print(f"{len(index.pairs)} pairs ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
+        console.print(f"{counted(len(index.pairs), 'pair')} ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)
         with PairProgress("auditing", len(index.pairs)) as advance:

@@ -15,6 +15,8 @@ stops two runs from writing into the same OUT at once.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -64,13 +66,19 @@ def check_output_is_ours(out: Path) -> None:
 
 def check_output_is_of(index: DatasetIndex, out: Path) -> None:
     """Refuse an earlier run's OUT that holds another dataset's output: the two would mix (and
-    the class list be overwritten). The dataset is the one its report names."""
+    the class list be overwritten). The dataset is the one its report names or, for a run killed
+    before its report, the one its lock file names (`lock_output`)."""
     from lmae_repair.report import REPORT_JSON
 
     try:
         earlier = json.loads((out / REPORT_JSON).read_text()).get("data_root")
     except (OSError, ValueError, AttributeError):
-        return
+        earlier = None
+    if not earlier:
+        try:
+            earlier = (out / LOCK_FILE).read_text(encoding="utf-8", errors="surrogateescape").strip()
+        except OSError:
+            return
     if earlier and Path(earlier) != index.root.resolve():
         raise LmaeError(f"{out}: holds the completed copy of another dataset ({earlier}; this run reads "
                         f"{index.root.resolve()}); choose another --out")
@@ -85,8 +93,21 @@ def check_output(index: DatasetIndex, out: Path, dry_run: bool = False) -> None:
     check_output_is_of(index, out)
     if out.exists() and not out.is_dir():
         raise LmaeError(f"{out}: cannot write the output here (a file of that name exists)")
-    if not dry_run and (out / LOCK_FILE).is_file():  # refused now, not after the models have loaded
+    if not dry_run:  # refused now, not after the models have loaded
+        check_can_create(out)
+    if not dry_run and (out / LOCK_FILE).is_file():
         lock_output(out).close()
+
+
+def check_can_create(out: Path) -> None:
+    """Refuse an OUT that cannot be created or written, judged by its nearest existing folder."""
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LmaeError(f"{out}: cannot write the output here ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LmaeError(f"{out}: cannot write the output here (Permission denied in {existing})")
 
 
 def make_output_folder(out: Path) -> None:
@@ -370,10 +391,32 @@ def resume_key(pair: Pair, settings: str) -> str:
 
 
 def run_settings(checkpoints, options: CompleteOptions) -> str:
-    """The options that change a repaired label, as one string for `resume_key`."""
-    files = ",".join(f"{path.resolve()}:{path.stat().st_mtime_ns}" for path, _ in checkpoints)
+    """What changes a repaired label besides the pair's own files, as a short digest for
+    `resume_key`: the checkpoints' contents (not their paths: the same models from a fresh
+    clone, a container or another --models path must not redo a finished run) and the options."""
+    digest = hashlib.sha256()
+    for path in dict.fromkeys(path for path, _ in checkpoints):  # each file once; its slots below
+        digest.update(file_digest(path).encode())
+    for _, info in checkpoints:
+        digest.update(f"{info.mask_ratio}:{info.gap_kind}".encode())
     precision = resolve_precision(options.precision, options.device)
-    return f"{files}|{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}|{precision}"
+    digest.update(f"{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}|{precision}".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read once per process while its size and time stay the same."""
+    stat = path.stat()
+    return _digest_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOptions, settings: str = "") -> dict:
@@ -386,7 +429,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
             write_label(target, replace(item.label, values=values))
             if not options.labels_only:
                 mirror_image(item.pair, index, options.out)
-            entry["output"] = str(target)
+            entry["output"] = str(target.absolute())  # found again from any current folder
             entry["output_stamp"] = file_stamp(target)
         except (LmaeError, OSError) as exc:
             entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"
@@ -435,15 +478,21 @@ def append_progress(out: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def lock_output(out: Path):
-    """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused."""
-    handle = open(out / LOCK_FILE, "a")
+def lock_output(out: Path, data_root: Path | None = None):
+    """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused. The
+    lock file keeps the dataset's root (`data_root`), so that a run killed before its report
+    is not taken over by another dataset (`check_output_is_of`)."""
+    handle = open(out / LOCK_FILE, "a", encoding="utf-8", errors="surrogateescape")
     if fcntl is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             raise LmaeError(f"{out}: another lmae-repair run is writing here; wait for it or choose another --out") from None
+    if data_root is not None:
+        handle.truncate(0)
+        handle.write(f"{data_root}\n")
+        handle.flush()
     return handle
 
 
@@ -493,7 +542,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
     lock = None
     if not options.dry_run:
         make_output_folder(options.out)
-        lock = lock_output(options.out)
+        lock = lock_output(options.out, index.root.resolve())
         remove_temporaries(options.out)
         copy_side_files(index, options.out)
     try:

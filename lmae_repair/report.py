@@ -165,5 +165,7 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 </table></body></html>
 """
     path = out / REPORT_HTML
-    atomic_write(path, lambda f: f.write(page.encode("utf-8")))
+    # a file name that is not UTF-8 (Python keeps its bytes as surrogates) is shown with a
+    # replacement character rather than failing the whole report
+    atomic_write(path, lambda f: f.write(page.encode("utf-8", errors="replace")))
     return path

@@ -162,3 +162,26 @@ def test_the_json_is_written_even_when_the_reader_of_the_table_goes_away(tmp_pat
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()
     assert len(json.loads(rows.read_text())) == 3
+
+
+def test_in_a_mostly_clean_dataset_the_worst_labels_still_come_first_where_scores_round_to_one():
+    """3,000 labels, most with no suspect pixel: every label with a few percent of them scores
+    1.00, and the order among them was alphabetical; it must follow the evidence, defects first."""
+    from lmae_repair.audit import new_row, rank_key, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(300):
+        row = new_row(f"labels/{i:04d}.png", None)
+        row.update(missing_share=0.1, suspect_share=0.0, pixels=100, classes=[1, 2])
+        rows.append(row)
+    shares = {"labels/0001.png": 0.04, "labels/0002.png": 0.5, "labels/0003.png": 0.2}
+    for row in rows:
+        row["suspect_share"] = shares.get(row["label"], 0.0)
+    defect = new_row("labels/zzzz.png", None)
+    defect.update(score=1.0, defect=True, reasons=["label is all background or void"])
+    rows.append(defect)
+    score_rows(rows, LabelSpace(3, background_id=0, void_id=255))
+    assert all(rows[i]["score"] == 1.0 for i in (1, 2, 3))  # saturated: the score alone cannot order them
+    ranked = [row["label"] for row in sorted(rows, key=rank_key)]
+    assert ranked[:4] == ["labels/zzzz.png", "labels/0002.png", "labels/0003.png", "labels/0001.png"]

@@ -3,6 +3,7 @@ resume and the report."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -210,6 +211,34 @@ def test_rerun_redoes_pairs_whose_input_or_options_changed(tmp_path, family):
     assert all(again[name] != now[name] for name in now)
 
 
+def test_a_rerun_from_another_folder_or_with_the_same_models_elsewhere_redoes_nothing(tmp_path, family, monkeypatch):
+    """A scheduler runs the job from another folder, or a fresh clone holds the same models at
+    another path: the finished pairs are still finished."""
+    root = make_paired(tmp_path / "ds", count=3)
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert complete(root, Path("out"), family).exit_code == 0  # a relative --out
+    moved = tmp_path / "models-copy"
+    shutil.copytree(family, moved)
+    monkeypatch.chdir(tmp_path)
+    result = complete(root, tmp_path / "a" / "out", moved)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "out" / "lmae-report.json").read_text())["totals"]["resumed"] == 3
+
+
+def test_a_run_killed_before_its_report_is_not_taken_over_by_another_dataset(tmp_path, family):
+    from lmae_repair.complete import lock_output
+
+    root, other = make_paired(tmp_path / "ds", count=2), make_paired(tmp_path / "other", count=2, seed=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock_output(out, root.resolve()).close()  # what a run killed part-way leaves: its lock, no report
+    (out / ".lmae-progress.jsonl").write_text("")
+    refused = complete(other, out, family)
+    assert refused.exit_code == 2 and "holds the completed copy of another dataset" in refused.output
+    assert complete(root, out, family).exit_code == 0  # the first job still finishes
+
+
 def test_report_lists_every_pair_and_failures(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=3)
     (root / "labels" / "scene_002.png").write_text("broken")
@@ -392,3 +421,13 @@ def test_bmp_and_tiff_labels_come_out_under_the_same_name_and_format(tmp_path, f
         written = tmp_path / "out" / "labels" / label.with_suffix(suffix).name
         assert Image.open(written).format == file_format and Image.open(written).size == (40, 40)
     assert sorted(p.suffix for p in (tmp_path / "out" / "labels").iterdir()) == [".bmp", ".png", ".tif"]
+
+
+def test_a_log_that_is_no_terminal_gets_progress_lines_during_a_long_run(tmp_path, family, monkeypatch):
+    from lmae_repair.cli import PairProgress
+
+    monkeypatch.setattr(PairProgress, "LOG_EVERY_S", 0.0)  # a line after every pair instead of every minute
+    result = complete(make_paired(tmp_path / "ds", count=3), tmp_path / "out", family, "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    assert "completing: 1/3 pairs" in result.output and "completing: 2/3 pairs" in result.output
+    assert "completing: 3/3" not in result.output  # the last one is the summary's

@@ -213,6 +213,7 @@ def test_an_output_that_cannot_be_written(tmp_path, family):
     for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
         result = runner.invoke(app, ["complete", str(root), "--out", str(out), "--models", str(family)])
         one_line_error(result, str(out), "cannot write the output here")
+        assert "completing" not in result.output  # refused before the models load and the work starts
     result = runner.invoke(app, ["audit", str(root), "--models", str(family), "--json", str(tmp_path / "a_file" / "x.json")])
     one_line_error(result, "a_file")
     if os.geteuid() != 0:  # root writes anywhere
@@ -278,3 +279,22 @@ def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path):
     assert plain.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no such dataset folder"]
     debug = subprocess.run(command + ["--debug", "complete", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "LmaeError" in debug.stderr
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names there must be valid Unicode")
+def test_a_file_name_that_is_not_utf8_is_repaired_and_reported(tmp_path, family):
+    """Linux file names are bytes; one from an old Latin-1 tool failed the HTML report and the
+    audit CSV after all the work was done, on every rerun."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    for folder in ("images", "labels"):
+        os.rename(bytes(root / folder / "scene_001.png"), bytes(root / folder) + b"/sc\xe8ne.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lmae_repair"]
+    done = subprocess.run(command + ["complete", str(root), "--out", str(out), "--models", str(family), "--device", "cpu",
+                                     "--min-confidence", "0"], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert (out / "lmae-report.html").is_file() and os.path.exists(bytes(out / "labels") + b"/sc\xe8ne.png")
+    audited = subprocess.run(command + ["audit", str(root), "--models", str(family), "--device", "cpu",
+                                        "--csv", str(tmp_path / "a.csv")], capture_output=True)
+    assert audited.returncode == 0, audited.stderr.decode(errors="replace")
+    assert b"labels/sc\xe8ne.png" in (tmp_path / "a.csv").read_bytes()
