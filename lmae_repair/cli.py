@@ -127,7 +127,7 @@ def train(
     On several GPUs: torchrun --nproc_per_node N -m lmae_repair train ... (DistributedDataParallel).
     """
 
-    def run() -> None:
+    def run() -> int:
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
         from lmae_repair.distributed import ranks_from_environment
@@ -420,7 +420,7 @@ def evaluate(
     """Damage complete labels on purpose, repair them as complete would, and score the repair
     against the truth, beside classical baselines (the paper's protocol, on your data)."""
 
-    def run() -> None:
+    def run() -> int:
         import json
 
         from lmae_repair.data import atomic_write, discover
@@ -516,7 +516,7 @@ def audit(
     """List the labels that look broken, worst first: file defects, statistics against the rest
     of the dataset, and where the model sees annotated classes the label lacks."""
 
-    def run() -> None:
+    def run() -> int:
         from lmae_repair.audit import AuditOptions, audit_dataset, label_space_of_data, write_csv, write_json
         from lmae_repair.data import discover
         from lmae_repair.families import NoFamilyFits, resolve_models

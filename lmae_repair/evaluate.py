@@ -239,34 +239,9 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
 
     def score(cases: list[Case]) -> None:
         nonlocal used, erased_pixels
-        loaded = [case.versions[name] for case in cases for name in ("damaged", "intact")]
-        started = time.perf_counter()
-        outputs = {id(item): values for item, values in completer.repair_batch(loaded)}
-        scores[MODEL].seconds += time.perf_counter() - started
-        for case in cases:
-            failed = [item for item in case.versions.values() if outputs[id(item)] is None]
-            if failed:  # the model failed on this pair (its message is in the entry): not scored
-                if on_error is not None:
-                    on_error(failed[0].entry["error"])
-                if on_pair is not None:
-                    on_pair()
-                continue
-            for name in ("damaged", "intact"):
-                item = case.versions[name]
-                results = {MODEL: outputs[id(item)]}
-                for method in methods[1:]:
-                    started = time.perf_counter()
-                    results[method] = baseline_output(method, item, case.image, checkpoints)
-                    scores[method].seconds += time.perf_counter() - started
-                for method, repaired in results.items():
-                    if name == "damaged":
-                        scores[method].add_damaged(repaired, case.damaged, case.truth, case.erased)
-                    else:
-                        scores[method].add_intact(repaired, case.truth)
-            used += 1
-            erased_pixels += int(case.erased.sum())
-            if on_pair is not None:
-                on_pair()
+        scored = score_cases(cases, completer, checkpoints, scores, on_pair, on_error)
+        used += len(scored)
+        erased_pixels += sum(int(case.erased.sum()) for case in scored)
 
     with torch.inference_mode():
         for position, pair in enumerate(pairs):
@@ -298,6 +273,40 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "erased_pixels": erased_pixels,
         "methods": {name: scores[name].summary(space) for name in methods},
     }
+
+
+def score_cases(cases: list[Case], completer: Completer, checkpoints, scores: dict[str, Scores], on_pair=None,
+                on_error=None) -> list[Case]:
+    """Repair both versions of each case (damaged, intact) with the model in one batch and with
+    each baseline, add them to `scores` (the time of each method too); returns the cases scored.
+    A case the model failed on is reported through `on_error` and left out of every method's
+    figures, so that all methods are scored on the same pairs."""
+    loaded = [case.versions[name] for case in cases for name in ("damaged", "intact")]
+    started = time.perf_counter()
+    outputs = {id(item): values for item, values in completer.repair_batch(loaded)}
+    scores[MODEL].seconds += time.perf_counter() - started
+    scored = []
+    for case in cases:
+        failed = [item for item in case.versions.values() if outputs[id(item)] is None]
+        if failed:  # the model failed on this pair (its message is in the entry)
+            if on_error is not None:
+                on_error(failed[0].entry["error"])
+        else:
+            for name, item in case.versions.items():
+                results = {MODEL: outputs[id(item)]}
+                for method in list(scores)[1:]:
+                    started = time.perf_counter()
+                    results[method] = baseline_output(method, item, case.image, checkpoints)
+                    scores[method].seconds += time.perf_counter() - started
+                for method, repaired in results.items():
+                    if name == "damaged":
+                        scores[method].add_damaged(repaired, case.damaged, case.truth, case.erased)
+                    else:
+                        scores[method].add_intact(repaired, case.truth)
+            scored.append(case)
+        if on_pair is not None:
+            on_pair()
+    return scored
 
 
 def baseline_output(method: str, item: Loaded, image: np.ndarray, checkpoints) -> np.ndarray:
