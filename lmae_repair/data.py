@@ -471,6 +471,9 @@ def read_label(path: Path) -> LabelFile:
     try:
         with Image.open(path) as img:
             check_size(path, img)
+            if getattr(img, "n_frames", 1) > 1:  # written back, only the first page would survive
+                raise LmaeError(f"{path}: label has {img.n_frames} pages (a multi-page TIFF or an animation); "
+                                "lmae-repair reads and writes single-page labels")
             img.load()
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None

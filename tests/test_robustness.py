@@ -40,6 +40,7 @@ BROKEN = {
     "JPEG label": ("jpeg_label.jpg", "a JPG label; lossy compression"),
     "FIFO named .png (reading it would wait forever)": ("fifo.png", "not a regular file"),
     "symlink to nothing": ("dangling.png", "a link to"),
+    "multi-page TIFF label (written back, only its first page would survive)": ("pages.tif", "label has 2 pages"),
 }
 # label path relative to the dataset -> what is unusual about it; each must be repaired
 UNUSUAL = {
@@ -115,6 +116,8 @@ def build_corpus(tmp_path):
     (images / "linked").symlink_to(elsewhere / "img", target_is_directory=True)
     (labels / "linked").symlink_to(elsewhere / "lab", target_is_directory=True)
     (elsewhere / "lab" / "loop").symlink_to(elsewhere / "lab", target_is_directory=True)  # a loop: read once
+    pair("pages.png", "pages.tif")
+    Image.fromarray(label).save(labels / "pages.tif", save_all=True, append_images=[Image.fromarray(label)])
     os.mkfifo(labels / "fifo.png")
     (labels / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     return root
