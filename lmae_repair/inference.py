@@ -35,6 +35,7 @@ patches shorter (12 rows, 180 tokens) was faster still (8.3-8.8) but cost random
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from itertools import groupby
 
 import numpy as np
@@ -217,47 +218,72 @@ def predict_many(
             h if h is not None else neighbourhood_hint(label[None], mask[None], p, n)[0]
             for h, label, mask in zip(hints, labels, masks)
         ]
-    windows = []  # (tile height, tile width, image index, y, x), sorted so that a batch has one tile shape
-    for i, image in enumerate(images):
-        (tile_h, ys), (tile_w, xs) = (tile_spans(side, crop, p) for side in image.shape[1:])
-        windows += [(tile_h, tile_w, i, y, x) for y in ys for x in xs]
-    windows.sort(key=lambda window: window[:2])
+    else:
+        hints = [None] * len(images)
     features = whole_image_features(model, images, autocast) if needed is not None else [None] * len(images)
     grid_masks = [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(masks, images)]
     grid_needed = None if needed is None else [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(needed, images)]
     probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
     counts = [torch.zeros(1, *im.shape[1:], device=im.device) for im in images]
-    for chunk in _same_shape_batches(windows, tiles_per_pass):
+    for chunk in _same_shape_batches(tile_windows(images, crop, p), tiles_per_pass):
+        tiles = TileBatch.cut(chunk, images, labels, grid_masks, grid_needed, features, hints, p)
+        with torch.autocast(tiles.images.device.type, dtype=torch.bfloat16, enabled=autocast):
+            if tiles.needed is None:
+                logits = model(tiles.images, tiles.labels, tiles.masks, tiles.hints)
+            else:
+                logits = model.forward_patches(tiles.images, tiles.labels, tiles.masks, tiles.needed, tiles.hints, tiles.features)
+        if tiles.needed is None:
+            for (i, rows, cols), prob in zip(tiles.places, logits.float().softmax(1)):
+                probs[i][:, rows, cols] += prob
+                counts[i][:, rows, cols] += 1
+        else:
+            add_patches(probs, counts, chunk, tiles.needed, logits.float().softmax(1), p)
+    return [prob / count.clamp_(min=1) for prob, count in zip(probs, counts)]
+
+
+def tile_windows(images: list[torch.Tensor], crop: int, p: int) -> list[tuple]:
+    """(tile height, tile width, image index, y, x) of every tile of every image (`tile_spans`),
+    sorted by tile shape so that a pass holds tiles of one shape."""
+    windows = []
+    for i, image in enumerate(images):
+        (tile_h, ys), (tile_w, xs) = (tile_spans(side, crop, p) for side in image.shape[1:])
+        windows += [(tile_h, tile_w, i, y, x) for y in ys for x in xs]
+    return sorted(windows, key=lambda window: window[:2])
+
+
+@dataclass
+class TileBatch:
+    """The model's input for one pass: the same window cut from each image's pixels, labels,
+    patch masks (and needed patches, hints and image-branch features where there are any)."""
+
+    places: list[tuple]  # (image index, row slice, column slice) of each tile
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+    needed: torch.Tensor | None
+    features: torch.Tensor | None
+    hints: torch.Tensor | None
+
+    @classmethod
+    def cut(cls, chunk, images, labels, grid_masks, grid_needed, features, hints, p: int) -> "TileBatch":
         th, tw = chunk[0][:2]
         places = [(i, slice(y, y + th), slice(x, x + tw)) for _, _, i, y, x in chunk]
         crop_images = torch.stack([images[i][:, rows, cols] for i, rows, cols in places])
-        if crop_images.dtype == torch.uint8:
+        if crop_images.dtype == torch.uint8:  # made float a pass at a time: large images stay small
             crop_images = crop_images.float().div_(255.0)
-        crop_labels = torch.stack([labels[i][rows, cols] for i, rows, cols in places])
 
         def crop_grid(grids: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack([grids[i][y // p : (y + th) // p, x // p : (x + tw) // p].reshape(-1) for _, _, i, y, x in chunk])
 
-        crop_masks = crop_grid(grid_masks)
-        crop_needed = None if grid_needed is None else crop_grid(grid_needed)
-        crop_features = None
-        if all(features[i] is not None for i, _, _ in places):
-            crop_features = torch.stack([features[i][:, rows, cols] for i, rows, cols in places])
-        crop_hints = None
-        if model.config.neighbour_hint:
-            crop_hints = torch.stack([hints[i][rows, cols] for i, rows, cols in places])
-        with torch.autocast(crop_images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            if crop_needed is None:
-                logits = model(crop_images, crop_labels, crop_masks, crop_hints)
-            else:
-                logits = model.forward_patches(crop_images, crop_labels, crop_masks, crop_needed, crop_hints, crop_features)
-        if crop_needed is None:
-            for (i, rows, cols), prob in zip(places, logits.float().softmax(1)):
-                probs[i][:, rows, cols] += prob
-                counts[i][:, rows, cols] += 1
-        else:
-            add_patches(probs, counts, chunk, crop_needed, logits.float().softmax(1), p)
-    return [prob / count.clamp_(min=1) for prob, count in zip(probs, counts)]
+        def crop_pixels(per_image: list) -> torch.Tensor | None:
+            if any(per_image[i] is None for i, _, _ in places):
+                return None
+            return torch.stack([per_image[i][..., rows, cols] for i, rows, cols in places])
+
+        return cls(
+            places, crop_images, torch.stack([labels[i][rows, cols] for i, rows, cols in places]), crop_grid(grid_masks),
+            None if grid_needed is None else crop_grid(grid_needed), crop_pixels(features), crop_pixels(hints),
+        )
 
 
 # Larger images run the image branch tile by tile: on 2048x1024 pairs (tiles that do not
