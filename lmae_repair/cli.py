@@ -676,22 +676,15 @@ def tune(
         from lmae_repair.checkpoints import read_info
         from lmae_repair.class_bias import served_damages, tune_checkpoint
         from lmae_repair.data import discover
-        from lmae_repair.families import bundled_models_dir, resolve_models
+        from lmae_repair.families import resolve_models
         from lmae_repair.inference import resolve_device
 
         index = discover(data, split, images, labels)
         used, checkpoints = resolve_models(models, index)
         files = list(dict.fromkeys(path for path, _ in checkpoints))
-        folder = out
-        if folder is not None:
-            index.refuse_inside(folder, "--out")
-        if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
-            folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
-            console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
-                          f"(use them with --models {folder})", highlight=False)
+        device_name = str(resolve_device(device))
+        folder = tuned_copies_folder(index, files, used, out)
         pairs = min(len(index.pairs), max_pairs or len(index.pairs))
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
         # under --out, each file keeps its place relative to the files' common folder: a run folder's
         # mask-0.25/best.safetensors and mask-0.50/best.safetensors must not land on one name
         common = Path(os.path.commonpath([str(path.resolve().parent) for path in files]))
@@ -699,20 +692,42 @@ def tune(
             target = path if folder is None else folder / path.resolve().relative_to(common)
             target.parent.mkdir(parents=True, exist_ok=True)
             with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
-                result = tune_checkpoint(path, index, target, max_pairs, seed, str(resolve_device(device)),
+                result = tune_checkpoint(path, index, target, max_pairs, seed, device_name,
                                          on_pair=lambda n: [advance() for _ in range(n)])
-            offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(checkpoints[0][1].label_space.names, result["bias"]) if b)
-            held_out = ""
-            if "held_out_after" in result:
-                held_out = (f"; tuned on one half of the pairs and scored on the other: {result['held_out_before']:.3f} -> "
-                            f"{result['held_out_after']:.3f}")
-            console.print(f"{target}: PA-mIoU on {result['pixels']} erased pixels {result['pa_miou_before']:.3f} -> "
-                          f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'})", highlight=False)
-            if "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
-                keep = "the file now carries them; tune with --out to compare before replacing" if folder is None else f"{path} itself is unchanged"
-                console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
+            print_tune_result(path, target, result, checkpoints[0][1].label_space.names, in_place=folder is None)
 
     guarded(run)
+
+
+def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -> Path | None:
+    """Where `tune` writes: --out (refused inside the data), or for a bundled family a folder of
+    copies (the bundled files stay as shipped); None: each checkpoint in place."""
+    from lmae_repair.families import bundled_models_dir
+
+    folder = out
+    if folder is not None:
+        index.refuse_inside(folder, "--out")
+    if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
+        folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
+        console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
+                      f"(use them with --models {folder})", highlight=False)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:
+    """The figures before and after the offsets, and a note when they lose on held-out pairs."""
+    offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, result["bias"]) if b)
+    held_out = ""
+    if "held_out_after" in result:
+        held_out = (f"; tuned on one half of the pairs and scored on the other: {result['held_out_before']:.3f} -> "
+                    f"{result['held_out_after']:.3f}")
+    console.print(f"{target}: PA-mIoU on {result['pixels']} erased pixels {result['pa_miou_before']:.3f} -> "
+                  f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'})", highlight=False)
+    if "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
+        keep = "the file now carries them; tune with --out to compare before replacing" if in_place else f"{path} itself is unchanged"
+        console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
 
 
 @app.command()
