@@ -99,7 +99,7 @@ def train(
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
     val: Optional[Path] = typer.Option(None, help="Validation dataset root."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (of --val, or of DATA)."),
-    preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 7-10M parameters) or base (the paper's, 245M)."),
+    preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 7-10M parameters) or base (the paper's, 240-255M; both grow with the number of classes)."),
     patch_size: Optional[int] = typer.Option(None, min=2, max=128, help="Patch size in pixels (default 16)."),
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
@@ -644,6 +644,9 @@ def average(
         from lmae_repair.checkpoints import average_checkpoints, save_checkpoint
         from lmae_repair.train import EPOCH_FILES
 
+        missing = [path for path in checkpoints if not path.exists()]
+        if missing:
+            raise LmaeError(f"{missing[0]}: no such file or folder")
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
@@ -685,9 +688,10 @@ def tune(
         device_name = str(resolve_device(device))
         folder = tuned_copies_folder(index, files, used, out)
         pairs = min(len(index.pairs), max_pairs or len(index.pairs))
-        # under --out, each file keeps its place relative to the files' common folder: a run folder's
-        # mask-0.25/best.safetensors and mask-0.50/best.safetensors must not land on one name
-        common = Path(os.path.commonpath([str(path.resolve().parent) for path in files]))
+        # under --out, each file keeps its place in its run folder: mask-0.25/best.safetensors and
+        # mask-0.50/best.safetensors must not land on one name, and a run of one ratio keeps its
+        # mask-<ratio>/ folder too, so that --models OUT reads it like the run
+        common = Path(os.path.commonpath([str(run_folder_of(path)) for path in files]))
         for path in files:
             target = path if folder is None else folder / path.resolve().relative_to(common)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -697,6 +701,12 @@ def tune(
             print_tune_result(path, target, result, checkpoints[0][1].label_space.names, in_place=folder is None)
 
     guarded(run)
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The training run (or family) folder a checkpoint belongs to: above its mask-<ratio>/ folder."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name.startswith("mask-") else folder
 
 
 def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -> Path | None:

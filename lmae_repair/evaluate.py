@@ -129,9 +129,12 @@ def random_walker_baseline(item: Prepared, image: np.ndarray, info) -> np.ndarra
     height, width = item.original.shape
     label = item.label[:height, :width].numpy()
     hidden = item.hidden_pixels(info.model.patch_size)[:height, :width].numpy()
-    seeds = np.where(label < space.num_classes, label.astype(np.int32) + 1, -1)  # -1: left out
-    seeds[hidden] = 0  # 0: to be labelled
-    if not (seeds > 0).any() or not (seeds == 0).any():
+    # every pixel that is not a seed is labelled (0), void ones too: marking them inactive (-1)
+    # can cut a hidden region off from every seed, and the solver then never converges (minutes
+    # on one CamVid frame); only the hidden pixels' labels are used (`merge`)
+    seeds = np.where(label < space.num_classes, label.astype(np.int32) + 1, 0)
+    seeds[hidden] = 0
+    if not (seeds > 0).any() or not hidden.any():
         return item.original.copy()
     with warnings.catch_warnings():  # its solver and tolerance notes are not the user's concern
         warnings.simplefilter("ignore")
