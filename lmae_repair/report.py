@@ -24,6 +24,7 @@ from lmae_repair.labelspace import LabelSpace
 REPORT_JSON = "lmae-report.json"
 REPORT_HTML = "lmae-report.html"
 THUMBNAIL_WIDTH = 320
+FAILURES_SHOWN = 50  # failed pairs named in the HTML report; all of them are in the JSON
 VOID_COLOUR = (255, 255, 255)
 
 
@@ -147,6 +148,12 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
     totals = report["totals"]
     legend = _legend(space, colours if colours is not None else colour_table(space, None))
     body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
+    errors = [entry["error"] for entry in report["pairs"] if entry["error"]]
+    failures = ""
+    if errors:  # named here too: a curator reading the page should not have to open the JSON
+        shown = "".join(f"<li>{html.escape(error)}</li>" for error in errors[:FAILURES_SHOWN])
+        more = f"<li>... and {len(errors) - FAILURES_SHOWN} more (all in {REPORT_JSON})</li>" if len(errors) > FAILURES_SHOWN else ""
+        failures = f"<h2>Failed pairs ({len(errors)})</h2><ul>{shown}{more}</ul>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lmae-repair report: {html.escape(report['data'])}</title>
 <style>
@@ -158,6 +165,7 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 <p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed']} failed;
 {totals['pixels_changed']:,} pixels changed. The {min(top, len(entries))} most-changed pairs are shown
 (share of pixels changed, largest first); the full list is in {REPORT_JSON}.</p>
+{failures}
 <p>{legend}</p>
 <table>
 <tr><th>image</th><th>original label</th><th>repaired label</th><th>changed pixels</th></tr>

@@ -246,6 +246,8 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert result.exit_code == 1 and "scene_002.png: unreadable label" in result.output
     report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
     assert report["totals"]["pairs"] == 3 and report["totals"]["failed"] == 1
+    page = (tmp_path / "out" / "lmae-report.html").read_text()
+    assert "Failed pairs (1)" in page and "scene_002.png: unreadable label" in page  # named on the page too
     entries = {e["label"]: e for e in report["pairs"]}
     good = entries["labels/scene_000.png"]
     assert good["mask_ratio"] in (0.25, 0.5) and good["checkpoint"].endswith("best.safetensors")
