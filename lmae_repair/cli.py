@@ -536,8 +536,9 @@ def audit(
             used, checkpoints, space = "none", None, label_space_of_data(index)
             console.print(f"note: {exc.reason}, so this audit checks files and label statistics only, without the "
                           f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {exc.advice}", highlight=False)
-            if space.single_class_problem():
-                console.print(f"note: {space.single_class_problem()}", highlight=False)
+            problem = space.single_class_problem()
+            if problem:
+                console.print(f"note: {problem}", highlight=False)
         console.print(f"{counted(len(index.pairs), 'pair')} ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)

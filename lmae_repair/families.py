@@ -136,9 +136,8 @@ class NoFamilyFits(LmaeError):
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
     def __init__(self, reason: str, root: Path):
-        super().__init__(f"{root}: {reason}; {how_to_train(root)}")
-        self.reason = reason
-        self.advice = how_to_train(root)
+        self.reason, self.advice = reason, how_to_train(root)
+        super().__init__(f"{root}: {reason}; {self.advice}")
 
 
 def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:

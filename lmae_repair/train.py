@@ -686,8 +686,9 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
         layout_names=index.known_class_names,
         **space_options,
     )
-    if space.single_class_problem():
-        raise LmaeError(f"{index.root}: {space.single_class_problem()}")
+    problem = space.single_class_problem()
+    if problem:
+        raise LmaeError(f"{index.root}: {problem}")
     pairs, outside = scan.outside(space)
     skipped = index.unmatched + scan.problems + outside
     void_note = void_255_hint(scan, space) if void_option is None else None
