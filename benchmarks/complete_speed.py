@@ -119,7 +119,7 @@ def baseline_rates(loaded, checkpoints, rw_pairs: int) -> tuple[float, float | N
     for item in routed:  # the fill computed afresh (the prepared hint is that fill already)
         info, prepared = checkpoints[item.choice][1], item.prepared
         fill = neighbourhood_hint(prepared.label[None], prepared.mask[None], info.model.patch_size, info.model.num_classes)[0]
-        merge(prepared, fill[: prepared.original.shape[0], : prepared.original.shape[1]], None, info)
+        merge(prepared, prepared.at_input(fill), None, info)
     nearest = len(loaded) / (time.perf_counter() - start)
     if importlib.util.find_spec("skimage") is None or rw_pairs == 0:
         return nearest, None

@@ -55,6 +55,7 @@ class AuditOptions:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     heatmaps: Path | None = None
     precision: str = "auto"  # as in CompleteOptions
+    native_scale: bool = False  # as in CompleteOptions
 
 
 def new_row(key: str, image: str | None) -> dict:
@@ -153,7 +154,7 @@ def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, spac
         min_confidence=options.min_confidence, precision=options.precision,
     ))
     loader = torch.utils.data.DataLoader(
-        PairLoader(index.pairs, checkpoints, options.threshold), batch_size=options.batch_size, collate_fn=_as_list
+        PairLoader(index.pairs, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size, collate_fn=_as_list
     )
     with torch.inference_mode():
         for batch in loader:

@@ -129,7 +129,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
     """Damage each pair as the checkpoint's served damages say and gather its probabilities."""
     from lmae_repair.complete import CompleteOptions, Completer
     from lmae_repair.evaluate import EvaluateOptions, degrade
-    from lmae_repair.repair import gap_probabilities, predict, prepare
+    from lmae_repair.repair import as_the_model_sees, gap_probabilities, predict, prepare
 
     info = read_info(path)
     completer = Completer([(path, info)], CompleteOptions(Path("."), device=device, batch_size=batch_size))
@@ -149,7 +149,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
                     continue  # unreadable pairs tune nothing; evaluate and complete report them
                 damaged, erased = degrade(label_file.values, space, options, np.random.default_rng([seed, position]))
                 if erased.any():
-                    cases.append((prepare(image, damaged, slot), label_file.values, erased, position))
+                    cases.append((prepare(*as_the_model_sees(image, damaged, [slot]), slot, original=damaged), label_file.values, erased, position))
             if cases:
                 with torch.inference_mode():
                     probs = predict(model, slot, [c[0] for c in cases], device, completer.tiles_per_pass, precision)

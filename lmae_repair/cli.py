@@ -41,6 +41,7 @@ class PipedConsole(Console):
 console = PipedConsole(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
+NATIVE_SCALE_HELP = "Read every pair at its own size (default: a pair at least 1.5 times the size of the models' training images is read shrunk to their scale, unless its gaps are too fine for that: README \"Working scale\")."
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU)."
 
 
@@ -204,6 +205,7 @@ def complete(
     overwrite_labeled: bool = typer.Option(False, "--overwrite-labeled", help="Let annotated pixels inside masked patches change too, and background move the border of an annotated region (kept otherwise)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is filled whatever the confidence, but for thin void beside annotation where the label space has a background class: README \"Do no harm\")."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
     background-heavy patches, and write a completed copy of the dataset plus a report."""
@@ -217,7 +219,7 @@ def complete(
         device_name, arithmetic = device_and_precision(device, precision)
         options = CompleteOptions(
             target, threshold, device_name, dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic,
+            batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic, native_scale,
         )
         index = discover(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
@@ -382,6 +384,8 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: 
     table.add_row(failed, f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
     if totals["resumed"]:
         table.add_row("done by an earlier run", str(totals["resumed"]))
+    if totals.get("read_shrunk"):
+        table.add_row("read shrunk to the models' scale", str(totals["read_shrunk"]))
     share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
     table.add_row("pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
     for ratio, count in totals["pairs_by_mask_ratio"].items():
@@ -416,6 +420,7 @@ def evaluate(
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is filled whatever the confidence, but for thin void beside annotation where the label space has a background class: README \"Do no harm\")."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
     """Damage complete labels on purpose, repair them as complete would, and score the repair
     against the truth, beside classical baselines (the paper's protocol, on your data)."""
@@ -430,7 +435,7 @@ def evaluate(
         device_name, arithmetic = device_and_precision(device, precision)
         options = EvaluateOptions(
             mask_ratio, strategy, seed, patch_size, max_object_share, baselines, threshold,
-            device_name, batch_size, max_pairs, min_confidence, arithmetic,
+            device_name, batch_size, max_pairs, min_confidence, arithmetic, native_scale,
         )
         checked_methods(options)
         check_can_write(json_file, "--json")
@@ -512,6 +517,7 @@ def audit(
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy (as in complete)."),
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Count a background pixel as suspect only where the model is at least this sure."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
     """List the labels that look broken, worst first: file defects, statistics against the rest
     of the dataset, and where the model sees annotated classes the label lacks."""
@@ -522,7 +528,7 @@ def audit(
         from lmae_repair.families import NoFamilyFits, resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
-        options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic)
+        options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic, native_scale)
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
         index = discover(data, split, images, labels)
@@ -787,6 +793,8 @@ def print_checkpoint(checkpoint: Path) -> None:
     for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
         if info.training.get(key) is not None:
             table.add_row(f"training {key}", str(info.training[key]))
+    if info.training.get("image_short_side"):
+        table.add_row("working scale", f"images' short side {info.training['image_short_side']} px (larger pairs are read shrunk to it: README \"Working scale\")")
     if "averaged_from" in info.training:
         averaged = info.training["averaged_from"]
         table.add_row("averaged", f"weights of {len(averaged)} checkpoints: {Path(averaged[0]).name} ... {Path(averaged[-1]).name}")

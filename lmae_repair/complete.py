@@ -209,6 +209,7 @@ class CompleteOptions:
     workers: int = 0  # loader processes; 0 = read in the main process
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # for changing background (see repair.merge)
     precision: str = "auto"  # auto, bf16, fp32 or int8 (inference.resolve_precision)
+    native_scale: bool = False  # read every pair at its own size (repair.working_scale)
 
 
 @dataclass
@@ -235,7 +236,7 @@ class Loaded:
 def new_entry(pair: Pair) -> dict:
     return {"label": pair.key, "image": str(pair.image), "input_label": str(pair.label), "output": None,
             "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None, "gap_kind": None,
-            "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
+            "read_at": None, "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
 
 def problem_entry(problem: str, root: Path) -> dict:
@@ -250,8 +251,8 @@ def problem_entry(problem: str, root: Path) -> dict:
 class PairLoader(Dataset):
     """Reads a pair, routes it and prepares the model input; errors end up in the entry."""
 
-    def __init__(self, pairs: list[Pair], checkpoints: list[tuple[Path, CheckpointInfo]], threshold: float):
-        self.pairs, self.checkpoints, self.threshold = pairs, checkpoints, threshold
+    def __init__(self, pairs: list[Pair], checkpoints: list[tuple[Path, CheckpointInfo]], threshold: float, native_scale: bool = False):
+        self.pairs, self.checkpoints, self.threshold, self.native_scale = pairs, checkpoints, threshold, native_scale
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -263,8 +264,12 @@ class PairLoader(Dataset):
             image, label = read_pair(pair, self.checkpoints[0][1].label_space)
             item.label = label
             item.entry["pixels"] = int(label.values.size)
-            share, item.choice, item.prepared = route_and_prepare(image, label.values, self.checkpoints, self.threshold)
+            share, item.choice, item.prepared = route_and_prepare(
+                image, label.values, self.checkpoints, self.threshold, rescale=not self.native_scale
+            )
             item.entry["background_heavy_share"] = round(share, 4)
+            if item.prepared is not None and item.prepared.size != label.values.shape:
+                item.entry["read_at"] = "{1}x{0}".format(*item.prepared.size)  # shrunk to the models' scale
             if item.choice is None and not has_annotation(label.values, self.checkpoints[0][1].label_space):
                 item.entry["note"] = "no annotated pixel (all void): nothing to complete from, left as it is"
         except Exception as exc:
@@ -401,6 +406,8 @@ def run_settings(checkpoints, options: CompleteOptions) -> str:
         digest.update(f"{info.mask_ratio}:{info.gap_kind}".encode())
     precision = resolve_precision(options.precision, options.device)
     digest.update(f"{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}|{precision}".encode())
+    if options.native_scale:  # (added later: runs without it keep their key)
+        digest.update(b"|native-scale")
     return digest.hexdigest()[:16]
 
 
@@ -507,7 +514,7 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
     """Load, repair and write `todo`; returns the new entries in dataset order."""
     completer = Completer(checkpoints, options)
     loader = DataLoader(
-        PairLoader(todo, checkpoints, options.threshold), batch_size=options.batch_size,
+        PairLoader(todo, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size,
         num_workers=options.workers, collate_fn=_as_list, pin_memory=options.device.startswith("cuda"),
         prefetch_factor=2 if options.workers else None, persistent_workers=False,
     )

@@ -69,6 +69,7 @@ class EvaluateOptions:
     max_pairs: int = 0
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     precision: str = "auto"  # as in CompleteOptions
+    native_scale: bool = False  # as in CompleteOptions
 
 
 def unknown_strategy(strategy: str) -> LmaeError:
@@ -116,8 +117,7 @@ def nearest_baseline(item: Prepared, info) -> np.ndarray:
     neighbourhood hint), merged as `complete` merges the model's prediction."""
     space, p = info.label_space, info.model.patch_size
     fill = item.hint if item.hint is not None else neighbourhood_hint(item.label[None], item.mask[None], p, space.num_classes)[0]
-    height, width = item.original.shape
-    return merge(item, fill[:height, :width], None, info).values
+    return merge(item, item.at_input(fill), None, info).values
 
 
 def random_walker_baseline(item: Prepared, image: np.ndarray, info) -> np.ndarray:
@@ -126,9 +126,8 @@ def random_walker_baseline(item: Prepared, image: np.ndarray, info) -> np.ndarra
     from skimage.segmentation import random_walker
 
     space = info.label_space
-    height, width = item.original.shape
-    label = item.label[:height, :width].numpy()
-    hidden = item.hidden_pixels(info.model.patch_size)[:height, :width].numpy()
+    label = item.original
+    hidden = item.hidden_at_input(info.model.patch_size).numpy()
     # every pixel that is not a seed is labelled (0), void ones too: marking them inactive (-1)
     # can cut a hidden region off from every seed, and the solver then never converges (minutes
     # on one CamVid frame); only the hidden pixels' labels are used (`merge`)
@@ -207,7 +206,7 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     case = Case(index, image, truth, damaged, erased)
     for name, values in (("damaged", damaged), ("intact", truth)):
         loaded = Loaded(pair, new_entry(pair), replace(label_file, values=values))
-        _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold)
+        _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold, rescale=not options.native_scale)
         case.versions[name] = loaded
     return case
 

@@ -45,6 +45,7 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
         "pixels_changed": sum(e["pixels_changed"] for e in entries),
         "pixels": sum(e.get("pixels") or 0 for e in entries),
         "pairs_by_mask_ratio": dict(sorted(by_ratio.items())),
+        "read_shrunk": sum(1 for e in entries if e.get("read_at")),
         "seconds": round(seconds, 2),
         "pairs_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
     }
@@ -140,7 +141,8 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
         caption = (
             f"{html.escape(entry['label'])}: {entry['pixels_changed']:,} pixels changed ({share:.1%}), "
             f"mask ratio {entry['mask_ratio']:.2f}{' (objects model)' if entry.get('gap_kind') == 'objects' else ''}, "
-            f"{entry['patches_masked']} patches rebuilt, "
+            f"{entry['patches_masked']} patches rebuilt"
+            f"{' at ' + entry['read_at'] + ' (the models&#x27; scale)' if entry.get('read_at') else ''}, "
             f"mean confidence {entry['mean_confidence'] or 0:.2f}"
         )
         cells = "".join(f'<td><img src="{uri}"></td>' for uri in pictures)

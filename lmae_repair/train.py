@@ -655,6 +655,7 @@ def load_training_data(
         "val_split": val_split,
         "val_pairs": len(val_pairs),
         "class_pixel_share": {name: round(int(c) / total, 5) for name, c in zip(space.names, counts)},
+        "image_short_side": scan.median_short_side(pairs),
         "skipped_pairs": len(skipped),
     }
     return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)

@@ -433,3 +433,30 @@ def test_a_log_that_is_no_terminal_gets_progress_lines_during_a_long_run(tmp_pat
     assert result.exit_code == 0, result.output
     assert "completing: 1/3 pairs" in result.output and "completing: 2/3 pairs" in result.output
     assert "completing: 3/3" not in result.output  # the last one is the summary's
+
+
+def test_pairs_far_larger_than_the_training_images_are_read_at_their_scale_and_written_at_their_own(tmp_path, family):
+    from lmae_repair.checkpoints import load_checkpoint
+
+    for path in family.rglob("*.safetensors"):  # the models say they were trained on 64-pixel images
+        model, info = load_checkpoint(path)
+        info.training["image_short_side"] = 64
+        save_checkpoint(path, model, info)
+    root = make_paired(tmp_path / "data", count=3, size=128)
+    for label_path in (root / "labels").glob("*.png"):  # annotated everywhere but for a hole of whole patches
+        label = np.array(Image.open(label_path))
+        label[label == 0] = 1
+        label[32:96, 32:96] = 255
+        Image.fromarray(label).save(label_path)
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 0, result.output
+    assert "read shrunk to the" in result.output  # the summary says so (a row of the table)
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    assert report["totals"]["read_shrunk"] == 3
+    assert {entry["read_at"] for entry in report["pairs"]} == {"64x64"}
+    for label in (root / "labels").glob("*.png"):
+        assert Image.open(tmp_path / "out" / "labels" / label.name).size == (128, 128)
+    native = complete(root, tmp_path / "native", family, "--native-scale")
+    assert native.exit_code == 0, native.output
+    report = json.loads((tmp_path / "native" / "lmae-report.json").read_text())
+    assert report["totals"]["read_shrunk"] == 0 and {entry["read_at"] for entry in report["pairs"]} == {None}

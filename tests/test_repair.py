@@ -257,3 +257,79 @@ def test_an_objects_checkpoint_fills_a_void_gap_as_the_class_the_whole_gap_looks
     whole = finish(item, probs, objects).values
     assert (whole[8:16, 0:16] == 1).all() and (whole[label != 255] == 0).all()
     assert (whole[40:48, 40:48] == 2).all()  # its own mean is 2
+
+
+def test_shrinking_a_pair_keeps_every_void_hole_and_gives_each_pixel_its_majority_class():
+    from lmae_repair.repair import shrink_pair
+
+    space = LabelSpace(3, background_id=0, void_id=255)
+    label = np.ones((8, 8), np.uint8)
+    label[0:2, 2:4] = [[2, 2], [2, 1]]  # three of four 2: 2
+    label[4, 4] = 255  # one void pixel: a hole that must not vanish
+    label[6:8, 0:2] = 0  # background is a class like the others here
+    image = np.full((8, 8, 3), 100, np.uint8)
+    small_image, small = shrink_pair(image, label, 2.0, space)
+    assert small.shape == (4, 4) and small_image.shape == (4, 4, 3)
+    assert small[0, 1] == 2 and small[2, 2] == 255 and small[3, 0] == 0
+    assert (small == 255).sum() == 1 and (small_image == 100).all()
+
+
+def test_working_scale_shrinks_only_pairs_well_above_the_training_images_scale():
+    from lmae_repair.repair import working_scale
+
+    _, info = untrained()
+    assert working_scale((720, 960), info) == 1.0  # the checkpoint does not say its scale
+    info.training["image_short_side"] = 360
+    assert working_scale((360, 480), info) == 1.0
+    assert working_scale((375, 500), info) == 1.0
+    assert working_scale((720, 960), info) == pytest.approx(2.0)
+
+
+@torch.no_grad()
+def test_a_pair_at_twice_the_training_scale_is_repaired_as_its_half_size_copy_would_be(scenario):
+    from lmae_repair.repair import route_and_prepare
+
+    model, info, image, _ = scenario
+    info.training["image_short_side"] = 40
+    label = np.random.default_rng(2).integers(1, 3, (40, 52)).astype(np.uint8)
+    label[:16, :16] = 0  # gaps of whole patches at the training scale, so shrinking leaves none unhidden
+    label[16:24, 24:48] = 255
+    large_image = cv2.resize(image, (104, 80), interpolation=cv2.INTER_NEAREST)
+    large_label = cv2.resize(label, (104, 80), interpolation=cv2.INTER_NEAREST)
+    checkpoints = [(model, info)]
+
+    _, _, native = route_and_prepare(image, label, checkpoints)
+    _, _, shrunk = route_and_prepare(large_image, large_label, checkpoints)
+    _, _, as_is = route_and_prepare(large_image, large_label, checkpoints, rescale=False)
+    assert shrunk.size == (40, 52) and shrunk.original.shape == (80, 104) and as_is.size == (80, 104)
+    assert torch.equal(shrunk.label, native.label) and torch.equal(shrunk.mask, native.mask)
+
+    small = finish(native, predict(model, info, [native], "cpu")[0], info).values
+    large = finish(shrunk, predict(model, info, [shrunk], "cpu")[0], info)
+    assert large.values.shape == (80, 104)
+    changed = large.values != large_label
+    assert changed.any() and np.isin(large_label[changed], [0, 255]).all()  # only the input's own missing pixels change
+    upscaled = cv2.resize(small, (104, 80), interpolation=cv2.INTER_NEAREST)
+    assert (large.values == upscaled).mean() > 0.95  # the same repair, up to where probabilities are blended
+    assert not ((large_label == 255) & (large.values == 255) & (upscaled != 255)).any()  # every hole it fills small is filled
+
+
+def test_fine_holes_that_would_no_longer_fill_patches_once_shrunk_are_read_as_they_are():
+    from lmae_repair.repair import route_and_prepare
+
+    model, info = untrained()
+    info.training["image_short_side"] = 32
+    rng = np.random.default_rng(1)
+    label = rng.integers(1, 3, (64, 64)).astype(np.uint8)
+    holes = rng.random((8, 8)) < 0.5  # half of the 8-pixel patches erased: 4 pixels once shrunk
+    label[np.kron(holes, np.ones((8, 8), bool))] = 255
+    image = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    assert route_and_prepare(image, label, [(model, info)])[2].size == (64, 64)
+    mostly_background = np.zeros((64, 64), np.uint8)  # background 0 everywhere but for two objects
+    mostly_background[8:24, 8:40] = 1
+    mostly_background[40:56, 24:56] = 2
+    mostly_background[np.kron(holes, np.ones((8, 8), bool))] = 255  # the fine holes are judged, not the background
+    assert route_and_prepare(image, mostly_background, [(model, info)])[2].size == (64, 64)
+    big_gap = rng.integers(1, 3, (64, 64)).astype(np.uint8)
+    big_gap[16:48, 16:48] = 255
+    assert route_and_prepare(image, big_gap, [(model, info)])[2].size == (32, 32)

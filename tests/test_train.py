@@ -68,6 +68,7 @@ def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
         assert info.label_space.names == ["background", "red", "green", "blue"]
         assert info.label_space.background_id == 0 and info.label_space.void_id == 255
         assert info.training["pairs"] == 6 and info.training["epochs"] == 2
+        assert info.training["image_short_side"] == 64  # the scale larger pairs are read at (repair.working_scale)
         assert 0.0 <= info.validation["val_pa_miou"] <= 1.0
         assert len((folder / "history.jsonl").read_text().splitlines()) == 2
     inspected = runner.invoke(app, ["inspect", str(out / "mask-0.50" / "best.safetensors"), "--json"])
