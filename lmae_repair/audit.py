@@ -17,6 +17,12 @@ standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed 
 Rows are ranked by the evidence itself, file defects first: on a large, mostly clean dataset the
 median suspect share is 0, so a few percent of suspect pixels already stands far out and many
 scores round to 1.00; the evidence still orders them (a label half suspect above one with 4%).
+
+Resuming: with `--json` or `--csv`, each pair's measurements are appended to a journal beside
+that file as soon as they are made (`journal_for`). An interrupted audit run again with the same
+models and options measures only the pairs the journal lacks, or whose files changed since
+(`complete.resume_key`); scores are computed over all rows at the end, and the journal is
+removed once the files are written.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list, new_entry
+from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list, new_entry, resume_key, run_settings
 from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_pair, relative_key
 from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
@@ -45,6 +51,7 @@ REASON_FROM = 2.0  # deviations from which a statistic becomes a reason
 COMMON_CLASS = 0.9  # a class in at least this share of labels is expected in every label
 MISSING_CLASS_EVIDENCE = 2.0
 SCALE = 4.0
+JOURNAL_SUFFIX = ".lmae-audit.jsonl"
 
 
 @dataclass
@@ -117,19 +124,74 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
             row["reasons"].append(f"no {space.names[c]} (present in {presence[c]:.0%} of labels)")
 
 
-def audit_dataset(index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None, space: LabelSpace | None = None) -> list[dict]:
+def audit_dataset(
+    index: DatasetIndex, checkpoints, options: AuditOptions, on_pair=None, space: LabelSpace | None = None,
+    journal: Path | None = None,
+) -> list[dict]:
     """Rows for every pair and every unmatched file, sorted by score, highest first. Without
     checkpoints (no model fits the labels) the rows hold file defects and statistics only, in
-    `space` (`label_space_of_data`): no pixel is suspect."""
+    `space` (`label_space_of_data`): no pixel is suspect. `journal` (`journal_for`): rows of
+    pairs finished by an earlier run are taken from it, and each new row is added to it.
+    `on_pair(error, worked)` follows each pair, `worked` False for those taken from the journal."""
     space = space or checkpoints[0][1].label_space
     rows = [defect_row(problem, index.root, failed=True) for problem in index.unmatched]
     rows += [defect_row(problem, index.root, failed=False) for problem in index.unlabelled]
-    for item, values in _audited_pairs(index, checkpoints, options, space):
+    settings = audit_settings(checkpoints, options)
+    keys = {pair.key: resume_key(pair, settings) for pair in index.pairs}
+    done = {}
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)  # where the --json / --csv file will go
+        done = read_journal(journal, keys)
+    for pair in index.pairs:
+        if pair.key in done:
+            rows.append(done[pair.key])
+            if on_pair is not None:
+                on_pair(done[pair.key]["error"], False)
+    todo = [pair for pair in index.pairs if pair.key not in done]
+    for item, values in _audited_pairs(todo, checkpoints, options, space):
         rows.append(pair_row(item, values, space, options))
+        if journal is not None:
+            with open(journal, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**rows[-1], "resume_key": keys[item.pair.key]}) + "\n")
         if on_pair is not None:
-            on_pair(rows[-1]["error"])
+            on_pair(rows[-1]["error"], True)
     score_rows(rows, space)
     return sorted(rows, key=rank_key)
+
+
+def journal_for(json_file: Path | None, csv_file: Path | None) -> Path | None:
+    """Where an audit keeps its finished pairs: a hidden file beside its --json file (else its
+    --csv file); None without either, since nothing of such a run outlives it."""
+    target = json_file if json_file is not None else csv_file
+    return None if target is None else target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
+
+
+def audit_settings(checkpoints, options: AuditOptions) -> str:
+    """What a pair's row depends on besides its files: the models' contents and the options that
+    change a repair (`complete.run_settings`), and whether heatmaps are drawn."""
+    heatmaps = f"|heatmaps={options.heatmaps}" if options.heatmaps is not None else ""
+    if checkpoints is None:
+        return f"statistics only{heatmaps}"
+    repair_options = CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence,
+                                     precision=options.precision, native_scale=options.native_scale)
+    return run_settings(checkpoints, repair_options) + heatmaps
+
+
+def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
+    """Rows an earlier run finished, by label key: those whose pair is still in the dataset with the
+    same files and settings (`keys`: each pair's current resume key). A line cut short by a kill
+    is skipped, and that pair measured again."""
+    done: dict[str, dict] = {}
+    if not journal.is_file():
+        return done
+    for line in journal.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and keys.get(row.get("label")) == row.get("resume_key"):
+            done[row["label"]] = {key: value for key, value in row.items() if key != "resume_key"}
+    return done
 
 
 def rank_key(row: dict) -> tuple:
@@ -137,11 +199,11 @@ def rank_key(row: dict) -> tuple:
     return (not row["defect"], -(row["evidence"] or 0.0), row["label"])
 
 
-def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, space: LabelSpace):
-    """(loaded pair, its labels as `complete` would repair them) for every pair; without
+def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: LabelSpace):
+    """(loaded pair, its labels as `complete` would repair them) for each of `pairs`; without
     checkpoints, the labels as they are."""
     if checkpoints is None:
-        for pair in index.pairs:
+        for pair in pairs:
             item = Loaded(pair, new_entry(pair))
             try:
                 item.label = read_pair(pair, space)[1]
@@ -154,7 +216,7 @@ def _audited_pairs(index: DatasetIndex, checkpoints, options: AuditOptions, spac
         min_confidence=options.min_confidence, precision=options.precision,
     ))
     loader = torch.utils.data.DataLoader(
-        PairLoader(index.pairs, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size, collate_fn=_as_list
+        PairLoader(pairs, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size, collate_fn=_as_list
     )
     with torch.inference_mode():
         for batch in loader:

@@ -523,7 +523,7 @@ def audit(
     of the dataset, and where the model sees annotated classes the label lacks."""
 
     def run() -> int:
-        from lmae_repair.audit import AuditOptions, audit_dataset, label_space_of_data, write_csv, write_json
+        from lmae_repair.audit import AuditOptions, audit_dataset, journal_for, label_space_of_data, write_csv, write_json
         from lmae_repair.data import discover
         from lmae_repair.families import NoFamilyFits, resolve_models
 
@@ -548,17 +548,25 @@ def audit(
         console.print(f"{counted(len(index.pairs), 'pair')} ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)
+        journal = journal_for(json_file, csv_file)
+        resumed = 0
         with PairProgress("auditing", len(index.pairs)) as advance:
 
-            def on_pair(error: str | None) -> None:
+            def on_pair(error: str | None, worked: bool) -> None:
+                nonlocal resumed
                 if error:
                     report_failure(error)
-                advance()
+                resumed += not worked
+                advance(timed=worked)
 
-            rows = audit_dataset(index, checkpoints, options, on_pair, space)
+            rows = audit_dataset(index, checkpoints, options, on_pair, space, journal)
+        if resumed:
+            console.print(f"{counted(resumed, 'pair')} measured by an earlier, interrupted run (kept in {journal})", highlight=False)
         files = [(path, write) for path, write in ((json_file, write_json), (csv_file, write_csv)) if path is not None]
         for path, write in files:  # before printing: a reader that goes away (`| head`) ends the printing
             write(path, rows)
+        if journal is not None:
+            journal.unlink(missing_ok=True)  # the files hold every row now
         print_audit(rows, top)
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")
@@ -568,7 +576,8 @@ def audit(
                           "no label has suspect pixels, so no heatmap was written", highlight=False)
         return 1 if any(row["error"] for row in rows) else 0
 
-    exit_with(guarded(run))
+    resumes = "the same command goes on from the pairs already measured" if json_file or csv_file else "nothing was written"
+    exit_with(guarded(run, f"interrupted: {resumes}"))
 
 
 def print_audit(rows: list[dict], top: int) -> None:

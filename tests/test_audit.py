@@ -185,3 +185,42 @@ def test_in_a_mostly_clean_dataset_the_worst_labels_still_come_first_where_score
     assert all(rows[i]["score"] == 1.0 for i in (1, 2, 3))  # saturated: the score alone cannot order them
     ranked = [row["label"] for row in sorted(rows, key=rank_key)]
     assert ranked[:4] == ["labels/zzzz.png", "labels/0002.png", "labels/0003.png", "labels/0001.png"]
+
+
+def test_an_interrupted_audit_resumes_from_the_pairs_it_had_measured(tmp_path, family):
+    import pytest
+
+    from lmae_repair.audit import AuditOptions, audit_dataset, journal_for
+    from lmae_repair.data import discover
+    from lmae_repair.families import find_checkpoints
+
+    root = broken_dataset(tmp_path / "data")
+    fresh = audit(root, family, "--json", str(tmp_path / "fresh.json"))
+    journal = journal_for(tmp_path / "audit.json", None)
+    measured = []
+
+    def stop_after_three(error, worked):
+        measured.append(worked)
+        if len(measured) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the run
+
+    with pytest.raises(KeyboardInterrupt):
+        audit_dataset(discover(root), find_checkpoints([family]), AuditOptions(), stop_after_three, journal=journal)
+    assert len(journal.read_text().splitlines()) == 3
+    with open(journal, "a") as f:
+        f.write('{"label": "cut short by the ki')  # the line a kill left half-written
+    edited = root / "labels" / "scene_007.png"  # changed since it was measured: measured again
+    label = np.array(Image.open(edited))
+    label[label > 0] = 0
+    Image.fromarray(label).save(edited)
+
+    resumed = audit(root, family, "--json", str(tmp_path / "audit.json"))
+    assert resumed.exit_code == fresh.exit_code == 1, resumed.output  # exit 1: the defects
+    assert "3 pairs measured by an earlier, interrupted run" in resumed.output
+    assert not journal.exists()  # the JSON holds every row now
+    rows = {row["label"]: row for row in json.loads((tmp_path / "audit.json").read_text())}
+    before = {row["label"]: row for row in json.loads((tmp_path / "fresh.json").read_text())}
+    assert rows.keys() == before.keys()
+    assert rows["labels/scene_007.png"]["reasons"] == ["label is all background or void"]
+    for key in set(before) - {"labels/scene_007.png"}:  # the rest measured as one uninterrupted run measured them
+        assert (rows[key]["suspect_pixels"], rows[key]["missing_share"]) == (before[key]["suspect_pixels"], before[key]["missing_share"]), key
