@@ -721,8 +721,10 @@ def tune(
 
 def run_folder_of(checkpoint: Path) -> Path:
     """The training run (or family) folder a checkpoint belongs to: above its mask-<ratio>/ folder."""
+    from lmae_repair.train import RATIO_FOLDER_PREFIX
+
     folder = checkpoint.resolve().parent
-    return folder.parent if folder.name.startswith("mask-") else folder
+    return folder.parent if folder.name.startswith(RATIO_FOLDER_PREFIX) else folder
 
 
 def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -> Path | None:

@@ -133,8 +133,11 @@ def loss_weights(options: TrainOptions, data: TrainingData, console: Console) ->
 STATE_FILE = "state.pt"  # in each ratio folder: everything --resume needs
 
 
+RATIO_FOLDER_PREFIX = "mask-"  # a run folder holds one mask-<ratio>/ folder per mask ratio
+
+
 def ratio_folder(out: Path, ratio: float) -> Path:
-    return out / f"mask-{ratio:.2f}"
+    return out / f"{RATIO_FOLDER_PREFIX}{ratio:.2f}"
 
 
 def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
