@@ -136,12 +136,15 @@ def audit_dataset(
     space = space or checkpoints[0][1].label_space
     rows = [defect_row(problem, index.root, failed=True) for problem in index.unmatched]
     rows += [defect_row(problem, index.root, failed=False) for problem in index.unlabelled]
-    settings = audit_settings(checkpoints, options)
-    keys = {pair.key: resume_key(pair, settings) for pair in index.pairs}
+    settings = audit_settings(checkpoints, options, space)
+    # the paths too: a row names its image as this run found it (a moved dataset is measured again)
+    keys = {pair.key: f"{resume_key(pair, settings)}|{pair.image}|{pair.label}" for pair in index.pairs}
     done = {}
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)  # where the --json / --csv file will go
         done = read_journal(journal, keys)
+        if options.heatmaps is not None:  # a heatmap deleted since is drawn again
+            done = {key: row for key, row in done.items() if not row["suspect_pixels"] or heatmap_path(options.heatmaps, key).is_file()}
     for pair in index.pairs:
         if pair.key in done:
             rows.append(done[pair.key])
@@ -166,12 +169,13 @@ def journal_for(json_file: Path | None, csv_file: Path | None) -> Path | None:
     return None if target is None else target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
 
 
-def audit_settings(checkpoints, options: AuditOptions) -> str:
+def audit_settings(checkpoints, options: AuditOptions, space: LabelSpace) -> str:
     """What a pair's row depends on besides its files: the models' contents and the options that
-    change a repair (`complete.run_settings`), and whether heatmaps are drawn."""
+    change a repair (`complete.run_settings`), and whether heatmaps are drawn; without models, the
+    label space the data gave (a classes.txt added since changes what counts as background)."""
     heatmaps = f"|heatmaps={options.heatmaps}" if options.heatmaps is not None else ""
     if checkpoints is None:
-        return f"statistics only{heatmaps}"
+        return f"statistics only|{json.dumps(space.to_dict(), sort_keys=True)}{heatmaps}"
     repair_options = CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence,
                                      precision=options.precision, native_scale=options.native_scale)
     return run_settings(checkpoints, repair_options) + heatmaps
@@ -270,7 +274,11 @@ def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: Label
     overlay = pair_panels(read_image(item.pair.image), item.label.values, repaired, colour_table(space, item.label.palette))[3]
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="PNG")
-    atomic_write((folder / item.pair.key).with_suffix(".png"), lambda f: f.write(buffer.getvalue()))
+    atomic_write(heatmap_path(folder, item.pair.key), lambda f: f.write(buffer.getvalue()))
+
+
+def heatmap_path(folder: Path, key: str) -> Path:
+    return (folder / key).with_suffix(".png")
 
 
 PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share")

@@ -187,25 +187,32 @@ def test_in_a_mostly_clean_dataset_the_worst_labels_still_come_first_where_score
     assert ranked[:4] == ["labels/zzzz.png", "labels/0002.png", "labels/0003.png", "labels/0001.png"]
 
 
-def test_an_interrupted_audit_resumes_from_the_pairs_it_had_measured(tmp_path, family):
+def interrupt_audit(root, checkpoints, options, journal, after: int, space=None):
+    """An audit stopped as Ctrl-C would stop it, after `after` pairs."""
     import pytest
 
-    from lmae_repair.audit import AuditOptions, audit_dataset, journal_for
+    from lmae_repair.audit import audit_dataset
     from lmae_repair.data import discover
+
+    measured = []
+
+    def stop(error, worked):
+        measured.append(worked)
+        if len(measured) == after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        audit_dataset(discover(root), checkpoints, options, stop, space, journal)
+
+
+def test_an_interrupted_audit_resumes_from_the_pairs_it_had_measured(tmp_path, family):
+    from lmae_repair.audit import AuditOptions, journal_for
     from lmae_repair.families import find_checkpoints
 
     root = broken_dataset(tmp_path / "data")
     fresh = audit(root, family, "--json", str(tmp_path / "fresh.json"))
     journal = journal_for(tmp_path / "audit.json", None)
-    measured = []
-
-    def stop_after_three(error, worked):
-        measured.append(worked)
-        if len(measured) == 3:
-            raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the run
-
-    with pytest.raises(KeyboardInterrupt):
-        audit_dataset(discover(root), find_checkpoints([family]), AuditOptions(), stop_after_three, journal=journal)
+    interrupt_audit(root, find_checkpoints([family]), AuditOptions(), journal, after=3)
     assert len(journal.read_text().splitlines()) == 3
     with open(journal, "a") as f:
         f.write('{"label": "cut short by the ki')  # the line a kill left half-written
@@ -224,3 +231,36 @@ def test_an_interrupted_audit_resumes_from_the_pairs_it_had_measured(tmp_path, f
     assert rows["labels/scene_007.png"]["reasons"] == ["label is all background or void"]
     for key in set(before) - {"labels/scene_007.png"}:  # the rest measured as one uninterrupted run measured them
         assert (rows[key]["suspect_pixels"], rows[key]["missing_share"]) == (before[key]["suspect_pixels"], before[key]["missing_share"]), key
+
+
+def test_a_resumed_audit_measures_again_what_the_journal_cannot_stand_for(tmp_path, family):
+    import shutil
+
+    from lmae_repair.audit import AuditOptions, journal_for, label_space_of_data
+    from lmae_repair.data import discover
+    from lmae_repair.families import find_checkpoints
+
+    root = make_paired(tmp_path / "data", count=6, size=64, seed=4)
+    report, heatmaps = tmp_path / "out" / "audit.json", tmp_path / "heatmaps"
+    journal = journal_for(report, None)
+    # heatmaps deleted since: the pairs that had one are measured (and drawn) again
+    interrupt_audit(root, find_checkpoints([family]), AuditOptions(min_confidence=0.0, heatmaps=heatmaps), journal, after=4)
+    shutil.rmtree(heatmaps)
+    result = audit(root, family, "--min-confidence", "0", "--json", str(report), "--heatmaps", str(heatmaps))
+    rows = json.loads(report.read_text())
+    assert len(list(heatmaps.rglob("*.png"))) == sum(1 for row in rows if row["suspect_pixels"]) > 0, result.output
+
+    # the same files at another path: the rows name the images where this run found them
+    interrupt_audit(root, find_checkpoints([family]), AuditOptions(), journal, after=4)
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # copy2: same sizes and modification times
+    result = audit(moved, family, "--json", str(report))
+    assert "earlier, interrupted run" not in result.output
+    assert all(row["image"].startswith(str(moved)) for row in json.loads(report.read_text()))
+
+    # without a model, rows measured in another label space (a classes.txt added since) are not reused
+    space = label_space_of_data(discover(root))
+    interrupt_audit(root, None, AuditOptions(), journal, after=4, space=space)
+    (root / "classes.txt").write_text("red\nbackground\ngreen\nblue\n")  # background is now 1, not 0
+    result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
+    assert "earlier, interrupted run" not in result.output and result.exit_code == 0, result.output
