@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lmae_repair.complete import CompleteOptions, Completer, Loaded, PairLoader, _as_list, new_entry, resume_key, run_settings
+from lmae_repair.complete import (
+    CompleteOptions, Completer, Loaded, PairLoader, _as_list, append_json_line, new_entry, read_json_lines, resume_key, run_settings,
+)
 from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_pair, relative_key
 from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
@@ -63,6 +65,11 @@ class AuditOptions:
     heatmaps: Path | None = None
     precision: str = "auto"  # as in CompleteOptions
     native_scale: bool = False  # as in CompleteOptions
+
+    def repair_options(self) -> CompleteOptions:
+        """The options of the in-memory repair, as `complete` would run it (nothing written)."""
+        return CompleteOptions(Path("."), self.threshold, self.device, batch_size=self.batch_size, min_confidence=self.min_confidence,
+                               precision=self.precision, native_scale=self.native_scale)
 
 
 def new_row(key: str, image: str | None) -> dict:
@@ -154,8 +161,7 @@ def audit_dataset(
     for item, values in _audited_pairs(todo, checkpoints, options, space):
         rows.append(pair_row(item, values, space, options))
         if journal is not None:
-            with open(journal, "a", encoding="utf-8") as f:
-                f.write(json.dumps({**rows[-1], "resume_key": keys[item.pair.key]}) + "\n")
+            append_json_line(journal, {**rows[-1], "resume_key": keys[item.pair.key]})
         if on_pair is not None:
             on_pair(rows[-1]["error"], True)
     score_rows(rows, space)
@@ -176,9 +182,7 @@ def audit_settings(checkpoints, options: AuditOptions, space: LabelSpace) -> str
     heatmaps = f"|heatmaps={options.heatmaps}" if options.heatmaps is not None else ""
     if checkpoints is None:
         return f"statistics only|{json.dumps(space.to_dict(), sort_keys=True)}{heatmaps}"
-    repair_options = CompleteOptions(Path("."), options.threshold, options.device, min_confidence=options.min_confidence,
-                                     precision=options.precision, native_scale=options.native_scale)
-    return run_settings(checkpoints, repair_options) + heatmaps
+    return run_settings(checkpoints, options.repair_options()) + heatmaps
 
 
 def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
@@ -186,14 +190,8 @@ def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
     same files and settings (`keys`: each pair's current resume key). A line cut short by a kill
     is skipped, and that pair measured again."""
     done: dict[str, dict] = {}
-    if not journal.is_file():
-        return done
-    for line in journal.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and keys.get(row.get("label")) == row.get("resume_key"):
+    for row in read_json_lines(journal):
+        if keys.get(row.get("label")) == row.get("resume_key"):
             done[row["label"]] = {key: value for key, value in row.items() if key != "resume_key"}
     return done
 
@@ -215,10 +213,7 @@ def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: Label
                 item.entry["error"] = pair_error(str(pair.label), exc)
             yield item, None
         return
-    completer = Completer(checkpoints, CompleteOptions(
-        Path("."), options.threshold, options.device, batch_size=options.batch_size,
-        min_confidence=options.min_confidence, precision=options.precision,
-    ))
+    completer = Completer(checkpoints, options.repair_options())
     loader = torch.utils.data.DataLoader(
         PairLoader(pairs, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size, collate_fn=_as_list
     )

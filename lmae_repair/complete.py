@@ -443,7 +443,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     if entry["error"] is not None and not options.dry_run:
         remove_stale_outputs(item.pair, index, options.out)
     if not options.dry_run:
-        append_progress(options.out, entry)
+        append_json_line(options.out / PROGRESS_LOG, entry)
     return entry
 
 
@@ -462,27 +462,37 @@ def load_progress(out: Path) -> dict[str, dict]:
     """Entries of pairs finished by an earlier run into the same OUT, by label key (the last
     entry of a pair wins). An output that is gone, or was changed since it was written (edited
     by hand), does not count as finished: the pair is redone and the report tells the truth."""
-    log = out / PROGRESS_LOG
     done: dict[str, dict] = {}
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that pair is simply redone
-            output = Path(entry.get("output") or "")
-            stamp = file_stamp(output) if entry.get("output") and output.is_file() else "missing"
-            # logs of earlier versions have no stamp: their outputs count as they are
-            if entry.get("error") is None and stamp != "missing" and stamp == entry.get("output_stamp", stamp):
-                done[entry["label"]] = entry
-            else:
-                done.pop(entry.get("label"), None)
+    for entry in read_json_lines(out / PROGRESS_LOG):
+        output = Path(entry.get("output") or "")
+        stamp = file_stamp(output) if entry.get("output") and output.is_file() else "missing"
+        # logs of earlier versions have no stamp: their outputs count as they are
+        if entry.get("error") is None and stamp != "missing" and stamp == entry.get("output_stamp", stamp):
+            done[entry["label"]] = entry
+        else:
+            done.pop(entry.get("label"), None)
     return done
 
 
-def append_progress(out: Path, entry: dict) -> None:
-    with open(out / PROGRESS_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
+def read_json_lines(path: Path):
+    """The records of a JSON-lines log (`append_json_line`), none if it does not exist; a line
+    cut short by a kill is skipped, so its pair is simply done again."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    """One record added to a JSON-lines log (`complete`'s progress, `audit`'s journal) the moment
+    it is known: a killed run loses at most the line it was writing."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def lock_output(out: Path, data_root: Path | None = None):
