@@ -9,7 +9,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import choose_checkpoint, finish, heavy_share, label_heavy_share, merge, predict, prepare
+from lmae_repair.repair import border_class_counts, choose_checkpoint, finish, heavy_share, label_heavy_share, merge, predict, prepare
 
 
 @torch.no_grad()
@@ -257,6 +257,43 @@ def test_an_objects_checkpoint_fills_a_void_gap_as_the_class_the_whole_gap_looks
     whole = finish(item, probs, objects).values
     assert (whole[8:16, 0:16] == 1).all() and (whole[label != 255] == 0).all()
     assert (whole[40:48, 40:48] == 2).all()  # its own mean is 2
+
+
+def test_an_objects_checkpoint_does_not_fill_a_gap_with_the_class_all_around_it():
+    """A missed object is a region of its own class: a small void gap inside class 0 whose pixels
+    the model calls 0 a little more than 2 is filled with 2 by an objects checkpoint, with 0 by a
+    checkpoint for any gap (a hole cut across a region is that region's class). A gap over a
+    tenth of the image is no single object and keeps the model's guess."""
+    _, info = untrained(patch=8, crop=32)
+    space = LabelSpace(3, background_id=None, void_id=255)
+    general = CheckpointInfo(info.model, 0.5, space, info.training)
+    objects = CheckpointInfo(info.model, 0.5, space, info.training, gap_kind="objects")
+    label = np.zeros((64, 64), np.uint8)
+    label[:, 48:] = 1
+    label[8:16, 8:16] = 255  # a small gap, all around it class 0
+    label[24:64, 0:16] = 255  # a gap of 640 pixels: 16% of the image
+    item = prepare(np.zeros((64, 64, 3), np.uint8), label, general)
+    item.mask[:] = True
+    probs = torch.zeros(3, 64, 64)
+    probs[0], probs[1], probs[2] = 0.5, 0.1, 0.4
+    assert (finish(item, probs, general).values[8:16, 8:16] == 0).all()
+    filled = finish(item, probs, objects).values
+    assert (filled[8:16, 8:16] == 2).all()
+    assert (filled[24:64, 0:16] == 0).all()
+    assert (filled[label != 255] == label[label != 255]).all()
+
+
+def test_border_class_counts_counts_each_regions_labelled_neighbours():
+    """Region 1 (one pixel) has 8 labelled neighbours: three of class 2 above it, five of class 0;
+    void neighbours and the image's edge count for nothing."""
+    label = np.zeros((4, 5), np.uint8)
+    label[0, :] = 2
+    label[1, 1], label[3, 4] = 255, 255
+    regions = np.zeros((4, 5), np.int32)
+    regions[1, 1], regions[3, 4] = 1, 2
+    counts = border_class_counts(regions, 3, label, 3)
+    assert counts[1].tolist() == [5, 0, 3]
+    assert counts[2].tolist() == [3, 0, 0]
 
 
 def test_shrinking_a_pair_keeps_every_void_hole_and_gives_each_pixel_its_majority_class():
