@@ -52,7 +52,7 @@ from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import mirror_pad, predict_many, resolve_precision
 from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, patch_share, top_patches
 from lmae_repair.model import LabelMAE
-from lmae_repair.neighbourhood import neighbourhood_hint
+from lmae_repair.neighbourhood import nearest_fill, neighbourhood_hint
 
 EDGE_FOLLOWING = 1.6  # gap_edge_contrast at or above which a label's gaps follow the image's edges
 GAP_CONTRAST_PIXELS = 4_000_000  # larger images are measured at this size
@@ -283,10 +283,27 @@ def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo, original
     mask = F.pad(native_mask, (0, padded_w // p - native_mask.shape[1], 0, padded_h // p - native_mask.shape[0]), value=False)
     mask = mask.flatten()
     label_t = label_t.to(torch.uint8)
-    hint = None
-    if info.model.neighbour_hint:
-        hint = neighbourhood_hint(label_t[None], mask[None], p, info.model.num_classes)[0].to(torch.uint8)
+    hint = repair_hint(label_t, mask, info) if info.model.neighbour_hint else None
     return Prepared(image_t, label_t, mask, hint, label if original is None else original, tuple(label.shape))
+
+
+def repair_hint(label_t: torch.Tensor, mask: torch.Tensor, info: CheckpointInfo) -> torch.Tensor:
+    """(Hp, Wp) uint8 nearest-fill hint for a label to repair ((Hp, Wp) padded label, (Lp,) hidden
+    patches). Training computes it from the visible patches alone (the hidden ones are the
+    question). Repairing, where missing annotation is void, every annotated pixel is certain,
+    those inside hidden patches too, so the hint is filled from all of them: a thin strip of void
+    along a border is then hinted from the pixels beside it, not from the nearest visible patch.
+    Where a background class exists, background inside hidden patches may be a missed object, so
+    the training hint is kept.
+
+    CamVid val, 2-pixel void strips cut along class borders inside 12 random 48x48 windows per
+    label (1% of the pixels): share of them filled right 0.480 -> 0.630 (nearest fill 0.900);
+    objects damage PA-mIoU 0.580 -> 0.583; random patches at 0.5 unchanged (0.784). On concrete
+    val (background class) the same rule cost objects precision (0.692 -> 0.631)."""
+    space, p, n = info.label_space, info.model.patch_size, info.model.num_classes
+    if space.background_id is not None:
+        return neighbourhood_hint(label_t[None], mask[None], p, n)[0].to(torch.uint8)
+    return torch.from_numpy(nearest_fill(label_t.numpy(), (label_t < n).numpy(), n)).to(torch.uint8)
 
 
 def has_annotation(label: np.ndarray, space) -> bool:

@@ -9,7 +9,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import border_class_counts, choose_checkpoint, finish, heavy_share, label_heavy_share, merge, predict, prepare
+from lmae_repair.repair import border_class_counts, choose_checkpoint, repair_hint, finish, heavy_share, label_heavy_share, merge, predict, prepare
 
 
 @torch.no_grad()
@@ -281,6 +281,26 @@ def test_an_objects_checkpoint_does_not_fill_a_gap_with_the_class_all_around_it(
     assert (filled[8:16, 8:16] == 2).all()
     assert (filled[24:64, 0:16] == 0).all()
     assert (filled[label != 255] == label[label != 255]).all()
+
+
+def test_the_repair_hint_reads_every_annotated_pixel_where_missing_is_void():
+    """A hidden patch of class 1 with a void strip across it, among visible class 2: where
+    missing annotation is void, the strip is hinted from the class-1 pixels of its own patch
+    (certain annotation); where background is a class, only visible patches count (the hidden
+    patch's background may be a missed object), as in training."""
+    _, info = untrained(patch=8, crop=32)
+    label = np.full((32, 32), 2, np.uint8)
+    label[0:8, 0:8] = 1
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[0] = True  # the top-left patch is hidden
+    void_space = LabelSpace(3, background_id=None, void_id=255)
+    label[1:7, 3:5] = 255
+    hint = repair_hint(torch.from_numpy(label), mask, CheckpointInfo(info.model, 0.5, void_space, info.training))
+    assert (hint[0:8, 0:8].numpy() == 1).all()
+    background_space = LabelSpace(3, background_id=0, void_id=255)
+    label[1:7, 3:5] = 0
+    hint = repair_hint(torch.from_numpy(label), mask, CheckpointInfo(info.model, 0.5, background_space, info.training))
+    assert (hint[0:8, 0:8].numpy() == 2).all()
 
 
 def test_border_class_counts_counts_each_regions_labelled_neighbours():
