@@ -9,7 +9,9 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.masking import background_ratio
 from lmae_repair.model import LabelMAE, ModelConfig
-from lmae_repair.repair import border_class_counts, choose_checkpoint, repair_hint, finish, heavy_share, label_heavy_share, merge, predict, prepare
+from lmae_repair.repair import (
+    border_class_counts, choose_checkpoint, finish, heavy_share, label_heavy_share, merge, predict, prepare, repair_hint,
+)
 
 
 @torch.no_grad()
