@@ -42,7 +42,7 @@ console = PipedConsole(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
 NATIVE_SCALE_HELP = "Read every pair at its own size (default: a pair at least 1.5 times the size of the models' training images is read shrunk to their scale, unless its gaps are too fine for that: README \"Working scale\")."
-PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU)."
+PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU). On a CPU with VNNI, bf16 runs the image branch in int8 too (faster there)."
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -411,9 +411,11 @@ def not_what_surrounds(probs: torch.Tensor, item: Prepared, info: CheckpointInfo
     factor = np.exp(-SURROUND_PENALTY * share).astype(np.float32)  # (count, n)
     sizes = np.bincount(regions.ravel(), minlength=count)
     factor[sizes > GAP_VOTE_MAX_SHARE * height * width] = 1.0
-    factor[0] = 1.0  # region 0: the labelled pixels
-    probs = probs * torch.from_numpy(factor[regions]).permute(2, 0, 1)
-    return probs / probs.sum(0, keepdim=True).clamp_(min=1e-6)
+    at = torch.from_numpy(np.flatnonzero(void))  # only gap pixels change (a fraction of the image)
+    flat = probs.flatten(1).clone()
+    gap_probs = flat[:, at] * torch.from_numpy(factor[regions.ravel()[at.numpy()]]).t()
+    flat[:, at] = gap_probs / gap_probs.sum(0, keepdim=True).clamp_(min=1e-6)
+    return flat.view_as(probs)
 
 
 def border_class_counts(regions: np.ndarray, count: int, label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -448,14 +450,17 @@ def lean_on_whole_gaps(probs: torch.Tensor, item: Prepared, info: CheckpointInfo
     if not gap.any():
         return probs
     count, regions = cv2.connectedComponents(gap.numpy().astype(np.uint8), connectivity=8)
-    regions = torch.from_numpy(regions).long().flatten()
-    sizes = torch.bincount(regions, minlength=count)
-    sums = torch.zeros(probs.shape[0], count).index_add_(1, regions, probs.flatten(1))
-    means = (sums / sizes.clamp(min=1))[:, regions].view_as(probs)
-    voted = (sizes <= GAP_VOTE_MAX_SHARE * height * width)
-    voted[0] = False  # label 0: not a gap
-    lean = voted[regions].view(height, width)
-    return torch.where(lean, (1.0 - GAP_VOTE_WEIGHT) * probs + GAP_VOTE_WEIGHT * means, probs)
+    regions = torch.from_numpy(regions).flatten()
+    at = gap.flatten().nonzero()[:, 0]  # only gap pixels change (a fraction of the image)
+    in_gap = regions[at].long()
+    sizes = torch.bincount(in_gap, minlength=count)
+    flat = probs.flatten(1)
+    gap_probs = flat[:, at]
+    means = (torch.zeros(probs.shape[0], count).index_add_(1, in_gap, gap_probs) / sizes.clamp(min=1))[:, in_gap]
+    voted = (sizes <= GAP_VOTE_MAX_SHARE * height * width)[in_gap]
+    flat = flat.clone()
+    flat[:, at] = torch.where(voted, (1.0 - GAP_VOTE_WEIGHT) * gap_probs + GAP_VOTE_WEIGHT * means, gap_probs)
+    return flat.view_as(probs)
 
 
 def merge(

@@ -91,6 +91,27 @@ def test_int8_inference_uses_the_u_net_only_with_a_calibration_and_keeps_the_pre
     assert agree > 0.9, float(agree)
 
 
+def test_bf16_on_a_cpu_runs_the_u_net_in_int8_where_the_cpu_has_vnni(monkeypatch):
+    """With bf16 the transformer runs in bf16 autocast; its U-Net is faster in int8 where the CPU
+    has VNNI (AMD EPYC: 34 against 86 ms a CamVid frame), and runs in bf16 where it has not, and
+    under bf16 autocast on a GPU."""
+    model = trained_like_model()
+    calibration = calibrate(model, smooth_images(6))
+    monkeypatch.setattr("lmae_repair.inference.int8_pays", lambda device: True)
+    quantised = for_inference(model, "bf16", calibration)
+    assert isinstance(quantised.branch, Int8UNet)
+    assert not any(isinstance(module, Int8Linear) for module in quantised.modules())  # linear layers stay for autocast
+    image, label = smooth_images(1, 40, 48)[0], torch.randint(0, 3, (40, 48))
+    mask = torch.rand(30) < 0.5
+    with torch.no_grad():
+        expected = predict_many(model, [image], [label], [mask], 32)[0]
+        got = predict_many(quantised, [image], [label], [mask], 32, autocast=True, needed=[mask])[0]
+    hidden = mask.view(5, 6).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    assert (got.argmax(0) == expected.argmax(0))[hidden].float().mean() > 0.9
+    monkeypatch.setattr("lmae_repair.inference.int8_pays", lambda device: False)
+    assert isinstance(for_inference(model, "bf16", calibration).branch, ImageBranch)
+
+
 def test_calibration_is_saved_with_the_checkpoint_and_averages_to_ranges_covering_both(tmp_path):
     model = trained_like_model()
     space = LabelSpace(3, ["background", "crack", "spalling"], background_id=0, void_id=255)
