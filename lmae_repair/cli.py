@@ -121,6 +121,7 @@ def train(
     val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
     gaps: str = typer.Option("any", help="The labels these checkpoints are for: any, or objects: only labels whose gaps follow the image's edges (missed objects), beside a family's checkpoints for any gap (README \"Routing\"); for objects, lean --mask-mix on the objects strategy (e.g. 1:1:1:3); validation, and so best.safetensors, scores random patches, so average the epochs (--keep-epochs, lmae-repair average) and measure with evaluate --strategy objects."),
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights (epoch-NNN.safetensors), to average them afterwards with lmae-repair average."),
+    photometric: bool = typer.Option(False, "--photometric", help="Also blur, shrink, JPEG-encode and brighten the training images at random, so that the model does not learn one camera's sharpness (dataset.photometric_jitter)."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0, help="Time budget per mask ratio: begin no epoch that would end past it (0: none); --resume goes on later."),
 ) -> None:
     """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
@@ -157,6 +158,7 @@ def train(
             keep_epochs=keep_epochs,
             gaps=gaps,
             max_minutes=max_minutes,
+            photometric=photometric,
         )
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)

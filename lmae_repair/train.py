@@ -88,6 +88,7 @@ class TrainOptions:
     mask_mix: tuple[float, ...] = DEFAULT_MIX
     class_weighting: str = "paper"
     weights_from: str = "labels"  # class frequencies for the weights: whole labels, or the objects strategy's gaps
+    photometric: bool = False  # images also blurred, shrunk, JPEG-encoded, brightened (dataset.photometric_jitter)
     resume: bool = False
     init: Path | None = None  # start from this checkpoint's weights (fine-tuning)
     keep_epochs: bool = False  # also write epoch-NNN.safetensors every epoch, for `lmae-repair average`
@@ -365,7 +366,7 @@ class RunState:
 def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, device: torch.device, ranks: Ranks = Ranks()) -> DataLoader:
     """Shuffled batches of random crops; under torchrun each process reads its own 1/N of the
     pairs each epoch (DistributedSampler), so an epoch still covers the data once."""
-    dataset = CropDataset(pairs, space, options.crop, augment=True)
+    dataset = CropDataset(pairs, space, options.crop, augment=True, photometric=options.photometric)
     default_workers = min(4, max((os.cpu_count() or 2) // (2 * ranks.world_size), 0))
     workers = options.workers if options.workers is not None else default_workers
     sampler = None
@@ -498,6 +499,7 @@ def checkpoint_info(
         "mask_mix": list(options.mask_mix),
         "class_weighting": options.class_weighting,
         "weights_from": options.weights_from,
+        "photometric": options.photometric,
         "init": None if options.init is None else str(options.init),
         "seed": options.seed,
         "device": device.type if ranks.distributed else str(device),

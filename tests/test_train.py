@@ -375,3 +375,31 @@ def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch):
     root = make_paired(tmp_path / "ds", count=2, size=64)
     result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--crop", "64", "--workers", "0"])
     assert result.exit_code == 130 and "--resume continues" in result.output
+
+
+def test_photometric_training_crops_change_the_image_only_and_record_it(tmp_path):
+    """--photometric: the crops' images are blurred, shrunk, re-encoded or brightened at random
+    (never their labels), and the checkpoint says it was trained so; without it images are as read."""
+    from lmae_repair.dataset import CropDataset, photometric_jitter
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    index = discover(root)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    torch.manual_seed(0)
+    plain = [CropDataset(index.pairs, space, crop=64, augment=False)[0] for _ in range(2)]
+    assert torch.equal(plain[0][0], plain[1][0])
+    image = plain[0][0]
+    changed = [photometric_jitter(image, np.random.default_rng(seed)) for seed in range(20)]
+    assert all(out.shape == image.shape and out.dtype == image.dtype and 0.0 <= out.min() and out.max() <= 1.0 for out in changed)
+    differs = [float((out - image).abs().mean()) > 0.01 for out in changed]
+    assert 5 <= sum(differs) < 20  # most draws change the image, some leave it as read
+    torch.manual_seed(1)
+    jittered = CropDataset(index.pairs, space, crop=64, augment=True, photometric=True)
+    for _ in range(4):  # the whole 64 x 64 pair, perhaps flipped: its label as read
+        label = jittered[0][1]
+        assert torch.equal(label, plain[0][1]) or torch.equal(label, plain[0][1].flip(-1))
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
+                                 "--crop", "32", "--workers", "0", "--photometric"])
+    assert result.exit_code == 0, result.output
+    _, info = load_checkpoint(next((tmp_path / "run").rglob("last.safetensors")))
+    assert info.training["photometric"] is True
