@@ -153,9 +153,10 @@ def for_inference(model: nn.Module, precision: str, int8_calibration: list | Non
     on a CPU with VNNI (`branch_in_int8`), its image branch, if the checkpoint carries
     `int8_calibration`, becomes a statically quantised int8 U-Net (quantise.py). bf16 is applied
     as autocast around each pass (see `predict_many`)."""
-    if precision == "int8" and next(model.parameters()).device.type != "cpu":
+    device = next(model.parameters()).device
+    if precision == "int8" and device.type != "cpu":
         raise LmaeError("int8 runs on a CPU only; use bf16 or fp32 on a GPU")
-    if branch_in_int8(precision, next(model.parameters()).device) and getattr(model, "branch", None) is not None:
+    if branch_in_int8(precision, device) and getattr(model, "branch", None) is not None:
         branch = quantised_branch(model.branch, int8_calibration or [])
         if branch is not None:
             model = copy.deepcopy(model)

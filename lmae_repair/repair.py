@@ -411,9 +411,9 @@ def not_what_surrounds(probs: torch.Tensor, item: Prepared, info: CheckpointInfo
     factor = np.exp(-SURROUND_PENALTY * share).astype(np.float32)  # (count, n)
     sizes = np.bincount(regions.ravel(), minlength=count)
     factor[sizes > GAP_VOTE_MAX_SHARE * height * width] = 1.0
-    at = torch.from_numpy(np.flatnonzero(void))  # only gap pixels change (a fraction of the image)
+    at = np.flatnonzero(void)  # only gap pixels change (a fraction of the image)
     flat = probs.flatten(1).clone()
-    gap_probs = flat[:, at] * torch.from_numpy(factor[regions.ravel()[at.numpy()]]).t()
+    gap_probs = flat[:, at] * torch.from_numpy(factor[regions.ravel()[at]]).t()
     flat[:, at] = gap_probs / gap_probs.sum(0, keepdim=True).clamp_(min=1e-6)
     return flat.view_as(probs)
 
