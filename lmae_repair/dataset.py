@@ -131,9 +131,9 @@ def photometric_jitter(image: torch.Tensor, rng: np.random.Generator) -> torch.T
         factor = float(rng.uniform(1.3, 2.5))
         small = cv2.resize(pixels, (max(1, round(width / factor)), max(1, round(height / factor))), interpolation=cv2.INTER_AREA)
         pixels = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.2:
-        _, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 91))])
-        pixels = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).reshape(height, width, 3)
+    if rng.random() < 0.2:  # OpenCV encodes BGR: RGB given as it is would be compressed with the wrong luma weights
+        _, encoded = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 91))])
+        pixels = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     out = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
     if rng.random() < 0.5:
         contrast, brightness = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1)
