@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lmae_repair.errors import LmaeError
-from lmae_repair.model import LabelMAE
+from lmae_repair.model import LabelMAE, WholeImageFeatures
 from lmae_repair.neighbourhood import neighbourhood_hint
 from lmae_repair.quantise import int8_linears, quantised_branch
 
@@ -271,7 +271,7 @@ class TileBatch:
     labels: torch.Tensor
     masks: torch.Tensor
     needed: torch.Tensor | None
-    features: torch.Tensor | None
+    features: WholeImageFeatures | None
     hints: torch.Tensor | None
 
     @classmethod
@@ -290,9 +290,12 @@ class TileBatch:
                 return None
             return torch.stack([per_image[i][..., rows, cols] for i, rows, cols in places])
 
+        tile_features = None  # read by the model from the whole images, tile by tile
+        if all(features[i] is not None for i, _, _ in places):
+            tile_features = WholeImageFeatures(features, [(i, y, x) for _, _, i, y, x in chunk])
         return cls(
             places, crop_images, torch.stack([labels[i][rows, cols] for i, rows, cols in places]), crop_grid(grid_masks),
-            None if grid_needed is None else crop_grid(grid_needed), crop_pixels(features), crop_pixels(hints),
+            None if grid_needed is None else crop_grid(grid_needed), tile_features, crop_pixels(hints),
         )
 
 
@@ -304,8 +307,9 @@ WHOLE_IMAGE_BRANCH_PIXELS = 600_000
 
 @torch.no_grad()
 def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: bool = False) -> list[torch.Tensor | None]:
-    """The image branch's features of each whole image (None for images above
-    WHOLE_IMAGE_BRANCH_PIXELS, and for models without a branch), for the tiles to share.
+    """The image branch's features of each whole image, (H, W, w) channels-last in the dtype the
+    refiner runs in (None for images above WHOLE_IMAGE_BRANCH_PIXELS, and for models without a
+    branch), for the tiles to share (`WholeImageFeatures`).
 
     Why not per tile: the U-Net is a stack of convolutions with no positions, so one pass over
     the image gives every tile its features, without computing the overlap of neighbouring tiles
@@ -319,7 +323,9 @@ def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: 
             continue
         image = image.float().div_(255.0) if image.dtype == torch.uint8 else image
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
-            features.append(model.image_features(image[None])[0])
+            whole = model.image_features(image[None])
+        dtype = torch.bfloat16 if autocast else whole.dtype
+        features.append(whole.to(dtype=dtype, memory_format=torch.channels_last)[0].permute(1, 2, 0))
     return features
 
 

@@ -80,7 +80,7 @@ def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(mo
     config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
                          dec_heads=2, neighbour_hint=True, refine_channels=4, image_branch=4)
     model = LabelMAE(config).eval()
-    assert inference.whole_image_features(model, [torch.rand(3, 48, 88)])[0].shape == (4, 48, 88)
+    assert inference.whole_image_features(model, [torch.rand(3, 48, 88)])[0].shape == (48, 88, 4)  # channels-last
     model.branch = torch.nn.Conv2d(3, 4, 1)  # pointwise: no context, so no difference where tiles meet
     torch.nn.init.normal_(model.refine.layers[-1].weight, std=1.0)  # make the refiner read the features
     generator = torch.Generator().manual_seed(2)
@@ -93,6 +93,27 @@ def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(mo
         assert inference.whole_image_features(model, [image])[0] is None
         tiled = predict_many(model, [image], [label], [mask], 32, needed=[mask])[0]
     torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=1e-5)
+
+
+def test_tiles_of_several_images_in_one_pass_read_their_own_image_features():
+    """Tiles of different images share a pass (`predict_many`) and take their refiner windows
+    from their own image's whole-image features (`WholeImageFeatures`): each image comes out as
+    it does alone."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
+                         dec_heads=2, neighbour_hint=True, refine_channels=4, image_branch=4)
+    model = LabelMAE(config).eval()
+    torch.nn.init.normal_(model.refine.layers[-1].weight, std=1.0)  # make the refiner read the features
+    generator = torch.Generator().manual_seed(3)
+    sizes = [(48, 88), (48, 88), (40, 64)]  # the first two share tile shapes, so passes
+    images = [torch.rand(3, h, w, generator=generator) for h, w in sizes]
+    labels = [torch.randint(0, 3, (h, w), generator=generator) for h, w in sizes]
+    masks = [torch.rand(h // 8 * (w // 8), generator=generator) < 0.5 for h, w in sizes]
+    with torch.no_grad():
+        together = predict_many(model, images, labels, masks, 32, needed=masks)
+        alone = [predict_many(model, [i], [l], [m], 32, needed=[m])[0] for i, l, m in zip(images, labels, masks)]
+    for one, other in zip(together, alone):
+        torch.testing.assert_close(one, other, atol=1e-5, rtol=1e-5)
 
 
 def test_batch_norms_folded_for_inference_give_the_same_probabilities_and_leave_the_model_alone():
