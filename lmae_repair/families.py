@@ -227,8 +227,8 @@ def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | Non
     """Copy a checkpoint to `dest` (a file), weights unchanged, serving the routing slots of
     `ratios` (the first is its mask ratio) and meant for `gap_kind` gaps (checkpoints.GAP_KINDS;
     None keeps the checkpoint's own).
-    One file for several slots keeps a family small: the bundled camvid family serves 0.25 and
-    0.50 from one model (models/camvid/README.md)."""
+    One file for several slots keeps a family small: the bundled camvid family serves 0.50 and
+    0.75 from one model (models/camvid/README.md)."""
     from lmae_repair.checkpoints import GAP_KINDS, load_checkpoint, save_checkpoint
 
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
