@@ -230,7 +230,7 @@ def predict_many(
         ]
     else:
         hints = [None] * len(images)
-    features = whole_image_features(model, images, autocast) if needed is not None else [None] * len(images)
+    features = whole_image_features(model, images, autocast) if needed is not None else FeatureTable.none(len(images))
     grid_masks = [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(masks, images)]
     grid_needed = None if needed is None else [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(needed, images)]
     probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
@@ -275,7 +275,7 @@ class TileBatch:
     hints: torch.Tensor | None
 
     @classmethod
-    def cut(cls, chunk, images, labels, grid_masks, grid_needed, features, hints, p: int) -> "TileBatch":
+    def cut(cls, chunk, images, labels, grid_masks, grid_needed, features: "FeatureTable", hints, p: int) -> "TileBatch":
         th, tw = chunk[0][:2]
         places = [(i, slice(y, y + th), slice(x, x + tw)) for _, _, i, y, x in chunk]
         crop_images = torch.stack([images[i][:, rows, cols] for i, rows, cols in places])
@@ -290,13 +290,43 @@ class TileBatch:
                 return None
             return torch.stack([per_image[i][..., rows, cols] for i, rows, cols in places])
 
-        tile_features = None  # read by the model from the whole images, tile by tile
-        if all(features[i] is not None for i, _, _ in places):
-            tile_features = WholeImageFeatures(features, [(i, y, x) for _, _, i, y, x in chunk])
         return cls(
             places, crop_images, torch.stack([labels[i][rows, cols] for i, rows, cols in places]), crop_grid(grid_masks),
-            None if grid_needed is None else crop_grid(grid_needed), tile_features, crop_pixels(hints),
+            None if grid_needed is None else crop_grid(grid_needed), features.for_tiles(chunk), crop_pixels(hints),
         )
+
+
+@dataclass
+class FeatureTable:
+    """The U-Net features of whole images (`whole_image_features`) in one table of pixel rows,
+    each image row by row, and the row where each image begins (None: no features; its tiles
+    run the branch themselves)."""
+
+    table: torch.Tensor | None  # (pixels of the images that have features, w)
+    firsts: list[int | None]
+    sizes: list[tuple[int, int]]  # each image's (height, width)
+
+    @classmethod
+    def none(cls, count: int) -> "FeatureTable":
+        """No features for any of `count` images."""
+        return cls(None, [None] * count, [])
+
+    def image(self, i: int) -> torch.Tensor | None:
+        """Image i's features (H, W, w), a view of the table; None if it has none."""
+        if self.firsts[i] is None:
+            return None
+        height, width = self.sizes[i]
+        return self.table[self.firsts[i] : self.firsts[i] + height * width].view(height, width, -1)
+
+    def for_tiles(self, chunk: list[tuple]) -> WholeImageFeatures | None:
+        """The features of a pass's tiles (`chunk`: (height, width, image index, y, x) each), or
+        None when one of their images has none."""
+        if any(self.firsts[i] is None for _, _, i, _, _ in chunk):
+            return None
+        widths = [self.sizes[i][1] for _, _, i, _, _ in chunk]
+        starts = [self.firsts[i] + y * width + x for (_, _, i, y, x), width in zip(chunk, widths)]
+        device = self.table.device
+        return WholeImageFeatures(self.table, torch.tensor(starts, device=device), torch.tensor(widths, device=device))
 
 
 # Larger images run the image branch tile by tile: on 2048x1024 pairs (tiles that do not
@@ -306,27 +336,31 @@ WHOLE_IMAGE_BRANCH_PIXELS = 600_000
 
 
 @torch.no_grad()
-def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: bool = False) -> list[torch.Tensor | None]:
-    """The image branch's features of each whole image, (H, W, w) channels-last in the dtype the
-    refiner runs in (None for images above WHOLE_IMAGE_BRANCH_PIXELS, and for models without a
-    branch), for the tiles to share (`WholeImageFeatures`).
+def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: bool = False) -> FeatureTable:
+    """The image branch's features of each whole image, written straight into one table of pixel
+    rows in the dtype the refiner runs in (none for images above WHOLE_IMAGE_BRANCH_PIXELS, and
+    for models without a branch), for the tiles to share (`WholeImageFeatures`).
 
     Why not per tile: the U-Net is a stack of convolutions with no positions, so one pass over
     the image gives every tile its features, without computing the overlap of neighbouring tiles
     twice and with real context instead of zero padding where tiles meet inside the image."""
-    if getattr(model, "branch", None) is None:
-        return [None] * len(images)
-    features = []
-    for image in images:
-        if image.shape[1] * image.shape[2] > WHOLE_IMAGE_BRANCH_PIXELS:
-            features.append(None)
+    sizes = [tuple(image.shape[1:]) for image in images]
+    firsts, rows = [], 0
+    for height, width in sizes:
+        fits = getattr(model, "branch", None) is not None and height * width <= WHOLE_IMAGE_BRANCH_PIXELS
+        firsts.append(rows if fits else None)
+        rows += height * width if fits else 0
+    table = None
+    for image, first, (height, width) in zip(images, firsts, sizes):
+        if first is None:
             continue
         image = image.float().div_(255.0) if image.dtype == torch.uint8 else image
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
-            whole = model.image_features(image[None])
-        dtype = torch.bfloat16 if autocast else whole.dtype
-        features.append(whole.to(dtype=dtype, memory_format=torch.channels_last)[0].permute(1, 2, 0))
-    return features
+            whole = model.image_features(image[None])[0]  # (w, H, W)
+        if table is None:
+            table = whole.new_empty(rows, whole.shape[0], dtype=torch.bfloat16 if autocast else whole.dtype)
+        table[first : first + height * width].view(height, width, -1).copy_(whole.permute(1, 2, 0))
+    return FeatureTable(table, firsts, sizes)
 
 
 def _same_shape_batches(windows: list[tuple], tiles_per_pass: int):

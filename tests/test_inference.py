@@ -80,7 +80,7 @@ def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(mo
     config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
                          dec_heads=2, neighbour_hint=True, refine_channels=4, image_branch=4)
     model = LabelMAE(config).eval()
-    assert inference.whole_image_features(model, [torch.rand(3, 48, 88)])[0].shape == (48, 88, 4)  # channels-last
+    assert inference.whole_image_features(model, [torch.rand(3, 48, 88)]).image(0).shape == (48, 88, 4)  # pixel rows
     model.branch = torch.nn.Conv2d(3, 4, 1)  # pointwise: no context, so no difference where tiles meet
     torch.nn.init.normal_(model.refine.layers[-1].weight, std=1.0)  # make the refiner read the features
     generator = torch.Generator().manual_seed(2)
@@ -90,7 +90,7 @@ def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(mo
     with torch.no_grad():
         whole = predict_many(model, [image], [label], [mask], 32, needed=[mask])[0]
         monkeypatch.setattr(inference, "WHOLE_IMAGE_BRANCH_PIXELS", 0)  # the tile-by-tile path
-        assert inference.whole_image_features(model, [image])[0] is None
+        assert inference.whole_image_features(model, [image]).image(0) is None
         tiled = predict_many(model, [image], [label], [mask], 32, needed=[mask])[0]
     torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=1e-5)
 
