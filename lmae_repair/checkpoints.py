@@ -50,6 +50,9 @@ class CheckpointInfo:
     gap_kind: str = "any"
     # Offsets added to the log-probabilities before choosing a class (class_bias.py); empty: none.
     class_bias: list = field(default_factory=list)
+    # Inference: the encoder and decoder attend only within this many patches of the patches
+    # being rebuilt (model.context_around; faster on sparse gaps); 0: the whole tile, as trained.
+    context_patches: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -64,6 +67,7 @@ class CheckpointInfo:
                 "serve_ratios": self.serve_ratios,
                 "gap_kind": self.gap_kind,
                 "class_bias": self.class_bias,
+                "context_patches": self.context_patches,
             }
         )
 
@@ -95,7 +99,10 @@ class CheckpointInfo:
             serve_ratios=[float(r) for r in data.get("serve_ratios", [])],
             gap_kind=gap_kind,
             class_bias=[float(b) for b in data.get("class_bias", [])],
+            context_patches=int(data.get("context_patches", 0)),
         )
+        if info.context_patches < 0:
+            raise LmaeError(f"context_patches must be 0 or more, got {info.context_patches}")
         if info.class_bias and len(info.class_bias) != info.label_space.num_classes:
             raise LmaeError(f"class_bias has {len(info.class_bias)} values for {info.label_space.num_classes} classes")
         return info

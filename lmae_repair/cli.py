@@ -814,6 +814,8 @@ def print_checkpoint(checkpoint: Path) -> None:
     if model.branch is not None:
         calibrated = f"calibrated ({len(info.int8_calibration)} activation ranges)" if info.int8_calibration else "not calibrated: float32 U-Net on a CPU"
         table.add_row("int8 image branch", calibrated)
+    if info.context_patches:
+        table.add_row("attends within", f"{info.context_patches} patches of the patches it rebuilds")
     if info.class_bias:
         table.add_row("class offsets", ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
     table.add_row("package version", info.package_version)

@@ -243,6 +243,21 @@ def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | Non
     return Path(dest)
 
 
+def set_context(path: Path, dest: Path, patches: int, half: bool = True) -> Path:
+    """Copy a checkpoint to `dest` (a file), weights unchanged, its encoder and decoder attending
+    at inference only within `patches` patches of the patches being rebuilt (0: the whole tile;
+    `CheckpointInfo.context_patches`, `model.context_around`). Set it only after measuring the
+    family's damage with and without (`evaluate`): it made `complete` on CamVid val about 10%
+    faster at no measurable cost there, and cost the concrete family a little precision."""
+    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
+
+    if patches < 0:
+        raise LmaeError(f"context patches must be 0 or more, got {patches}")
+    model, info = load_checkpoint(path)
+    save_checkpoint(Path(dest), model, replace(info, context_patches=int(patches)), half=half)
+    return Path(dest)
+
+
 def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> Path:
     """Copy a checkpoint into a family slot of another mask ratio (`dest/mask-<ratio>.safetensors`),
     weights unchanged. The mask ratio is not part of the network: at inference it only sets how

@@ -361,7 +361,7 @@ def predict(
     needed = [item.editable_patches(p, space, overwrite_labeled).to(**to) for item in items]
     tile = info.tile
     autocast = resolve_precision(precision, device) == "bf16"
-    return predict_many(model, images, labels, masks, tile, tiles_per_pass, autocast, hints, needed)
+    return predict_many(model, images, labels, masks, tile, tiles_per_pass, autocast, hints, needed, info.context_patches)
 
 
 def finish(

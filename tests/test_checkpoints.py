@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,39 @@ def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     save_checkpoint(objects, model_b, CheckpointInfo(CONFIG, 0.5, info.label_space, gap_kind="objects"))
     with pytest.raises(LmaeError, match="d.safetensors: kind of gap"):
         average_checkpoints([first, objects])
+
+
+def test_a_checkpoint_can_attend_only_near_the_patches_it_rebuilds(tmp_path):
+    """`families.set_context` copies a checkpoint (weights unchanged) whose encoder and decoder
+    then see only the patches near those being rebuilt (`context_patches`): what lies far away
+    no longer changes the repair, as it does with the whole tile (0, the default)."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.families import set_context
+    from lmae_repair.repair import predict, prepare
+
+    path, model, info = saved(tmp_path)
+    info.training["crop"] = 64
+    save_checkpoint(path, model, info)
+    near_path = set_context(path, tmp_path / "near.safetensors", 1, half=False)
+    near_model, near_info = load_checkpoint(near_path)
+    assert near_info.context_patches == 1 and info.context_patches == 0
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), near_model.state_dict().values()))
+    assert "1 patches of the patches it rebuilds" in CliRunner().invoke(app, ["inspect", str(near_path)]).output
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    label = np.ones((64, 64), np.uint8)
+    label[:8, :8] = 255  # one void patch, top left: the only one rebuilt
+    far_image, far_label = image.copy(), label.copy()
+    far_image[48:, 48:] = 255 - far_image[48:, 48:]
+    far_label[48:, 48:] = 2
+
+    def rebuilt(model, info, image, label):
+        return predict(model, info, [prepare(image, label, info)], "cpu", precision="fp32")[0][:, :8, :8]
+
+    assert torch.allclose(rebuilt(near_model, near_info, image, label), rebuilt(near_model, near_info, far_image, far_label), atol=1e-6)
+    assert not torch.allclose(rebuilt(model, info, image, label), rebuilt(model, info, far_image, far_label), atol=1e-4)
+    with pytest.raises(LmaeError):
+        set_context(path, tmp_path / "bad.safetensors", -1)

@@ -115,10 +115,30 @@ def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, bran
     mask |= needed
     with torch.no_grad():
         full = model(image, label, mask)
-        part = model.forward_patches(image, label, mask, needed)
+        part = model.forward_patches(image, label, mask, needed, context_radius=0)
     by_patch = full.view(2, 5, 4, 8, 6, 8).permute(0, 2, 4, 1, 3, 5)[needed.view(2, 4, 6)]
     assert part.shape == by_patch.shape
     assert torch.allclose(part, by_patch, atol=1e-5)
+
+
+def test_forward_patches_attends_only_within_the_context_of_the_needed_patches():
+    """Inference drops the tokens farther than `context_radius` patches from every needed patch
+    (model.context_around): what lies there no longer changes the rebuilt patches; the whole
+    tile (radius 0) still does."""
+    model = small_model(neighbour_hint=True, refine_channels=4)
+    image, label, mask = inputs(2, 64, 96)  # 8 x 12 patches of 8, the first half hidden
+    needed = torch.zeros_like(mask)
+    needed[:, [0, 13]] = True  # patches (0, 0) and (1, 1): context within 1 patch is rows 0-2, columns 0-2
+    far_rows, far_cols = slice(40, 64), slice(48, 96)  # patch rows 5-7, columns 6-11: visible, far away
+    changed_image, changed_label = image.clone(), label.clone()
+    changed_image[:, :, far_rows, far_cols] = 1.0 - changed_image[:, :, far_rows, far_cols]
+    changed_label[:, far_rows, far_cols] = (changed_label[:, far_rows, far_cols] + 1) % 5
+    with torch.no_grad():
+        near = [model.forward_patches(im, lab, mask, needed, context_radius=1) for im, lab in ((image, label), (changed_image, changed_label))]
+        whole = [model.forward_patches(im, lab, mask, needed, context_radius=0) for im, lab in ((image, label), (changed_image, changed_label))]
+    assert torch.allclose(near[0], near[1], atol=1e-6)
+    assert not torch.allclose(whole[0], whole[1], atol=1e-4)
+    assert not torch.allclose(near[0], whole[0], atol=1e-4)
 
 
 def test_forward_patches_runs_under_bf16_autocast_as_forward_does():
