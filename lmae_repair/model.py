@@ -276,10 +276,13 @@ class ImageBranch(nn.Module):
         return x
 
 
-def one_hot_patch_tokens(weight: torch.Tensor, label: torch.Tensor, patch_size: int) -> torch.Tensor:
+def one_hot_patch_tokens(
+    weight: torch.Tensor, label: torch.Tensor, patch_size: int, used: torch.Tensor | None = None
+) -> torch.Tensor:
     """What a p x p, stride-p convolution with `weight` (D, N, p, p) gives on the one-hot class
     planes of `label` (B, H, W), as tokens (B, L, D), without the bias; void and values >= N are
-    all-zero planes, as in `LabelMAE.class_planes`.
+    all-zero planes, as in `LabelMAE.class_planes`. With `used` (B, L) bool, only the tokens it
+    marks are sure to be right (on a CPU the others may skip their product, below).
 
     Why not the convolution: most patches of a label hold one class (72% on CamVid val), and a
     patch of class c embeds to the sum of the kernel's plane c, looked up from a table; only the
@@ -296,6 +299,8 @@ def one_hot_patch_tokens(weight: torch.Tensor, label: torch.Tensor, patch_size: 
     table = torch.cat([weight.sum((2, 3)).t(), weight.new_zeros(1, d)])  # (N + 1, D)
     tokens = table[patches[..., 0].long()]
     mixed = (patches != patches[..., :1]).any(-1)
+    if used is not None:  # hidden patches' fuse tokens, visible patches' hint tokens: never read
+        mixed &= used
     if bool(mixed.any()):
         planes = F.one_hot(patches[mixed].long(), n + 1)[..., :n].to(weight.dtype)  # (K, p*p, N)
         kernel = weight.permute(0, 2, 3, 1).reshape(d, p * p * n)  # pixel-major, like `planes`
@@ -405,15 +410,16 @@ class LabelMAE(nn.Module):
         normalised = ((image - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return torch.cat([self.class_planes(label, image.dtype), normalised], dim=1)
 
-    def fuse_tokens(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def fuse_tokens(self, image: torch.Tensor, label: torch.Tensor, used: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embeddings of the fuse map (B, L, enc_dim): `fuse_embed` applied to `fuse_map`,
         computed as its image part (a convolution on the 3 image channels) plus its one-hot part
-        (`one_hot_patch_tokens`), which is the same sum without convolving the class planes."""
+        (`one_hot_patch_tokens`), which is the same sum without convolving the class planes; only
+        the tokens marked in `used` (B, L) are sure to be right, when given."""
         n, p = self.config.num_classes, self.config.patch_size
         normalised = (image - self.mean) / self.std
         weight, bias = self.fuse_embed.weight, self.fuse_embed.bias
         image_tokens = F.conv2d(normalised, weight[:, n:], bias, stride=p).flatten(2).transpose(1, 2)
-        return image_tokens + one_hot_patch_tokens(weight[:, :n], label, p).to(image_tokens.dtype)
+        return image_tokens + one_hot_patch_tokens(weight[:, :n], label, p, used).to(image_tokens.dtype)
 
     def forward(
         self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, hint: torch.Tensor | None = None,
@@ -558,11 +564,12 @@ class LabelMAE(nn.Module):
             raise LmaeError(f"mask shape {tuple(mask.shape)} does not match {b}x{grid_h * grid_w} patches")
         mask = mask.bool()
 
-        tokens = self.fuse_tokens(image, label)
+        encoded_patches = ~mask if context is None else ~mask & context
+        tokens = self.fuse_tokens(image, label, encoded_patches)
         # positions in float32: under bf16 autocast the residual stream then stays float32 (each
         # block adds its bf16 update onto a float32 sum), as in the usual ViT recipe
         tokens = tokens.float() + sincos_positions(grid_h, grid_w, self.config.enc_dim, tokens.device, torch.float32)
-        encoded, keep = self._attend_within(tokens, ~mask if context is None else ~mask & context, self.encoder)
+        encoded, keep = self._attend_within(tokens, encoded_patches, self.encoder)
         encoded = self.encoder_norm(encoded)
 
         decoded_visible = self.encoder_to_decoder(encoded)
@@ -577,7 +584,7 @@ class LabelMAE(nn.Module):
         if self.config.neighbour_hint:
             if hint is None:
                 hint = neighbourhood_hint(label, mask, self.config.patch_size, self.config.num_classes)
-            hint_tokens = one_hot_patch_tokens(self.hint_embed.weight, hint, self.config.patch_size) + self.hint_embed.bias
+            hint_tokens = one_hot_patch_tokens(self.hint_embed.weight, hint, self.config.patch_size, mask) + self.hint_embed.bias
             hidden = hidden + hint_tokens.to(slots.dtype)
         x = torch.where(mask.unsqueeze(-1), hidden, slots)
         x = x.float() + sincos_positions(grid_h, grid_w, x.shape[-1], x.device, torch.float32)

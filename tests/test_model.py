@@ -206,7 +206,12 @@ def test_patch_embeddings_of_the_fuse_map_and_hint_equal_the_stack_fuse_convolut
     torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
     grad, expected_grad = (torch.autograd.grad(t.square().sum(), model.fuse_embed.weight)[0] for t in (tokens, expected))
     torch.testing.assert_close(grad, expected_grad, atol=1e-4, rtol=1e-4)
+    used = torch.rand(2, 24) < 0.5  # tokens that will be read (the encoder's, the hidden slots' hints)
+    with torch.no_grad():
+        torch.testing.assert_close(model.fuse_tokens(image, label, used)[used], expected[used], atol=1e-5, rtol=1e-5)
     hint = one_hot_patch_tokens(model.hint_embed.weight, label, 8) + model.hint_embed.bias
+    used_hint = one_hot_patch_tokens(model.hint_embed.weight, label, 8, used) + model.hint_embed.bias
+    torch.testing.assert_close(used_hint[used], hint[used])
     planes = model.class_planes(label, torch.float32)
     torch.testing.assert_close(hint, model.hint_embed(planes).flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
     if torch.cuda.is_available():  # the GPU's path (a convolution) gives the same
