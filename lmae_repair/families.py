@@ -212,13 +212,13 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
     from lmae_repair.data import discover
     from lmae_repair.quantise import calibrate
-    from lmae_repair.train import calibration_images
+    from lmae_repair.train import calibration_crops
 
     model, info = load_checkpoint(path)
     if model.branch is None:
         return 0
-    images = calibration_images(discover(Path(data), split).pairs, info.tile)
-    info.int8_calibration = calibrate(model, images)
+    images, labels = calibration_crops(discover(Path(data), split).pairs, info.tile)
+    info.int8_calibration = calibrate(model, images, labels)
     save_checkpoint(Path(path), model, info, half=half)
     return len(info.int8_calibration)
 

@@ -232,7 +232,7 @@ def predict_many(
         ]
     else:
         hints = [None] * len(images)
-    features = whole_image_features(model, images, autocast) if needed is not None else FeatureTable.none(len(images))
+    features = whole_image_features(model, images, autocast, labels) if needed is not None else FeatureTable.none(len(images))
     grid_masks = [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(masks, images)]
     grid_needed = None if needed is None else [m.view(im.shape[1] // p, im.shape[2] // p) for m, im in zip(needed, images)]
     probs = [torch.zeros(n, *im.shape[1:], device=im.device) for im in images]
@@ -362,7 +362,9 @@ WHOLE_IMAGE_BRANCH_PIXELS = 600_000
 
 
 @torch.no_grad()
-def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: bool = False) -> FeatureTable:
+def whole_image_features(
+    model: LabelMAE, images: list[torch.Tensor], autocast: bool = False, labels: list[torch.Tensor] | None = None,
+) -> FeatureTable:
     """The image branch's features of each whole image, written straight into one table of pixel
     rows in the dtype the refiner runs in (none for images above WHOLE_IMAGE_BRANCH_PIXELS, and
     for models without a branch), for the tiles to share (`WholeImageFeatures`).
@@ -377,12 +379,13 @@ def whole_image_features(model: LabelMAE, images: list[torch.Tensor], autocast: 
         firsts.append(rows if fits else None)
         rows += height * width if fits else 0
     table = None
-    for image, first, (height, width) in zip(images, firsts, sizes):
+    labels = labels if labels is not None else [None] * len(images)
+    for image, label, first, (height, width) in zip(images, labels, firsts, sizes):
         if first is None:
             continue
         image = image.float().div_(255.0) if image.dtype == torch.uint8 else image
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
-            whole = model.image_features(image[None])[0]  # (w, H, W)
+            whole = model.image_features(image[None], None if label is None else label[None])[0]  # (w, H, W)
         if table is None:
             table = whole.new_empty(rows, whole.shape[0], dtype=torch.bfloat16 if autocast else whole.dtype)
         table[first : first + height * width].view(height, width, -1).copy_(whole.permute(1, 2, 0))

@@ -62,7 +62,7 @@ def _observed(branch: ImageBranch) -> tuple[nn.Module, list[tuple[list[str], nn.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         features = _Features(copy.deepcopy(branch).float().cpu().eval())
-        example = (torch.zeros(1, 3, 4 * ImageBranch.MULTIPLE, 4 * ImageBranch.MULTIPLE),)
+        example = (torch.zeros(1, branch.down[0][0].in_channels, 4 * ImageBranch.MULTIPLE, 4 * ImageBranch.MULTIPLE),)
         observed = quantization.quantize_fx.prepare_fx(features, quantization.get_default_qconfig_mapping(BACKEND), example)
     names: dict[int, list[str]] = {}
     modules = {}
@@ -81,17 +81,28 @@ def _range(observer: nn.Module) -> list[float]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, images: list[torch.Tensor]) -> list[list[float]]:
+def calibrate(model: nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> list[list[float]]:
     """The range of each activation of `model`'s U-Net on `images` ((3, H, W) in [0, 1], sides
     multiples of ImageBranch.MULTIPLE), as PyTorch's default x86 observers choose it (from
-    histograms, so that a few outlying values do not spread the range); [] without a branch."""
-    if getattr(model, "branch", None) is None or not images:
+    histograms, so that a few outlying values do not spread the range); [] without a branch.
+    A U-Net that reads the labels (`ModelConfig.branch_reads_labels`) is measured on `images`
+    with their `labels` ((H, W) class indices); [] without them."""
+    branch = getattr(model, "branch", None)
+    if branch is None or not images or (reads_labels(branch) and not labels):
         return []
-    observed, observers = _observed(model.branch)
+    observed, observers = _observed(branch)
     mean, std = model.mean.float().cpu(), model.std.float().cpu()
-    for image in images:
-        observed((image[None].float().cpu() - mean) / std)
+    for i, image in enumerate(images):
+        normalised = (image[None].float().cpu() - mean) / std
+        if reads_labels(branch):
+            normalised = model.branch_input(normalised, labels[i][None].cpu())  # reads no weights
+        observed(normalised)
     return [_range(observer) for _, observer in observers]
+
+
+def reads_labels(branch: ImageBranch) -> bool:
+    """Whether the U-Net also reads label planes (`ModelConfig.branch_reads_labels`)."""
+    return branch.down[0][0].in_channels != 3
 
 
 def union(calibrations: list[list[list[float]]]) -> list[list[float]]:

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -76,6 +77,7 @@ class TrainOptions:
     preset: str = "tiny"
     patch_size: int | None = None
     image_branch: int | None = None  # None: the --init checkpoint's, else none
+    branch_reads_labels: bool | None = None  # None: the --init checkpoint's, else False
     epochs: int = 50
     batch_size: int = 16
     crop: int = 224
@@ -194,7 +196,7 @@ def train_one_ratio(
         f"{len(data.val_pairs)} validation pairs, device {device}{processes}"
     )
     use_amp = device.type == "cuda"
-    calibration = calibration_images(data.train_pairs, options.crop) if config.image_branch and ranks.is_main else []
+    calibration = calibration_crops(data.train_pairs, options.crop) if config.image_branch and ranks.is_main else ([], [])
     with training_progress(console, disable=not ranks.is_main) as progress:
         task = progress.add_task(
             f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0
@@ -234,7 +236,7 @@ def train_one_ratio(
                 state.best_score = score
             if ranks.is_main:
                 info = checkpoint_info(model, ratio, data, options, state, record, device, ranks)
-                info.int8_calibration = calibrate(model, calibration)
+                info.int8_calibration = calibrate(model, *calibration)
                 save_epoch(folder, model, optimizer, plateau, state, improved, info, options.keep_epochs)
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
@@ -242,12 +244,18 @@ def train_one_ratio(
 
 
 def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
-    """The `--preset` model for this label space. Without `--image-branch`, an `--init`
-    checkpoint's image branch is kept: fine-tuning must not drop what it learned."""
-    image_branch = options.image_branch
-    if image_branch is None and options.init is not None:
-        image_branch = read_info(options.init).model.image_branch or None
-    config = preset_config(options.preset, space.num_classes, patch_size=options.patch_size, image_branch=image_branch)
+    """The `--preset` model for this label space. Without `--image-branch` (and
+    `--branch-reads-labels`), an `--init` checkpoint's image branch (and what it reads) is kept:
+    fine-tuning must not drop what it learned."""
+    image_branch, reads_labels = options.image_branch, options.branch_reads_labels
+    if options.init is not None:
+        init_model = read_info(options.init).model
+        image_branch = image_branch if image_branch is not None else init_model.image_branch or None
+        reads_labels = reads_labels if reads_labels is not None else init_model.branch_reads_labels
+    if reads_labels and not image_branch:
+        raise LmaeError("--branch-reads-labels needs an image branch: add --image-branch 16 (or --init a checkpoint with one)")
+    config = preset_config(options.preset, space.num_classes, patch_size=options.patch_size, image_branch=image_branch,
+                           branch_reads_labels=reads_labels or None)
     if options.crop % config.patch_size:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
     return LabelMAE(config)
@@ -303,23 +311,27 @@ def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improve
 CALIBRATION_PAIRS = 8  # training images whose central crop calibrates an int8 U-Net
 
 
-def calibration_images(pairs: list[Pair], crop: int) -> list[torch.Tensor]:
-    """The central `crop` x `crop` window (zero-padded where the image is smaller), in [0, 1], of
-    the first CALIBRATION_PAIRS readable training images: what `quantise.calibrate` measures the
-    image branch's activation ranges on when a checkpoint is saved. The same images every epoch,
-    so that only the weights change the ranges."""
-    images = []
+def calibration_crops(pairs: list[Pair], crop: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The central `crop` x `crop` window (zero-padded where the image is smaller, void-padded
+    in the label), in [0, 1], of the first CALIBRATION_PAIRS readable training images, and the
+    same windows of their labels: what `quantise.calibrate` measures the image branch's
+    activation ranges on when a checkpoint is saved (the labels only for a branch that reads
+    them). The same crops every epoch, so that only the weights change the ranges."""
+    images, labels = [], []
     for pair in pairs:
         if len(images) == CALIBRATION_PAIRS:
             break
         try:
-            image = read_pair(pair)[0]
+            image, label = read_pair(pair)
         except LmaeError:
             continue
         top, left = max((image.shape[0] - crop) // 2, 0), max((image.shape[1] - crop) // 2, 0)
         window = torch.from_numpy(image[top : top + crop, left : left + crop].copy()).permute(2, 0, 1).float() / 255.0
-        images.append(torch.nn.functional.pad(window, (0, crop - window.shape[2], 0, crop - window.shape[1])))
-    return images
+        pad = (0, crop - window.shape[2], 0, crop - window.shape[1])
+        images.append(torch.nn.functional.pad(window, pad))
+        label_window = torch.from_numpy(label.values[top : top + crop, left : left + crop].astype(np.int64))
+        labels.append(torch.nn.functional.pad(label_window, pad, value=255))  # beyond the image: void (>= N)
+    return images, labels
 
 
 def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
@@ -327,9 +339,15 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
 
     A checkpoint without an image branch may start a model with one (`--image-branch`): the
     branch starts fresh and the refiner's weights for its features start at zero, so training
-    starts from exactly the checkpoint's predictions."""
+    starts from exactly the checkpoint's predictions. Likewise a branch that reads the image only
+    may start one that also reads the labels (`--branch-reads-labels`): the U-Net's first
+    convolution gets zero weights for the label planes."""
     source, info = load_checkpoint(path)
-    grows_branch = not info.model.image_branch and replace(info.model, image_branch=model.config.image_branch) == model.config
+    mine = model.config
+    grows_branch = not info.model.image_branch and replace(info.model, image_branch=mine.image_branch) == replace(mine, branch_reads_labels=False)
+    grows_labels = (not info.model.branch_reads_labels and info.model.image_branch == mine.image_branch
+                    and replace(info.model, branch_reads_labels=mine.branch_reads_labels) == mine)
+    grows_branch = grows_branch or grows_labels
     if not info.label_space.same_classes(space):  # first: no option fixes it
         raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()}); "
                         "a checkpoint can only start a model of the same classes")
@@ -342,7 +360,7 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
         target = weights[name]
         if target.shape == tensor.shape:
             target.copy_(tensor)
-        else:  # the refiner's first convolution, grown by the branch's feature channels
+        else:  # the refiner's (or the U-Net's) first convolution, grown by new input channels
             target.zero_()
             target[:, : tensor.shape[1]].copy_(tensor)
     model.load_state_dict(weights)
@@ -385,6 +403,15 @@ def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, dev
     )
 
 
+def branch_view(input_label: torch.Tensor, pixel_mask: torch.Tensor, strategies: list[str], num_classes: int) -> torch.Tensor:
+    """The label a branch that reads labels sees in training (model.LabelMAE.branch_input): the
+    input label, with the hidden patches void (`num_classes`) in the samples whose strategy hides
+    true labels (random, label-first, background-first), so that it never copies the answer; the
+    objects strategy's input is a damaged label, as at inference, and is seen whole."""
+    hides_truth = torch.tensor([name != "objects" for name in strategies], device=input_label.device)
+    return torch.where(hides_truth[:, None, None] & pixel_mask, num_classes, input_label)
+
+
 def run_epoch(model, loader, optimizer, weights, ratio, options, space, generator, device, use_amp, warmup, state, progress, task):
     """One pass over the training data; returns (mean loss, images seen)."""
     model.train()
@@ -396,17 +423,20 @@ def run_epoch(model, loader, optimizer, weights, ratio, options, space, generato
         image = image.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
         objects = objects.to(device, non_blocking=True)
-        input_label, mask, _ = mixed_training_mask(label, objects, p, space, ratio, options.mask_mix, generator)
+        input_label, mask, strategies = mixed_training_mask(label, objects, p, space, ratio, options.mask_mix, generator)
         pixel_mask = expand_patch_mask(mask, (label.shape[1] // p, label.shape[2] // p), p)
         set_warmup_lr(optimizer, state.step, warmup, options.lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             if has_branch:
-                logits, branch_logits = model(image, input_label, mask, with_branch_logits=True)
+                seen = branch_view(input_label, pixel_mask, strategies, config.num_classes) if config.branch_reads_labels else None
+                logits, branch_logits = model(image, input_label, mask, with_branch_logits=True, branch_label=seen)
             else:
                 logits = model(image, input_label, mask)
         loss = lmae_loss(logits, label, weights, pixel_mask)
         if has_branch:  # the image branch also learns to segment the whole crop from the image alone
-            loss = loss + BRANCH_LOSS_WEIGHT * lmae_loss(branch_logits, label, weights)
+            # (or, reading the visible labels, the hidden patches: the rest it could copy)
+            branch_pixels = pixel_mask if config.branch_reads_labels else None
+            loss = loss + BRANCH_LOSS_WEIGHT * lmae_loss(branch_logits, label, weights, branch_pixels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

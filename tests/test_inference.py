@@ -69,19 +69,24 @@ def test_an_image_of_one_tile_gets_the_model_output_itself():
     torch.testing.assert_close(probs, model(image[None], label[None], mask[None]).softmax(1)[0], atol=1e-5, rtol=1e-5)
 
 
-def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(monkeypatch):
+@pytest.mark.parametrize("reads_labels", [False, True])
+def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(monkeypatch, reads_labels):
     """Tiles take their U-Net features from one pass over the whole image (inference.
     whole_image_features). With a branch that looks at each pixel alone (a 1x1 convolution),
     whole-image and per-tile features are the same numbers, so a tile fed the wrong part of the
-    whole image's features would change the prediction."""
+    whole image's features (or a branch that reads labels another tile's labels) would
+    change the prediction."""
     import lmae_repair.inference as inference
 
     torch.manual_seed(0)
     config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16,
-                         dec_heads=2, neighbour_hint=True, refine_channels=4, image_branch=4)
+                         dec_heads=2, neighbour_hint=True, refine_channels=4, image_branch=4, branch_reads_labels=reads_labels)
     model = LabelMAE(config).eval()
-    assert inference.whole_image_features(model, [torch.rand(3, 48, 88)]).image(0).shape == (48, 88, 4)  # pixel rows
-    model.branch = torch.nn.Conv2d(3, 4, 1)  # pointwise: no context, so no difference where tiles meet
+    some_label = torch.zeros(48, 88, dtype=torch.long)
+    features = inference.whole_image_features(model, [torch.rand(3, 48, 88)], labels=[some_label])
+    assert features.image(0).shape == (48, 88, 4)  # pixel rows
+    inputs = 3 + (3 + 1 if reads_labels else 0)
+    model.branch = torch.nn.Conv2d(inputs, 4, 1)  # pointwise: no context, so no difference where tiles meet
     torch.nn.init.normal_(model.refine.layers[-1].weight, std=1.0)  # make the refiner read the features
     generator = torch.Generator().manual_seed(2)
     image = torch.rand(3, 48, 88, generator=generator)  # 2 x 3 overlapping tiles of 32
@@ -90,7 +95,7 @@ def test_the_image_branch_run_on_the_whole_image_feeds_each_tile_its_own_part(mo
     with torch.no_grad():
         whole = predict_many(model, [image], [label], [mask], 32, needed=[mask])[0]
         monkeypatch.setattr(inference, "WHOLE_IMAGE_BRANCH_PIXELS", 0)  # the tile-by-tile path
-        assert inference.whole_image_features(model, [image]).image(0) is None
+        assert inference.whole_image_features(model, [image], labels=[label]).image(0) is None
         tiled = predict_many(model, [image], [label], [mask], 32, needed=[mask])[0]
     torch.testing.assert_close(whole, tiled, atol=1e-5, rtol=1e-5)
 

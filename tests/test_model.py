@@ -100,11 +100,13 @@ def test_presets_tiny_is_small_and_base_has_the_paper_dimensions():
         preset_config("huge", 21)
 
 
-@pytest.mark.parametrize("hint,refine,branch", [(True, 4, 0), (False, 4, 0), (True, 0, 0), (True, 4, 4)])
-def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, branch):
+@pytest.mark.parametrize("hint,refine,branch,reads_labels", [
+    (True, 4, 0, False), (False, 4, 0, False), (True, 0, 0, False), (True, 4, 4, False), (True, 4, 4, True),
+])
+def test_forward_patches_equals_forward_on_the_needed_patches(hint, refine, branch, reads_labels):
     """Inference computes only the patches it will use: the same logits there, image borders and
     corners included (the refiner's margin leaves the tile)."""
-    model = small_model(neighbour_hint=hint, refine_channels=refine, image_branch=branch)
+    model = small_model(neighbour_hint=hint, refine_channels=refine, image_branch=branch, branch_reads_labels=reads_labels)
     if refine:  # a trained refiner is not zero
         for layer in model.refine.layers:
             if isinstance(layer, torch.nn.Conv2d):
@@ -190,6 +192,29 @@ def test_the_image_branch_changes_the_output_and_gives_its_own_logits():
         plain(image, label, mask, with_branch_logits=True)
     with pytest.raises(LmaeError):
         ModelConfig(num_classes=5, image_branch=4)  # without a refiner the features go nowhere
+
+
+def test_a_branch_that_reads_labels_gets_one_plane_per_class_and_one_for_no_class():
+    model = small_model(refine_channels=4, image_branch=4, branch_reads_labels=True)
+    with pytest.raises(LmaeError, match="image branch"):
+        ModelConfig(num_classes=5, refine_channels=4, branch_reads_labels=True)
+    image, label, mask = inputs(1, 32, 32)
+    label[0, 0, :4] = 255  # void, whatever its value
+    normalised = (image - model.mean) / model.std
+    planes = model.branch_input(normalised, label)
+    assert planes.shape == (1, 3 + 5 + 1, 32, 32)
+    assert torch.equal(planes[:, :3], normalised) and torch.equal(planes[:, 3:].sum(1), torch.ones(1, 32, 32))
+    assert torch.equal(planes[0, 3:].argmax(0), label[0].clamp(max=5))  # void (5 or 255): the last plane
+    features = model.image_features(image, label)
+    changed = label.clone()
+    changed[0, :8, :8] = (changed[0, :8, :8] + 1) % 5
+    assert not torch.allclose(model.image_features(image, changed), features, atol=1e-4)
+    torch.nn.init.normal_(model.refine.layers[-1].weight, std=0.2)  # a trained refiner reads the features
+    with torch.no_grad():  # the branch reads `branch_label` where training gives one, else the label
+        assert torch.equal(model(image, label, mask), model(image, label, mask, branch_label=label))
+        assert not torch.allclose(model(image, label, mask), model(image, label, mask, branch_label=changed), atol=1e-4)
+    with pytest.raises(LmaeError, match="reads the labels"):
+        model.image_features(image)
 
 
 def test_patch_embeddings_of_the_fuse_map_and_hint_equal_the_stack_fuse_convolution():

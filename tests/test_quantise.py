@@ -47,6 +47,26 @@ def test_int8_u_net_gives_features_close_to_the_float_one():
     assert quantised_branch(model.branch, calibration[:-1]) is None  # another architecture's
 
 
+def test_a_u_net_that_reads_labels_is_calibrated_on_labelled_crops_and_runs_in_int8_close_to_float():
+    torch.manual_seed(0)
+    model = LabelMAE(ModelConfig(**{**CONFIG.to_dict(), "branch_reads_labels": True}))
+    images = smooth_images(6)
+    labels = [torch.randint(0, 4, (32, 40)) for _ in images]  # 3 = void
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.branch(model.branch_input((torch.stack(images[:4]) - model.mean) / model.std, torch.stack(labels[:4])))
+    model.eval()
+    assert calibrate(model, images) == []  # without labels a label-reading U-Net cannot be measured
+    calibration = calibrate(model, images, labels)
+    int8 = quantised_branch(model.branch, calibration)
+    assert isinstance(int8, Int8UNet)
+    inputs = model.branch_input((torch.stack(images[:3]) - model.mean) / model.std, torch.stack(labels[:3]))
+    with torch.no_grad():
+        expected, got = model.branch(inputs), int8(inputs)
+    assert (got - expected).norm() / expected.norm() < 0.15
+
+
 def fx_int8_u_net(branch: ImageBranch, calibration: list[list[float]]) -> torch.nn.Module:
     """PyTorch's own static quantisation (FX graph mode) of the U-Net at the calibrated ranges:
     the reference `Int8UNet` must match (it was the implementation until 2026-11-23)."""

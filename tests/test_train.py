@@ -251,6 +251,46 @@ def test_image_branch_grows_from_a_checkpoint_without_one_and_starts_from_its_pr
     assert other.exit_code == 2 and "--image-branch" in other.output
 
 
+def test_a_branch_grows_to_read_the_labels_starting_from_its_predictions_and_complete_uses_it(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0", "--epochs", "1"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "a"), "--image-branch", "4"]).exit_code == 0
+    start = tmp_path / "a" / "mask-0.50" / "last.safetensors"
+    grown = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--init", str(start), "--branch-reads-labels", "--lr", "1e-12"])
+    assert grown.exit_code == 0, grown.output
+    before, _ = load_checkpoint(start)
+    after, info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")
+    assert info.model.branch_reads_labels and info.model.image_branch == 4
+    assert quantised_branch(after.branch, info.int8_calibration) is not None  # calibrated with labels, for int8 on a CPU
+    image, label = torch.rand(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
+    mask = torch.rand(1, 16) < 0.5
+    with torch.no_grad():
+        assert torch.allclose(before.float()(image, label, mask), after.float()(image, label, mask), atol=1e-3)
+    grown_file = tmp_path / "b" / "mask-0.50" / "last.safetensors"
+    inspected = runner.invoke(app, ["inspect", str(grown_file)])
+    assert inspected.exit_code == 0 and "visible labels" in inspected.output
+    tuned = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(grown_file)])
+    assert tuned.exit_code == 0, tuned.output  # fine-tuning keeps what the branch reads
+    assert load_checkpoint(tmp_path / "c" / "mask-0.50" / "last.safetensors")[1].model.branch_reads_labels
+    completed = runner.invoke(app, ["complete", str(root), "--models", str(grown_file), "--out", str(tmp_path / "done")])
+    assert completed.exit_code == 0, completed.output
+    assert len(list((tmp_path / "done").rglob("*.png"))) == 6
+    no_branch = runner.invoke(app, args + ["--out", str(tmp_path / "d"), "--branch-reads-labels"])
+    assert no_branch.exit_code == 2 and "--image-branch" in no_branch.output
+
+
+def test_a_branch_that_reads_labels_never_sees_the_true_labels_of_patches_hidden_by_a_patch_strategy():
+    from lmae_repair.train import branch_view
+
+    label = torch.randint(0, 4, (3, 16, 16))
+    hidden = torch.zeros(3, 16, 16, dtype=torch.bool)
+    hidden[:, :8] = True
+    seen = branch_view(label, hidden, ["random", "objects", "background-first"], num_classes=5)
+    assert (seen[0][:8] == 5).all() and (seen[2][:8] == 5).all()  # void: no class
+    assert torch.equal(seen[1], label[1])  # the objects strategy's input is a damaged label, seen whole
+    assert torch.equal(seen[:, 8:], label[:, 8:])
+
+
 def test_kept_epochs_average_into_a_checkpoint_that_complete_uses(tmp_path):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     out = tmp_path / "run"
