@@ -103,7 +103,7 @@ def train(
     preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 7-10M parameters) or base (the paper's, 240-255M; both grow with the number of classes)."),
     patch_size: Optional[int] = typer.Option(None, min=2, max=128, help="Patch size in pixels (default 16)."),
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
-    branch_reads_labels: Optional[bool] = typer.Option(None, "--branch-reads-labels/--branch-reads-image-only", help="The image branch's U-Net also reads the visible labels, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's, else image only; --init of an image-only branch grows it."),
+    branch_reads_labels: Optional[bool] = typer.Option(None, "--branch-reads-labels/--branch-reads-image-only", help="The image branch's U-Net also reads the label, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's, else image only; --init of an image-only branch grows it."),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
     crop: int = typer.Option(224, min=16, help="Training crop size; inference runs in tiles of this size."),
@@ -814,7 +814,7 @@ def print_checkpoint(checkpoint: Path) -> None:
         averaged = info.training["averaged_from"]
         table.add_row("averaged", f"weights of {len(averaged)} checkpoints: {Path(averaged[0]).name} ... {Path(averaged[-1]).name}")
     if model.branch is not None:
-        table.add_row("image branch", "reads the image and the visible labels" if info.model.branch_reads_labels else "reads the image")
+        table.add_row("image branch", "reads the image and the label" if info.model.branch_reads_labels else "reads the image")
         calibrated = f"calibrated ({len(info.int8_calibration)} activation ranges)" if info.int8_calibration else "not calibrated: float32 U-Net on a CPU"
         table.add_row("int8 image branch", calibrated)
     if info.context_patches:

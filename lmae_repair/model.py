@@ -67,7 +67,7 @@ class ModelConfig:
     neighbour_hint: bool = False
     refine_channels: int = 0  # width of the pixel-level refinement convolutions; 0 = none
     image_branch: int = 0  # width of the image U-Net's first level (features for the refiner); 0 = none
-    branch_reads_labels: bool = False  # the U-Net also reads the visible labels (`LabelMAE.branch_input`)
+    branch_reads_labels: bool = False  # the U-Net also reads the label per pixel (`LabelMAE.branch_input`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,7 +250,7 @@ class ImageBranch(nn.Module):
     """A small U-Net over the normalised image (`image_branch`, see the module docstring): three
     poolings, widths w, 2w, 4w, 6w; returns w features per pixel. `head` gives class logits from
     them for the auxiliary training loss only. With `label_planes`, its input also has that many
-    planes of the visible labels after the image's 3 channels (`LabelMAE.branch_input`)."""
+    planes of the label after the image's 3 channels (`LabelMAE.branch_input`)."""
 
     MULTIPLE = 8  # input sides must be multiples of 2 ** (number of poolings)
 

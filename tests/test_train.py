@@ -268,7 +268,7 @@ def test_a_branch_grows_to_read_the_labels_starting_from_its_predictions_and_com
         assert torch.allclose(before.float()(image, label, mask), after.float()(image, label, mask), atol=1e-3)
     grown_file = tmp_path / "b" / "mask-0.50" / "last.safetensors"
     inspected = runner.invoke(app, ["inspect", str(grown_file)])
-    assert inspected.exit_code == 0 and "visible labels" in inspected.output
+    assert inspected.exit_code == 0 and "reads the image and the label" in inspected.output
     tuned = runner.invoke(app, args + ["--out", str(tmp_path / "c"), "--init", str(grown_file)])
     assert tuned.exit_code == 0, tuned.output  # fine-tuning keeps what the branch reads
     assert load_checkpoint(tmp_path / "c" / "mask-0.50" / "last.safetensors")[1].model.branch_reads_labels
