@@ -9,9 +9,12 @@ Three kinds of evidence, each giving reasons a curator can check:
   other label has but this one lacks;
 - **the model's evidence**: the pair is repaired in memory exactly as `complete` would repair it;
   the pixels it would change (background or void where the model sees an annotated class) are the
-  *suspect pixels*, and their share is compared with the rest of the dataset the same way.
+  *suspect pixels*, and their share is compared with the rest of the dataset the same way; so is
+  the share of *separate* suspect pixels, those in regions touching no pixel the label already
+  gives their class (`separate_suspects`): a whole object the annotator missed, rather than an
+  annotated region the model would draw a little wider, so they count twice.
 
-Score: the positive parts of the z-scores are summed (plus 2 per missing common class) into
+Score: the positive parts of the three z-scores are summed (plus 2 per missing common class) into
 `evidence`, and score = 1 - exp(-evidence / 4), in [0, 1): a label like the median scores 0, one
 standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed from 2 deviations.
 Rows are ranked by the evidence itself, file defects first: on a large, mostly clean dataset the
@@ -34,6 +37,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -76,7 +80,7 @@ def new_row(key: str, image: str | None) -> dict:
     """A row before anything is measured: counts None (null in the JSON, empty in the CSV), so
     that a pair that could not be read never looks like a clean one with 0 suspect pixels."""
     return {"label": key, "image": image, "score": 0.0, "evidence": None, "reasons": [], "suspect_pixels": None, "pixels": None,
-            "missing_share": None, "suspect_share": None, "classes": [], "defect": False, "error": None}
+            "missing_share": None, "suspect_share": None, "separate_share": None, "classes": [], "defect": False, "error": None}
 
 
 def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
@@ -109,21 +113,27 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
         return
     missing = np.array([row["missing_share"] for row in usable])
     suspect = np.array([row["suspect_share"] or 0.0 for row in usable])  # None: no model measured it
-    z_missing, z_suspect = robust_z(missing, 0.01), robust_z(suspect, 0.001)
+    separate = np.array([row["separate_share"] or 0.0 for row in usable])
+    z_missing, z_suspect, z_separate = robust_z(missing, 0.01), robust_z(suspect, 0.001), robust_z(separate, 0.001)
     presence = np.zeros(space.num_classes)
     for row in usable:
         presence[row["classes"]] += 1
     presence /= len(usable)
     common = [c for c in range(space.num_classes) if presence[c] >= COMMON_CLASS and c != space.background_id]
-    for row, zm, zs in zip(usable, z_missing, z_suspect):
+    for row, zm, zs, zp in zip(usable, z_missing, z_suspect, z_separate):
         absent = [c for c in common if c not in row["classes"]]
-        evidence = max(zm, 0.0) + max(zs, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
+        evidence = max(zm, 0.0) + max(zs, 0.0) + max(zp, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
         row["score"] = round(1.0 - math.exp(-evidence / SCALE), 4)
         row["evidence"] = round(evidence, 3)
         if zs >= REASON_FROM:
             row["reasons"].append(
                 f"model sees annotated classes where {row['suspect_share']:.1%} of the label is background/void "
                 f"(dataset median {np.median(suspect):.1%})"
+            )
+        if zp >= REASON_FROM:
+            row["reasons"].append(
+                f"model sees whole objects the label lacks: {row['separate_share']:.1%} of it, in regions touching no "
+                f"annotation of their class (dataset median {np.median(separate):.1%})"
             )
         if zm >= REASON_FROM:
             row["reasons"].append(f"background/void covers {row['missing_share']:.1%} (dataset median {np.median(missing):.1%})")
@@ -190,8 +200,9 @@ def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
     same files and settings (`keys`: each pair's current resume key). A line cut short by a kill
     is skipped, and that pair measured again."""
     done: dict[str, dict] = {}
+    fields = set(new_row("", None))  # a journal of an older version lacks some: measured again
     for row in read_json_lines(journal):
-        if keys.get(row.get("label")) == row.get("resume_key"):
+        if keys.get(row.get("label")) == row.get("resume_key") and fields <= set(row):
             done[row["label"]] = {key: value for key, value in row.items() if key != "resume_key"}
     return done
 
@@ -258,10 +269,29 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
         row.update(suspect_pixels=None)
         return row
     suspect = values != original
-    row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5))
+    row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5),
+               separate_share=round(float(separate_suspects(original, values).mean()), 5))
     if options.heatmaps is not None and suspect.any():
         write_heatmap(options.heatmaps, item, values, space)
     return row
+
+
+def separate_suspects(original: np.ndarray, repaired: np.ndarray) -> np.ndarray:
+    """The suspect pixels (changed by the repair) in regions of one new class that touch no pixel
+    the label already gives that class, 8-connected: where the model sees an object the annotator
+    missed altogether, not an annotated one it would draw wider or finish. On labels with
+    objects erased, counting these beside all suspect pixels put more of the broken ones first
+    (`benchmarks/audit_ranking.py`, README "Audit")."""
+    separate = np.zeros(original.shape, bool)
+    suspect = repaired != original
+    for cls in np.unique(repaired[suspect]):
+        count, regions = cv2.connectedComponents((suspect & (repaired == cls)).astype(np.uint8), connectivity=8)
+        if count < 2:
+            continue
+        beside_class = cv2.dilate((original == cls).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        touching = np.unique(regions[beside_class])
+        separate |= (regions > 0) & ~np.isin(regions, touching[touching > 0])
+    return separate
 
 
 def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: LabelSpace) -> None:
@@ -276,7 +306,8 @@ def heatmap_path(folder: Path, key: str) -> Path:
     return (folder / key).with_suffix(".png")
 
 
-PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share")
+PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share",
+                 "separate_share")
 
 
 def public(row: dict) -> dict:

@@ -187,6 +187,35 @@ def test_in_a_mostly_clean_dataset_the_worst_labels_still_come_first_where_score
     assert ranked[:4] == ["labels/zzzz.png", "labels/0002.png", "labels/0003.png", "labels/0001.png"]
 
 
+def test_a_whole_missed_object_is_told_from_an_annotated_region_drawn_wider():
+    """Suspect pixels that touch an annotation of their class widen it; a region that touches none
+    is an object the annotator missed, and a label with one outranks a label whose suspect pixels
+    are as many but only widen what is there."""
+    from lmae_repair.audit import new_row, rank_key, score_rows, separate_suspects
+    from lmae_repair.labelspace import LabelSpace
+
+    label = np.zeros((40, 40), np.uint8)
+    label[5:15, 5:15] = 1  # an annotated object of class 1
+    repaired = label.copy()
+    repaired[5:15, 15:18] = 1  # the same object drawn 3 pixels wider
+    repaired[25:35, 25:35] = 1  # a whole class-1 object the label lacks
+    repaired[15:18, 5:10] = 2  # a class-2 region beside the class-1 object: no class 2 annotated there
+    separate = separate_suspects(label, repaired)
+    assert separate[25:35, 25:35].all() and separate[15:18, 5:10].all()
+    assert not separate[5:15, 15:18].any() and separate.sum() == 100 + 15
+
+    rows = []
+    for i in range(50):
+        row = new_row(f"labels/{i:02d}.png", None)
+        row.update(missing_share=0.9, suspect_share=0.0, separate_share=0.0, pixels=1600, classes=[0, 1])
+        rows.append(row)
+    rows[1].update(suspect_share=0.03, separate_share=0.0)  # wider
+    rows[2].update(suspect_share=0.03, separate_share=0.03)  # a missed object
+    score_rows(rows, LabelSpace(3, background_id=0, void_id=255))
+    assert [row["label"] for row in sorted(rows, key=rank_key)][:2] == ["labels/02.png", "labels/01.png"]
+    assert any("whole objects the label lacks" in reason for reason in rows[2]["reasons"])
+
+
 def interrupt_audit(root, checkpoints, options, journal, after: int, space=None):
     """An audit stopped as Ctrl-C would stop it, after `after` pairs."""
     import pytest
