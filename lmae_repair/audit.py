@@ -281,13 +281,11 @@ def separate_suspects(original: np.ndarray, repaired: np.ndarray) -> np.ndarray:
     the label already gives that class, 8-connected: where the model sees an object the annotator
     missed altogether, not an annotated one it would draw wider or finish. On labels with
     objects erased, counting these beside all suspect pixels put more of the broken ones first
-    (`benchmarks/audit_ranking.py`, README "Audit")."""
+    (`benchmarks/audit_ranking.py`, README "Auditing a dataset")."""
     separate = np.zeros(original.shape, bool)
     suspect = repaired != original
     for cls in np.unique(repaired[suspect]):
-        count, regions = cv2.connectedComponents((suspect & (repaired == cls)).astype(np.uint8), connectivity=8)
-        if count < 2:
-            continue
+        _, regions = cv2.connectedComponents((suspect & (repaired == cls)).astype(np.uint8), connectivity=8)
         beside_class = cv2.dilate((original == cls).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         touching = np.unique(regions[beside_class])
         separate |= (regions > 0) & ~np.isin(regions, touching[touching > 0])
