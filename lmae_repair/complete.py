@@ -25,6 +25,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -34,7 +35,7 @@ from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_p
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
-from lmae_repair.repair import Prepared, finish, has_annotation, predict, route_and_prepare
+from lmae_repair.repair import Prepared, class_probabilities, finish_from, has_annotation, predict, route_and_prepare
 from lmae_repair.report import report_totals, write_html_report, write_json_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
@@ -289,6 +290,9 @@ class Completer:
 
     checkpoints: list[tuple[Path, CheckpointInfo]]
     options: CompleteOptions
+    # called with (prepared pair, its `class_probabilities`, checkpoint info) after each repair;
+    # what it returns is added to the pair's entry (`audit` measures the model's evidence there)
+    measure: Callable[[Prepared, torch.Tensor, CheckpointInfo], dict] | None = None
     _models: dict = field(default_factory=dict)
 
     def model(self, index: int):
@@ -346,7 +350,10 @@ class Completer:
                         self.precision, self.options.overwrite_labeled)
         results = {}
         for item, prob in zip(chunk, probs):
-            result = finish(item.prepared, prob, info, self.options.overwrite_labeled, self.options.min_confidence)
+            chosen = class_probabilities(item.prepared, prob, info)
+            result = finish_from(item.prepared, chosen, info, self.options.overwrite_labeled, self.options.min_confidence)
+            if self.measure is not None:
+                item.entry.update(self.measure(item.prepared, chosen, info))
             item.entry.update(
                 checkpoint=str(path), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
                 pixels_changed=result.pixels_changed,

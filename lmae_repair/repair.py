@@ -369,7 +369,20 @@ def finish(
     min_confidence: float = 0.0,
 ) -> Repair:
     """Merge the model's prediction into the original label under the do-no-harm rule."""
-    confidence, prediction = apply_class_bias(gap_probabilities(item, probs, info), info.class_bias).max(0)
+    return finish_from(item, class_probabilities(item, probs, info), info, overwrite_labeled, min_confidence)
+
+
+def class_probabilities(item: Prepared, probs: torch.Tensor, info: CheckpointInfo) -> torch.Tensor:
+    """The (N, H, W) probabilities at the input's size that each pixel's class is chosen from:
+    `gap_probabilities` with the checkpoint's class offsets applied."""
+    return apply_class_bias(gap_probabilities(item, probs, info), info.class_bias)
+
+
+def finish_from(
+    item: Prepared, chosen: torch.Tensor, info: CheckpointInfo, overwrite_labeled: bool = False, min_confidence: float = 0.0,
+) -> Repair:
+    """`finish` from `class_probabilities` already computed (which `audit` also reads)."""
+    confidence, prediction = chosen.max(0)
     return merge(item, prediction, confidence, info, overwrite_labeled, min_confidence)
 
 

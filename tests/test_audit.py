@@ -216,6 +216,45 @@ def test_a_whole_missed_object_is_told_from_an_annotated_region_drawn_wider():
     assert any("whole objects the label lacks" in reason for reason in rows[2]["reasons"])
 
 
+def test_far_lookalikes_count_what_the_model_finds_likely_far_from_any_annotation_of_it():
+    """Pixels the model finds more likely class 1 than not, over 10 pixels from the label's class
+    1, are far look-alikes (an object the annotator may have missed, though the repair is not sure
+    enough to draw it); the same beside the annotation, or at 0.45, are not; and a label with
+    many of them ranks first, with the reason."""
+    import torch
+
+    from lmae_repair.audit import far_lookalikes, new_row, rank_key, score_rows
+    from lmae_repair.checkpoints import CheckpointInfo
+    from lmae_repair.labelspace import LabelSpace
+    from lmae_repair.model import ModelConfig
+    from lmae_repair.repair import prepare
+
+    space = LabelSpace(3, background_id=0, void_id=255)
+    config = ModelConfig(num_classes=3, patch_size=8, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    info = CheckpointInfo(config, 0.75, space, {"crop": 64})
+    label = np.zeros((64, 64), np.uint8)
+    label[:8] = 1  # class 1 annotated along the top
+    item = prepare(np.zeros((64, 64, 3), np.uint8), label, info)
+    fillable = item.fillable_pixels(8, space).numpy()
+    chosen = torch.zeros(3, 64, 64)
+    chosen[0] = 1.0
+    chosen[:, 8:16] = torch.tensor([0.4, 0.6, 0.0])[:, None, None]  # beside the annotation
+    chosen[:, 32:48] = torch.tensor([0.4, 0.6, 0.0])[:, None, None]  # far from it
+    chosen[:, 48:64] = torch.tensor([0.55, 0.45, 0.0])[:, None, None]  # far, but less likely than not
+    far = far_lookalikes(item, chosen, info)["far_lookalikes"]
+    assert fillable[32:48].sum() > 0 and far == fillable[32:48].sum()
+
+    rows = []
+    for i in range(50):
+        row = new_row(f"labels/{i:02d}.png", None)
+        row.update(missing_share=0.9, suspect_share=0.0, separate_share=0.0, far_share=0.01 * (i % 3), pixels=4096, classes=[0, 1])
+        rows.append(row)
+    rows[7].update(far_share=0.3)
+    score_rows(rows, space)
+    assert sorted(rows, key=rank_key)[0]["label"] == "labels/07.png"
+    assert any("far from any annotation" in reason for reason in rows[7]["reasons"])
+
+
 def interrupt_audit(root, checkpoints, options, journal, after: int, space=None):
     """An audit stopped as Ctrl-C would stop it, after `after` pairs."""
     import pytest

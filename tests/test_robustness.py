@@ -176,7 +176,8 @@ def test_audit_evaluate_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_
     assert audit.exit_code == 1, audit.output
     assert_each_broken_pair_named_once(audit.output, corpus)
     rows = {row["label"]: row for row in json.loads((tmp_path / "audit.json").read_text())}
-    assert all(rows[key]["score"] < 1.0 for key in UNUSUAL)  # unusual but fine: judged, not defects
+    # unusual but fine: judged by their evidence (null for file defects), not listed as defects
+    assert all(rows[key]["evidence"] is not None for key in UNUSUAL)
 
     evaluate = runner.invoke(app, ["evaluate", str(corpus), "--models", str(family), "--device", "cpu"])
     assert evaluate.exit_code == 1, evaluate.output
