@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.complete import (
     CompleteOptions, Completer, Loaded, PairLoader, _as_list, append_json_line, new_entry, read_json_lines, resume_key, run_settings,
 )
@@ -54,7 +55,6 @@ from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_pair, 
 from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import pair_error
-from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.labelspace import DEFAULT_VOID_ID, LabelSpace, build_label_space
 from lmae_repair.masking import missing_pixels
 from lmae_repair.repair import Prepared
