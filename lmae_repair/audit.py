@@ -277,20 +277,21 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
         row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"])
         return row
     original = item.label.values
+    missing = missing_pixels(original, space.background_id, space.void_id)
     row.update(
         pixels=int(original.size),
-        missing_share=round(float(missing_pixels(original, space.background_id, space.void_id).mean()), 5),
+        missing_share=round(float(missing.mean()), 5),
         classes=[int(c) for c in np.unique(original) if c < space.num_classes],
     )
     if values is None:  # no model: nothing measured, so no suspect count (None, not 0)
         row.update(suspect_pixels=None)
         return row
     suspect = values != original
-    annotated = (original < space.num_classes) & (original != (-1 if space.background_id is None else space.background_id))
     far = item.entry.get("far_lookalikes", 0)  # absent: the routing left the pair as it is
+    annotated = int((~missing).sum())  # a class other than background (no value outside the space gets here)
     row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5),
                separate_share=round(float(separate_suspects(original, values).mean()), 5),
-               far_share=round(far / (far + int(annotated.sum()) + 1), 5))
+               far_share=round(far / (far + annotated + 1), 5))
     if options.heatmaps is not None and suspect.any():
         write_heatmap(options.heatmaps, item, values, space)
     return row
