@@ -50,6 +50,9 @@ class CheckpointInfo:
     gap_kind: str = "any"
     # Offsets added to the log-probabilities before choosing a class (class_bias.py); empty: none.
     class_bias: list = field(default_factory=list)
+    # Log-probability bonuses [down the columns, along the rows] for the class found on both sides
+    # of a gap (continuation.py), tuned with the offsets; empty: none.
+    continuation: list = field(default_factory=list)
     # Inference: the encoder and decoder attend only within this many patches of the patches
     # being rebuilt (model.context_around; faster on sparse gaps); 0: the whole tile, as trained.
     context_patches: int = 0
@@ -67,6 +70,7 @@ class CheckpointInfo:
                 "serve_ratios": self.serve_ratios,
                 "gap_kind": self.gap_kind,
                 "class_bias": self.class_bias,
+                "continuation": self.continuation,
                 "context_patches": self.context_patches,
             }
         )
@@ -99,12 +103,15 @@ class CheckpointInfo:
             serve_ratios=[float(r) for r in data.get("serve_ratios", [])],
             gap_kind=gap_kind,
             class_bias=[float(b) for b in data.get("class_bias", [])],
+            continuation=[float(b) for b in data.get("continuation", [])],
             context_patches=int(data.get("context_patches", 0)),
         )
         if info.context_patches < 0:
             raise LmaeError(f"context_patches must be 0 or more, got {info.context_patches}")
         if info.class_bias and len(info.class_bias) != info.label_space.num_classes:
             raise LmaeError(f"class_bias has {len(info.class_bias)} values for {info.label_space.num_classes} classes")
+        if info.continuation and len(info.continuation) != 2:
+            raise LmaeError(f"continuation has {len(info.continuation)} values, not 2 (down the columns, along the rows)")
         return info
 
 
@@ -206,5 +213,6 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     info.training = {**info.training, "averaged_from": [str(p) for p in paths]}
     info.validation = {}
     info.class_bias = []  # tuned for other weights: tune the average again (class_bias.py)
+    info.continuation = []
     info.int8_calibration = union(calibrations)
     return model, info

@@ -748,6 +748,13 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
     return folder
 
 
+def continuation_text(bonus: list[float]) -> str:
+    """The continuation bonuses in words (continuation.py)."""
+    if not any(bonus):
+        return "none"
+    return ", ".join(f"{direction} {b:+.1f}" for direction, b in zip(("down columns", "along rows"), bonus) if b)
+
+
 def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:
     """The figures before and after the offsets, and a note when they lose on held-out pairs."""
     offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, result["bias"]) if b)
@@ -756,7 +763,8 @@ def print_tune_result(path: Path, target: Path, result: dict, names: list[str], 
         held_out = (f"; tuned on one half of the pairs and scored on the other: {result['held_out_before']:.3f} -> "
                     f"{result['held_out_after']:.3f}")
     console.print(f"{target}: PA-mIoU on {result['pixels']} erased pixels {result['pa_miou_before']:.3f} -> "
-                  f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'})", highlight=False)
+                  f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'}; continuation: "
+                  f"{continuation_text(result['continuation'])})", highlight=False)
     if "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
         keep = "the file now carries them; tune with --out to compare before replacing" if in_place else f"{path} itself is unchanged"
         console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
@@ -821,6 +829,8 @@ def print_checkpoint(checkpoint: Path) -> None:
         table.add_row("attends within", f"{info.context_patches} patches of the patches it rebuilds")
     if info.class_bias:
         table.add_row("class offsets", ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
+    if any(info.continuation):
+        table.add_row("continuation", continuation_text(info.continuation))
     table.add_row("package version", info.package_version)
     console.print(table)
 

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
-from lmae_repair.class_bias import apply_class_bias
+from lmae_repair.class_bias import apply_class_bias, normalised, weigh_classes
+from lmae_repair.continuation import agreements, boost_continued_classes, reach_at_input
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import mirror_pad, predict_many, resolve_precision
@@ -374,8 +375,21 @@ def finish(
 
 def class_probabilities(item: Prepared, probs: torch.Tensor, info: CheckpointInfo) -> torch.Tensor:
     """The (N, H, W) probabilities at the input's size that each pixel's class is chosen from:
-    `gap_probabilities` with the checkpoint's class offsets applied."""
-    return apply_class_bias(gap_probabilities(item, probs, info), info.class_bias)
+    `gap_probabilities` with the checkpoint's class offsets and continuation bonuses applied."""
+    probs = gap_probabilities(item, probs, info)
+    if not any(info.continuation):
+        return apply_class_bias(probs, info.class_bias)
+    weighted = weigh_classes(probs, info.class_bias)
+    return normalised(boost_continued_classes(weighted, continuation_agreements(item, info), info.continuation))
+
+
+def continuation_agreements(item: Prepared, info: CheckpointInfo) -> np.ndarray:
+    """(2, H, W) the class continued across each pixel down its column and along its row
+    (`continuation.agreements`), known pixels being the annotated ones the repair may not change."""
+    space, p = info.label_space, info.model.patch_size
+    known = (item.original < space.num_classes) & ~item.fillable_pixels(p, space).numpy()
+    directions = [bool(b) for b in info.continuation] if any(info.continuation) else [True, True]  # tuning: both
+    return agreements(item.original, known, reach_at_input(p, item.size[0], item.original.shape[0]), directions)
 
 
 def finish_from(

@@ -31,7 +31,8 @@ def test_tuned_offsets_give_a_class_the_model_underrates_its_pixels():
     assert after == pytest.approx(1.0) and pa_miou(logs, truths, missed, bias) == pytest.approx(1.0)
     assert np.log(0.6 / 0.4) < bias[1] - bias[0] < np.log(0.9 / 0.1)
     folds = np.arange(100) % 2  # the same pattern in both halves of the pairs: it holds out of sample
-    assert held_out(logs, truths, folds, np.zeros((2, 2))) == (pytest.approx(0.25), pytest.approx(1.0))
+    no_agreement = np.full((100, 2), -1, np.int16)
+    assert held_out(logs, no_agreement, truths, folds, np.zeros((2, 2))) == (pytest.approx(0.25), pytest.approx(1.0))
 
 
 def test_offsets_reweight_probabilities_and_no_offsets_change_nothing():
@@ -68,7 +69,7 @@ def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_fam
     assert result.exit_code == 0, result.output
     assert "PA-mIoU on" in result.output
     tuned = read_info(out / "mask-0.50" / "best.safetensors")  # a run of one ratio keeps its layout too
-    assert len(tuned.class_bias) == NUM_CLASSES
+    assert len(tuned.class_bias) == NUM_CLASSES and len(tuned.continuation) == 2 and "continuation:" in result.output
     record = tuned.training["class_bias_tuned_on"]
     assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
     assert "held_out_after" in record and "scored on the other" in result.output
@@ -122,7 +123,8 @@ def test_the_tuning_sample_stays_bounded_and_keeps_the_class_shares(monkeypatch)
     fillable[:4] = False  # a tenth may not be filled: missed
     for _ in range(20):
         gathered.add(torch.full((2, 40, 50), 0.5), truth, erased, fillable)
-    logs, truths, folds, missed = gathered.arrays()
+    logs, truths, folds, missed, agreed = gathered.arrays()
     assert len(truths) <= 2000 and gathered.rate < 0.1 and logs.shape == (len(truths), 2) and set(folds) == {0}
+    assert agreed.shape == (len(truths), 2) and (agreed == -1).all()  # none given: no class continued
     assert abs((truths == 1).mean() - 0.2) < 0.05
     assert abs(missed.sum() / (missed.sum() + len(truths)) - 0.1) < 0.03
