@@ -33,7 +33,7 @@ from lmae_repair.metrics import class_ious, mean_iou
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)  # candidate offsets per class (log-probability units)
 SWEEPS = 3
-CONTINUATION_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)  # candidate bonuses per direction (continuation.py; void spaces only)
+CONTINUATION_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # candidate bonuses per direction (continuation.py; void spaces only)
 FLOOR = 1e-6  # probabilities below this count as this (log of 0)
 TUNING_PIXELS = 1_000_000  # erased pixels the offsets are tuned on: between this and twice it
 
