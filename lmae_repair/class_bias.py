@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
-from lmae_repair.continuation import NO_CLASS, tuned_for
+from lmae_repair.continuation import NO_CLASS
 from lmae_repair.data import DatasetIndex, read_pair
 from lmae_repair.errors import LmaeError
 from lmae_repair.metrics import class_ious, mean_iou
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)  # candidate offsets per class (log-probability units)
 SWEEPS = 3
-CONTINUATION_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # candidate bonuses per direction (continuation.py; void spaces only)
+CONTINUATION_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # candidate bonuses per direction (continuation.py)
 FLOOR = 1e-6  # probabilities below this count as this (log of 0)
 TUNING_PIXELS = 1_000_000  # erased pixels the offsets are tuned on: between this and twice it
 
@@ -205,7 +205,7 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
                 with torch.inference_mode():
                     probs = predict(model, slot, [c[0] for c in cases], device, completer.tiles_per_pass, precision)
                 for (item, truth, erased, position), prob in zip(cases, probs):
-                    agreed = continuation_agreements(item, info) if tuned_for(space) else None
+                    agreed = continuation_agreements(item, info)
                     gathered.add(gap_probabilities(item, prob, info), truth, erased, item.fillable_pixels(p, space).numpy(), position, agreed)
             if on_pair is not None:
                 on_pair(min(batch_size, len(pairs) - start))
@@ -232,11 +232,10 @@ def tune_checkpoint(path: Path, index: DatasetIndex, out: Path, max_pairs: int =
     logs, truths, folds, missed, agreed = gathered.arrays()
     if not len(truths):
         raise LmaeError(f"{index.root}: the damage erased no annotated pixel that {path.name} could fill; nothing to tune on")
-    grid = CONTINUATION_GRID if tuned_for(info.label_space) else (0.0,)
-    bias, bonus, before, after = tune_choice(logs, agreed, truths, missed.sum(0), grid)
+    bias, bonus, before, after = tune_choice(logs, agreed, truths, missed.sum(0))
     figures = {"pa_miou_before": round(before, 4), "pa_miou_after": round(after, 4)}
     if len(np.unique(folds)) == 2:
-        figures["held_out_before"], figures["held_out_after"] = (round(v, 4) for v in held_out(logs, agreed, truths, folds, missed, grid))
+        figures["held_out_before"], figures["held_out_after"] = (round(v, 4) for v in held_out(logs, agreed, truths, folds, missed))
     model, info = load_checkpoint(path)
     info.class_bias = [round(float(b), 3) for b in bias]
     info.continuation = bonus

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.class_bias import apply_class_bias, normalised, weigh_classes
-from lmae_repair.continuation import agreements, boost_continued_classes, reach_at_input
+from lmae_repair.continuation import NO_CLASS, agreements, boost_continued_classes, reach_at_input
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
 from lmae_repair.inference import mirror_pad, predict_many, resolve_precision
@@ -385,11 +385,15 @@ def class_probabilities(item: Prepared, probs: torch.Tensor, info: CheckpointInf
 
 def continuation_agreements(item: Prepared, info: CheckpointInfo) -> np.ndarray:
     """(2, H, W) the class continued across each pixel down its column and along its row
-    (`continuation.agreements`), known pixels being the annotated ones the repair may not change."""
+    (`continuation.agreements`), known pixels being the annotated ones the repair may not change.
+    Where a background class exists, void pixels only: background may hide a missed object."""
     space, p = info.label_space, info.model.patch_size
     known = (item.original < space.num_classes) & ~item.fillable_pixels(p, space).numpy()
     directions = [bool(b) for b in info.continuation] if any(info.continuation) else [True, True]  # tuning: both
-    return agreements(item.original, known, reach_at_input(p, item.size[0], item.original.shape[0]), directions)
+    agreed = agreements(item.original, known, reach_at_input(p, item.size[0], item.original.shape[0]), directions)
+    if space.background_id is not None:
+        agreed[:, item.original != space.void_id] = NO_CLASS
+    return agreed
 
 
 def finish_from(
