@@ -51,7 +51,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.complete import (
     CompleteOptions, Completer, Loaded, PairLoader, _as_list, append_json_line, new_entry, read_json_lines, resume_key, run_settings,
 )
-from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_pair, relative_key
+from lmae_repair.data import DatasetIndex, atomic_write, is_special_file, read_image, read_pair, relative_key, write_named_file
 from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import pair_error
@@ -197,9 +197,13 @@ def audit_dataset(
 
 def journal_for(json_file: Path | None, csv_file: Path | None) -> Path | None:
     """Where an audit keeps its finished pairs: a hidden file beside its --json file (else its
-    --csv file); None without either, since nothing of such a run outlives it."""
+    --csv file); None without either, or where that is a special file such as /dev/stdout, since
+    nothing of such a run outlives it."""
     target = json_file if json_file is not None else csv_file
-    return None if target is None else target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
+    if target is None:
+        return None
+    target = target.resolve() if target.is_symlink() else target
+    return None if is_special_file(target) else target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
 
 
 def audit_settings(checkpoints, options: AuditOptions, space: LabelSpace) -> str:
@@ -364,7 +368,7 @@ def public(row: dict) -> dict:
 
 def write_json(path: Path, rows: list[dict]) -> None:
     text = json.dumps([public(row) for row in rows], indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_named_file(path, lambda f: f.write(text.encode()))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -374,4 +378,4 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     for row in rows:
         writer.writerow(["; ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
     # a file name that is not UTF-8 is written back as the bytes it has on disk, so a script can open it
-    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8", errors="surrogateescape")))
+    write_named_file(path, lambda f: f.write(buffer.getvalue().encode("utf-8", errors="surrogateescape")))

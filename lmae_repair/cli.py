@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -279,6 +280,22 @@ def check_can_write(path: Optional[Path], option: str) -> None:
         raise LmaeError(f"{path}: cannot write it ({folder} is not a writable folder)")
 
 
+def check_can_write_folder(folder: Optional[Path], option: str) -> None:
+    """Fail before the work when the folder named by `option` cannot take files: it is a file, or
+    a file cannot be made in it (tried for real, so that read-only mounts and immutable folders
+    are caught too; the folder is created, as the run would)."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise LmaeError(f"{folder}: {option} names a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise LmaeError(f"{folder}: cannot write into it ({exc.strerror or type(exc).__name__})") from None
+
+
 def outside_input(index, default: Path, suffix: str) -> Path:
     """A default output folder, or `<DATA><suffix>` beside DATA where the default (relative to the
     current folder) would lie inside the input: no command writes under DATA."""
@@ -432,7 +449,7 @@ def evaluate(
     def run() -> int:
         import json
 
-        from lmae_repair.data import atomic_write, discover
+        from lmae_repair.data import discover, write_named_file
         from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset
         from lmae_repair.families import resolve_models
 
@@ -462,7 +479,7 @@ def evaluate(
         result["failed"] = failures
         if json_file is not None:  # before printing: a reader that goes away (`| head`) ends the printing
             text = json.dumps(result, indent=2)
-            atomic_write(json_file, lambda f: f.write(text.encode()))
+            write_named_file(json_file, lambda f: f.write(text.encode()))
         print_evaluation(result)
         if result["pairs"] and not result["erased_pixels"]:
             hint = "no object is small enough: raise --max-object-share" if strategy == "objects" else "raise --mask-ratio"
@@ -535,10 +552,13 @@ def audit(
         options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic, native_scale)
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
+        if json_file is not None and csv_file is not None and json_file.resolve() == csv_file.resolve():
+            raise LmaeError(f"{json_file}: --json and --csv name the same file; give each its own")
         index = discover(data, split, images, labels)
         for path, option in ((json_file, "--json"), (csv_file, "--csv"), (heatmaps, "--heatmaps")):
             if path is not None:
                 index.refuse_inside(path, option)
+        check_can_write_folder(heatmaps, "--heatmaps")  # after refuse_inside: it makes the folder
         space = None
         try:
             used, checkpoints = resolve_models(models, index)

@@ -16,6 +16,7 @@ stops two runs from writing into the same OUT at once.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
-from lmae_repair.data import DatasetIndex, LabelFile, Pair, atomic_write, read_pair, relative_key, write_label
+from lmae_repair.data import IMAGE_SUFFIXES, DatasetIndex, LabelFile, Pair, atomic_write, read_pair, relative_key, write_label
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
@@ -140,17 +141,42 @@ def mirrored_image_path(pair: Pair, index: DatasetIndex, out: Path) -> Path:
 
 
 def mirror_image(pair: Pair, index: DatasetIndex, out: Path) -> None:
-    """Hard-link (or copy) the pair's image to the same relative place under OUT."""
+    """Hard-link (or copy) the pair's image to the same relative place under OUT, replacing what
+    an earlier run left there for it that no longer matches: the image replaced since, or the
+    image now under another extension (its old copy would make OUT two images of one name)."""
     target = mirrored_image_path(pair, index, out)
-    if target.exists():
+    source = os.path.realpath(pair.image)  # a symlinked image: link its file, not the link
+    if target.exists() and same_file_or_copy(target, source):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_earlier_mirrors(target, output_label_path(out, pair.key, index))
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.link(os.path.realpath(pair.image), target)  # a symlinked image: link its file, not the link
+        os.link(source, tmp)
     except OSError:
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copy2(pair.image, tmp)
-        os.replace(tmp, target)
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def same_file_or_copy(mirrored: Path, source: str) -> bool:
+    """Whether `mirrored` is `source` (a hard link) or a copy of it as `copy2` makes one (same
+    size and modification time)."""
+    if os.path.samefile(mirrored, source):
+        return True
+    a, b = mirrored.stat(), os.stat(source)
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+
+
+def remove_earlier_mirrors(target: Path, label_output: Path) -> None:
+    """Images beside `target` with its name and another image extension: an earlier run's mirror
+    of this pair's image before it changed format (an input cannot hold both: two images of one
+    name are refused). Not where labels are written too (a folder holding both keeps its files)."""
+    if target.parent == label_output.parent:
+        return
+    for sibling in target.parent.glob(f"{glob.escape(target.stem)}.*"):
+        if sibling != target and sibling.suffix.lower() in IMAGE_SUFFIXES and sibling.is_file():
+            sibling.unlink(missing_ok=True)
 
 
 def side_files(index: DatasetIndex) -> list[Path]:
@@ -191,7 +217,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
-        lines = source.read_text().splitlines()
+        lines = source.read_text(encoding="utf-8-sig", errors="replace").splitlines()
         kept = [line for line in lines if not line.strip() or (labels / f"{line.split()[0]}.png").is_file()]
         if len(kept) != len(lines):
             text = "".join(f"{line}\n" for line in kept)
@@ -498,8 +524,11 @@ def read_json_lines(path: Path):
 def append_json_line(path: Path, record: dict) -> None:
     """One record added to a JSON-lines log (`complete`'s progress, `audit`'s journal) the moment
     it is known: a killed run loses at most the line it was writing."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a full disk, a quota: name the file, as `atomic_write` does
+        raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
 
 
 def lock_output(out: Path, data_root: Path | None = None):

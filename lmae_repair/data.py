@@ -244,7 +244,7 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         return DatasetIndex("voc", root, pairs, unmatched)
     listed: dict[str, str] = {}  # name -> the first list naming it
     for split_file in lists:
-        for line in split_file.read_text().splitlines():
+        for line in split_file.read_text(encoding="utf-8-sig", errors="replace").splitlines():
             if line.strip():
                 listed.setdefault(line.split()[0], split_file.relative_to(voc_root).as_posix())
     found = {p.label.stem: p for p in pairs}
@@ -594,6 +594,27 @@ def atomic_write(path: Path, write) -> None:
         if isinstance(exc, OSError):  # a full disk, a quota, a folder gone: name the file
             raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
         raise
+
+
+def write_named_file(path: Path, write) -> None:
+    """Write a file the user named (`--json`, `--csv`): through a symbolic link into its target
+    (the link stays a link), and straight into a special file such as /dev/stdout or a named pipe
+    (renaming a temporary file over it would replace it with a plain file); any other path
+    atomically (`atomic_write`)."""
+    target = path.resolve() if path.is_symlink() else path
+    if not is_special_file(target):
+        atomic_write(target, write)
+        return
+    try:
+        with open(target, "wb") as f:
+            write(f)
+    except OSError as exc:
+        raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
+
+
+def is_special_file(path: Path) -> bool:
+    """A device, named pipe or socket: something that exists but is neither a file nor a folder."""
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def _reason(exc: Exception) -> str:

@@ -131,6 +131,21 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
     return score
 
 
+def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list) -> str:
+    """Why no bundled family was chosen, with what the user can do about a near miss: labels
+    whose values fit a family but that nothing names (no class list, no palette), or labels that
+    hold no class indices at all (colour labels)."""
+    named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
+    reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
+    if not values:
+        return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
+    for name, space in unconfirmed:
+        classes = ", ".join(space.names[:4]) + (", ..." if len(space.names) > 4 else "")
+        reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
+                   f"if they are its classes ({classes}), pass --models {name}")
+    return reason
+
+
 class NoFamilyFits(LmaeError):
     """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
@@ -147,7 +162,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
     if not families:
         raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {how_to_train(index.root)}")
     values, names, palette = dataset_evidence(index)
-    scored = []
+    scored, unconfirmed = [], []
     for name, folder in families.items():
         checkpoints = find_checkpoints([folder])
         info = checkpoints[0][1]
@@ -156,9 +171,10 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         # alone (0, 1, 2...) fit almost any family
         if score is not None and (score > 0 or not info.label_space.has_names):
             scored.append((score, name, checkpoints))
+        elif score is not None:
+            unconfirmed.append((name, info.label_space))
     if not scored:
-        named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
-        raise NoFamilyFits(f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})", index.root)
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index.root)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

@@ -120,7 +120,7 @@ class LabelSpace:
 def read_class_names(path: Path) -> list[str]:
     """Read a classes.txt: one name per line; blank lines and #-comments are skipped."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of the first name
     except (OSError, UnicodeDecodeError) as exc:
         raise LmaeError(f"{path}: cannot read class names ({exc})") from None
     names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]

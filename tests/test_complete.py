@@ -170,6 +170,23 @@ def test_a_full_run_after_a_labels_only_run_links_the_images(tmp_path, family):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["scene_000.png", "scene_001.png"]
 
 
+def test_a_rerun_mirrors_an_image_replaced_or_converted_since(tmp_path, family):
+    """OUT stays a mirror of the input: an image replaced by another file gets its new pixels,
+    an image now saved in another format leaves no copy under its old name."""
+    root = make_paired(tmp_path / "ds", count=2)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    first, second = root / "images" / "scene_000.png", root / "images" / "scene_001.png"
+    replacement = np.asarray(Image.open(first))[::-1].copy()
+    first.unlink()
+    Image.fromarray(replacement).save(first)  # a new file where the old one was
+    Image.open(second).save(second.with_suffix(".jpg"), quality=95)
+    second.unlink()
+    assert complete(root, out, family).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(out / "images" / "scene_000.png")), replacement)
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["scene_000.png", "scene_001.jpg"]
+
+
 def test_labels_of_pairs_gone_from_the_input_are_kept_and_listed(tmp_path, family):
     """A pair removed from the input after a run: its label in OUT stays (it may be another
     split's work) but the rerun says so and the report lists it; the other pairs are skipped."""

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmae_repair.errors import LmaeError
-from lmae_repair.model import LabelMAE, ModelConfig, one_hot_patch_tokens, preset_config
+from lmae_repair.model import Attention, LabelMAE, ModelConfig, one_hot_patch_tokens, preset_config
 
 SMALL = dict(patch_size=8, enc_depth=2, enc_dim=64, enc_heads=4, dec_depth=2, dec_dim=32, dec_heads=4)
 
@@ -242,3 +242,18 @@ def test_patch_embeddings_of_the_fuse_map_and_hint_equal_the_stack_fuse_convolut
     if torch.cuda.is_available():  # the GPU's path (a convolution) gives the same
         on_gpu = one_hot_patch_tokens(model.hint_embed.weight.cuda(), label.cuda(), 8).cpu() + model.hint_embed.bias
         torch.testing.assert_close(on_gpu, hint, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_attention_of_a_token_does_not_depend_on_the_padding_of_its_pass():
+    """A pass pads every tile to its most visible one; a pair's label must not depend on what
+    shares its batch (a resumed run writes what one run would)."""
+    torch.manual_seed(0)
+    attention = Attention(64, 4).to(torch.bfloat16).eval()
+    tokens = torch.randn(1, 200, 64).to(torch.bfloat16)  # 200 + 10 or more: bf16 softmax sums differed
+    with torch.inference_mode():
+        alone = attention(tokens, torch.ones(1, 1, 1, 200, dtype=torch.bool))
+        for extra in (4, 10, 31, 58):
+            padded = torch.cat([tokens, torch.randn(1, extra, 64).to(torch.bfloat16)], 1)
+            keys = torch.ones(1, 1, 1, 200 + extra, dtype=torch.bool)
+            keys[..., 200:] = False
+            assert torch.equal(attention(padded, keys)[:, :200], alone)

@@ -302,3 +302,51 @@ def test_a_file_name_that_is_not_utf8_is_repaired_and_reported(tmp_path, family)
                                         "--csv", str(tmp_path / "a.csv")], capture_output=True)
     assert audited.returncode == 0, audited.stderr.decode(errors="replace")
     assert b"labels/sc\xe8ne.png" in (tmp_path / "a.csv").read_bytes()
+
+
+def test_report_files_are_written_through_links_and_into_special_files(tmp_path, family):
+    """`--json` names where the figures go: a link stays a link (its target gets them), a named
+    pipe is written into, not replaced by a plain file (as /dev/stdout would be)."""
+    root = make_paired(tmp_path / "ds", count=2)
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--json", str(tmp_path / "link.json")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text())["pairs"] == 2
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = subprocess.Popen([sys.executable, "-c", f"print(len(open({str(pipe)!r}).read()) > 0)"], stdout=subprocess.PIPE, text=True)
+    result = runner.invoke(app, ["audit", str(root), "--models", str(family), "--json", str(pipe)])
+    assert result.exit_code == 0, result.output
+    assert reader.communicate(timeout=60)[0].strip() == "True"
+    assert pipe.is_fifo() and not list(tmp_path.glob(".pipe*"))  # still a pipe; no journal beside it
+
+
+def test_audit_refuses_one_file_for_both_tables_and_an_unwritable_heatmaps_folder(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    same = str(tmp_path / "rows.out")
+    one_line_error(runner.invoke(app, ["audit", str(root), "--models", str(family), "--json", same, "--csv", same]),
+                   "--json and --csv name the same file")
+    (tmp_path / "a_file").write_text("x")
+    result = runner.invoke(app, ["audit", str(root), "--models", str(family), "--heatmaps", str(tmp_path / "a_file")])
+    one_line_error(result, "a_file", "--heatmaps names a file")
+    assert "auditing" not in result.output  # refused before the work
+
+
+def test_a_class_list_saved_with_a_byte_order_mark_is_read(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    names = ["background"] + [f"class_{i}" for i in range(1, 4)]
+    (root / "classes.txt").write_bytes("\ufeff".encode() + "\n".join(names).encode())
+    from lmae_repair.labelspace import read_class_names
+    assert read_class_names(root / "classes.txt") == names
+
+
+def test_labels_that_fit_a_family_by_their_values_alone_are_pointed_to_it(tmp_path, monkeypatch):
+    """CamVid labels without their classes.txt: the message names the family to pass."""
+    from lmae_repair.families import no_fit_reason
+    from lmae_repair.labelspace import LabelSpace
+    space = LabelSpace(11, background_id=None, void_id=11, names=["sky", "building", "pole", "road"] + [f"c{i}" for i in range(7)])
+    reason = no_fit_reason({"camvid": None}, [set(range(12))], None, [("camvid", space)])
+    assert "pass --models camvid" in reason and "sky, building, pole, road" in reason
+    assert "colour labels" in no_fit_reason({"camvid": None}, [], None, [])
