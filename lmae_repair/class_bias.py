@@ -176,8 +176,9 @@ def tune_choice(logs: np.ndarray, agreed: np.ndarray, truths: np.ndarray, missed
 
 
 def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, device: str = "cpu",
-            batch_size: int = 8, on_pair=None) -> tuple[CheckpointInfo, ErasedProbabilities]:
-    """Damage each pair as the checkpoint's served damages say and gather its probabilities."""
+            batch_size: int = 8, on_pair=None, on_error=None) -> tuple[CheckpointInfo, ErasedProbabilities]:
+    """Damage each pair as the checkpoint's served damages say and gather its probabilities;
+    `on_error(message)` hears of each pair that cannot be read (left out)."""
     from lmae_repair.complete import CompleteOptions, Completer
     from lmae_repair.evaluate import EvaluateOptions, degrade
     from lmae_repair.repair import as_the_model_sees, continuation_agreements, gap_probabilities, predict, prepare
@@ -196,8 +197,10 @@ def collect(path: Path, index: DatasetIndex, max_pairs: int = 0, seed: int = 0, 
             for position, pair in enumerate(pairs[start: start + batch_size], start):
                 try:
                     image, label_file = read_pair(pair, space)
-                except LmaeError:
-                    continue  # unreadable pairs tune nothing; evaluate and complete report them
+                except LmaeError as exc:
+                    if on_error is not None:
+                        on_error(str(exc))
+                    continue  # unreadable pairs tune nothing
                 damaged, erased = degrade(label_file.values, space, options, np.random.default_rng([seed, position]))
                 if erased.any():
                     cases.append((prepare(*as_the_model_sees(image, damaged, [slot]), slot, original=damaged), label_file.values, erased, position))
@@ -226,9 +229,9 @@ def held_out(logs: np.ndarray, agreed: np.ndarray, truths: np.ndarray, folds: np
 
 
 def tune_checkpoint(path: Path, index: DatasetIndex, out: Path, max_pairs: int = 0, seed: int = 0,
-                    device: str = "cpu", on_pair=None) -> dict:
+                    device: str = "cpu", on_pair=None, on_error=None) -> dict:
     """Tune a checkpoint's class offsets on `index` and write it, offsets included, to `out`."""
-    info, gathered = collect(path, index, max_pairs, seed, device, on_pair=on_pair)
+    info, gathered = collect(path, index, max_pairs, seed, device, on_pair=on_pair, on_error=on_error)
     logs, truths, folds, missed, agreed = gathered.arrays()
     if not len(truths):
         raise LmaeError(f"{index.root}: the damage erased no annotated pixel that {path.name} could fill; nothing to tune on")

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lmae_repair import __version__
 from lmae_repair.errors import DEBUG, LmaeError, interrupt_exit_code, unexpected, watch_interrupts
@@ -38,9 +39,11 @@ class PipedConsole(Console):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
 
 
-# soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width
-console = PipedConsole(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width.
+# No markup or emoji codes: messages carry file names, and "d[x]" or "a:b:c" must print as they
+# are (styles are given as rich Text instead).
+console = PipedConsole(soft_wrap=True, markup=False, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
 NATIVE_SCALE_HELP = "Read every pair at its own size (default: a pair at least 1.5 times the size of the models' training images is read shrunk to their scale, unless its gaps are too fine for that: README \"Working scale\")."
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU). On a CPU with VNNI, bf16 runs the image branch in int8 too (faster there)."
@@ -49,7 +52,7 @@ PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native 
 def fail(message: str, code: int = 2) -> None:
     rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
     where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, which process failed
-    err_console.print(f"[bold red]error:[/] {where}{message}", highlight=False)
+    err_console.print(Text.assemble(("error:", "bold red"), f" {where}{message}"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -170,7 +173,9 @@ def train(
         training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console, val_max_pairs)
         if out is None:
             options.out = outside_input(training_data.train, options.out, "-runs")
-        training_data.train.refuse_inside(options.out, "the run folder")
+        for index in (training_data.train, training_data.val_index):
+            if index is not None:  # the validation data is input too
+                index.refuse_inside(options.out, "the run folder")
         console.print(f"label space: {training_data.space.describe()}")
         best = run_training(options, training_data, console)
         table = Table(title="checkpoints")
@@ -307,7 +312,7 @@ def outside_input(index, default: Path, suffix: str) -> Path:
 
 def report_failure(message: str) -> None:
     """One line on stderr for a pair that could not be processed."""
-    err_console.print(f"[yellow]failed:[/] {message}", highlight=False)
+    err_console.print(Text.assemble(("failed:", "yellow"), f" {message}"), highlight=False)
 
 
 def exit_with(code: int | None) -> None:
@@ -398,11 +403,11 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: 
     table = key_value_table("lmae-repair complete --dry-run: nothing was written" if dry_run else "lmae-repair complete")
     table.add_row("pairs", str(totals["pairs"] - unpaired))
     if unpaired:
-        table.add_row("files that could not be paired", f"[red]{unpaired}[/]")
+        table.add_row("files that could not be paired", Text(str(unpaired), style="red"))
     table.add_row("repaired", str(totals["repaired"]))
     table.add_row("unchanged", str(totals["unchanged"]))
     failed = "failed (unpaired files included)" if unpaired else "failed"
-    table.add_row(failed, f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
+    table.add_row(failed, Text(str(totals["failed"]), style="red") if totals["failed"] else "0")
     if totals["resumed"]:
         table.add_row("done by an earlier run", str(totals["resumed"]))
     if totals.get("read_shrunk"):
@@ -688,6 +693,9 @@ def average(
         if missing:
             raise LmaeError(f"{missing[0]}: no such file or folder")
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
+        files = list({f.resolve(): f for f in files}.values())  # a file named twice counts once
+        if out.resolve() in {f.resolve() for f in files}:
+            raise LmaeError(f"{out}: --out is one of the checkpoints being averaged; write the average elsewhere")
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
             raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} (train with --keep-epochs)")
@@ -715,7 +723,7 @@ def tune(
 
     The model's most probable class is not the choice that maximises the mean IoU over the filled pixels: rare classes count as much as common ones. Tune on pairs the checkpoint did not train on (README "Tuning class offsets")."""
 
-    def run() -> None:
+    def run() -> int:
         from lmae_repair.checkpoints import read_info
         from lmae_repair.class_bias import served_damages, tune_checkpoint
         from lmae_repair.data import discover
@@ -732,15 +740,25 @@ def tune(
         # mask-0.50/best.safetensors must not land on one name, and a run of one ratio keeps its
         # mask-<ratio>/ folder too, so that --models OUT reads it like the run
         common = Path(os.path.commonpath([str(run_folder_of(path)) for path in files]))
+        failures = list(index.unmatched)
+        for problem in failures:
+            report_failure(problem)
+
+        def on_error(message: str) -> None:  # once per pair, not per checkpoint and damage
+            if message not in failures:
+                failures.append(message)
+                report_failure(message)
+
         for path in files:
             target = path if folder is None else folder / path.resolve().relative_to(common)
             target.parent.mkdir(parents=True, exist_ok=True)
             with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
                 result = tune_checkpoint(path, index, target, max_pairs, seed, device_name,
-                                         on_pair=lambda n: [advance() for _ in range(n)])
+                                         on_pair=lambda n: [advance() for _ in range(n)], on_error=on_error)
             print_tune_result(path, target, result, checkpoints[0][1].label_space.names, in_place=folder is None)
+        return 1 if failures else 0
 
-    guarded(run)
+    exit_with(guarded(run))
 
 
 def run_folder_of(checkpoint: Path) -> Path:

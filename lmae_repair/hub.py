@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lmae_repair.errors import LmaeError
+from lmae_repair.errors import DEBUG, LmaeError
 
 HUB_PREFIX = "hf://"
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -63,6 +63,15 @@ def fetch_family(spec: str) -> Path:
                         "fetch it once online, or unset HF_HUB_OFFLINE") from None
     except OSError as exc:
         raise LmaeError(f"{spec}: download failed ({exc})") from None
+    except Exception as exc:  # the HTTP client's own errors (no network, DNS): its classes vary by version
+        if DEBUG["on"]:
+            raise
+        raise LmaeError(f"{spec}: download failed ({type(exc).__name__}: {first_line(exc)}); check the network") from None
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message in one line (an HTTP client's may run to a page)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def model_card(repo_id: str, checkpoints) -> str:
@@ -130,5 +139,10 @@ def push_family(operations: list, repo_id: str, private: bool, message: str) -> 
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.create_commit(repo_id, operations, commit_message=message, repo_type="model")
     except (HfHubHTTPError, OSError) as exc:
-        raise LmaeError(f"{repo_id}: upload failed ({str(exc).splitlines()[0]}); is HF_TOKEN set with write access?") from None
+        raise LmaeError(f"{repo_id}: upload failed ({first_line(exc)}); is HF_TOKEN set with write access?") from None
+    except Exception as exc:  # the HTTP client's own errors (no network, DNS): its classes vary by version
+        if DEBUG["on"]:
+            raise
+        raise LmaeError(f"{repo_id}: upload failed ({type(exc).__name__}: {first_line(exc)}); "
+                        "check the network and HF_TOKEN") from None
     return commit.commit_url

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,13 +54,14 @@ from lmae_repair.distributed import (
 )
 from lmae_repair.errors import LmaeError
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
-from lmae_repair.labelspace import LabelSpace, build_label_space
+from lmae_repair.labelspace import LabelSpace, build_label_space, find_classes_file, read_class_list
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
     DEFAULT_MIX,
     background_ratio,
     expand_patch_mask,
+    mask_count,
     mixed_training_mask,
     strategy_mask,
 )
@@ -109,6 +111,7 @@ class TrainingData:
     class_pixels: list[int]
     summary: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # one line per unusable pair
+    val_index: DatasetIndex | None = None  # the validation data, where other than `train`'s
 
 
 WEIGHT_SOURCES = ("labels", "gaps")
@@ -143,16 +146,34 @@ def ratio_folder(out: Path, ratio: float) -> Path:
     return out / f"{RATIO_FOLDER_PREFIX}{ratio:.2f}"
 
 
-def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
-    """Train one model per mask ratio; returns the best checkpoint of each. Under torchrun every
-    process runs this, on its own shard of the data (see distributed.py)."""
+def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
+    """Refuse, before any training, mask ratios that cannot make a model: outside (0, 1), two
+    that share a run folder (two decimals: the second would find the first's run and stop after
+    it), or one that hides no patch of a training crop (it would learn nothing)."""
+    folders: dict[str, float] = {}
+    patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    patches = (options.crop // patch) ** 2
     for ratio in options.mask_ratios:
         if not 0.0 < ratio < 1.0:
             raise LmaeError(f"--mask-ratio must be between 0 and 1 (exclusive), got {ratio}")
+        folder = ratio_folder(Path("."), ratio).name
+        if folder in folders:
+            raise LmaeError(f"--mask-ratio {folders[folder]:g} and {ratio:g} would both train into {folder}/; give each ratio once")
+        folders[folder] = ratio
+        if mask_count(patches, ratio) == 0:
+            raise LmaeError(f"--mask-ratio {ratio:g} hides none of the {patches} patches of a {options.crop}-pixel crop: nothing to learn")
+
+
+def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
+    """Train one model per mask ratio; returns the best checkpoint of each. Under torchrun every
+    process runs this, on its own shard of the data (see distributed.py)."""
+    check_mask_ratios(options, data.space)
     if options.gaps not in GAP_KINDS:
         raise LmaeError(f"--gaps must be one of {', '.join(GAP_KINDS)}, got {options.gaps!r}")
     if options.weights_from not in WEIGHT_SOURCES:
         raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
+    for ratio in options.mask_ratios:  # every ratio before the first trains: none is overwritten after hours
+        check_no_earlier_run(ratio_folder(options.out, ratio), options.resume)
     ranks = ranks_from_environment()
     device = device_for_rank(resolve_device(options.device), ranks)
     weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
@@ -190,11 +211,11 @@ def train_one_ratio(
     warmup = min(options.warmup_steps, len(loader))
     generator = torch.Generator().manual_seed(options.seed * 1000 + state.epoch + 1_000_003 * ranks.rank)
     processes = f", {ranks.world_size} processes x {options.batch_size} images per step" if ranks.distributed else ""
-    console.print(
-        f"[bold]mask ratio {ratio:.2f}[/]: {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
+    console.print(Text.assemble(
+        (f"mask ratio {ratio:.2f}", "bold"), f": {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
         f"parameters, patch {config.patch_size}, {len(data.train_pairs)} training pairs, "
         f"{len(data.val_pairs)} validation pairs, device {device}{processes}"
-    )
+    ))
     use_amp = device.type == "cuda"
     calibration = calibration_crops(data.train_pairs, options.crop) if config.image_branch and ranks.is_main else ([], [])
     with training_progress(console, disable=not ranks.is_main) as progress:
@@ -280,6 +301,20 @@ def restore_run(
     elif state_path.exists():
         raise LmaeError(f"{state_path}: a run already exists here; pass --resume to continue it or choose another --out")
     return RunState()
+
+
+RUN_FILES = (STATE_FILE, "best.safetensors", "last.safetensors", "history.jsonl")
+
+
+def check_no_earlier_run(folder: Path, resume: bool) -> None:
+    """Refuse to start a ratio's run over an earlier one's files: without --resume, any of them
+    (a repeated command must not overwrite a run, even one whose state.pt was deleted); with
+    --resume, checkpoints left without the state.pt that would continue them."""
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    if found and not resume:
+        raise LmaeError(f"{folder / found[0]}: a run already exists here; pass --resume to continue it or choose another --out")
+    if found and resume and STATE_FILE not in found:
+        raise LmaeError(f"{folder}: holds a run's {found[0]} but no {STATE_FILE} to resume it from; choose another --out")
 
 
 def next_epoch_would_overrun(max_minutes: float, elapsed: float, epoch_seconds: list[float]) -> bool:
@@ -627,14 +662,14 @@ def write_history(path: Path, history: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def epoch_line(record: dict, improved: bool) -> str:
+def epoch_line(record: dict, improved: bool) -> Text:
     parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}", f"{record['images_per_s']:.1f} img/s"]
     if "val_pa_miou" in record:
         parts.append(f"val PA-mIoU {record['val_pa_miou']:.4f}")
         parts.append(f"mIoU {record['val_miou']:.4f}")
     parts.append(f"lr {record['lr']:.2e}")
     parts.append(f"{record['seconds']:.0f}s")
-    return "  ".join(parts) + ("  [green]best[/]" if improved else "")
+    return Text.assemble("  ".join(parts), ("  best", "green") if improved else "")
 
 
 def training_progress(console: Console, disable: bool = False) -> Progress:
@@ -672,10 +707,13 @@ def load_training_data(
     index = discover(root, split, images, labels)
     scan = scan_training_labels(index, console)
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
+    if not scan.histogram[: space.num_classes].any():
+        raise LmaeError(f"{index.root}: no training label holds an annotated pixel (all void): nothing to learn from")
     val_pairs: list[Pair] = []
+    val_index = None
     if val is not None or val_split is not None:
-        val_pairs, val_skipped = find_validation_pairs(val if val is not None else root, val_split, space, val_max_pairs,
-                                                       counted=space_options.get("num_classes") is None, console=console)
+        val_index, val_pairs, val_skipped = find_validation_pairs(val if val is not None else root, val_split, space, val_max_pairs,
+                                                                  counted=space_options.get("num_classes") is None, console=console)
         skipped += val_skipped
     report_skipped(console, skipped)
     note_validation(console, pairs, val_pairs, own_split_hint=split is None and val is None)
@@ -693,7 +731,7 @@ def load_training_data(
         "image_short_side": scan.median_short_side(pairs),
         "skipped_pairs": len(skipped),
     }
-    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped)
+    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped, val_index)
 
 
 def scan_training_labels(index: DatasetIndex, console: Console):
@@ -738,18 +776,37 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
 
 def find_validation_pairs(
     root: Path, split: str | None, space: LabelSpace, max_pairs: int, counted: bool, console: Console,
-) -> tuple[list[Pair], list[str]]:
-    """(the validation pairs that fit the label space, the first `max_pairs` when above 0; one
-    line per pair left out). When the classes were `counted` from the training labels and
-    validation labels hold more, the note says how to give the count."""
+) -> tuple[DatasetIndex, list[Pair], list[str]]:
+    """(the validation data, its pairs that fit the label space, the first `max_pairs` when above
+    0; one line per pair left out). Validation data that names other classes than the training
+    data's, or has no usable pair, is refused: its figures would choose best.safetensors on
+    nonsense. When the classes were `counted` from the training labels and validation labels hold
+    more, the note says how to give the count."""
     index = discover(root, split)
+    check_same_classes(index, space)
     scan = scan_labels(index.pairs)
     pairs, outside = scan.outside(space)
     if outside and counted and not space.has_names:
         console.print(f"note: the {space.num_classes} classes were counted from the training labels' largest value; "
                       "validation labels hold more: pass --num-classes, or list the classes in a classes.txt", highlight=False)
     skipped = [f"{line} (validation)" for line in index.unmatched + scan.problems + outside]
-    return (pairs[:max_pairs] if max_pairs > 0 else pairs), skipped
+    if not pairs:
+        report_skipped(console, skipped)
+        raise LmaeError(f"{index.root}: no usable validation pair (--val, --val-split)")
+    return index, (pairs[:max_pairs] if max_pairs > 0 else pairs), skipped
+
+
+def check_same_classes(index: DatasetIndex, space: LabelSpace) -> None:
+    """Refuse validation data whose class list names other classes than the training data's."""
+    classes_file = find_classes_file(index.root)
+    names = read_class_list(classes_file)[0] if classes_file is not None else index.known_class_names
+    if not names or not space.has_names:
+        return
+    given, wanted = [n.strip().lower() for n in names], [n.strip().lower() for n in space.names]
+    if given[: len(wanted)] != wanted:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise LmaeError(f"{index.root}: its classes ({shown}) are not the training data's "
+                        f"({', '.join(space.names[:4])}{', ...' if len(space.names) > 4 else ''}); validate on data of the same label space")
 
 
 def note_validation(console: Console, pairs: list[Pair], val_pairs: list[Pair], own_split_hint: bool) -> None:
@@ -780,8 +837,8 @@ def void_255_hint(scan, space) -> str | None:
 
 
 def report_skipped(console: Console, problems: list[str], limit: int = 20) -> None:
-    err = Console(stderr=True, quiet=console.quiet)  # quiet on torchrun's other ranks
+    err = Console(stderr=True, quiet=console.quiet, markup=False, emoji=False)  # quiet on torchrun's other ranks
     for line in problems[:limit]:
-        err.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("skipped:", "yellow"), f" {line}"), highlight=False, soft_wrap=True)
     if len(problems) > limit:
-        err.print(f"[yellow]skipped:[/] ... and {len(problems) - limit} more")
+        err.print(Text.assemble(("skipped:", "yellow"), f" ... and {len(problems) - limit} more"))

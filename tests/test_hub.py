@@ -81,3 +81,21 @@ def test_push_builds_the_local_family_layout_and_a_model_card_without_sending(tm
     build_upload(family, "someone/shapes", staging)
     card = (staging / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: lmae-repair") and "Measured with lmae-repair evaluate: PA-mIoU 0.9." in card
+
+
+def test_a_push_the_hub_does_not_answer_fails_in_one_line(tmp_path, family, monkeypatch):
+    """The HTTP client's own errors (no network, a name that does not resolve) are not
+    huggingface_hub's: they still end in one line that says what to check."""
+    import huggingface_hub
+
+    class ConnectError(Exception):  # what the client raises when DNS fails, by its class name only
+        pass
+
+    def unreachable(*args, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
+    result = runner.invoke(app, ["push", str(family), "someone/shapes", "--staging", str(tmp_path / "staging")])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "someone/shapes: upload failed (ConnectError" in errors[0] and "HF_TOKEN" in errors[0]

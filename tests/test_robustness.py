@@ -169,7 +169,7 @@ def test_complete_skips_each_broken_pair_in_one_line_and_repairs_the_rest(tmp_pa
     assert hashes(corpus, tmp_path / "elsewhere") == before  # no input modified
 
 
-def test_audit_evaluate_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_path, corpus, family):
+def test_audit_evaluate_tune_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_path, corpus, family):
     before = hashes(corpus, tmp_path / "elsewhere")
     audit = runner.invoke(app, ["audit", str(corpus), "--models", str(family), "--device", "cpu",
                                 "--json", str(tmp_path / "audit.json")])
@@ -183,6 +183,10 @@ def test_audit_evaluate_and_train_also_skip_broken_pairs_and_modify_nothing(tmp_
     assert evaluate.exit_code == 1, evaluate.output
     assert_each_broken_pair_named_once(evaluate.output, corpus)
     assert f"{GOOD + len(UNUSUAL)} pairs" in evaluate.output.split("damage at")[1]  # the figures' title
+
+    tune = runner.invoke(app, ["tune", str(corpus), "--models", str(family), "--device", "cpu", "--out", str(tmp_path / "tuned")])
+    assert tune.exit_code == 1, tune.output
+    assert_each_broken_pair_named_once(tune.output, corpus)
 
     train = runner.invoke(app, ["train", str(corpus), "--epochs", "1", "--batch-size", "4", "--crop", "32",
                                 "--workers", "0", "--num-classes", "4", "--out", str(tmp_path / "run")])

@@ -443,3 +443,47 @@ def test_photometric_training_crops_change_the_image_only_and_record_it(tmp_path
     assert result.exit_code == 0, result.output
     _, info = load_checkpoint(next((tmp_path / "run").rglob("last.safetensors")))
     assert info.training["photometric"] is True
+
+
+def test_runs_that_cannot_be_meant_are_refused_before_any_training(tmp_path):
+    """Each refused before an epoch runs (no run folder is made): two ratios sharing a folder, a
+    ratio that hides no patch, labels with no annotated pixel, validation data of other classes
+    or holding the run folder, a run folder whose state.pt is gone."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
+    out = tmp_path / "r"
+    for extra, said in ((["-m", "0.5", "-m", "0.501"], "would both train into mask-0.50/"),
+                        (["-m", "0.01"], "hides none of the 16 patches")):
+        result = runner.invoke(app, args + ["--out", str(out), *extra])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert not out.exists()
+    void = make_paired(tmp_path / "void", count=2, size=64)
+    for label in (void / "labels").iterdir():
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(label)
+    result = runner.invoke(app, ["train", str(void), "--num-classes", "3", "--out", str(out), "--crop", "64"])
+    assert result.exit_code == 2 and "no training label holds an annotated pixel" in result.output
+    other = make_paired(tmp_path / "other", count=2, size=64)
+    (other / "classes.txt").write_text("sky\nroad\ncar\ntree\n")
+    (root / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    result = runner.invoke(app, args + ["--out", str(out), "--val", str(other)])
+    assert result.exit_code == 2 and "are not the training data's" in result.output, result.output
+    (other / "classes.txt").unlink()
+    result = runner.invoke(app, args + ["--out", str(other / "run"), "--val", str(other)])
+    assert result.exit_code == 2 and "inside the input" in result.output and not (other / "run").exists()
+    assert runner.invoke(app, args + ["--out", str(out)]).exit_code == 0
+    (out / "mask-0.50" / "state.pt").unlink()
+    for again in ([], ["--resume"]):
+        result = runner.invoke(app, args + ["--out", str(out), *again])
+        assert result.exit_code == 2 and "mask-0.50" in result.output, result.output
+
+
+def test_average_refuses_to_write_over_one_of_its_inputs_and_counts_each_file_once(tmp_path):
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "r"
+    args = ["train", str(root), "--epochs", "2", "--batch-size", "2", "--crop", "64", "--workers", "0", "--keep-epochs", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    first, second = sorted((out / "mask-0.50").glob("epoch-*.safetensors"))
+    result = runner.invoke(app, ["average", str(first), str(second), "--out", str(first)])
+    assert result.exit_code == 2 and "one of the checkpoints being averaged" in result.output
+    result = runner.invoke(app, ["average", str(first), str(first), "--out", str(tmp_path / "avg.safetensors")])
+    assert result.exit_code == 2 and "at least two checkpoints" in result.output
