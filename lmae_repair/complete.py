@@ -480,6 +480,17 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     return entry
 
 
+def finished_here(entry: dict, pair: Pair, index: DatasetIndex, out: Path) -> dict | None:
+    """An earlier run's entry for `pair` as this run would write it, or None when this OUT does
+    not hold its label as written then (an OUT copied from another keeps the other's paths in
+    its log). The paths are this run's: the earlier run may have named DATA from another folder
+    (relative paths that no longer open) or written into the OUT this one was copied from."""
+    target = output_label_path(out, pair.key, index)
+    if file_stamp(target) != entry.get("output_stamp", file_stamp(target)) or file_stamp(target) == "missing":
+        return None
+    return {**entry, "image": str(pair.image), "input_label": str(pair.label), "output": str(target.absolute())}
+
+
 def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
     """A pair that failed leaves nothing under OUT: an earlier run's completed label (and image
     link) for it would no longer match its input. OUT is this run's (locked, see
@@ -601,8 +612,9 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
     try:
         settings = run_settings(checkpoints, options)
         finished = {} if options.dry_run else load_progress(options.out)
-        done = {pair.key: finished[pair.key] for pair in index.pairs
-                if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
+        done = {pair.key: entry for pair in index.pairs if pair.key in finished
+                for entry in [finished_here(finished[pair.key], pair, index, options.out)]
+                if entry is not None and entry.get("resume_key") == resume_key(pair, settings)}
         if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
             for pair in [pair for pair in index.pairs if pair.key in done]:
                 try:

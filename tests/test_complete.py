@@ -187,6 +187,25 @@ def test_a_rerun_mirrors_an_image_replaced_or_converted_since(tmp_path, family):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["scene_000.png", "scene_001.jpg"]
 
 
+def test_a_rerun_from_another_folder_or_into_a_copied_out_reports_this_runs_paths(tmp_path, family, monkeypatch):
+    """Skipped pairs are reported with paths that open from where the rerun was made, and a
+    copied OUT's report points into the copy, not into the folder it was copied from."""
+    root = make_paired(tmp_path / "ds", count=2)
+    monkeypatch.chdir(tmp_path)
+    assert complete(Path("ds"), Path("out"), family).exit_code == 0  # relative paths, from tmp_path
+    monkeypatch.chdir(tmp_path / "ds" / "images")
+    rerun = complete(root, tmp_path / "out", family)
+    assert rerun.exit_code == 0 and "done by an earlier run" in rerun.output
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    assert all(Path(e["image"]).is_file() and Path(e["input_label"]).is_file() for e in report["pairs"])
+    assert "No label was changed" not in (tmp_path / "out" / "lmae-report.html").read_text()
+    shutil.copytree(tmp_path / "out", tmp_path / "copy")  # copytree keeps sizes and times, as cp -a
+    assert complete(root, tmp_path / "copy", family).exit_code == 0
+    report = json.loads((tmp_path / "copy" / "lmae-report.json").read_text())
+    assert report["totals"]["resumed"] == 2
+    assert all(Path(e["output"]).parent == (tmp_path / "copy" / "labels").absolute() for e in report["pairs"])
+
+
 def test_labels_of_pairs_gone_from_the_input_are_kept_and_listed(tmp_path, family):
     """A pair removed from the input after a run: its label in OUT stays (it may be another
     split's work) but the rerun says so and the report lists it; the other pairs are skipped."""
