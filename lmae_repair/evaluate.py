@@ -17,9 +17,11 @@ The erased pixels are the damaged ones whose true value is a class.
 Repair: route, hide and rebuild each damaged label exactly as `complete` does (`repair.prepare`,
 the same checkpoints, the same do-no-harm merge). Baselines fill the *same* hidden patches under
 the same merge rule, so only the predictor differs:
-- `nearest`: each pixel takes the class of the nearest annotated pixel outside the hidden patches;
+- `nearest`: each pixel takes the class of the nearest annotated pixel: the model's neighbourhood
+  hint (`repair.repair_hint`: where missing annotation is void, any annotated pixel, those in the
+  hidden patches too; where a background class exists, those outside the hidden patches);
 - `random-walker` (`--baselines all`, needs scikit-image): scikit-image's random walker seeded
-  with those pixels, on the image.
+  with the annotated pixels outside the hidden patches, on the image.
 The intact labels are repaired too: a tool that changes good labels is not safe to run.
 
 Figures per method: PA-mIoU (mIoU over the erased pixels), global mIoU (over every annotated
@@ -113,8 +115,9 @@ def degrade(label: np.ndarray, space: LabelSpace, options: EvaluateOptions, rng)
 
 
 def nearest_baseline(item: Prepared, info) -> np.ndarray:
-    """The hidden patches filled with the nearest annotated pixel outside them (the model's
-    neighbourhood hint), merged as `complete` merges the model's prediction."""
+    """The hidden patches filled with the nearest annotated pixel (the model's neighbourhood hint,
+    `repair.repair_hint`: in a void label space any annotated pixel, else those outside the hidden
+    patches), merged as `complete` merges the model's prediction."""
     space, p = info.label_space, info.model.patch_size
     fill = item.hint if item.hint is not None else neighbourhood_hint(item.label[None], item.mask[None], p, space.num_classes)[0]
     return merge(item, item.at_input(fill), None, info).values
