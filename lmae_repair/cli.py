@@ -487,7 +487,8 @@ def evaluate(
             write_named_file(json_file, lambda f: f.write(text.encode()))
         print_evaluation(result)
         if result["pairs"] and not result["erased_pixels"]:
-            hint = "no object is small enough: raise --max-object-share" if strategy == "objects" else "raise --mask-ratio"
+            hint = ("no object is small enough, or the draw took none: raise --max-object-share or try another --seed"
+                    if strategy == "objects" else "raise --mask-ratio")
             console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
         if strategy != "objects" and mask_ratio >= 1.0:
             console.print("note: at --mask-ratio 1 every patch is erased, so every label is all void: with nothing annotated to "
@@ -698,7 +699,10 @@ def average(
             raise LmaeError(f"{out}: --out is one of the checkpoints being averaged; write the average elsewhere")
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
-            raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} (train with --keep-epochs)")
+            ratio_folders = sorted(f.name for path in checkpoints if path.is_dir() for f in path.glob("mask-*") if any(f.glob(EPOCH_FILES)))
+            hint = (f"name one ratio's folder, e.g. {checkpoints[0] / ratio_folders[0]}" if ratio_folders
+                    else "train with --keep-epochs")
+            raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} ({hint})")
         model, info = average_checkpoints(files)
         save_checkpoint(out, model, info, half=half)
         console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)

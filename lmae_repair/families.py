@@ -70,11 +70,19 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
+    files = list({f.resolve(): f for f in files}.values())  # a file named twice serves once
     checkpoints = [(f, replace(info, mask_ratio=ratio)) for f, info in ((f, read_info(f)) for f in files) for ratio in info.slot_ratios]
     first_path, first = checkpoints[0]
     for path, info in checkpoints[1:]:
         if not info.label_space.same_classes(first.label_space) or info.model.patch_size != first.model.patch_size:
             raise LmaeError(f"{path}: label space or patch size differs from {first_path}; give one family at a time")
+    serving: dict = {}
+    for path, info in checkpoints:  # routing would take the first and ignore the other without a word
+        slot = (round(info.mask_ratio, 2), info.gap_kind)
+        if slot in serving and serving[slot].resolve() != path.resolve():
+            raise LmaeError(f"{serving[slot]} and {path} both serve mask ratio {slot[0]:.2f} ({slot[1]} gaps); "
+                            "give one file per slot (`inspect` lists the slots each file serves)")
+        serving[slot] = path
     return sorted(checkpoints, key=lambda c: (c[1].mask_ratio, c[1].gap_kind))
 
 

@@ -91,11 +91,15 @@ def model_card(repo_id: str, checkpoints) -> str:
         "## Checkpoints", "",
         "| file | mask ratio | parameters (config) | validation |", "| --- | --- | --- | --- |",
     ]
-    for path, info in dict(checkpoints).items():  # a file serving several slots: one row
+    slots: dict = {}
+    for path, info in checkpoints:  # a file serving several slots: one row listing them all
+        slots.setdefault(path, []).append(info)
+    for path, infos in slots.items():
+        info = infos[0]
         figures = ", ".join(f"{k} {v}" for k, v in info.validation.items() if k.startswith("val_")) or "-"
         config = f"patch {info.model.patch_size}, encoder {info.model.enc_depth}x{info.model.enc_dim}, decoder {info.model.dec_depth}x{info.model.dec_dim}"
         gaps = " (gaps that follow the image's edges: missed objects)" if info.gap_kind == "objects" else ""
-        ratios = ", ".join(f"{r:.2f}" for r in info.slot_ratios)
+        ratios = ", ".join(f"{r:.2f}" for r in sorted({i.mask_ratio for i in infos}))
         lines.append(f"| `{path.name}` | {ratios}{gaps} | {config} | {figures} |")
     training = first.training
     lines += ["", "## Training", ""]

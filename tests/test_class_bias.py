@@ -1,6 +1,5 @@
 """Class offsets: tuned for PA-mIoU, stored in the checkpoint, applied where a class is chosen."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.class_bias import apply_class_bias, held_out, pa_miou, tune_offsets
 from lmae_repair.cli import app
 from lmae_repair.errors import LmaeError
+from lmae_repair.families import set_routing
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.model import ModelConfig
 from lmae_repair.repair import finish, prepare
@@ -75,9 +75,8 @@ def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_fam
     assert "held_out_after" in record and "scored on the other" in result.output
     assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
     run = tmp_path / "run"  # a training run of two mask ratios: both files are kept under --out, in the run's layout
-    for ratio in ("0.25", "0.50"):
-        (run / f"mask-{ratio}").mkdir(parents=True)
-        shutil.copy(trained_family / "mask-0.50" / "best.safetensors", run / f"mask-{ratio}" / "best.safetensors")
+    for ratio in ("0.25", "0.50"):  # the same weights, each file serving its own ratio, as a run's do
+        set_routing(trained_family / "mask-0.50" / "best.safetensors", run / f"mask-{ratio}" / "best.safetensors", [float(ratio)])
     both = runner.invoke(app, ["tune", str(data), "--models", str(run), "--out", str(tmp_path / "run-tuned"), "--max-pairs", "2"])
     assert both.exit_code == 0, both.output
     assert sorted(p.relative_to(tmp_path / "run-tuned").as_posix() for p in (tmp_path / "run-tuned").rglob("*.safetensors")) == [

@@ -99,3 +99,13 @@ def test_a_push_the_hub_does_not_answer_fails_in_one_line(tmp_path, family, monk
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1, result.output
     assert "someone/shapes: upload failed (ConnectError" in errors[0] and "HF_TOKEN" in errors[0]
+
+
+def test_the_card_lists_every_mask_ratio_a_file_serves(tmp_path, family):
+    from lmae_repair.families import set_routing
+
+    (tmp_path / "fam").mkdir()
+    set_routing(family / "mask-0.25" / "best.safetensors", tmp_path / "fam" / "general.safetensors", [0.25, 0.5, 0.75])
+    build_upload(tmp_path / "fam", "someone/one", tmp_path / "staging")
+    card = (tmp_path / "staging" / "README.md").read_text()
+    assert "| 0.25, 0.50, 0.75 |" in card, card

@@ -354,3 +354,14 @@ def test_labels_that_fit_a_family_by_their_values_alone_are_pointed_to_it(tmp_pa
     reason = no_fit_reason({"camvid": None}, [set(range(12))], None, [("camvid", space)])
     assert "pass --models camvid" in reason and "sky, building, pole, road" in reason
     assert "colour labels" in no_fit_reason({"camvid": None}, [], None, [])
+
+
+def test_two_files_for_one_routing_slot_are_refused_and_one_file_named_twice_counts_once(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    one = family / "mask-0.25" / "best.safetensors"
+    twin = tmp_path / "twin.safetensors"
+    twin.write_bytes(one.read_bytes())
+    result = runner.invoke(app, ["complete", str(root), "--models", str(one), "--models", str(twin), "--out", str(tmp_path / "o")])
+    one_line_error(result, "both serve mask ratio 0.25")
+    result = runner.invoke(app, ["complete", str(root), "--models", str(one), "--models", str(one), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0 and "(mask ratios 0.25)" in result.output, result.output
