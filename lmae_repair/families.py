@@ -28,9 +28,12 @@ Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
 FIT_SHARE = 0.75  # share of those whose values must all be classes or void
 def how_to_train(root: Path) -> str:
-    """The advice for data no bundled family fits, as a command that can be pasted."""
+    """The advice for data no bundled family fits, as a command that can be pasted: its run folder
+    outside the data (`train` refuses one inside it), beside it when the current folder is in it."""
+    data, here = root.resolve(), Path.cwd().resolve()
+    runs = os.path.relpath(data.parent / f"{data.name}-runs") if here == data or data in here.parents else "runs/mine"
     return (f"train a family for it with `lmae-repair train {shlex.quote(str(root))} --mask-ratio 0.25 "
-            "--mask-ratio 0.5 --mask-ratio 0.75 --out runs/mine`, then pass --models runs/mine")
+            f"--mask-ratio 0.5 --mask-ratio 0.75 --out {shlex.quote(runs)}`, then pass --models {shlex.quote(runs)}")
 
 
 def bundled_models_dir() -> Path:

@@ -51,14 +51,17 @@ def fetch_family(spec: str) -> Path:
     )
 
     repo_id, revision = parse_hub_spec(spec)
+    local = "" if str(spec).startswith(HUB_PREFIX) else " (nor a local file, folder or bundled family of that name)"
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=FAMILY_FILES))
     except (RepositoryNotFoundError, GatedRepoError):
-        local = "" if str(spec).startswith(HUB_PREFIX) else " (nor a local file, folder or bundled family of that name)"
         raise LmaeError(f"{spec}: no such model repository on the Hub, or no access to it (set HF_TOKEN for a private one){local}") from None
     except RevisionNotFoundError:
         raise LmaeError(f"{spec}: the repository has no revision {revision!r}") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if local:  # a path that does not exist reads like owner/name: say the likelier problem first
+            raise LmaeError(f"{spec}: no such local file, folder or bundled family, and no Hub repository of that name "
+                            "in the local Hugging Face cache (the Hub cannot be reached)") from None
         raise LmaeError(f"{spec}: not in the local Hugging Face cache and the Hub cannot be reached (offline?); "
                         "fetch it once online, or unset HF_HUB_OFFLINE") from None
     except OSError as exc:

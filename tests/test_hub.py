@@ -55,6 +55,8 @@ def test_a_cached_family_works_offline_by_hub_name_and_revision(tmp_path, family
     missing = run_offline(["complete", str(root), "--models", "hf://someone/other", "--out", str(tmp_path / "o")], cache)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "hf://someone/other: not in the local Hugging Face cache" in missing.stderr
+    typo = run_offline(["complete", str(root), "--models", "runs/mine", "--out", str(tmp_path / "o")], cache)  # no such folder
+    assert typo.returncode == 2 and "runs/mine: no such local file, folder or bundled family" in typo.stderr
 
 
 def test_push_builds_the_local_family_layout_and_a_model_card_without_sending(tmp_path, family):

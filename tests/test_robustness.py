@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +366,13 @@ def test_two_files_for_one_routing_slot_are_refused_and_one_file_named_twice_cou
     one_line_error(result, "both serve mask ratio 0.25")
     result = runner.invoke(app, ["complete", str(root), "--models", str(one), "--models", str(one), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0 and "(mask ratios 0.25)" in result.output, result.output
+
+
+def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monkeypatch):
+    """Run from inside the data, `--out runs/mine` would be refused by train itself."""
+    from lmae_repair.families import how_to_train
+
+    root = make_paired(tmp_path / "ds", count=1)
+    assert "--out runs/mine" in how_to_train(root)
+    monkeypatch.chdir(root / "images")
+    assert "--out ../../ds-runs`, then pass --models ../../ds-runs" in how_to_train(Path(".."))
