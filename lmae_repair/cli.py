@@ -638,14 +638,18 @@ def push(
         import json
         import tempfile
 
-        from lmae_repair.hub import build_upload, push_family
+        from lmae_repair.hub import build_upload, figures_of_another_family, push_family
 
         figures = None
         if evaluate_json is not None:
             try:
-                figures = evaluation_markdown(json.loads(evaluate_json.read_text()))
-            except (OSError, ValueError, KeyError) as exc:
+                result = json.loads(evaluate_json.read_text())
+                figures = evaluation_markdown(result)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise LmaeError(f"{evaluate_json}: not an evaluate --json file ({exc})") from None
+            problem = figures_of_another_family(result, run_dir)
+            if problem:
+                raise LmaeError(f"{evaluate_json}: {problem}")
         with tempfile.TemporaryDirectory(prefix="lmae-push-") as temporary:
             folder = staging or Path(temporary)
             folder.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,20 @@ def first_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
+def figures_of_another_family(result: dict, run_dir: Path) -> str | None:
+    """Why an `evaluate --json` result is not about the family in `run_dir`, or None: every
+    checkpoint it names that still exists must have the contents of one of the family's files
+    (a card must not publish another family's figures)."""
+    from lmae_repair.complete import file_digest
+    from lmae_repair.families import find_checkpoints
+
+    ours = {file_digest(path) for path, _ in find_checkpoints([run_dir])}
+    for name in result.get("models", []):
+        if Path(name).is_file() and file_digest(Path(name)) not in ours:
+            return f"its figures are of {name}, which is not one of {run_dir}'s checkpoints"
+    return None
+
+
 def model_card(repo_id: str, checkpoints) -> str:
     """README.md for a family: label space, mask ratios, how it was trained, its validation
     figures and how to use it."""

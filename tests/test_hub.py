@@ -111,3 +111,19 @@ def test_the_card_lists_every_mask_ratio_a_file_serves(tmp_path, family):
     build_upload(tmp_path / "fam", "someone/one", tmp_path / "staging")
     card = (tmp_path / "staging" / "README.md").read_text()
     assert "| 0.25, 0.50, 0.75 |" in card, card
+
+
+def test_push_refuses_figures_of_another_family(tmp_path, family, trained_family):
+    def evaluation(checkpoint):
+        figures = {"pa_miou": 0.5, "restored": 0.5, "precision": 0.5, "intact_changed": 0.0}
+        result = {"strategy": "random", "mask_ratio": 0.5, "pairs": 2, "data": "ds", "seed": 0,
+                  "models": [str(checkpoint)], "methods": {"lmae-repair": figures}}
+        path = tmp_path / f"{checkpoint.parent.parent.name}.json"
+        path.write_text(json.dumps(result))
+        return str(path)
+
+    args = ["push", str(family), "someone/shapes", "--dry-run", "--evaluate-json"]
+    other = runner.invoke(app, args + [evaluation(trained_family / "mask-0.50" / "best.safetensors")])
+    assert other.exit_code == 2 and "which is not one of" in other.output, other.output
+    own = runner.invoke(app, args + [evaluation(family / "mask-0.50" / "best.safetensors")])
+    assert own.exit_code == 0, own.output
