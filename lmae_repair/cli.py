@@ -7,6 +7,7 @@ unreadable checkpoint). Errors the user can fix print one line, no traceback (un
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -190,6 +191,9 @@ def train(
         console.print(table)
         states = ratio_folder(options.out, options.mask_ratios[0]).name if len(options.mask_ratios) == 1 else "mask-*"
         console.print(f"run folder: {options.out} (resume with --resume; state in {states}/{STATE_FILE})")
+        models = shlex.quote(str(options.out))
+        console.print(f"next: lmae-repair tune DATA --models {models} and lmae-repair evaluate DATA --models {models} on "
+                      f"labelled pairs it did not train on, then lmae-repair complete DATA --models {models}")
         if training_data.skipped:
             skipped = len(training_data.skipped)
             console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")

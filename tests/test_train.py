@@ -59,6 +59,7 @@ def test_train_command_writes_checkpoints_that_reload_with_metadata(tmp_path):
          "--crop", "64", "--workers", "0"],
     )
     assert result.exit_code == 0, result.output
+    assert f"then lmae-repair complete DATA --models {out}" in " ".join(result.output.split())  # what to do next
     for ratio in ("0.25", "0.50"):
         folder = out / f"mask-{ratio}"
         for name in ("best.safetensors", "last.safetensors", "state.pt", "history.jsonl"):
