@@ -200,10 +200,9 @@ def journal_for(json_file: Path | None, csv_file: Path | None) -> Path | None:
     --csv file); None without either, or where that is a special file such as /dev/stdout, since
     nothing of such a run outlives it."""
     target = json_file if json_file is not None else csv_file
-    if target is None:
+    if target is None or is_special_file(target):  # through a link too: is_file() follows it
         return None
-    target = target.resolve() if target.is_symlink() else target
-    return None if is_special_file(target) else target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
+    return target.with_name(f".{target.name}{JOURNAL_SUFFIX}")
 
 
 def audit_settings(checkpoints, options: AuditOptions, space: LabelSpace) -> str:

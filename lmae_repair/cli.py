@@ -696,13 +696,14 @@ def average(
 
     def run() -> None:
         from lmae_repair.checkpoints import average_checkpoints, save_checkpoint
+        from lmae_repair.data import distinct_files
         from lmae_repair.train import EPOCH_FILES
 
         missing = [path for path in checkpoints if not path.exists()]
         if missing:
             raise LmaeError(f"{missing[0]}: no such file or folder")
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
-        files = list({f.resolve(): f for f in files}.values())  # a file named twice counts once
+        files = distinct_files(files)  # a file named twice counts once
         if out.resolve() in {f.resolve() for f in files}:
             raise LmaeError(f"{out}: --out is one of the checkpoints being averaged; write the average elsewhere")
         if len(files) < 2:

@@ -480,15 +480,12 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     return entry
 
 
-def finished_here(entry: dict, pair: Pair, index: DatasetIndex, out: Path) -> dict | None:
-    """An earlier run's entry for `pair` as this run would write it, or None when this OUT does
-    not hold its label as written then (an OUT copied from another keeps the other's paths in
-    its log). The paths are this run's: the earlier run may have named DATA from another folder
-    (relative paths that no longer open) or written into the OUT this one was copied from."""
-    target = output_label_path(out, pair.key, index)
-    if file_stamp(target) != entry.get("output_stamp", file_stamp(target)) or file_stamp(target) == "missing":
-        return None
-    return {**entry, "image": str(pair.image), "input_label": str(pair.label), "output": str(target.absolute())}
+def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path) -> dict:
+    """An earlier run's entry for `pair` with the paths this run would write: the earlier run may
+    have named DATA from another folder (relative paths that no longer open) or written into the
+    OUT this one was copied from."""
+    output = output_label_path(out, pair.key, index).absolute()
+    return {**entry, "image": str(pair.image), "input_label": str(pair.label), "output": str(output)}
 
 
 def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
@@ -502,14 +499,16 @@ def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
             pass  # a folder or an unwritable file: left as it is
 
 
-def load_progress(out: Path) -> dict[str, dict]:
+def load_progress(out: Path, index: DatasetIndex) -> dict[str, dict]:
     """Entries of pairs finished by an earlier run into the same OUT, by label key (the last
     entry of a pair wins). An output that is gone, or was changed since it was written (edited
-    by hand), does not count as finished: the pair is redone and the report tells the truth."""
+    by hand), does not count as finished: the pair is redone and the report tells the truth.
+    The output is looked for where this OUT holds it, not at the path the log recorded: an OUT
+    copied or moved since keeps the old paths in its log."""
     done: dict[str, dict] = {}
     for entry in read_json_lines(out / PROGRESS_LOG):
-        output = Path(entry.get("output") or "")
-        stamp = file_stamp(output) if entry.get("output") and output.is_file() else "missing"
+        output = output_label_path(out, entry.get("label") or "", index)
+        stamp = file_stamp(output) if entry.get("output") and entry.get("label") and output.is_file() else "missing"
         # logs of earlier versions have no stamp: their outputs count as they are
         if entry.get("error") is None and stamp != "missing" and stamp == entry.get("output_stamp", stamp):
             done[entry["label"]] = entry
@@ -611,10 +610,9 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         copy_side_files(index, options.out)
     try:
         settings = run_settings(checkpoints, options)
-        finished = {} if options.dry_run else load_progress(options.out)
-        done = {pair.key: entry for pair in index.pairs if pair.key in finished
-                for entry in [finished_here(finished[pair.key], pair, index, options.out)]
-                if entry is not None and entry.get("resume_key") == resume_key(pair, settings)}
+        finished = {} if options.dry_run else load_progress(options.out, index)
+        done = {pair.key: with_this_runs_paths(finished[pair.key], pair, index, options.out) for pair in index.pairs
+                if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
         if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
             for pair in [pair for pair in index.pairs if pair.key in done]:
                 try:

@@ -596,6 +596,12 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def distinct_files(paths: list[Path]) -> list[Path]:
+    """`paths` in order, each file once however it was spelt (the same file named twice, or
+    through a link)."""
+    return list({path.resolve(): path for path in paths}.values())
+
+
 def write_named_file(path: Path, write) -> None:
     """Write a file the user named (`--json`, `--csv`): through a symbolic link into its target
     (the link stays a link), and straight into a special file such as /dev/stdout or a named pipe

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from lmae_repair.checkpoints import CheckpointInfo, read_info
-from lmae_repair.data import DatasetIndex, read_label
+from lmae_repair.data import DatasetIndex, distinct_files, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import find_classes_file, read_class_list
+from lmae_repair.labelspace import declared_class_names, first_names, names_agree
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
@@ -73,7 +73,7 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
-    files = list({f.resolve(): f for f in files}.values())  # a file named twice serves once
+    files = distinct_files(files)  # a file named twice serves once
     checkpoints = [(f, replace(info, mask_ratio=ratio)) for f, info in ((f, read_info(f)) for f in files) for ratio in info.slot_ratios]
     first_path, first = checkpoints[0]
     for path, info in checkpoints[1:]:
@@ -101,11 +101,7 @@ def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | N
             continue  # reported when the pair is processed
         values.append(set(np.unique(label.values).tolist()))
         palette = palette or label.palette
-    names = index.known_class_names
-    classes_file = find_classes_file(index.root)
-    if classes_file is not None:
-        names = read_class_list(classes_file)[0]
-    return values, names, palette
+    return values, declared_class_names(index.root, index.known_class_names), palette
 
 
 def seen(values: list[set[int]]) -> str:
@@ -130,9 +126,7 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
         return None
     score = 0
     if names and space.has_names:
-        wanted = [n.strip().lower() for n in space.names]
-        given = [n.strip().lower() for n in names]
-        if given[: len(wanted)] != wanted:
+        if not names_agree(names, space):
             return None  # the dataset says what its classes are, and they are others
         score += 2
     if palette and space.palette:
@@ -146,14 +140,13 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     """Why no bundled family was chosen, with what the user can do about a near miss: labels
     whose values fit a family but that nothing names (no class list, no palette), or labels that
     hold no class indices at all (colour labels)."""
-    named = f"class names {', '.join(names[:6])}{', ...' if len(names) > 6 else ''} (from its class list), " if names else ""
+    named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
     if not values:
         return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
     for name, space in unconfirmed:
-        classes = ", ".join(space.names[:4]) + (", ..." if len(space.names) > 4 else "")
         reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
-                   f"if they are its classes ({classes}), pass --models {name}")
+                   f"if they are its classes ({first_names(space.names)}), pass --models {name}")
     return reason
 
 

@@ -140,6 +140,24 @@ def find_classes_file(root: Path) -> Path | None:
     return None
 
 
+def declared_class_names(root: Path, layout_names: list[str] | None) -> list[str] | None:
+    """The class names a dataset declares: its class list's (`find_classes_file`), else its
+    layout's (Cityscapes' train ids), else None."""
+    classes_file = find_classes_file(root)
+    return read_class_list(classes_file)[0] if classes_file is not None else layout_names
+
+
+def first_names(names: list[str], limit: int = 4) -> str:
+    """The first `limit` names, comma-separated, with ", ..." when there are more: for messages."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def names_agree(names: list[str], space: "LabelSpace") -> bool:
+    """Whether declared class names begin with the label space's, case and spaces aside."""
+    given, wanted = [n.strip().lower() for n in names], [n.strip().lower() for n in space.names]
+    return given[: len(wanted)] == wanted
+
+
 def read_class_list(path: Path) -> tuple[list[str], int | None]:
     """(names in value order, the void value if the file gives it) from a class list file.
 

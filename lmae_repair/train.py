@@ -54,7 +54,7 @@ from lmae_repair.distributed import (
 )
 from lmae_repair.errors import LmaeError
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
-from lmae_repair.labelspace import LabelSpace, build_label_space, find_classes_file, read_class_list
+from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
@@ -287,8 +287,8 @@ def restore_run(
     console: Console,
 ) -> RunState:
     """With --resume, the saved run loaded into `model`, `optimizer` and `plateau` (a ratio killed
-    before its first epoch ended starts again); without it, a fresh run, refused where one
-    already exists, so that a repeated command never overwrites a run."""
+    before its first epoch ended starts again); without it, a fresh run (`train` has refused,
+    before any ratio trained, one that would overwrite an earlier run: `check_no_earlier_run`)."""
     state_path = folder / STATE_FILE
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
@@ -298,9 +298,7 @@ def restore_run(
         if trained_on and trained_on != data.summary.get("data"):
             console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
         return state
-    elif state_path.exists():
-        raise LmaeError(f"{state_path}: a run already exists here; pass --resume to continue it or choose another --out")
-    return RunState()
+    return RunState()  # a fresh run: `check_no_earlier_run` made sure none is overwritten
 
 
 RUN_FILES = (STATE_FILE, "best.safetensors", "last.safetensors", "history.jsonl")
@@ -798,15 +796,10 @@ def find_validation_pairs(
 
 def check_same_classes(index: DatasetIndex, space: LabelSpace) -> None:
     """Refuse validation data whose class list names other classes than the training data's."""
-    classes_file = find_classes_file(index.root)
-    names = read_class_list(classes_file)[0] if classes_file is not None else index.known_class_names
-    if not names or not space.has_names:
-        return
-    given, wanted = [n.strip().lower() for n in names], [n.strip().lower() for n in space.names]
-    if given[: len(wanted)] != wanted:
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise LmaeError(f"{index.root}: its classes ({shown}) are not the training data's "
-                        f"({', '.join(space.names[:4])}{', ...' if len(space.names) > 4 else ''}); validate on data of the same label space")
+    names = declared_class_names(index.root, index.known_class_names)
+    if names and space.has_names and not names_agree(names, space):
+        raise LmaeError(f"{index.root}: its classes ({first_names(names)}) are not the training data's "
+                        f"({first_names(space.names)}); validate on data of the same label space")
 
 
 def note_validation(console: Console, pairs: list[Pair], val_pairs: list[Pair], own_split_hint: bool) -> None:
