@@ -351,6 +351,11 @@ def discover(
     if images is not None or labels is not None:
         if images is None or labels is None:
             raise LmaeError("--images and --labels must be given together")
+        if root.resolve() != Path.cwd().resolve():  # DATA would be ignored: say so rather than guess
+            raise LmaeError(f"{root}: give DATA or --images/--labels, not both (--images and --labels name the "
+                            "folders themselves, relative to the current folder)")
+        if split is not None:
+            raise LmaeError(f"--split {split}: a split needs a layout; --images and --labels name the pairs' folders themselves")
         images, labels = Path(images), Path(labels)
         for folder in (images, labels):
             if not folder.is_dir():
@@ -386,7 +391,7 @@ class LabelFile:
     """A label as class indices, with what is needed to write it back the same way."""
 
     values: np.ndarray  # (H, W) uint8
-    mode: str  # "L", "P", "I;16" (16-bit grey), or "RGB"/"RGBA" for grey saved as colour
+    mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), or "RGB"/"RGBA" for grey saved as colour
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
 
@@ -480,9 +485,8 @@ def read_label(path: Path) -> LabelFile:
             transparency = img.info.get("transparency") if mode == "P" else None
             if mode in ("L", "P"):
                 values = np.array(img)
-            elif mode == "1":
+            elif mode == "1":  # a two-class mask at one bit per pixel: 0 and 1, written back as one
                 values = np.asarray(img).astype(np.uint8)
-                mode = "L"
             elif mode in ("I", "I;16", "I;16B", "I;16L"):
                 wide = np.asarray(img)
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
@@ -565,6 +569,8 @@ def write_label(path: Path, label: LabelFile) -> None:
         img = img.convert(label.mode)
     elif label.mode == "P":
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
+    elif label.mode == "1" and label.values.max(initial=0) <= 1:  # else (void kept) 8-bit grey
+        img = Image.fromarray(label.values.astype(bool))
     elif label.mode.startswith("I") and file_format != "BMP":  # 16- or 32-bit grey goes back as 16-bit (BMP has none)
         img = Image.fromarray(label.values.astype(np.uint16))
     extra = {"transparency": label.transparency} if label.mode == "P" and label.transparency is not None and file_format == "PNG" else {}

@@ -210,18 +210,27 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
 
 def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:
     """Copy the best checkpoint of each mask ratio of a training run into a family folder
-    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size. A file that
-    serves several slots or only one kind of gap (a family folder's) keeps its name."""
+    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size. A file of a
+    family folder keeps its name (its model card names it: the bundled camvid family's
+    general.safetensors), as does one that serves several slots or only one kind of gap."""
     from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
 
     written = []
     for path in dict.fromkeys(path for path, _ in find_checkpoints([run_dir])):
         model, info = load_checkpoint(path)
-        plain = not info.serve_ratios and info.gap_kind == "any"
+        plain = not info.serve_ratios and info.gap_kind == "any" and is_run_checkpoint(path)
         target = Path(dest) / (f"mask-{info.mask_ratio:.2f}.safetensors" if plain else path.name)
         save_checkpoint(target, model, info, half=half)
         written.append(target)
     return written
+
+
+def is_run_checkpoint(path: Path) -> bool:
+    """A training run's checkpoint (mask-<ratio>/best.safetensors, or a bare best.safetensors),
+    whose name says nothing of its mask ratio, as opposed to a family folder's named file."""
+    from lmae_repair.train import RATIO_FOLDER_PREFIX
+
+    return path.name == "best.safetensors" or path.parent.name.startswith(RATIO_FOLDER_PREFIX)
 
 
 def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half: bool = True) -> int:

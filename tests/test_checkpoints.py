@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -94,6 +95,10 @@ def test_export_family_writes_one_half_precision_file_per_ratio(tmp_path, family
     exported = find_checkpoints([tmp_path / "bundled" / "shapes"])
     assert [info.mask_ratio for _, info in exported] == [0.25, 0.5]
     assert written[0].stat().st_size < (family / "mask-0.25" / "best.safetensors").stat().st_size * 0.6
+    named = tmp_path / "mine"  # a family folder's own names (which its model card uses) are kept
+    named.mkdir()
+    shutil.copy(family / "mask-0.25" / "best.safetensors", named / "general.safetensors")
+    assert [p.name for p in export_family(named, tmp_path / "copy")] == ["general.safetensors"]
 
 
 def test_a_checkpoint_can_serve_another_mask_ratio_slot(tmp_path, family):

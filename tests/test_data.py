@@ -127,6 +127,10 @@ def test_explicit_images_and_labels(tmp_path):
     assert len(index.pairs) == 2
     with pytest.raises(LmaeError, match="together"):
         discover(images=tmp_path / "a" / "pics")
+    with pytest.raises(LmaeError, match="not both"):  # DATA would be ignored: refused, not guessed at
+        discover(tmp_path / "a", images=tmp_path / "a" / "pics", labels=tmp_path / "a" / "gts")
+    with pytest.raises(LmaeError, match="split"):
+        discover(split="val", images=tmp_path / "a" / "pics", labels=tmp_path / "a" / "gts")
 
 
 def test_missing_or_unrecognised_folder(tmp_path):
@@ -174,6 +178,14 @@ def test_label_modes(tmp_path):
     write_label(tmp_path / "wide-out.png", wide)  # 16-bit stays 16-bit
     assert Image.open(tmp_path / "wide-out.png").mode == "I;16"
     assert np.array_equal(read_label(tmp_path / "wide-out.png").values, values)
+    mask = np.array([[0, 1], [1, 0]], dtype=bool)
+    Image.fromarray(mask).save(tmp_path / "bits.png")  # a two-class mask at one bit per pixel
+    bits = read_label(tmp_path / "bits.png")
+    assert np.array_equal(bits.values, mask.astype(np.uint8))
+    bits.values[0, 0] = 1  # as a repair would: a missed pixel completed
+    write_label(tmp_path / "bits-out.png", bits)  # stays 1-bit, as the curator's other masks
+    assert Image.open(tmp_path / "bits-out.png").mode == "1"
+    assert read_label(tmp_path / "bits-out.png").values.tolist() == [[1, 1], [1, 0]]
 
 
 def test_size_mismatch_between_image_and_label(tmp_path):
