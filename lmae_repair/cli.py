@@ -260,10 +260,10 @@ def complete(
         if earlier:
             count = len(earlier)
             console.print(f"note: {target} also holds {count} label{'s' if count > 1 else ''} written by an earlier run for pairs not in this input, kept as {'they are' if count > 1 else 'it is'} (first: {earlier[0]}; all in lmae-report.json)", highlight=False)
-        print_complete_summary(report, target, dry_run, len(index.unmatched))
+        print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
-    exit_with(guarded(run, "interrupted: the pairs finished so far are written; run the same command again to do the rest"))
+    exit_with(guarded(run, "interrupted: each pair finished before this point is written, none half-written; run the same command again to do the rest"))
 
 
 def device_and_precision(device: str, precision: str) -> tuple[str, str]:
@@ -401,11 +401,12 @@ def key_value_table(title: str) -> Table:
     return table
 
 
-def print_complete_summary(report: dict, target: Path, dry_run: bool, unpaired: int = 0) -> None:
+def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
     """The run in one table; files that could not be paired count as failed, not as pairs."""
     totals = report["totals"]
+    unpaired = totals["unpaired"]
     table = key_value_table("lmae-repair complete --dry-run: nothing was written" if dry_run else "lmae-repair complete")
-    table.add_row("pairs", str(totals["pairs"] - unpaired))
+    table.add_row("pairs", str(totals["pairs"]))
     if unpaired:
         table.add_row("files that could not be paired", Text(str(unpaired), style="red"))
     table.add_row("repaired", str(totals["repaired"]))

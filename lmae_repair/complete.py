@@ -153,10 +153,14 @@ def mirror_image(pair: Pair, index: DatasetIndex, out: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:  # a full disk: no half-copied file left, and the error names the image in OUT
+        tmp.unlink(missing_ok=True)
+        raise LmaeError(f"{target}: cannot write it ({exc.strerror or type(exc).__name__})") from None
 
 
 def same_file_or_copy(mirrored: Path, source: str) -> bool:
@@ -617,7 +621,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
             for pair in [pair for pair in index.pairs if pair.key in done]:
                 try:
                     mirror_image(pair, index, options.out)
-                except OSError:
+                except (LmaeError, OSError):
                     del done[pair.key]  # redone, where the failure is reported like any other
         todo = [pair for pair in index.pairs if pair.key not in done]
         unpaired = [problem_entry(problem, index.root) for problem in index.unmatched]

@@ -93,7 +93,7 @@ class DatasetIndex:
 
 
 def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = None) -> list[Path]:
-    """The files below `folder` with one of `suffixes` (hidden ones left out), through symlinked
+    """The files below `folder` with one of `suffixes` (hidden files and folders left out), through symlinked
     folders but each real folder once, so that a link loop ends. What cannot be used is added to
     `problems`, one line each, instead of hanging or vanishing: a folder that cannot be read, a
     FIFO or device (opening it would wait forever), a link to nothing."""
@@ -109,6 +109,7 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
             dirnames[:] = []
             continue
         visited.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .ipynb_checkpoints/, .git/: not data
         for name in filenames:
             path = Path(dirpath) / name
             if Path(name).suffix.lower() not in suffixes or name.startswith("."):
@@ -181,24 +182,53 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
                                 "changes class values at region borders, so labels must be PNG (or BMP, TIFF)")
                 used.add(stem_path)  # its image is reported through this label, not as unlabelled
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
+    orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
         keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
         match = next((key for key in keys if key in images), None)
         if match is None:
             if not any(key in image_clashes for key in keys):
-                problems.append(f"{label}: no image with the same name")
+                orphans.append((label, rel))
             continue
         used.add(match)
         claims.setdefault(match, []).append(label)
+    lonely_images = by_name({key: path for key, path in images.items() if key not in used})
+    problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir)}" for label, rel in orphans]
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
         if len(claimants) == 1:
             pairs.append(Pair(images[key], claimants[0], relative_key(claimants[0], root)))
         else:  # x.png and x_mask.png both name x.jpg: either could be the one meant
             problems.append(f"{images[key]}: {len(claimants)} labels name this image "
                             f"({', '.join(str(p) for p in claimants)}); rename or remove all but one")
-    unlabelled = [f"{image}: no label with the same name" for key, image in images.items() if key not in used]
+    lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans})
+    unlabelled = [f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}"
+                  for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
+
+
+def by_name(files: dict[str, Path]) -> dict[str, list[Path]]:
+    """{file name without extension (and without a label suffix such as _mask): the files}: to
+    find a file's partner in another subfolder (`elsewhere`) without a search per file."""
+    index: dict[str, list[Path]] = {}
+    for key, path in sorted(files.items(), key=lambda item: item[1]):
+        for name in _label_stem_candidates(Path(key).name):
+            index.setdefault(name, []).append(path)
+    return index
+
+
+def elsewhere(stem: Path, partners: dict[str, list[Path]], partner_dir: Path, kind: str = "an image") -> str:
+    """For a file without its partner: where a partner of its name (`by_name`) lies in another
+    subfolder (pairs match by path below the two folders, so their subfolders must match)."""
+    found = next((partners[name] for name in _label_stem_candidates(stem.name) if name in partners), None)
+    if not found:
+        return ""
+
+    def folder(rel: Path) -> str:
+        return "the top folder" if rel.as_posix() == "." else f"{rel.as_posix()}/"
+
+    return (f" in {folder(stem.parent)} ({kind} of that name is in {folder(found[0].parent.relative_to(partner_dir))} "
+            f"of {partner_dir}: the subfolders below the images and labels folders must match)")
 
 
 def relative_key(path: Path | str, root: Path) -> str:
@@ -214,12 +244,19 @@ def relative_key(path: Path | str, root: Path) -> str:
 
 
 def find_voc_root(root: Path) -> Path | None:
-    """The folder holding JPEGImages/ and SegmentationClass/: root, or VOCdevkit/VOC20xx below."""
-    candidates = [root] + sorted(root.glob("VOC*")) + sorted(root.glob("VOCdevkit/VOC*"))
-    for candidate in candidates:
-        if (candidate / "JPEGImages").is_dir() and (candidate / "SegmentationClass").is_dir():
-            return candidate
-    return None
+    """The folder holding JPEGImages/ and SegmentationClass/: root, or VOCdevkit/VOC20xx below.
+    Several below (VOC2007 and VOC2012) are refused, naming them, rather than one taken silently."""
+    def is_voc(folder: Path) -> bool:
+        return (folder / "JPEGImages").is_dir() and (folder / "SegmentationClass").is_dir()
+
+    if is_voc(root):
+        return root
+    found = [c for c in sorted(root.glob("VOC*")) + sorted(root.glob("VOCdevkit/VOC*")) if is_voc(c)]
+    if len(found) > 1:
+        names = ", ".join(c.relative_to(root).as_posix() for c in found)
+        raise LmaeError(f"{root}: holds {len(found)} Pascal VOC datasets ({names}); pass one of them as DATA "
+                        "(each is completed into its own OUT)")
+    return found[0] if found else None
 
 
 def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
@@ -391,7 +428,7 @@ class LabelFile:
     """A label as class indices, with what is needed to write it back the same way."""
 
     values: np.ndarray  # (H, W) uint8
-    mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), or "RGB"/"RGBA" for grey saved as colour
+    mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), "I" (32-bit TIFF), or "RGB"/"RGBA" for grey saved as colour
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
 
@@ -491,7 +528,8 @@ def read_label(path: Path) -> LabelFile:
                 wide = np.asarray(img)
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
                     raise LmaeError(f"{path}: 16-bit label with values above 255")
-                values, mode = wide.astype(np.uint8), "I;16"  # written back as 16-bit (write_label)
+                values = wide.astype(np.uint8)  # written back 32-bit (a TIFF's mode I) or 16-bit (write_label)
+                mode = "I" if mode == "I" and img.format == "TIFF" else "I;16"
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
                 values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
             elif mode in ("RGB", "RGBA"):
@@ -571,7 +609,9 @@ def write_label(path: Path, label: LabelFile) -> None:
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
     elif label.mode == "1" and label.values.max(initial=0) <= 1:  # else (void kept) 8-bit grey
         img = Image.fromarray(label.values.astype(bool))
-    elif label.mode.startswith("I") and file_format != "BMP":  # 16- or 32-bit grey goes back as 16-bit (BMP has none)
+    elif label.mode == "I" and file_format == "TIFF":  # 32-bit grey stays 32-bit
+        img = Image.fromarray(label.values.astype(np.int32))
+    elif label.mode.startswith("I") and file_format != "BMP":  # 16-bit grey goes back as 16-bit (BMP has none)
         img = Image.fromarray(label.values.astype(np.uint16))
     extra = {"transparency": label.transparency} if label.mode == "P" and label.transparency is not None and file_format == "PNG" else {}
     atomic_write(path, lambda f: img.save(f, format=file_format, **extra))

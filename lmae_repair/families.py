@@ -27,12 +27,16 @@ from lmae_repair.labelspace import declared_class_names, first_names, names_agre
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
 FIT_SHARE = 0.75  # share of those whose values must all be classes or void
-def how_to_train(root: Path) -> str:
-    """The advice for data no bundled family fits, as a command that can be pasted: its run folder
-    outside the data (`train` refuses one inside it), beside it when the current folder is in it."""
+
+
+def how_to_train(root: Path, images: Path | None = None) -> str:
+    """The advice for data no bundled family fits, as a command that can be pasted: the data as
+    it was given (DATA, or `--images` with `--labels` = root), its run folder outside the data
+    (`train` refuses one inside it), beside it when the current folder is in it."""
     data, here = root.resolve(), Path.cwd().resolve()
     runs = os.path.relpath(data.parent / f"{data.name}-runs") if here == data or data in here.parents else "runs/mine"
-    return (f"train a family for it with `lmae-repair train {shlex.quote(str(root))} --mask-ratio 0.25 "
+    given = shlex.quote(str(root)) if images is None else f"--images {shlex.quote(str(images))} --labels {shlex.quote(str(root))}"
+    return (f"train a family for it with `lmae-repair train {given} --mask-ratio 0.25 "
             f"--mask-ratio 0.5 --mask-ratio 0.75 --out {shlex.quote(runs)}`, then pass --models {shlex.quote(runs)}")
 
 
@@ -154,9 +158,9 @@ class NoFamilyFits(LmaeError):
     """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
-    def __init__(self, reason: str, root: Path):
-        self.reason, self.advice = reason, how_to_train(root)
-        super().__init__(f"{root}: {reason}; {self.advice}")
+    def __init__(self, reason: str, index: DatasetIndex):
+        self.reason, self.advice = reason, how_to_train(index.root, index.image_root)
+        super().__init__(f"{index.root}: {reason}; {self.advice}")
 
 
 def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
@@ -164,7 +168,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
     clear error when none or several fit."""
     families = bundled_families()
     if not families:
-        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {how_to_train(index.root)}")
+        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {how_to_train(index.root, index.image_root)}")
     values, names, palette = dataset_evidence(index)
     scored, unconfirmed = [], []
     for name, folder in families.items():
@@ -178,7 +182,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         elif score is not None:
             unconfirmed.append((name, info.label_space))
     if not scored:
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index.root)
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

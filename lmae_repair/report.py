@@ -35,9 +35,11 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
         if entry.get("mask_ratio") is not None:
             key = f"{entry['mask_ratio']:.2f}" + (" (objects)" if entry.get("gap_kind") == "objects" else "")
             by_ratio[key] = by_ratio.get(key, 0) + 1
+    unpaired = sum(1 for e in entries if e.get("image") is None and e.get("input_label") is None)
     processed = len(entries) - resumed
     return {
-        "pairs": len(entries),
+        "pairs": len(entries) - unpaired,
+        "unpaired": unpaired,  # files discovery could not pair: listed (and counted as failed), not pairs
         "repaired": sum(1 for e in entries if e["pixels_changed"] > 0),
         "unchanged": sum(1 for e in entries if e["pixels_changed"] == 0 and not e["error"]),
         "failed": sum(1 for e in entries if e["error"]),
@@ -148,6 +150,7 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
         cells = "".join(f'<td><img src="{uri}"></td>' for uri in pictures)
         rows.append(f'<tr><th colspan="4">{caption}</th></tr><tr>{cells}</tr>')
     totals = report["totals"]
+    unpaired = f" (of them {totals['unpaired']} files that could not be paired)" if totals.get("unpaired") else ""
     legend = _legend(space, colours if colours is not None else colour_table(space, None))
     body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
     errors = [entry["error"] for entry in report["pairs"] if entry["error"]]
@@ -164,7 +167,7 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 .key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
-<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed']} failed;
+<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed']} failed{unpaired};
 {totals['pixels_changed']:,} pixels changed. The {min(top, len(entries))} most-changed pairs are shown
 (share of pixels changed, largest first); the full list is in {REPORT_JSON}.</p>
 {failures}

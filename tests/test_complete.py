@@ -290,6 +290,12 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert good["patches_masked"] > 0 and good["pixels_changed"] >= 0 and good["error"] is None
     changed = np.array(Image.open(tmp_path / "out" / "labels" / "scene_000.png")) != np.array(Image.open(root / "labels" / "scene_000.png"))
     assert int(changed.sum()) == good["pixels_changed"]
+    (root / "labels" / "lonely.png").write_bytes((root / "labels" / "scene_000.png").read_bytes())  # no image
+    result = complete(root, tmp_path / "out", family)
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    totals = report["totals"]  # the same counts as the printed table
+    assert (totals["pairs"], totals["unpaired"], totals["failed"]) == (3, 1, 2) and len(report["pairs"]) == 4
+    assert "│ pairs " in result.output and "│ 3 " in result.output.split("│ pairs ")[1].split("\n")[0]
 
 
 def test_dry_run_writes_nothing_says_so_and_is_refused_where_the_real_run_would_be(tmp_path, family):
@@ -496,3 +502,24 @@ def test_pairs_far_larger_than_the_training_images_are_read_at_their_scale_and_w
     assert native.exit_code == 0, native.output
     report = json.loads((tmp_path / "native" / "lmae-report.json").read_text())
     assert report["totals"]["read_shrunk"] == 0 and {entry["read_at"] for entry in report["pairs"]} == {None}
+
+
+def test_an_image_that_cannot_be_mirrored_leaves_no_temporary_and_names_its_place_in_out(tmp_path, family, monkeypatch):
+    """A full disk while an image is copied into OUT (where a hard link is not possible)."""
+    import errno
+
+    def no_link(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full(source, target):
+        Path(target).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lmae_repair.complete.os.link", no_link)
+    monkeypatch.setattr(shutil, "copy2", disk_full)
+    root, out = make_paired(tmp_path / "ds", count=2), tmp_path / "out"
+    result = complete(root, out, family)
+    assert result.exit_code != 0
+    assert f"{out / 'images' / 'scene_000.png'}: cannot write it (No space left on device)" in result.output
+    assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
+    assert not (out / "images" / "scene_000.png").exists() and not (out / "labels" / "scene_000.png").exists()

@@ -81,6 +81,26 @@ def test_voc_nested_in_vocdevkit(tmp_path):
     from lmae_repair.labelspace import find_classes_file
 
     assert find_classes_file(tmp_path) == tmp_path / "VOCdevkit" / "VOC2012" / "classes.txt"
+    make_voc(tmp_path / "VOCdevkit" / "VOC2007", count=2)  # two years: neither is taken silently
+    with pytest.raises(LmaeError, match=r"2 Pascal VOC datasets \(VOCdevkit/VOC2007, VOCdevkit/VOC2012\)"):
+        discover(tmp_path)
+    assert len(discover(tmp_path / "VOCdevkit" / "VOC2007").pairs) == 2
+
+
+def test_hidden_folders_are_not_data_and_subfolders_must_match(tmp_path):
+    root = make_paired(tmp_path / "ds", count=3)
+    checkpoints = root / "labels" / ".ipynb_checkpoints"  # what a notebook leaves beside the labels
+    checkpoints.mkdir()
+    (checkpoints / "scene_000-checkpoint.png").write_bytes((root / "labels" / "scene_000.png").read_bytes())
+    index = discover(root)
+    assert len(index.pairs) == 3 and not index.unmatched
+    (root / "labels" / "sub").mkdir()
+    (root / "labels" / "scene_001.png").rename(root / "labels" / "sub" / "scene_001.png")
+    index = discover(root)
+    assert len(index.pairs) == 2
+    assert index.unmatched == [f"{root / 'labels' / 'sub' / 'scene_001.png'}: no image with the same name in sub/ (an image of "
+                               f"that name is in the top folder of {root / 'images'}: the subfolders below the images "
+                               "and labels folders must match)"]
 
 
 def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
@@ -178,6 +198,10 @@ def test_label_modes(tmp_path):
     write_label(tmp_path / "wide-out.png", wide)  # 16-bit stays 16-bit
     assert Image.open(tmp_path / "wide-out.png").mode == "I;16"
     assert np.array_equal(read_label(tmp_path / "wide-out.png").values, values)
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "deep.tif")  # 32-bit grey (mode I)
+    write_label(tmp_path / "deep-out.tif", read_label(tmp_path / "deep.tif"))
+    assert Image.open(tmp_path / "deep-out.tif").mode == "I"
+    assert np.array_equal(read_label(tmp_path / "deep-out.tif").values, values)
     mask = np.array([[0, 1], [1, 0]], dtype=bool)
     Image.fromarray(mask).save(tmp_path / "bits.png")  # a two-class mask at one bit per pixel
     bits = read_label(tmp_path / "bits.png")

@@ -376,3 +376,4 @@ def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monk
     assert "--out runs/mine" in how_to_train(root)
     monkeypatch.chdir(root / "images")
     assert "--out ../../ds-runs`, then pass --models ../../ds-runs" in how_to_train(Path(".."))
+    assert "lmae-repair train --images pics --labels 'my gts' --mask-ratio" in how_to_train(Path("my gts"), Path("pics"))
