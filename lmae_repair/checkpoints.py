@@ -202,6 +202,7 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
             ("mask ratio", other_info.mask_ratio == info.mask_ratio),
             ("label space", other_info.label_space.same_classes(info.label_space)),
             ("kind of gap (inspect: gaps)", other_info.gap_kind == info.gap_kind),
+            ("training crop (the tiles inference runs in)", other_info.tile == info.tile),
         ) if not same]
         if differs:
             raise LmaeError(f"{path}: {', '.join(differs)} differ{'s' if len(differs) == 1 else ''} from {paths[0]}; only checkpoints of one model can be averaged")

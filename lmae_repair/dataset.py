@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -9,7 +10,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from lmae_repair.data import Pair, check_same_size, read_label, read_pair
 from lmae_repair.errors import LmaeError
@@ -155,7 +156,11 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`key`: an index, or (index, seed) from `SeededSampler`, whose seed alone then draws the
+        crop's window, flip, jitter and objects (whatever process or worker reads it)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None  # None: torch's own
         for attempt in range(len(self.pairs)):
             pair = self.pairs[(index + attempt) % len(self.pairs)]
             try:
@@ -168,23 +173,49 @@ class CropDataset(Dataset):
         else:
             raise LmaeError("no readable training pair left")
         image_t, label_t = to_tensors(image, label.values, self.space)
-        image_t, label_t = self._random_window(image_t, label_t)
-        rng = np.random.default_rng(int(torch.randint(2**31, ())))
+        image_t, label_t = self._random_window(image_t, label_t, generator)
+        rng = np.random.default_rng(int(torch.randint(2**31, (), generator=generator)))
         if self.photometric:
             image_t = photometric_jitter(image_t, rng)
         max_area = OBJECT_MAX_SHARE_OF_CROP * self.crop * self.crop
         objects = erase_objects(label_t.numpy().astype(np.uint8), self.space, OBJECT_ERASE_SHARE, max_area, rng)
         return image_t, label_t, torch.from_numpy(objects)
 
-    def _random_window(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _random_window(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.crop
         height, width = label.shape
         if height < c or width < c:  # extended by its mirror image, as inference extends it
             image, label = mirror_pad(image.permute(1, 2, 0).numpy(), label.numpy(), max(height, c), max(width, c))
             height, width = label.shape
-        top = int(torch.randint(0, height - c + 1, ())) if self.augment else (height - c) // 2
-        left = int(torch.randint(0, width - c + 1, ())) if self.augment else (width - c) // 2
+        top = int(torch.randint(0, height - c + 1, (), generator=generator)) if self.augment else (height - c) // 2
+        left = int(torch.randint(0, width - c + 1, (), generator=generator)) if self.augment else (width - c) // 2
         image, label = image[:, top : top + c, left : left + c], label[top : top + c, left : left + c]
-        if self.augment and torch.rand(()) < 0.5:
+        if self.augment and torch.rand((), generator=generator) < 0.5:
             image, label = image.flip(-1), label.flip(-1)
         return image.contiguous(), label.contiguous()
+
+
+class SeededSampler(Sampler):
+    """Each epoch's order of the pairs, and a seed per crop, drawn from (seed, epoch) alone: a run
+    resumed after epoch k then reads what the uninterrupted run read from epoch k+1 on, whatever
+    the number of loading workers (which would otherwise carry their random state across epochs).
+    Under torchrun each process takes every world_size-th item of the one shuffled order (padded
+    by repeating it, as DistributedSampler does), so an epoch still covers the data once."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        total = len(self) * self.world_size
+        order = (order * math.ceil(total / len(order)))[:total]
+        seeds = torch.randint(2**62, (total,), generator=generator).tolist()
+        return iter(list(zip(order, seeds))[self.rank :: self.world_size])

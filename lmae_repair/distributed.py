@@ -3,7 +3,7 @@ training needs.
 
 `torchrun --nproc_per_node N -m lmae_repair train ...` starts N copies of the command, each with
 RANK, WORLD_SIZE and LOCAL_RANK in its environment. Each copy trains on its own shard of the
-data (DistributedSampler) with the model wrapped in DistributedDataParallel, which averages the
+data (`dataset.SeededSampler`) with the model wrapped in DistributedDataParallel, which averages the
 gradients, so the copies hold identical weights after every step. Losses, image counts and
 validation confusion matrices are summed across the copies, so every copy computes the same
 figures (and the learning-rate schedule stays in step); only rank 0 writes files and prints.

@@ -50,10 +50,14 @@ class LabelSpace:
                 f"label space: background id {self.background_id} is not a class "
                 f"(0..{self.num_classes - 1}); use --background-id none if there is none"
             )
-        if not 0 <= self.void_id <= 255 or self.void_id < self.num_classes:
+        if not 0 <= self.void_id <= 255:
+            raise LmaeError(f"label space: void id {self.void_id} must be 0..255")
+        if self.void_id < self.num_classes:
             raise LmaeError(
-                f"label space: void id {self.void_id} must be 0..255 and not one of the "
-                f"{self.num_classes} class ids"
+                f"label space: void value {self.void_id} is one of the class values 0..{self.num_classes - 1} "
+                f"({self.names[self.void_id]}); the classes must be the values 0..N-1 with void above them: give another "
+                "void value or fewer classes, or, where the labels' void lies below their classes (void 0, classes from "
+                "1), remap the labels (classes from 0, void 255)"
             )
 
     def to_dict(self) -> dict:
@@ -192,6 +196,11 @@ def label_space_from_names(names: list[str], void_id: int | None = None) -> tupl
     if void_id is None and names[-1].lower() in VOID_NAMES:
         void_id = len(names) - 1
         names = names[:-1]
+    misplaced = [i for i, name in enumerate(names) if name.lower() in VOID_NAMES - {"unknown"}]
+    if void_id is None and misplaced:  # trained as a class, the model would predict void, never fill it
+        raise LmaeError(f"'{names[misplaced[0]]}' is line {misplaced[0] + 1}, so value {misplaced[0]} would be a class: a "
+                        "void line must come last (it is then the value after the classes), or give values (`255 void`); "
+                        "where the labels' void lies below their classes, remap them so that the classes are 0..N-1 and void above")
     background_id = next(
         (i for i, name in enumerate(names) if name.lower() in BACKGROUND_NAMES), None
     )
@@ -221,7 +230,10 @@ def build_label_space(
     file_void = None
     classes_file = find_classes_file(root) if root is not None else None
     if classes_file is not None:
-        _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
+        try:
+            _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
+        except LmaeError as exc:
+            raise LmaeError(f"{classes_file}: {exc}") from None
     elif layout_names:
         _, names, file_background, file_void = label_space_from_names(layout_names)
     resolved_void = void_id if void_id is not None else (

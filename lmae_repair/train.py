@@ -38,12 +38,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lmae_repair import __version__
 from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, discover, read_pair
-from lmae_repair.dataset import CropDataset, gap_pixel_counts, label_tensor, scan_labels
+from lmae_repair.dataset import CropDataset, SeededSampler, gap_pixel_counts, label_tensor, scan_labels
 from lmae_repair.distributed import (
     Ranks,
     device_for_rank,
@@ -147,15 +147,18 @@ def ratio_folder(out: Path, ratio: float) -> Path:
 
 
 def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
-    """Refuse, before any training, mask ratios that cannot make a model: outside (0, 1), two
+    """Refuse, before any training, a crop that is not whole patches (at least two a side), and
+    mask ratios that cannot make a model: outside (0, 1), two
     that share a run folder (two decimals: the second would find the first's run and stop after
     it), or one that hides no patch of a training crop (it would learn nothing)."""
     folders: dict[str, float] = {}
     patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    if options.crop % patch or options.crop < 2 * patch:  # one patch: nothing both seen and hidden
+        raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {patch}, at least {2 * patch}")
     patches = (options.crop // patch) ** 2
     for ratio in options.mask_ratios:
-        if not 0.0 < ratio < 1.0:
-            raise LmaeError(f"--mask-ratio must be between 0 and 1 (exclusive), got {ratio}")
+        if not 0.0 < round(ratio, 2) < 1.0:  # its run folder and checkpoint say it to two decimals
+            raise LmaeError(f"--mask-ratio must be between 0.01 and 0.99, got {ratio:g}")
         folder = ratio_folder(Path("."), ratio).name
         if folder in folders:
             raise LmaeError(f"--mask-ratio {folders[folder]:g} and {ratio:g} would both train into {folder}/; give each ratio once")
@@ -201,15 +204,13 @@ def train_one_ratio(
     if state.epoch >= options.epochs:
         console.print(f"{folder}: already trained for {state.epoch} epochs (--epochs {options.epochs})")
         return folder / "best.safetensors"
-    if ranks.rank:  # augmentations, drop-path and masks differ between processes
-        torch.manual_seed(options.seed + 7919 * ranks.rank + state.epoch)
 
     trained = model
     if ranks.distributed:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = make_loader(data.train_pairs, data.space, options, device, ranks)
     warmup = min(options.warmup_steps, len(loader))
-    generator = torch.Generator().manual_seed(options.seed * 1000 + state.epoch + 1_000_003 * ranks.rank)
+    generator = torch.Generator()  # the training masks', seeded at each epoch (`seed_epoch`)
     processes = f", {ranks.world_size} processes x {options.batch_size} images per step" if ranks.distributed else ""
     console.print(Text.assemble(
         (f"mask ratio {ratio:.2f}", "bold"), f": {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
@@ -232,8 +233,7 @@ def train_one_ratio(
                 progress.update(task, total=done)  # the bar ends full, not stuck part-way
                 break
             started = time.perf_counter()
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
+            seed_epoch(epoch, options.seed, ranks.rank, loader.sampler, generator)
             train_loss, images = run_epoch(
                 trained, loader, optimizer, weights, ratio, options, data.space, generator, device,
                 use_amp, warmup, state, progress, task,
@@ -264,6 +264,15 @@ def train_one_ratio(
     return folder / "best.safetensors"
 
 
+def seed_epoch(epoch: int, seed: int, rank: int, sampler: SeededSampler, mask_generator: torch.Generator) -> None:
+    """Every random draw of an epoch from (seed, epoch, process) alone: the order and crops
+    (`SeededSampler`), the training masks and drop-path. So `--resume` after epoch k goes on as
+    the uninterrupted run did, and the processes under torchrun draw differently."""
+    sampler.set_epoch(epoch)
+    mask_generator.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
+    torch.manual_seed(seed + 7919 * rank + 104_729 * epoch)
+
+
 def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
     """The `--preset` model for this label space. Without `--image-branch` (and
     `--branch-reads-labels`), an `--init` checkpoint's image branch (and what it reads) is kept:
@@ -277,9 +286,7 @@ def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
         raise LmaeError("--branch-reads-labels needs an image branch: add --image-branch 16 (or --init a checkpoint with one)")
     config = preset_config(options.preset, space.num_classes, patch_size=options.patch_size, image_branch=image_branch,
                            branch_reads_labels=reads_labels or None)
-    if options.crop % config.patch_size:
-        raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {config.patch_size}")
-    return LabelMAE(config)
+    return LabelMAE(config)  # its crop was checked against the patch size first (check_mask_ratios)
 
 
 def restore_run(
@@ -416,18 +423,15 @@ class RunState:
 
 def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, device: torch.device, ranks: Ranks = Ranks()) -> DataLoader:
     """Shuffled batches of random crops; under torchrun each process reads its own 1/N of the
-    pairs each epoch (DistributedSampler), so an epoch still covers the data once."""
+    pairs each epoch (`dataset.SeededSampler`), so an epoch still covers the data once."""
     dataset = CropDataset(pairs, space, options.crop, augment=True, photometric=options.photometric)
     default_workers = min(4, max((os.cpu_count() or 2) // (2 * ranks.world_size), 0))
     workers = options.workers if options.workers is not None else default_workers
-    sampler = None
-    if ranks.distributed:
-        sampler = DistributedSampler(dataset, ranks.world_size, ranks.rank, shuffle=True, seed=options.seed)
-    shard = len(sampler) if sampler is not None else len(dataset)
+    sampler = SeededSampler(len(dataset), options.seed, ranks.rank, ranks.world_size)
+    shard = len(sampler)
     return DataLoader(
         dataset,
         batch_size=min(options.batch_size, shard),
-        shuffle=sampler is None,
         sampler=sampler,
         drop_last=shard >= options.batch_size,
         num_workers=workers,

@@ -180,6 +180,10 @@ def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
     save_checkpoint(objects, model_b, CheckpointInfo(CONFIG, 0.5, info.label_space, gap_kind="objects"))
     with pytest.raises(LmaeError, match="d.safetensors: kind of gap"):
         average_checkpoints([first, objects])
+    larger = tmp_path / "e.safetensors"  # another run's, trained on larger crops: its tiles would be lost
+    save_checkpoint(larger, model_b, CheckpointInfo(CONFIG, 0.5, info.label_space, training={"crop": 448}))
+    with pytest.raises(LmaeError, match="e.safetensors: training crop"):
+        average_checkpoints([first, larger])
 
 
 def test_a_checkpoint_can_attend_only_near_the_patches_it_rebuilds(tmp_path):

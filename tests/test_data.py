@@ -229,6 +229,12 @@ def test_label_space_from_classes_txt(tmp_path):
     space = build_label_space(tmp_path)
     assert (space.num_classes, space.background_id, space.void_id) == (3, 0, 255)
     assert build_label_space(tmp_path, background_id=None, void_id=200).void_id == 200
+    (tmp_path / "classes.txt").write_text("void\nsky\nroad\n")  # void first: value 0 would be trained as a class
+    with pytest.raises(LmaeError, match=r"classes.txt: 'void' is line 1, so value 0 would be a class"):
+        build_label_space(tmp_path)
+    (tmp_path / "classes.txt").write_text("0 void\n1 sky\n2 road\n")  # void below the classes: said so, with the way out
+    with pytest.raises(LmaeError, match=r"void value 0 is one of the class values 0..2 .*remap the labels"):
+        build_label_space(tmp_path)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -246,7 +252,7 @@ def test_class_lists_that_give_values_or_come_from_labelme_are_read_as_meant(tmp
 def test_label_space_defaults_without_classes_txt(tmp_path):
     space = build_label_space(tmp_path / "nothing", scanned_max_value=6)
     assert (space.num_classes, space.background_id, space.void_id) == (7, 0, 255)
-    with pytest.raises(LmaeError, match="void id"):
+    with pytest.raises(LmaeError, match="void value 3 is one of the class values 0..4"):
         LabelSpace(5, void_id=3)
 
 

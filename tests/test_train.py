@@ -117,6 +117,20 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert moved.exit_code == 0 and f"trained on {root.resolve()}" in " ".join(moved.output.split())
 
 
+def test_a_resumed_run_trains_as_the_uninterrupted_run_did(tmp_path):
+    """Stopped after epoch 1 and resumed, the run's later epochs equal those of one straight run
+    (same crops, masks and drop-path), with a loading worker in one and none in the other."""
+    root = make_paired(tmp_path / "ds", count=4, size=64)
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--seed", "3"]
+    straight = runner.invoke(app, args + ["--out", str(tmp_path / "a"), "--epochs", "3", "--workers", "1"])
+    assert straight.exit_code == 0, straight.output
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--epochs", "1", "--workers", "0"]).exit_code == 0
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--epochs", "3", "--workers", "0", "--resume"]).exit_code == 0
+    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / run / "mask-0.50" / "history.jsonl").read_text().splitlines()]
+              for run in ("a", "b")]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
 def test_a_time_budget_ends_the_run_at_an_epochs_end_with_its_checkpoints_written(tmp_path):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     args = ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(tmp_path / "run"),
@@ -454,7 +468,9 @@ def test_runs_that_cannot_be_meant_are_refused_before_any_training(tmp_path):
     args = ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
     out = tmp_path / "r"
     for extra, said in ((["-m", "0.5", "-m", "0.501"], "would both train into mask-0.50/"),
-                        (["-m", "0.01"], "hides none of the 16 patches")):
+                        (["-m", "0.01"], "hides none of the 16 patches"),
+                        (["--patch-size", "128"], "--crop 64 must be a multiple of the patch size 128, at least 256"),
+                        (["--patch-size", "64"], "--crop 64 must be a multiple of the patch size 64, at least 128")):
         result = runner.invoke(app, args + ["--out", str(out), *extra])
         assert result.exit_code == 2 and said in result.output, result.output
         assert not out.exists()
