@@ -226,7 +226,6 @@ def complete(
 
     def run() -> int:
         from lmae_repair.complete import CompleteOptions, check_output, complete_dataset
-        from lmae_repair.data import discover
         from lmae_repair.families import resolve_models
 
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
@@ -235,7 +234,7 @@ def complete(
             target, threshold, device_name, dry_run, labels_only, overwrite_labeled,
             batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic, native_scale,
         )
-        index = discover(data, split, images, labels)
+        index = discover_data(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
         used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
@@ -459,7 +458,7 @@ def evaluate(
     def run() -> int:
         import json
 
-        from lmae_repair.data import discover, write_named_file
+        from lmae_repair.data import write_named_file
         from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset
         from lmae_repair.families import resolve_models
 
@@ -470,7 +469,7 @@ def evaluate(
         )
         checked_methods(options)
         check_can_write(json_file, "--json")
-        index = discover(data, split, images, labels)
+        index = discover_data(data, split, images, labels)
         if json_file is not None:
             index.refuse_inside(json_file, "--json")
         used, checkpoints = resolve_models(models, index)
@@ -556,7 +555,6 @@ def audit(
 
     def run() -> int:
         from lmae_repair.audit import AuditOptions, audit_dataset, journal_for, label_space_of_data, write_csv, write_json
-        from lmae_repair.data import discover
         from lmae_repair.families import NoFamilyFits, resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
@@ -565,7 +563,7 @@ def audit(
         check_can_write(csv_file, "--csv")
         if json_file is not None and csv_file is not None and json_file.resolve() == csv_file.resolve():
             raise LmaeError(f"{json_file}: --json and --csv name the same file; give each its own")
-        index = discover(data, split, images, labels)
+        index = discover_data(data, split, images, labels)
         for path, option in ((json_file, "--json"), (csv_file, "--csv"), (heatmaps, "--heatmaps")):
             if path is not None:
                 index.refuse_inside(path, option)
@@ -740,11 +738,10 @@ def tune(
     def run() -> int:
         from lmae_repair.checkpoints import read_info
         from lmae_repair.class_bias import served_damages, tune_checkpoint
-        from lmae_repair.data import discover
         from lmae_repair.families import resolve_models
         from lmae_repair.inference import resolve_device
 
-        index = discover(data, split, images, labels)
+        index = discover_data(data, split, images, labels)
         used, checkpoints = resolve_models(models, index)
         files = list(dict.fromkeys(path for path, _ in checkpoints))
         device_name = str(resolve_device(device))
@@ -773,6 +770,17 @@ def tune(
         return 1 if failures else 0
 
     exit_with(guarded(run))
+
+
+def discover_data(data: Path, split: str | None, images: Path | None, labels: Path | None):
+    """The dataset's pairs (`data.discover`), with what discovery chose that the user should know
+    printed as notes (a label folder left out beside the one taken)."""
+    from lmae_repair.data import discover
+
+    index = discover(data, split, images, labels)
+    for note in index.notes:
+        console.print(f"note: {note}", highlight=False)
+    return index
 
 
 def run_folder_of(checkpoint: Path) -> Path:

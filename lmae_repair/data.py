@@ -71,6 +71,7 @@ class DatasetIndex:
     known_class_names: list[str] | None = None
     unlabelled: list[str] = field(default_factory=list)  # "path: no label with the same name"
     image_root: Path | None = None  # the --images folder, when it is not under root
+    notes: list[str] = field(default_factory=list)  # what discovery chose that the user should know
 
     @property
     def input_folders(self) -> list[Path]:
@@ -334,21 +335,27 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
 # ---------------------------------------------------------------- paired folders
 
 
-def find_paired_dirs(root: Path) -> list[tuple[Path, Path]]:
-    """Every images/ folder below root that has a labels/ (masks/, ...) sibling."""
+def find_paired_dirs(root: Path, notes: list[str] | None = None) -> list[tuple[Path, Path]]:
+    """Every images/ folder below root that has a labels/ (masks/, ...) sibling. Where several
+    label folders sit beside one images/ folder, the first of LABEL_DIR_NAMES is taken, and
+    `notes` says which were not."""
     found = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         names = {name.lower(): name for name in dirnames}
         image_name = next((names[n] for n in IMAGE_DIR_NAMES if n in names), None)
-        label_name = next((names[n] for n in LABEL_DIR_NAMES if n in names), None)
-        if image_name and label_name:
-            found.append((Path(dirpath) / image_name, Path(dirpath) / label_name))
-            dirnames[:] = [d for d in dirnames if d not in (image_name, label_name)]
+        label_names = [names[n] for n in LABEL_DIR_NAMES if n in names]
+        if image_name and label_names:
+            found.append((Path(dirpath) / image_name, Path(dirpath) / label_names[0]))
+            dirnames[:] = [d for d in dirnames if d not in (image_name, label_names[0])]
+            if len(label_names) > 1 and notes is not None:
+                notes.append(f"{Path(dirpath) / label_names[0]}: taken as the labels; {', '.join(label_names[1:])} beside it "
+                             "left out (name the folders with --images and --labels to use another)")
     return sorted(found)
 
 
 def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
-    folder_pairs = find_paired_dirs(root)
+    notes: list[str] = []
+    folder_pairs = find_paired_dirs(root, notes)
     if not folder_pairs:
         return None
     if split is not None:
@@ -368,7 +375,7 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
         pairs += found
         unmatched += problems
         unlabelled += lonely
-    return DatasetIndex("paired", root, pairs, unmatched, unlabelled=unlabelled)
+    return DatasetIndex("paired", root, pairs, unmatched, unlabelled=unlabelled, notes=notes)
 
 
 # ---------------------------------------------------------------- entry point

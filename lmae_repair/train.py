@@ -707,6 +707,8 @@ def load_training_data(
     reported one line each on stderr and left out.
     """
     index = discover(root, split, images, labels)
+    for note in index.notes:
+        console.print(f"note: {note}", highlight=False)
     scan = scan_training_labels(index, console)
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
     if not scan.histogram[: space.num_classes].any():

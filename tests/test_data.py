@@ -87,6 +87,16 @@ def test_voc_nested_in_vocdevkit(tmp_path):
     assert len(discover(tmp_path / "VOCdevkit" / "VOC2007").pairs) == 2
 
 
+def test_a_label_folder_left_out_beside_the_one_taken_is_noted(tmp_path):
+    root = make_paired(tmp_path / "ds", count=2)
+    assert discover(root).notes == []
+    (root / "masks").mkdir()  # e.g. valid-region masks beside the labels
+    index = discover(root)
+    assert len(index.pairs) == 2 and index.pairs[0].label.parent.name == "labels"
+    assert index.notes == [f"{root / 'labels'}: taken as the labels; masks beside it left out (name the folders with "
+                           "--images and --labels to use another)"]
+
+
 def test_hidden_folders_are_not_data_and_subfolders_must_match(tmp_path):
     root = make_paired(tmp_path / "ds", count=3)
     checkpoints = root / "labels" / ".ipynb_checkpoints"  # what a notebook leaves beside the labels
