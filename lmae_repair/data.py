@@ -194,7 +194,7 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
             continue
         used.add(match)
         claims.setdefault(match, []).append(label)
-    lonely_images = by_name({key: path for key, path in images.items() if key not in used})
+    lonely_images = by_name({key: path for key, path in images.items() if key not in used}, labels=False)
     problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir)}" for label, rel in orphans]
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
         if len(claimants) == 1:
@@ -202,26 +202,30 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         else:  # x.png and x_mask.png both name x.jpg: either could be the one meant
             problems.append(f"{images[key]}: {len(claimants)} labels name this image "
                             f"({', '.join(str(p) for p in claimants)}); rename or remove all but one")
-    lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans})
+    lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans}, labels=True)
     unlabelled = [f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}"
                   for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
 
 
-def by_name(files: dict[str, Path]) -> dict[str, list[Path]]:
-    """{file name without extension (and without a label suffix such as _mask): the files}: to
-    find a file's partner in another subfolder (`elsewhere`) without a search per file."""
+def by_name(files: dict[str, Path], labels: bool) -> dict[str, list[Path]]:
+    """{the image name a file has or (a label) may name, without extension: the files}, from
+    {path below its folder without extension: file}: to find a file's partner in another
+    subfolder (`elsewhere`) without a search per file."""
     index: dict[str, list[Path]] = {}
     for key, path in sorted(files.items(), key=lambda item: item[1]):
-        for name in _label_stem_candidates(Path(key).name):
+        for name in _label_stem_candidates(Path(key).name) if labels else [Path(key).name]:
             index.setdefault(name, []).append(path)
     return index
 
 
 def elsewhere(stem: Path, partners: dict[str, list[Path]], partner_dir: Path, kind: str = "an image") -> str:
-    """For a file without its partner: where a partner of its name (`by_name`) lies in another
-    subfolder (pairs match by path below the two folders, so their subfolders must match)."""
-    found = next((partners[name] for name in _label_stem_candidates(stem.name) if name in partners), None)
+    """For a file without its partner (`stem`: its path below its folder, without extension):
+    where a partner of its name (`by_name`) lies in another subfolder (pairs match by path below
+    the two folders, so their subfolders must match); nothing where there is none."""
+    names = _label_stem_candidates(stem.name) if kind == "an image" else [stem.name]
+    found = [path for name in names for path in partners.get(name, [])
+             if path.parent.relative_to(partner_dir) != stem.parent]
     if not found:
         return ""
 
@@ -253,6 +257,10 @@ def find_voc_root(root: Path) -> Path | None:
     if is_voc(root):
         return root
     found = [c for c in sorted(root.glob("VOC*")) + sorted(root.glob("VOCdevkit/VOC*")) if is_voc(c)]
+    distinct: dict[Path, Path] = {}
+    for candidate in found:  # one dataset reached twice (VOC2012 a link to VOCdevkit/VOC2012) is one
+        distinct.setdefault(candidate.resolve(), candidate)
+    found = list(distinct.values())
     if len(found) > 1:
         names = ", ".join(c.relative_to(root).as_posix() for c in found)
         raise LmaeError(f"{root}: holds {len(found)} Pascal VOC datasets ({names}); pass one of them as DATA "

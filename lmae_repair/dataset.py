@@ -213,7 +213,7 @@ class SeededSampler(Sampler):
         return math.ceil(self.size / self.world_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)  # any --seed
         order = torch.randperm(self.size, generator=generator).tolist()
         total = len(self) * self.world_size
         order = (order * math.ceil(total / len(order)))[:total]

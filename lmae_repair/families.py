@@ -34,7 +34,8 @@ def how_to_train(root: Path, images: Path | None = None) -> str:
     it was given (DATA, or `--images` with `--labels` = root), its run folder outside the data
     (`train` refuses one inside it), beside it when the current folder is in it."""
     data, here = root.resolve(), Path.cwd().resolve()
-    runs = os.path.relpath(data.parent / f"{data.name}-runs") if here == data or data in here.parents else "runs/mine"
+    inside = any(here == folder or folder in here.parents for folder in [data] + ([images.resolve()] if images else []))
+    runs = os.path.relpath(data.parent / f"{data.name}-runs") if inside else "runs/mine"
     given = shlex.quote(str(root)) if images is None else f"--images {shlex.quote(str(images))} --labels {shlex.quote(str(root))}"
     return (f"train a family for it with `lmae-repair train {given} --mask-ratio 0.25 "
             f"--mask-ratio 0.5 --mask-ratio 0.75 --out {shlex.quote(runs)}`, then pass --models {shlex.quote(runs)}")
@@ -214,16 +215,16 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
 
 def export_family(run_dir: Path, dest: Path, half: bool = True) -> list[Path]:
     """Copy the best checkpoint of each mask ratio of a training run into a family folder
-    (`dest/mask-<ratio>.safetensors`), in float16 by default to halve its size. A file of a
-    family folder keeps its name (its model card names it: the bundled camvid family's
-    general.safetensors), as does one that serves several slots or only one kind of gap."""
+    (`dest/mask-<ratio>.safetensors`, `mask-<ratio>-objects.safetensors` for a run of `--gaps
+    objects`), in float16 by default to halve its size. A file of a family folder keeps its name
+    (its model card names it: the bundled camvid family's general.safetensors)."""
     from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
 
     written = []
     for path in dict.fromkeys(path for path, _ in find_checkpoints([run_dir])):
         model, info = load_checkpoint(path)
-        plain = not info.serve_ratios and info.gap_kind == "any" and is_run_checkpoint(path)
-        target = Path(dest) / (f"mask-{info.mask_ratio:.2f}.safetensors" if plain else path.name)
+        objects = "-objects" if info.gap_kind == "objects" else ""
+        target = Path(dest) / (f"mask-{info.mask_ratio:.2f}{objects}.safetensors" if is_run_checkpoint(path) else path.name)
         save_checkpoint(target, model, info, half=half)
         written.append(target)
     return written

@@ -121,9 +121,8 @@ def model_card(repo_id: str, checkpoints) -> str:
     training = first.training
     lines += ["", "## Training", ""]
     for key in ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds"):
-        if key in training:  # the data by its folder's name: where it lies on this machine is not for the Hub
-            value = Path(str(training[key])).name if key == "data" else training[key]
-            lines.append(f"- {key}: `{value}`")
+        if key in training:
+            lines.append(f"- {key}: `{training[key]}`")
     lines += ["", "Layout: the same as a local `models/<family>/` folder of lmae-repair; every file carries its "
               "architecture, label space and training summary in its safetensors metadata "
               "(`lmae-repair inspect FILE`).", ""]

@@ -186,6 +186,19 @@ def read_class_list(path: Path) -> tuple[list[str], int | None]:
     return lines, None
 
 
+def void_named_class(space: "LabelSpace") -> str | None:
+    """Why a label space looks wrong for training, where one of its classes is named like void
+    (`void` as the first line of a plain class list makes value 0 a class): trained so, a model
+    predicts void and never fills it. None where no class is."""
+    value = next((i for i, name in enumerate(space.names) if name.lower() in VOID_NAMES - {"unknown"}), None)
+    if value is None:
+        return None
+    return (f"class {value} is named '{space.names[value]}', so the model would learn to predict void, never to fill it: "
+            "in a plain class list a void line must come last (it is then the value after the classes), or give values "
+            "(`255 void`); where the labels' void lies below their classes, remap them (classes from 0, void 255); "
+            "or pass --void-id to train as it stands")
+
+
 def label_space_from_names(names: list[str], void_id: int | None = None) -> tuple[int, list[str], int | None, int | None]:
     """(num_classes, names, background_id, void_id) implied by a list of class names.
 
@@ -196,11 +209,6 @@ def label_space_from_names(names: list[str], void_id: int | None = None) -> tupl
     if void_id is None and names[-1].lower() in VOID_NAMES:
         void_id = len(names) - 1
         names = names[:-1]
-    misplaced = [i for i, name in enumerate(names) if name.lower() in VOID_NAMES - {"unknown"}]
-    if void_id is None and misplaced:  # trained as a class, the model would predict void, never fill it
-        raise LmaeError(f"'{names[misplaced[0]]}' is line {misplaced[0] + 1}, so value {misplaced[0]} would be a class: a "
-                        "void line must come last (it is then the value after the classes), or give values (`255 void`); "
-                        "where the labels' void lies below their classes, remap them so that the classes are 0..N-1 and void above")
     background_id = next(
         (i for i, name in enumerate(names) if name.lower() in BACKGROUND_NAMES), None
     )
@@ -230,10 +238,7 @@ def build_label_space(
     file_void = None
     classes_file = find_classes_file(root) if root is not None else None
     if classes_file is not None:
-        try:
-            _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
-        except LmaeError as exc:
-            raise LmaeError(f"{classes_file}: {exc}") from None
+        _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
     elif layout_names:
         _, names, file_background, file_void = label_space_from_names(layout_names)
     resolved_void = void_id if void_id is not None else (

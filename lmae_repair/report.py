@@ -36,7 +36,7 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
             key = f"{entry['mask_ratio']:.2f}" + (" (objects)" if entry.get("gap_kind") == "objects" else "")
             by_ratio[key] = by_ratio.get(key, 0) + 1
     unpaired = sum(1 for e in entries if e.get("image") is None and e.get("input_label") is None)
-    processed = len(entries) - resumed
+    processed = len(entries) - resumed - unpaired  # the pairs this run worked on
     return {
         "pairs": len(entries) - unpaired,
         "unpaired": unpaired,  # files discovery could not pair: listed (and counted as failed), not pairs

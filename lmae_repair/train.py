@@ -54,7 +54,7 @@ from lmae_repair.distributed import (
 )
 from lmae_repair.errors import LmaeError
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
-from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree
+from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named_class
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
@@ -269,8 +269,8 @@ def seed_epoch(epoch: int, seed: int, rank: int, sampler: SeededSampler, mask_ge
     (`SeededSampler`), the training masks and drop-path. So `--resume` after epoch k goes on as
     the uninterrupted run did, and the processes under torchrun draw differently."""
     sampler.set_epoch(epoch)
-    mask_generator.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
-    torch.manual_seed(seed + 7919 * rank + 104_729 * epoch)
+    mask_generator.manual_seed((seed * 1000 + epoch + 1_000_003 * rank) % 2**63)
+    torch.manual_seed((seed + 7919 * rank + 104_729 * epoch) % 2**63)
 
 
 def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
@@ -437,6 +437,7 @@ def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, dev
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        generator=torch.Generator(),  # its workers' base seed, drawn once per process: not from the global RNG (seed_epoch)
     )
 
 
@@ -764,7 +765,7 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
         layout_names=index.known_class_names,
         **space_options,
     )
-    problem = space.single_class_problem()
+    problem = space.single_class_problem() or (void_named_class(space) if void_option is None else None)
     if problem:
         raise LmaeError(f"{index.root}: {problem}")
     pairs, outside = scan.outside(space)

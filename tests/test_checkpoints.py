@@ -88,13 +88,17 @@ def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path):
 
 
 def test_export_family_writes_one_half_precision_file_per_ratio(tmp_path, family):
-    from lmae_repair.families import export_family, find_checkpoints
+    from lmae_repair.families import export_family, find_checkpoints, set_routing
 
     written = export_family(family, tmp_path / "bundled" / "shapes")
     assert [p.name for p in written] == ["mask-0.25.safetensors", "mask-0.50.safetensors"]
     exported = find_checkpoints([tmp_path / "bundled" / "shapes"])
     assert [info.mask_ratio for _, info in exported] == [0.25, 0.5]
     assert written[0].stat().st_size < (family / "mask-0.25" / "best.safetensors").stat().st_size * 0.6
+    objects_run = tmp_path / "objects-run"  # a --gaps objects run: one file per ratio, none lost
+    for ratio in (0.25, 0.5):
+        set_routing(family / f"mask-{ratio:.2f}" / "best.safetensors", objects_run / f"mask-{ratio:.2f}" / "best.safetensors", [ratio], "objects")
+    assert [p.name for p in export_family(objects_run, tmp_path / "objects")] == ["mask-0.25-objects.safetensors", "mask-0.50-objects.safetensors"]
     named = tmp_path / "mine"  # a family folder's own names (which its model card uses) are kept
     named.mkdir()
     shutil.copy(family / "mask-0.25" / "best.safetensors", named / "general.safetensors")

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,9 @@ def test_voc_nested_in_vocdevkit(tmp_path):
     with pytest.raises(LmaeError, match=r"2 Pascal VOC datasets \(VOCdevkit/VOC2007, VOCdevkit/VOC2012\)"):
         discover(tmp_path)
     assert len(discover(tmp_path / "VOCdevkit" / "VOC2007").pairs) == 2
+    shutil.rmtree(tmp_path / "VOCdevkit" / "VOC2007")
+    (tmp_path / "VOC2012").symlink_to(tmp_path / "VOCdevkit" / "VOC2012")  # one dataset, reached twice
+    assert len(discover(tmp_path).pairs) == 4
 
 
 def test_a_label_folder_left_out_beside_the_one_taken_is_noted(tmp_path):
@@ -111,6 +115,8 @@ def test_hidden_folders_are_not_data_and_subfolders_must_match(tmp_path):
     assert index.unmatched == [f"{root / 'labels' / 'sub' / 'scene_001.png'}: no image with the same name in sub/ (an image of "
                                f"that name is in the top folder of {root / 'images'}: the subfolders below the images "
                                "and labels folders must match)"]
+    (root / "images" / "scene_002.png").rename(root / "images" / "scene_002_seg.png")  # no partner anywhere: no hint
+    assert not any("subfolders" in line for line in discover(root).unmatched + discover(root).unlabelled if "scene_002" in line)
 
 
 def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
@@ -239,9 +245,12 @@ def test_label_space_from_classes_txt(tmp_path):
     space = build_label_space(tmp_path)
     assert (space.num_classes, space.background_id, space.void_id) == (3, 0, 255)
     assert build_label_space(tmp_path, background_id=None, void_id=200).void_id == 200
-    (tmp_path / "classes.txt").write_text("void\nsky\nroad\n")  # void first: value 0 would be trained as a class
-    with pytest.raises(LmaeError, match=r"classes.txt: 'void' is line 1, so value 0 would be a class"):
-        build_label_space(tmp_path)
+    (tmp_path / "classes.txt").write_text("# CamVid\nvoid\nsky\nroad\n")  # void first: value 0 is a class
+    from lmae_repair.labelspace import void_named_class
+
+    space = build_label_space(tmp_path)  # read as it says (audit and complete go on); train refuses it
+    assert space.names == ["void", "sky", "road"] and void_named_class(space).startswith("class 0 is named 'void'")
+    assert void_named_class(LabelSpace(3, ["sky", "road", "unknown"])) is None
     (tmp_path / "classes.txt").write_text("0 void\n1 sky\n2 road\n")  # void below the classes: said so, with the way out
     with pytest.raises(LmaeError, match=r"void value 0 is one of the class values 0..2 .*remap the labels"):
         build_label_space(tmp_path)

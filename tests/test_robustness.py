@@ -377,3 +377,6 @@ def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monk
     monkeypatch.chdir(root / "images")
     assert "--out ../../ds-runs`, then pass --models ../../ds-runs" in how_to_train(Path(".."))
     assert "lmae-repair train --images pics --labels 'my gts' --mask-ratio" in how_to_train(Path("my gts"), Path("pics"))
+    (tmp_path / "pics").mkdir()
+    monkeypatch.chdir(tmp_path / "pics")  # inside the --images folder: the run folder goes beside the labels
+    assert "--out ../gts-runs`" in how_to_train(Path("../gts"), Path("."))

@@ -117,9 +117,15 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     assert moved.exit_code == 0 and f"trained on {root.resolve()}" in " ".join(moved.output.split())
 
 
-def test_a_resumed_run_trains_as_the_uninterrupted_run_did(tmp_path):
+def test_a_resumed_run_trains_as_the_uninterrupted_run_did(tmp_path, monkeypatch):
     """Stopped after epoch 1 and resumed, the run's later epochs equal those of one straight run
     (same crops, masks and drop-path), with a loading worker in one and none in the other."""
+    from dataclasses import replace
+
+    import lmae_repair.train as training
+
+    preset = training.preset_config
+    monkeypatch.setattr(training, "preset_config", lambda *a, **k: replace(preset(*a, **k), drop_path=0.1))  # as base has
     root = make_paired(tmp_path / "ds", count=4, size=64)
     args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--seed", "3"]
     straight = runner.invoke(app, args + ["--out", str(tmp_path / "a"), "--epochs", "3", "--workers", "1"])
@@ -479,6 +485,10 @@ def test_runs_that_cannot_be_meant_are_refused_before_any_training(tmp_path):
         Image.fromarray(np.full((64, 64), 255, np.uint8)).save(label)
     result = runner.invoke(app, ["train", str(void), "--num-classes", "3", "--out", str(out), "--crop", "64"])
     assert result.exit_code == 2 and "no training label holds an annotated pixel" in result.output
+    (root / "classes.txt").write_text("void\nsky\nroad\ncar\n")  # void first: trained as a class, it would never be filled
+    result = runner.invoke(app, args + ["--out", str(out)])
+    assert result.exit_code == 2 and "class 0 is named 'void'" in result.output and not out.exists(), result.output
+    (root / "classes.txt").unlink()
     other = make_paired(tmp_path / "other", count=2, size=64)
     (other / "classes.txt").write_text("sky\nroad\ncar\ntree\n")
     (root / "classes.txt").write_text("background\nred\ngreen\nblue\n")
