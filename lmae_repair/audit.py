@@ -21,7 +21,8 @@ Three kinds of evidence, each giving reasons a curator can check:
 
 Score: the positive parts of the four z-scores are summed (plus 2 per missing common class) into
 `evidence`, and score = 1 - exp(-evidence / 4), in [0, 1): a label like the median scores 0, one
-standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed from 2 deviations.
+standing 4 deviations out scores 0.63. File defects score 1. Reasons are listed from 2 deviations;
+a label whose evidence reaches 2 from several smaller ones lists those measures instead.
 Rows are ranked by the evidence itself, file defects first: on a large, mostly clean dataset the
 median suspect share is 0, so a few percent of suspect pixels already stands far out and many
 scores round to 1.00; the evidence still orders them (a label half suspect above one with 4%).
@@ -66,6 +67,7 @@ MISSING_CLASS_EVIDENCE = 2.0
 SCALE = 4.0
 FAR_CONFIDENCE = 0.5  # a far look-alike: the model finds its class more likely than not...
 FAR_PIXELS = 10  # ... over this many pixels from any annotation of that class
+NOT_FAR = 255  # in the map of far look-alikes' classes: none here
 JOURNAL_SUFFIX = ".lmae-audit.jsonl"
 
 
@@ -156,6 +158,12 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
             row["reasons"].append(f"background/void covers {row['missing_share']:.1%} (dataset median {np.median(missing):.1%})")
         for c in absent:
             row["reasons"].append(f"no {space.names[c]} (present in {presence[c]:.0%} of labels)")
+        if not row["reasons"] and evidence >= REASON_FROM:  # no one measure far out, several a little: say which
+            parts = [(z, f"{name} {row[key] or 0.0:.2%} (median {np.median(values):.2%})") for z, name, key, values in (
+                (zs, "suspect pixels", "suspect_share", suspect), (zp, "separate suspect pixels", "separate_share", separate),
+                (zf, "far look-alikes", "far_share", far), (zm, "background/void", "missing_share", missing)) if z >= 0.5]
+            row["reasons"].append("several measures a little above the dataset's median: "
+                                  + ", ".join(text for _, text in sorted(parts, key=lambda part: -part[0])))
 
 
 def audit_dataset(
@@ -178,7 +186,7 @@ def audit_dataset(
         journal.parent.mkdir(parents=True, exist_ok=True)  # where the --json / --csv file will go
         done = read_journal(journal, keys)
         if options.heatmaps is not None:  # a heatmap deleted since is drawn again
-            done = {key: row for key, row in done.items() if not row["suspect_pixels"] or heatmap_path(options.heatmaps, key).is_file()}
+            done = {key: row for key, row in done.items() if not has_heatmap(row) or heatmap_path(options.heatmaps, key).is_file()}
     for pair in index.pairs:
         if pair.key in done:
             rows.append(done[pair.key])
@@ -275,11 +283,13 @@ def defect_row(problem: str, root: Path, failed: bool) -> dict:
 
 def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> dict:
     row = new_row(item.pair.key, str(item.pair.image))
+    far_map = item.entry.pop("far_lookalike_classes", None)  # not for the journal: for the heatmap
     problems = file_defects(item, space)
     if problems:
         row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"])
-        return row
-    original = item.label.values
+        if item.entry["error"] is not None:  # a file that could not be used: nothing measured
+            return row
+    original = item.label.values  # also a label all background or void: complete fills it where it can
     missing = missing_pixels(original, space.background_id, space.void_id)
     row.update(
         pixels=int(original.size),
@@ -295,8 +305,11 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5),
                separate_share=round(float(separate_suspects(original, values).mean()), 5),
                far_share=round(far / (far + annotated + 1), 5))
-    if options.heatmaps is not None and suspect.any():
-        write_heatmap(options.heatmaps, item, values, space)
+    if far_map is not None and far_map.shape != original.shape:  # measured at the models' scale (read shrunk)
+        far_map = cv2.resize(far_map, original.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    far_seen = far_map is not None and bool((far_map != NOT_FAR).any())
+    if options.heatmaps is not None and (suspect.any() or far_seen):
+        write_heatmap(options.heatmaps, item, values, space, far_map if far_seen else None)
     return row
 
 
@@ -330,7 +343,7 @@ def far_lookalikes(item: Prepared, chosen: torch.Tensor, info: CheckpointInfo) -
     val and the patch breakages unchanged at 1.000."""
     space, original = info.label_space, item.original
     fillable = item.fillable_pixels(info.model.patch_size, space).numpy()
-    count = 0
+    where = np.full(original.shape, NOT_FAR, np.uint8)  # each far look-alike's class, for --heatmaps
     for c in range(space.num_classes):
         if c == space.background_id:
             continue
@@ -338,19 +351,31 @@ def far_lookalikes(item: Prepared, chosen: torch.Tensor, info: CheckpointInfo) -
         if not seen.any():
             continue
         elsewhere = (original != c).astype(np.uint8)
-        if elsewhere.all():  # the label has no c at all: every such pixel is far from it
-            count += int(seen.sum())
-            continue
-        count += int((seen & (cv2.distanceTransform(elsewhere, cv2.DIST_L2, 3) > FAR_PIXELS)).sum())
-    return {"far_lookalikes": count}
+        if not elsewhere.all():  # where the label has no c at all, every such pixel is far from it
+            seen &= cv2.distanceTransform(elsewhere, cv2.DIST_L2, 3) > FAR_PIXELS
+        where[seen] = c
+    return {"far_lookalikes": int((where != NOT_FAR).sum()), "far_lookalike_classes": where}
 
 
-def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: LabelSpace) -> None:
-    """The image dimmed, with the suspect pixels in the colour of the class the model sees there."""
-    overlay = pair_panels(read_image(item.pair.image), item.label.values, repaired, colour_table(space, item.label.palette))[3]
+def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: LabelSpace, far_map: np.ndarray | None = None) -> None:
+    """The image dimmed, with the suspect pixels in the colour of the class the model sees there,
+    and the far look-alikes (`far_lookalikes`, where the model is less sure) in that colour at
+    half strength over the image."""
+    colours = colour_table(space, item.label.palette)
+    image = read_image(item.pair.image)
+    overlay = pair_panels(image, item.label.values, repaired, colours)[3]
+    if far_map is not None:
+        far = (far_map != NOT_FAR) & (repaired == item.label.values)
+        overlay[far] = (image[far] * 0.35 + colours[far_map[far]] * 0.5).clip(0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="PNG")
     atomic_write(heatmap_path(folder, item.pair.key), lambda f: f.write(buffer.getvalue()))
+
+
+def has_heatmap(row: dict) -> bool:
+    """Whether --heatmaps pictures this row: the model sees something it lacks (suspect pixels or
+    far look-alikes)."""
+    return bool(row["suspect_pixels"]) or bool(row["far_share"])
 
 
 def heatmap_path(folder: Path, key: str) -> Path:
@@ -375,6 +400,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(PUBLIC_FIELDS)
     for row in rows:
-        writer.writerow(["; ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
+        writer.writerow([" | ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
     # a file name that is not UTF-8 is written back as the bytes it has on disk, so a script can open it
     write_named_file(path, lambda f: f.write(buffer.getvalue().encode("utf-8", errors="surrogateescape")))

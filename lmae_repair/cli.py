@@ -115,7 +115,7 @@ def train(
     lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
     mask_mix: str = typer.Option("1:2:2:2", help="Masking strategies mixed as random:label-first:background-first:objects (1:2:2 is the paper's mix)."),
@@ -436,7 +436,7 @@ def evaluate(
     models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
     mask_ratio: float = typer.Option(0.5, "--mask-ratio", "-m", help="Share of patches (patch strategies) or of objects (objects) to erase."),
     strategy: str = typer.Option("random", help="Damage: random, background-first or label-first patches set to void, or objects set to the missing value."),
-    seed: int = typer.Option(0, help="Seed of the damage (the same for every method)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the damage (the same for every method)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     baselines: str = typer.Option("nearest", help="nearest (nearest labelled pixel fill), or all (adds scikit-image's random walker)."),
     patch_size: int = typer.Option(16, min=1, max=512, help="Side of the erased patches, in pixels."),
@@ -604,9 +604,11 @@ def audit(
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")
         if heatmaps is not None and checkpoints is not None:
-            drawn = sum(1 for row in rows if row["suspect_pixels"])
-            console.print(f"heatmaps of the {drawn} labels with suspect pixels written to {heatmaps}" if drawn else
-                          "no label has suspect pixels, so no heatmap was written", highlight=False)
+            from lmae_repair.audit import has_heatmap
+
+            drawn = sum(1 for row in rows if has_heatmap(row))
+            console.print(f"heatmaps of the {counted(drawn, 'label')} where the model sees what the label lacks written to {heatmaps}"
+                          if drawn else "the model sees nothing the labels lack, so no heatmap was written", highlight=False)
         return 1 if any(row["error"] for row in rows) else 0
 
     resumes = "the same command goes on from the pairs already measured" if json_file or csv_file else "nothing was written"
@@ -727,7 +729,7 @@ def tune(
     images: Optional[Path] = typer.Option(None, help="Image folder, with --labels, instead of a layout."),
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
     max_pairs: int = typer.Option(0, min=0, help="Tune on the first N pairs only (0: all)."),
-    seed: int = typer.Option(0, help="Seed of the damage."),
+    seed: int = typer.Option(0, min=0, help="Seed of the damage."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Tune each checkpoint's class offsets for PA-mIoU on labelled pairs (damaged as evaluate

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +333,13 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
             pairs.append(Pair(image, label, relative_key(label, root)))
         else:
             unlabelled.append(f"{image}: no {label.name}")
+    label_search = label_root / split if split else label_root
+    paired = {pair.label for pair in pairs}
+    for label in _files_below(label_search, {".png"}) if label_search.is_dir() else []:
+        if label.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png") and label not in paired:  # a failed pair, as in other layouts
+            prefix = label.name[: -len(f"{CITYSCAPES_LABEL_SUFFIX}.png")]
+            problems.append(f"{label}: no image {prefix}{CITYSCAPES_IMAGE_SUFFIX}.png (or .jpg) in "
+                            f"{image_root / label.parent.relative_to(label_root)}")
     if not pairs and any(label_root.rglob("*_gtFine_labelIds.png")):
         raise LmaeError(
             f"{label_root}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
@@ -663,11 +671,22 @@ def distinct_files(paths: list[Path]) -> list[Path]:
     return list({path.resolve(): path for path in paths}.values())
 
 
+STANDARD_STREAMS = {name: stream for stream, fd in (("stdout", 1), ("stderr", 2))
+                    for name in (f"/dev/{stream}", f"/dev/fd/{fd}", f"/proc/self/fd/{fd}")}
+
+
 def write_named_file(path: Path, write) -> None:
     """Write a file the user named (`--json`, `--csv`): through a symbolic link into its target
     (the link stays a link), and straight into a special file such as /dev/stdout or a named pipe
     (renaming a temporary file over it would replace it with a plain file); any other path
     atomically (`atomic_write`)."""
+    stream = STANDARD_STREAMS.get(str(path))
+    if stream is not None:  # its link leads to a pipe, a terminal or the file the stream was sent to: write into the stream
+        out = getattr(sys, stream)
+        out.flush()  # what was printed before comes first
+        write(out.buffer)
+        out.buffer.flush()
+        return
     target = path.resolve() if path.is_symlink() else path
     if not is_special_file(target):
         atomic_write(target, write)

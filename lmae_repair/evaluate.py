@@ -225,7 +225,7 @@ def checked_methods(options: EvaluateOptions) -> list[str]:
     if options.baselines == "nearest":
         return [MODEL, "nearest"]
     if importlib.util.find_spec("skimage") is None:
-        raise LmaeError("--baselines all needs scikit-image for the random walker: pip install 'lmae-repair[baselines]'")
+        raise LmaeError("--baselines all needs scikit-image for the random walker: pip install scikit-image (or pip install -e \".[baselines]\" in a checkout)")
     return [MODEL, "nearest", "random-walker"]
 
 

@@ -150,7 +150,8 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
         cells = "".join(f'<td><img src="{uri}"></td>' for uri in pictures)
         rows.append(f'<tr><th colspan="4">{caption}</th></tr><tr>{cells}</tr>')
     totals = report["totals"]
-    unpaired = f" (of them {totals['unpaired']} files that could not be paired)" if totals.get("unpaired") else ""
+    count = totals.get("unpaired", 0)
+    unpaired = f"; {count} file{'s' if count > 1 else ''} that could not be paired" if count else ""
     legend = _legend(space, colours if colours is not None else colour_table(space, None))
     body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
     errors = [entry["error"] for entry in report["pairs"] if entry["error"]]
@@ -167,7 +168,7 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 .key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
-<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed']} failed{unpaired};
+<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
 {totals['pixels_changed']:,} pixels changed. The {min(top, len(entries))} most-changed pairs are shown
 (share of pixels changed, largest first); the full list is in {REPORT_JSON}.</p>
 {failures}

@@ -57,8 +57,10 @@ def test_each_file_defect_is_reported_with_score_one(tmp_path, family):
     }
     for key, reason in expected.items():
         assert rows[key]["score"] == 1.0, key
-        assert rows[key]["suspect_pixels"] is None, key  # not measured, so not 0 ("looks clean")
+        if key != "labels/empty.png":  # all background: measured as complete would repair it
+            assert rows[key]["suspect_pixels"] is None, key  # not measured, so not 0 ("looks clean")
         assert any(reason in text for text in rows[key]["reasons"]), (key, rows[key]["reasons"])
+    assert isinstance(rows["labels/empty.png"]["suspect_pixels"], int)
     good = [row for key, row in rows.items() if key.startswith("labels/scene_")]
     assert len(good) == 8 and all(row["score"] < 1.0 for row in good)
     assert list(rows) == sorted(rows, key=lambda k: -rows[k]["score"])  # highest first
@@ -117,8 +119,10 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     assert [row["label"] for row in table] == order
     assert {"label", "image", "score", "reasons", "suspect_pixels"} <= set(table[0])
     assert (tmp_path / "maps" / "labels" / "twin_erased.png").is_file()
-    drawn = sum(1 for row in rows if row["suspect_pixels"])
-    assert f"heatmaps of the {drawn} labels with suspect pixels written to" in " ".join(result.output.split())
+    drawn = [row["label"] for row in rows if row["suspect_pixels"] or row["far_share"]]  # far look-alikes pictured too
+    assert sorted(str(p.relative_to(tmp_path / "maps")) for p in (tmp_path / "maps").rglob("*.png")) == sorted(drawn)
+    said = f"heatmaps of the {len(drawn)} label{'' if len(drawn) == 1 else 's'} where the model sees what the label lacks written to"
+    assert said in " ".join(result.output.split())
 
 
 def test_the_table_keeps_each_label_path_on_one_line(tmp_path, family):
@@ -185,6 +189,27 @@ def test_in_a_mostly_clean_dataset_the_worst_labels_still_come_first_where_score
     assert all(rows[i]["score"] == 1.0 for i in (1, 2, 3))  # saturated: the score alone cannot order them
     ranked = [row["label"] for row in sorted(rows, key=rank_key)]
     assert ranked[:4] == ["labels/zzzz.png", "labels/0002.png", "labels/0003.png", "labels/0001.png"]
+
+
+def test_a_label_scored_from_several_small_deviations_says_which():
+    """No measure 2 deviations out, but their sum is: the row names them instead of showing none."""
+    from lmae_repair.audit import REASON_FROM, new_row, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(20):
+        row = new_row(f"labels/{i:04d}.png", None)
+        spread = 0.001 * (i % 5)  # a dataset whose shares vary a little
+        row.update(missing_share=0.1 + 10 * spread, suspect_share=0.01 + spread, separate_share=0.005 + spread,
+                   far_share=0.002, pixels=100, classes=[1, 2])
+        rows.append(row)
+    odd = rows[0]
+    odd.update(missing_share=0.145, suspect_share=0.0145, separate_share=0.0095)  # each 1.7 deviations out
+    score_rows(rows, LabelSpace(3, background_id=0, void_id=255))
+    assert odd["evidence"] >= REASON_FROM and len(odd["reasons"]) == 1, odd
+    assert odd["reasons"][0].startswith("several measures a little above the dataset's median: ")
+    assert "suspect pixels 1.45% (median 1.20%)" in odd["reasons"][0]
+    assert all(row["reasons"] for row in rows if row["evidence"] >= REASON_FROM)
 
 
 def test_a_whole_missed_object_is_told_from_an_annotated_region_drawn_wider():

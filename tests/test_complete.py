@@ -296,6 +296,8 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     totals = report["totals"]  # the same counts as the printed table
     assert (totals["pairs"], totals["unpaired"], totals["failed"]) == (3, 1, 2) and len(report["pairs"]) == 4
     assert "│ pairs " in result.output and "│ 3 " in result.output.split("│ pairs ")[1].split("\n")[0]
+    page = (tmp_path / "out" / "lmae-report.html").read_text()  # the counts add up there too
+    assert "3 pairs: 2 repaired, 0 unchanged, 1 failed; 1 file that could not be paired;" in page
 
 
 def test_dry_run_writes_nothing_says_so_and_is_refused_where_the_real_run_would_be(tmp_path, family):

@@ -147,6 +147,11 @@ def test_cityscapes_layout(tmp_path):
     assert index.known_class_names[0] == "road"
     with pytest.raises(LmaeError, match="available: train, val"):
         discover(root, split="test")
+    assert not index.unmatched
+    (root / "leftImg8bit" / "val" / "lindau" / "lindau_000001_000019_leftImg8bit.png").unlink()  # a label left without its image
+    assert discover(root, split="train").unmatched == []  # another split's
+    assert discover(root).unmatched == [f"{root / 'gtFine' / 'val' / 'lindau' / 'lindau_000001_000019_gtFine_labelTrainIds.png'}: "
+                                        f"no image lindau_000001_000019_leftImg8bit.png (or .jpg) in {root / 'leftImg8bit' / 'val' / 'lindau'}"]
 
 
 def test_cityscapes_with_label_ids_only_says_to_make_train_ids(tmp_path):

@@ -328,6 +328,19 @@ def test_report_files_are_written_through_links_and_into_special_files(tmp_path,
     assert pipe.is_fifo() and not list(tmp_path.glob(".pipe*"))  # still a pipe; no journal beside it
 
 
+def test_figures_sent_to_dev_stdout_follow_the_table_whether_piped_or_redirected(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    command = [sys.executable, "-m", "lmae_repair", "evaluate", str(root), "--models", str(family), "--device", "cpu",
+               "--json", "/dev/stdout"]
+    piped = subprocess.run(command, capture_output=True, text=True)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout[piped.stdout.index("{"):piped.stdout.rindex("}") + 1])["pairs"] == 2
+    with open(tmp_path / "out.txt", "w") as sent:  # `> out.txt`: the file keeps what was printed too
+        assert subprocess.run(command, stdout=sent, stderr=subprocess.DEVNULL).returncode == 0
+    written = (tmp_path / "out.txt").read_text()
+    assert written.startswith("2 pairs") and '"pairs": 2' in written and "PA-mIoU" in written
+
+
 def test_audit_refuses_one_file_for_both_tables_and_an_unwritable_heatmaps_folder(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=2)
     same = str(tmp_path / "rows.out")
