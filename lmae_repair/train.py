@@ -228,7 +228,7 @@ def train_one_ratio(
             if next_epoch_would_overrun(options.max_minutes, time.perf_counter() - run_started, epoch_seconds):
                 progress.console.print(
                     f"stopped after epoch {state.epoch}: another would end past --max-minutes {options.max_minutes:g} "
-                    f"(an epoch takes {max(epoch_seconds) / 60:.1f} min); go on with --resume", highlight=False)
+                    f"(an epoch takes {duration(max(epoch_seconds))}); go on with --resume", highlight=False)
                 done = next(t.completed for t in progress.tasks if t.id == task)
                 progress.update(task, total=done)  # the bar ends full, not stuck part-way
                 break
@@ -262,6 +262,11 @@ def train_one_ratio(
                 progress.console.print(epoch_line(record, improved))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def duration(seconds: float) -> str:
+    """A time as a person reads it: seconds under a minute, else minutes."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def seed_epoch(epoch: int, seed: int, rank: int, sampler: SeededSampler, mask_generator: torch.Generator) -> None:
