@@ -192,8 +192,11 @@ def train(
         states = ratio_folder(options.out, options.mask_ratios[0]).name if len(options.mask_ratios) == 1 else "mask-*"
         console.print(f"run folder: {options.out} (resume with --resume; state in {states}/{STATE_FILE})")
         models = shlex.quote(str(options.out))
-        console.print(f"next: lmae-repair tune DATA --models {models} and lmae-repair evaluate DATA --models {models} on "
-                      f"labelled pairs it did not train on, then lmae-repair complete DATA --models {models}")
+        held_out = "DATA"  # labelled pairs it did not train on: the validation data, where it had some
+        if val is not None or val_split is not None:
+            held_out = shlex.quote(str(val if val is not None else data)) + (f" --split {shlex.quote(val_split)}" if val_split else "")
+        console.print(f"next: lmae-repair tune {held_out} --models {models} and lmae-repair evaluate {held_out} --models {models} "
+                      f"on labelled pairs it did not train on, then lmae-repair complete DATA --models {models}")
         if training_data.skipped:
             skipped = len(training_data.skipped)
             console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")

@@ -98,7 +98,9 @@ def test_resume_continues_from_the_last_saved_epoch(tmp_path):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     args = ["train", str(root), "--split", "train", "--val-split", "val", "--out", str(tmp_path / "run"),
             "--batch-size", "4", "--crop", "64", "--workers", "0"]
-    assert runner.invoke(app, args + ["--epochs", "1"]).exit_code == 0
+    first = runner.invoke(app, args + ["--epochs", "1"])
+    assert first.exit_code == 0
+    assert f"next: lmae-repair tune {root} --split val --models" in " ".join(first.output.split())  # pasteable
     again = runner.invoke(app, args + ["--epochs", "1"])
     assert again.exit_code == 2 and "--resume" in again.output
     for changed, said in ((["--lr", "1e-3"], "--lr 0.001 (started with 0.0005)"), (["--crop", "32"], "--crop 32"),
