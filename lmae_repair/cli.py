@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmae_repair import __version__
-from lmae_repair.errors import DEBUG, LmaeError, interrupt_exit_code, unexpected, watch_interrupts
+from lmae_repair.errors import DEBUG, INTERRUPTED, LmaeError, interrupt_exit_code, signal_that_ended_workers, unexpected, watch_interrupts
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
@@ -72,6 +72,11 @@ def guarded(function, interrupted: str = "interrupted"):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
         raise typer.Exit(0)
     except Exception as exc:
+        ended_by = signal_that_ended_workers(exc)
+        if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
+            INTERRUPTED.update(on=True, signal=ended_by)
+            err_console.print(interrupted)
+            raise typer.Exit(interrupt_exit_code())
         if DEBUG["on"]:
             raise
         if isinstance(exc, LmaeError):
@@ -577,8 +582,9 @@ def audit(
         except NoFamilyFits as exc:  # files and statistics need no model: audit them, say what is missing
             used, checkpoints, space = "none", None, label_space_of_data(index)
             console.print(f"note: {exc.reason}, so this audit checks files and label statistics only, without the "
-                          f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}; {exc.advice}", highlight=False)
-            problem = space.single_class_problem()
+                          f"model's evidence{' (and writes no heatmaps)' if heatmaps is not None else ''}"
+                          + (f"; {exc.advice}" if exc.advice else ""), highlight=False)
+            problem = space.single_class_problem() if exc.advice else None  # else the reason said it
             if problem:
                 console.print(f"note: {problem}", highlight=False)
         console.print(f"{counted(len(index.pairs), 'pair')} ({index.layout} layout) in {index.root}; models: {used}", highlight=False)

@@ -454,6 +454,7 @@ class LabelFile:
     mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), "I" (32-bit TIFF), or "RGB"/"RGBA" for grey saved as colour
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
+    tiff: dict | None = None  # a TIFF's compression and descriptive tags (georeferencing...), written back (`tiff_extras`)
 
 
 def max_pixels() -> int:
@@ -490,7 +491,11 @@ def read_image(path: Path) -> np.ndarray:
     except LmaeError:
         raise
     except Exception as exc:  # PIL raises many types for bad files
-        raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
+        hint = ""
+        if path.suffix.lower() in (".tif", ".tiff") and path.stat().st_size > 0:
+            hint = ("; a multi-band TIFF as GDAL writes them (bands as grey samples, or band-interleaved) is not read: "
+                    "convert it to RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
+        raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
 
 
 def _bits_per_band(img: Image.Image) -> int:
@@ -516,17 +521,22 @@ def _read_wide_colour(path: Path) -> np.ndarray:
 
 
 def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
-    """An image of more than 8 bits as RGB uint8. Values that already fit 0-255 are kept; others
+    """An image of more than 8 bits as RGB uint8. Values that already fit 0-255 are kept (a float
+    raster within 0-1 is scaled by 255); others
     are stretched from the image's 0.1st to its 99.9th percentile, whatever their type: the bit
     depth a file declares (16) is often not the one its data uses (12), and signed or float
     rasters have no fixed range. Grey is repeated into three channels."""
-    values = np.asarray(values, dtype=np.float64)
+    floating = np.issubdtype(np.asarray(values).dtype, np.floating)
+    values = np.asarray(values, dtype=np.float32)  # float32, not 64: a 5000x5000 RGBN tile is 300 MB, not 600
     finite = values[np.isfinite(values)]
-    if finite.size and finite.min() >= 0 and finite.max() <= 255:
+    finite = finite[:: max(1, finite.size // 4_000_000)]  # the range and percentiles of a sample: as good, far faster
+    if finite.size and floating and finite.min() >= 0 and finite.max() <= 1:  # a float raster scaled 0..1
+        scaled = np.nan_to_num(values) * 255.0
+    elif finite.size and finite.min() >= 0 and finite.max() <= 255:
         scaled = np.nan_to_num(values)
     else:
         low, high = np.percentile(finite, [0.1, 99.9]) if finite.size else (0.0, 1.0)
-        scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / max(high - low, 1e-12))
+        scaled = (np.nan_to_num(values, nan=low) - low) * np.float32(255.0 / max(high - low, 1e-12))
     rgb = np.clip(scaled, 0, 255).round().astype(np.uint8)
     return np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
 
@@ -543,6 +553,7 @@ def read_label(path: Path) -> LabelFile:
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None
             transparency = img.info.get("transparency") if mode == "P" else None
+            tiff = tiff_extras(img)
             if mode in ("L", "P"):
                 values = np.array(img)
             elif mode == "1":  # a two-class mask at one bit per pixel: 0 and 1, written back as one
@@ -572,7 +583,38 @@ def read_label(path: Path) -> LabelFile:
         raise
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
-    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency)
+    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff)
+
+
+TIFF_KEPT_TAGS = {270, 282, 283, 296, 305, 306, 315, 33432}  # description, resolution, software, date, artist, copyright
+
+
+def tiff_extras(img: Image.Image) -> dict | None:
+    """What a TIFF label carries beside its pixels that its copy must keep: its compression, and
+    its descriptive and private tags (GeoTIFF's georeferencing, 33550 and up, GDAL's nodata),
+    each with its type. The tags that describe the pixels' layout are PIL's to write."""
+    if img.format != "TIFF":
+        return None
+    tags = getattr(img, "tag_v2", {})
+    kept = {tag: (tags[tag], tags.tagtype.get(tag)) for tag in tags if tag in TIFF_KEPT_TAGS or tag >= 32768}
+    return {"compression": img.info.get("compression"), "tags": kept}
+
+
+def _tiff_options(tiff: dict | None) -> dict:
+    """`Image.save` options that write a TIFF label back as it came (`tiff_extras`)."""
+    if not tiff:
+        return {}
+    from PIL import TiffImagePlugin
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, (value, tagtype) in tiff["tags"].items():
+        directory[tag] = value
+        if tagtype is not None:
+            directory.tagtype[tag] = tagtype
+    options = {"tiffinfo": directory}
+    if tiff.get("compression") not in (None, "raw"):
+        options["compression"] = tiff["compression"]
+    return options
 
 
 def is_grey(pixels: np.ndarray) -> bool:
@@ -637,7 +679,20 @@ def write_label(path: Path, label: LabelFile) -> None:
     elif label.mode.startswith("I") and file_format != "BMP":  # 16-bit grey goes back as 16-bit (BMP has none)
         img = Image.fromarray(label.values.astype(np.uint16))
     extra = {"transparency": label.transparency} if label.mode == "P" and label.transparency is not None and file_format == "PNG" else {}
-    atomic_write(path, lambda f: img.save(f, format=file_format, **extra))
+    if file_format == "TIFF":
+        extra = _tiff_options(label.tiff)
+
+    def save(f) -> None:
+        try:
+            img.save(f, format=file_format, **extra)
+        except (OSError, ValueError, KeyError, TypeError):  # a compression or tag PIL cannot write: the pixels, plainly
+            if not extra:
+                raise
+            f.seek(0)
+            f.truncate()
+            img.save(f, format=file_format)
+
+    atomic_write(path, save)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -38,6 +38,16 @@ def interrupt_exit_code() -> int:
     return 128 + int(INTERRUPTED["signal"])
 
 
+def signal_that_ended_workers(exc: BaseException) -> int | None:
+    """SIGTERM or SIGINT where `exc` is PyTorch's report of a data-loading worker ended by it: a
+    signal sent to the whole process group (`timeout`, Slurm, `docker stop`, Ctrl-C) reaches the
+    workers too, and their end may be noticed before the signal's own handler runs here."""
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    if "DataLoader worker" not in text or "killed by signal" not in text:
+        return None
+    return {"Terminated": signal.SIGTERM, "Interrupt": signal.SIGINT}.get(text.rsplit("signal: ", 1)[-1].strip(" ."))
+
+
 def stop_if_interrupted(exc: BaseException) -> None:
     """Raise KeyboardInterrupt in place of `exc` when a Ctrl-C came before it (see above)."""
     if INTERRUPTED["on"]:

@@ -117,6 +117,18 @@ def seen(values: list[set[int]]) -> str:
     return "[" + ", ".join(map(str, shown)) + "]"
 
 
+def masks_of_0_and_255(values: list[set[int]]) -> str | None:
+    """What is wrong where every sampled label holds only 0 and 255 (binary masks saved as black
+    and white): 255 is void in these label spaces (Pascal VOC's convention), so a repair would
+    fill every object as missing annotation. None for other labels."""
+    every = set().union(*values) if values else set()
+    if every != {0, 255}:
+        return None
+    return ("the labels hold only 0 and 255 (binary masks saved black and white?), and 255 is void here, so every "
+            "object would be taken for missing annotation and filled: save the objects as 1 (0/1 masks; e.g. with "
+            "numpy, (mask == 255).astype(np.uint8) into new files), then run this again")
+
+
 PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one
 
 
@@ -147,6 +159,8 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     hold no class indices at all (colour labels)."""
     named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
+    if masks_of_0_and_255(values):
+        return f"{reason}: {masks_of_0_and_255(values)}"
     if not values:
         return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
     for name, space in unconfirmed:
@@ -159,9 +173,11 @@ class NoFamilyFits(LmaeError):
     """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
-    def __init__(self, reason: str, index: DatasetIndex):
-        self.reason, self.advice = reason, how_to_train(index.root, index.image_root)
-        super().__init__(f"{index.root}: {reason}; {self.advice}")
+    def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
+        # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
+        self.advice = "" if masks_of_0_and_255(values or []) else how_to_train(index.root, index.image_root)
+        self.reason = reason
+        super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))
 
 
 def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
@@ -183,7 +199,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         elif score is not None:
             unconfirmed.append((name, info.label_space))
     if not scored:
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index)
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index, values)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])
@@ -202,6 +218,9 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
         checkpoints = find_checkpoints(list(specs))
         path, info = checkpoints[0]
         values, names, palette = dataset_evidence(index)
+        problem = masks_of_0_and_255(values) if info.label_space.void_id == 255 else None
+        if problem:
+            raise LmaeError(f"{index.root}: {problem}")
         if values and match_score(info, values, names, palette) is None:
             space = info.label_space
             raise LmaeError(

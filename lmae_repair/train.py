@@ -53,6 +53,7 @@ from lmae_repair.distributed import (
     wait_for_all,
 )
 from lmae_repair.errors import LmaeError
+from lmae_repair.families import masks_of_0_and_255
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named_class
 from lmae_repair.losses import class_weights, lmae_loss
@@ -771,8 +772,14 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
         **space_options,
     )
     problem = space.single_class_problem() or (void_named_class(space) if void_option is None else None)
+    if not problem and space.void_id == 255 and void_option is None:
+        problem = masks_of_0_and_255([set(np.flatnonzero(scan.histogram).tolist())])
     if problem:
         raise LmaeError(f"{index.root}: {problem}")
+    absent = [name for name, count in zip(space.names, scan.histogram[: space.num_classes]) if not count]
+    if absent:  # a class listed in classes.txt (or counted up to) that no label holds
+        console.print(f"note: no training label holds {first_names(absent)}: the model cannot learn "
+                      f"{'them' if len(absent) > 1 else 'it'}", highlight=False)
     pairs, outside = scan.outside(space)
     skipped = index.unmatched + scan.problems + outside
     void_note = void_255_hint(scan, space) if void_option is None else None

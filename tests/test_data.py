@@ -223,6 +223,15 @@ def test_label_modes(tmp_path):
     write_label(tmp_path / "deep-out.tif", read_label(tmp_path / "deep.tif"))
     assert Image.open(tmp_path / "deep-out.tif").mode == "I"
     assert np.array_equal(read_label(tmp_path / "deep-out.tif").values, values)
+    from PIL import TiffImagePlugin, TiffTags
+
+    geo = TiffImagePlugin.ImageFileDirectory_v2()
+    geo[33550] = (0.5, 0.5, 0.0)  # GeoTIFF's ModelPixelScale: a GIS places the label by it
+    geo.tagtype[33550] = TiffTags.DOUBLE
+    Image.fromarray(values).save(tmp_path / "geo.tif", compression="tiff_lzw", tiffinfo=geo)
+    write_label(tmp_path / "geo-out.tif", read_label(tmp_path / "geo.tif"))
+    written = Image.open(tmp_path / "geo-out.tif")
+    assert written.info["compression"] == "tiff_lzw" and written.tag_v2[33550] == (0.5, 0.5, 0.0)
     mask = np.array([[0, 1], [1, 0]], dtype=bool)
     Image.fromarray(mask).save(tmp_path / "bits.png")  # a two-class mask at one bit per pixel
     bits = read_label(tmp_path / "bits.png")
@@ -304,6 +313,9 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     pixels = read_image(tmp_path / "wide.png")
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
     assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 1
+    Image.fromarray((grey / 65535).astype(np.float32)).save(tmp_path / "unit.tif")  # reflectance scaled 0..1
+    unit = read_image(tmp_path / "unit.tif")
+    assert unit.min() == 0 and unit.max() == 255 and abs(unit.mean() - 127.5) < 1  # not read black (0 and 1)
 
 
 def test_images_of_more_than_8_bits_use_the_range_their_data_uses(tmp_path, capfd):

@@ -393,3 +393,43 @@ def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monk
     (tmp_path / "pics").mkdir()
     monkeypatch.chdir(tmp_path / "pics")  # inside the --images folder: the run folder goes beside the labels
     assert "--out ../gts-runs`" in how_to_train(Path("../gts"), Path("."))
+
+
+def test_masks_saved_as_0_and_255_are_refused_not_filled(tmp_path, family):
+    """255 is void in these label spaces: binary masks saved black and white would have every
+    object taken for missing annotation and filled (the output a curator would not catch)."""
+    root = make_paired(tmp_path / "ds", count=3)
+    for label in (root / "labels").iterdir():
+        values = np.array(Image.open(label))
+        Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8)).save(label)
+    for command in (["complete", str(root), "--models", str(family), "--out", str(tmp_path / "o")],
+                    ["train", str(root), "--epochs", "1", "--crop", "32", "--out", str(tmp_path / "r")]):
+        one_line_error(runner.invoke(app, command), "0 and 255", "save the objects as 1")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+    (root / "classes.txt").write_text("background\nlesion\n")  # named classes: still no label holds lesion
+    one_line_error(runner.invoke(app, ["train", str(root), "--epochs", "1", "--crop", "32", "--out", str(tmp_path / "r")]),
+                   "the labels hold only 0 and 255")
+
+
+def test_workers_ended_by_the_groups_signal_count_as_an_interruption():
+    """`timeout`, Slurm and `docker stop` signal the whole process group: PyTorch may report the
+    loading workers' end before the signal reaches the command, which must still end as
+    interrupted (143, how to go on), not as an unexpected error."""
+    import signal
+
+    from lmae_repair.errors import signal_that_ended_workers
+
+    ended = RuntimeError("DataLoader worker (pid 22955) is killed by signal: Terminated. ")
+    assert signal_that_ended_workers(ended) == signal.SIGTERM
+    assert signal_that_ended_workers(RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt. ")) == signal.SIGINT
+    assert signal_that_ended_workers(RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed. ")) is None
+    assert signal_that_ended_workers(ValueError("Terminated")) is None
+    from lmae_repair.cli import guarded
+    import typer
+
+    def body():
+        raise ended
+
+    with pytest.raises(typer.Exit) as stopped:
+        guarded(body, "interrupted: go on with --resume")
+    assert stopped.value.exit_code == 143
