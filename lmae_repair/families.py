@@ -22,7 +22,7 @@ from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, distinct_files, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import declared_class_names, first_names, names_agree
+from lmae_repair.labelspace import declared_class_names, first_names, label_space_from_names, names_agree, void_named
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
@@ -175,7 +175,10 @@ class NoFamilyFits(LmaeError):
 
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
         # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
-        self.advice = "" if masks_of_0_and_255(values or []) else how_to_train(index.root, index.image_root)
+        names = declared_class_names(index.root, index.known_class_names)
+        misnamed = void_named(label_space_from_names(names)[1]) if names else None  # train would refuse them
+        self.advice = ("" if masks_of_0_and_255(values or []) else
+                       f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason
         super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))
 

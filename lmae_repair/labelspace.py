@@ -190,10 +190,15 @@ def void_named_class(space: "LabelSpace") -> str | None:
     """Why a label space looks wrong for training, where one of its classes is named like void
     (`void` as the first line of a plain class list makes value 0 a class): trained so, a model
     predicts void and never fills it. None where no class is."""
-    value = next((i for i, name in enumerate(space.names) if name.lower() in VOID_NAMES - {"unknown"}), None)
+    return void_named(space.names)
+
+
+def void_named(class_names: list[str]) -> str | None:
+    """`void_named_class` for class names in value order (void, where a list ends with it, left out)."""
+    value = next((i for i, name in enumerate(class_names) if name.lower() in VOID_NAMES - {"unknown"}), None)
     if value is None:
         return None
-    return (f"class {value} is named '{space.names[value]}', so the model would learn to predict void, never to fill it: "
+    return (f"class {value} is named '{class_names[value]}', so the model would learn to predict void, never to fill it: "
             "in a plain class list a void line must come last (it is then the value after the classes), or give values "
             "(`255 void`); where the labels' void lies below their classes, remap them (classes from 0, void 255); "
             "or pass --void-id to train as it stands")

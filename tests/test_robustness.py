@@ -390,6 +390,12 @@ def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monk
     monkeypatch.chdir(root / "images")
     assert "--out ../../ds-runs`, then pass --models ../../ds-runs" in how_to_train(Path(".."))
     assert "lmae-repair train --images pics --labels 'my gts' --mask-ratio" in how_to_train(Path("my gts"), Path("pics"))
+    from lmae_repair.data import discover
+    from lmae_repair.families import NoFamilyFits
+
+    (root / "classes.txt").write_text("unlabelled\nsky\nroad\ncar\n")  # train would refuse it: no train command advised
+    advice = NoFamilyFits("no family fits", discover(root)).advice
+    assert advice.startswith("before training a family for them: class 0 is named 'unlabelled'") and "lmae-repair train" not in advice
     (tmp_path / "pics").mkdir()
     monkeypatch.chdir(tmp_path / "pics")  # inside the --images folder: the run folder goes beside the labels
     assert "--out ../gts-runs`" in how_to_train(Path("../gts"), Path("."))
