@@ -528,8 +528,8 @@ def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
     rasters have no fixed range. Grey is repeated into three channels."""
     floating = np.issubdtype(np.asarray(values).dtype, np.floating)
     values = np.asarray(values, dtype=np.float32)  # float32, not 64: a 5000x5000 RGBN tile is 300 MB, not 600
-    finite = values[np.isfinite(values)]
-    finite = finite[:: max(1, finite.size // 4_000_000)]  # the range and percentiles of a sample: as good, far faster
+    sample = values.reshape(-1)[:: max(1, values.size // 4_000_000)]  # range and percentiles of a sample: as good, far faster
+    finite = sample[np.isfinite(sample)]
     if finite.size and floating and finite.min() >= 0 and finite.max() <= 1:  # a float raster scaled 0..1
         scaled = np.nan_to_num(values) * 255.0
     elif finite.size and finite.min() >= 0 and finite.max() <= 255:
