@@ -492,7 +492,8 @@ def read_image(path: Path) -> np.ndarray:
         raise
     except Exception as exc:  # PIL raises many types for bad files
         hint = ""
-        if path.suffix.lower() in (".tif", ".tiff") and path.stat().st_size > 0:
+        undecodable = isinstance(exc, Image.UnidentifiedImageError) or "unknown raw mode" in str(exc)
+        if path.suffix.lower() in (".tif", ".tiff") and undecodable and path.is_file() and os.path.getsize(path) > 0:
             hint = ("; a multi-band TIFF as GDAL writes them (bands as grey samples, or band-interleaved) is not read: "
                     "convert it to RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
@@ -528,13 +529,16 @@ def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
     rasters have no fixed range. Grey is repeated into three channels."""
     floating = np.issubdtype(np.asarray(values).dtype, np.floating)
     values = np.asarray(values, dtype=np.float32)  # float32, not 64: a 5000x5000 RGBN tile is 300 MB, not 600
-    sample = values.reshape(-1)[:: max(1, values.size // 4_000_000)]  # range and percentiles of a sample: as good, far faster
-    finite = sample[np.isfinite(sample)]
-    if finite.size and floating and finite.min() >= 0 and finite.max() <= 1:  # a float raster scaled 0..1
+    known = bool(np.isfinite(values).any())
+    smallest, largest = (float(np.nanmin(values)), float(np.nanmax(values))) if known else (0.0, 0.0)  # inf: stretched
+    if known and floating and smallest >= 0 and largest <= 1:  # a float raster scaled 0..1
         scaled = np.nan_to_num(values) * 255.0
-    elif finite.size and finite.min() >= 0 and finite.max() <= 255:
+    elif known and smallest >= 0 and largest <= 255:
         scaled = np.nan_to_num(values)
     else:
+        pixels = values.reshape(-1, values.shape[-1] if values.ndim == 3 else 1)  # whole pixels, every band
+        sample = pixels[:: max(1, len(pixels) // 1_500_000)].reshape(-1)  # percentiles of a sample: as good, far faster
+        finite = sample[np.isfinite(sample)]
         low, high = np.percentile(finite, [0.1, 99.9]) if finite.size else (0.0, 1.0)
         scaled = (np.nan_to_num(values, nan=low) - low) * np.float32(255.0 / max(high - low, 1e-12))
     rgb = np.clip(scaled, 0, 255).round().astype(np.uint8)
@@ -587,6 +591,8 @@ def read_label(path: Path) -> LabelFile:
 
 
 TIFF_KEPT_TAGS = {270, 282, 283, 296, 305, 306, 315, 33432}  # description, resolution, software, date, artist, copyright
+TIFF_POINTER_TAGS = {34665, 34853, 40965}  # EXIF, GPS, interoperability sub-directories: offsets, wrong in another file
+LOSSY_TIFF_COMPRESSIONS = {"jpeg", "tiff_jpeg", "webp"}  # a label written so would change its class values
 
 
 def tiff_extras(img: Image.Image) -> dict | None:
@@ -596,7 +602,8 @@ def tiff_extras(img: Image.Image) -> dict | None:
     if img.format != "TIFF":
         return None
     tags = getattr(img, "tag_v2", {})
-    kept = {tag: (tags[tag], tags.tagtype.get(tag)) for tag in tags if tag in TIFF_KEPT_TAGS or tag >= 32768}
+    kept = {tag: (tags[tag], tags.tagtype.get(tag)) for tag in tags
+            if (tag in TIFF_KEPT_TAGS or tag >= 32768) and tag not in TIFF_POINTER_TAGS}
     return {"compression": img.info.get("compression"), "tags": kept}
 
 
@@ -612,8 +619,11 @@ def _tiff_options(tiff: dict | None) -> dict:
         if tagtype is not None:
             directory.tagtype[tag] = tagtype
     options = {"tiffinfo": directory}
-    if tiff.get("compression") not in (None, "raw"):
-        options["compression"] = tiff["compression"]
+    compression = tiff.get("compression")
+    if compression in LOSSY_TIFF_COMPRESSIONS:
+        options["compression"] = "tiff_lzw"  # lossless, and still compressed
+    elif compression not in (None, "raw"):
+        options["compression"] = compression
     return options
 
 
@@ -683,14 +693,18 @@ def write_label(path: Path, label: LabelFile) -> None:
         extra = _tiff_options(label.tiff)
 
     def save(f) -> None:
-        try:
-            img.save(f, format=file_format, **extra)
-        except (OSError, ValueError, KeyError, TypeError):  # a compression or tag PIL cannot write: the pixels, plainly
-            if not extra:
-                raise
-            f.seek(0)
-            f.truncate()
-            img.save(f, format=file_format)
+        # a compression PIL cannot write for this mode (group4 once a 1-bit label holds 2): without it, tags kept;
+        # a tag it cannot write: the pixels plainly
+        attempts = [extra, {k: v for k, v in extra.items() if k != "compression"}, {}]
+        for attempt, options in enumerate(attempts):
+            try:
+                img.save(f, format=file_format, **options)
+                return
+            except (OSError, ValueError, KeyError, TypeError):
+                if attempt == len(attempts) - 1 or not extra:
+                    raise
+                f.seek(0)
+                f.truncate()
 
     atomic_write(path, save)
 

@@ -42,10 +42,15 @@ def signal_that_ended_workers(exc: BaseException) -> int | None:
     """SIGTERM or SIGINT where `exc` is PyTorch's report of a data-loading worker ended by it: a
     signal sent to the whole process group (`timeout`, Slurm, `docker stop`, Ctrl-C) reaches the
     workers too, and their end may be noticed before the signal's own handler runs here."""
-    text = str(exc) if isinstance(exc, RuntimeError) else ""
-    if "DataLoader worker" not in text or "killed by signal" not in text:
-        return None
-    return {"Terminated": signal.SIGTERM, "Interrupt": signal.SIGINT}.get(text.rsplit("signal: ", 1)[-1].strip(" ."))
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # "exited unexpectedly", raised from the report itself
+        seen.add(id(exc))
+        text = str(exc) if isinstance(exc, RuntimeError) else ""
+        if "DataLoader worker" in text and "killed by signal" in text:
+            name = text.rsplit("signal: ", 1)[-1].strip(" .").split(":")[0]  # "Terminated" (glibc), "Terminated: 15" (macOS)
+            return {"Terminated": signal.SIGTERM, "Interrupt": signal.SIGINT}.get(name)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def stop_if_interrupted(exc: BaseException) -> None:

@@ -22,7 +22,9 @@ from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, distinct_files, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import declared_class_names, first_names, label_space_from_names, names_agree, void_named
+from lmae_repair.labelspace import (
+    declared_class_names, find_classes_file, first_names, label_space_from_names, names_agree, read_class_list, void_named,
+)
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
@@ -117,12 +119,14 @@ def seen(values: list[set[int]]) -> str:
     return "[" + ", ".join(map(str, shown)) + "]"
 
 
-def masks_of_0_and_255(values: list[set[int]]) -> str | None:
-    """What is wrong where every sampled label holds only 0 and 255 (binary masks saved as black
-    and white): 255 is void in these label spaces (Pascal VOC's convention), so a repair would
-    fill every object as missing annotation. None for other labels."""
+def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, palette: list[int] | None = None) -> str | None:
+    """What is wrong where every sampled label holds only 0 and 255 and nothing names classes (no
+    class list, no palette): binary masks saved black and white, whose 255 is void in these label
+    spaces (Pascal VOC's convention), so a repair would fill every object as missing annotation.
+    None for other labels, and for data that declares its classes (background and void only is
+    then a label to complete)."""
     every = set().union(*values) if values else set()
-    if every != {0, 255}:
+    if every != {0, 255} or names or palette:
         return None
     return ("the labels hold only 0 and 255 (binary masks saved black and white?), and 255 is void here, so every "
             "object would be taken for missing annotation and filled: save the objects as 1 (0/1 masks; e.g. with "
@@ -159,14 +163,26 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     hold no class indices at all (colour labels)."""
     named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
-    if masks_of_0_and_255(values):
-        return f"{reason}: {masks_of_0_and_255(values)}"
+    if masks_of_0_and_255(values, names):
+        return f"{reason}: {masks_of_0_and_255(values, names)}"
     if not values:
         return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
     for name, space in unconfirmed:
         reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
                    f"if they are its classes ({first_names(space.names)}), pass --models {name}")
     return reason
+
+
+def class_names_as_train_reads(index: DatasetIndex) -> list[str]:
+    """The classes `train` would take from the dataset's class list (its void line left out), or
+    the layout's; none where there is neither or the list cannot be read (train says why)."""
+    classes_file = find_classes_file(index.root)
+    try:
+        if classes_file is not None:
+            return label_space_from_names(*read_class_list(classes_file))[1]
+    except LmaeError:
+        return []
+    return label_space_from_names(index.known_class_names)[1] if index.known_class_names else []
 
 
 class NoFamilyFits(LmaeError):
@@ -176,8 +192,8 @@ class NoFamilyFits(LmaeError):
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
         # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
         names = declared_class_names(index.root, index.known_class_names)
-        misnamed = void_named(label_space_from_names(names)[1]) if names else None  # train would refuse them
-        self.advice = ("" if masks_of_0_and_255(values or []) else
+        misnamed = void_named(class_names_as_train_reads(index))  # train would refuse them
+        self.advice = ("" if masks_of_0_and_255(values or [], names) else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason
         super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))
@@ -221,7 +237,7 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
         checkpoints = find_checkpoints(list(specs))
         path, info = checkpoints[0]
         values, names, palette = dataset_evidence(index)
-        problem = masks_of_0_and_255(values) if info.label_space.void_id == 255 else None
+        problem = masks_of_0_and_255(values, names, palette) if info.label_space.void_id == 255 else None
         if problem:
             raise LmaeError(f"{index.root}: {problem}")
         if values and match_score(info, values, names, palette) is None:

@@ -773,7 +773,7 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
     )
     problem = space.single_class_problem() or (void_named_class(space) if void_option is None else None)
     if not problem and space.void_id == 255 and void_option is None:
-        problem = masks_of_0_and_255([set(np.flatnonzero(scan.histogram).tolist())])
+        problem = masks_of_0_and_255([set(np.flatnonzero(scan.histogram).tolist())])  # every label: a class list changes nothing
     if problem:
         raise LmaeError(f"{index.root}: {problem}")
     absent = [name for name, count in zip(space.names, scan.histogram[: space.num_classes]) if not count]

@@ -232,6 +232,12 @@ def test_label_modes(tmp_path):
     write_label(tmp_path / "geo-out.tif", read_label(tmp_path / "geo.tif"))
     written = Image.open(tmp_path / "geo-out.tif")
     assert written.info["compression"] == "tiff_lzw" and written.tag_v2[33550] == (0.5, 0.5, 0.0)
+    smooth = np.tile(np.arange(64, dtype=np.uint8) % 3, (64, 1))
+    Image.fromarray(smooth).save(tmp_path / "jpeg.tif", compression="jpeg")  # lossy: written back lossless
+    lossy = read_label(tmp_path / "jpeg.tif")
+    write_label(tmp_path / "jpeg-out.tif", lossy)
+    assert Image.open(tmp_path / "jpeg-out.tif").info["compression"] == "tiff_lzw"
+    assert np.array_equal(read_label(tmp_path / "jpeg-out.tif").values, lossy.values)
     mask = np.array([[0, 1], [1, 0]], dtype=bool)
     Image.fromarray(mask).save(tmp_path / "bits.png")  # a two-class mask at one bit per pixel
     bits = read_label(tmp_path / "bits.png")
@@ -314,6 +320,8 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
     assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 1
     Image.fromarray((grey / 65535).astype(np.float32)).save(tmp_path / "unit.tif")  # reflectance scaled 0..1
+    with pytest.raises(LmaeError, match="missing.tif: unreadable image"):  # gone since it was found: one line
+        read_image(tmp_path / "missing.tif")
     unit = read_image(tmp_path / "unit.tif")
     assert unit.min() == 0 and unit.max() == 255 and abs(unit.mean() - 127.5) < 1  # not read black (0 and 1)
 

@@ -412,6 +412,13 @@ def test_masks_saved_as_0_and_255_are_refused_not_filled(tmp_path, family):
                     ["train", str(root), "--epochs", "1", "--crop", "32", "--out", str(tmp_path / "r")]):
         one_line_error(runner.invoke(app, command), "0 and 255", "save the objects as 1")
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+    from lmae_repair.families import masks_of_0_and_255
+
+    assert masks_of_0_and_255([{0, 255}, {0}]) is not None
+    # data that names its classes (a class list, a palette): background and void only is a label to complete
+    assert masks_of_0_and_255([{0, 255}], names=["background", "crack"]) is None
+    assert masks_of_0_and_255([{0, 255}], palette=[0, 0, 0, 128, 0, 0]) is None
+    assert masks_of_0_and_255([{0, 1, 255}]) is None
     (root / "classes.txt").write_text("background\nlesion\n")  # named classes: still no label holds lesion
     one_line_error(runner.invoke(app, ["train", str(root), "--epochs", "1", "--crop", "32", "--out", str(tmp_path / "r")]),
                    "the labels hold only 0 and 255")
@@ -430,6 +437,13 @@ def test_workers_ended_by_the_groups_signal_count_as_an_interruption():
     assert signal_that_ended_workers(RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt. ")) == signal.SIGINT
     assert signal_that_ended_workers(RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed. ")) is None
     assert signal_that_ended_workers(ValueError("Terminated")) is None
+    try:  # torch's commoner form: "exited unexpectedly", raised from the worker's report
+        try:
+            raise ended
+        except RuntimeError as report:
+            raise RuntimeError("DataLoader worker (pid(s) 22955) exited unexpectedly") from report
+    except RuntimeError as outer:
+        assert signal_that_ended_workers(outer) == signal.SIGTERM
     from lmae_repair.cli import guarded
     import typer
 
