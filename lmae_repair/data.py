@@ -15,6 +15,7 @@ are images without a label (normal in VOC's JPEGImages, so not recorded there).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -699,6 +700,7 @@ def write_label(path: Path, label: LabelFile) -> None:
         for attempt, options in enumerate(attempts):
             try:
                 img.save(f, format=file_format, **options)
+                check_written(f)
                 return
             except (OSError, ValueError, KeyError, TypeError):
                 if attempt == len(attempts) - 1 or not extra:
@@ -707,6 +709,19 @@ def write_label(path: Path, label: LabelFile) -> None:
                 f.truncate()
 
     atomic_write(path, save)
+
+
+def check_written(f) -> None:
+    """Read back the image just written to `f`: on a nearly full disk PIL can leave a short file
+    without an error (it writes the pixels through the descriptor and does not check the count),
+    which would be renamed into place as a finished label."""
+    f.flush()
+    f.seek(0)
+    try:
+        with Image.open(f) as written:
+            written.load()
+    except Exception as exc:
+        raise OSError(errno.ENOSPC, f"the written file is incomplete ({_reason(exc)}); is the disk full?") from None
 
 
 def atomic_write(path: Path, write) -> None:
@@ -721,7 +736,7 @@ def atomic_write(path: Path, write) -> None:
     except OSError as exc:
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # readable too: a label is read back once written (check_written)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -163,8 +163,8 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     hold no class indices at all (colour labels)."""
     named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
-    if masks_of_0_and_255(values, names):
-        return f"{reason}: {masks_of_0_and_255(values, names)}"
+    if masks_of_0_and_255(values):  # no family fits, and train refuses such labels whatever names them
+        return f"{reason}: {masks_of_0_and_255(values)}"
     if not values:
         return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
     for name, space in unconfirmed:
@@ -193,7 +193,7 @@ class NoFamilyFits(LmaeError):
         # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
         names = declared_class_names(index.root, index.known_class_names)
         misnamed = void_named(class_names_as_train_reads(index))  # train would refuse them
-        self.advice = ("" if masks_of_0_and_255(values or [], names) else
+        self.advice = ("" if masks_of_0_and_255(values or []) else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason
         super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))

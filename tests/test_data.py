@@ -399,6 +399,23 @@ def test_a_write_that_fails_part_way_names_the_file_and_leaves_nothing_behind(tm
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
 
 
+def test_a_label_cut_short_without_an_error_is_not_renamed_into_place(tmp_path, monkeypatch):
+    """On a nearly full disk PIL can write part of an image and say nothing: read back, refused."""
+    import io
+
+    real_save = Image.Image.save
+
+    def short_save(self, fp, *args, **kwargs):
+        whole = io.BytesIO()
+        real_save(self, whole, *args, **kwargs)
+        fp.write(whole.getvalue()[: len(whole.getvalue()) // 2])  # half the bytes, no error
+
+    monkeypatch.setattr(Image.Image, "save", short_save)
+    with pytest.raises(LmaeError, match=r"x.png: cannot write it \(the written file is incomplete"):
+        write_label(tmp_path / "x.png", LabelFile(np.zeros((64, 64), np.uint8), "L", None))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_that_cannot_be_read_is_named_not_skipped_silently(tmp_path, monkeypatch):
     """A folder without read permission (made here as os.walk meets it: the tests may run as root,
     who reads any folder)."""

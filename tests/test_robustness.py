@@ -422,6 +422,9 @@ def test_masks_saved_as_0_and_255_are_refused_not_filled(tmp_path, family):
     (root / "classes.txt").write_text("background\nlesion\n")  # named classes: still no label holds lesion
     one_line_error(runner.invoke(app, ["train", str(root), "--epochs", "1", "--crop", "32", "--out", str(tmp_path / "r")]),
                    "the labels hold only 0 and 255")
+    unmatched = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")])  # no bundled family fits
+    one_line_error(unmatched, "the labels hold only 0 and 255")
+    assert "lmae-repair train" not in unmatched.output  # which would refuse them too
 
 
 def test_workers_ended_by_the_groups_signal_count_as_an_interruption():
