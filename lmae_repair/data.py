@@ -15,7 +15,7 @@ are images without a label (normal in VOC's JPEGImages, so not recorded there).
 
 from __future__ import annotations
 
-import errno
+import io
 import logging
 import os
 import sys
@@ -693,35 +693,25 @@ def write_label(path: Path, label: LabelFile) -> None:
     if file_format == "TIFF":
         extra = _tiff_options(label.tiff)
 
-    def save(f) -> None:
-        # a compression PIL cannot write for this mode (group4 once a 1-bit label holds 2): without it, tags kept;
-        # a tag it cannot write: the pixels plainly
-        attempts = [extra, {k: v for k, v in extra.items() if k != "compression"}, {}]
-        for attempt, options in enumerate(attempts):
-            try:
-                img.save(f, format=file_format, **options)
-                check_written(f)
-                return
-            except (OSError, ValueError, KeyError, TypeError):
-                if attempt == len(attempts) - 1 or not extra:
-                    raise
-                f.seek(0)
-                f.truncate()
-
-    atomic_write(path, save)
+    # encoded in memory, then written by Python, which raises on a short write: PIL writes pixels
+    # through the file descriptor without checking the count, and a nearly full disk left a
+    # truncated label renamed into place as finished
+    atomic_write(path, lambda f: f.write(encoded_label(img, file_format, extra)))
 
 
-def check_written(f) -> None:
-    """Read back the image just written to `f`: on a nearly full disk PIL can leave a short file
-    without an error (it writes the pixels through the descriptor and does not check the count),
-    which would be renamed into place as a finished label."""
-    f.flush()
-    f.seek(0)
-    try:
-        with Image.open(f) as written:
-            written.load()
-    except Exception as exc:
-        raise OSError(errno.ENOSPC, f"the written file is incomplete ({_reason(exc)}); is the disk full?") from None
+def encoded_label(img: Image.Image, file_format: str, options: dict) -> bytes:
+    """The file's bytes. A compression PIL cannot write for this mode (group4 once a 1-bit label
+    holds 2) is dropped first, the tags kept; a tag it cannot write, then, gives the pixels plainly."""
+    attempts = [options, {k: v for k, v in options.items() if k != "compression"}, {}] if options else [{}]
+    for attempt, kept in enumerate(attempts):
+        buffer = io.BytesIO()
+        try:
+            img.save(buffer, format=file_format, **kept)
+            return buffer.getvalue()
+        except (OSError, ValueError, KeyError, TypeError):
+            if attempt == len(attempts) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -736,7 +726,7 @@ def atomic_write(path: Path, write) -> None:
     except OSError as exc:
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
     try:
-        with os.fdopen(fd, "w+b") as f:  # readable too: a label is read back once written (check_written)
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
