@@ -259,10 +259,7 @@ def find_voc_root(root: Path) -> Path | None:
     if is_voc(root):
         return root
     found = [c for c in sorted(root.glob("VOC*")) + sorted(root.glob("VOCdevkit/VOC*")) if is_voc(c)]
-    distinct: dict[Path, Path] = {}
-    for candidate in found:  # one dataset reached twice (VOC2012 a link to VOCdevkit/VOC2012) is one
-        distinct.setdefault(candidate.resolve(), candidate)
-    found = list(distinct.values())
+    found = distinct_files(found)  # one dataset reached twice (VOC2012 a link to VOCdevkit/VOC2012) is one
     if len(found) > 1:
         names = ", ".join(c.relative_to(root).as_posix() for c in found)
         raise LmaeError(f"{root}: holds {len(found)} Pascal VOC datasets ({names}); pass one of them as DATA "
@@ -702,16 +699,17 @@ def write_label(path: Path, label: LabelFile) -> None:
 def encoded_label(img: Image.Image, file_format: str, options: dict) -> bytes:
     """The file's bytes. A compression PIL cannot write for this mode (group4 once a 1-bit label
     holds 2) is dropped first, the tags kept; a tag it cannot write, then, gives the pixels plainly."""
-    attempts = [options, {k: v for k, v in options.items() if k != "compression"}, {}] if options else [{}]
-    for attempt, kept in enumerate(attempts):
+    def encode(kept: dict) -> bytes:
         buffer = io.BytesIO()
+        img.save(buffer, format=file_format, **kept)
+        return buffer.getvalue()
+
+    for kept in ([options, {k: v for k, v in options.items() if k != "compression"}] if options else []):
         try:
-            img.save(buffer, format=file_format, **kept)
-            return buffer.getvalue()
+            return encode(kept)
         except (OSError, ValueError, KeyError, TypeError):
-            if attempt == len(attempts) - 1:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return encode({})
 
 
 def atomic_write(path: Path, write) -> None:
@@ -742,7 +740,10 @@ def atomic_write(path: Path, write) -> None:
 def distinct_files(paths: list[Path]) -> list[Path]:
     """`paths` in order, each file once however it was spelt (the same file named twice, or
     through a link)."""
-    return list({path.resolve(): path for path in paths}.values())
+    distinct: dict[Path, Path] = {}
+    for path in paths:
+        distinct.setdefault(path.resolve(), path)  # the first spelling
+    return list(distinct.values())
 
 
 STANDARD_STREAMS = {name: stream for stream, fd in (("stdout", 1), ("stderr", 2))

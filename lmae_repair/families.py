@@ -22,9 +22,7 @@ from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.data import DatasetIndex, distinct_files, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import (
-    declared_class_names, find_classes_file, first_names, label_space_from_names, names_agree, read_class_list, void_named,
-)
+from lmae_repair.labelspace import declared_class_names, declared_classes, first_names, names_agree, void_named
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
@@ -163,8 +161,9 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     hold no class indices at all (colour labels)."""
     named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
-    if masks_of_0_and_255(values):  # no family fits, and train refuses such labels whatever names them
-        return f"{reason}: {masks_of_0_and_255(values)}"
+    masks = masks_of_0_and_255(values)  # no family fits, and train refuses such labels whatever names them
+    if masks:
+        return f"{reason}: {masks}"
     if not values:
         return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
     for name, space in unconfirmed:
@@ -173,26 +172,16 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     return reason
 
 
-def class_names_as_train_reads(index: DatasetIndex) -> list[str]:
-    """The classes `train` would take from the dataset's class list (its void line left out), or
-    the layout's; none where there is neither or the list cannot be read (train says why)."""
-    classes_file = find_classes_file(index.root)
-    try:
-        if classes_file is not None:
-            return label_space_from_names(*read_class_list(classes_file))[1]
-    except LmaeError:
-        return []
-    return label_space_from_names(index.known_class_names)[1] if index.known_class_names else []
-
-
 class NoFamilyFits(LmaeError):
     """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
         # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
-        names = declared_class_names(index.root, index.known_class_names)
-        misnamed = void_named(class_names_as_train_reads(index))  # train would refuse them
+        try:  # the classes as train would read them (build_label_space): where one is named void, train refuses
+            misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
+        except LmaeError:  # a class list that cannot be read: train says why
+            misnamed = None
         self.advice = ("" if masks_of_0_and_255(values or []) else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason

@@ -186,15 +186,10 @@ def read_class_list(path: Path) -> tuple[list[str], int | None]:
     return lines, None
 
 
-def void_named_class(space: "LabelSpace") -> str | None:
-    """Why a label space looks wrong for training, where one of its classes is named like void
-    (`void` as the first line of a plain class list makes value 0 a class): trained so, a model
-    predicts void and never fills it. None where no class is."""
-    return void_named(space.names)
-
-
 def void_named(class_names: list[str]) -> str | None:
-    """`void_named_class` for class names in value order (void, where a list ends with it, left out)."""
+    """Why a label space looks wrong for training, where one of its classes (`class_names`, in
+    value order) is named like void (`void` as the first line of a plain class list makes value 0
+    a class): trained so, a model predicts void and never fills it. None where no class is."""
     value = next((i for i, name in enumerate(class_names) if name.lower() in VOID_NAMES - {"unknown"}), None)
     if value is None:
         return None
@@ -223,6 +218,18 @@ def label_space_from_names(names: list[str], void_id: int | None = None) -> tupl
 _UNSET = object()
 
 
+def declared_classes(root: Path | None, layout_names: list[str] | None) -> tuple[list[str], int | None | object, int | None]:
+    """(class names, background id, void value) as the dataset's class list (`find_classes_file`)
+    declares them, else its layout's list (Cityscapes' train ids); ([], _UNSET, None) without
+    either. A void line is the void value, not a class (`label_space_from_names`)."""
+    classes_file = find_classes_file(root) if root is not None else None
+    if classes_file is not None:
+        return label_space_from_names(*read_class_list(classes_file))[1:]
+    if layout_names:
+        return label_space_from_names(layout_names)[1:]
+    return [], _UNSET, None
+
+
 def build_label_space(
     root: Path | None,
     scanned_max_value: int | None = None,
@@ -238,14 +245,7 @@ def build_label_space(
     train ids), then defaults (background 0, void 255, and as many classes as the largest
     non-void value seen in the labels implies).
     """
-    names: list[str] = []
-    file_background: int | None | object = _UNSET
-    file_void = None
-    classes_file = find_classes_file(root) if root is not None else None
-    if classes_file is not None:
-        _, names, file_background, file_void = label_space_from_names(*read_class_list(classes_file))
-    elif layout_names:
-        _, names, file_background, file_void = label_space_from_names(layout_names)
+    names, file_background, file_void = declared_classes(root, layout_names)
     resolved_void = void_id if void_id is not None else (
         file_void if file_void is not None else DEFAULT_VOID_ID
     )

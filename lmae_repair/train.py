@@ -55,7 +55,7 @@ from lmae_repair.distributed import (
 from lmae_repair.errors import LmaeError
 from lmae_repair.families import masks_of_0_and_255
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
-from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named_class
+from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named
 from lmae_repair.losses import class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
@@ -771,7 +771,7 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
         layout_names=index.known_class_names,
         **space_options,
     )
-    problem = space.single_class_problem() or (void_named_class(space) if void_option is None else None)
+    problem = space.single_class_problem() or (void_named(space.names) if void_option is None else None)
     if not problem and space.void_id == 255 and void_option is None:
         problem = masks_of_0_and_255([set(np.flatnonzero(scan.histogram).tolist())])  # every label: a class list changes nothing
     if problem:

@@ -266,11 +266,11 @@ def test_label_space_from_classes_txt(tmp_path):
     assert (space.num_classes, space.background_id, space.void_id) == (3, 0, 255)
     assert build_label_space(tmp_path, background_id=None, void_id=200).void_id == 200
     (tmp_path / "classes.txt").write_text("# CamVid\nvoid\nsky\nroad\n")  # void first: value 0 is a class
-    from lmae_repair.labelspace import void_named_class
+    from lmae_repair.labelspace import void_named
 
     space = build_label_space(tmp_path)  # read as it says (audit and complete go on); train refuses it
-    assert space.names == ["void", "sky", "road"] and void_named_class(space).startswith("class 0 is named 'void'")
-    assert void_named_class(LabelSpace(3, ["sky", "road", "unknown"])) is None
+    assert space.names == ["void", "sky", "road"] and void_named(space.names).startswith("class 0 is named 'void'")
+    assert void_named(LabelSpace(3, ["sky", "road", "unknown"]).names) is None
     (tmp_path / "classes.txt").write_text("0 void\n1 sky\n2 road\n")  # void below the classes: said so, with the way out
     with pytest.raises(LmaeError, match=r"void value 0 is one of the class values 0..2 .*remap the labels"):
         build_label_space(tmp_path)
