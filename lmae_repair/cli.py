@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Find and complete broken semantic-segmentation labels with a Label Masked Autoencoder (L-MAE).",
 )
+
+
+class OneValueEach(typer.core.TyperCommand):
+    """Refuses an option that takes one value given twice (`evaluate -m 0.25 -m 0.5`): click
+    would keep the last one silently, and the run would answer for one value while the user
+    believes it answered for both. Repeatable options (`--models`, train's `--mask-ratio`) are
+    untouched."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        _, _, given = self.make_parser(ctx).parse_args(args=list(args))
+        for option in {param for param in given if isinstance(param, typer.core.TyperOption)}:
+            times = sum(param is option for param in given)
+            if times > 1 and not (option.multiple or option.count or option.is_flag):
+                raise typer.BadParameter(f"given {times} times, but it takes one value (run the command once per value)", ctx, option)
+        return super().parse_args(ctx, args)
+
+
+command = partial(app.command, cls=OneValueEach)
 
 
 class PipedConsole(Console):
@@ -100,7 +119,7 @@ def main_options(
     DEBUG["on"] = debug
 
 
-@app.command()
+@command()
 def train(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<data folder name>, or <DATA>-runs beside DATA when the current folder is inside DATA)."),
@@ -210,7 +229,7 @@ def train(
     exit_with(guarded(run, "interrupted: every finished epoch is saved; the same command with --resume continues from the last one"))
 
 
-@app.command()
+@command()
 def complete(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the completed dataset goes (default: <DATA>-completed beside DATA)."),
@@ -438,7 +457,7 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
     console.print(table)
 
 
-@app.command()
+@command()
 def evaluate(
     data: Path = typer.Argument(Path("."), help="Dataset with complete labels: Pascal VOC, Cityscapes, or images/ + labels/."),
     models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
@@ -540,7 +559,7 @@ def print_evaluation(result: dict) -> None:
     console.print(classes)
 
 
-@app.command()
+@command()
 def audit(
     data: Path = typer.Argument(Path("."), help="Dataset root: Pascal VOC, Cityscapes, or images/ + labels/ folders."),
     models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
@@ -637,7 +656,7 @@ def print_audit(rows: list[dict], top: int) -> None:
     console.print(table)
 
 
-@app.command()
+@command()
 def push(
     run_dir: Path = typer.Argument(..., help="A training run folder (one best checkpoint per mask ratio), or a family folder."),
     repo_id: str = typer.Argument(..., help="Hub repository, owner/name (created if missing)."),
@@ -694,7 +713,7 @@ def evaluation_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@command()
 def average(
     checkpoints: list[Path] = typer.Argument(..., help="Checkpoints of one model (e.g. a run's epoch-NNN.safetensors from train --keep-epochs), or a ratio folder holding them."),
     out: Path = typer.Option(..., "--out", "-o", help="The averaged checkpoint to write (.safetensors)."),
@@ -729,7 +748,7 @@ def average(
     guarded(run)
 
 
-@app.command()
+@command()
 def tune(
     data: Path = typer.Argument(Path("."), help="Dataset with complete labels that the checkpoints did not train on (e.g. your validation split)."),
     models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
@@ -841,7 +860,7 @@ def print_tune_result(path: Path, target: Path, result: dict, names: list[str], 
         console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
 
 
-@app.command()
+@command()
 def inspect(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train, a run or family folder, or a bundled family name."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON: one object for a file, a list of objects with their \"path\" for a folder or family."),

@@ -118,7 +118,7 @@ def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray,
 
 
 def _legend(space: LabelSpace, colours: np.ndarray) -> str:
-    items = [(name, colours[i]) for i, name in enumerate(space.names)] + [("void", colours[space.void_id])]
+    items = [(name, colours[i]) for i, name in enumerate(space.names)] + [(f"void ({space.void_id}: not annotated)", colours[space.void_id])]
     return " ".join(
         f'<span class="key"><i style="background:rgb{tuple(int(c) for c in colour)}"></i>{html.escape(name)}</span>'
         for name, colour in items

@@ -284,6 +284,8 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert report["totals"]["pairs"] == 3 and report["totals"]["failed"] == 1
     page = (tmp_path / "out" / "lmae-report.html").read_text()
     assert "Failed pairs (1)" in page and "scene_002.png: unreadable label" in page  # named on the page too
+    void_id = json.loads(runner.invoke(app, ["inspect", str(family), "--json"]).output)[0]["label_space"]["void_id"]
+    assert f"void ({void_id}: not annotated)" in page  # the legend says which value is the missing annotation
     entries = {e["label"]: e for e in report["pairs"]}
     good = entries["labels/scene_000.png"]
     assert good["mask_ratio"] in (0.25, 0.5) and good["checkpoint"].endswith("best.safetensors")

@@ -88,6 +88,16 @@ def test_evaluate_command_prints_and_writes_figures_for_model_and_nearest_fill(t
     assert {**repeated, "seconds": 0} == {**nearest, "seconds": 0}  # same seed, same figures
 
 
+def test_a_single_value_option_given_twice_is_refused_not_silently_cut_to_the_last(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2, size=64, seed=5)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "-m", "0.25", "-m", "0.5"])
+    assert result.exit_code == 2
+    assert "'--mask-ratio' / '-m': given 2 times" in " ".join(result.output.split()).replace("│ ", "")
+    assert "PA-mIoU" not in result.output  # nothing was scored for a ratio the user did not mean alone
+    repeatable = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--models", str(family), "--max-pairs", "1", "--device", "cpu"])
+    assert repeatable.exit_code == 0, repeatable.output
+
+
 def test_a_pair_the_model_fails_on_is_reported_and_the_others_are_scored(tmp_path, family, monkeypatch):
     from lmae_repair.complete import Completer
 
