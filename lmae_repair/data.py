@@ -319,31 +319,48 @@ def discover_cityscapes(root: Path, split: str | None) -> DatasetIndex:
         raise LmaeError(
             f"{image_root / split}: no such split (available: {', '.join(available) or 'none'})"
         )
-    search_root = image_root / split if split else image_root
+    image_dir, label_dir = (image_root / split, label_root / split) if split else (image_root, label_root)
+    pairs, problems, unlabelled = cityscapes_pairs(image_dir, label_dir, root)
+    return DatasetIndex("cityscapes", root, pairs, problems, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
+
+
+def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str], list[str]]:
+    """Pair `*_leftImg8bit.png` below `image_dir` with `*_gtFine_labelTrainIds.png` at the same
+    place below `label_dir` (the rest of gtFine/ is left alone): (pairs, problems, images
+    without a label), as `match_by_stem` gives them."""
     pairs, unlabelled, problems = [], [], []
-    for image in _files_below(search_root, {".png", ".jpg"}, problems):
+    for image in _files_below(image_dir, {".png", ".jpg"}, problems):
         if not image.stem.endswith(CITYSCAPES_IMAGE_SUFFIX):
             continue
         prefix = image.stem[: -len(CITYSCAPES_IMAGE_SUFFIX)]
-        rel_dir = image.parent.relative_to(image_root)
-        label = label_root / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
+        rel_dir = image.parent.relative_to(image_dir)
+        label = label_dir / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
         if label.is_file():
             pairs.append(Pair(image, label, relative_key(label, root)))
         else:
             unlabelled.append(f"{image}: no {label.name}")
-    label_search = label_root / split if split else label_root
     paired = {pair.label for pair in pairs}
-    for label in _files_below(label_search, {".png"}) if label_search.is_dir() else []:
+    for label in _files_below(label_dir, {".png"}) if label_dir.is_dir() else []:
         if label.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png") and label not in paired:  # a failed pair, as in other layouts
             prefix = label.name[: -len(f"{CITYSCAPES_LABEL_SUFFIX}.png")]
             problems.append(f"{label}: no image {prefix}{CITYSCAPES_IMAGE_SUFFIX}.png (or .jpg) in "
-                            f"{image_root / label.parent.relative_to(label_root)}")
-    if not pairs and any(label_root.rglob("*_gtFine_labelIds.png")):
+                            f"{image_dir / label.parent.relative_to(label_dir)}")
+    if not pairs and any(label_dir.rglob("*_gtFine_labelIds.png")):
         raise LmaeError(
-            f"{label_root}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
+            f"{label_dir}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
             "works on the 19 train ids: make them with cityscapesscripts' csCreateTrainIdLabelImgs"
         )
-    return DatasetIndex("cityscapes", root, pairs, problems, known_class_names=CITYSCAPES_NAMES, unlabelled=unlabelled)
+    return pairs, problems, unlabelled
+
+
+def match_folders(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str], list[str], list[str] | None]:
+    """`match_by_stem`, or where no name matches and the images are Cityscapes' (`--images`
+    and `--labels` inside a Cityscapes tree), `cityscapes_pairs`: (pairs, problems, images
+    without a label, the class names the naming implies)."""
+    pairs, problems, unlabelled = match_by_stem(image_dir, label_dir, root)
+    if not pairs and image_dir.resolve() != label_dir.resolve() and any(image_dir.rglob(f"*{CITYSCAPES_IMAGE_SUFFIX}.*")):
+        return *cityscapes_pairs(image_dir, label_dir, root), CITYSCAPES_NAMES
+    return pairs, problems, unlabelled, None
 
 
 # ---------------------------------------------------------------- paired folders
@@ -383,13 +400,14 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
                 f"(found under: {', '.join(available)})"
             )
         folder_pairs = chosen
-    pairs, unmatched, unlabelled = [], [], []
+    pairs, unmatched, unlabelled, known = [], [], [], None
     for image_dir, label_dir in folder_pairs:
-        found, problems, lonely = match_by_stem(image_dir, label_dir, root)
+        found, problems, lonely, names = match_folders(image_dir, label_dir, root)
         pairs += found
         unmatched += problems
         unlabelled += lonely
-    return DatasetIndex("paired", root, pairs, unmatched, unlabelled=unlabelled, notes=notes)
+        known = known or names
+    return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=notes)
 
 
 # ---------------------------------------------------------------- entry point
@@ -418,8 +436,8 @@ def discover(
         for folder in (images, labels):
             if not folder.is_dir():
                 raise LmaeError(f"{folder}: no such folder")
-        pairs, unmatched, unlabelled = match_by_stem(images, labels, labels)
-        index = DatasetIndex("paired", labels, pairs, unmatched, unlabelled=unlabelled, image_root=images)
+        pairs, unmatched, unlabelled, known = match_folders(images, labels, labels)
+        index = DatasetIndex("paired", labels, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, image_root=images)
     else:
         if not root.is_dir():
             raise LmaeError(f"{root}: {'not a folder (give the dataset folder)' if root.exists() else 'no such dataset folder'}")

@@ -162,6 +162,29 @@ def test_cityscapes_with_label_ids_only_says_to_make_train_ids(tmp_path):
         discover(root)
 
 
+def test_images_and_labels_inside_a_cityscapes_tree(tmp_path):
+    """--images/--labels naming one city (or split) of a Cityscapes tree pair its train ids,
+    whatever else gtFine holds; they had matched nothing ("found no image/label pairs")."""
+    root = make_cityscapes(tmp_path / "cs")
+    city = root / "gtFine" / "train" / "aachen"
+    for label in list(city.glob("*_labelTrainIds.png")):  # the rest of gtFine beside the train ids
+        for kind in ("_labelIds", "_color", "_instanceIds"):
+            shutil.copy(label, label.with_name(label.name.replace("_labelTrainIds", kind)))
+    index = discover(images=root / "leftImg8bit" / "train" / "aachen", labels=city)
+    assert len(index.pairs) == 3 and not index.unmatched and not index.unlabelled
+    assert all(pair.label.name.endswith("_gtFine_labelTrainIds.png") for pair in index.pairs)
+    assert index.known_class_names[0] == "road"  # the 19 train ids, as for the whole tree
+    assert len(discover(images=root / "leftImg8bit" / "train", labels=root / "gtFine" / "train").pairs) == 5
+    out = tmp_path / "out"  # what complete writes for them: images/ + labels/, a dataset of its own
+    shutil.copytree(root / "leftImg8bit" / "val" / "lindau", out / "images")
+    shutil.copytree(root / "gtFine" / "val" / "lindau", out / "labels")
+    assert len(discover(out).pairs) == 2
+    for label in list(city.glob("*_labelTrainIds.png")):
+        label.unlink()
+    with pytest.raises(LmaeError, match="csCreateTrainIdLabelImgs"):
+        discover(images=root / "leftImg8bit" / "train" / "aachen", labels=city)
+
+
 def test_explicit_images_and_labels(tmp_path):
     make_paired(tmp_path / "a", count=2, images="pics", labels="gts")
     index = discover(images=tmp_path / "a" / "pics", labels=tmp_path / "a" / "gts")
