@@ -449,6 +449,10 @@ def discover(
         else:
             index = discover_paired(root, split)
             if index is None:
+                tree = next((folder for folder in root.resolve().parents if is_cityscapes(folder)), None)
+                if tree is not None:  # DATA is a split, city or one side of a Cityscapes tree
+                    raise LmaeError(f"{root}: inside the Cityscapes dataset {tree}; give that folder as DATA "
+                                    "(--split for one split), or name a city's folders with --images and --labels")
                 raise LmaeError(
                     f"{root}: no dataset layout found (expected JPEGImages/ + SegmentationClass/, "
                     "leftImg8bit/ + gtFine/, or images/ + labels/ folders; or pass --images and "

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -183,6 +184,15 @@ def test_images_and_labels_inside_a_cityscapes_tree(tmp_path):
         label.unlink()
     with pytest.raises(LmaeError, match="csCreateTrainIdLabelImgs"):
         discover(images=root / "leftImg8bit" / "train" / "aachen", labels=city)
+
+
+def test_data_inside_a_cityscapes_tree_names_the_tree(tmp_path):
+    """DATA given as a split or city folder of a Cityscapes tree (or cd'ed into one): the error
+    names the tree to give instead of a bare "no dataset layout found"."""
+    root = make_cityscapes(tmp_path / "cs")
+    for inside in (root / "gtFine", root / "leftImg8bit" / "val", root / "gtFine" / "val" / "lindau"):
+        with pytest.raises(LmaeError, match=re.escape(f"inside the Cityscapes dataset {root.resolve()}; give that folder as DATA")):
+            discover(inside)
 
 
 def test_explicit_images_and_labels(tmp_path):
