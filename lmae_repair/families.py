@@ -233,7 +233,8 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
             space = info.label_space
             raise LmaeError(
                 f"{path}: its label space ({space.describe()}) does not fit the labels of {index.root} "
-                f"(values seen: {seen(values)}{', class names: ' + ', '.join(names[:12]) if names else ''})"
+                f"(values seen: {seen(values)}{', class names: ' + first_names(names, 6) if names else ''}); pass "
+                f"checkpoints trained on labels like these, or {how_to_train(index.root, index.image_root)}"
             )
         return ", ".join(map(str, specs)), checkpoints
     name, checkpoints, note = match_family(index)

@@ -339,6 +339,20 @@ def test_a_family_chosen_by_its_palette_alone_says_so(tmp_path, monkeypatch):
     assert confirmed.exit_code == 0 and "palette alone" not in confirmed.output
 
 
+def test_checkpoint_that_does_not_fit_cityscapes_says_what_to_do(tmp_path):
+    """--models naming a family of other classes (the bundled camvid on Cityscapes' 19 train
+    ids): the error says what to do, not only that they do not fit."""
+    wide = ModelConfig(num_classes=2, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    other = tmp_path / "binary.safetensors"
+    save_checkpoint(other, LabelMAE(wide), CheckpointInfo(wide, 0.5, LabelSpace(2, background_id=0, void_id=255), {"crop": 32}))
+    cs = make_cityscapes(tmp_path / "cs")
+    result = runner.invoke(app, ["complete", str(cs), "--out", str(tmp_path / "o"), "--models", str(other)])
+    assert result.exit_code == 2 and "does not fit the labels" in result.output
+    message = " ".join(result.output.split())
+    assert "class names: road, sidewalk, building, wall, fence, pole, ...)" in message  # cut with "...", not silently
+    assert f"or train a family for it with `lmae-repair train {cs} " in message
+
+
 def test_bundled_family_by_name_and_by_label_space(tmp_path, family, monkeypatch):
     """`--models NAME` picks models/NAME; without --models the family whose label space fits wins."""
     monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
