@@ -720,6 +720,12 @@ def load_training_data(
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
     if not scan.histogram[: space.num_classes].any():
         raise LmaeError(f"{index.root}: no training label holds an annotated pixel (all void): nothing to learn from")
+    unannotated = {pair for pair in pairs if set(scan.values[pair].tolist()) <= {space.void_id}}
+    if unannotated:  # e.g. Cityscapes' gtFine/test, whose labels are all void: an epoch's crops spent on nothing
+        pairs = [pair for pair in pairs if pair not in unannotated]
+        first = min(unannotated, key=lambda pair: pair.key)
+        console.print(f"note: {len(unannotated)} training labels hold no annotated pixel (all void), left out "
+                      f"(first: {first.label}){' (pass --split to train on one split)' if split is None else ''}", highlight=False)
     val_pairs: list[Pair] = []
     val_index = None
     if val is not None or val_split is not None:

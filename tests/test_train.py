@@ -8,7 +8,7 @@ from PIL import Image
 import torch
 from typer.testing import CliRunner
 
-from conftest import NUM_CLASSES, make_paired, make_scene, make_voc
+from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_scene, make_voc
 from lmae_repair.checkpoints import load_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.data import discover
@@ -201,6 +201,22 @@ def test_unusable_pairs_are_skipped_with_a_message(tmp_path):
     assert "no validation pairs" in result.output and "lowest training loss" in " ".join(result.output.split())
     _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
     assert info.training["pairs"] == 3
+
+
+def test_labels_with_no_annotated_pixel_are_left_out_of_training_with_a_note(tmp_path):
+    """Cityscapes' gtFine/test labels are all void: `train DATA` without --split had trained on
+    them silently, spending crops on nothing."""
+    root = make_cityscapes(tmp_path / "cs")
+    for label in (root / "gtFine" / "val").rglob("*_labelTrainIds.png"):
+        Image.fromarray(np.full((64, 128), 255, np.uint8)).save(label)
+    result = runner.invoke(app, ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "note: 2 training labels hold no annotated pixel (all void), left out" in output
+    assert "lindau_000000_000019_gtFine_labelTrainIds.png" in output and "pass --split" in output
+    _, info = load_checkpoint(tmp_path / "run" / "mask-0.50" / "best.safetensors")
+    assert info.training["pairs"] == 5
 
 
 def test_labels_marking_void_255_against_a_classes_txt_void_line_get_the_option_that_fixes_it(tmp_path):
