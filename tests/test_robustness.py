@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_paired, make_scene, write_pair
+from conftest import make_cityscapes, make_paired, make_scene, write_pair
 from lmae_repair.cli import app
 
 runner = CliRunner()
@@ -379,6 +379,15 @@ def test_two_files_for_one_routing_slot_are_refused_and_one_file_named_twice_cou
     one_line_error(result, "both serve mask ratio 0.25")
     result = runner.invoke(app, ["complete", str(root), "--models", str(one), "--models", str(one), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0 and "(mask ratios 0.25)" in result.output, result.output
+
+
+def test_the_advice_to_train_on_cityscapes_holds_val_out(tmp_path):
+    """The bundled families do not fit Cityscapes' 19 train ids; the train command advised had
+    trained on all of it (val too, so nothing was left to choose best.safetensors on)."""
+    root = make_cityscapes(tmp_path / "cs")
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert f"train a family for it with `lmae-repair train {root} --split train --val-split val --mask-ratio 0.25" in " ".join(result.output.split())
 
 
 def test_the_advice_to_train_puts_the_run_folder_outside_the_data(tmp_path, monkeypatch):
