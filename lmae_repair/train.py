@@ -716,6 +716,10 @@ def load_training_data(
     index = discover(root, split, images, labels)
     for note in index.notes:
         console.print(f"note: {note}", highlight=False)
+    if index.unlabelled:  # as complete notes them: a partly converted dataset must not train on a part silently
+        count = len(index.unlabelled)
+        console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'are' if count > 1 else 'is'} "
+                      f"not trained on (first: {index.unlabelled[0]})", highlight=False)
     scan = scan_training_labels(index, console)
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
     if not scan.histogram[: space.num_classes].any():

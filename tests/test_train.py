@@ -219,6 +219,20 @@ def test_labels_with_no_annotated_pixel_are_left_out_of_training_with_a_note(tmp
     assert info.training["pairs"] == 5
 
 
+def test_images_without_a_label_are_noted_not_left_out_silently(tmp_path):
+    """A Cityscapes tree whose train ids were made for one city only: train had used the rest
+    without a word (complete notes such images; README: "an image without a label is only noted")."""
+    root = make_cityscapes(tmp_path / "cs")
+    for label in (root / "gtFine" / "val").rglob("*_labelTrainIds.png"):
+        label.rename(label.with_name(label.name.replace("_labelTrainIds", "_labelIds")))
+    result = runner.invoke(app, ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "note: 2 images have no label and are not trained on (first: " in output
+    assert "lindau_000000_000019_leftImg8bit.png: no lindau_000000_000019_gtFine_labelTrainIds.png" in output
+
+
 def test_labels_marking_void_255_against_a_classes_txt_void_line_get_the_option_that_fixes_it(tmp_path):
     root = make_paired(tmp_path / "ds", count=3, size=64)
     for path in (root / "labels").glob("*.png"):
