@@ -337,6 +337,9 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
         label = label_dir / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
         if label.is_file():
             pairs.append(Pair(image, label, relative_key(label, root)))
+        elif label.with_name(f"{prefix}_gtFine_labelIds.png").is_file():  # converted in part: say how to finish
+            unlabelled.append(f"{image}: no {label.name}, only its _gtFine_labelIds.png (make the train ids with "
+                              "cityscapesscripts' csCreateTrainIdLabelImgs)")
         else:
             unlabelled.append(f"{image}: no {label.name}")
     paired = {pair.label for pair in pairs}

@@ -163,6 +163,16 @@ def test_cityscapes_with_label_ids_only_says_to_make_train_ids(tmp_path):
         discover(root)
 
 
+def test_cityscapes_with_train_ids_for_part_of_it_says_how_to_make_the_rest(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    for label in list((root / "gtFine" / "val").rglob("*_labelTrainIds.png")):
+        label.rename(label.with_name(label.name.replace("_labelTrainIds", "_labelIds")))
+    index = discover(root)
+    assert len(index.pairs) == 5 and len(index.unlabelled) == 2
+    assert index.unlabelled[0].endswith("lindau_000000_000019_leftImg8bit.png: no lindau_000000_000019_gtFine_labelTrainIds.png, "
+                                        "only its _gtFine_labelIds.png (make the train ids with cityscapesscripts' csCreateTrainIdLabelImgs)")
+
+
 def test_images_and_labels_inside_a_cityscapes_tree(tmp_path):
     """--images/--labels naming one city (or split) of a Cityscapes tree pair its train ids,
     whatever else gtFine holds; they had matched nothing ("found no image/label pairs")."""
