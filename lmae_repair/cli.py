@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -408,13 +409,33 @@ class PairProgress:
             else:
                 self.progress.update(self.task, advance=1)
             if not console.is_terminal and now - self.logged >= self.LOG_EVERY_S and self.done < self.total:
-                self.logged = now
-                console.print(f"{self.label}: {self.done}/{self.total} pairs, {rate_text(self.count, now - self.started)} "
-                              f"pairs/s, {(now - self.started) / 60:.1f} min so far", highlight=False)
+                self.log(now)
 
+        self.stopped = threading.Event()
+        self.heartbeat = None
+        if not console.is_terminal and self.LOG_EVERY_S > 0:  # pairs finish a batch at a time: a batch of large pairs may take minutes
+            self.heartbeat = threading.Thread(target=self.beat, daemon=True)
+            self.heartbeat.start()
         return advance
 
+    def log(self, now: float) -> None:
+        self.logged = now
+        console.print(f"{self.label}: {self.done}/{self.total} pairs, {rate_text(self.count, now - self.started)} "
+                      f"pairs/s, {(now - self.started) / 60:.1f} min so far", highlight=False)
+
+    def beat(self) -> None:
+        """A line every LOG_EVERY_S also while no pair finishes."""
+        import time
+
+        while not self.stopped.wait(max(self.LOG_EVERY_S - (time.perf_counter() - self.logged), 0.01)):
+            now = time.perf_counter()
+            if now - self.logged >= self.LOG_EVERY_S and self.done < self.total:
+                self.log(now)
+
     def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.heartbeat is not None:
+            self.heartbeat.join()
         self.progress.__exit__(*exc)
 
 
