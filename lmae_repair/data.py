@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -338,8 +339,7 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
         if label.is_file():
             pairs.append(Pair(image, label, relative_key(label, root)))
         elif label.with_name(f"{prefix}_gtFine_labelIds.png").is_file():  # converted in part: say how to finish
-            unlabelled.append(f"{image}: no {label.name}, only its _gtFine_labelIds.png (make the train ids with "
-                              "cityscapesscripts' csCreateTrainIdLabelImgs)")
+            unlabelled.append(f"{image}: no {label.name}, only its _gtFine_labelIds.png ({how_to_make_train_ids(label_dir)})")
         else:
             unlabelled.append(f"{image}: no {label.name}")
     paired = {pair.label for pair in pairs}
@@ -351,9 +351,17 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
     if not pairs and any(label_dir.rglob("*_gtFine_labelIds.png")):
         raise LmaeError(
             f"{label_dir}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
-            "works on the 19 train ids: make them with cityscapesscripts' csCreateTrainIdLabelImgs"
+            f"works on the 19 train ids: {how_to_make_train_ids(label_dir)}"
         )
     return pairs, problems, unlabelled
+
+
+def how_to_make_train_ids(label_dir: Path) -> str:
+    """The command that makes Cityscapes' train ids: run bare, csCreateTrainIdLabelImgs looks for
+    the dataset inside its own package folder and finds nothing."""
+    tree = next((folder.parent for folder in [label_dir, *label_dir.parents] if folder.name == "gtFine"), label_dir.parent)
+    return (f"make the train ids with `CITYSCAPES_DATASET={shlex.quote(str(tree))} csCreateTrainIdLabelImgs` (pip install "
+            "cityscapesscripts; it draws them from the *_gtFine_polygons.json)")
 
 
 def match_folders(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pair], list[str], list[str], list[str] | None]:

@@ -159,8 +159,9 @@ def test_cityscapes_with_label_ids_only_says_to_make_train_ids(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     for label in list((root / "gtFine").rglob("*_labelTrainIds.png")):
         label.rename(label.with_name(label.name.replace("_labelTrainIds", "_labelIds")))
-    with pytest.raises(LmaeError, match="csCreateTrainIdLabelImgs"):
+    with pytest.raises(LmaeError, match="csCreateTrainIdLabelImgs") as raised:
         discover(root)
+    assert f"`CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`" in str(raised.value)  # run bare, it finds nothing
 
 
 def test_cityscapes_with_train_ids_for_part_of_it_says_how_to_make_the_rest(tmp_path):
@@ -170,7 +171,8 @@ def test_cityscapes_with_train_ids_for_part_of_it_says_how_to_make_the_rest(tmp_
     index = discover(root)
     assert len(index.pairs) == 5 and len(index.unlabelled) == 2
     assert index.unlabelled[0].endswith("lindau_000000_000019_leftImg8bit.png: no lindau_000000_000019_gtFine_labelTrainIds.png, "
-                                        "only its _gtFine_labelIds.png (make the train ids with cityscapesscripts' csCreateTrainIdLabelImgs)")
+                                        f"only its _gtFine_labelIds.png (make the train ids with `CITYSCAPES_DATASET={root} "
+                                        "csCreateTrainIdLabelImgs` (pip install cityscapesscripts; it draws them from the *_gtFine_polygons.json))")
 
 
 def test_images_and_labels_inside_a_cityscapes_tree(tmp_path):
