@@ -222,7 +222,8 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
         lines = source.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-        kept = [line for line in lines if not line.strip() or (labels / f"{line.split()[0]}.png").is_file()]
+        kept = [line for line in lines if not line.strip()  # a name with spaces is the whole line (data.split_list_name)
+                or any((labels / f"{name}.png").is_file() for name in (line.strip(), line.split()[0]))]
         if len(kept) != len(lines):
             text = "".join(f"{line}\n" for line in kept)
             atomic_write(out / source.relative_to(index.root), lambda f, text=text: f.write(text.encode()))

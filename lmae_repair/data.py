@@ -288,14 +288,16 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         lists = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
     if not lists:
         return DatasetIndex("voc", root, pairs, unmatched)
+    found = {p.label.stem: p for p in pairs}
+    problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
+    lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
+    known = found.keys() | problems.keys() | lonely_images
     listed: dict[str, str] = {}  # name -> the first list naming it
     for split_file in lists:
         for line in split_file.read_text(encoding="utf-8-sig", errors="replace").splitlines():
             if line.strip():
-                listed.setdefault(line.split()[0], split_file.relative_to(voc_root).as_posix())
-    found = {p.label.stem: p for p in pairs}
-    problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
-    lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
+                name = split_list_name(line, known)
+                listed.setdefault(name, split_file.relative_to(voc_root).as_posix())
     missing = [  # named by the label file that should be there: one entry per missing pair
         problems.get(name) or f"{label_dir / name}.png: {listed[name]} lists {name}, but "
         f"{'this label is missing (its image is there)' if name in lonely_images else 'neither this label nor its image exists'}"
@@ -304,6 +306,14 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     if split is not None:
         return DatasetIndex("voc", root, [found[name] for name in sorted(listed.keys() & found.keys())], missing)
     return DatasetIndex("voc", root, pairs, list(dict.fromkeys(unmatched + missing)))
+
+
+def split_list_name(line: str, names) -> str:
+    """The name a line of a VOC split list gives: the whole line (spaces around it dropped) where
+    a file of `names` has it, as `with space` for `with space.png`; else its first word (VOC's
+    `2007_000032  1` lines)."""
+    name = line.strip()
+    return name if name in names else name.split()[0]
 
 
 # ---------------------------------------------------------------- Cityscapes

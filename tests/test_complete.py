@@ -562,3 +562,16 @@ def test_an_image_that_cannot_be_mirrored_leaves_no_temporary_and_names_its_plac
     assert f"{out / 'images' / 'scene_000.png'}: cannot write it (No space left on device)" in result.output
     assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
     assert not (out / "images" / "scene_000.png").exists() and not (out / "labels" / "scene_000.png").exists()
+
+
+def test_a_voc_name_with_spaces_in_a_split_list_is_that_pair_not_its_first_word(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000", "2007_000001"]})
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / f"2007_000002{suffix}").rename(root / folder / f"crack wall 7{suffix}")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000000\r\ncrack wall 7  \r\n\r\n2007_000001\r\n")
+    out = tmp_path / "out"
+    result = complete(root, out, family, "--split", "val")
+    assert result.exit_code == 0, result.output  # was 1: "val.txt lists crack, but neither this label nor its image exists"
+    assert "lists crack" not in result.output
+    assert (out / "SegmentationClass" / "crack wall 7.png").is_file()
+    assert "crack wall 7" in (out / "ImageSets" / "Segmentation" / "val.txt").read_text()
