@@ -212,18 +212,19 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     input) the names whose label OUT does not hold (pairs that failed, or that no run into OUT
     has done yet), so that a training script reading OUT finds every pair it lists. Each run
     copies the input's lists afresh, so a name comes back once its pair is written."""
-    from lmae_repair.data import find_voc_root
+    from lmae_repair.data import LABEL_SUFFIXES, find_voc_root, split_list_name
 
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is None:
         return
     labels = out / voc_root.relative_to(index.root) / "SegmentationClass"
+    held = {path.relative_to(labels).with_suffix("").as_posix() for path in labels.rglob("*")  # x.png, X.PNG, x.bmp, x.tif
+            if path.suffix.lower() in LABEL_SUFFIXES and not path.name.startswith(".")} if labels.is_dir() else set()
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
         lines = source.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-        kept = [line for line in lines if not line.strip()  # a name with spaces is the whole line (data.split_list_name)
-                or any((labels / f"{name}.png").is_file() for name in (line.strip(), line.split()[0]))]
+        kept = [line for line in lines if not line.strip() or split_list_name(line, held) in held]
         if len(kept) != len(lines):
             text = "".join(f"{line}\n" for line in kept)
             atomic_write(out / source.relative_to(index.root), lambda f, text=text: f.write(text.encode()))

@@ -575,3 +575,18 @@ def test_a_voc_name_with_spaces_in_a_split_list_is_that_pair_not_its_first_word(
     assert "lists crack" not in result.output
     assert (out / "SegmentationClass" / "crack wall 7.png").is_file()
     assert "crack wall 7" in (out / "ImageSets" / "Segmentation" / "val.txt").read_text()
+
+
+def test_voc_split_lists_in_the_output_keep_bmp_tiff_and_upper_case_labels(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000000", "2007_000001", "2007_000002", "2007_000003"]})
+    labels = root / "SegmentationClass"
+    Image.open(labels / "2007_000001.png").save(labels / "2007_000001.bmp")
+    Image.open(labels / "2007_000002.png").save(labels / "2007_000002.tif")
+    (labels / "2007_000003.png").rename(labels / "2007_000003.PNG")
+    for name in ("2007_000001.png", "2007_000002.png"):
+        (labels / name).unlink()
+    out = tmp_path / "out"
+    assert complete(root, out, family, "--split", "val").exit_code == 0
+    assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == [
+        "2007_000000.png", "2007_000001.bmp", "2007_000002.tif", "2007_000003.PNG"]
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == (root / "ImageSets" / "Segmentation" / "val.txt").read_text()
