@@ -213,6 +213,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     has done yet), so that a training script reading OUT finds every pair it lists. Each run
     copies the input's lists afresh, so a name comes back once its pair is written."""
     from lmae_repair.data import LABEL_SUFFIXES, find_voc_root, split_list_name
+    from lmae_repair.labelspace import text_lines
 
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is None:
@@ -223,7 +224,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
-        lines = source.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        lines = text_lines(source, errors="replace")
         kept = [line for line in lines if not line.strip() or split_list_name(line, held) in held]
         if len(kept) != len(lines):
             text = "".join(f"{line}\n" for line in kept)

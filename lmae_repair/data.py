@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from lmae_repair.errors import LmaeError
+from lmae_repair.labelspace import text_lines
 
 # PIL logs some decoding problems (a TIFF of 8 bands) before raising; the raise becomes our one
 # line naming the file, so its log line, printed with no file name, would only add noise.
@@ -294,7 +295,7 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     known = found.keys() | problems.keys() | lonely_images
     listed: dict[str, str] = {}  # name -> the first list naming it
     for split_file in lists:
-        for line in split_file.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+        for line in text_lines(split_file, errors="replace"):
             if line.strip():
                 name = split_list_name(line, known)
                 listed.setdefault(name, split_file.relative_to(voc_root).as_posix())

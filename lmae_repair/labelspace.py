@@ -8,6 +8,7 @@ command-line flags, or from scanning the labels.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,10 +122,19 @@ class LabelSpace:
         )
 
 
+def text_lines(path: Path, errors: str = "strict") -> list[str]:
+    """The lines of a class or split list: UTF-8, or UTF-16 where the file starts with its
+    byte-order mark (Notepad's "Unicode", Windows PowerShell's `>`); a UTF-8 byte-order mark
+    (Windows editors) is not part of the first name."""
+    raw = path.read_bytes()
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    return raw.decode("utf-16" if utf16 else "utf-8-sig", errors).splitlines()
+
+
 def read_class_names(path: Path) -> list[str]:
     """Read a classes.txt: one name per line; blank lines and #-comments are skipped."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of the first name
+        lines = text_lines(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise LmaeError(f"{path}: cannot read class names ({exc})") from None
     names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]

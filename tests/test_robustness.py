@@ -360,6 +360,22 @@ def test_a_class_list_saved_with_a_byte_order_mark_is_read(tmp_path, family):
     assert read_class_names(root / "classes.txt") == names
 
 
+
+def test_split_and_class_lists_saved_as_utf16_are_read(tmp_path, family):
+    """Windows PowerShell's `>` and Notepad's "Unicode" write UTF-16 with a byte-order mark: the
+    split list named no pair (--split val: "found no image/label pairs") and classes.txt failed."""
+    from conftest import make_voc
+
+    root = make_voc(tmp_path / "voc", count=4)  # val: 2007_000002, 2007_000003
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_bytes("2007_000002\r\n2007_000003\r\n".encode("utf-16"))
+    (root / "classes.txt").write_bytes("background\r\nrust\r\nhole\r\ncrack\r\n".encode("utf-16"))
+    result = runner.invoke(app, ["complete", str(root), "--split", "val", "--out", str(tmp_path / "out"),
+                                 "--models", str(family), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "SegmentationClass").iterdir()) == ["2007_000002.png", "2007_000003.png"]
+    from lmae_repair.labelspace import read_class_names
+    assert read_class_names(root / "classes.txt") == ["background", "rust", "hole", "crack"]
+
 def test_labels_that_fit_a_family_by_their_values_alone_are_pointed_to_it(tmp_path, monkeypatch):
     """CamVid labels without their classes.txt: the message names the family to pass."""
     from lmae_repair.families import no_fit_reason
