@@ -612,6 +612,11 @@ def read_label(path: Path) -> LabelFile:
                 mode = "I" if mode == "I" and img.format == "TIFF" else "I;16"
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
                 values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
+            elif mode == "RGBA" and is_grey(np.asarray(img)[..., :3]):
+                raise LmaeError(
+                    f"{path}: grey label with transparent pixels (RGBA, alpha below 255); lmae-repair reads class "
+                    "indices from opaque labels: save it without the alpha channel (a palette or grayscale PNG)"
+                )
             elif mode in ("RGB", "RGBA"):
                 raise LmaeError(
                     f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "

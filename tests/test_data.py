@@ -293,6 +293,16 @@ def test_label_modes(tmp_path):
     assert read_label(tmp_path / "bits-out.png").values.tolist() == [[1, 1], [1, 0]]
 
 
+
+def test_a_grey_label_with_transparent_pixels_is_not_called_a_colour_label(tmp_path):
+    values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    alpha = np.array([[128, 255], [255, 255]], dtype=np.uint8)  # background half transparent, as an editor left it
+    Image.fromarray(np.stack([values, values, values, alpha], -1), "RGBA").save(tmp_path / "see-through.png")
+    with pytest.raises(LmaeError, match=r"see-through.png: grey label with transparent pixels \(RGBA, alpha below 255\); .* "
+                                        "save it without the alpha channel") as refused:
+        read_label(tmp_path / "see-through.png")
+    assert "colour" not in str(refused.value)
+
 def test_size_mismatch_between_image_and_label(tmp_path):
     rng = np.random.default_rng(0)
     image, _ = make_scene(rng, 32, 32)
