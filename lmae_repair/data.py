@@ -312,9 +312,15 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
 def split_list_name(line: str, names) -> str:
     """The name a line of a VOC split list gives: the whole line (spaces around it dropped) where
     a file of `names` has it, as `with space` for `with space.png`; else its first word (VOC's
-    `2007_000032  1` lines)."""
-    name = line.strip()
-    return name if name in names else name.split()[0]
+    `2007_000032  1` lines). A file name listed with its extension (`x.jpg`, `x.png`, as lists
+    made by other tools have it) is the name without it."""
+    for name in (line.strip(), line.split()[0]):
+        stem, suffix = os.path.splitext(name)
+        if name in names:
+            return name
+        if suffix.lower() in IMAGE_SUFFIXES and stem in names:
+            return stem
+    return line.split()[0]
 
 
 # ---------------------------------------------------------------- Cityscapes

@@ -590,3 +590,13 @@ def test_voc_split_lists_in_the_output_keep_bmp_tiff_and_upper_case_labels(tmp_p
     assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == [
         "2007_000000.png", "2007_000001.bmp", "2007_000002.tif", "2007_000003.PNG"]
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == (root / "ImageSets" / "Segmentation" / "val.txt").read_text()
+
+
+def test_a_voc_split_list_naming_files_with_their_extension_names_those_pairs(tmp_path, family):
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000.jpg", "2007_000001.png", "2007_000002"]})
+    out = tmp_path / "out"
+    result = complete(root, out, family, "--split", "val")
+    assert result.exit_code == 0, result.output  # was 1, those two pairs left out
+    assert "neither this label nor its image exists" not in result.output  # "lists 2007_000000.jpg, but neither this label..."
+    assert len(list((out / "SegmentationClass").iterdir())) == 3
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000.jpg\n2007_000001.png\n2007_000002\n"
