@@ -530,7 +530,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             check_size(path, img)
-            if _bits_per_band(img) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
+            if _bits_per_band(img, path) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
                 return stretch_to_8_bits(_read_wide_colour(path))
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
@@ -547,15 +547,20 @@ def read_image(path: Path) -> np.ndarray:
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
 
 
-def _bits_per_band(img: Image.Image) -> int:
-    """The widest band of a TIFF (its BitsPerSample tag); 8 for other formats."""
+def _bits_per_band(img: Image.Image, path: Path) -> int:
+    """The widest band of a TIFF (its BitsPerSample tag) or of a colour PNG (its header's bit
+    depth: PIL reads a 16-bit RGB PNG as 8 bits, keeping the high byte); 8 for other formats."""
+    if img.format == "PNG" and img.mode in ("RGB", "RGBA"):
+        with open(path, "rb") as f:
+            header = f.read(25)  # signature (8), IHDR length and type (8), width, height, bit depth
+        return header[24] if len(header) == 25 else 8
     bits = getattr(img, "tag_v2", {}).get(258, 8)
     return max(bits) if isinstance(bits, tuple) else int(bits)
 
 
 def _read_wide_colour(path: Path) -> np.ndarray:
-    """A colour TIFF of more than 8 bits per band as (H, W, 3) in R, G, B order: the first three
-    bands (an RGBN or RGBA file gives its RGB). OpenCV decodes these where PIL keeps 8 bits."""
+    """A colour TIFF or PNG of more than 8 bits per band as (H, W, 3) in R, G, B order: the first
+    three bands (an RGBN or RGBA file gives its RGB). OpenCV decodes these where PIL keeps 8 bits."""
     import cv2
 
     level = cv2.utils.logging.getLogLevel()
@@ -565,7 +570,7 @@ def _read_wide_colour(path: Path) -> np.ndarray:
     finally:
         cv2.utils.logging.setLogLevel(level)
     if values is None or values.ndim != 3 or values.shape[2] < 3:
-        raise LmaeError(f"{path}: unreadable image (a TIFF of more than 8 bits per band that OpenCV cannot decode)")
+        raise LmaeError(f"{path}: unreadable image (a {path.suffix.lstrip('.').upper() or 'file'} of more than 8 bits per band that OpenCV cannot decode)")
     return values[..., [2, 1, 0]]  # OpenCV orders the bands B, G, R(, A)
 
 

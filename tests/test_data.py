@@ -408,6 +408,22 @@ def test_images_of_more_than_8_bits_use_the_range_their_data_uses(tmp_path, capf
     assert signed.min() == 0 and signed.max() == 255
 
 
+
+def test_a_16_bit_colour_png_of_12_bit_data_is_not_read_almost_black(tmp_path):
+    """PIL reads a 16-bit RGB PNG as 8 bits by keeping the high byte: a 12-bit camera's frames came
+    out 0-15, black to the model."""
+    import cv2
+
+    from lmae_repair.data import read_image
+
+    ramp = np.linspace(0, 4095, 64 * 48).reshape(48, 64).astype(np.uint16)  # 12 bits of 16
+    cv2.imwrite(str(tmp_path / "camera.png"), np.stack([ramp, ramp, ramp], -1))
+    assert Image.open(tmp_path / "camera.png").mode == "RGB"
+    rgb = read_image(tmp_path / "camera.png")
+    assert rgb.shape == (48, 64, 3) and rgb.min() == 0 and rgb.max() == 255 and abs(rgb.mean() - 127.5) < 2
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 200).save(tmp_path / "plain.png")  # 8-bit colour: as it is
+    assert read_image(tmp_path / "plain.png").max() == 200
+
 def test_a_size_mismatch_from_an_exif_quarter_turn_says_so(tmp_path):
     """A photo stored 40x64 with EXIF orientation 6 shows as 64x40 in viewers, like its label;
     the error must say why they differ."""
