@@ -21,6 +21,7 @@ import os
 import shlex
 import sys
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,8 +314,10 @@ def split_list_name(line: str, names) -> str:
     """The name a line of a VOC split list gives: the whole line (spaces around it dropped) where
     a file of `names` has it, as `with space` for `with space.png`; else its first word (VOC's
     `2007_000032  1` lines). A file name listed with its extension (`x.jpg`, `x.png`, as lists
-    made by other tools have it) is the name without it."""
-    for name in (line.strip(), line.split()[0]):
+    made by other tools have it) is the name without it. Accents may be composed in the list and
+    decomposed in the file name (macOS wrote it so), or the other way round."""
+    spellings = (line.strip(), line.split()[0])
+    for name in dict.fromkeys(unicodedata.normalize(form, s) for s in spellings for form in ("NFC", "NFD")):
         stem, suffix = os.path.splitext(name)
         if name in names:
             return name

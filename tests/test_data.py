@@ -138,6 +138,20 @@ def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path
     assert index.unlabelled == []  # an unlisted JPEGImages file without a label is normal in VOC
 
 
+
+def test_a_split_list_typed_with_composed_accents_finds_files_named_with_decomposed_ones(tmp_path):
+    """macOS writes file names decomposed (e + combining accent); an editor types the list composed:
+    the two look the same, yet the pair was reported as "neither this label nor its image exists"."""
+    import unicodedata
+
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000", "béton_fissuré"]})
+    decomposed = unicodedata.normalize("NFD", "béton_fissuré")
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / f"2007_000001{suffix}").rename(root / folder / f"{decomposed}{suffix}")
+    index = discover(root, split="val")
+    assert index.unmatched == []
+    assert sorted(p.label.name for p in index.pairs) == sorted(["2007_000000.png", f"{decomposed}.png"])
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
