@@ -139,10 +139,12 @@ def _label_stem_candidates(stem: str) -> list[str]:
 
 def _by_stem(paths: list[Path], folder: Path, kind: str) -> tuple[dict[str, Path], list[str]]:
     """{relative path without extension: file}; names that two files share (a.jpg and a.png)
-    are left out and reported, since either could be the one meant."""
+    are left out and reported, since either could be the one meant. Accents count however they
+    are stored (composed, or decomposed as macOS writes them), so an image and a label whose
+    names look the same pair."""
     groups: dict[str, list[Path]] = {}
     for path in paths:
-        groups.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
+        groups.setdefault(unicodedata.normalize("NFC", path.relative_to(folder).with_suffix("").as_posix()), []).append(path)
     unique = {stem: group[0] for stem, group in groups.items() if len(group) == 1}
     clashes = {
         stem: f"{group[0]}: {len(group)} {kind}s share this name "

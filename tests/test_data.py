@@ -152,6 +152,18 @@ def test_a_split_list_typed_with_composed_accents_finds_files_named_with_decompo
     assert index.unmatched == []
     assert sorted(p.label.name for p in index.pairs) == sorted(["2007_000000.png", f"{decomposed}.png"])
 
+
+def test_an_image_and_a_label_whose_names_differ_only_in_how_accents_are_stored_pair(tmp_path):
+    """Labels exported on a Mac (decomposed accents) beside images named elsewhere (composed):
+    the label was "fissuré.png: no image with the same name" beside fissuré.jpg."""
+    import unicodedata
+
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "images" / "scene_000.png").rename(root / "images" / f"{unicodedata.normalize('NFC', 'fissuré')}.png")
+    (root / "labels" / "scene_000.png").rename(root / "labels" / f"{unicodedata.normalize('NFD', 'fissuré')}.png")
+    index = discover(root)
+    assert index.unmatched == [] and index.unlabelled == [] and len(index.pairs) == 2
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
