@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,9 +98,11 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
 
 
 def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | None, list[int] | None]:
-    """The label values of each label of a sample, the dataset's class names, and a palette."""
+    """The label values of each label of a sample, the dataset's class names, and the palette most
+    of the sampled labels carry (one label from another tool, first in the sample, must not speak
+    for the dataset)."""
     values: list[set[int]] = []
-    palette = None
+    palettes: Counter = Counter()
     step = max(1, len(index.pairs) // MATCH_SAMPLE)
     for pair in index.pairs[::step][:MATCH_SAMPLE]:
         try:
@@ -107,7 +110,9 @@ def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | N
         except LmaeError:
             continue  # reported when the pair is processed
         values.append(set(np.unique(label.values).tolist()))
-        palette = palette or label.palette
+        if label.palette:
+            palettes[tuple(label.palette)] += 1
+    palette = list(palettes.most_common(1)[0][0]) if palettes else None
     return values, declared_class_names(index.root, index.known_class_names), palette
 
 

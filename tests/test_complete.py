@@ -353,6 +353,25 @@ def test_checkpoint_that_does_not_fit_cityscapes_says_what_to_do(tmp_path):
     assert f"or train a family for it with `lmae-repair train {cs} " in message
 
 
+def test_one_label_with_another_palette_does_not_decide_the_family(tmp_path, monkeypatch):
+    """Without a class list, the family is confirmed by the labels' palette: the first label of
+    the sample, saved by another tool with its own colours, made the choice fail ("nothing names
+    the classes (no classes.txt, no palette)") though the others carry the family's palette."""
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    space = LabelSpace(NUM_CLASSES, names=["background", "rust", "dent", "hole"], background_id=0, void_id=255, palette=VOC_PALETTE)
+    save_checkpoint(tmp_path / "models_root" / "metal" / "mask-0.50.safetensors", LabelMAE(config), CheckpointInfo(config, 0.5, space, {"crop": 32}))
+    root = make_voc(tmp_path / "voc", count=4)
+    first = sorted((root / "SegmentationClass").glob("*.png"))[0]
+    with Image.open(first) as img:
+        img.load()
+        img.putpalette([0, 0, 0, 255, 255, 0, 0, 255, 255, 255, 0, 255] + [128] * (252 * 3))
+        img.save(first)
+    result = runner.invoke(app, ["complete", str(root), "--device", "cpu", "--dry-run", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "bundled family 'metal'" in result.output
+
+
 def test_bundled_family_by_name_and_by_label_space(tmp_path, family, monkeypatch):
     """`--models NAME` picks models/NAME; without --models the family whose label space fits wins."""
     monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
