@@ -292,7 +292,11 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         lists = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
     if not lists:
         return DatasetIndex("voc", root, pairs, unmatched)
-    found = {p.label.stem: p for p in pairs}
+    # a list names a label by its path below SegmentationClass/ without extension; one in a
+    # subfolder also by its name alone, where no label above has that name
+    found = {p.label.relative_to(label_dir).with_suffix("").as_posix(): p for p in pairs}
+    for pair in pairs:
+        found.setdefault(pair.label.stem, pair)
     problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
     lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
     known = found.keys() | problems.keys() | lonely_images
@@ -308,7 +312,7 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         for name in sorted(listed.keys() - found.keys())
     ]
     if split is not None:
-        return DatasetIndex("voc", root, [found[name] for name in sorted(listed.keys() & found.keys())], missing)
+        return DatasetIndex("voc", root, list(dict.fromkeys(found[name] for name in sorted(listed.keys() & found.keys()))), missing)
     return DatasetIndex("voc", root, pairs, list(dict.fromkeys(unmatched + missing)))
 
 

@@ -164,6 +164,18 @@ def test_an_image_and_a_label_whose_names_differ_only_in_how_accents_are_stored_
     index = discover(root)
     assert index.unmatched == [] and index.unlabelled == [] and len(index.pairs) == 2
 
+
+def test_a_split_list_name_is_the_label_it_names_not_one_of_that_name_in_a_subfolder(tmp_path):
+    """VOC with a subfolder from another source holding a file of the same name: --split val took
+    SegmentationClass/siteB/2007_000002.png for the listed 2007_000002 and left out the one meant."""
+    root = make_voc(tmp_path / "voc", count=4)  # val: 2007_000002, 2007_000003
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / "siteB").mkdir()
+        shutil.copy(root / folder / f"2007_000002{suffix}", root / folder / "siteB" / f"2007_000002{suffix}")
+    assert keys(discover(root, split="val")) == ["SegmentationClass/2007_000002.png", "SegmentationClass/2007_000003.png"]
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("siteB/2007_000002\n")
+    assert keys(discover(root, split="val")) == ["SegmentationClass/siteB/2007_000002.png"]
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
