@@ -508,7 +508,7 @@ class LabelFile:
     """A label as class indices, with what is needed to write it back the same way."""
 
     values: np.ndarray  # (H, W) uint8
-    mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), "I" (32-bit TIFF), or "RGB"/"RGBA" for grey saved as colour
+    mode: str  # "L", "P", "1" (1-bit), "I;16" (16-bit grey), "I" (32-bit TIFF), or "RGB"/"RGBA"/"LA" for grey saved with colour or alpha
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
     tiff: dict | None = None  # a TIFF's compression and descriptive tags (georeferencing...), written back (`tiff_extras`)
@@ -632,9 +632,11 @@ def read_label(path: Path) -> LabelFile:
                 mode = "I" if mode == "I" and img.format == "TIFF" else "I;16"
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
                 values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
-            elif mode == "RGBA" and is_grey(np.asarray(img)[..., :3]):
+            elif mode == "LA" and bool((np.asarray(img)[..., 1] == 255).all()):
+                values = np.asarray(img)[..., 0]  # grey with an opaque alpha channel (GIMP's grey + alpha)
+            elif mode == "LA" or (mode == "RGBA" and is_grey(np.asarray(img)[..., :3])):
                 raise LmaeError(
-                    f"{path}: grey label with transparent pixels (RGBA, alpha below 255); lmae-repair reads class "
+                    f"{path}: grey label with transparent pixels ({mode}, alpha below 255); lmae-repair reads class "
                     "indices from opaque labels: save it without the alpha channel (a palette or grayscale PNG)"
                 )
             elif mode in ("RGB", "RGBA"):
@@ -745,7 +747,7 @@ def write_label(path: Path, label: LabelFile) -> None:
     or TIFF by the path's suffix (PNG for any other)."""
     file_format = LABEL_FORMATS.get(path.suffix.lower(), "PNG")
     img = Image.fromarray(label.values)
-    if label.mode in ("RGB", "RGBA"):  # a grey label read from a colour file goes back as one
+    if label.mode in ("RGB", "RGBA", "LA"):  # a grey label read from a colour or grey + alpha file goes back as one
         img = img.convert(label.mode)
     elif label.mode == "P":
         img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged

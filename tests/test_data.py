@@ -341,6 +341,20 @@ def test_a_grey_label_with_transparent_pixels_is_not_called_a_colour_label(tmp_p
         read_label(tmp_path / "see-through.png")
     assert "colour" not in str(refused.value)
 
+
+def test_a_grey_label_with_an_opaque_alpha_channel_is_read_and_written_back_so(tmp_path):
+    values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    alpha = np.array([[128, 255], [255, 255]], dtype=np.uint8)
+    Image.fromarray(np.stack([values, np.full_like(values, 255)], -1), "LA").save(tmp_path / "grey-alpha.png")  # GIMP's grey + alpha
+    opaque = read_label(tmp_path / "grey-alpha.png")  # was refused: "label has 2 channels (mode LA)"
+    assert np.array_equal(opaque.values, values)
+    write_label(tmp_path / "grey-alpha-out.png", opaque)  # written back the way it came
+    assert Image.open(tmp_path / "grey-alpha-out.png").mode == "LA"
+    assert np.array_equal(read_label(tmp_path / "grey-alpha-out.png").values, values)
+    Image.fromarray(np.stack([values, alpha], -1), "LA").save(tmp_path / "grey-alpha-see-through.png")
+    with pytest.raises(LmaeError, match=r"grey label with transparent pixels \(LA, alpha below 255\)"):
+        read_label(tmp_path / "grey-alpha-see-through.png")
+
 def test_size_mismatch_between_image_and_label(tmp_path):
     rng = np.random.default_rng(0)
     image, _ = make_scene(rng, 32, 32)
