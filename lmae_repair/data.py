@@ -306,6 +306,9 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
             if line.strip():
                 name = split_list_name(line, known)
                 listed.setdefault(name, split_file.relative_to(voc_root).as_posix())
+    if split is not None and not listed:
+        raise LmaeError(f"{lists[0]}: names no pair (the split list is empty); give another --split, or none to take "
+                        f"all {len(pairs)} pairs")
     missing = [  # named by the label file that should be there: one entry per missing pair
         problems.get(name) or f"{label_dir / name}.png: {listed[name]} lists {name}, but "
         f"{'this label is missing (its image is there)' if name in lonely_images else 'neither this label nor its image exists'}"

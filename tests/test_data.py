@@ -126,6 +126,13 @@ def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
     assert len(index.pairs) == 1 and any("2007_999999" in u for u in index.unmatched)
 
 
+
+def test_an_empty_voc_split_list_is_named_not_reported_as_a_dataset_without_pairs(tmp_path):
+    root = make_voc(tmp_path / "voc", count=4)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n  \r\n")  # was "found no image/label pairs"
+    with pytest.raises(LmaeError, match=r"val.txt: names no pair \(the split list is empty\); give another --split, or none to take all 4 pairs"):
+        discover(root, split="val")
+
 def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path):
     root = make_voc(tmp_path / "voc", count=4)
     (root / "SegmentationClass" / "2007_000003.png").unlink()  # listed in val.txt
