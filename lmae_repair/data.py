@@ -499,7 +499,9 @@ def discover(
                     "--labels)"
                 )
     if not index.pairs:
-        raise LmaeError(f"{index.root}: found no image/label pairs ({index.layout} layout)")
+        why = (f"; {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} could not be paired, the first: "
+               f"{index.unmatched[0]}") if index.unmatched else ""
+        raise LmaeError(f"{index.root}: found no image/label pairs ({index.layout} layout){why}")
     return index
 
 

@@ -183,6 +183,17 @@ def test_a_split_list_name_is_the_label_it_names_not_one_of_that_name_in_a_subfo
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("siteB/2007_000002\n")
     assert keys(discover(root, split="val")) == ["SegmentationClass/siteB/2007_000002.png"]
 
+
+def test_a_dataset_where_no_file_pairs_says_why(tmp_path):
+    """Every label saved as JPEG: the run ended in "found no image/label pairs", the reason dropped."""
+    root = make_paired(tmp_path / "ds", count=2)
+    for label in (root / "labels").glob("*.png"):
+        Image.open(label).convert("L").save(label.with_suffix(".jpg"))
+        label.unlink()
+    with pytest.raises(LmaeError, match=r"found no image/label pairs \(paired layout\); 2 files could not be paired, "
+                                        r"the first: .*scene_000.jpg: a JPG label; lossy compression"):
+        discover(root)
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
