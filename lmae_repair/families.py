@@ -172,7 +172,8 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     if masks:
         return f"{reason}: {masks}"
     if not values:
-        return reason + ": no sampled label could be read as class indices (colour labels need a palette or a class colour map)"
+        return reason + (": no sampled label could be read as class indices (colour labels must be saved as class indices "
+                         "first: a palette or grayscale PNG, one value per class)")
     for name, space in unconfirmed:
         reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
                    f"if they are its classes ({first_names(space.names)}), pass --models {name}")
@@ -189,7 +190,8 @@ class NoFamilyFits(LmaeError):
             misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
         except LmaeError:  # a class list that cannot be read: train says why
             misnamed = None
-        self.advice = ("" if masks_of_0_and_255(values or []) else
+        # 0/255 masks, or no label read as class indices (colour labels): training would not help
+        self.advice = ("" if masks_of_0_and_255(values or []) or values == [] else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason
         super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))

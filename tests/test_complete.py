@@ -321,6 +321,19 @@ def test_without_models_and_no_bundled_family_says_how_to_train(tmp_path, monkey
     assert result.exit_code == 2 and f"lmae-repair train {root} --mask-ratio" in " ".join(result.output.split())
 
 
+def test_colour_labels_that_no_family_reads_are_not_sent_to_train_a_family(tmp_path):
+    """Every label an RGB colour image: the advice was to train a family on them, which would
+    skip every one of them too."""
+    root = make_paired(tmp_path / "ds", count=2)
+    for label in (root / "labels").glob("*.png"):
+        values = np.array(Image.open(label))
+        Image.fromarray(np.stack([values * 60, values * 20, values * 0], -1).astype(np.uint8)).save(label)
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "colour labels must be saved as class indices first" in text
+    assert "lmae-repair train" not in text
+
+
 def test_a_family_chosen_by_its_palette_alone_says_so(tmp_path, monkeypatch):
     """Most VOC tools write the same palette: a named family (concrete) picked without a class
     list to confirm its classes must say so, and a class list that does confirm them silences it."""
