@@ -212,7 +212,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     input) the names whose label OUT does not hold (pairs that failed, or that no run into OUT
     has done yet), so that a training script reading OUT finds every pair it lists. Each run
     copies the input's lists afresh, so a name comes back once its pair is written."""
-    from lmae_repair.data import LABEL_SUFFIXES, find_voc_root, split_list_name
+    from lmae_repair.data import LABEL_SUFFIXES, _label_stem_candidates, find_voc_root, split_list_name
     from lmae_repair.labelspace import text_lines
 
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
@@ -221,6 +221,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     labels = out / voc_root.relative_to(index.root) / "SegmentationClass"
     held = {path.relative_to(labels).with_suffix("").as_posix() for path in labels.rglob("*")  # x.png, X.PNG, x.bmp, x.tif
             if path.suffix.lower() in LABEL_SUFFIXES and not path.name.startswith(".")} if labels.is_dir() else set()
+    held |= {stem for name in held for stem in _label_stem_candidates(name)}  # x_mask.png holds the pair x
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue

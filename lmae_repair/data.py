@@ -293,10 +293,13 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     if not lists:
         return DatasetIndex("voc", root, pairs, unmatched)
     # a list names a label by its path below SegmentationClass/ without extension; one in a
-    # subfolder also by its name alone, where no label above has that name
+    # subfolder also by its name alone, where no label above has that name; and a pair by its
+    # image's name (x for x_mask.png)
     found = {p.label.relative_to(label_dir).with_suffix("").as_posix(): p for p in pairs}
     for pair in pairs:
         found.setdefault(pair.label.stem, pair)
+    for pair in pairs:
+        found.setdefault(pair.image.stem, pair)
     problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
     lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
     known = found.keys() | problems.keys() | lonely_images

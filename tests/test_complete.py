@@ -632,3 +632,15 @@ def test_a_voc_split_list_naming_files_with_their_extension_names_those_pairs(tm
     assert "neither this label nor its image exists" not in result.output  # "lists 2007_000000.jpg, but neither this label..."
     assert len(list((out / "SegmentationClass").iterdir())) == 3
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000.jpg\n2007_000001.png\n2007_000002\n"
+
+
+def test_a_voc_label_named_with_a_mask_suffix_is_the_pair_its_split_list_names(tmp_path, family):
+    """x_mask.png pairs with x.jpg, but the split list's x was "neither this label nor its image
+    exists": reported as failed (dropped with --split) and left out of OUT's list."""
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000", "2007_000001"]})
+    (root / "SegmentationClass" / "2007_000001.png").rename(root / "SegmentationClass" / "2007_000001_mask.png")
+    out = tmp_path / "out"
+    result = complete(root, out, family, "--split", "val")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == ["2007_000000.png", "2007_000001_mask.png"]
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000\n2007_000001\n"
