@@ -758,7 +758,13 @@ def write_label(path: Path, label: LabelFile) -> None:
     if label.mode in ("RGB", "RGBA", "LA"):  # a grey label read from a colour or grey + alpha file goes back as one
         img = img.convert(label.mode)
     elif label.mode == "P":
-        img.putpalette(label.palette or [])  # turns the L image into P, indices unchanged
+        palette = list(label.palette or [])
+        needed = 3 * (int(label.values.max(initial=0)) + 1)
+        if len(palette) < needed:  # a class beyond a palette of the classes the label had: PIL would write fewer bits and drop it
+            from lmae_repair.report import default_palette
+
+            palette += default_palette().reshape(-1).tolist()[len(palette):needed]  # VOC colours for the new entries
+        img.putpalette(palette)  # turns the L image into P, indices unchanged
     elif label.mode == "1" and label.values.max(initial=0) <= 1:  # else (void kept) 8-bit grey
         img = Image.fromarray(label.values.astype(bool))
     elif label.mode == "I" and file_format == "TIFF":  # 32-bit grey stays 32-bit

@@ -298,6 +298,23 @@ def test_palette_labels_round_trip_with_their_palette(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # no temporary file left behind
 
 
+
+def test_a_class_added_beyond_a_short_palette_is_written_not_dropped(tmp_path):
+    """A label of background and crack saved with a palette of those two colours (a 1-bit PNG):
+    spalling pixels the repair added were written as background (index 2 in 1 bit is 0)."""
+    values = np.zeros((16, 16), np.uint8)
+    values[2:4] = 1
+    img = Image.fromarray(values, "L")
+    img.putpalette([0, 0, 0, 128, 0, 0])
+    img.save(tmp_path / "two-colours.png")
+    label = read_label(tmp_path / "two-colours.png")
+    assert label.mode == "P" and len(label.palette) == 6
+    label.values[8:10] = 2  # what a repair adds
+    write_label(tmp_path / "repaired.png", label)
+    written = Image.open(tmp_path / "repaired.png")
+    assert written.mode == "P" and written.getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # its own colours kept
+    assert np.array_equal(np.array(written), label.values)
+
 def test_label_modes(tmp_path):
     values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     Image.fromarray(values.astype(np.uint16)).save(tmp_path / "wide.png")
