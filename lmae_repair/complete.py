@@ -222,6 +222,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> None:
     held = {path.relative_to(labels).with_suffix("").as_posix() for path in labels.rglob("*")  # x.png, X.PNG, x.bmp, x.tif
             if path.suffix.lower() in LABEL_SUFFIXES and not path.name.startswith(".")} if labels.is_dir() else set()
     held |= {stem for name in held for stem in _label_stem_candidates(name)}  # x_mask.png holds the pair x
+    held |= {name.rsplit("/", 1)[-1] for name in held}  # as discovery, a bare name finds a label in a subfolder
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue

@@ -644,3 +644,15 @@ def test_a_voc_label_named_with_a_mask_suffix_is_the_pair_its_split_list_names(t
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == ["2007_000000.png", "2007_000001_mask.png"]
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000\n2007_000001\n"
+
+
+def test_a_pair_in_a_voc_subfolder_listed_by_its_name_stays_in_the_output_list(tmp_path, family):
+    """--split val repairs SegmentationClass/siteB/x.png for a listed x, but OUT's val.txt dropped x."""
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000", "2007_000001"]})
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / "siteB").mkdir()
+        (root / folder / f"2007_000001{suffix}").rename(root / folder / "siteB" / f"2007_000001{suffix}")
+    out = tmp_path / "out"
+    assert complete(root, out, family, "--split", "val").exit_code == 0
+    assert (out / "SegmentationClass" / "siteB" / "2007_000001.png").is_file()
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000\n2007_000001\n"
