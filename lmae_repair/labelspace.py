@@ -125,10 +125,15 @@ class LabelSpace:
 def text_lines(path: Path, errors: str = "strict") -> list[str]:
     """The lines of a class or split list: UTF-8, or UTF-16 where the file starts with its
     byte-order mark (Notepad's "Unicode", Windows PowerShell's `>`); a UTF-8 byte-order mark
-    (Windows editors) is not part of the first name."""
+    (Windows editors) is not part of the first name. A file that is not UTF-8 is read as Windows'
+    "ANSI" (cp1252), as Notepad saved it: `béton` must name béton.png, not b?ton."""
     raw = path.read_bytes()
-    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    return raw.decode("utf-16" if utf16 else "utf-8-sig", errors).splitlines()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors).splitlines()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace").splitlines()
 
 
 def read_class_names(path: Path) -> list[str]:

@@ -194,6 +194,17 @@ def test_a_dataset_where_no_file_pairs_says_why(tmp_path):
                                         r"the first: .*scene_000.jpg: a JPG label; lossy compression"):
         discover(root)
 
+
+def test_a_split_list_saved_as_windows_ansi_finds_accented_names(tmp_path):
+    """Notepad's "ANSI" (cp1252) list naming béton_01 (a UTF-8 file name): it was read as
+    "b\ufffdton_01", a pair that "neither this label nor its image exists"."""
+    root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000"]})
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / f"2007_000001{suffix}").rename(root / folder / f"béton_01{suffix}")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_bytes("2007_000000\r\nbéton_01\r\n".encode("cp1252"))
+    index = discover(root, split="val")
+    assert index.unmatched == [] and sorted(p.label.name for p in index.pairs) == ["2007_000000.png", "béton_01.png"]
+
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
     index = discover(root, split="train")
