@@ -249,8 +249,7 @@ def complete(
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
-    """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its
-    background-heavy patches, and write a completed copy of the dataset plus a report."""
+    """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
         from lmae_repair.complete import CompleteOptions, check_output, complete_dataset
@@ -500,8 +499,7 @@ def evaluate(
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
-    """Damage complete labels on purpose, repair them as complete would, and score the repair
-    against the truth, beside classical baselines (the paper's protocol, on your data)."""
+    """Damage complete labels on purpose, repair them as complete would, and score the repair against the truth, beside classical baselines (the paper's protocol, on your data)."""
 
     def run() -> int:
         import json
@@ -598,8 +596,7 @@ def audit(
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
 ) -> None:
-    """List the labels that look broken, worst first: file defects, statistics against the rest
-    of the dataset, and where the model sees annotated classes the label lacks."""
+    """List the labels that look broken, worst first: file defects, statistics against the rest of the dataset, and where the model sees annotated classes the label lacks."""
 
     def run() -> int:
         from lmae_repair.audit import AuditOptions, audit_dataset, journal_for, label_space_of_data, write_csv, write_json
@@ -781,8 +778,7 @@ def tune(
     seed: int = typer.Option(0, min=0, help="Seed of the damage."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
-    """Tune each checkpoint's class offsets for PA-mIoU on labelled pairs (damaged as evaluate
-    damages them, with the damage the checkpoint serves) and store them in the checkpoint.
+    """Tune each checkpoint's class offsets for PA-mIoU on labelled pairs (damaged as evaluate damages them, with the damage the checkpoint serves) and store them in the checkpoint.
 
     The model's most probable class is not the choice that maximises the mean IoU over the filled pixels: rare classes count as much as common ones. Tune on pairs the checkpoint did not train on (README "Tuning class offsets")."""
 

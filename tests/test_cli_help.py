@@ -1,0 +1,20 @@
+"""What a newcomer reads first: `lmae-repair --help` and each command's --help."""
+
+import inspect
+
+from typer.testing import CliRunner
+
+from lmae_repair.cli import app
+
+runner = CliRunner()
+
+
+def test_command_list_gives_each_command_its_sentence_without_a_break_in_the_middle():
+    # a wide terminal: every summary fits one row, so a summary split over rows is a stray line break
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    assert result.exit_code == 0
+    rows = [line.strip("│ ").split(None, 1) for line in result.output.splitlines()]
+    for command in app.registered_commands:
+        summary = " ".join(inspect.cleandoc(command.callback.__doc__).split("\n\n")[0].split())
+        name = command.name or command.callback.__name__
+        assert [name, summary] in [[row[0], row[1].strip()] for row in rows if len(row) == 2], (name, result.output)
