@@ -502,10 +502,21 @@ def discover(
                     "--labels)"
                 )
     if not index.pairs:
-        why = (f"; {len(index.unmatched)} file{'s' if len(index.unmatched) > 1 else ''} could not be paired, the first: "
-               f"{index.unmatched[0]}") if index.unmatched else ""
-        raise LmaeError(f"{index.root}: found no image/label pairs ({index.layout} layout){why}")
+        raise LmaeError(no_pairs_message(index))
     return index
+
+
+def no_pairs_message(index: DatasetIndex) -> str:
+    """Why a layout gave no pair, in one line: what was found instead and how pairs are made."""
+    message = f"{index.root}: found no image/label pairs ({index.layout} layout)"
+    left_out = index.unmatched + index.unlabelled
+    if not left_out:
+        return f"{message}: no label files in it (labels are PNG, BMP or TIFF class-index images)"
+    counts = " and ".join(f"{len(found)} {one if len(found) == 1 else many}" for found, one, many in
+                          ((index.unlabelled, "image without a label", "images without a label"),
+                           (index.unmatched, "file left out", "files left out")) if found)
+    return (f"{message}: {counts} (first: {left_out[0]}); an image and its label pair by file name "
+            "(x.jpg with x.png or x_mask.png)")
 
 
 # ---------------------------------------------------------------- reading and writing
