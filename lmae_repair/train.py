@@ -190,12 +190,12 @@ def train_one_ratio(
     device: torch.device,
 ) -> Path:
     folder = ratio_folder(options.out, ratio)
-    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
     model = build_model(options, data.space)
     config = model.config
     if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
         start_from(model, options.init, data.space)
+    folder.mkdir(parents=True, exist_ok=True)  # after --init is read: a refused one leaves no run folder behind
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
