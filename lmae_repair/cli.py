@@ -164,7 +164,7 @@ def train(
         from lmae_repair.labelspace import _UNSET, parse_background_id
         from lmae_repair.masking import parse_mix
         from lmae_repair.distributed import ranks_from_environment
-        from lmae_repair.train import STATE_FILE, TrainOptions, load_training_data, ratio_folder, train as run_training
+        from lmae_repair.train import STATE_FILE, TrainOptions, check_option_values, load_training_data, ratio_folder, train as run_training
 
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
@@ -192,6 +192,7 @@ def train(
             max_minutes=max_minutes,
             photometric=photometric,
         )
+        check_option_values(options)  # before the scan: a typo is the one line printed
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)
         if background is not _UNSET:

@@ -56,7 +56,7 @@ from lmae_repair.errors import LmaeError
 from lmae_repair.families import masks_of_0_and_255
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named
-from lmae_repair.losses import class_weights, lmae_loss
+from lmae_repair.losses import WEIGHTINGS, class_weights, lmae_loss
 from lmae_repair.quantise import calibrate
 from lmae_repair.masking import (
     DEFAULT_MIX,
@@ -149,7 +149,7 @@ def ratio_folder(out: Path, ratio: float) -> Path:
 
 def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
     """Refuse, before any training, a crop that is not whole patches (at least two a side), and
-    mask ratios that cannot make a model: outside (0, 1), two
+    mask ratios that cannot make a model (outside (0, 1): check_option_values): two
     that share a run folder (two decimals: the second would find the first's run and stop after
     it), or one that hides no patch of a training crop (it would learn nothing)."""
     folders: dict[str, float] = {}
@@ -158,8 +158,6 @@ def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {patch}, at least {2 * patch}")
     patches = (options.crop // patch) ** 2
     for ratio in options.mask_ratios:
-        if not 0.0 < round(ratio, 2) < 1.0:  # its run folder and checkpoint say it to two decimals
-            raise LmaeError(f"--mask-ratio must be between 0.01 and 0.99, got {ratio:g}")
         folder = ratio_folder(Path("."), ratio).name
         if folder in folders:
             raise LmaeError(f"--mask-ratio {folders[folder]:g} and {ratio:g} would both train into {folder}/; give each ratio once")
@@ -168,14 +166,28 @@ def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
             raise LmaeError(f"--mask-ratio {ratio:g} hides none of the {patches} patches of a {options.crop}-pixel crop: nothing to learn")
 
 
-def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
-    """Train one model per mask ratio; returns the best checkpoint of each. Under torchrun every
-    process runs this, on its own shard of the data (see distributed.py)."""
-    check_mask_ratios(options, data.space)
+def check_option_values(options: TrainOptions) -> None:
+    """Refuse the option values that are wrong whatever the data (a typo in --preset, a mask ratio
+    of 2, --device cuda on a machine without a GPU) before the labels are scanned: the error is
+    then the one line printed, at once, not the last line after the scan's notes."""
+    preset_config(options.preset, 1)
+    if options.class_weighting not in WEIGHTINGS:
+        raise LmaeError(f"unknown class weighting {options.class_weighting!r} (choose from {', '.join(WEIGHTINGS)})")
     if options.gaps not in GAP_KINDS:
         raise LmaeError(f"--gaps must be one of {', '.join(GAP_KINDS)}, got {options.gaps!r}")
     if options.weights_from not in WEIGHT_SOURCES:
         raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
+    for ratio in options.mask_ratios:
+        if not 0.0 < round(ratio, 2) < 1.0:  # its run folder and checkpoint say it to two decimals
+            raise LmaeError(f"--mask-ratio must be between 0.01 and 0.99, got {ratio:g}")
+    resolve_device(options.device)
+
+
+def train(options: TrainOptions, data: TrainingData, console: Console) -> list[Path]:
+    """Train one model per mask ratio; returns the best checkpoint of each. Under torchrun every
+    process runs this, on its own shard of the data (see distributed.py)."""
+    check_option_values(options)
+    check_mask_ratios(options, data.space)
     for ratio in options.mask_ratios:  # every ratio before the first trains: none is overwritten after hours
         check_no_earlier_run(ratio_folder(options.out, ratio), options.resume)
     ranks = ranks_from_environment()
