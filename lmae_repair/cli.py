@@ -133,7 +133,10 @@ def train(
     preset: str = typer.Option("tiny", help="Model size: tiny (CPU-friendly, 7-10M parameters) or base (the paper's, 240-255M; both grow with the number of classes)."),
     patch_size: Optional[int] = typer.Option(None, min=2, max=128, help="Patch size in pixels (default 16)."),
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
-    branch_reads_labels: Optional[bool] = typer.Option(None, "--branch-reads-labels/--branch-reads-image-only", help="The image branch's U-Net also reads the label, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's, else image only; --init of an image-only branch grows it."),
+    # two flags rather than "--branch-reads-labels/--branch-reads-image-only": typer gives the second
+    # name a column of its own, which squeezed every option's help to a few characters (names cut)
+    branch_reads_labels: bool = typer.Option(False, "--branch-reads-labels", help="The image branch's U-Net also reads the label, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's (--branch-reads-image-only: image only), else image only; --init of an image-only branch grows it."),
+    branch_reads_image_only: bool = typer.Option(False, "--branch-reads-image-only", hidden=True),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
     crop: int = typer.Option(224, min=16, help="Training crop size; inference runs in tiles of this size."),
@@ -143,7 +146,7 @@ def train(
     seed: int = typer.Option(0, min=0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
-    mask_mix: str = typer.Option("1:2:2:2", help="Masking strategies mixed as random:label-first:background-first:objects (1:2:2 is the paper's mix)."),
+    mask_mix: str = typer.Option("1:2:2:2", help="Weights of the masking strategies, in this order: random, label-first, background-first, objects (1:2:2, without objects, is the paper's mix)."),
     class_weighting: str = typer.Option("paper", help="Loss class weights: paper (eq. 10), inverse, or none."),
     weights_from: str = typer.Option("labels", help="Class frequencies the weights come from: labels (whole labels, the paper), or gaps (the small objects the objects strategy erases: for --gaps objects checkpoints)."),
     num_classes: Optional[int] = typer.Option(None, min=1, max=255, help="Number of classes (default: classes.txt, else scanned)."),
@@ -151,8 +154,8 @@ def train(
     void_id: Optional[int] = typer.Option(None, min=0, max=255, help="Void / unlabelled value (default: classes.txt, else 255)."),
     val_max_pairs: int = typer.Option(0, min=0, help="Validate on at most this many pairs (0: all)."),
     gaps: str = typer.Option("any", help="The labels these checkpoints are for: any, or objects: only labels whose gaps follow the image's edges (missed objects), beside a family's checkpoints for any gap (README \"Routing\"); for objects, lean --mask-mix on the objects strategy (e.g. 1:1:1:3); validation, and so best.safetensors, scores random patches, so average the epochs (--keep-epochs, lmae-repair average) and measure with evaluate --strategy objects."),
-    keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights (epoch-NNN.safetensors), to average them afterwards with lmae-repair average."),
-    photometric: bool = typer.Option(False, "--photometric", help="Also blur, shrink, JPEG-encode and brighten the training images at random, so that the model does not learn one camera's sharpness (dataset.photometric_jitter)."),
+    keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep every epoch's weights, as epoch-NNN.safetensors, to average them afterwards with lmae-repair average."),
+    photometric: bool = typer.Option(False, "--photometric", help="Also blur, shrink, JPEG-encode and brighten the training images at random, so that the model does not learn one camera's sharpness."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0, help="Time budget per mask ratio: begin no epoch that would end past it (0: none); --resume goes on later."),
 ) -> None:
     """Train L-MAE checkpoints (one per --mask-ratio) on a dataset with labels.
@@ -168,13 +171,15 @@ def train(
 
         if not ranks_from_environment().is_main:
             console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
+        if branch_reads_labels and branch_reads_image_only:
+            fail("--branch-reads-labels and --branch-reads-image-only contradict each other; give one")
         options = TrainOptions(
             out=out or Path("runs") / (data.resolve().name or "data"),  # settled below, once the data is found
             mask_ratios=list(mask_ratio),
             preset=preset,
             patch_size=patch_size,
             image_branch=image_branch,
-            branch_reads_labels=branch_reads_labels,
+            branch_reads_labels=True if branch_reads_labels else False if branch_reads_image_only else None,
             epochs=epochs,
             batch_size=batch_size,
             crop=crop,
