@@ -185,7 +185,7 @@ class NoFamilyFits(LmaeError):
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
-        # 0/255 masks: the reason says what to do first; a family trained on them as they are would learn nothing
+        # 0/255 masks or colour labels: the reason says what to do first; train would refuse them as they are
         try:  # the classes as train would read them (build_label_space): where one is named void, train refuses
             misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
         except LmaeError:  # a class list that cannot be read: train says why
