@@ -28,8 +28,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=240, help="width of each panel in pixels")
     args = parser.parse_args()
 
-    report = json.loads((args.completed / "lmae-report.json").read_text())
+    report_file = args.completed / "lmae-report.json"
+    if not report_file.is_file():
+        parser.exit(2, f"error: {report_file}: no such file; give the --out folder of a finished lmae-repair complete (not --dry-run)\n")
+    report = json.loads(report_file.read_text())
     entries = sorted((e for e in report["pairs"] if e["output"]), key=lambda e: -e["pixels_changed"])[: args.pairs]
+    if not entries:
+        parser.exit(2, f"error: {report_file}: no pair was written, so there is nothing to draw\n")
     rows = []
     for entry in entries:
         space = read_info(Path(entry["checkpoint"])).label_space
