@@ -561,7 +561,7 @@ def print_evaluation(result: dict) -> None:
         return "-" if value is None else f"{value:.3f}"
 
     methods = result["methods"]
-    title = f"{result['strategy']} damage at {result['mask_ratio']}: {result['pairs']} pairs, {result['erased_pixels']:,} erased pixels"
+    title = f"{result['strategy']} damage at {result['mask_ratio']}: {counted(result['pairs'], 'pair')}, {result['erased_pixels']:,} erased pixels"
     table = Table(title=title)
     columns = ("PA-mIoU", "mIoU", "restored", "precision", "intact changed", "seconds")
     table.add_column("method", no_wrap=True)
