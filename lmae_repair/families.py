@@ -49,6 +49,11 @@ def bundled_models_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
 
 
+def bundled_models_text() -> str:
+    """The bundled models folder for a message, saying where it was set when LMAE_REPAIR_MODELS moved it."""
+    return f"{bundled_models_dir()}{', set by LMAE_REPAIR_MODELS' if os.environ.get('LMAE_REPAIR_MODELS') else ''}"
+
+
 def bundled_families() -> dict[str, Path]:
     """Family name -> folder, for every folder of checkpoints under the bundled models folder."""
     root = bundled_models_dir()
@@ -77,7 +82,7 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             found = sorted(path.rglob("*.safetensors"))
             files += [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()]
         else:
-            known = f" (bundled families: {', '.join(families)})" if families else ""
+            known = f" (bundled families: {', '.join(families)})" if families else f" (no bundled family in {bundled_models_text()})"
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
@@ -202,7 +207,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
     clear error when none or several fit."""
     families = bundled_families()
     if not families:
-        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_dir()}; {how_to_train(index.root, index.image_root)}")
+        raise LmaeError(f"no --models given and no bundled models found in {bundled_models_text()}; {how_to_train(index.root, index.image_root)}")
     values, names, palette = dataset_evidence(index)
     scored, unconfirmed = [], []
     for name, folder in families.items():
