@@ -478,7 +478,7 @@ def discover(
         images, labels = Path(images), Path(labels)
         for folder in (images, labels):
             if not folder.is_dir():
-                raise LmaeError(f"{folder}: no such folder")
+                raise LmaeError(f"{folder}: {'not a folder (--images and --labels name the folders that hold them)' if folder.exists() else 'no such folder'}")
         pairs, unmatched, unlabelled, known = match_folders(images, labels, labels)
         index = DatasetIndex("paired", labels, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, image_root=images)
     else:
