@@ -291,6 +291,8 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
             return row
     original = item.label.values  # also a label all background or void: complete fills it where it can
     missing = missing_pixels(original, space.background_id, space.void_id)
+    if item.label.kept is not None:  # annotated, though void (Cityscapes' ego vehicle): not missing
+        missing &= ~item.label.kept
     row.update(
         pixels=int(original.size),
         missing_share=round(float(missing.mean()), 5),

@@ -301,7 +301,7 @@ class PairLoader(Dataset):
             item.label = label
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(
-                image, label.values, self.checkpoints, self.threshold, rescale=not self.native_scale
+                image, label.values, self.checkpoints, self.threshold, rescale=not self.native_scale, kept=label.kept
             )
             item.entry["background_heavy_share"] = round(share, 4)
             if item.prepared is not None and item.prepared.size != label.values.shape:

@@ -531,6 +531,7 @@ class LabelFile:
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
     tiff: dict | None = None  # a TIFF's compression and descriptive tags (georeferencing...), written back (`tiff_extras`)
+    kept: np.ndarray | None = None  # (H, W) bool: void pixels annotated all the same (`annotated_void`), never filled
 
 
 def max_pixels() -> int:
@@ -729,7 +730,39 @@ def read_pair(pair: Pair, space=None) -> tuple[np.ndarray, LabelFile]:
     check_same_size(pair, label.values.shape)
     if space is not None:
         space.check_values(pair.label, label.values)
+    label.kept = annotated_void(pair.label, label.values)
     return read_image(pair.image), label
+
+
+# Cityscapes' train-id labels give 255 both to pixels nobody annotated (label id 0, "unlabeled")
+# and to classes that were annotated but are left out of training: ego vehicle, rectification
+# border, out of roi, static, dynamic, ground, parking, rail track, guard rail, bridge, tunnel,
+# polegroup, caravan, trailer (ids 1-6, 9, 10, 14-16, 18, 29, 30).
+CITYSCAPES_IGNORED = 255
+CITYSCAPES_UNLABELED_ID = 0
+
+
+def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool: the pixels of a Cityscapes train-id label that are 255 but annotated, read
+    from the `_gtFine_labelIds.png` beside it (a label id other than 0); None for other labels
+    and where that file is absent. Without this, `complete` repainted the car's own bonnet at
+    the bottom of every Cityscapes frame (12% of the image) as road: `merge` keeps these pixels
+    as they are, and routing (`repair.as_routed`) and `audit` do not count them as missing."""
+    if not label_path.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png"):
+        return None
+    ids_path = label_path.with_name(label_path.name.replace(CITYSCAPES_LABEL_SUFFIX, "_gtFine_labelIds"))
+    if not ids_path.is_file():
+        return None
+    try:
+        with Image.open(ids_path) as img:
+            ids = np.asarray(img)
+    except Exception as exc:
+        raise LmaeError(f"{ids_path}: unreadable ({exc}); it says which of {label_path.name}'s 255 pixels are annotated "
+                        "classes left out of training (remove it to treat them all as missing)") from exc
+    if ids.shape != values.shape:
+        raise LmaeError(f"{ids_path}: {ids.shape[1] if ids.ndim > 1 else '?'}x{ids.shape[0]} but {label_path.name} is "
+                        f"{values.shape[1]}x{values.shape[0]}")
+    return (values == CITYSCAPES_IGNORED) & (ids != CITYSCAPES_UNLABELED_ID)
 
 
 def check_same_size(pair: Pair, label_shape: tuple[int, int]) -> None:

@@ -209,7 +209,8 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     case = Case(index, image, truth, damaged, erased)
     for name, values in (("damaged", damaged), ("intact", truth)):
         loaded = Loaded(pair, new_entry(pair), replace(label_file, values=values))
-        _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold, rescale=not options.native_scale)
+        _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold, rescale=not options.native_scale,
+                                                                kept=label_file.kept)
         case.versions[name] = loaded
     return case
 

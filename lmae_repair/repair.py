@@ -139,6 +139,7 @@ class Prepared:
     hint: torch.Tensor | None  # (Hp, Wp) uint8 nearest-fill hint, for neighbour_hint models
     original: np.ndarray  # (H, W) the input label as it was
     size: tuple[int, int]  # (h, w) the pair as the model reads it: (H, W), or smaller (`working_scale`)
+    kept: np.ndarray | None = None  # (H, W) bool: void pixels annotated all the same (`data.annotated_void`), never changed
 
     def hidden_pixels(self, patch_size: int) -> torch.Tensor:
         """(Hp, Wp) bool: the pixels of the hidden patches, at the model's size."""
@@ -167,6 +168,8 @@ class Prepared:
         grid = (self.label.shape[0] // patch_size, self.label.shape[1] // patch_size)
         rebuilt = expand_patch_mask(self.editable_patches(patch_size, space, False)[None], grid, patch_size)[0]
         missing = missing_pixels(torch.from_numpy(self.original), space.background_id, space.void_id)
+        if self.kept is not None:
+            missing &= ~torch.from_numpy(self.kept)
         return self.at_input(rebuilt) & missing
 
     def editable_patches(self, patch_size: int, space, overwrite_labeled: bool) -> torch.Tensor:
@@ -269,14 +272,17 @@ def gap_coverage(label: np.ndarray, infos: list[CheckpointInfo], threshold: floa
     return float((pixels & holes).sum() / holes.sum())
 
 
-def prepare(image: np.ndarray, label: np.ndarray, info: CheckpointInfo, original: np.ndarray | None = None) -> Prepared:
+def prepare(
+    image: np.ndarray, label: np.ndarray, info: CheckpointInfo, original: np.ndarray | None = None, routed: np.ndarray | None = None,
+) -> Prepared:
     """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
     (H, W, 3) uint8 of the same size) and pad both for tiled prediction. `original`: the input's
-    label at its own size where `label` is a shrunk copy (`shrink_pair`)."""
+    label at its own size where `label` is a shrunk copy (`shrink_pair`); `routed`: the label
+    the patches are chosen by, where it differs (`as_routed`)."""
     space, p = info.label_space, info.model.patch_size
     tile = info.tile
     label_t = label_tensor(label, space)
-    native_mask = hidden_patches(label_t, p, info.mask_ratio, space)
+    native_mask = hidden_patches(label_t if routed is None else label_tensor(routed, space), p, info.mask_ratio, space)
 
     padded_h = max(native_mask.shape[0] * p, tile)
     padded_w = max(native_mask.shape[1] * p, tile)
@@ -315,23 +321,40 @@ def has_annotation(label: np.ndarray, space) -> bool:
 
 def route_and_prepare(
     image: np.ndarray, label: np.ndarray, checkpoints: list[tuple[object, CheckpointInfo]], threshold: float = DEFAULT_THRESHOLD,
-    rescale: bool = True,
+    rescale: bool = True, kept: np.ndarray | None = None,
 ) -> tuple[float, int | None, Prepared | None]:
     """(background-heavy share, index of the checkpoint chosen or None, its prepared input):
     the routing rules above (mask ratio, then gap kind) applied to one label at the working
     scale (`working_scale`; `rescale` False: always as it is), as `complete`, `evaluate` and
-    `audit` use them."""
+    `audit` use them. `kept`: the label's pixels `merge` must leave as they are
+    (`LabelFile.kept`)."""
     infos = [info for _, info in checkpoints]
     space = infos[0].label_space
     seen_image, seen_label = as_the_model_sees(image, label, infos, threshold, rescale)
-    share = label_heavy_share(seen_label, infos[0], threshold)
+    routed = as_routed(seen_label, kept, space)
+    share = label_heavy_share(routed, infos[0], threshold)
     if not has_annotation(label, space):
         return share, None, None
     choice = choose_checkpoint(share, [info.mask_ratio for info in infos])
     if choice is not None:
-        choice = choose_for_gaps(choice, infos, lambda: gaps_follow_edges(seen_image, seen_label, space))
-    prepared = None if choice is None else prepare(seen_image, seen_label, checkpoints[choice][1], original=label)
+        choice = choose_for_gaps(choice, infos, lambda: gaps_follow_edges(seen_image, routed, space))
+    prepared = None if choice is None else prepare(seen_image, seen_label, checkpoints[choice][1], original=label, routed=routed)
+    if prepared is not None:
+        prepared.kept = kept
     return share, choice, prepared
+
+
+def as_routed(label: np.ndarray, kept: np.ndarray | None, space) -> np.ndarray:
+    """The label that routing and the choice of hidden patches read: `label` with its `kept`
+    pixels (annotated, though void: Cityscapes' ego vehicle) standing in as a class, so that they
+    count as annotated, not as gaps. Counted as gaps, a Cityscapes frame's bonnet took the hidden
+    patches that its real holes needed. The model still reads them as void."""
+    if kept is None or not kept.any():
+        return label
+    if kept.shape != label.shape:  # the pair is read shrunk (`working_scale`)
+        kept = cv2.resize(kept.astype(np.uint8), (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    stand_in = next(c for c in range(space.num_classes) if c != space.background_id)
+    return np.where(kept, np.uint8(stand_in), label)
 
 
 @dataclass
@@ -510,6 +533,8 @@ def merge(
     original = torch.from_numpy(item.original)
     if overwrite_labeled:
         editable = item.hidden_at_input(info.model.patch_size)
+        if item.kept is not None:
+            editable &= ~torch.from_numpy(item.kept)
     else:
         editable = item.fillable_pixels(info.model.patch_size, space)
     editable &= prediction < space.num_classes

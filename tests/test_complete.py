@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -57,6 +58,35 @@ def test_paired_and_cityscapes_layouts_are_mirrored(tmp_path, family):
     assert complete(cs, tmp_path / "out_c", family, "--split", "val").exit_code == 0
     written = sorted(p.relative_to(tmp_path / "out_c").as_posix() for p in (tmp_path / "out_c" / "gtFine").rglob("*.png"))
     assert written == [f"gtFine/val/lindau/lindau_00000{i}_000019_gtFine_labelTrainIds.png" for i in range(2)]
+
+
+def test_cityscapes_pixels_annotated_but_ignored_in_training_are_kept(tmp_path, family):
+    """Cityscapes' train ids give 255 to the ego vehicle, guard rails and the like as well as to
+    what nobody annotated; its _gtFine_labelIds.png tells them apart. The car's own bonnet was
+    repainted as the classes around it; only label id 0 ("unlabeled") is missing annotation."""
+    cs = make_cityscapes(tmp_path / "cs")
+    label_path = cs / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelTrainIds.png"
+    train_ids = np.array(Image.open(label_path))
+    train_ids[-24:] = 255  # the bonnet: annotated as ego vehicle (label id 1)
+    train_ids[16:32, 48:64] = 255  # a hole nobody annotated (label id 0)
+    Image.fromarray(train_ids).save(label_path)
+    label_ids = np.full(train_ids.shape, 7, np.uint8)
+    label_ids[-24:] = 1
+    label_ids[16:32, 48:64] = 0
+    Image.fromarray(label_ids).save(str(label_path).replace("labelTrainIds", "labelIds"))
+    before = label_path.read_bytes()
+    result = complete(cs, tmp_path / "out", family, "--split", "val")
+    assert result.exit_code == 0, result.output
+    written = np.array(Image.open(tmp_path / "out" / label_path.relative_to(cs)))
+    assert (written[-24:] == 255).all()  # the bonnet stays as annotated
+    assert (written[16:32, 48:64] != 255).all()  # the unannotated hole is filled
+    assert label_path.read_bytes() == before
+    audit_json = tmp_path / "audit.json"
+    audited = runner.invoke(app, ["audit", str(cs), "--split", "val", "--models", str(family), "--device", "cpu", "--json", str(audit_json)])
+    assert audited.exit_code == 0, audited.output
+    row = next(r for r in json.loads(audit_json.read_text()) if r["label"].endswith("lindau_000000_000019_gtFine_labelTrainIds.png"))
+    missing = (train_ids == 0) | ((train_ids == 255) & (label_ids == 0))  # background and the hole, not the bonnet
+    assert row["missing_share"] == pytest.approx(missing.mean(), abs=1e-4)
 
 
 def test_output_inside_the_dataset_is_refused(tmp_path, family):
