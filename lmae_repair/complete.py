@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import IMAGE_SUFFIXES, DatasetIndex, LabelFile, Pair, atomic_write, read_pair, relative_key, write_label
-from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected
+from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected, worker_ends_quietly_on_sigterm
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
 from lmae_repair.repair import Prepared, class_probabilities, finish_from, has_annotation, predict, route_and_prepare
@@ -582,6 +582,7 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
         PairLoader(todo, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size,
         num_workers=options.workers, collate_fn=_as_list, pin_memory=options.device.startswith("cuda"),
         prefetch_factor=2 if options.workers else None, persistent_workers=False,
+        worker_init_fn=worker_ends_quietly_on_sigterm,
     )
     entries: list[dict] = []
     pending: deque[Future] = deque()

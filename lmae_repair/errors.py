@@ -7,6 +7,7 @@ run over a whole dataset; `--debug` (which sets `DEBUG["on"]`) lets those except
 with their tracebacks instead.
 """
 
+import os
 import signal
 import threading
 
@@ -31,6 +32,19 @@ def watch_interrupts() -> None:
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_interrupt)
+
+
+def worker_ends_quietly_on_sigterm(worker_id: int) -> None:
+    """`worker_init_fn` of the loader workers: a SIGTERM sent to the whole process group (`timeout`,
+    Slurm, `docker stop`) ends a worker at once and without a word, as a clean exit; the main
+    process, which gets the signal too, says what was kept. Killed by the signal, a worker was
+    reported by PyTorch with a traceback while the main process shut the loader down (and one
+    left running printed its queue threads' tracebacks as the main process stopped reading)."""
+
+    def end(signum, frame):
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end)
 
 
 def interrupt_exit_code() -> int:

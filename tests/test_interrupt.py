@@ -72,6 +72,22 @@ def test_sigterm_says_what_was_kept_and_the_rerun_finishes(tmp_path, family):
     assert len(list((out / "labels").glob("*.png"))) == 200
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_prints_no_traceback(tmp_path, family):
+    """A scheduler's time limit (Slurm, `timeout`, `docker stop`) signals every process of the job,
+    the loader workers too: the run stops as on a SIGTERM to it alone, without PyTorch's
+    'DataLoader worker ... killed by signal' traceback."""
+    root = make_paired(tmp_path / "ds", count=200, size=96)
+    out = tmp_path / "out"
+    process = subprocess.Popen(complete_command(root, out, family, "--batch-size", "1", "--workers", "2"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_logged_pairs(out, 3)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait() == 143
+    stderr = process.stderr.read()
+    assert "run the same command again" in stderr
+    assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr
+
+
 def test_two_runs_into_the_same_output_the_second_refuses_and_the_first_finishes(tmp_path, family):
     root = make_paired(tmp_path / "ds", count=400, size=96)
     out = tmp_path / "out"
