@@ -40,11 +40,13 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
     return {
         "pairs": len(entries) - unpaired,
         "unpaired": unpaired,  # files discovery could not pair: listed (and counted as failed), not pairs
-        "repaired": sum(1 for e in entries if e["pixels_changed"] > 0),
+        # a pair repaired in memory whose output could not be written is failed, not repaired:
+        # repaired + unchanged + failed is every entry, and the pixels changed are those in OUT
+        "repaired": sum(1 for e in entries if e["pixels_changed"] > 0 and not e["error"]),
         "unchanged": sum(1 for e in entries if e["pixels_changed"] == 0 and not e["error"]),
         "failed": sum(1 for e in entries if e["error"]),
         "resumed": resumed,
-        "pixels_changed": sum(e["pixels_changed"] for e in entries),
+        "pixels_changed": sum(e["pixels_changed"] for e in entries if not e["error"]),
         "pixels": sum(e.get("pixels") or 0 for e in entries),
         "pairs_by_mask_ratio": dict(sorted(by_ratio.items())),
         "read_shrunk": sum(1 for e in entries if e.get("read_at")),

@@ -626,6 +626,22 @@ def test_an_image_that_cannot_be_mirrored_leaves_no_temporary_and_names_its_plac
     assert not (out / "images" / "scene_000.png").exists() and not (out / "labels" / "scene_000.png").exists()
 
 
+def test_pairs_whose_output_cannot_be_written_count_as_failed_not_repaired(tmp_path, family, monkeypatch):
+    """An OUT that turned read-only (or a full disk): the table and the report say 0 repaired, 2
+    failed, no pixel changed, not 2 repaired and 2 failed out of 2 pairs."""
+    import errno
+
+    def read_only(target, label):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("lmae_repair.complete.write_label", read_only)
+    root, out = make_paired(tmp_path / "ds", count=2), tmp_path / "out"
+    result = complete(root, out, family)
+    assert result.exit_code == 1
+    totals = json.loads((out / "lmae-report.json").read_text())["totals"]
+    assert (totals["pairs"], totals["repaired"], totals["unchanged"], totals["failed"], totals["pixels_changed"]) == (2, 0, 0, 2, 0)
+
+
 def test_a_voc_name_with_spaces_in_a_split_list_is_that_pair_not_its_first_word(tmp_path, family):
     root = make_voc(tmp_path / "voc", count=3, splits={"val": ["2007_000000", "2007_000001"]})
     for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
