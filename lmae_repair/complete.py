@@ -575,6 +575,17 @@ def remove_temporaries(out: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def remove_earlier_report(out: Path) -> None:
+    """Delete an earlier run's reports when this run starts: it may replace the labels they
+    describe (other models or options, inputs changed since), and if it is interrupted, a script
+    reading OUT must not take the old figures for what OUT holds. This run writes them anew from
+    the progress log once it finishes, so a report in OUT means a finished run."""
+    from lmae_repair.report import REPORT_HTML, REPORT_JSON
+
+    for name in (REPORT_JSON, REPORT_HTML):
+        (out / name).unlink(missing_ok=True)
+
+
 def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: CompleteOptions, on_pair, settings: str = "") -> list[dict]:
     """Load, repair and write `todo`; returns the new entries in dataset order."""
     completer = Completer(checkpoints, options)
@@ -617,6 +628,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         make_output_folder(options.out)
         lock = lock_output(options.out, index.root.resolve())
         remove_temporaries(options.out)
+        remove_earlier_report(options.out)
         copy_side_files(index, options.out)
     try:
         settings = run_settings(checkpoints, options)

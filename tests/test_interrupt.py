@@ -137,6 +137,42 @@ def test_train_killed_part_way_resumes_from_the_last_saved_epoch(tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
+def test_an_interrupted_rerun_with_other_models_leaves_no_report_of_the_earlier_run(tmp_path, family, monkeypatch):
+    """The earlier run's lmae-report.json named other checkpoints and other pixel counts than the
+    labels the interrupted rerun had already replaced: a script reading it was told wrong."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.complete import Completer
+
+    root, out = make_paired(tmp_path / "ds", count=4, size=40), tmp_path / "out"
+    args = ["complete", str(root), "--out", str(out), "--models", str(family), "--device", "cpu", "--batch-size", "1", "--workers", "0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (out / "lmae-report.json").is_file()
+
+    real, calls = Completer.repair_batch, []
+
+    def ctrl_c_on_the_third_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(Completer, "repair_batch", ctrl_c_on_the_third_batch)
+    other_options = args + ["--min-confidence", "0"]
+    result = CliRunner().invoke(app, other_options)
+    assert result.exit_code == 130
+    assert not (out / "lmae-report.json").exists() and not (out / "lmae-report.html").exists()
+
+    monkeypatch.setattr(Completer, "repair_batch", real)
+    assert CliRunner().invoke(app, other_options).exit_code == 0
+    report = json.loads((out / "lmae-report.json").read_text())
+    assert report["totals"]["resumed"] == 2
+    for entry in report["pairs"]:  # every entry describes the file OUT holds
+        stat = (out / entry["label"]).stat()
+        assert entry["output_stamp"] == f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def test_a_ctrl_c_that_library_code_swallows_still_stops_complete(tmp_path, family, monkeypatch):
     """Seen once: Ctrl-C landed while PyTorch was importing lazily; PyTorch swallowed the
     KeyboardInterrupt, the half-imported module then failed with AttributeError, and the run went
@@ -182,3 +218,4 @@ def test_ctrl_c_keeps_the_pairs_written_so_far_and_says_how_to_go_on(tmp_path, f
     monkeypatch.setattr(Completer, "repair_batch", real)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and len(list((tmp_path / "out" / "labels").glob("*.png"))) == 4
+
