@@ -272,6 +272,12 @@ def find_voc_root(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def split_lists(lists_dir: Path) -> list[Path]:
+    """The split list files of ImageSets/Segmentation/ (a folder named `backup.txt` is not one:
+    reading it stopped a run with "Is a directory")."""
+    return sorted(p for p in lists_dir.glob("*.txt") if p.is_file()) if lists_dir.is_dir() else []
+
+
 def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     """Pairs of JPEGImages/ and SegmentationClass/. Images without a label are normal there
     (VOC's JPEGImages also serve detection) unless a split list under ImageSets/Segmentation/
@@ -283,13 +289,13 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     if split is not None:
         lists = [lists_dir / f"{split}.txt"]
         if not lists[0].is_file():
-            available = sorted(p.stem for p in lists_dir.glob("*.txt"))
+            available = [p.stem for p in split_lists(lists_dir)]
             raise LmaeError(
                 f"{lists[0]}: no such split file (available splits: "
                 f"{', '.join(available) or 'none'})"
             )
     else:
-        lists = sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+        lists = split_lists(lists_dir)
     if not lists:
         return DatasetIndex("voc", root, pairs, unmatched)
     # a list names a label by its path below SegmentationClass/ without extension; one in a

@@ -608,3 +608,12 @@ def test_a_folder_that_cannot_be_read_is_named_not_skipped_silently(tmp_path, mo
     assert len(index.pairs) == 2
     assert [line for line in index.unmatched if "cannot read this folder" in line] == [
         f"{hidden}: cannot read this folder (Permission denied); the files in it are left out"]
+
+
+def test_a_folder_named_like_a_split_list_is_not_read_as_one(tmp_path):
+    """ImageSets/Segmentation/backup.txt/ (a folder) stopped a run without --split: "Is a directory"."""
+    root = make_voc(tmp_path / "voc", count=4)
+    (root / "ImageSets" / "Segmentation" / "backup.txt").mkdir()
+    assert len(discover(root).pairs) == 4
+    with pytest.raises(LmaeError, match=r"no such split file \(available splits: train, val\)"):
+        discover(root, split="backup")
