@@ -11,6 +11,7 @@ import shlex
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -357,6 +358,23 @@ def exit_with(code: int | None) -> None:
         raise typer.Exit(code)
 
 
+@contextmanager
+def stdout_kept_for(*files: Optional[Path]):
+    """With `--json /dev/stdout` (or `--csv`), the tables and progress go to stderr, so that
+    stdout holds the file alone (`lmae-repair audit --json /dev/stdout | jq`): printed on stdout too,
+    they surrounded the JSON and `jq` refused it."""
+    from lmae_repair.data import STANDARD_STREAMS
+
+    if not any(STANDARD_STREAMS.get(str(path)) == "stdout" for path in files if path is not None):
+        yield
+        return
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = None  # back to whatever sys.stdout is
+
+
 def default_workers() -> int:
     """Loader processes for complete: none on small machines, where they would only compete
     with the model for the same cores."""
@@ -553,7 +571,8 @@ def evaluate(
             console.print(f"figures written to {json_file}")
         return 1 if failures else 0
 
-    exit_with(guarded(run))
+    with stdout_kept_for(json_file):
+        exit_with(guarded(run))
 
 
 def print_evaluation(result: dict) -> None:
@@ -664,7 +683,8 @@ def audit(
         return 1 if any(row["error"] for row in rows) else 0
 
     resumes = "the same command goes on from the pairs already measured" if json_file or csv_file else "nothing was written"
-    exit_with(guarded(run, f"interrupted: {resumes}"))
+    with stdout_kept_for(json_file, csv_file):
+        exit_with(guarded(run, f"interrupted: {resumes}"))
 
 
 def print_audit(rows: list[dict], top: int) -> None:
@@ -878,7 +898,11 @@ def print_tune_result(path: Path, target: Path, result: dict, names: list[str], 
     console.print(f"{target}: PA-mIoU on {result['pixels']} erased pixels {result['pa_miou_before']:.3f} -> "
                   f"{result['pa_miou_after']:.3f}{held_out} (offsets: {offsets or 'none'}; continuation: "
                   f"{continuation_text(result['continuation'])})", highlight=False)
-    if "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
+    if "held_out_after" not in result:  # one pair (or all in one half): nothing to check the offsets against
+        keep = "the file now carries them" if in_place else f"{path} itself is unchanged"
+        console.print(f"note: too few pairs to score the offsets on pairs they were not tuned on; offsets from so few "
+                      f"rarely carry over to other labels: tune on more pairs, 20 or more ({keep})", highlight=False)
+    elif "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
         keep = "the file now carries them; tune with --out to compare before replacing" if in_place else f"{path} itself is unchanged"
         console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
 
@@ -949,7 +973,16 @@ def print_checkpoint(checkpoint: Path) -> None:
 
 
 def main() -> None:
-    app(prog_name="lmae-repair")
+    app(args=debug_first(sys.argv[1:]), prog_name="lmae-repair")
+
+
+def debug_first(args: list[str]) -> list[str]:
+    """`--debug` is an option of lmae-repair itself, but users add it at the end of the command
+    that failed (`lmae-repair complete data --debug`), which typer refused as "No such option":
+    it is moved before the command."""
+    if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
+        return ["--debug"] + [arg for arg in args if arg != "--debug"]
+    return args
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def test_tune_writes_tuned_checkpoints_and_keeps_the_input(tmp_path, trained_fam
     record = tuned.training["class_bias_tuned_on"]
     assert record["pairs"] == 4 and record["pa_miou_after"] >= record["pa_miou_before"]
     assert "held_out_after" in record and "scored on the other" in result.output
+    assert "too few pairs" not in result.output
+    alone = runner.invoke(app, ["tune", str(data), "--models", str(trained_family), "--out", str(tmp_path / "one"), "--max-pairs", "1"])
+    assert alone.exit_code == 0 and "too few pairs to score the offsets" in alone.output  # offsets of one pair, said so
     assert read_info(trained_family / "mask-0.50" / "best.safetensors").class_bias == []  # the input is untouched
     run = tmp_path / "run"  # a training run of two mask ratios: both files are kept under --out, in the run's layout
     for ratio in ("0.25", "0.50"):  # the same weights, each file serving its own ratio, as a run's do

@@ -288,6 +288,8 @@ def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path):
     assert plain.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no such dataset folder"]
     debug = subprocess.run(command + ["--debug", "complete", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "LmaeError" in debug.stderr
+    at_the_end = subprocess.run(command + ["complete", str(tmp_path / "nowhere"), "--debug"], capture_output=True, text=True)
+    assert "No such option" not in at_the_end.stderr and "Traceback" in at_the_end.stderr  # where users add it
 
 
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names there must be valid Unicode")
@@ -328,17 +330,19 @@ def test_report_files_are_written_through_links_and_into_special_files(tmp_path,
     assert pipe.is_fifo() and not list(tmp_path.glob(".pipe*"))  # still a pipe; no journal beside it
 
 
-def test_figures_sent_to_dev_stdout_follow_the_table_whether_piped_or_redirected(tmp_path, family):
+def test_figures_sent_to_dev_stdout_are_all_stdout_holds_whether_piped_or_redirected(tmp_path, family):
+    """`--json /dev/stdout | jq`: the tables and progress go to stderr, stdout holds the JSON alone."""
     root = make_paired(tmp_path / "ds", count=2)
-    command = [sys.executable, "-m", "lmae_repair", "evaluate", str(root), "--models", str(family), "--device", "cpu",
-               "--json", "/dev/stdout"]
-    piped = subprocess.run(command, capture_output=True, text=True)
-    assert piped.returncode == 0, piped.stderr
-    assert json.loads(piped.stdout[piped.stdout.index("{"):piped.stdout.rindex("}") + 1])["pairs"] == 2
-    with open(tmp_path / "out.txt", "w") as sent:  # `> out.txt`: the file keeps what was printed too
-        assert subprocess.run(command, stdout=sent, stderr=subprocess.DEVNULL).returncode == 0
-    written = (tmp_path / "out.txt").read_text()
-    assert written.startswith("2 pairs") and '"pairs": 2' in written and "PA-mIoU" in written
+    for command in ("evaluate", "audit"):
+        args = [sys.executable, "-m", "lmae_repair", command, str(root), "--models", str(family), "--device", "cpu", "--json", "/dev/stdout"]
+        piped = subprocess.run(args, capture_output=True, text=True)
+        assert piped.returncode == 0, piped.stderr
+        figures = json.loads(piped.stdout)
+        assert (figures["pairs"] if command == "evaluate" else len(figures)) == 2
+        assert ("PA-mIoU" if command == "evaluate" else "labels most likely broken") in piped.stderr  # the table is still shown
+    with open(tmp_path / "out.txt", "w") as sent:  # `> out.txt`: the file holds the figures alone too
+        assert subprocess.run(args, stdout=sent, stderr=subprocess.DEVNULL).returncode == 0
+    assert len(json.loads((tmp_path / "out.txt").read_text())) == 2
 
 
 def test_audit_refuses_one_file_for_both_tables_and_an_unwritable_heatmaps_folder(tmp_path, family):
