@@ -247,7 +247,7 @@ def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: Label
         for pair in pairs:
             item = Loaded(pair, new_entry(pair))
             try:
-                item.label = read_pair(pair, space)[1]
+                item.label = read_pair(pair, space, with_kept=True)[1]
             except Exception as exc:
                 item.entry["error"] = pair_error(str(pair.label), exc)
             yield item, None

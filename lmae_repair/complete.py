@@ -297,7 +297,7 @@ class PairLoader(Dataset):
         pair = self.pairs[i]
         item = Loaded(pair, new_entry(pair))
         try:
-            image, label = read_pair(pair, self.checkpoints[0][1].label_space)
+            image, label = read_pair(pair, self.checkpoints[0][1].label_space, with_kept=True)
             item.label = label
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(

@@ -202,7 +202,7 @@ class Case:
 
 def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: LabelSpace) -> Case:
     """Read, damage, route and prepare one pair (LmaeError when it cannot be read)."""
-    image, label_file = read_pair(pair, space)
+    image, label_file = read_pair(pair, space, with_kept=True)
     truth = label_file.values
     rng = np.random.default_rng([options.seed, index])
     damaged, erased = degrade(truth, space, options, rng)

@@ -220,6 +220,19 @@ def test_labels_with_no_annotated_pixel_are_left_out_of_training_with_a_note(tmp
     assert info.training["pairs"] == 5
 
 
+def test_training_does_not_read_the_cityscapes_label_ids_beside_the_train_ids(tmp_path):
+    """Training reads 255 as void whatever the _gtFine_labelIds.png says (only complete keeps the
+    annotated 255 pixels): it must neither spend a second decode per crop on that file nor skip a
+    pair because of it."""
+    root = make_cityscapes(tmp_path / "cs")
+    for label in (root / "gtFine" / "train").rglob("*_labelTrainIds.png"):
+        label.with_name(label.name.replace("_labelTrainIds", "_labelIds")).write_bytes(b"not a png")
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "labelIds" not in result.output
+
+
 def test_images_without_a_label_are_noted_not_left_out_silently(tmp_path):
     """A Cityscapes tree whose train ids were made for one city only: train had used the rest
     without a word (complete notes such images; README: "an image without a label is only noted")."""
