@@ -764,13 +764,14 @@ def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
         return None
     try:
         with Image.open(ids_path) as img:
-            ids = np.asarray(img)
+            ids, mode = np.asarray(img), img.mode
     except Exception as exc:
-        raise LmaeError(f"{ids_path}: unreadable ({exc}); it says which of {label_path.name}'s 255 pixels are annotated "
-                        "classes left out of training (remove it to treat them all as missing)") from exc
+        raise LmaeError(f"{ids_path}: unreadable ({_reason(exc)}); it says which of {label_path.name}'s 255 pixels are annotated "
+                        "classes left out of training (remove it to treat them all as missing)") from None
+    if ids.ndim != 2:
+        raise LmaeError(f"{ids_path}: {ids.shape[2]} channels (mode {mode}); Cityscapes label ids are one value per pixel")
     if ids.shape != values.shape:
-        raise LmaeError(f"{ids_path}: {ids.shape[1] if ids.ndim > 1 else '?'}x{ids.shape[0]} but {label_path.name} is "
-                        f"{values.shape[1]}x{values.shape[0]}")
+        raise LmaeError(f"{ids_path}: {ids.shape[1]}x{ids.shape[0]} but {label_path.name} is {values.shape[1]}x{values.shape[0]}")
     return (values == CITYSCAPES_IGNORED) & (ids != CITYSCAPES_UNLABELED_ID)
 
 

@@ -265,6 +265,19 @@ def test_images_and_labels_inside_a_cityscapes_tree(tmp_path):
         discover(images=root / "leftImg8bit" / "train" / "aachen", labels=city)
 
 
+def test_cityscapes_label_ids_that_cannot_say_what_is_annotated_are_named_with_why(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    pair = discover(root, split="val").pairs[0]
+    ids = pair.label.with_name(pair.label.name.replace("_labelTrainIds", "_labelIds"))
+    values = np.array(Image.open(pair.label))
+    Image.fromarray(np.stack([values] * 3, -1)).save(ids)  # saved as colour: the size is the same, the channels not
+    with pytest.raises(LmaeError, match=re.escape(f"{ids}: 3 channels (mode RGB); Cityscapes label ids are one value per pixel")):
+        read_pair(pair, with_kept=True)
+    Image.fromarray(values[:, :64]).save(ids)
+    with pytest.raises(LmaeError, match=re.escape(f"{ids}: 64x64 but {pair.label.name} is 128x64")):
+        read_pair(pair, with_kept=True)
+
+
 def test_data_inside_a_cityscapes_tree_names_the_tree(tmp_path):
     """DATA given as a split or city folder of a Cityscapes tree (or cd'ed into one): the error
     names the tree to give instead of a bare "no dataset layout found"."""
