@@ -740,7 +740,8 @@ def load_training_data(
     if unannotated:  # e.g. Cityscapes' gtFine/test, whose labels are all void: an epoch's crops spent on nothing
         pairs = [pair for pair in pairs if pair not in unannotated]
         first = min(unannotated, key=lambda pair: pair.key)
-        console.print(f"note: {len(unannotated)} training labels hold no annotated pixel (all void), left out "
+        count = len(unannotated)
+        console.print(f"note: {count} training label{'s hold' if count > 1 else ' holds'} no annotated pixel (all void), left out "
                       f"(first: {first.label}){' (pass --split to train on one split)' if split is None else ''}", highlight=False)
     val_pairs: list[Pair] = []
     val_index = None
