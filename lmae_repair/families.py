@@ -190,12 +190,12 @@ class NoFamilyFits(LmaeError):
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
-        # 0/255 masks or colour labels: the reason says what to do first; train would refuse them as they are
         try:  # the classes as train would read them (build_label_space): where one is named void, train refuses
             misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
         except LmaeError:  # a class list that cannot be read: train says why
             misnamed = None
-        # 0/255 masks, or no label read as class indices (colour labels): training would not help
+        # 0/255 masks, or no label read as class indices (colour labels): the reason says what to do
+        # first, and no training advice (a family would learn nothing from the masks; train skips colour labels)
         self.advice = ("" if masks_of_0_and_255(values or []) or values == [] else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason

@@ -362,6 +362,8 @@ def test_colour_labels_that_no_family_reads_are_not_sent_to_train_a_family(tmp_p
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "colour labels must be saved as class indices first" in text
     assert "lmae-repair train" not in text
+    trained = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert trained.exit_code == 2 and "no usable training pair" in trained.output  # what the advice had led to
 
 
 def test_a_family_chosen_by_its_palette_alone_says_so(tmp_path, monkeypatch):
