@@ -2,6 +2,8 @@
 
 import inspect
 
+import typer.main
+
 from typer.testing import CliRunner
 
 from lmae_repair.cli import app
@@ -18,3 +20,15 @@ def test_command_list_gives_each_command_its_sentence_without_a_break_in_the_mid
         summary = " ".join(inspect.cleandoc(command.callback.__doc__).split("\n\n")[0].split())
         name = command.name or command.callback.__name__
         assert [name, summary] in [[row[0], row[1].strip()] for row in rows if len(row) == 2], (name, result.output)
+
+
+def test_train_help_shows_every_option_name_and_help_whole_on_common_terminals():
+    names = [name for param in typer.main.get_command(app).commands["train"].params if not param.hidden
+             for name in param.opts if name.startswith("--")]
+    for width in (80, 100):
+        result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": str(width)}, terminal_width=width)
+        assert result.exit_code == 0
+        for name in names:
+            assert f"│ {name} " in result.output, (width, name)
+    assert "…" not in result.output  # at 100 columns no help text is cut short either
+    assert "random, label-first, background-first, objects" in " ".join(result.output.replace("│", " ").split())

@@ -704,3 +704,12 @@ def test_a_pair_in_a_voc_subfolder_listed_by_its_name_stays_in_the_output_list(t
     assert complete(root, out, family, "--split", "val").exit_code == 0
     assert (out / "SegmentationClass" / "siteB" / "2007_000001.png").is_file()
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000000\n2007_000001\n"
+
+
+def test_a_mistyped_models_folder_is_named_with_the_variable_that_set_it(tmp_path, monkeypatch):
+    root = make_paired(tmp_path / "ds", count=1)
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "modles"))
+    for extra in ([], ["--models", "camvid"]):
+        result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out"), "--dry-run", *extra])
+        assert result.exit_code == 2
+        assert f"{tmp_path / 'modles'}, set by LMAE_REPAIR_MODELS" in result.output, result.output

@@ -6,11 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import VOC_PALETTE, make_cityscapes, make_paired, make_scene, make_voc, write_pair
+from lmae_repair.cli import app
 from lmae_repair.data import LabelFile, discover, read_label, read_pair, write_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace, build_label_space
+
+runner = CliRunner()
 
 
 def keys(index):
@@ -630,3 +634,46 @@ def test_a_folder_named_like_a_split_list_is_not_read_as_one(tmp_path):
     assert len(discover(root).pairs) == 4
     with pytest.raises(LmaeError, match=r"no such split file \(available splits: train, val\)"):
         discover(root, split="backup")
+
+
+def save_blank_image(path, size=(32, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+
+
+def save_blank_label(path, size=(32, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ones((size[1], size[0]), np.uint8)).save(path)
+
+
+def test_images_without_labels_says_so_and_how_pairs_are_made(tmp_path):
+    save_blank_image(tmp_path / "data" / "images" / "a.jpg")
+    save_blank_image(tmp_path / "data" / "images" / "b.jpg")
+    (tmp_path / "data" / "labels").mkdir()
+    result = runner.invoke(app, ["complete", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1
+    assert "2 images without a label" in message and "a.jpg" in message
+    assert "pair by file name" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_named_unlike_their_images_names_one_of_them(tmp_path):
+    save_blank_image(tmp_path / "data" / "images" / "frame_001.jpg")
+    save_blank_label(tmp_path / "data" / "labels" / "gt_001.png")
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1
+    assert "gt_001.png: no image with the same name" in message and "1 image without a label" in message
+
+
+def test_a_file_given_as_images_is_not_called_missing(tmp_path):
+    root = make_paired(tmp_path / "ds", count=1)
+    image, label = root / "images" / "scene_000.png", root / "labels" / "scene_000.png"
+    result = runner.invoke(app, ["complete", "--images", str(image), "--labels", str(label), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {image}: not a folder (--images and --labels name the folders that hold them)")
+    missing = runner.invoke(app, ["complete", "--images", str(root / "images"), "--labels", str(root / "gts"), "--out", str(tmp_path / "out")])
+    assert missing.output.strip() == f"error: {root / 'gts'}: no such folder"

@@ -160,3 +160,10 @@ def test_a_model_trained_with_the_objects_strategy_restores_what_nearest_fill_ca
     assert result.exit_code == 0, result.output
     methods = json.loads((tmp_path / "o.json").read_text())["methods"]
     assert methods["lmae-repair"]["restored"] > methods["nearest"]["restored"] + 0.2, methods
+
+
+def test_the_title_counts_one_pair_in_the_singular(tmp_path, family):
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--max-pairs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "random damage at 0.5: 1 pair, " in result.output

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 import torch
 from typer.testing import CliRunner
@@ -560,3 +561,33 @@ def test_average_refuses_to_write_over_one_of_its_inputs_and_counts_each_file_on
     assert result.exit_code == 2 and "one of the checkpoints being averaged" in result.output
     result = runner.invoke(app, ["average", str(first), str(first), "--out", str(tmp_path / "avg.safetensors")])
     assert result.exit_code == 2 and "at least two checkpoints" in result.output
+
+
+def one_pair_dataset(root):
+    """root/images/a.jpg and root/labels/a.png: the least a train command needs to get going."""
+    for folder, array in (("images", np.zeros((64, 64, 3), np.uint8)), ("labels", np.ones((64, 64), np.uint8))):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(array).save(root / folder / ("a.jpg" if folder == "images" else "a.png"))
+
+
+@pytest.mark.parametrize("option, told", [
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--class-weighting", "inverted"], "unknown class weighting 'inverted'"),
+    (["--mask-ratio", "2"], "--mask-ratio must be between 0.01 and 0.99, got 2"),
+    (["--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_a_wrong_option_value_is_the_one_line_printed(tmp_path, option, told):
+    one_pair_dataset(tmp_path / "data")
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", *option])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and told in lines[0]  # no scan notes before it
+
+
+def test_train_with_an_init_checkpoint_that_is_not_there_leaves_no_run_folder(tmp_path):
+    one_pair_dataset(tmp_path / "data")
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--crop", "32", "--init", str(tmp_path / "typo.safetensors"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "typo.safetensors: no such checkpoint file" in result.output
+    assert not (tmp_path / "run").exists()
