@@ -130,12 +130,12 @@ def test_voc_split_listing_a_missing_pair_is_reported(tmp_path):
     assert len(index.pairs) == 1 and any("2007_999999" in u for u in index.unmatched)
 
 
-
 def test_an_empty_voc_split_list_is_named_not_reported_as_a_dataset_without_pairs(tmp_path):
     root = make_voc(tmp_path / "voc", count=4)
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n  \r\n")  # was "found no image/label pairs"
     with pytest.raises(LmaeError, match=r"val.txt: names no pair \(the split list is empty\); give another --split, or none to take all 4 pairs"):
         discover(root, split="val")
+
 
 def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path):
     root = make_voc(tmp_path / "voc", count=4)
@@ -147,7 +147,6 @@ def test_voc_image_listed_in_a_split_without_its_label_is_a_failed_pair(tmp_path
         assert index.unmatched == [f"{label}: ImageSets/Segmentation/val.txt lists 2007_000003, but this label is missing (its image is there)"], split
         assert "2007_000003" not in {p.label.stem for p in index.pairs}
     assert index.unlabelled == []  # an unlisted JPEGImages file without a label is normal in VOC
-
 
 
 def test_a_split_list_typed_with_composed_accents_finds_files_named_with_decomposed_ones(tmp_path):
@@ -208,6 +207,7 @@ def test_a_split_list_saved_as_windows_ansi_finds_accented_names(tmp_path):
     (root / "ImageSets" / "Segmentation" / "val.txt").write_bytes("2007_000000\r\nbéton_01\r\n".encode("cp1252"))
     index = discover(root, split="val")
     assert index.unmatched == [] and sorted(p.label.name for p in index.pairs) == ["2007_000000.png", "béton_01.png"]
+
 
 def test_cityscapes_layout(tmp_path):
     root = make_cityscapes(tmp_path / "cs")
@@ -326,7 +326,6 @@ def test_palette_labels_round_trip_with_their_palette(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # no temporary file left behind
 
 
-
 def test_a_class_added_beyond_a_short_palette_is_written_not_dropped(tmp_path):
     """A label of background and crack saved with a palette of those two colours (a 1-bit PNG):
     spalling pixels the repair added were written as background (index 2 in 1 bit is 0)."""
@@ -342,6 +341,7 @@ def test_a_class_added_beyond_a_short_palette_is_written_not_dropped(tmp_path):
     written = Image.open(tmp_path / "repaired.png")
     assert written.mode == "P" and written.getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # its own colours kept
     assert np.array_equal(np.array(written), label.values)
+
 
 def test_label_modes(tmp_path):
     values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
@@ -394,7 +394,6 @@ def test_label_modes(tmp_path):
     assert read_label(tmp_path / "bits-out.png").values.tolist() == [[1, 1], [1, 0]]
 
 
-
 def test_a_grey_label_with_transparent_pixels_is_not_called_a_colour_label(tmp_path):
     values = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     alpha = np.array([[128, 255], [255, 255]], dtype=np.uint8)  # background half transparent, as an editor left it
@@ -417,6 +416,7 @@ def test_a_grey_label_with_an_opaque_alpha_channel_is_read_and_written_back_so(t
     Image.fromarray(np.stack([values, alpha], -1), "LA").save(tmp_path / "grey-alpha-see-through.png")
     with pytest.raises(LmaeError, match=r"grey label with transparent pixels \(LA, alpha below 255\)"):
         read_label(tmp_path / "grey-alpha-see-through.png")
+
 
 def test_size_mismatch_between_image_and_label(tmp_path):
     rng = np.random.default_rng(0)
@@ -523,7 +523,6 @@ def test_images_of_more_than_8_bits_use_the_range_their_data_uses(tmp_path, capf
     assert signed.min() == 0 and signed.max() == 255
 
 
-
 def test_a_16_bit_colour_png_of_12_bit_data_is_not_read_almost_black(tmp_path):
     """PIL reads a 16-bit RGB PNG as 8 bits by keeping the high byte: a 12-bit camera's frames came
     out 0-15, black to the model."""
@@ -538,6 +537,7 @@ def test_a_16_bit_colour_png_of_12_bit_data_is_not_read_almost_black(tmp_path):
     assert rgb.shape == (48, 64, 3) and rgb.min() == 0 and rgb.max() == 255 and abs(rgb.mean() - 127.5) < 2
     Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 200).save(tmp_path / "plain.png")  # 8-bit colour: as it is
     assert read_image(tmp_path / "plain.png").max() == 200
+
 
 def test_a_size_mismatch_from_an_exif_quarter_turn_says_so(tmp_path):
     """A photo stored 40x64 with EXIF orientation 6 shows as 64x40 in viewers, like its label;

@@ -364,7 +364,6 @@ def test_a_class_list_saved_with_a_byte_order_mark_is_read(tmp_path, family):
     assert read_class_names(root / "classes.txt") == names
 
 
-
 def test_split_and_class_lists_saved_as_utf16_are_read(tmp_path, family):
     """Windows PowerShell's `>` and Notepad's "Unicode" write UTF-16 with a byte-order mark: the
     split list named no pair (--split val: "found no image/label pairs") and classes.txt failed."""
@@ -379,6 +378,7 @@ def test_split_and_class_lists_saved_as_utf16_are_read(tmp_path, family):
     assert sorted(p.name for p in (tmp_path / "out" / "SegmentationClass").iterdir()) == ["2007_000002.png", "2007_000003.png"]
     from lmae_repair.labelspace import read_class_names
     assert read_class_names(root / "classes.txt") == ["background", "rust", "hole", "crack"]
+
 
 def test_labels_that_fit_a_family_by_their_values_alone_are_pointed_to_it(tmp_path, monkeypatch):
     """CamVid labels without their classes.txt: the message names the family to pass."""
