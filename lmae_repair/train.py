@@ -149,9 +149,10 @@ def ratio_folder(out: Path, ratio: float) -> Path:
 
 def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
     """Refuse, before any training, a crop that is not whole patches (at least two a side), and
-    mask ratios that cannot make a model (outside (0, 1): check_option_values): two
-    that share a run folder (two decimals: the second would find the first's run and stop after
-    it), or one that hides no patch of a training crop (it would learn nothing)."""
+    mask ratios that cannot make a model with these patches: two that share a run folder (two
+    decimals: the second would find the first's run and stop after it), or one that hides no
+    patch of a training crop (it would learn nothing). Ratios outside (0, 1) are refused earlier,
+    by `check_option_values`."""
     folders: dict[str, float] = {}
     patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
     if options.crop % patch or options.crop < 2 * patch:  # one patch: nothing both seen and hidden
