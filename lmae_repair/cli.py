@@ -41,11 +41,12 @@ class OneValueEach(typer.core.TyperCommand):
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         _, _, given = self.make_parser(ctx).parse_args(args=list(args))
+        rest = super().parse_args(ctx, args)  # first, so that --help anywhere on the line still answers
         for option in {param for param in given if isinstance(param, typer.core.TyperOption)}:
             times = sum(param is option for param in given)
             if times > 1 and not (option.multiple or option.count or option.is_flag):
                 raise typer.BadParameter(f"given {times} times, but it takes one value (run the command once per value)", ctx, option)
-        return super().parse_args(ctx, args)
+        return rest
 
 
 command = partial(app.command, cls=OneValueEach)

@@ -32,3 +32,12 @@ def test_train_help_shows_every_option_name_and_help_whole_on_common_terminals()
             assert f"│ {name} " in result.output, (width, name)
     assert "…" not in result.output  # at 100 columns no help text is cut short either
     assert "random, label-first, background-first, objects" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_answers_on_a_line_that_gives_an_option_twice():
+    """A user appends --help to the command they were typing: the help, not the refusal of the
+    repeated option that the run itself would get."""
+    result = runner.invoke(app, ["evaluate", "data", "-m", "0.25", "-m", "0.5", "--help"])
+    assert result.exit_code == 0 and "--mask-ratio" in result.output and "given 2 times" not in result.output
+    refused = runner.invoke(app, ["evaluate", "data", "-m", "0.25", "-m", "0.5"])
+    assert refused.exit_code == 2 and "given 2 times" in refused.output
