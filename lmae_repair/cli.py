@@ -432,9 +432,10 @@ class PairProgress:
                 self.progress.update(self.task, advance=1, rate=rate_text(self.count, now - self.started))
             else:
                 self.progress.update(self.task, advance=1)
-            if not console.is_terminal and now - self.logged >= self.LOG_EVERY_S and self.done < self.total:
-                self.log(now)
+            if not console.is_terminal:
+                self.log_if_due(now)
 
+        self.lock = threading.Lock()  # the heartbeat and the pairs may both find a line due: one prints it
         self.stopped = threading.Event()
         self.heartbeat = None
         if not console.is_terminal and self.LOG_EVERY_S > 0:  # pairs finish a batch at a time: a batch of large pairs may take minutes
@@ -442,8 +443,12 @@ class PairProgress:
             self.heartbeat.start()
         return advance
 
-    def log(self, now: float) -> None:
-        self.logged = now
+    def log_if_due(self, now: float) -> None:
+        """The progress line, where LOG_EVERY_S has passed since the last and pairs remain."""
+        with self.lock:
+            if now - self.logged < self.LOG_EVERY_S or self.done >= self.total:
+                return
+            self.logged = now
         console.print(f"{self.label}: {self.done}/{self.total} pairs, {rate_text(self.count, now - self.started)} "
                       f"pairs/s, {(now - self.started) / 60:.1f} min so far", highlight=False)
 
@@ -452,9 +457,7 @@ class PairProgress:
         import time
 
         while not self.stopped.wait(max(self.LOG_EVERY_S - (time.perf_counter() - self.logged), 0.01)):
-            now = time.perf_counter()
-            if now - self.logged >= self.LOG_EVERY_S and self.done < self.total:
-                self.log(now)
+            self.log_if_due(time.perf_counter())
 
     def __exit__(self, *exc) -> None:
         self.stopped.set()
