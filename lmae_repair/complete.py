@@ -270,7 +270,8 @@ class Loaded:
 
 
 def new_entry(pair: Pair) -> dict:
-    return {"label": pair.key, "image": str(pair.image), "input_label": str(pair.label), "output": None,
+    # absolute, as `output`: a script reading lmae-report.json from another folder opens them too
+    return {"label": pair.key, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": None,
             "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None, "gap_kind": None,
             "read_at": None, "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
@@ -390,7 +391,7 @@ class Completer:
             if self.measure is not None:
                 item.entry.update(self.measure(item.prepared, chosen, info))
             item.entry.update(
-                checkpoint=str(path), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
+                checkpoint=str(path.absolute()), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
                 pixels_changed=result.pixels_changed,
                 mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
             )
@@ -494,7 +495,7 @@ def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path
     have named DATA from another folder (relative paths that no longer open) or written into the
     OUT this one was copied from."""
     output = output_label_path(out, pair.key, index).absolute()
-    return {**entry, "image": str(pair.image), "input_label": str(pair.label), "output": str(output)}
+    return {**entry, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": str(output)}
 
 
 def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:

@@ -60,7 +60,7 @@ def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], total
         "data": str(index.root),
         "data_root": str(index.root.resolve()),  # which dataset OUT holds: another is refused
         "layout": index.layout,
-        "checkpoints": [{"path": str(path), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
+        "checkpoints": [{"path": str(Path(path).absolute()), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
         "totals": totals,
         "pairs": entries,
         "unlabelled_images": index.unlabelled,

@@ -236,6 +236,21 @@ def test_a_rerun_from_another_folder_or_into_a_copied_out_reports_this_runs_path
     assert all(Path(e["output"]).parent == (tmp_path / "copy" / "labels").absolute() for e in report["pairs"])
 
 
+def test_report_paths_open_from_another_folder_than_the_run(tmp_path, family, monkeypatch):
+    """A script reading lmae-report.json runs elsewhere than `complete` did: the images, input
+    labels and checkpoints it names open from there too, as the outputs do."""
+    make_paired(tmp_path / "ds", count=2)
+    shutil.copytree(family, tmp_path / "models-here")
+    monkeypatch.chdir(tmp_path)
+    assert complete(Path("ds"), Path("out"), Path("models-here")).exit_code == 0  # relative paths, as typed
+    monkeypatch.chdir(tmp_path / "out")
+    report = json.loads(Path("lmae-report.json").read_text())
+    for entry in report["pairs"]:
+        for field in ("image", "input_label", "output", "checkpoint"):
+            assert Path(entry[field]).is_file(), (field, entry[field])
+    assert all(Path(c["path"]).is_file() for c in report["checkpoints"])
+
+
 def test_labels_of_pairs_gone_from_the_input_are_kept_and_listed(tmp_path, family):
     """A pair removed from the input after a run: its label in OUT stays (it may be another
     split's work) but the rerun says so and the report lists it; the other pairs are skipped."""
