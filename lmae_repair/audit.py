@@ -276,13 +276,13 @@ def defect_row(problem: str, root: Path, failed: bool) -> dict:
     """A file discovery could not pair: 'path: no label with the same name' and the like,
     keyed like a pair by its path relative to the dataset root."""
     path, _, reason = problem.partition(": ")
-    row = new_row(relative_key(path, root), path if "no label" in reason else None)
+    row = new_row(relative_key(path, root), str(Path(path).absolute()) if "no label" in reason else None)
     row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
     return row
 
 
 def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> dict:
-    row = new_row(item.pair.key, str(item.pair.image))
+    row = new_row(item.pair.key, str(item.pair.image.absolute()))  # opens from any folder, as a script reads the report
     far_map = item.entry.pop("far_lookalike_classes", None)  # not for the journal: for the heatmap
     problems = file_defects(item, space)
     if problems:

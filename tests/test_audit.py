@@ -3,6 +3,7 @@ intact twin, and the JSON / CSV / heatmap outputs hold what a curator needs."""
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -65,6 +66,19 @@ def test_each_file_defect_is_reported_with_score_one(tmp_path, family):
     assert len(good) == 8 and all(row["score"] < 1.0 for row in good)
     assert list(rows) == sorted(rows, key=lambda k: -rows[k]["score"])  # highest first
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing modified
+
+
+def test_the_images_the_report_names_open_from_another_folder(tmp_path, family, monkeypatch):
+    """A script reads audit.json and the CSV elsewhere than the audit ran, DATA given relative."""
+    broken_dataset(tmp_path / "ds")
+    monkeypatch.chdir(tmp_path)
+    audit(Path("ds"), family, "--json", "a.json", "--csv", "a.csv")
+    monkeypatch.chdir(tmp_path / "ds" / "labels")
+    rows = json.loads((tmp_path / "a.json").read_text())
+    named = [row["image"] for row in rows if row["image"] is not None]
+    assert len(named) == 8 + 6 and all(Path(image).is_file() for image in named), named  # the lonely image too
+    with open(tmp_path / "a.csv", newline="") as f:
+        assert [row["image"] for row in csv.DictReader(f) if row["image"]] == named
 
 
 def test_labels_no_model_fits_are_still_audited_for_files_and_statistics(tmp_path):
