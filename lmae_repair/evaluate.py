@@ -267,7 +267,8 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
     return {
         "data": str(index.root),
         "layout": index.layout,
-        "models": list(dict.fromkeys(str(path) for path, _ in checkpoints)),
+        # absolute: `push --evaluate-json` run from another folder checks these are the family's files
+        "models": list(dict.fromkeys(str(Path(path).absolute()) for path, _ in checkpoints)),
         "strategy": options.strategy,
         "mask_ratio": options.mask_ratio,
         "patch_size": options.patch_size,

@@ -8,12 +8,16 @@ import shutil
 import subprocess
 import sys
 
+import torch
 from typer.testing import CliRunner
 
-from conftest import make_paired
+from conftest import NUM_CLASSES, make_paired
+from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.families import export_family
 from lmae_repair.hub import build_upload, is_hub_spec, parse_hub_spec
+from lmae_repair.labelspace import LabelSpace
+from lmae_repair.model import LabelMAE, ModelConfig
 
 runner = CliRunner()
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -111,6 +115,22 @@ def test_the_card_lists_every_mask_ratio_a_file_serves(tmp_path, family):
     build_upload(tmp_path / "fam", "someone/one", tmp_path / "staging")
     card = (tmp_path / "staging" / "README.md").read_text()
     assert "| 0.25, 0.50, 0.75 |" in card, card
+
+
+def test_push_from_another_folder_refuses_figures_evaluated_with_relative_models(tmp_path, family, monkeypatch):
+    """evaluate --models given relative, push run from elsewhere: the figures are still known to
+    be another family's (the JSON names the checkpoints by paths that open from any folder)."""
+    other = tmp_path / "other"  # the same kind of family with other weights
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    torch.manual_seed(1)
+    save_checkpoint(other / "best.safetensors", LabelMAE(config), CheckpointInfo(config, 0.5, LabelSpace(NUM_CLASSES, background_id=0, void_id=255), {"crop": 32}))
+    make_paired(tmp_path / "ds", count=2, size=64)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate", "ds", "--models", "other", "--device", "cpu", "--json", "figures.json"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "ds")
+    pushed = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--evaluate-json", str(tmp_path / "figures.json")])
+    assert pushed.exit_code == 2 and "which is not one of" in pushed.output, pushed.output
 
 
 def test_push_refuses_figures_of_another_family(tmp_path, family, trained_family):
