@@ -490,12 +490,16 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     return entry
 
 
-def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path) -> dict:
+def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path, checkpoints=()) -> dict:
     """An earlier run's entry for `pair` with the paths this run would write: the earlier run may
     have named DATA from another folder (relative paths that no longer open) or written into the
-    OUT this one was copied from."""
+    OUT this one was copied from, and read the same models at another path (moved since)."""
     output = output_label_path(out, pair.key, index).absolute()
-    return {**entry, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": str(output)}
+    entry = {**entry, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": str(output)}
+    for path, info in checkpoints:  # the same contents (the resume key says so): this run's file for its slot
+        if entry.get("checkpoint") and (info.mask_ratio, info.gap_kind) == (entry["mask_ratio"], entry["gap_kind"]):
+            entry["checkpoint"] = str(Path(path).absolute())
+    return entry
 
 
 def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
@@ -634,7 +638,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
     try:
         settings = run_settings(checkpoints, options)
         finished = {} if options.dry_run else load_progress(options.out, index)
-        done = {pair.key: with_this_runs_paths(finished[pair.key], pair, index, options.out) for pair in index.pairs
+        done = {pair.key: with_this_runs_paths(finished[pair.key], pair, index, options.out, checkpoints) for pair in index.pairs
                 if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
         if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
             for pair in [pair for pair in index.pairs if pair.key in done]:

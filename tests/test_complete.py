@@ -307,6 +307,22 @@ def test_a_rerun_from_another_folder_or_with_the_same_models_elsewhere_redoes_no
     assert json.loads((tmp_path / "a" / "out" / "lmae-report.json").read_text())["totals"]["resumed"] == 3
 
 
+def test_a_rerun_with_the_models_moved_reports_the_checkpoints_where_they_are_now(tmp_path, family):
+    """The models moved since the first run (the same files: nothing is redone): the report names
+    each pair's checkpoint where this run read it, not where the first run did."""
+    root = make_paired(tmp_path / "ds", count=3)
+    first = tmp_path / "models-then"
+    shutil.copytree(family, first)
+    assert complete(root, tmp_path / "out", first).exit_code == 0
+    now = tmp_path / "models-now"
+    first.rename(now)
+    result = complete(root, tmp_path / "out", now)
+    assert result.exit_code == 0 and "done by an earlier run" in result.output, result.output
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    assert report["totals"]["resumed"] == 3
+    assert all(Path(entry["checkpoint"]).is_file() and Path(entry["checkpoint"]).is_relative_to(now) for entry in report["pairs"])
+
+
 def test_a_run_killed_before_its_report_is_not_taken_over_by_another_dataset(tmp_path, family):
     from lmae_repair.complete import lock_output
 
