@@ -204,6 +204,7 @@ def train_one_ratio(
 ) -> Path:
     folder = ratio_folder(options.out, ratio)
     torch.manual_seed(options.seed)
+    options = resumed_run_options(folder, options, console)
     model = build_model(options, data.space)
     config = model.config
     if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
@@ -297,7 +298,7 @@ def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
     `--branch-reads-labels`), an `--init` checkpoint's image branch (and what it reads) is kept:
     fine-tuning must not drop what it learned."""
     image_branch, reads_labels = options.image_branch, options.branch_reads_labels
-    if options.init is not None:
+    if options.init is not None and (image_branch is None or reads_labels is None):
         init_model = read_info(options.init).model
         image_branch = image_branch if image_branch is not None else init_model.image_branch or None
         reads_labels = reads_labels if reads_labels is not None else init_model.branch_reads_labels
@@ -325,6 +326,28 @@ def restore_run(
             console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
         return state
     return RunState()  # a fresh run: `check_no_earlier_run` made sure none is overwritten
+
+
+def resumed_run_options(folder: Path, options: TrainOptions, console: Console) -> TrainOptions:
+    """With --resume of a saved run, the --init and image branch the run was started with: its
+    weights come from its state, not from --init, so its checkpoints must name the checkpoint it
+    really started from (not the --init of the resuming command, or none when that omits it),
+    and the model is rebuilt as it was (a run started from a checkpoint with an image branch
+    resumes without --init being repeated)."""
+    state_path = folder / STATE_FILE
+    if not (options.resume and state_path.exists()):
+        return options
+    info = saved_run_info(state_path)
+    started_from = info.training.get("init")
+    if options.init is not None and (started_from is None or Path(options.init).resolve() != Path(started_from).resolve()):
+        console.print(f"note: {folder} was started from {started_from or 'no checkpoint (random weights)'}; "
+                      f"--init {options.init} is not used when it resumes", highlight=False)
+    return replace(
+        options,
+        init=None if started_from is None else Path(started_from),
+        image_branch=info.model.image_branch if options.image_branch is None else options.image_branch,
+        branch_reads_labels=info.model.branch_reads_labels if options.branch_reads_labels is None else options.branch_reads_labels,
+    )
 
 
 RUN_FILES = (STATE_FILE, "best.safetensors", "last.safetensors", "history.jsonl")
@@ -587,7 +610,7 @@ def checkpoint_info(
         "class_weighting": options.class_weighting,
         "weights_from": options.weights_from,
         "photometric": options.photometric,
-        "init": None if options.init is None else str(options.init),
+        "init": None if options.init is None else str(Path(options.init).resolve()),
         "seed": options.seed,
         "device": device.type if ranks.distributed else str(device),
         "train_seconds": round(sum(r["seconds"] for r in state.history), 1),
@@ -644,11 +667,7 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     the old learning rate while the checkpoints recorded the new one, and a run resumed with
     `--gaps objects` would be marked for labels its earlier epochs never trained for. Changing
     them is a new run from these weights (`--init`)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        info = CheckpointInfo.from_json(saved["info"])
-    except Exception as exc:
-        raise LmaeError(f"{path}: unreadable training state ({type(exc).__name__}: {str(exc)[:120]})") from None
+    saved, info = load_saved_run(path)
     if info.model != config or not info.label_space.same_classes(space) or abs(info.mask_ratio - ratio) > 1e-9:
         raise LmaeError(
             f"{path}: saved run differs from this command (model, label space or mask ratio); "
@@ -663,6 +682,19 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     run = saved["run"]
     return RunState(run["epoch"], run["step"], run["best_score"], run["history"]), info.training.get("data")
+
+
+def load_saved_run(path: Path) -> tuple[dict, CheckpointInfo]:
+    """A run's state.pt and the checkpoint info saved with it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved, CheckpointInfo.from_json(saved["info"])
+    except Exception as exc:
+        raise LmaeError(f"{path}: unreadable training state ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def saved_run_info(path: Path) -> CheckpointInfo:
+    return load_saved_run(path)[1]
 
 
 def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOptions) -> None:

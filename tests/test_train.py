@@ -182,6 +182,24 @@ def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(tmp_
     assert another.exit_code == 2 and "label space" in another.output and "architecture" not in another.output, another.output
 
 
+def test_a_resumed_fine_tune_names_the_checkpoint_it_started_from_and_keeps_its_image_branch(tmp_path):
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    args = ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "a"), "--epochs", "1", "--image-branch", "4"]).exit_code == 0
+    start = tmp_path / "a" / "mask-0.50" / "last.safetensors"
+    first = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--epochs", "1", "--init", str(start)])
+    assert first.exit_code == 0, first.output
+    # resumed as users do, without repeating --init: was refused ("saved run differs from this command")
+    # and, for a start without an image branch, recorded "init": None, as if trained from random weights
+    resumed = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    info = load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")[1]
+    assert info.training["epochs"] == 2 and info.training["init"] == str(start.resolve()) and info.model.image_branch == 4
+    other = runner.invoke(app, args + ["--out", str(tmp_path / "b"), "--epochs", "3", "--resume", "--init", str(tmp_path / "x.safetensors")])
+    assert other.exit_code == 0 and "--init" in other.output and "is not used when it resumes" in " ".join(other.output.split())
+    assert load_checkpoint(tmp_path / "b" / "mask-0.50" / "last.safetensors")[1].training["init"] == str(start.resolve())
+
+
 def test_bad_options_and_missing_data_give_one_line_errors(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such dataset folder" in result.output
