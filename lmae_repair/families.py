@@ -90,8 +90,10 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
     checkpoints = [(f, replace(info, mask_ratio=ratio)) for f, info in ((f, read_info(f)) for f in files) for ratio in info.slot_ratios]
     first_path, first = checkpoints[0]
     for path, info in checkpoints[1:]:
-        if not info.label_space.same_classes(first.label_space) or info.model.patch_size != first.model.patch_size:
-            raise LmaeError(f"{path}: label space or patch size differs from {first_path}; give one family at a time")
+        differs = family_difference(info, first, first_path)
+        if differs:
+            raise LmaeError(f"{path}: {differs}; the checkpoints of one family must share one label space and patch size: "
+                            "give one family at a time")
     serving: dict = {}
     for path, info in checkpoints:  # routing would take the first and ignore the other without a word
         slot = (round(info.mask_ratio, 2), info.gap_kind)
@@ -127,6 +129,19 @@ def seen(values: list[set[int]]) -> str:
     every = sorted(set().union(*values))
     shown = every if len(every) <= 14 else every[:8] + ["..."] + every[-5:]
     return "[" + ", ".join(map(str, shown)) + "]"
+
+
+def family_difference(info: CheckpointInfo, first: CheckpointInfo, first_path: Path) -> str | None:
+    """How a checkpoint differs from a family's first, in what one family must share, or None.
+    Class names count where both files have them: a file for "rust, corrosion" beside files for
+    "crack, spalling" would fill a crack with rust."""
+    mine, theirs = info.label_space, first.label_space
+    named_apart = mine.has_names and theirs.has_names and [n.strip().lower() for n in mine.names] != [n.strip().lower() for n in theirs.names]
+    if not mine.same_classes(theirs) or named_apart:
+        return f"its label space ({mine.describe()}) differs from that of {first_path} ({theirs.describe()})"
+    if info.model.patch_size != first.model.patch_size:
+        return f"its patch size ({info.model.patch_size}) differs from that of {first_path} ({first.model.patch_size})"
+    return None
 
 
 def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, palette: list[int] | None = None) -> str | None:

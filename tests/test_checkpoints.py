@@ -224,3 +224,23 @@ def test_a_checkpoint_can_attend_only_near_the_patches_it_rebuilds(tmp_path):
     assert not torch.allclose(rebuilt(model, info, image, label), rebuilt(model, info, far_image, far_label), atol=1e-4)
     with pytest.raises(LmaeError):
         set_context(path, tmp_path / "bad.safetensors", -1)
+
+
+def test_a_family_folder_mixing_class_names_is_refused_naming_both_label_spaces(tmp_path):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    path, model, info = saved(tmp_path / "made")
+    family = tmp_path / "mine"
+    save_checkpoint(family / "general.safetensors", model, info)
+    renamed = replace(info, mask_ratio=0.25, label_space=replace(info.label_space, names=["background", "rust", "corrosion"]))
+    save_checkpoint(family / "objects.safetensors", model, renamed)  # same values, another meaning: was taken as one family
+    for command in (["inspect", str(family)], ["push", str(family), "me/mine", "--dry-run"]):
+        result = CliRunner().invoke(app, command)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in text, text
+        assert "objects.safetensors: its label space (3 classes (background, rust, corrosion)" in text
+        assert "(3 classes (background, crack, spalling), background id 0, void id 255)" in text
