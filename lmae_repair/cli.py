@@ -954,7 +954,7 @@ def print_checkpoint(checkpoint: Path) -> None:
     table.add_row("label space", info.label_space.describe())
     for key, value in info.validation.items():
         table.add_row(key, str(value))
-    for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "command"):
+    for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "init", "command"):
         if info.training.get(key) is not None:
             table.add_row(f"training {key}", str(info.training[key]))
     if info.training.get("image_short_side"):

@@ -118,15 +118,36 @@ def model_card(repo_id: str, checkpoints) -> str:
         gaps = " (gaps that follow the image's edges: missed objects)" if info.gap_kind == "objects" else ""
         ratios = ", ".join(f"{r:.2f}" for r in sorted({i.mask_ratio for i in infos}))
         lines.append(f"| `{path.name}` | {ratios}{gaps} | {config} | {figures} |")
-    training = first.training
     lines += ["", "## Training", ""]
-    for key in ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds"):
-        if key in training:
-            lines.append(f"- {key}: `{training[key]}`")
-    lines += ["", "Layout: the same as a local `models/<family>/` folder of lmae-repair; every file carries its "
+    made: dict = {}  # files made alike (a run's ratios) share one account; a family of several runs, one each
+    for path, infos in slots.items():
+        made.setdefault(tuple(training_lines(infos[0])), []).append(f"`{path.name}`")
+    for account, names in made.items():
+        if len(made) > 1:
+            lines += [f"{', '.join(names)}:", ""]
+        lines += [*account, ""]
+    lines += ["Layout: the same as a local `models/<family>/` folder of lmae-repair; every file carries its "
               "architecture, label space and training summary in its safetensors metadata "
               "(`lmae-repair inspect FILE`).", ""]
     return "\n".join(lines)
+
+
+def training_lines(info) -> list[str]:
+    """How one file was made, as model card lines: its training run, the checkpoint it was
+    fine-tuned from, the epochs averaged into it and the offsets it was tuned with."""
+    training = info.training
+    lines = [f"- {key}: `{training[key]}`" for key in
+             ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds", "init")
+             if training.get(key) is not None]
+    if training.get("averaged_from"):
+        lines.append(f"- averaged: the weights of {len(training['averaged_from'])} checkpoints "
+                     f"({', '.join(Path(p).name for p in training['averaged_from'])})")
+    if any(info.class_bias):
+        lines.append("- class offsets (`lmae-repair tune`): " + ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
+    if any(info.continuation):
+        lines.append("- continuation bonuses (`lmae-repair tune`): " + ", ".join(
+            f"{direction} {b:+.1f}" for direction, b in zip(("down columns", "along rows"), info.continuation) if b))
+    return lines
 
 
 def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: str | None = None) -> list:

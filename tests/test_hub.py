@@ -147,3 +147,27 @@ def test_push_refuses_figures_of_another_family(tmp_path, family, trained_family
     assert other.exit_code == 2 and "which is not one of" in other.output, other.output
     own = runner.invoke(app, args + [evaluation(family / "mask-0.50" / "best.safetensors")])
     assert own.exit_code == 0, own.output
+
+
+def test_the_card_and_inspect_say_how_each_file_of_a_family_was_made(tmp_path, family):
+    from dataclasses import replace
+
+    from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
+
+    model, info = load_checkpoint(family / "mask-0.25" / "best.safetensors")
+    general = replace(info, training={"command": "lmae-repair train mine --init models/concrete/mask-0.50.safetensors", "epochs": 2,
+                                      "init": "/abs/models/concrete/mask-0.50.safetensors",
+                                      "averaged_from": ["runs/ft/mask-0.25/epoch-001.safetensors", "runs/ft/mask-0.25/epoch-002.safetensors"]},
+                      class_bias=[-1.0] + [0.0] * (info.label_space.num_classes - 1))
+    objects = replace(info, mask_ratio=0.5, gap_kind="objects", training={"command": "lmae-repair train mine --gaps objects", "epochs": 1})
+    save_checkpoint(tmp_path / "fam" / "general.safetensors", model, general)
+    save_checkpoint(tmp_path / "fam" / "objects.safetensors", model, objects)
+    build_upload(tmp_path / "fam", "someone/mine", tmp_path / "staging")
+    card = (tmp_path / "staging" / "README.md").read_text()
+    # the card gave the first file's training for the whole family, without its init, averaging or offsets
+    assert "`lmae-repair train mine --gaps objects`" in card, card
+    assert "- init: `/abs/models/concrete/mask-0.50.safetensors`" in card
+    assert "averaged: the weights of 2 checkpoints (epoch-001.safetensors, epoch-002.safetensors)" in card
+    assert f"class offsets (`lmae-repair tune`): {info.label_space.names[0]} -1.0" in card
+    shown = " ".join(runner.invoke(app, ["inspect", str(tmp_path / "fam" / "general.safetensors")]).output.split())
+    assert "training init │ /abs/models/concrete/mask-0.50.safetensors" in shown, shown
