@@ -200,7 +200,7 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
         differs = [what for what, same in (
             ("architecture", other_info.model == info.model),
             ("mask ratio", other_info.mask_ratio == info.mask_ratio),
-            ("label space", other_info.label_space.same_classes(info.label_space)),
+            ("label space", other_info.label_space.same_classes(info.label_space) and other_info.label_space.same_names(info.label_space)),
             ("kind of gap (inspect: gaps)", other_info.gap_kind == info.gap_kind),
             ("training crop (the tiles inference runs in)", other_info.tile == info.tile),
         ) if not same]

@@ -113,6 +113,13 @@ class LabelSpace:
         if outside:
             raise LmaeError(f"{path}: {self.outside_message(outside)}")
 
+    def same_names(self, other: "LabelSpace") -> bool:
+        """False when both label spaces name their classes (not `class_N`) and the names differ,
+        case and spaces aside: the same values with another meaning."""
+        if not (self.has_names and other.has_names):
+            return True
+        return [n.strip().lower() for n in self.names] == [n.strip().lower() for n in other.names]
+
     def same_classes(self, other: "LabelSpace") -> bool:
         """True when two label spaces give the same meaning to every pixel value."""
         return (

@@ -244,3 +244,18 @@ def test_a_family_folder_mixing_class_names_is_refused_naming_both_label_spaces(
         assert result.exit_code == 2 and "Traceback" not in text, text
         assert "objects.safetensors: its label space (3 classes (background, rust, corrosion)" in text
         assert "(3 classes (background, crack, spalling), background id 0, void id 255)" in text
+
+
+def test_average_refuses_a_checkpoint_whose_classes_have_other_names(tmp_path):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    first, model, info = saved(tmp_path / "a")
+    other = tmp_path / "rust.safetensors"  # trained on data whose classes.txt says rust, corrosion: was averaged in
+    save_checkpoint(other, model, replace(info, label_space=replace(info.label_space, names=["background", "rust", "corrosion"])))
+    result = CliRunner().invoke(app, ["average", str(first), str(other), "--out", str(tmp_path / "mean.safetensors")])
+    assert result.exit_code == 2 and "rust.safetensors: label space differs from" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "mean.safetensors").exists()
