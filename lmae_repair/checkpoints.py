@@ -152,9 +152,26 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Lab
     return model.to(device).eval(), info
 
 
+def not_a_checkpoint_file(path: Path) -> str:
+    """Why `path` names no checkpoint file, with the files meant where it is a run or family
+    folder or a bundled family's name (which --models takes, but --init needs one file)."""
+    from lmae_repair.families import bundled_families
+
+    folder = path if path.is_dir() else None if path.exists() or len(path.parts) > 1 else bundled_families().get(str(path))
+    if folder is None:
+        return "no such checkpoint file"
+    found = sorted(folder.rglob("*.safetensors"))
+    files = [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()] or found
+    if not files:
+        return "a folder, with no .safetensors checkpoint in it"
+    shown = ", ".join(str(f) for f in files[:4]) + (", ..." if len(files) > 4 else "")
+    kind = "a folder" if path.is_dir() else "a bundled family"
+    return f"{kind}, not a checkpoint file: name one of its checkpoints ({shown})"
+
+
 def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
     if not path.is_file():
-        raise LmaeError(f"{path}: no such checkpoint file")
+        raise LmaeError(f"{path}: {not_a_checkpoint_file(path)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

@@ -609,3 +609,16 @@ def test_train_with_an_init_checkpoint_that_is_not_there_leaves_no_run_folder(tm
     assert result.exit_code == 2
     assert "typo.safetensors: no such checkpoint file" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_train_with_an_init_run_folder_or_family_name_names_the_checkpoint_files_to_give(tmp_path, family):
+    one_pair_dataset(tmp_path / "data")
+    args = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--crop", "32", "--device", "cpu"]
+    result = runner.invoke(app, args + ["--init", str(family)])  # a run folder, as --models takes: was 'no such checkpoint file'
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no such" not in text, text
+    assert f"{family}: a folder, not a checkpoint file: name one of its checkpoints ({family / 'mask-0.25' / 'best.safetensors'}" in text
+    result = runner.invoke(app, args + ["--init", "concrete"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "concrete: a bundled family, not a checkpoint file" in text and "mask-0.50.safetensors" in text, text
+    assert not (tmp_path / "run").exists()
