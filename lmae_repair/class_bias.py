@@ -66,6 +66,11 @@ def served_damages(info: CheckpointInfo) -> list[tuple[str, float]]:
     return [("random", ratio) for ratio in info.slot_ratios]
 
 
+class NothingToTune(LmaeError):
+    """The damage erased no pixel a checkpoint could fill (an objects checkpoint on pairs without
+    small objects): that checkpoint is left as it is, the others are tuned."""
+
+
 class ErasedProbabilities:
     """Class probabilities of the erased pixels the checkpoint may fill, with their truth; the
     erased pixels it may not fill (outside its hidden patches) count as missed, per class.
@@ -234,7 +239,7 @@ def tune_checkpoint(path: Path, index: DatasetIndex, out: Path, max_pairs: int =
     info, gathered = collect(path, index, max_pairs, seed, device, on_pair=on_pair, on_error=on_error)
     logs, truths, folds, missed, agreed = gathered.arrays()
     if not len(truths):
-        raise LmaeError(f"{index.root}: the damage erased no annotated pixel that {path.name} could fill; nothing to tune on")
+        raise NothingToTune(f"{index.root}: the damage erased no annotated pixel that {path.name} could fill; nothing to tune on")
     bias, bonus, before, after = tune_choice(logs, agreed, truths, missed.sum(0))
     figures = {"pa_miou_before": round(before, 4), "pa_miou_after": round(after, 4)}
     if len(np.unique(folds)) == 2:

@@ -814,7 +814,8 @@ def tune(
 
     def run() -> int:
         from lmae_repair.checkpoints import read_info
-        from lmae_repair.class_bias import served_damages, tune_checkpoint
+        from lmae_repair.class_bias import NothingToTune, served_damages, tune_checkpoint
+        from lmae_repair.data import atomic_write
         from lmae_repair.families import resolve_models
         from lmae_repair.inference import resolve_device
 
@@ -840,9 +841,18 @@ def tune(
         for path in files:
             target = path if folder is None else folder / path.resolve().relative_to(common)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
-                result = tune_checkpoint(path, index, target, max_pairs, seed, device_name,
-                                         on_pair=lambda n: [advance() for _ in range(n)], on_error=on_error)
+            try:
+                with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
+                    result = tune_checkpoint(path, index, target, max_pairs, seed, device_name,
+                                             on_pair=lambda n: [advance() for _ in range(n)], on_error=on_error)
+            except NothingToTune as exc:  # one checkpoint of a family: the others are still tuned
+                kept = "left as it is"
+                if folder is not None:  # the family under --out stays whole, this file as it was
+                    atomic_write(target, lambda f, source=path: f.write(source.read_bytes()))
+                    kept = f"copied unchanged to {target}"
+                failures.append(str(exc))
+                report_failure(f"{exc}: {kept} (tune on more pairs, or on pairs with the gaps it serves)")
+                continue
             print_tune_result(path, target, result, checkpoints[0][1].label_space.names, in_place=folder is None)
         return 1 if failures else 0
 

@@ -130,3 +130,25 @@ def test_the_tuning_sample_stays_bounded_and_keeps_the_class_shares(monkeypatch)
     assert agreed.shape == (len(truths), 2) and (agreed == -1).all()  # none given: no class continued
     assert abs((truths == 1).mean() - 0.2) < 0.05
     assert abs(missed.sum() / (missed.sum() + len(truths)) - 0.1) < 0.03
+
+
+def test_tune_of_a_family_whose_objects_file_finds_no_object_tunes_the_rest_and_keeps_the_family_whole(tmp_path, trained_family):
+    from conftest import write_pair
+
+    rng = np.random.default_rng(0)
+    for i in range(3):  # two large regions, no small object for the objects damage to erase
+        label = np.ones((64, 64), np.uint8)
+        label[:, 32:] = 2
+        write_pair(tmp_path / "val" / "images" / f"p{i}.png", tmp_path / "val" / "labels" / f"p{i}.png",
+                   rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), label)
+    family = tmp_path / "mine"
+    set_routing(trained_family / "mask-0.50" / "best.safetensors", family / "general.safetensors", [0.5])
+    set_routing(trained_family / "mask-0.50" / "best.safetensors", family / "objects.safetensors", [0.5], "objects")
+    out = tmp_path / "tuned"
+    result = runner.invoke(app, ["tune", str(tmp_path / "val"), "--models", str(family), "--out", str(out), "--device", "cpu"])
+    text = " ".join(result.output.split())
+    # was: exit 2 after general.safetensors was written, the objects file missing from --out
+    assert result.exit_code == 1, text
+    assert "general.safetensors: PA-mIoU on" in text and "objects.safetensors could fill; nothing to tune on: copied unchanged to" in text
+    assert sorted(p.name for p in out.iterdir()) == ["general.safetensors", "objects.safetensors"]
+    assert (out / "objects.safetensors").read_bytes() == (family / "objects.safetensors").read_bytes()
