@@ -234,8 +234,9 @@ def held_out(logs: np.ndarray, agreed: np.ndarray, truths: np.ndarray, folds: np
 
 
 def tune_checkpoint(path: Path, index: DatasetIndex, out: Path, max_pairs: int = 0, seed: int = 0,
-                    device: str = "cpu", on_pair=None, on_error=None) -> dict:
-    """Tune a checkpoint's class offsets on `index` and write it, offsets included, to `out`."""
+                    device: str = "cpu", on_pair=None, on_error=None, split: str | None = None) -> dict:
+    """Tune a checkpoint's class offsets on `index` (its `split`) and write it, offsets included,
+    and where they were tuned (the data's absolute path, as training records it), to `out`."""
     info, gathered = collect(path, index, max_pairs, seed, device, on_pair=on_pair, on_error=on_error)
     logs, truths, folds, missed, agreed = gathered.arrays()
     if not len(truths):
@@ -248,7 +249,7 @@ def tune_checkpoint(path: Path, index: DatasetIndex, out: Path, max_pairs: int =
     info.class_bias = [round(float(b), 3) for b in bias]
     info.continuation = bonus
     pairs = len(index.pairs[: max_pairs or None])
-    info.training = {**info.training, "class_bias_tuned_on": {"data": str(index.root), "pairs": pairs, "damages": served_damages(info),
+    info.training = {**info.training, "class_bias_tuned_on": {"data": str(index.root.resolve()), "split": split, "pairs": pairs, "damages": served_damages(info),
                                                                "seed": seed, **figures}}
     save_checkpoint(out, model, info, half=_stored_half(path))
     return {"bias": info.class_bias, "continuation": bonus, **figures, "pixels": int(round((len(truths) + missed.sum()) / gathered.rate))}

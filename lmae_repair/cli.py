@@ -844,7 +844,7 @@ def tune(
             try:
                 with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
                     result = tune_checkpoint(path, index, target, max_pairs, seed, device_name,
-                                             on_pair=lambda n: [advance() for _ in range(n)], on_error=on_error)
+                                             on_pair=lambda n: [advance() for _ in range(n)], on_error=on_error, split=split)
             except NothingToTune as exc:  # one checkpoint of a family: the others are still tuned
                 kept = "left as it is"
                 if folder is not None:  # the family under --out stays whole, this file as it was
@@ -982,6 +982,11 @@ def print_checkpoint(checkpoint: Path) -> None:
         table.add_row("class offsets", ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
     if any(info.continuation):
         table.add_row("continuation", continuation_text(info.continuation))
+    tuned_on = info.training.get("class_bias_tuned_on")
+    if tuned_on and (info.class_bias or any(info.continuation)):
+        split = f", split {tuned_on['split']}" if tuned_on.get("split") else ""
+        table.add_row("tuned on", f"{tuned_on.get('data')}{split}, {tuned_on.get('pairs')} pairs: PA-mIoU "
+                                  f"{tuned_on.get('pa_miou_before')} -> {tuned_on.get('pa_miou_after')}")
     table.add_row("package version", info.package_version)
     console.print(table)
 

@@ -152,3 +152,17 @@ def test_tune_of_a_family_whose_objects_file_finds_no_object_tunes_the_rest_and_
     assert "general.safetensors: PA-mIoU on" in text and "objects.safetensors could fill; nothing to tune on: copied unchanged to" in text
     assert sorted(p.name for p in out.iterdir()) == ["general.safetensors", "objects.safetensors"]
     assert (out / "objects.safetensors").read_bytes() == (family / "objects.safetensors").read_bytes()
+
+
+def test_a_tuned_checkpoint_says_where_its_offsets_were_tuned(tmp_path, trained_family, monkeypatch):
+    from conftest import make_voc
+
+    make_voc(tmp_path / "voc", count=6, size=64, seed=5)
+    monkeypatch.chdir(tmp_path)  # a relative DATA, as users type it
+    result = runner.invoke(app, ["tune", "voc", "--split", "val", "--models", str(trained_family), "--out", "tuned", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = read_info(tmp_path / "tuned" / "mask-0.50" / "best.safetensors").training["class_bias_tuned_on"]
+    # was {"data": "voc", ...}: relative to a folder it does not name, and silent on the split (train or val?)
+    assert record["data"] == str((tmp_path / "voc").resolve()) and record["split"] == "val" and record["pairs"] == 2
+    shown = " ".join(runner.invoke(app, ["inspect", "tuned"]).output.split())
+    assert "│ tuned on │" in shown and "split val, 2 pairs: PA-mIoU" in shown, shown
