@@ -430,9 +430,15 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
     grows_labels = (not info.model.branch_reads_labels and info.model.image_branch == mine.image_branch
                     and replace(info.model, branch_reads_labels=mine.branch_reads_labels) == mine)
     grows_branch = grows_branch or grows_labels
-    if not info.label_space.same_classes(space):  # first: no option fixes it
-        raise LmaeError(f"--init {path}: its label space ({info.label_space.describe()}) differs from the data's ({space.describe()}); "
-                        "a checkpoint can only start a model of the same classes")
+    if not info.label_space.same_classes(space):  # first: no other option fixes it
+        theirs = info.label_space
+        hint = ""
+        if not space.has_names:  # scanned from the labels (no classes.txt): labels coded as the checkpoint's may be read otherwise
+            background = "none" if theirs.background_id is None else theirs.background_id
+            hint = (f"; if your labels are coded as its are, say so: --num-classes {theirs.num_classes} --background-id {background} "
+                    f"--void-id {theirs.void_id} (or put the classes.txt of its data beside yours)")
+        raise LmaeError(f"--init {path}: its label space ({theirs.describe()}) differs from the data's ({space.describe()}); "
+                        f"a checkpoint can only start a model of the same classes{hint}")
     if info.model != model.config and not grows_branch:
         mine, theirs = model.config.to_dict(), info.model.to_dict()
         differs = ", ".join(f"{key} {theirs[key]} (this run: {mine[key]})" for key in theirs if theirs[key] != mine.get(key))

@@ -10,13 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_scene, make_voc
-from lmae_repair.checkpoints import load_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.data import discover
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.losses import lmae_loss
 from lmae_repair.masking import expand_patch_mask, mixed_training_mask
-from lmae_repair.model import LabelMAE, preset_config
+from lmae_repair.model import LabelMAE, ModelConfig, preset_config
 from lmae_repair.quantise import quantised_branch
 from lmae_repair.train import validate
 
@@ -622,3 +622,19 @@ def test_train_with_an_init_run_folder_or_family_name_names_the_checkpoint_files
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "concrete: a bundled family, not a checkpoint file" in text and "mask-0.50.safetensors" in text, text
     assert not (tmp_path / "run").exists()
+
+
+def test_an_init_of_another_label_space_on_unnamed_labels_says_which_options_would_match_it(tmp_path):
+    config = ModelConfig(num_classes=3, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    start = tmp_path / "camvid-like.safetensors"  # no background class, void 3 (CamVid's layout of values)
+    save_checkpoint(start, LabelMAE(config), CheckpointInfo(config, 0.5, LabelSpace(3, ["sky", "road", "car"], background_id=None, void_id=3)))
+    label = np.zeros((64, 64), np.uint8)
+    label[:, 20:40], label[:, 40:] = 1, 3  # a few pairs copied without the dataset's classes.txt: 3 is scanned as a class
+    for folder, array in (("images", np.zeros((64, 64, 3), np.uint8)), ("labels", label)):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        Image.fromarray(array).save(tmp_path / "data" / folder / ("a.jpg" if folder == "images" else "a.png"))
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--crop", "32",
+                                 "--init", str(start), "--device", "cpu"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a checkpoint can only start a model of the same classes" in text, text
+    assert "say so: --num-classes 3 --background-id none --void-id 3" in text
