@@ -772,7 +772,7 @@ def average(
     A small model trained at a constant learning rate swings from epoch to epoch; the average of its epochs beat every single epoch for the bundled camvid models (models/camvid/README.md)."""
 
     def run() -> None:
-        from lmae_repair.checkpoints import average_checkpoints, save_checkpoint
+        from lmae_repair.checkpoints import average_checkpoints, read_info, save_checkpoint
         from lmae_repair.data import distinct_files
         from lmae_repair.train import EPOCH_FILES
 
@@ -792,6 +792,9 @@ def average(
         model, info = average_checkpoints(files)
         save_checkpoint(out, model, info, half=half)
         console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)
+        if any(read_info(f).class_bias or any(read_info(f).continuation) for f in files):
+            console.print(f"note: the class offsets and continuation bonuses the checkpoints carried were tuned for their own "
+                          f"weights and are not carried over; tune the average: lmae-repair tune DATA --models {out}", highlight=False)
 
     guarded(run)
 

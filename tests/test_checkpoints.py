@@ -190,6 +190,23 @@ def test_average_is_the_mean_of_the_weights_and_refuses_another_model(tmp_path):
         average_checkpoints([first, larger])
 
 
+def test_average_of_tuned_checkpoints_says_their_offsets_are_not_carried_over(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    first, model, info = saved(tmp_path / "a")
+    tuned = tmp_path / "tuned.safetensors"
+    save_checkpoint(tuned, model, CheckpointInfo(CONFIG, 0.5, info.label_space, class_bias=[0.5] + [0.0] * (CONFIG.num_classes - 1)))
+    result = CliRunner().invoke(app, ["average", str(first), str(tuned), "--out", str(tmp_path / "avg.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "not carried over; tune the average" in " ".join(result.output.split())
+    assert read_info(tmp_path / "avg.safetensors").class_bias == []
+    save_checkpoint(tmp_path / "untuned.safetensors", model, CheckpointInfo(CONFIG, 0.5, info.label_space))
+    plain = CliRunner().invoke(app, ["average", str(first), str(tmp_path / "untuned.safetensors"), "--out", str(tmp_path / "b.safetensors")])
+    assert plain.exit_code == 0 and "not carried over" not in plain.output
+
+
 def test_a_checkpoint_can_attend_only_near_the_patches_it_rebuilds(tmp_path):
     """`families.set_context` copies a checkpoint (weights unchanged) whose encoder and decoder
     then see only the patches near those being rebuilt (`context_patches`): what lies far away
