@@ -423,7 +423,9 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
     branch starts fresh and the refiner's weights for its features start at zero, so training
     starts from exactly the checkpoint's predictions. Likewise a branch that reads the image only
     may start one that also reads the labels (`--branch-reads-labels`): the U-Net's first
-    convolution gets zero weights for the label planes."""
+    convolution gets zero weights for the label planes. Data whose classes are numbered only
+    (no classes.txt, `--num-classes`) takes the checkpoint's class names (and palette), so that the
+    fine-tuned files still say sky, road... instead of class_0, class_1..."""
     source, info = load_checkpoint(path)
     mine = model.config
     grows_branch = not info.model.image_branch and replace(info.model, image_branch=mine.image_branch) == replace(mine, branch_reads_labels=False)
@@ -439,6 +441,8 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
                     f"--void-id {theirs.void_id} (or put the classes.txt of its data beside yours)")
         raise LmaeError(f"--init {path}: its label space ({theirs.describe()}) differs from the data's ({space.describe()}); "
                         f"a checkpoint can only start a model of the same classes{hint}")
+    if not space.has_names and info.label_space.has_names:  # labels copied without their class list: the checkpoint's names
+        space.names, space.palette = list(info.label_space.names), space.palette or info.label_space.palette
     if info.model != model.config and not grows_branch:
         mine, theirs = model.config.to_dict(), info.model.to_dict()
         differs = ", ".join(f"{key} {theirs[key]} (this run: {mine[key]})" for key in theirs if theirs[key] != mine.get(key))

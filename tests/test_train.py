@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_scene, make_voc
-from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.data import discover
 from lmae_repair.labelspace import LabelSpace
@@ -638,3 +638,10 @@ def test_an_init_of_another_label_space_on_unnamed_labels_says_which_options_wou
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "a checkpoint can only start a model of the same classes" in text, text
     assert "say so: --num-classes 3 --background-id none --void-id 3" in text
+    tiny = tmp_path / "tiny.safetensors"  # the same classes at the architecture train builds by default
+    save_checkpoint(tiny, LabelMAE(preset_config("tiny", 3)), CheckpointInfo(preset_config("tiny", 3), 0.5, read_info(start).label_space))
+    told = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", "--crop", "32",
+                               "--init", str(tiny), "--device", "cpu", "--num-classes", "3", "--background-id", "none", "--void-id", "3"])
+    assert told.exit_code == 0, told.output
+    # the fine-tuned file keeps the classes' names, not class_0, class_1, class_2
+    assert read_info(tmp_path / "run" / "mask-0.50" / "best.safetensors").label_space.names == ["sky", "road", "car"]
