@@ -124,6 +124,18 @@ def save_checkpoint(path: Path, model: LabelMAE, info: CheckpointInfo, half: boo
     atomic_write(Path(path), lambda f: f.write(payload))
 
 
+def offsets_text(names: list[str], bias: list[float]) -> str:
+    """A checkpoint's class offsets (`lmae-repair tune`) in words, one per class."""
+    return ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, bias))
+
+
+def continuation_text(bonus: list[float]) -> str:
+    """The continuation bonuses (continuation.py) in words; "none" without any."""
+    if not any(bonus):
+        return "none"
+    return ", ".join(f"{direction} {b:+.1f}" for direction, b in zip(("down columns", "along rows"), bonus) if b)
+
+
 def read_info(path: Path) -> CheckpointInfo:
     """The metadata of a checkpoint, without loading its weights."""
     metadata, _ = _open(Path(path), load_tensors=False)

@@ -792,7 +792,7 @@ def average(
         model, info = average_checkpoints(files)
         save_checkpoint(out, model, info, half=half)
         console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)
-        if any(read_info(f).class_bias or any(read_info(f).continuation) for f in files):
+        if any(info.class_bias or any(info.continuation) for info in map(read_info, files)):
             console.print(f"note: the class offsets and continuation bonuses the checkpoints carried were tuned for their own "
                           f"weights and are not carried over; tune the average: lmae-repair tune DATA --models {out}", highlight=False)
 
@@ -898,15 +898,10 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
     return folder
 
 
-def continuation_text(bonus: list[float]) -> str:
-    """The continuation bonuses in words (continuation.py)."""
-    if not any(bonus):
-        return "none"
-    return ", ".join(f"{direction} {b:+.1f}" for direction, b in zip(("down columns", "along rows"), bonus) if b)
-
-
 def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:
     """The figures before and after the offsets, and a note when they lose on held-out pairs."""
+    from lmae_repair.checkpoints import continuation_text
+
     offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, result["bias"]) if b)
     held_out = ""
     if "held_out_after" in result:
@@ -919,7 +914,7 @@ def print_tune_result(path: Path, target: Path, result: dict, names: list[str], 
         keep = "the file now carries them" if in_place else f"{path} itself is unchanged"
         console.print(f"note: too few pairs to score the offsets on pairs they were not tuned on; offsets from so few "
                       f"rarely carry over to other labels: tune on more pairs, 20 or more ({keep})", highlight=False)
-    elif "held_out_after" in result and round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
+    elif round(result["held_out_after"], 3) < round(result["held_out_before"], 3):
         keep = "the file now carries them; tune with --out to compare before replacing" if in_place else f"{path} itself is unchanged"
         console.print(f"note: on pairs they were not tuned on the offsets lose; tune on more pairs ({keep})", highlight=False)
 
@@ -952,7 +947,7 @@ def inspect(
 
 
 def print_checkpoint(checkpoint: Path) -> None:
-    from lmae_repair.checkpoints import load_checkpoint
+    from lmae_repair.checkpoints import continuation_text, load_checkpoint, offsets_text
 
     model, info = load_checkpoint(checkpoint)
     table = key_value_table(str(checkpoint))
@@ -982,7 +977,7 @@ def print_checkpoint(checkpoint: Path) -> None:
     if info.context_patches:
         table.add_row("attends within", f"{info.context_patches} patches of the patches it rebuilds")
     if info.class_bias:
-        table.add_row("class offsets", ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
+        table.add_row("class offsets", offsets_text(info.label_space.names, info.class_bias))
     if any(info.continuation):
         table.add_row("continuation", continuation_text(info.continuation))
     tuned_on = info.training.get("class_bias_tuned_on")

@@ -136,8 +136,7 @@ def family_difference(info: CheckpointInfo, first: CheckpointInfo, first_path: P
     Class names count where both files have them: a file for "rust, corrosion" beside files for
     "crack, spalling" would fill a crack with rust."""
     mine, theirs = info.label_space, first.label_space
-    named_apart = mine.has_names and theirs.has_names and [n.strip().lower() for n in mine.names] != [n.strip().lower() for n in theirs.names]
-    if not mine.same_classes(theirs) or named_apart:
+    if not (mine.same_classes(theirs) and mine.same_names(theirs)):
         return f"its label space ({mine.describe()}) differs from that of {first_path} ({theirs.describe()})"
     if info.model.patch_size != first.model.patch_size:
         return f"its patch size ({info.model.patch_size}) differs from that of {first_path} ({first.model.patch_size})"

@@ -135,6 +135,8 @@ def model_card(repo_id: str, checkpoints) -> str:
 def training_lines(info) -> list[str]:
     """How one file was made, as model card lines: its training run, the checkpoint it was
     fine-tuned from, the epochs averaged into it and the offsets it was tuned with."""
+    from lmae_repair.checkpoints import continuation_text, offsets_text
+
     training = info.training
     lines = [f"- {key}: `{training[key]}`" for key in
              ("command", "data", "layout", "split", "pairs", "preset", "epochs", "crop", "device", "train_seconds", "init")
@@ -143,10 +145,9 @@ def training_lines(info) -> list[str]:
         lines.append(f"- averaged: the weights of {len(training['averaged_from'])} checkpoints "
                      f"({', '.join(Path(p).name for p in training['averaged_from'])})")
     if any(info.class_bias):
-        lines.append("- class offsets (`lmae-repair tune`): " + ", ".join(f"{name} {b:+.1f}" for name, b in zip(info.label_space.names, info.class_bias)))
+        lines.append("- class offsets (`lmae-repair tune`): " + offsets_text(info.label_space.names, info.class_bias))
     if any(info.continuation):
-        lines.append("- continuation bonuses (`lmae-repair tune`): " + ", ".join(
-            f"{direction} {b:+.1f}" for direction, b in zip(("down columns", "along rows"), info.continuation) if b))
+        lines.append("- continuation bonuses (`lmae-repair tune`): " + continuation_text(info.continuation))
     return lines
 
 

@@ -337,7 +337,7 @@ def resumed_run_options(folder: Path, options: TrainOptions, console: Console) -
     state_path = folder / STATE_FILE
     if not (options.resume and state_path.exists()):
         return options
-    info = saved_run_info(state_path)
+    info = load_saved_run(state_path)[1]
     started_from = info.training.get("init")
     if options.init is not None and (started_from is None or Path(options.init).resolve() != Path(started_from).resolve()):
         console.print(f"note: {folder} was started from {started_from or 'no checkpoint (random weights)'}; "
@@ -701,10 +701,6 @@ def load_saved_run(path: Path) -> tuple[dict, CheckpointInfo]:
         return saved, CheckpointInfo.from_json(saved["info"])
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable training state ({type(exc).__name__}: {str(exc)[:120]})") from None
-
-
-def saved_run_info(path: Path) -> CheckpointInfo:
-    return load_saved_run(path)[1]
 
 
 def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOptions) -> None:

@@ -137,6 +137,23 @@ def test_train_killed_part_way_resumes_from_the_last_saved_epoch(tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
+def ctrl_c_on_the_third_batch(monkeypatch):
+    """Makes `complete` meet a Ctrl-C as it repairs its third batch; returns the real
+    `repair_batch`, to put back."""
+    from lmae_repair.complete import Completer
+
+    real, calls = Completer.repair_batch, []
+
+    def interrupted(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(Completer, "repair_batch", interrupted)
+    return real
+
+
 def test_an_interrupted_rerun_with_other_models_leaves_no_report_of_the_earlier_run(tmp_path, family, monkeypatch):
     """The earlier run's lmae-report.json named other checkpoints and other pixel counts than the
     labels the interrupted rerun had already replaced: a script reading it was told wrong."""
@@ -150,15 +167,7 @@ def test_an_interrupted_rerun_with_other_models_leaves_no_report_of_the_earlier_
     assert CliRunner().invoke(app, args).exit_code == 0
     assert (out / "lmae-report.json").is_file()
 
-    real, calls = Completer.repair_batch, []
-
-    def ctrl_c_on_the_third_batch(self, batch):
-        calls.append(len(batch))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(Completer, "repair_batch", ctrl_c_on_the_third_batch)
+    real = ctrl_c_on_the_third_batch(monkeypatch)
     other_options = args + ["--min-confidence", "0"]
     result = CliRunner().invoke(app, other_options)
     assert result.exit_code == 130
@@ -201,15 +210,7 @@ def test_ctrl_c_keeps_the_pairs_written_so_far_and_says_how_to_go_on(tmp_path, f
     from lmae_repair.cli import app
     from lmae_repair.complete import Completer
 
-    real, calls = Completer.repair_batch, []
-
-    def ctrl_c_on_the_third_batch(self, batch):
-        calls.append(len(batch))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    monkeypatch.setattr(Completer, "repair_batch", ctrl_c_on_the_third_batch)
+    real = ctrl_c_on_the_third_batch(monkeypatch)
     root = make_paired(tmp_path / "ds", count=4, size=40)
     args = ["complete", str(root), "--out", str(tmp_path / "out"), "--models", str(family), "--device", "cpu", "--batch-size", "1", "--workers", "0"]
     result = CliRunner().invoke(app, args)
