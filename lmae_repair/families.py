@@ -143,18 +143,24 @@ def family_difference(info: CheckpointInfo, first: CheckpointInfo, first_path: P
     return None
 
 
-def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, palette: list[int] | None = None) -> str | None:
-    """What is wrong where every sampled label holds only 0 and 255 and nothing names classes (no
-    class list, no palette): binary masks saved black and white, whose 255 is void in these label
-    spaces (Pascal VOC's convention), so a repair would fill every object as missing annotation.
-    None for other labels, and for data that declares its classes (background and void only is
-    then a label to complete)."""
+def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, palette: list[int] | None = None,
+                       void_declared: bool = False) -> str | None:
+    """What is wrong where every sampled label holds only 0 and 255 and nothing says 255 is void
+    (a palette, or a class list that names 255 as void, `void_declared`): binary masks saved black
+    and white, whose 255 is void in these label spaces (Pascal VOC's convention), so a repair
+    would fill every object as missing annotation. A class list of names alone (`background`,
+    `lesion`) does not excuse them: it names a value 1 that no label holds, and with a checkpoint
+    trained on 0/1 masks `complete` had turned every lesion into background. None for other
+    labels (background and void only, where the data says 255 is void, is a label to complete)."""
     every = set().union(*values) if values else set()
-    if every != {0, 255} or names or palette:
+    if every != {0, 255} or palette or void_declared:
         return None
-    return ("the labels hold only 0 and 255 (binary masks saved black and white?), and 255 is void here, so every "
+    listed = f" (the class list names {first_names(names)} but not what 255 is)" if names else ""
+    return (f"the labels hold only 0 and 255 (binary masks saved black and white?), and 255 is void here{listed}, so every "
             "object would be taken for missing annotation and filled: save the objects as 1 (0/1 masks; e.g. with "
-            "numpy, (mask == 255).astype(np.uint8) into new files), then run this again")
+            "numpy, (mask == 255).astype(np.uint8) into new files), then run this again"
+            + ("; if 255 is missing annotation, say so in the class list (lines `0 background`, ..., `255 void`)"
+               if names else ""))
 
 
 PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one
@@ -254,7 +260,8 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
         checkpoints = find_checkpoints(list(specs))
         path, info = checkpoints[0]
         values, names, palette = dataset_evidence(index)
-        problem = masks_of_0_and_255(values, names, palette) if info.label_space.void_id == 255 else None
+        problem = (masks_of_0_and_255(values, names, palette, void_declared=declared_classes(index.root, index.known_class_names)[2] == 255)
+                   if info.label_space.void_id == 255 else None)
         if problem:
             raise LmaeError(f"{index.root}: {problem}")
         if values and match_score(info, values, names, palette) is None:

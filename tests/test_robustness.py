@@ -444,8 +444,9 @@ def test_masks_saved_as_0_and_255_are_refused_not_filled(tmp_path, family):
     from lmae_repair.families import masks_of_0_and_255
 
     assert masks_of_0_and_255([{0, 255}, {0}]) is not None
-    # data that names its classes (a class list, a palette): background and void only is a label to complete
-    assert masks_of_0_and_255([{0, 255}], names=["background", "crack"]) is None
+    # data that says 255 is void (a class list naming it, a palette): background and void only is a label to complete
+    assert masks_of_0_and_255([{0, 255}], names=["background", "crack"]) is not None  # names alone say nothing of 255
+    assert masks_of_0_and_255([{0, 255}], names=["background", "crack"], void_declared=True) is None
     assert masks_of_0_and_255([{0, 255}], palette=[0, 0, 0, 128, 0, 0]) is None
     assert masks_of_0_and_255([{0, 1, 255}]) is None
     (root / "classes.txt").write_text("background\nlesion\n")  # named classes: still no label holds lesion
@@ -454,6 +455,26 @@ def test_masks_saved_as_0_and_255_are_refused_not_filled(tmp_path, family):
     unmatched = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")])  # no bundled family fits
     one_line_error(unmatched, "the labels hold only 0 and 255")
     assert "lmae-repair train" not in unmatched.output  # which would refuse them too
+
+
+def test_masks_of_0_and_255_beside_a_plain_class_list_are_refused_not_filled(tmp_path, family):
+    """A classes.txt of names (`background`, `lesion`) says nothing of 255: with a checkpoint
+    trained on 0/1 masks, complete took 255 for void and turned the lesions of 0/255 masks into
+    background (14% of the pixels of a set of binary masks changed, exit 0). Refused like unnamed
+    masks, unless the class list itself names 255 as void."""
+    root = make_paired(tmp_path / "ds", count=3)
+    for label in (root / "labels").iterdir():
+        values = np.array(Image.open(label))
+        Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8)).save(label)
+    (root / "classes.txt").write_text("background\nlesion\n")
+    for command in (["complete", str(root), "--models", str(family), "--out", str(tmp_path / "o")],
+                    ["evaluate", str(root), "--models", str(family)],
+                    ["audit", str(root), "--models", str(family)]):
+        one_line_error(runner.invoke(app, command), "0 and 255", "save the objects as 1", "255 void")
+    assert not (tmp_path / "o").exists()
+    (root / "classes.txt").write_text("0 background\n1 lesion\n255 void\n")  # 255 said to be missing annotation
+    done = runner.invoke(app, ["complete", str(root), "--models", str(family), "--out", str(tmp_path / "o")])
+    assert done.exit_code == 0, done.output
 
 
 def test_workers_ended_by_the_groups_signal_count_as_an_interruption():
