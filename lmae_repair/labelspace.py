@@ -202,6 +202,11 @@ def read_class_list(path: Path) -> tuple[list[str], int | None]:
         classes = {value: name for value, name in by_value.items() if value != void_id}
         if not classes:
             raise LmaeError(f"{path}: no class in it, only the void value")
+        if max(classes) >= 255:  # `255 lesion` for 0/255 masks: 256 classes, refused with no file named
+            value = max(classes)
+            raise LmaeError(f"{path}: class value {value} ({classes[value]}): classes take the values 0, 1, 2... below 255 "
+                            f"(255 is void unless a line names another); for masks of 0 and {value}, save the objects as 1 "
+                            f"(e.g. with numpy, (mask == {value}).astype(np.uint8) into new files) and list `1 {classes[value]}`")
         return [classes.get(value, f"class_{value}") for value in range(max(classes) + 1)], void_id
     if lines[0].lower() == "__ignore__" and len(lines) > 1:
         return lines[1:], DEFAULT_VOID_ID

@@ -458,6 +458,17 @@ def test_class_lists_that_give_values_or_come_from_labelme_are_read_as_meant(tmp
     assert (space.names, space.background_id, space.void_id) == expected
 
 
+def test_a_class_list_giving_a_class_the_value_255_names_the_file_and_the_way_out(tmp_path):
+    """`0 background` / `255 lesion` is how a curator of 0/255 masks lists them: it made 256
+    classes, refused as 'label space: number of classes must be 1..255, got 256', naming no file."""
+    (tmp_path / "classes.txt").write_text("0 background\n255 lesion\n")
+    with pytest.raises(LmaeError, match=r"classes.txt: class value 255 \(lesion\).*save the objects as 1") as error:
+        build_label_space(tmp_path)
+    assert "`1 lesion`" in str(error.value)
+    (tmp_path / "classes.txt").write_text("0 background\n1 lesion\n255 void\n")  # void may be 255
+    assert build_label_space(tmp_path).num_classes == 2
+
+
 def test_label_space_defaults_without_classes_txt(tmp_path):
     space = build_label_space(tmp_path / "nothing", scanned_max_value=6)
     assert (space.num_classes, space.background_id, space.void_id) == (7, 0, 255)
