@@ -163,6 +163,31 @@ def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, p
                if names else ""))
 
 
+SOFT_EDGE_VALUES = 16  # distinct values between 0 and 255 from which 0/255 masks are taken for soft-edged
+SOFT_EDGE_SHARE = 0.1  # ... while those values cover at most this share of the pixels (the edges)
+
+
+def soft_edged_masks(histogram, num_classes: int) -> str | None:
+    """What is wrong where labels whose classes are counted from their values (no class list)
+    are 0/255 masks with soft edges: mostly 0 and 255, and many values between them on a few
+    pixels, as a mask resized with bilinear interpolation (or saved from a probability map)
+    holds. `train` took each value for a class (250 classes, 48M parameters, with the objects
+    void) and trained on them without a word. `histogram`: pixel count per value, all labels."""
+    import numpy as np
+
+    counts = np.asarray(histogram)
+    between = counts[1:255]
+    if not (counts[0] and counts[255]) or int((between > 0).sum()) < SOFT_EDGE_VALUES:
+        return None
+    share = float(between.sum()) / float(counts.sum())
+    if share > SOFT_EDGE_SHARE:
+        return None
+    return (f"the labels look like masks of 0 and 255 with soft edges ({int((between > 0).sum())} values between them, on "
+            f"{share:.1%} of the pixels, as a mask resized with bilinear interpolation holds), which would be read as "
+            f"{num_classes} classes with 255 void: threshold them into 0/1 masks (e.g. with numpy, (mask >= 128).astype(np.uint8) "
+            "into new files; resize masks with nearest-neighbour only), or pass --num-classes where the values are classes")
+
+
 PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one
 
 

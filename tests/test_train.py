@@ -295,6 +295,25 @@ def test_binary_masks_of_0_and_255_are_refused_with_what_255_means_here(tmp_path
     assert "the labels hold only 0 and 255" in " ".join(audited.output.split())  # why every label looks empty
 
 
+def test_masks_of_0_and_255_with_soft_edges_are_refused_not_read_as_250_classes(tmp_path):
+    """0/255 masks resized with bilinear interpolation hold every value between at their edges:
+    train counted 250 classes from them (a 48M-parameter model, the objects void) and trained
+    without a word. Refused, saying to threshold them; --num-classes says the values are classes."""
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    for path in (root / "labels").glob("*.png"):
+        mask = Image.fromarray((np.array(Image.open(path)) > 0).astype(np.uint8) * 255)
+        mask.resize((96, 96), Image.BILINEAR).resize((64, 64), Image.BILINEAR).save(path)
+    args = ["train", str(root), "--epochs", "1", "--crop", "64", "--workers", "0", "--out", str(tmp_path / "r")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "soft edges" in result.output and "(mask >= 128)" in result.output, result.output
+    assert not (tmp_path / "r").exists()
+    from lmae_repair.families import soft_edged_masks
+
+    histogram = np.zeros(256, np.int64)
+    histogram[[0, 1, 2, 255]] = [900, 50, 30, 20]  # three classes and void: not soft edges
+    assert soft_edged_masks(histogram, 3) is None
+
+
 def test_validation_labels_beyond_the_classes_counted_from_training_say_how_to_give_the_count(tmp_path):
     root = make_voc(tmp_path / "voc", count=6, size=64)
     train_names = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
