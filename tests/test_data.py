@@ -476,6 +476,15 @@ def test_label_space_defaults_without_classes_txt(tmp_path):
         LabelSpace(5, void_id=3)
 
 
+def test_isic_style_segmentation_masks_pair_with_their_images(tmp_path):
+    """ISIC's skin-lesion masks are named ISIC_0000000_segmentation.png beside ISIC_0000000.jpg:
+    every one was reported as 'no image with the same name' and nothing paired."""
+    image, label = make_scene(np.random.default_rng(0))
+    write_pair(tmp_path / "ds" / "images" / "ISIC_0000000.jpg", tmp_path / "ds" / "masks" / "ISIC_0000000_segmentation.png", image, label)
+    index = discover(tmp_path / "ds")
+    assert keys(index) == ["masks/ISIC_0000000_segmentation.png"] and not index.unmatched
+
+
 def test_images_and_labels_in_one_folder_pair_by_name_not_with_themselves(tmp_path):
     """x.jpg beside x_mask.png (or x.png) in one folder: the PNG is the label of the JPEG, never
     an image of its own paired with itself."""
