@@ -230,13 +230,15 @@ def train_one_ratio(
     console.print(Text.assemble(
         (f"mask ratio {ratio:.2f}", "bold"), f": {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
         f"parameters, patch {config.patch_size}, {len(data.train_pairs)} training pairs, "
-        f"{len(data.val_pairs)} validation pairs, device {device}{processes}"
+        f"{len(data.val_pairs)} validation pairs, device {device}{processes}; "
+        f"{epoch_plan(state.epoch, options.epochs, options.max_minutes)}"
     ))
     use_amp = device.type == "cuda"
     calibration = calibration_crops(data.train_pairs, options.crop) if config.image_branch and ranks.is_main else ([], [])
     with training_progress(console, disable=not ranks.is_main) as progress:
         task = progress.add_task(
-            f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0
+            f"m={ratio:.2f}", total=(options.epochs - state.epoch) * len(loader), loss=float("nan"), speed=0.0,
+            deadline=time.monotonic() + 60.0 * options.max_minutes if options.max_minutes else None,
         )
         run_started, epoch_seconds = time.perf_counter(), []
         for epoch in range(state.epoch + 1, options.epochs + 1):
@@ -275,6 +277,11 @@ def train_one_ratio(
                 info.int8_calibration = calibrate(model, *calibration)
                 save_epoch(folder, model, optimizer, plateau, state, improved, info, options.keep_epochs)
                 progress.console.print(epoch_line(record, improved))
+            if options.max_minutes:  # the bar (and its ETA) ends where the budget will stop the run
+                more = epochs_within_budget(options.max_minutes, time.perf_counter() - run_started, epoch_seconds,
+                                            options.epochs - epoch)
+                done = next(t.completed for t in progress.tasks if t.id == task)
+                progress.update(task, total=done + more * len(loader))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
 
@@ -375,6 +382,23 @@ def next_epoch_would_overrun(max_minutes: float, elapsed: float, epoch_seconds: 
         return False
     over = bool(epoch_seconds) and elapsed + max(epoch_seconds) > 60.0 * max_minutes
     return bool(sum_across_ranks(torch.tensor([float(over)])).item() > 0)
+
+
+def epochs_within_budget(max_minutes: float, elapsed: float, epoch_seconds: list[float], left: int) -> int:
+    """How many of the `left` epochs still to reach --epochs will run within `max_minutes`, by
+    `next_epoch_would_overrun`'s rule (each as long as the longest so far): what the progress bar
+    counts to, so that its ETA is the run's end, not that of epochs the budget will never begin."""
+    longest = max(epoch_seconds)
+    if longest <= 0:
+        return left
+    return max(0, min(left, int((60.0 * max_minutes - elapsed) // longest)))
+
+
+def epoch_plan(done: int, epochs: int, max_minutes: float) -> str:
+    """What the run is set to train, for its first line: the epochs to reach and the budget."""
+    if epochs <= done + 1:  # one epoch: it always runs, whatever the budget
+        return f"epoch {epochs}"
+    return f"epochs {done + 1}-{epochs}" + (f" (fewer if --max-minutes {max_minutes:g} runs out first)" if max_minutes else "")
 
 
 def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo,
@@ -732,6 +756,25 @@ def epoch_line(record: dict, improved: bool) -> Text:
     return Text.assemble("  ".join(parts), ("  best", "green") if improved else "")
 
 
+class BudgetTimeRemainingColumn(TimeRemainingColumn):
+    """The time remaining, never past the task's `deadline` field (the --max-minutes budget's end,
+    `time.monotonic`): in the first epoch the rate of its steps says nothing yet of when the budget
+    stops the run, and the ETA of every epoch to --epochs (an hour for a run of one minute) is not
+    what happens."""
+
+    def render(self, task) -> Text:
+        shown = super().render(task)
+        deadline = task.fields.get("deadline")
+        if deadline is None or task.finished:
+            return shown
+        left = max(deadline - time.monotonic(), 0.0)
+        if task.time_remaining is not None and task.time_remaining <= left:
+            return shown
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+
 def training_progress(console: Console, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -741,7 +784,7 @@ def training_progress(console: Console, disable: bool = False) -> Progress:
         TextColumn("{task.fields[speed]:.1f} img/s"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        BudgetTimeRemainingColumn(),
         console=console,
         disable=disable,
     )

@@ -664,3 +664,35 @@ def test_an_init_of_another_label_space_on_unnamed_labels_says_which_options_wou
     assert told.exit_code == 0, told.output
     # the fine-tuned file keeps the classes' names, not class_0, class_1, class_2
     assert read_info(tmp_path / "run" / "mask-0.50" / "best.safetensors").label_space.names == ["sky", "road", "car"]
+
+
+def test_with_a_time_budget_the_progress_bar_ends_where_the_run_will_stop_not_at_every_epoch():
+    """`train --max-minutes 1` with the default 50 epochs showed 'ETA 0:58:08' after a few steps
+    of a run that stopped a minute in: the ETA counted the epochs the budget never begins."""
+    import time
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from lmae_repair.train import BudgetTimeRemainingColumn, epoch_plan, epochs_within_budget
+
+    clock = [0.0]
+    progress = Progress(BudgetTimeRemainingColumn(), console=Console(file=open("/dev/null", "w")), get_time=lambda: clock[0])
+    task = progress.add_task("m=0.50", total=250, deadline=time.monotonic() + 60.0)
+    for second in (0.0, 15.0, 30.0):  # a step every 15 s: 248 steps to go would take an hour
+        clock[0] = second
+        progress.advance(task)
+    shown = progress.columns[0].render(progress.tasks[0]).plain
+    hours, minutes, seconds = (int(part) for part in shown.split(":"))
+    assert hours * 3600 + minutes * 60 + seconds <= 60, shown
+    unlimited = progress.add_task("m=0.25", total=250)  # no budget: the plain estimate
+    for second in (30.0, 45.0, 60.0):
+        clock[0] = second
+        progress.advance(unlimited)
+    assert progress.columns[0].render(progress.tasks[1]).plain.startswith("1:"), "an hour and more"
+    # after an epoch the bar counts to the epochs that fit (next_epoch_would_overrun's rule)
+    assert epochs_within_budget(1.0, 35.0, [35.0], 49) == 0  # 35 + 35 > 60: the run stops
+    assert epochs_within_budget(10.0, 60.0, [60.0], 49) == 9
+    assert epochs_within_budget(1000.0, 60.0, [60.0], 4) == 4  # --epochs comes first
+    assert epoch_plan(0, 50, 1.0) == "epochs 1-50 (fewer if --max-minutes 1 runs out first)"
+    assert epoch_plan(2, 4, 0.0) == "epochs 3-4"
+    assert epoch_plan(0, 1, 1.0) == "epoch 1"  # at least one epoch always runs
