@@ -29,6 +29,7 @@ class LabelScan:
     problems: list[str] = field(default_factory=list)
     palette: list[int] | None = None
     short_sides: dict[Pair, int] = field(default_factory=dict)  # each readable label's shorter side, in pixels
+    shapes: dict[Pair, tuple[int, int]] = field(default_factory=dict)  # each readable label's (height, width)
 
     def median_short_side(self, pairs: list[Pair]) -> int:
         """The scale the model will learn its objects at (`repair.working_scale`)."""
@@ -54,7 +55,7 @@ def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) ->
     """Read every label (and its image's header): value histogram, first palette, and the pairs
     that cannot be used, each with a one-line reason."""
     histogram = np.zeros(256, dtype=np.int64)
-    good, values, problems, palette, short_sides = [], {}, [], None, {}
+    good, values, problems, palette, short_sides, shapes = [], {}, [], None, {}, {}
     for pair in pairs:
         try:
             label = read_label(pair.label)
@@ -66,12 +67,13 @@ def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) ->
             histogram += counts
             values[pair] = np.flatnonzero(counts)
             short_sides[pair] = min(label.values.shape)
+            shapes[pair] = label.values.shape
             good.append(pair)
             if palette is None and label.palette is not None:
                 palette = label.palette
         if on_step is not None:
             on_step()
-    return LabelScan(histogram, good, values, problems, palette, short_sides)
+    return LabelScan(histogram, good, values, problems, palette, short_sides, shapes)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray, space: LabelSpace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +146,7 @@ def photometric_jitter(image: torch.Tensor, rng: np.random.Generator) -> torch.T
 
 class CropDataset(Dataset):
     """Random `crop` x `crop` windows with random horizontal flips (smaller images are extended by
-    their mirror image, as at inference), each with the objects that the `objects` strategy would erase from it (see masking.py);
+    their mirror image, as at inference, with void labels there: `_random_window`), each with the objects that the `objects` strategy would erase from it (see masking.py);
     with `photometric`, images also pass `photometric_jitter`.
     A pair that fails to load is reported once on stderr and replaced by another."""
 
@@ -186,6 +188,11 @@ class CropDataset(Dataset):
         height, width = label.shape
         if height < c or width < c:  # extended by its mirror image, as inference extends it
             image, label = mirror_pad(image.permute(1, 2, 0).numpy(), label.numpy(), max(height, c), max(width, c))
+            # but not its labels: mirrored, they would show the hidden patches' answers beside them
+            # (a 50-pixel-wide image fills a 224 crop with four more copies of itself), and weigh
+            # the image's pixels four times in the loss; void is neither learned nor scored
+            label[height:, :] = self.space.void_id
+            label[:, width:] = self.space.void_id
             height, width = label.shape
         top = int(torch.randint(0, height - c + 1, (), generator=generator)) if self.augment else (height - c) // 2
         left = int(torch.randint(0, width - c + 1, (), generator=generator)) if self.augment else (width - c) // 2

@@ -113,6 +113,7 @@ class TrainingData:
     summary: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # one line per unusable pair
     val_index: DatasetIndex | None = None  # the validation data, where other than `train`'s
+    shapes: dict[Pair, tuple[int, int]] = field(default_factory=dict)  # each training label's (height, width)
 
 
 WEIGHT_SOURCES = ("labels", "gaps")
@@ -194,8 +195,24 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     ranks = ranks_from_environment()
     device = device_for_rank(resolve_device(options.device), ranks)
     weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
+    note_small_images(console, data, options.crop)
     with process_group(ranks, device):
         return [train_one_ratio(options, data, ratio, weights, console, ranks, device) for ratio in options.mask_ratios]
+
+
+def note_small_images(console: Console, data: TrainingData, crop: int) -> None:
+    """Say which training images are smaller than the crop, and what is done with them: each crop
+    of one is filled out with its mirror image, whose labels are void (`CropDataset._random_window`),
+    so a 50x300 image trains on its own 50x224 pixels, not on four mirrored copies of them."""
+    small = [pair for pair in data.train_pairs if min(data.shapes.get(pair, (crop, crop))) < crop]
+    if not small:
+        return
+    first = min(small, key=lambda pair: pair.key)
+    height, width = data.shapes[first]
+    console.print(f"note: {len(small)} of the {len(data.train_pairs)} training images {'is' if len(small) == 1 else 'are'} "
+                  f"smaller than the {crop}-pixel crop "
+                  f"(first: {first.label}, {width}x{height}); their crops are filled out with their mirror image, "
+                  "whose labels are not trained on (void)", highlight=False)
 
 
 def train_one_ratio(
@@ -604,13 +621,17 @@ def validate(
         except LmaeError:
             continue
         height, width = label_file.values.shape
-        padded = [max(-(-side // p) * p, tile) for side in (height, width)]
+        whole = [-(-side // p) * p for side in (height, width)]
+        padded = [max(side, tile) for side in whole]
         image, label = mirror_pad(image_np, label_tensor(label_file.values, space).numpy(), *padded)  # as inference pads
         image, label = image.float().div_(255.0).to(device), label.to(device)
         generator = torch.Generator().manual_seed(seed * 100_003 + index)
-        bg = background_ratio(label[None], p, space.background_id, space.void_id)
-        mask = strategy_mask("random", bg, ratio, generator)[0]
-        probs = predict_probabilities(model, image, label, mask, tile, autocast=use_amp)
+        if padded == whole:
+            bg = background_ratio(label[None], p, space.background_id, space.void_id)
+            mask, seen = strategy_mask("random", bg, ratio, generator)[0], label
+        else:  # smaller than a tile: its mirror image must not show what it hides
+            mask, seen = hide_within_image(label, (height, width), whole, p, space, ratio, generator)
+        probs = predict_probabilities(model, image, seen, mask, tile, autocast=use_amp)
         prediction = probs.argmax(0)
         pixel_mask = expand_patch_mask(mask[None], (label.shape[0] // p, label.shape[1] // p), p)[0]
         real = (slice(0, height), slice(0, width))  # the padding is scored nowhere
@@ -625,6 +646,29 @@ def validate(
         "val_pa_pixel_acc": round(masked_cm.pixel_accuracy(), 4),
         "val_miou": round(global_cm.miou(), 4),
     }
+
+
+def hide_within_image(
+    label: torch.Tensor, size: tuple[int, int], whole: tuple[int, int], p: int, space: LabelSpace, ratio: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation's random patches for a pair smaller than a tile (`label`: (Hp, Wp), its mirror
+    image beyond `size`, the pair's (H, W)): (mask (Lp,), the label the model is shown). As at
+    inference (`repair.prepare`), only the patches of the pair's own grid (`whole`, its size in
+    whole patches) are hidden, and the mirror image shows them void. Drawn on the padded grid with
+    its mirror image showing the hidden labels, a 50-pixel-wide pair had most of its hidden
+    patches in the unscored padding and the answers of the others beside them."""
+    height, width = size
+    grid = (whole[0] // p, whole[1] // p)
+    bg = background_ratio(label[None, : whole[0], : whole[1]], p, space.background_id, space.void_id)
+    hidden = strategy_mask("random", bg, ratio, generator)[0].view(grid)
+    mask = torch.nn.functional.pad(hidden, (0, label.shape[1] // p - grid[1], 0, label.shape[0] // p - grid[0]), value=False)
+    damaged = label[:height, :width].clone()
+    damaged[expand_patch_mask(hidden.flatten()[None], grid, p)[0][:height, :width]] = space.void_id
+    widths = ((0, label.shape[0] - height), (0, label.shape[1] - width))
+    seen = torch.from_numpy(np.pad(damaged.cpu().numpy(), widths, mode="symmetric")).to(label.device)
+    seen[:height, :width] = label[:height, :width]  # the pair itself as every pair is shown: the model hides its patches
+    return mask.flatten(), seen
 
 
 def checkpoint_info(
@@ -847,7 +891,8 @@ def load_training_data(
         "image_short_side": scan.median_short_side(pairs),
         "skipped_pairs": len(skipped),
     }
-    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped, val_index)
+    shapes = {pair: scan.shapes[pair] for pair in pairs}
+    return TrainingData(index, pairs, val_pairs, space, [int(c) for c in counts], summary, skipped, val_index, shapes)
 
 
 def scan_training_labels(index: DatasetIndex, console: Console):

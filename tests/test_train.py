@@ -443,8 +443,10 @@ def test_device_names_are_checked_with_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_training_crops_of_a_small_pair_show_its_mirror_not_black_void(tmp_path):
-    """Inference extends a pair smaller than a tile by its mirror image; training crops must look
-    the same, or the model learns borders it will never meet."""
+    """Inference extends a pair smaller than a tile by its mirror image; training crops' images must
+    look the same, or the model learns borders it will never meet. Their labels there are void:
+    mirrored, they would show the hidden patches' answers (see the test of an image smaller than
+    the crop below)."""
     from lmae_repair.dataset import CropDataset
 
     root = make_paired(tmp_path / "ds", count=1, size=40)
@@ -452,7 +454,7 @@ def test_training_crops_of_a_small_pair_show_its_mirror_not_black_void(tmp_path)
     space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
     image, label, _ = CropDataset(index.pairs, space, crop=64, augment=False)[0]
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)
-    assert (label[40:] == label[:40].flip(0)[:24]).all() and (label != 255).all()
+    assert (label[40:] == 255).all() and (label[:, 40:] == 255).all() and (label[:40, :40] != 255).all()
     assert torch.equal(image[:, :, 40:], image[:, :, :40].flip(-1)[:, :, :24])
 
 
@@ -696,3 +698,54 @@ def test_with_a_time_budget_the_progress_bar_ends_where_the_run_will_stop_not_at
     assert epoch_plan(0, 50, 1.0) == "epochs 1-50 (fewer if --max-minutes 1 runs out first)"
     assert epoch_plan(2, 4, 0.0) == "epochs 3-4"
     assert epoch_plan(0, 1, 1.0) == "epoch 1"  # at least one epoch always runs
+
+
+def test_an_image_smaller_than_the_crop_is_named_and_trains_on_its_own_pixels_not_mirrored_copies(tmp_path):
+    """A 50x300 inspection photo in a 224 crop was filled out with four mirrored copies of itself,
+    labels included, without a word: the hidden patches' answers lay beside them in the copies,
+    and the photo's pixels weighed four times in the loss. The run now names such images, and
+    their crops' labels beyond the image are void (not learned), the image mirrored as inference
+    mirrors it."""
+    from conftest import write_pair
+    from lmae_repair.dataset import CropDataset
+
+    root = make_paired(tmp_path / "ds", count=3, size=64, seed=1)
+    rng = np.random.default_rng(5)
+    image, label = make_scene(rng, 20, 64)  # 64 wide, 20 high: smaller than a 32 crop
+    write_pair(root / "images" / "strip.png", root / "labels" / "strip.png", image, label)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+                                 "--crop", "32", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "note: 1 of the 4 training images is smaller than the 32-pixel crop" in said
+    assert "strip.png, 64x20" in said and "whose labels are not trained on (void)" in said
+
+    pair = next(p for p in discover(root).pairs if p.label.name == "strip.png")
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    crops = CropDataset([pair], space, 32)
+    for seed in range(6):
+        image_t, label_t, _ = crops[(0, seed)]
+        assert label_t.shape == (32, 32)
+        assert (label_t[20:] == 255).all() and (label_t[:20] != 255).any()  # no mirrored labels below the image
+        assert image_t[:, 20:].abs().sum() > 0  # the image itself is mirrored, not black
+
+
+def test_validation_of_a_pair_smaller_than_a_tile_hides_only_its_own_patches_and_no_answer_shows_in_its_mirror():
+    from lmae_repair.inference import mirror_pad
+    from lmae_repair.masking import mask_count
+    from lmae_repair.train import hide_within_image
+
+    rng = np.random.default_rng(2)
+    image, label = make_scene(rng, 20, 40)  # (20, 40): whole patches 32 x 48, padded to a 64 tile
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    _, padded = mirror_pad(image, label.astype(np.int64), 64, 64)
+    mask, seen = hide_within_image(padded, (20, 40), (32, 48), 16, space, 0.5, torch.Generator().manual_seed(0))
+    grid = mask.view(4, 4)
+    assert not grid[2:].any() and not grid[:, 3:].any()  # padding patches are never hidden, as in repair.prepare
+    assert int(grid.sum()) == mask_count(2 * 3, 0.5)  # floor(L*m) of the pair's own grid
+    hidden = expand_patch_mask(grid.flatten()[None], (4, 4), 16)[0].numpy()[:20, :40]
+    mirrored_hidden = np.pad(hidden, ((0, 44), (0, 24)), mode="symmetric")
+    outside = np.ones((64, 64), bool)
+    outside[:20, :40] = False
+    assert (seen.numpy()[mirrored_hidden & outside] == 255).all()  # the mirror shows the hidden pixels void
+    assert (seen[:20, :40] == padded[:20, :40]).all()  # the pair itself as given: the model hides its patches
