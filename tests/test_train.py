@@ -749,3 +749,14 @@ def test_validation_of_a_pair_smaller_than_a_tile_hides_only_its_own_patches_and
     outside[:20, :40] = False
     assert (seen.numpy()[mirrored_hidden & outside] == 255).all()  # the mirror shows the hidden pixels void
     assert (seen[:20, :40] == padded[:20, :40]).all()  # the pair itself as given: the model hides its patches
+
+
+def test_an_epoch_trains_on_every_pair_when_the_batch_size_does_not_divide_them(tmp_path):
+    """20 pairs with the default --batch-size 16 trained on 16 of them a epoch (30 pairs: still 16),
+    the last part-batch dropped, while the run said '20 training pairs'."""
+    root = make_paired(tmp_path / "ds", count=6, size=32, seed=4)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4",
+                                 "--crop", "32", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    history = (tmp_path / "run" / "mask-0.50" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["images"] for line in history] == [6, 6]
