@@ -3,7 +3,8 @@
 Three kinds of evidence, each giving reasons a curator can check:
 - **file defects** (score 1): unreadable or truncated files, an image without a label or a label
   without an image, a label whose size differs from its image, values outside the label space, a
-  colour (RGB) label, a label that is all background or void;
+  colour (RGB) label, a label that is all background or void (unless such labels are common:
+  then they are negatives, scored by the model's evidence, `score_empty_labels_as_data`);
 - **statistics**: the label's share of background-or-void pixels against the rest of the
   dataset (robust z-score: median and median absolute deviation), and classes that almost every
   other label has but this one lacks;
@@ -65,6 +66,9 @@ REASON_FROM = 2.0  # deviations from which a statistic becomes a reason
 COMMON_CLASS = 0.9  # a class in at least this share of labels is expected in every label
 MISSING_CLASS_EVIDENCE = 2.0
 SCALE = 4.0
+EMPTY_COMMON_SHARE = 0.05  # labels all background or void are part of the data (negatives) from this share...
+EMPTY_COMMON_COUNT = 3  # ... and this many of them: then scored by evidence, not as file defects
+EMPTY_LABEL = "label is all background or void"
 FAR_CONFIDENCE = 0.5  # a far look-alike: the model finds its class more likely than not...
 FAR_PIXELS = 10  # ... over this many pixels from any annotation of that class
 NOT_FAR = 255  # in the map of far look-alikes' classes: none here
@@ -106,7 +110,7 @@ def file_defects(item: Loaded, space: LabelSpace) -> list[str]:
             error = f"image {item.pair.image.name}: {error[len(f'{item.pair.image}: '):]}"
         return [error]
     if missing_pixels(item.label.values, space.background_id, space.void_id).all():
-        return ["label is all background or void"]
+        return [EMPTY_LABEL]
     return []
 
 
@@ -120,6 +124,7 @@ def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
 
 def score_rows(rows: list[dict], space: LabelSpace) -> None:
     """Fill in score and reasons of the usable rows from the dataset's statistics."""
+    score_empty_labels_as_data(rows)
     usable = [row for row in rows if not row["defect"]]
     if not usable:
         return
@@ -135,7 +140,11 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
     presence /= len(usable)
     common = [c for c in range(space.num_classes) if presence[c] >= COMMON_CLASS and c != space.background_id]
     for row, zm, zs, zp, zf in zip(usable, z_missing, z_suspect, z_separate, z_far):
-        absent = [c for c in common if c not in row["classes"]]
+        if row.get("empty"):  # a negative: all background is what it is meant to hold, no class is expected
+            zm, common_here = 0.0, []
+        else:
+            common_here = common
+        absent = [c for c in common_here if c not in row["classes"]]
         evidence = max(zm, 0.0) + max(zs, 0.0) + max(zp, 0.0) + max(zf, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
         row["score"] = round(1.0 - math.exp(-evidence / SCALE), 4)
         row["evidence"] = round(evidence, 3)
@@ -164,6 +173,28 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
                 (zf, "far look-alikes", "far_share", far), (zm, "background/void", "missing_share", missing)) if z >= 0.5]
             row["reasons"].append("several measures a little above the dataset's median: "
                                   + ", ".join(text for _, text in sorted(parts, key=lambda part: -part[0])))
+
+
+def score_empty_labels_as_data(rows: list[dict]) -> None:
+    """Where labels all background or void are common (at least EMPTY_COMMON_COUNT of them and
+    EMPTY_COMMON_SHARE of the measured labels), they are the dataset's negatives (healthy cases,
+    defect-free parts), not file defects: ranked first at score 1 they buried the labels that are
+    broken. They are then scored like the others, by the model's evidence alone (their
+    background share and the classes they lack are what a negative has), and their far
+    look-alikes are counted against the median label's annotated area, since they annotate none.
+    Rare ones stay file defects: one empty label among hundreds is most likely a slip."""
+    measured = [row for row in rows if not row["defect"] or row.get("empty")]
+    empty = [row for row in measured if row.get("empty")]
+    if len(empty) < max(EMPTY_COMMON_COUNT, EMPTY_COMMON_SHARE * len(measured)):
+        return
+    annotated = [(1.0 - row["missing_share"]) * row["pixels"] for row in measured if not row.get("empty")]
+    typical = float(np.median(annotated)) if annotated else 0.0
+    for row in empty:
+        row.update(defect=False, score=0.0, reasons=[f"{EMPTY_LABEL}, as are {len(empty)} of the {len(measured)} labels: "
+                                                      "scored by the model's evidence"])
+        far = row.get("far_pixels")
+        if far is not None:
+            row["far_share"] = round(far / (far + typical + 1), 5)
 
 
 def audit_dataset(
@@ -286,7 +317,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     far_map = item.entry.pop("far_lookalike_classes", None)  # not for the journal: for the heatmap
     problems = file_defects(item, space)
     if problems:
-        row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"])
+        row.update(score=1.0, defect=True, reasons=problems, error=item.entry["error"], empty=problems == [EMPTY_LABEL])
         if item.entry["error"] is not None:  # a file that could not be used: nothing measured
             return row
     original = item.label.values  # also a label all background or void: complete fills it where it can
@@ -306,7 +337,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     annotated = int((~missing).sum())  # a class other than background (no value outside the space gets here)
     row.update(suspect_pixels=int(suspect.sum()), suspect_share=round(float(suspect.mean()), 5),
                separate_share=round(float(separate_suspects(original, values).mean()), 5),
-               far_share=round(far / (far + annotated + 1), 5))
+               far_share=round(far / (far + annotated + 1), 5), far_pixels=int(far))
     if far_map is not None and far_map.shape != original.shape:  # measured at the models' scale (read shrunk)
         far_map = cv2.resize(far_map, original.shape[::-1], interpolation=cv2.INTER_NEAREST)
     far_seen = far_map is not None and bool((far_map != NOT_FAR).any())

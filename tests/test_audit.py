@@ -371,3 +371,55 @@ def test_a_resumed_audit_measures_again_what_the_journal_cannot_stand_for(tmp_pa
     (root / "classes.txt").write_text("red\nbackground\ngreen\nblue\n")  # background is now 1, not 0
     result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
     assert "earlier, interrupted run" not in result.output and result.exit_code == 0, result.output
+
+
+def test_where_empty_labels_are_common_they_are_scored_by_evidence_not_ranked_first_as_defects():
+    """A dataset with many negatives (healthy cases, defect-free photos): each label all
+    background was a file defect at score 1, so all of them came before the labels that are
+    broken. Common, they are scored by the model's evidence; the empty label over an image where
+    the model finds a defect (annotation forgotten) still comes first among them."""
+    from lmae_repair.audit import new_row, rank_key, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(20):  # annotated labels, one of them missing an object
+        row = new_row(f"labels/a{i:02d}.png", None)
+        row.update(missing_share=0.9, suspect_share=0.0, separate_share=0.0, far_share=round(i / (i + 101), 5), far_pixels=i,
+                   pixels=1000, classes=[0, 1])  # 100 pixels annotated, the model finds a few look-alikes far from them
+        rows.append(row)
+    rows[3].update(suspect_share=0.03, separate_share=0.03, far_share=0.5)
+    for i in range(8):  # negatives; n07 is a label left empty over a defect the model sees
+        row = new_row(f"labels/n{i:02d}.png", None)
+        far = 400 if i == 7 else i % 3
+        row.update(score=1.0, defect=True, empty=True, reasons=["label is all background or void"], missing_share=1.0,
+                   suspect_share=0.02 if i == 7 else 0.0, separate_share=0.02 if i == 7 else 0.0,
+                   far_share=round(far / (far + 1), 5), far_pixels=far, pixels=1000, classes=[0])
+        rows.append(row)
+    unreadable = new_row("labels/zz.png", None)
+    unreadable.update(score=1.0, defect=True, reasons=["unreadable label"], error="unreadable label")
+    rows.append(unreadable)
+
+    score_rows(rows, LabelSpace(2, background_id=0, void_id=255))
+    ranked = [row["label"] for row in sorted(rows, key=rank_key)]
+    assert ranked[0] == "labels/zz.png" and set(ranked[1:3]) == {"labels/n07.png", "labels/a03.png"}, ranked[:6]
+    negatives = {row["label"]: row for row in rows if row["label"].startswith("labels/n0") and row["label"] != "labels/n07.png"}
+    assert all(row["score"] < 0.5 for row in negatives.values()), negatives
+    assert "as are 8 of the 28 labels" in negatives["labels/n00.png"]["reasons"][0]
+    assert not any("no " in reason for row in negatives.values() for reason in row["reasons"][1:])  # lacking a class is what a negative does
+
+
+def test_an_empty_label_among_many_annotated_ones_stays_a_file_defect():
+    from lmae_repair.audit import new_row, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(100):
+        row = new_row(f"labels/a{i:03d}.png", None)
+        row.update(missing_share=0.9, suspect_share=0.0, far_share=0.0, far_pixels=0, pixels=1000, classes=[0, 1])
+        rows.append(row)
+    empty = new_row("labels/empty.png", None)
+    empty.update(score=1.0, defect=True, empty=True, reasons=["label is all background or void"], missing_share=1.0,
+                 suspect_share=0.0, far_share=0.0, far_pixels=0, pixels=1000, classes=[0])
+    rows.append(empty)
+    score_rows(rows, LabelSpace(2, background_id=0, void_id=255))
+    assert empty["defect"] and empty["score"] == 1.0 and empty["reasons"] == ["label is all background or void"]
