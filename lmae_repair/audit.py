@@ -341,7 +341,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
     if far_map is not None and far_map.shape != original.shape:  # measured at the models' scale (read shrunk)
         far_map = cv2.resize(far_map, original.shape[::-1], interpolation=cv2.INTER_NEAREST)
     far_seen = far_map is not None and bool((far_map != NOT_FAR).any())
-    if options.heatmaps is not None and (suspect.any() or far_seen):
+    if options.heatmaps is not None and has_heatmap(row):  # the rule the count and a rerun's clean-up go by
         write_heatmap(options.heatmaps, item, values, space, far_map if far_seen else None)
     return row
 
@@ -413,6 +413,25 @@ def has_heatmap(row: dict) -> bool:
 
 def heatmap_path(folder: Path, key: str) -> Path:
     return (folder / key).with_suffix(".png")
+
+
+def remove_stale_heatmaps(folder: Path, rows: list[dict]) -> int:
+    """Delete the heatmap an earlier run drew for a row of this audit that has none now (its
+    label fixed since, now unreadable, or without its image), so that the folder pictures what
+    this report says, not what the model saw in a label that is gone; the number removed. Only
+    this audit's rows' own heatmap paths are touched (pictures of other pairs, such as another
+    split audited into the same folder, stay), and never a path outside the folder (a file
+    outside the dataset root is keyed by its absolute path)."""
+    removed = 0
+    for row in rows:
+        key = Path(row["label"])
+        if has_heatmap(row) or key.is_absolute() or ".." in key.parts:
+            continue
+        path = heatmap_path(folder, row["label"])
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
 
 
 PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share",

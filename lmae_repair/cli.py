@@ -679,11 +679,15 @@ def audit(
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")
         if heatmaps is not None and checkpoints is not None:
-            from lmae_repair.audit import has_heatmap
+            from lmae_repair.audit import has_heatmap, remove_stale_heatmaps
 
             drawn = sum(1 for row in rows if has_heatmap(row))
+            removed = remove_stale_heatmaps(heatmaps, rows)
             console.print(f"heatmaps of the {counted(drawn, 'label')} where the model sees what the label lacks written to {heatmaps}"
                           if drawn else "the model sees nothing the labels lack, so no heatmap was written", highlight=False)
+            if removed:
+                console.print(f"removed from {heatmaps} the heatmap{'s' if removed > 1 else ''} an earlier run drew of "
+                              f"{counted(removed, 'label')} that {'have' if removed > 1 else 'has'} none now", highlight=False)
         return 1 if any(row["error"] for row in rows) else 0
 
     resumes = "the same command goes on from the pairs already measured" if json_file or csv_file else "nothing was written"

@@ -139,6 +139,51 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     assert said in " ".join(result.output.split())
 
 
+def test_a_rerun_leaves_no_heatmap_of_a_label_that_has_none_now(tmp_path, trained_family):
+    """A curator audits with --heatmaps, fixes the labels it found and audits again into the same
+    folder: the heatmap of a label that is now clean, or now unreadable, must not stay behind
+    as if the model still saw something there; the folder holds the heatmaps of the labels the
+    report says it pictures, no more."""
+    root = make_paired(tmp_path / "ds", count=6, size=64, seed=2)
+    label = np.array(Image.open(root / "labels" / "scene_000.png"))
+    image = np.array(Image.open(root / "images" / "scene_000.png"))
+    erased = label.copy()
+    erased[erased == np.bincount(label[label > 0]).argmax()] = 0
+    for name in ("fixed_later", "broken_later"):
+        write_pair(root / "images" / f"{name}.png", root / "labels" / f"{name}.png", image, erased)
+    maps, report = tmp_path / "maps", tmp_path / "a.json"
+    first = audit(root, trained_family, "--json", str(report), "--heatmaps", str(maps))
+    assert first.exit_code == 0, first.output
+    assert (maps / "labels" / "fixed_later.png").is_file() and (maps / "labels" / "broken_later.png").is_file()
+
+    Image.fromarray(label).save(root / "labels" / "fixed_later.png")  # annotated again: as its intact twin
+    (root / "labels" / "broken_later.png").write_bytes(b"not a png")  # now a file defect: nothing measured
+    second = audit(root, trained_family, "--json", str(report), "--heatmaps", str(maps))
+    assert second.exit_code == 1, second.output
+    rows = {row["label"]: row for row in json.loads(report.read_text())}
+    assert rows["labels/fixed_later.png"]["suspect_pixels"] == rows["labels/scene_000.png"]["suspect_pixels"]
+    drawn = sorted(key for key, row in rows.items() if row["suspect_pixels"] or row["far_share"])
+    assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png")) == drawn
+    assert "labels/broken_later.png" not in drawn
+    gone = "2 labels that have" if "labels/fixed_later.png" not in drawn else "1 label that has"
+    assert f"an earlier run drew of {gone} none now" in " ".join(second.output.split())  # the summary says what went
+
+
+def test_the_heatmap_clean_up_never_touches_a_file_outside_the_heatmaps_folder(tmp_path):
+    """An image without a label found outside the dataset root (--images elsewhere) is keyed by
+    its absolute path: the clean-up must not take that path for a heatmap and delete it."""
+    from lmae_repair.audit import new_row, remove_stale_heatmaps
+
+    outside = tmp_path / "images" / "lonely.png"
+    outside.parent.mkdir()
+    outside.write_bytes(b"an input image")
+    (tmp_path / "maps" / "labels").mkdir(parents=True)
+    (tmp_path / "maps" / "labels" / "gone.png").write_bytes(b"old heatmap")
+    rows = [new_row(str(outside.with_suffix(".jpg")), None), new_row("labels/gone.png", None)]
+    assert remove_stale_heatmaps(tmp_path / "maps", rows) == 1
+    assert outside.read_bytes() == b"an input image" and not (tmp_path / "maps" / "labels" / "gone.png").exists()
+
+
 def test_the_table_keeps_each_label_path_on_one_line(tmp_path, family):
     """The top-K table is what a curator copies paths from: at 80 columns (a pipe, a log) the
     reasons wrap, the label path does not."""
