@@ -566,6 +566,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             check_size(path, img)
             if _bits_per_band(img, path) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
+                _refuse_wide_band_interleaved(img, path)
                 return stretch_to_8_bits(_read_wide_colour(path))
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
@@ -591,6 +592,21 @@ def _bits_per_band(img: Image.Image, path: Path) -> int:
         return header[24] if len(header) == 25 else 8
     bits = getattr(img, "tag_v2", {}).get(258, 8)
     return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
+def _refuse_wide_band_interleaved(img: Image.Image, path: Path) -> None:
+    """Refuse a band-interleaved colour TIFF (PlanarConfiguration 2, GDAL's INTERLEAVE=BAND) of
+    more than 8 bits per band. Why: OpenCV, which reads the other wide colour TIFFs
+    (`_read_wide_colour`), decodes it wrongly (a 16-bit RGB tile whose bands average 18,000-21,000
+    came out as three bands of about 6,100: a dim grey smear), and `complete` repaired the label
+    from that image without a word. PIL reads 8-bit ones right, so they are read."""
+    tags = getattr(img, "tag_v2", {})
+    if img.format == "TIFF" and tags.get(284) == 2 and int(tags.get(277, 1)) > 1:
+        raise LmaeError(
+            f"{path}: unreadable image (a band-interleaved TIFF of {_bits_per_band(img, path)} bits per band, "
+            "PlanarConfiguration 2, is not decoded right); convert it to pixel-interleaved RGB first, e.g. "
+            "gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB -co INTERLEAVE=PIXEL IN.tif OUT.tif"
+        )
 
 
 def _read_wide_colour(path: Path) -> np.ndarray:

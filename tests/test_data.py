@@ -697,3 +697,53 @@ def test_a_file_given_as_images_is_not_called_missing(tmp_path):
     assert result.output.strip() == (f"error: {image}: not a folder (--images and --labels name the folders that hold them)")
     missing = runner.invoke(app, ["complete", "--images", str(root / "images"), "--labels", str(root / "gts"), "--out", str(tmp_path / "out")])
     assert missing.output.strip() == f"error: {root / 'gts'}: no such folder"
+
+
+def _band_interleaved_tiff(path, bands: np.ndarray) -> None:
+    """An uncompressed TIFF with PlanarConfiguration 2 (one plane per band, as GDAL's
+    INTERLEAVE=BAND writes), RGB photometric, extra bands unspecified: (H, W, B) uint8 or uint16."""
+    import struct
+
+    height, width, count = bands.shape
+    planes = [np.ascontiguousarray(bands[..., b]).astype(bands.dtype.newbyteorder("<")).tobytes() for b in range(count)]
+    tags = [(256, 4, [width]), (257, 4, [height]), (258, 3, [bands.dtype.itemsize * 8] * count), (259, 3, [1]),
+            (262, 3, [2]), (273, 4, [0] * count), (277, 3, [count]), (278, 4, [height]),
+            (279, 4, [len(planes[0])] * count), (284, 3, [2])] + ([(338, 3, [0] * (count - 3))] if count > 3 else [])
+    directory_end = 8 + 2 + 12 * len(tags) + 4
+    arrays, entries = b"", []
+    for tag, kind, values in tags:  # arrays longer than 4 bytes go after the directory, offsets later
+        raw = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values)
+        entries.append([tag, kind, len(values), raw if len(raw) <= 4 else directory_end + len(arrays)])
+        if len(raw) > 4:
+            arrays += raw
+    data_start = directory_end + len(arrays)
+    offsets = struct.pack("<" + "I" * count, *[data_start + b * len(planes[0]) for b in range(count)])
+    strip_entry = next(e for e in entries if e[0] == 273)
+    if count == 1:
+        strip_entry[3] = offsets
+    else:
+        at = strip_entry[3] - directory_end
+        arrays = arrays[:at] + offsets + arrays[at + len(offsets):]
+    body = b"".join(struct.pack("<HHI", t, k, n) + (v.ljust(4, b"\0") if isinstance(v, bytes) else struct.pack("<I", v))
+                    for t, k, n, v in entries)
+    path.write_bytes(b"II*\0" + struct.pack("<IH", 8, len(entries)) + body + b"\0\0\0\0" + arrays + b"".join(planes))
+
+
+def test_a_16_bit_band_interleaved_tiff_is_refused_not_read_as_garbage(tmp_path):
+    """A 16-bit RGB (or RGB + NIR) tile saved band-interleaved (GDAL's INTERLEAVE=BAND) was decoded
+    by OpenCV into a dim grey smear, and the label repaired from it without a word; it is now
+    refused in one line that says how to convert it. The 8-bit one, which PIL reads right, is read."""
+    from lmae_repair.data import read_image
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (24, 32, 3)).astype(np.uint8)
+    _band_interleaved_tiff(tmp_path / "rgb8.tif", colour)
+    assert np.array_equal(read_image(tmp_path / "rgb8.tif"), colour)
+    for name, bands in (("rgb16.tif", colour.astype(np.uint16) * 257),
+                        ("rgbn16.tif", np.dstack([colour, colour[..., :1]]).astype(np.uint16) * 257)):
+        _band_interleaved_tiff(tmp_path / name, bands)
+        with pytest.raises(LmaeError) as refused:
+            read_image(tmp_path / name)
+        message = str(refused.value)
+        assert message.startswith(f"{tmp_path / name}: unreadable image") and "band-interleaved" in message
+        assert "INTERLEAVE=PIXEL" in message and "\n" not in message
