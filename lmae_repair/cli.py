@@ -390,6 +390,18 @@ def counted(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def tiles_under_way(before: str = "", after: str = "") -> str:
+    """'1,020/1,188 tiles' (between `before` and `after`) while the model runs (`inference.TILES`),
+    else empty: a batch of large pairs takes minutes before any pair is counted."""
+    import sys
+
+    inference = sys.modules.get("lmae_repair.inference")  # not imported for --help; no model runs without it
+    tiles = getattr(inference, "TILES", None)
+    if tiles is None or not tiles.total:
+        return ""
+    return f"{before}{tiles.done:,}/{tiles.total:,} tiles{after}"
+
+
 def rate_text(count: int, seconds: float) -> str:
     """Pairs per second with enough digits to be useful for slow runs too."""
     if seconds <= 0:
@@ -410,7 +422,8 @@ class PairProgress:
 
         self.progress = Progress(
             TextColumn(label), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[tiles]}"), console=console,
         )
         self.total, self.label = total, label
 
@@ -418,7 +431,7 @@ class PairProgress:
         import time
 
         self.progress.__enter__()
-        self.task = self.progress.add_task("pairs", total=self.total, rate="-")
+        self.task = self.progress.add_task("pairs", total=self.total, rate="-", tiles="")
         self.started, self.count, self.done = time.perf_counter(), 0, 0
         self.logged = self.started
 
@@ -437,8 +450,10 @@ class PairProgress:
 
         self.lock = threading.Lock()  # the heartbeat and the pairs may both find a line due: one prints it
         self.stopped = threading.Event()
+        # pairs finish a batch at a time: a batch of large pairs may take minutes, so a log gets a
+        # line every LOG_EVERY_S and a terminal's bar the tiles under way every second
         self.heartbeat = None
-        if not console.is_terminal and self.LOG_EVERY_S > 0:  # pairs finish a batch at a time: a batch of large pairs may take minutes
+        if console.is_terminal or self.LOG_EVERY_S > 0:
             self.heartbeat = threading.Thread(target=self.beat, daemon=True)
             self.heartbeat.start()
         return advance
@@ -450,12 +465,17 @@ class PairProgress:
                 return
             self.logged = now
         console.print(f"{self.label}: {self.done}/{self.total} pairs, {rate_text(self.count, now - self.started)} "
-                      f"pairs/s, {(now - self.started) / 60:.1f} min so far", highlight=False)
+                      f"pairs/s, {(now - self.started) / 60:.1f} min so far{tiles_under_way('; model: ', ' of the pairs under way')}", highlight=False)
 
     def beat(self) -> None:
-        """A line every LOG_EVERY_S also while no pair finishes."""
+        """A line every LOG_EVERY_S also while no pair finishes; on a terminal, the bar's count of
+        the tiles under way, every second."""
         import time
 
+        if console.is_terminal:
+            while not self.stopped.wait(1.0):
+                self.progress.update(self.task, tiles=tiles_under_way())
+            return
         while not self.stopped.wait(max(self.LOG_EVERY_S - (time.perf_counter() - self.logged), 0.01)):
             self.log_if_due(time.perf_counter())
 
@@ -463,6 +483,7 @@ class PairProgress:
         self.stopped.set()
         if self.heartbeat is not None:
             self.heartbeat.join()
+        self.progress.update(self.task, tiles="")
         self.progress.__exit__(*exc)
 
 

@@ -611,6 +611,33 @@ def test_a_log_gets_progress_lines_while_a_batch_of_large_pairs_is_repaired(tmp_
     assert "completing: 0/3 pairs" in result.output
 
 
+def test_progress_lines_say_how_far_the_model_is_through_the_tiles_of_a_slow_batch(tmp_path, family, monkeypatch):
+    """One 6000x4000 tile took 10 minutes on 2 CPU cores, and its log said only '0/1 pairs, 0.00
+    pairs/s' every minute: no sign of how much was left. The lines now count the tiles done."""
+    import time
+
+    import lmae_repair.complete as complete_module
+    import lmae_repair.inference as inference
+    from lmae_repair.cli import PairProgress
+
+    monkeypatch.setattr(PairProgress, "LOG_EVERY_S", 0.2)
+    monkeypatch.setattr(complete_module, "TILES_PER_PASS_CPU", 1)  # one pass per tile
+    batches = inference._same_shape_batches
+
+    def slow_passes(windows, tiles_per_pass):
+        for chunk in batches(windows, tiles_per_pass):
+            yield chunk
+            time.sleep(0.6)  # each pass a while, as a large tile's passes on a CPU
+
+    monkeypatch.setattr(inference, "_same_shape_batches", slow_passes)
+    result = complete(make_paired(tmp_path / "ds", count=3), tmp_path / "out", family, "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("completing: 0/3 pairs")]
+    assert any("; model: 1/3 tiles of the pairs under way" in line for line in lines), result.output
+    assert any("; model: 2/3 tiles of the pairs under way" in line for line in lines), result.output
+    assert inference.TILES.total == 0  # nothing under way once the run is over
+
+
 def test_pairs_far_larger_than_the_training_images_are_read_at_their_scale_and_written_at_their_own(tmp_path, family):
     from lmae_repair.checkpoints import load_checkpoint
 
