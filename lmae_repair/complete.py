@@ -547,10 +547,16 @@ def read_json_lines(path: Path):
 
 def append_json_line(path: Path, record: dict) -> None:
     """One record added to a JSON-lines log (`complete`'s progress, `audit`'s journal) the moment
-    it is known: a killed run loses at most the line it was writing."""
+    it is known: a killed run loses at most the line it was writing. A line left without its
+    newline (a kill or a full disk mid-write) is ended first, so that the record written after
+    it is a line of its own and not lost with it."""
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
     except OSError as exc:  # a full disk, a quota: name the file, as `atomic_write` does
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
 

@@ -771,3 +771,19 @@ def test_a_mistyped_models_folder_is_named_with_the_variable_that_set_it(tmp_pat
         result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out"), "--dry-run", *extra])
         assert result.exit_code == 2
         assert f"{tmp_path / 'modles'}, set by LMAE_REPAIR_MODELS" in result.output, result.output
+
+
+def test_a_log_line_cut_short_by_a_kill_or_a_full_disk_does_not_swallow_the_next_runs_first_pair(tmp_path, family):
+    """A run killed (or stopped by a full disk) while it appended to the progress log leaves a
+    line without its newline; the rerun's first record was appended onto it, so that one pair
+    was lost from the log and done again by every later rerun."""
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    log = out / ".lmae-progress.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # the third pair's line cut short
+    assert complete(root, out, family).exit_code == 0
+    result = complete(root, out, family)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 3  # nothing done a third time
