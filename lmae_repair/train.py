@@ -421,13 +421,25 @@ def epoch_plan(done: int, epochs: int, max_minutes: float) -> str:
 def save_epoch(folder: Path, model, optimizer, plateau, state: RunState, improved: bool, info: CheckpointInfo,
                keep: bool = False) -> None:
     """Write the epoch's checkpoints (with `keep`, also one named after the epoch), then the
-    resumable state, then the history rebuilt from it."""
-    save_checkpoint(folder / "last.safetensors", model, info)
-    if keep:
-        save_checkpoint(folder / epoch_file(state.epoch), model, info)
-    if improved:
-        save_checkpoint(folder / "best.safetensors", model, info)
-    save_state(folder / STATE_FILE, model, optimizer, plateau, state, info)
+    resumable state, then the history rebuilt from it.
+
+    Where the run's first state cannot be written (a full disk: state.pt is the largest file; a
+    kill), the checkpoints just written are removed again: left without a state, they would make
+    `--resume` refuse the folder (nothing to resume from) and the same command refuse it too (a
+    run exists), so the folder is left as empty as before the epoch and either command starts
+    again. Later epochs keep an earlier state.pt, which `--resume` continues from."""
+    written = [folder / "last.safetensors"] + ([folder / epoch_file(state.epoch)] if keep else []) \
+        + ([folder / "best.safetensors"] if improved else [])
+    first = not (folder / STATE_FILE).exists()
+    try:
+        for path in written:
+            save_checkpoint(path, model, info)
+        save_state(folder / STATE_FILE, model, optimizer, plateau, state, info)
+    except BaseException:
+        if first:
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
     write_history(folder / "history.jsonl", state.history)
 
 

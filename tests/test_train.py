@@ -760,3 +760,26 @@ def test_an_epoch_trains_on_every_pair_when_the_batch_size_does_not_divide_them(
     assert result.exit_code == 0, result.output
     history = (tmp_path / "run" / "mask-0.50" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["images"] for line in history] == [6, 6]
+
+
+def test_a_full_disk_at_the_first_epochs_state_leaves_a_run_folder_that_the_same_command_starts_again(tmp_path, monkeypatch):
+    """state.pt, the largest file, is written after the checkpoints: a disk that filled up there
+    left best and last without the state, which --resume refused (no state.pt) and the same
+    command refused too (a run exists): the user had to delete files by hand."""
+    import lmae_repair.train
+    from lmae_repair.errors import LmaeError
+
+    def disk_full(path, *args, **kwargs):
+        raise LmaeError(f"{path}: cannot write it (No space left on device)")
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "64",
+            "--workers", "0", "--keep-epochs"]
+    with monkeypatch.context() as patched:
+        patched.setattr(lmae_repair.train, "save_state", disk_full)
+        full = runner.invoke(app, args)
+    assert full.exit_code == 2 and "No space left on device" in full.output
+    assert not any((tmp_path / "run" / "mask-0.50").iterdir())  # no checkpoint of an epoch it cannot resume
+    again = runner.invoke(app, args)  # space freed: the same command
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "run" / "mask-0.50" / "state.pt").is_file()
