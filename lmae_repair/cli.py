@@ -260,7 +260,7 @@ def complete(
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
-        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset
+        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset, side_files
         from lmae_repair.families import resolve_models
 
         target = out or data.resolve().parent / f"{data.resolve().name}-completed"
@@ -271,6 +271,10 @@ def complete(
         )
         index = discover_data(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
+        unreadable: list[str] = []
+        side_files(index, unreadable)
+        for problem in unreadable:
+            console.print(f"note: {problem}", highlight=False)
         used, checkpoints = resolve_models(models, index)
         ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
         unpaired = f" and {counted(len(index.unmatched), 'file')} that could not be paired" if index.unmatched else ""

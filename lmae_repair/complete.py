@@ -183,9 +183,11 @@ def remove_earlier_mirrors(target: Path, label_output: Path) -> None:
             sibling.unlink(missing_ok=True)
 
 
-def side_files(index: DatasetIndex) -> list[Path]:
+def side_files(index: DatasetIndex, unreadable: list[str] | None = None) -> list[Path]:
     """The dataset's files besides images and labels that a training script reads: its class
-    list (classes.txt, ...) and, for Pascal VOC, the split lists under ImageSets/."""
+    list (classes.txt, ...) and, for Pascal VOC, the split lists under ImageSets/. One that
+    cannot be read (a split list the run does not use, without read permission on a shared
+    folder) is left out, its problem added to `unreadable`: it must not stop the run."""
     from lmae_repair.data import find_voc_root
     from lmae_repair.labelspace import find_classes_file
 
@@ -196,7 +198,16 @@ def side_files(index: DatasetIndex) -> list[Path]:
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is not None and (voc_root / "ImageSets").is_dir():
         found += sorted(p for p in (voc_root / "ImageSets").rglob("*") if p.is_file() and not p.name.startswith("."))
-    return found
+    readable = []
+    for path in found:
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable.append(f"{path}: cannot read it ({exc.strerror or type(exc).__name__}); not copied to the output")
+            continue
+        readable.append(path)
+    return readable
 
 
 def copy_side_files(index: DatasetIndex, out: Path) -> None:

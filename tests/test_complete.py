@@ -2,7 +2,10 @@
 resume and the report."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -787,3 +790,31 @@ def test_a_log_line_cut_short_by_a_kill_or_a_full_disk_does_not_swallow_the_next
     result = complete(root, out, family)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 3  # nothing done a third time
+
+
+def as_a_user_without_override(command: list[str]) -> list[str]:
+    """`command` run so that permission bits apply to it: as it is for a user, under capsh without
+    the capabilities that let root read and write anything when the tests run as root."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("capsh") is None:
+        pytest.skip("running as root without capsh: permission bits cannot be tried")
+    return ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", 'exec "$@"', "sh", *command]
+
+
+def test_a_split_list_that_cannot_be_read_is_left_out_of_out_with_a_note_and_the_run_goes_on(tmp_path, family):
+    """A VOC dataset on a shared folder with one split list not readable (train.txt, while the
+    run reads --split val) stopped complete before any pair with 'OUT/.../train.txt: cannot write
+    it (Permission denied)', naming a file of the writable OUT for a file of the input."""
+    root = make_voc(tmp_path / "voc", count=6)
+    train_list = root / "ImageSets" / "Segmentation" / "train.txt"
+    train_list.chmod(0)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lmae_repair", "complete", str(root), "--split", "val", "--out", str(out),
+               "--models", str(family), "--device", "cpu", "--min-confidence", "0"]
+    result = subprocess.run(as_a_user_without_override(command), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"note: {train_list}: cannot read it (Permission denied); not copied to the output" in " ".join(result.stdout.split())
+    assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == ["2007_000004.png", "2007_000005.png"]
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000004\n2007_000005\n"
+    assert not (out / "ImageSets" / "Segmentation" / "train.txt").exists()
