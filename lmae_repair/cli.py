@@ -263,7 +263,7 @@ def complete(
         from lmae_repair.complete import CompleteOptions, check_output, complete_dataset, side_files
         from lmae_repair.families import resolve_models
 
-        target = out or data.resolve().parent / f"{data.resolve().name}-completed"
+        target = out or beside(data, "-completed")
         device_name, arithmetic = device_and_precision(device, precision)
         options = CompleteOptions(
             target, threshold, device_name, dry_run, labels_only, overwrite_labeled,
@@ -341,6 +341,14 @@ def check_can_write_folder(folder: Optional[Path], option: str) -> None:
             pass
     except OSError as exc:
         raise LmaeError(f"{folder}: cannot write into it ({exc.strerror or type(exc).__name__})") from None
+
+
+def beside(data: Path, suffix: str) -> Path:
+    """`<DATA><suffix>` beside DATA as the user named it: a DATA that is a link (a dataset on a
+    shared, often read-only mount, linked into one's own folder) gets it beside the link, not
+    beside the link's target on the share."""
+    path = Path(os.path.abspath(data))
+    return path.parent / f"{path.name}{suffix}"
 
 
 def outside_input(index, default: Path, suffix: str) -> Path:

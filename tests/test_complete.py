@@ -818,3 +818,17 @@ def test_a_split_list_that_cannot_be_read_is_left_out_of_out_with_a_note_and_the
     assert sorted(p.name for p in (out / "SegmentationClass").iterdir()) == ["2007_000004.png", "2007_000005.png"]
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == "2007_000004\n2007_000005\n"
     assert not (out / "ImageSets" / "Segmentation" / "train.txt").exists()
+
+
+def test_the_default_output_of_a_linked_dataset_goes_beside_the_link(tmp_path, family, monkeypatch):
+    """A dataset linked into one's own folder from a shared (often read-only) mount: the default
+    OUT went beside the link's target, into the share (refused there, or written into other
+    people's folder), where README says '<DATA>-completed beside DATA'."""
+    share = make_paired(tmp_path / "share" / "camvid", count=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "camvid").symlink_to(share, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "mine")
+    result = runner.invoke(app, ["complete", "camvid", "--models", str(family), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "mine" / "camvid-completed" / "labels").iterdir()) == ["scene_000.png", "scene_001.png"]
+    assert sorted(p.name for p in (tmp_path / "share").iterdir()) == ["camvid"]
