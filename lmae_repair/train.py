@@ -16,6 +16,7 @@ to copy, and direct supervision teaches it defects much faster than the refiner'
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -196,8 +197,24 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     device = device_for_rank(resolve_device(options.device), ranks)
     weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
     note_small_images(console, data, options.crop)
-    with process_group(ranks, device):
-        return [train_one_ratio(options, data, ratio, weights, console, ranks, device) for ratio in options.mask_ratios]
+    with process_group(ranks, device), contextlib.ExitStack() as locks:
+        return [train_one_ratio(options, data, ratio, weights, console, ranks, device, locks) for ratio in options.mask_ratios]
+
+
+def hold_run_folder(folder: Path, resume: bool):
+    """The lock on a ratio's run folder (`complete.lock_output`, held until `train` ends): a second
+    train into it while this one runs (a job submitted twice) is refused, instead of both writing
+    each other's checkpoints, state and history. Without --resume, the folder is checked again
+    once held: a run that finished in between is not overwritten."""
+    from lmae_repair.complete import lock_output
+
+    lock = lock_output(folder)
+    try:
+        check_no_earlier_run(folder, resume)
+    except LmaeError:
+        lock.close()
+        raise
+    return lock
 
 
 def note_small_images(console: Console, data: TrainingData, crop: int) -> None:
@@ -217,7 +234,7 @@ def note_small_images(console: Console, data: TrainingData, crop: int) -> None:
 
 def train_one_ratio(
     options: TrainOptions, data: TrainingData, ratio: float, weights: torch.Tensor, console: Console, ranks: Ranks,
-    device: torch.device,
+    device: torch.device, locks: contextlib.ExitStack | None = None,
 ) -> Path:
     folder = ratio_folder(options.out, ratio)
     torch.manual_seed(options.seed)
@@ -227,6 +244,8 @@ def train_one_ratio(
     if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
         start_from(model, options.init, data.space)
     folder.mkdir(parents=True, exist_ok=True)  # after --init is read: a refused one leaves no run folder behind
+    if locks is not None and ranks.is_main:  # only rank 0 writes the run folder
+        locks.enter_context(hold_run_folder(folder, options.resume))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

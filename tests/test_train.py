@@ -779,7 +779,27 @@ def test_a_full_disk_at_the_first_epochs_state_leaves_a_run_folder_that_the_same
         patched.setattr(lmae_repair.train, "save_state", disk_full)
         full = runner.invoke(app, args)
     assert full.exit_code == 2 and "No space left on device" in full.output
-    assert not any((tmp_path / "run" / "mask-0.50").iterdir())  # no checkpoint of an epoch it cannot resume
+    assert not [p for p in (tmp_path / "run" / "mask-0.50").iterdir() if not p.name.startswith(".")]  # no checkpoint of an epoch it cannot resume
     again = runner.invoke(app, args)  # space freed: the same command
     assert again.exit_code == 0, again.output
     assert (tmp_path / "run" / "mask-0.50" / "state.pt").is_file()
+
+
+def test_a_second_train_into_the_same_run_folder_is_refused_while_the_first_trains(tmp_path):
+    """The same job submitted twice (a scheduler's requeue, a second terminal): both runs trained
+    into one run folder and each wrote over the other's files, leaving best.safetensors of one
+    command beside the history and state.pt of the other, with exit 0 for both."""
+    from lmae_repair.complete import lock_output
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    folder = tmp_path / "run" / "mask-0.50"
+    folder.mkdir(parents=True)
+    args = ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
+    held = lock_output(folder)  # what the first run holds while it trains
+    try:
+        second = runner.invoke(app, args)
+        assert second.exit_code == 2 and "another lmae-repair run is writing here" in second.output, second.output
+        assert not (folder / "last.safetensors").exists()
+    finally:
+        held.close()
+    assert runner.invoke(app, args).exit_code == 0
