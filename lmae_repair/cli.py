@@ -869,6 +869,9 @@ def tune(
         # mask-0.50/best.safetensors must not land on one name, and a run of one ratio keeps its
         # mask-<ratio>/ folder too, so that --models OUT reads it like the run
         common = Path(os.path.commonpath([str(run_folder_of(path)) for path in files]))
+        targets = {path: path if folder is None else folder / path.resolve().relative_to(common) for path in files}
+        for target in targets.values():  # written once every pair is measured: refused now, not then
+            check_can_write(target, "tune")
         failures = list(index.unmatched)
         for problem in failures:
             report_failure(problem)
@@ -879,7 +882,7 @@ def tune(
                 report_failure(message)
 
         for path in files:
-            target = path if folder is None else folder / path.resolve().relative_to(common)
+            target = targets[path]
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with PairProgress(f"tuning {path.name}", pairs * len(served_damages(read_info(path)))) as advance:
@@ -930,9 +933,7 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
         folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
         console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
                       f"(use them with --models {folder})", highlight=False)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return folder  # made where a tuned file is written, once `check_can_write` has passed
 
 
 def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:

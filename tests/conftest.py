@@ -3,6 +3,8 @@ written in each supported layout. No test needs ../shared."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,13 @@ def trained_family(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained") / "models"
     save_checkpoint(folder / "mask-0.50" / "best.safetensors", model.eval(), CheckpointInfo(config, 0.5, space, {"crop": 64}))
     return folder
+
+
+def as_a_user_without_override(command: list[str]) -> list[str]:
+    """`command` run so that permission bits apply to it: as it is for a user, under capsh without
+    the capabilities that let root read and write anything when the tests run as root."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("capsh") is None:
+        pytest.skip("running as root without capsh: permission bits cannot be tried")
+    return ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", 'exec "$@"', "sh", *command]

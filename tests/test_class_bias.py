@@ -1,12 +1,14 @@
 """Class offsets: tuned for PA-mIoU, stored in the checkpoint, applied where a class is chosen."""
 
-
+import shutil
+import subprocess
+import sys
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import NUM_CLASSES, make_paired
+from conftest import NUM_CLASSES, as_a_user_without_override, make_paired
 from lmae_repair.checkpoints import CheckpointInfo, read_info
 from lmae_repair.class_bias import apply_class_bias, held_out, pa_miou, tune_offsets
 from lmae_repair.cli import app
@@ -166,3 +168,20 @@ def test_a_tuned_checkpoint_says_where_its_offsets_were_tuned(tmp_path, trained_
     assert record["data"] == str((tmp_path / "voc").resolve()) and record["split"] == "val" and record["pairs"] == 2
     shown = " ".join(runner.invoke(app, ["inspect", "tuned"]).output.split())
     assert "│ tuned on │" in shown and "split val, 2 pairs: PA-mIoU" in shown, shown
+
+
+def test_tune_into_a_folder_it_cannot_write_is_refused_before_any_pair_is_tuned(tmp_path, trained_family):
+    """tune writes into the run folder it reads (or --out) once every pair has been measured: a
+    read-only run folder (a colleague's, a shared models folder) was found out only then, after
+    minutes or hours of tuning, as 'best.safetensors: cannot write it (Permission denied)'."""
+    data = make_paired(tmp_path / "val", count=2, size=64, seed=5)
+    run = tmp_path / "run"
+    shutil.copytree(trained_family, run)
+    (run / "mask-0.50").chmod(0o555)
+    (tmp_path / "read-only").mkdir(mode=0o555)
+    for extra in ([], ["--out", str(tmp_path / "read-only")], ["--out", str(tmp_path / "read-only" / "tuned")]):
+        command = [sys.executable, "-m", "lmae_repair", "tune", str(data), "--models", str(run), "--device", "cpu", *extra]
+        result = subprocess.run(as_a_user_without_override(command), capture_output=True, text=True)
+        assert result.returncode == 2 and "is not a writable folder" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "tuning" not in result.stdout  # refused before the work
+    (run / "mask-0.50").chmod(0o755)

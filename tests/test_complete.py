@@ -2,7 +2,6 @@
 resume and the report."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import NUM_CLASSES, VOC_PALETTE, make_cityscapes, make_paired, make_voc
+from conftest import NUM_CLASSES, VOC_PALETTE, as_a_user_without_override, make_cityscapes, make_paired, make_voc
 from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.labelspace import LabelSpace
@@ -790,16 +789,6 @@ def test_a_log_line_cut_short_by_a_kill_or_a_full_disk_does_not_swallow_the_next
     result = complete(root, out, family)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 3  # nothing done a third time
-
-
-def as_a_user_without_override(command: list[str]) -> list[str]:
-    """`command` run so that permission bits apply to it: as it is for a user, under capsh without
-    the capabilities that let root read and write anything when the tests run as root."""
-    if os.geteuid() != 0:
-        return command
-    if shutil.which("capsh") is None:
-        pytest.skip("running as root without capsh: permission bits cannot be tried")
-    return ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", 'exec "$@"', "sh", *command]
 
 
 def test_a_split_list_that_cannot_be_read_is_left_out_of_out_with_a_note_and_the_run_goes_on(tmp_path, family):
