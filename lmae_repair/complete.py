@@ -576,7 +576,10 @@ def lock_output(out: Path, data_root: Path | None = None):
     """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused. The
     lock file keeps the dataset's root (`data_root`), so that a run killed before its report
     is not taken over by another dataset (`check_output_is_of`)."""
-    handle = open(out / LOCK_FILE, "a", encoding="utf-8", errors="surrogateescape")
+    try:
+        handle = open(out / LOCK_FILE, "a", encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:  # a read-only run folder (train): the folder named, not the lock file inside
+        raise LmaeError(f"{out}: cannot write here ({exc.strerror or type(exc).__name__})") from None
     if fcntl is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,6 +1,8 @@
 """Training: the tiny model learns generated scenes, and `lmae-repair train` works end to end."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ from PIL import Image
 import torch
 from typer.testing import CliRunner
 
-from conftest import NUM_CLASSES, make_cityscapes, make_paired, make_scene, make_voc
+from conftest import NUM_CLASSES, as_a_user_without_override, make_cityscapes, make_paired, make_scene, make_voc
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.data import discover
@@ -803,3 +805,17 @@ def test_a_second_train_into_the_same_run_folder_is_refused_while_the_first_trai
     finally:
         held.close()
     assert runner.invoke(app, args).exit_code == 0
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_any_epoch(tmp_path):
+    """A read-only run folder (a colleague's run, given to --resume; an empty folder made for the
+    run): refused at once, naming the folder, not after an epoch nor by the name of a lock file."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    folder = tmp_path / "run" / "mask-0.50"
+    folder.mkdir(parents=True, mode=0o555)
+    command = [sys.executable, "-m", "lmae_repair", "train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+               "--batch-size", "2", "--crop", "64", "--workers", "0"]
+    result = subprocess.run(as_a_user_without_override(command), capture_output=True, text=True)
+    assert result.returncode == 2 and f"error: {folder}: cannot write here (Permission denied)" in result.stderr, result.stderr
+    assert "epoch 1" not in result.stdout
+    folder.chmod(0o755)
