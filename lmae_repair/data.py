@@ -962,5 +962,7 @@ def _reason(exc: Exception) -> str:
                 return "empty file"
         except (IndexError, OSError):
             pass
+    if isinstance(exc, OSError) and exc.strerror:  # 'Permission denied', not "[Errno 13] ...: 'the path again'"
+        return exc.strerror
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]

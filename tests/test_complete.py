@@ -821,3 +821,20 @@ def test_the_default_output_of_a_linked_dataset_goes_beside_the_link(tmp_path, f
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "mine" / "camvid-completed" / "labels").iterdir()) == ["scene_000.png", "scene_001.png"]
     assert sorted(p.name for p in (tmp_path / "share").iterdir()) == ["camvid"]
+
+
+def test_one_label_and_one_image_without_read_permission_fail_alone_in_one_line_each(tmp_path, family):
+    """Files without read permission among many (a shared folder): the rest is completed, and
+    each is named once with the problem, not as "[Errno 13] Permission denied: 'the path again'"."""
+    root = make_paired(tmp_path / "ds", count=4)
+    (root / "labels" / "scene_001.png").chmod(0)
+    (root / "images" / "scene_002.png").chmod(0)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lmae_repair", "complete", str(root), "--out", str(out), "--models", str(family),
+               "--device", "cpu", "--min-confidence", "0"]
+    result = subprocess.run(as_a_user_without_override(command), capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert failed == [f"failed: {root / 'labels' / 'scene_001.png'}: unreadable label (Permission denied)",
+                      f"failed: {root / 'images' / 'scene_002.png'}: unreadable image (Permission denied)"], result.stderr
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["scene_000.png", "scene_003.png"]
