@@ -671,6 +671,15 @@ def _stretched(levels: np.ndarray, data: np.ndarray, floating: bool = False) -> 
     return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
+def wide_mask_hint(wide: np.ndarray) -> str:
+    """What to do with a 16-bit label holding only 0 and its top value (65535, or 32767, 4095...):
+    a binary mask saved by a tool that stretches masks to the full depth, not class indices."""
+    values = np.unique(wide)
+    if len(values) == 2 and values[0] == 0:
+        return f" (only 0 and {int(values[1])}: a binary mask? save it as 0/1 in 8 bits, e.g. (mask > 0).astype(np.uint8))"
+    return ""
+
+
 def read_label(path: Path) -> LabelFile:
     """Single-channel class indices from an L, P, 1 or 16-bit PNG (values must fit 0..255)."""
     try:
@@ -691,7 +700,7 @@ def read_label(path: Path) -> LabelFile:
             elif mode in ("I", "I;16", "I;16B", "I;16L"):
                 wide = np.asarray(img)
                 if wide.size and (wide.max() > 255 or wide.min() < 0):
-                    raise LmaeError(f"{path}: 16-bit label with values above 255")
+                    raise LmaeError(f"{path}: 16-bit label with values above 255{wide_mask_hint(wide)}")
                 values = wide.astype(np.uint8)  # written back 32-bit (a TIFF's mode I) or 16-bit (write_label)
                 mode = "I" if mode == "I" and img.format == "TIFF" else "I;16"
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):

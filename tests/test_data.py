@@ -768,3 +768,20 @@ def test_a_large_16_bit_tile_is_stretched_without_whole_image_float_copies():
     assert rgb.dtype == np.uint8 and np.array_equal(rgb, expected)
     signed = np.array([[-300, 0], [1200, 3000]], np.int16)  # a DEM: stretched as floats would be
     assert np.array_equal(stretch_to_8_bits(signed), stretch_to_8_bits(signed.astype(np.float32)))
+
+
+def test_a_16_bit_mask_of_0_and_65535_is_refused_saying_it_looks_like_a_binary_mask(tmp_path):
+    """Some tools save binary masks stretched to 16 bits (0 and 65535): the refusal said only
+    'values above 255', leaving the user to guess that the file is a mask to save as 0/1."""
+    from lmae_repair.data import read_label
+    from lmae_repair.errors import LmaeError
+
+    mask = np.zeros((32, 32), np.uint16)
+    mask[8:20, 8:20] = 65535
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    with pytest.raises(LmaeError, match=r"only 0 and 65535: a binary mask\? save it as 0/1"):
+        read_label(tmp_path / "m.png")
+    Image.fromarray(np.full((32, 32), 300, np.uint16)).save(tmp_path / "w.png")  # class indices beyond 255: no such hint
+    with pytest.raises(LmaeError) as refused:
+        read_label(tmp_path / "w.png")
+    assert "binary mask" not in str(refused.value)
