@@ -523,7 +523,8 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
     if totals["resumed"]:
         table.add_row("done by an earlier run", str(totals["resumed"]))
     if totals.get("read_shrunk"):
-        table.add_row("read shrunk to the models' scale", str(totals["read_shrunk"]))
+        # the rule goes by size alone: tiles cut from one mosaic (a small edge tile) may be read at another scale
+        table.add_row("read shrunk to the models' scale", f"{totals['read_shrunk']} (--native-scale reads every pair as it is)")
     share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
     table.add_row("pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
     for ratio, count in totals["pairs_by_mask_ratio"].items():

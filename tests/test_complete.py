@@ -656,6 +656,7 @@ def test_pairs_far_larger_than_the_training_images_are_read_at_their_scale_and_w
     result = complete(root, tmp_path / "out", family)
     assert result.exit_code == 0, result.output
     assert "read shrunk to the" in result.output  # the summary says so (a row of the table)
+    assert "--native-scale reads every pair" in " ".join(result.output.split())  # and how to read them as they are
     report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
     assert report["totals"]["read_shrunk"] == 3
     assert {entry["read_at"] for entry in report["pairs"]} == {"64x64"}
