@@ -182,9 +182,12 @@ def score_empty_labels_as_data(rows: list[dict]) -> None:
     broken. They are then scored like the others, by the model's evidence alone (their
     background share and the classes they lack are what a negative has), and their far
     look-alikes are counted against the median label's annotated area, since they annotate none.
-    Rare ones stay file defects: one empty label among hundreds is most likely a slip."""
+    Rare ones stay file defects: one empty label among hundreds is most likely a slip; so do all
+    of them where no model measured them (an audit of statistics only), which has no evidence."""
     measured = [row for row in rows if not row["defect"] or row.get("empty")]
     empty = [row for row in measured if row.get("empty")]
+    if any(row.get("far_pixels") is None for row in empty):  # no model measured them: nothing tells a negative
+        return  # from a label emptied by mistake, so they stay file defects, listed first
     if len(empty) < max(EMPTY_COMMON_COUNT, EMPTY_COMMON_SHARE * len(measured)):
         return
     annotated = [(1.0 - row["missing_share"]) * row["pixels"] for row in measured if not row.get("empty")]

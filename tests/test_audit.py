@@ -468,3 +468,21 @@ def test_an_empty_label_among_many_annotated_ones_stays_a_file_defect():
     rows.append(empty)
     score_rows(rows, LabelSpace(2, background_id=0, void_id=255))
     assert empty["defect"] and empty["score"] == 1.0 and empty["reasons"] == ["label is all background or void"]
+
+
+def test_without_a_model_common_empty_labels_stay_file_defects_listed_first(tmp_path):
+    """An audit of statistics only (no model fits the labels) has no evidence to tell a negative
+    from a label emptied by mistake: its empty labels were put at score 0, last, with the reason
+    'scored by the model's evidence' though no model ran. They stay file defects, listed first."""
+    root = make_paired(tmp_path / "ds", count=12, size=64, seed=3)
+    emptied = [f"labels/scene_00{i}.png" for i in range(3)]
+    for key in emptied:
+        values = np.array(Image.open(root / key))
+        Image.fromarray(np.zeros_like(values)).save(root / key)
+    report = tmp_path / "a.json"
+    result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report.read_text())
+    assert sorted(row["label"] for row in rows[:3]) == emptied
+    assert all(row["score"] == 1.0 and row["reasons"] == ["label is all background or void"] for row in rows[:3]), rows[:3]
+    assert "scored by the model's evidence" not in " ".join(result.output.split())
