@@ -128,23 +128,26 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
     usable = [row for row in rows if not row["defect"]]
     if not usable:
         return
+    # the labels' own statistics (background share, classes present) leave the negatives out: with
+    # 10% of them no class was in 90% of the labels, and a label lacking one was no longer told
+    annotating = np.array([not row.get("empty") for row in usable])
     missing = np.array([row["missing_share"] for row in usable])
     suspect = np.array([row["suspect_share"] or 0.0 for row in usable])  # None: no model measured it
     separate = np.array([row["separate_share"] or 0.0 for row in usable])
     far = np.array([row["far_share"] or 0.0 for row in usable])
-    z_missing, z_suspect, z_separate, z_far = (robust_z(missing, 0.01), robust_z(suspect, 0.001), robust_z(separate, 0.001),
-                                               robust_z(far, 0.001))
+    z_missing = np.zeros(len(usable))
+    if annotating.any():
+        z_missing[annotating] = robust_z(missing[annotating], 0.01)
+        missing = missing[annotating]  # the median the reasons quote
+    z_suspect, z_separate, z_far = robust_z(suspect, 0.001), robust_z(separate, 0.001), robust_z(far, 0.001)
     presence = np.zeros(space.num_classes)
     for row in usable:
-        presence[row["classes"]] += 1
-    presence /= len(usable)
+        if not row.get("empty"):
+            presence[row["classes"]] += 1
+    presence /= max(int(annotating.sum()), 1)
     common = [c for c in range(space.num_classes) if presence[c] >= COMMON_CLASS and c != space.background_id]
     for row, zm, zs, zp, zf in zip(usable, z_missing, z_suspect, z_separate, z_far):
-        if row.get("empty"):  # a negative: all background is what it is meant to hold, no class is expected
-            zm, common_here = 0.0, []
-        else:
-            common_here = common
-        absent = [c for c in common_here if c not in row["classes"]]
+        absent = [] if row.get("empty") else [c for c in common if c not in row["classes"]]  # a negative lacks them all
         evidence = max(zm, 0.0) + max(zs, 0.0) + max(zp, 0.0) + max(zf, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
         row["score"] = round(1.0 - math.exp(-evidence / SCALE), 4)
         row["evidence"] = round(evidence, 3)

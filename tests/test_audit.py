@@ -486,3 +486,28 @@ def test_without_a_model_common_empty_labels_stay_file_defects_listed_first(tmp_
     assert sorted(row["label"] for row in rows[:3]) == emptied
     assert all(row["score"] == 1.0 and row["reasons"] == ["label is all background or void"] for row in rows[:3]), rows[:3]
     assert "scored by the model's evidence" not in " ".join(result.output.split())
+
+
+def test_negatives_do_not_hide_a_label_that_lacks_a_class_every_other_label_has():
+    """The classes almost every label has, and the usual background share, are the annotated
+    labels' statistics: counted over the negatives too (4 of 24 here), no class was in 90% of the
+    labels any more, and the label that lost one was not told at all."""
+    from lmae_repair.audit import new_row, rank_key, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(20):
+        row = new_row(f"labels/a{i:02d}.png", None)
+        row.update(missing_share=0.6 + 0.01 * (i % 5), suspect_share=0.0, separate_share=0.0, far_share=0.0, far_pixels=0,
+                   pixels=1000, classes=[0, 1, 2])
+        rows.append(row)
+    rows[5].update(classes=[0, 1], missing_share=0.62)  # its class 2 erased
+    for i in range(4):
+        row = new_row(f"labels/n{i}.png", None)
+        row.update(score=1.0, defect=True, empty=True, reasons=["label is all background or void"], missing_share=1.0,
+                   suspect_share=0.0, separate_share=0.0, far_share=0.0, far_pixels=0, pixels=1000, classes=[0])
+        rows.append(row)
+    score_rows(rows, LabelSpace(3, background_id=0, void_id=255))
+    first = sorted(rows, key=rank_key)[0]
+    assert first["label"] == "labels/a05.png" and "no class_2 (present in 95% of labels)" in first["reasons"], first
+    assert not any("background/void covers" in reason for row in rows for reason in row["reasons"])  # 60-64%: as usual
