@@ -413,8 +413,12 @@ def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: Label
 
 def has_heatmap(row: dict) -> bool:
     """Whether --heatmaps pictures this row: the model sees something it lacks (suspect pixels or
-    far look-alikes)."""
-    return bool(row["suspect_pixels"]) or bool(row["far_share"])
+    far look-alikes). The far look-alikes by their count where the row has it: a negative's
+    far_share is computed again once the dataset is scored (`score_empty_labels_as_data`), against
+    the median label's area, and a few pixels of a large image round to 0 there; judged by that,
+    its heatmap, drawn while it was measured, was deleted again as stale by the same run."""
+    far = row.get("far_pixels")
+    return bool(row["suspect_pixels"]) or bool(row["far_share"] if far is None else far)
 
 
 def heatmap_path(folder: Path, key: str) -> Path:

@@ -511,3 +511,32 @@ def test_negatives_do_not_hide_a_label_that_lacks_a_class_every_other_label_has(
     first = sorted(rows, key=rank_key)[0]
     assert first["label"] == "labels/a05.png" and "no class_2 (present in 95% of labels)" in first["reasons"], first
     assert not any("background/void covers" in reason for row in rows for reason in row["reasons"])  # 60-64%: as usual
+
+
+def test_a_negatives_heatmap_drawn_while_measured_is_not_removed_as_stale_once_the_dataset_is_scored(tmp_path):
+    """A negative's far look-alikes are counted again against the median label's annotated area
+    once every pair is measured: 10 pixels against 3 million round to a far_share of 0, and the
+    heatmap drawn for them was deleted by the same run as 'an earlier run's'."""
+    from lmae_repair.audit import has_heatmap, heatmap_path, new_row, remove_stale_heatmaps, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(6):
+        row = new_row(f"labels/a{i}.png", None)
+        row.update(missing_share=0.75, suspect_pixels=0, suspect_share=0.0, separate_share=0.0, far_share=0.0, far_pixels=0,
+                   pixels=12_000_000, classes=[0, 1])
+        rows.append(row)
+    for i in range(3):
+        row = new_row(f"labels/n{i}.png", None)
+        far = 10 if i == 0 else 0
+        row.update(score=1.0, defect=True, empty=True, reasons=["label is all background or void"], missing_share=1.0,
+                   suspect_pixels=0, suspect_share=0.0, separate_share=0.0, far_share=round(far / (far + 1), 5), far_pixels=far,
+                   pixels=12_000_000, classes=[0])
+        rows.append(row)
+    assert has_heatmap(rows[6])  # drawn while it was measured
+    drawn = heatmap_path(tmp_path, "labels/n0.png")
+    drawn.parent.mkdir(parents=True)
+    drawn.write_bytes(b"heatmap")
+    score_rows(rows, LabelSpace(2, background_id=0, void_id=255))
+    assert not rows[6]["defect"] and rows[6]["far_share"] == 0.0  # 10 against 3 million annotated pixels
+    assert has_heatmap(rows[6]) and remove_stale_heatmaps(tmp_path, rows) == 0 and drawn.is_file()
