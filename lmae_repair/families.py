@@ -167,7 +167,7 @@ SOFT_EDGE_VALUES = 16  # distinct values between 0 and 255 from which 0/255 mask
 SOFT_EDGE_SHARE = 0.1  # ... while those values cover at most this share of the pixels (the edges)
 
 
-def soft_edged_masks(histogram, num_classes: int) -> str | None:
+def soft_edged_masks(histogram, num_classes: int, way_out: str = "pass --num-classes where the values are classes") -> str | None:
     """What is wrong where labels whose classes are counted from their values (no class list)
     are 0/255 masks with soft edges: mostly 0 and 255, and many values between them on a few
     pixels, as a mask resized with bilinear interpolation (or saved from a probability map)
@@ -185,7 +185,24 @@ def soft_edged_masks(histogram, num_classes: int) -> str | None:
     return (f"the labels look like masks of 0 and 255 with soft edges ({int((between > 0).sum())} values between them, on "
             f"{share:.1%} of the pixels, as a mask resized with bilinear interpolation holds), which would be read as "
             f"{num_classes} classes with 255 void: threshold them into 0/1 masks (e.g. with numpy, (mask >= 128).astype(np.uint8) "
-            "into new files; resize masks with nearest-neighbour only), or pass --num-classes where the values are classes")
+            f"into new files; resize masks with nearest-neighbour only), or {way_out}")
+
+
+def soft_edges_of_sample(index: DatasetIndex) -> str | None:
+    """`soft_edged_masks` of the labels `dataset_evidence` samples. Why: where no family fits 0/255
+    masks resized with bilinear interpolation, complete and audit said to train a family on
+    them, and train then refused them as soft-edged; they now say what train would."""
+    histogram = np.zeros(256, np.int64)
+    step = max(1, len(index.pairs) // MATCH_SAMPLE)
+    for pair in index.pairs[::step][:MATCH_SAMPLE]:
+        try:
+            values = read_label(pair.label).values
+        except LmaeError:
+            continue
+        histogram += np.bincount(values.ravel(), minlength=256)[:256]
+    largest = [value for value in np.flatnonzero(histogram) if value != 255]
+    return soft_edged_masks(histogram, int(max(largest, default=0)) + 1,
+                            "where the values are classes, train a family on them with `lmae-repair train --num-classes N`")
 
 
 PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one
@@ -212,13 +229,14 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
     return score
 
 
-def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list) -> str:
+def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list,
+                  soft: str | None = None) -> str:
     """Why no bundled family was chosen, with what the user can do about a near miss: labels
     whose values fit a family but that nothing names (no class list, no palette), or labels that
     hold no class indices at all (colour labels)."""
     named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
-    masks = masks_of_0_and_255(values)  # no family fits, and train refuses such labels whatever names them
+    masks = masks_of_0_and_255(values) or soft  # no family fits, and train refuses such labels (`soft`: soft-edged masks)
     if masks:
         return f"{reason}: {masks}"
     if not values:
@@ -234,14 +252,14 @@ class NoFamilyFits(LmaeError):
     """No bundled family fits a dataset's labels: an error for `complete` and `evaluate`, while
     `audit` goes on with what needs no model (`reason` says which labels, without the advice)."""
 
-    def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None):
+    def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None, soft: str | None = None):
         try:  # the classes as train would read them (build_label_space): where one is named void, train refuses
             misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
         except LmaeError:  # a class list that cannot be read: train says why
             misnamed = None
         # 0/255 masks, or no label read as class indices (colour labels): the reason says what to do
         # first, and no training advice (a family would learn nothing from the masks; train skips colour labels)
-        self.advice = ("" if masks_of_0_and_255(values or []) or values == [] else
+        self.advice = ("" if masks_of_0_and_255(values or []) or soft or values == [] else
                        f"before training a family for them: {misnamed}" if misnamed else how_to_train(index.root, index.image_root))
         self.reason = reason
         super().__init__(f"{index.root}: {reason}" + (f"; {self.advice}" if self.advice else ""))
@@ -266,7 +284,8 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         elif score is not None:
             unconfirmed.append((name, info.label_space))
     if not scored:
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed), index, values)
+        soft = None if names else soft_edges_of_sample(index)  # as train judges labels whose classes nothing names
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft), index, values, soft)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

@@ -506,3 +506,19 @@ def test_workers_ended_by_the_groups_signal_count_as_an_interruption():
     with pytest.raises(typer.Exit) as stopped:
         guarded(body, "interrupted: go on with --resume")
     assert stopped.value.exit_code == 143
+
+
+def test_soft_edged_masks_that_no_family_fits_are_told_as_train_would_tell_them(tmp_path):
+    """0/255 masks resized with bilinear interpolation: complete and audit said to train a family
+    on them ('train a family for it with lmae-repair train ...'), which then refused them as
+    soft-edged. They now say what is wrong with them, and no training advice."""
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    for path in (root / "labels").glob("*.png"):
+        mask = Image.fromarray((np.array(Image.open(path)) > 0).astype(np.uint8) * 255)
+        mask.resize((96, 96), Image.BILINEAR).resize((64, 64), Image.BILINEAR).save(path)
+    completed = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")])
+    told = " ".join(completed.output.split())
+    assert completed.exit_code == 2 and "soft edges" in told and "(mask >= 128)" in told, told
+    assert "train a family for it" not in told and "--num-classes N" in told
+    audited = " ".join(runner.invoke(app, ["audit", str(root)]).output.split())
+    assert "soft edges" in audited and "train a family for it" not in audited, audited
