@@ -41,6 +41,7 @@ from lmae_repair.report import report_totals, write_html_report, write_json_repo
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
 LOCK_FILE = ".lmae-lock"
+TRAIN_LOCK_FILE = ".lmae-train-lock"  # train's, apart: complete takes a LOCK_FILE for its own earlier output
 PENDING_WRITES = 4  # batches the writer may fall behind before the model waits for it
 # Tiles per forward pass. On a CPU small passes are faster (measured on examples/camvid, 2 cores:
 # 8 tiles 2.6 pairs/s, 64 tiles 1.8 pairs/s: big activations only churn memory); a GPU wants
@@ -572,12 +573,13 @@ def append_json_line(path: Path, record: dict) -> None:
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
 
 
-def lock_output(out: Path, data_root: Path | None = None):
+def lock_output(out: Path, data_root: Path | None = None, name: str = LOCK_FILE):
     """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused. The
     lock file keeps the dataset's root (`data_root`), so that a run killed before its report
-    is not taken over by another dataset (`check_output_is_of`)."""
+    is not taken over by another dataset (`check_output_is_of`). `train` locks its run folders
+    under another `name`, so that `complete --out` a run folder is still refused as not its own."""
     try:
-        handle = open(out / LOCK_FILE, "a", encoding="utf-8", errors="surrogateescape")
+        handle = open(out / name, "a", encoding="utf-8", errors="surrogateescape")
     except OSError as exc:  # a read-only run folder (train): the folder named, not the lock file inside
         raise LmaeError(f"{out}: cannot write here ({exc.strerror or type(exc).__name__})") from None
     if fcntl is not None:

@@ -206,9 +206,9 @@ def hold_run_folder(folder: Path, resume: bool):
     train into it while this one runs (a job submitted twice) is refused, instead of both writing
     each other's checkpoints, state and history. Without --resume, the folder is checked again
     once held: a run that finished in between is not overwritten."""
-    from lmae_repair.complete import lock_output
+    from lmae_repair.complete import TRAIN_LOCK_FILE, lock_output
 
-    lock = lock_output(folder)
+    lock = lock_output(folder, name=TRAIN_LOCK_FILE)
     try:
         check_no_earlier_run(folder, resume)
     except LmaeError:

@@ -791,13 +791,13 @@ def test_a_second_train_into_the_same_run_folder_is_refused_while_the_first_trai
     """The same job submitted twice (a scheduler's requeue, a second terminal): both runs trained
     into one run folder and each wrote over the other's files, leaving best.safetensors of one
     command beside the history and state.pt of the other, with exit 0 for both."""
-    from lmae_repair.complete import lock_output
+    from lmae_repair.complete import TRAIN_LOCK_FILE, lock_output
 
     root = make_paired(tmp_path / "ds", count=2, size=64)
     folder = tmp_path / "run" / "mask-0.50"
     folder.mkdir(parents=True)
     args = ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0"]
-    held = lock_output(folder)  # what the first run holds while it trains
+    held = lock_output(folder, name=TRAIN_LOCK_FILE)  # what the first run holds while it trains
     try:
         second = runner.invoke(app, args)
         assert second.exit_code == 2 and "another lmae-repair run is writing here" in second.output, second.output
@@ -805,6 +805,10 @@ def test_a_second_train_into_the_same_run_folder_is_refused_while_the_first_trai
     finally:
         held.close()
     assert runner.invoke(app, args).exit_code == 0
+    # the lock train leaves is not the mark of an earlier complete: complete --out the run folder (a slip) is refused
+    slip = runner.invoke(app, ["complete", str(root), "--models", str(folder / "best.safetensors"), "--out", str(folder)])
+    assert slip.exit_code == 2 and "not the output of an earlier lmae-repair run" in slip.output, slip.output
+    assert not (folder / "labels").exists()
 
 
 def test_a_run_folder_that_cannot_be_written_is_refused_before_any_epoch(tmp_path):
