@@ -158,14 +158,18 @@ def mixed_training_mask(
 
 def parse_mix(text: str) -> tuple[float, ...]:
     """'1:2:2:2' -> (1.0, 2.0, 2.0, 2.0): random : label-first : background-first : objects
-    ('1:2:2', the paper's mix, leaves objects out)."""
+    ('1:2:2', the paper's mix, leaves objects out). Weights that are not finite in float32
+    ('nan', 'inf', '1e39') are refused here: the strategies are drawn from them in float32
+    (torch.multinomial), which failed in the first training step, after the run folder was made."""
     try:
         parts = tuple(float(p) for p in text.split(":"))
     except ValueError:
         parts = ()
-    if len(parts) not in (3, 4) or min(parts) < 0 or sum(parts) <= 0:
+    as_drawn = torch.tensor(parts, dtype=torch.float)
+    finite = bool(as_drawn.isfinite().all()) and math.isfinite(float(as_drawn.sum()))
+    if len(parts) not in (3, 4) or not finite or min(parts) < 0 or sum(parts) <= 0:
         raise LmaeError(
-            f"--mask-mix: expected three or four non-negative weights like 1:2:2:2 "
+            f"--mask-mix: expected three or four finite, non-negative weights like 1:2:2:2 "
             f"(random:label-first:background-first[:objects]), got {text!r}"
         )
     return parts

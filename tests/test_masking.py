@@ -118,7 +118,7 @@ def test_erase_objects_takes_the_share_of_small_objects_only():
 def test_parse_mix():
     assert parse_mix("1:2:2") == (1.0, 2.0, 2.0)
     assert parse_mix("1:2:2:2") == (1.0, 2.0, 2.0, 2.0)
-    for bad in ("1:2", "a:b:c", "-1:1:1", "0:0:0", "1:1:1:1:1"):
+    for bad in ("1:2", "a:b:c", "-1:1:1", "0:0:0", "1:1:1:1:1", "nan:1:1:1", "inf:1:1:1", "1e39:1:1:1", "3e38:3e38:1:1", ""):
         with pytest.raises(LmaeError):
             parse_mix(bad)
 
