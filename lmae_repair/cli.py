@@ -37,16 +37,31 @@ class OneValueEach(typer.core.TyperCommand):
     """Refuses an option that takes one value given twice (`evaluate -m 0.25 -m 0.5`): click
     would keep the last one silently, and the run would answer for one value while the user
     believes it answered for both. Repeatable options (`--models`, train's `--mask-ratio`) are
-    untouched."""
+    untouched.
+
+    Also refuses an empty path (`--out "$OUT"` with OUT unset): Path("") is the current folder,
+    so `audit --heatmaps ""` wrote its pictures there, `tune --out ""` its checkpoints,
+    `--images "" --labels ""` paired whatever lay below it, and `--models ""` took every
+    checkpoint found there."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        _, _, given = self.make_parser(ctx).parse_args(args=list(args))
+        raw, _, given = self.make_parser(ctx).parse_args(args=list(args))
         rest = super().parse_args(ctx, args)  # first, so that --help anywhere on the line still answers
         for option in {param for param in given if isinstance(param, typer.core.TyperOption)}:
             times = sum(param is option for param in given)
             if times > 1 and not (option.multiple or option.count or option.is_flag):
                 raise typer.BadParameter(f"given {times} times, but it takes one value (run the command once per value)", ctx, option)
+        for param in self.params:
+            values = raw.get(param.name)
+            values = values if isinstance(values, (list, tuple)) else [values]
+            annotation = param.type_descriptor.annotation
+            if param.name in PATH_LIKE or annotation is Path or getattr(annotation, "__args__", None) == (Path,):
+                if any(value == "" for value in values):
+                    raise typer.BadParameter("empty path (an unset shell variable?)", ctx, param)
         return rest
+
+
+PATH_LIKE = {"models", "checkpoint"}  # --models, inspect: a checkpoint, folder or family name (a string), a path all the same
 
 
 command = partial(app.command, cls=OneValueEach)

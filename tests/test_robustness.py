@@ -522,3 +522,26 @@ def test_soft_edged_masks_that_no_family_fits_are_told_as_train_would_tell_them(
     assert "train a family for it" not in told and "--num-classes N" in told
     audited = " ".join(runner.invoke(app, ["audit", str(root)]).output.split())
     assert "soft edges" in audited and "train a family for it" not in audited, audited
+
+
+@pytest.mark.parametrize("command", [
+    ["audit", "{data}", "--models", "{family}", "--heatmaps", ""],
+    ["tune", "{data}", "--models", "{family}", "--out", ""],
+    ["complete", "{data}", "--models", "{family}", "--out", ""],
+    ["complete", "--images", "", "--labels", "", "--models", "{family}", "--out", "{out}"],
+    ["complete", "{data}", "--models", "", "--out", "{out}"],
+    ["train", "{data}", "--out", "", "--epochs", "1", "--crop", "32"],
+    ["inspect", ""],
+    ["average", "", "", "--out", "{out}.safetensors"],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, family, monkeypatch, command):
+    """`--out "$OUT"` with OUT unset is `--out ""`, which Path() reads as the current folder: audit
+    wrote its heatmaps there, tune its checkpoints, --images "" paired whatever lay below it."""
+    data = make_paired(tmp_path / "ds", count=2)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = [part.format(data=data, family=family, out=tmp_path / "out") for part in command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "empty path" in result.output, result.output
+    assert list(here.iterdir()) == [] and not (tmp_path / "out").exists()
