@@ -99,6 +99,7 @@ def guarded(function, interrupted: str = "interrupted"):
     with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message."""
     watch_interrupts()
     try:
+        check_environment()
         return function()
     except typer.Exit:
         raise
@@ -121,6 +122,14 @@ def guarded(function, interrupted: str = "interrupted"):
         if isinstance(exc, OSError) and exc.filename:
             fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         fail(unexpected("lmae-repair", exc))
+
+
+def check_environment() -> None:
+    """Refuse a malformed LMAE_REPAIR_MAX_PIXELS before any work, as a setup error (exit code 2):
+    read only when a file is opened, it had failed every pair, each as an 'unreadable label'."""
+    from lmae_repair.data import max_pixels
+
+    max_pixels()
 
 
 def version_callback(value: bool) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import shlex
 import sys
@@ -541,7 +542,20 @@ class LabelFile:
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("LMAE_REPAIR_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The largest image read, in pixels: LMAE_REPAIR_MAX_PIXELS (a whole number, as 100000000 or
+    1e8; empty is unset), else 50 million. A value that is not one is refused as a setup error (the
+    commands call this before any pair: `cli.guarded`); read per file, `int('abc')` had failed every
+    pair as an 'unreadable label', and with no --models, as labels no bundled family fits."""
+    text = os.environ.get("LMAE_REPAIR_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise LmaeError(f"LMAE_REPAIR_MAX_PIXELS: expected a whole number of pixels such as 100000000 or 1e8, got {text!r}")
+    return int(value)
 
 
 def check_size(path: Path, img: Image.Image) -> None:
@@ -550,7 +564,7 @@ def check_size(path: Path, img: Image.Image) -> None:
     if width * height > max_pixels():
         raise LmaeError(
             f"{path}: {width}x{height} ({width * height / 1e6:.1f} megapixels) is larger than the "
-            f"{max_pixels() / 1e6:.0f} megapixels lmae-repair reads (set LMAE_REPAIR_MAX_PIXELS to "
+            f"{max_pixels() / 1e6:g} megapixels lmae-repair reads (set LMAE_REPAIR_MAX_PIXELS to "
             "raise the limit, or cut the image into tiles)"
         )
     if width == 0 or height == 0:

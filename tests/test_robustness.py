@@ -545,3 +545,21 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, fam
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "empty path" in result.output, result.output
     assert list(here.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_malformed_max_pixels_is_a_setup_error_not_every_pair_unreadable(tmp_path, family, monkeypatch):
+    """LMAE_REPAIR_MAX_PIXELS=abc had failed each pair as an 'unreadable label (invalid literal for
+    int() ...)' (exit code 1, or 'no usable training pair'); 1e8, as one writes a large number, too."""
+    data = make_paired(tmp_path / "ds", count=2)
+    for bad in ("abc", "-5", "0", "nan"):
+        monkeypatch.setenv("LMAE_REPAIR_MAX_PIXELS", bad)
+        for command in (["complete", "--out", str(tmp_path / "out")], ["audit"], ["evaluate"]):
+            one_line_error(runner.invoke(app, [command[0], str(data), "--models", str(family), *command[1:]]), "LMAE_REPAIR_MAX_PIXELS", repr(bad))
+        one_line_error(runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run")]), "LMAE_REPAIR_MAX_PIXELS")
+        assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+    monkeypatch.setenv("LMAE_REPAIR_MAX_PIXELS", "1e8")
+    result = runner.invoke(app, ["complete", str(data), "--models", str(family), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("LMAE_REPAIR_MAX_PIXELS", "1000")  # smaller than the 64x64 pairs: each one refused, saying so
+    result = runner.invoke(app, ["complete", str(data), "--models", str(family), "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 1 and "larger than the 0.001 megapixels" in result.output, result.output
