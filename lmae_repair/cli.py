@@ -781,7 +781,7 @@ def push(
         import json
         import tempfile
 
-        from lmae_repair.hub import build_upload, figures_of_another_family, push_family
+        from lmae_repair.hub import build_upload, figures_of_another_family, prepare_staging, push_family
 
         figures = None
         if evaluate_json is not None:
@@ -795,7 +795,7 @@ def push(
                 raise LmaeError(f"{evaluate_json}: {problem}")
         with tempfile.TemporaryDirectory(prefix="lmae-push-") as temporary:
             folder = staging or Path(temporary)
-            folder.mkdir(parents=True, exist_ok=True)
+            prepare_staging(folder)
             operations = build_upload(run_dir, repo_id, folder, figures)
             table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {repo_id}")
             table.add_column("file")

@@ -151,6 +151,26 @@ def training_lines(info) -> list[str]:
     return lines
 
 
+def prepare_staging(staging: Path) -> None:
+    """Make `push --staging` ready to build into. Everything in it is uploaded, so a folder holding
+    anything else is refused: the user's own README.md was overwritten by the model card, and
+    other files went up with the family. An earlier push's staging (the model card and
+    checkpoints) is emptied first, so that a checkpoint of another run left there does not go up."""
+    if staging.exists() and not staging.is_dir():
+        raise LmaeError(f"{staging}: --staging names a file; give a new or empty folder")
+    staging.mkdir(parents=True, exist_ok=True)
+    entries = sorted(staging.iterdir())
+    card = staging / "README.md"
+    earlier = card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith(FRONT_MATTER) and all(
+        entry == card or (entry.is_file() and entry.suffix == ".safetensors") for entry in entries)
+    if entries and not earlier:
+        names = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise LmaeError(f"{staging}: --staging holds other files ({names}), and everything in it is uploaded; "
+                        "give a new or empty folder")
+    for entry in entries:
+        entry.unlink()
+
+
 def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: str | None = None) -> list:
     """The commit operations that `push` sends: the family files written to `staging` in the local
     family layout, and the model card. Nothing is sent here."""

@@ -171,3 +171,26 @@ def test_the_card_and_inspect_say_how_each_file_of_a_family_was_made(tmp_path, f
     assert f"class offsets (`lmae-repair tune`): {info.label_space.names[0]} -1.0" in card
     shown = " ".join(runner.invoke(app, ["inspect", str(tmp_path / "fam" / "general.safetensors")]).output.split())
     assert "training init │ /abs/models/concrete/mask-0.50.safetensors" in shown, shown
+
+
+def test_push_builds_only_into_a_new_empty_or_earlier_staging_folder(tmp_path, family):
+    """Everything under --staging is uploaded: a folder of the user's had its README.md replaced by
+    the model card and its other files listed for the upload; an earlier push's checkpoint of
+    another mask ratio went up again with the next family."""
+    staging = tmp_path / "mine"
+    staging.mkdir()
+    (staging / "README.md").write_text("my notes\n")
+    (staging / "notes.txt").write_text("keep\n")
+    result = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--staging", str(staging)])
+    assert result.exit_code == 2 and "--staging holds other files" in result.output, result.output
+    assert (staging / "README.md").read_text() == "my notes\n" and sorted(p.name for p in staging.iterdir()) == ["README.md", "notes.txt"]
+    result = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--staging", str(staging / "notes.txt")])
+    assert result.exit_code == 2 and "--staging names a file" in result.output, result.output
+
+    earlier = tmp_path / "earlier"
+    assert runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--staging", str(earlier)]).exit_code == 0
+    shutil.rmtree(family / "mask-0.25")  # the next family has one ratio only
+    result = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run", "--staging", str(earlier)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in earlier.iterdir()) == ["README.md", "mask-0.50.safetensors"]
+    assert "mask-0.25" not in result.output
