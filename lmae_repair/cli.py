@@ -166,7 +166,7 @@ def train(
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
     crop: int = typer.Option(224, min=16, help="Training crop size; inference runs in tiles of this size."),
-    lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam)."),
+    lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam), above 0."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
     seed: int = typer.Option(0, min=0, help="Random seed."),

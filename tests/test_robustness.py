@@ -241,6 +241,14 @@ def test_a_report_file_that_cannot_be_written_is_refused_before_any_work(tmp_pat
     assert result.exit_code == 0 and (tmp_path / "a" / "b.csv").is_file()  # a missing folder is made
 
 
+def test_train_refuses_a_learning_rate_of_zero(tmp_path):
+    """--lr 0 was accepted: the run spent its epochs and wrote checkpoints equal to its start."""
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--crop", "32", "--epochs", "1", "--lr", "0"])
+    one_line_error(result, "--lr must be above 0")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("option", [
     ["--batch-size", "0"], ["--crop", "0"], ["--patch-size", "0"], ["--lr", "-1"], ["--workers", "-3"],
     ["--epochs", "0"], ["--val-max-pairs", "-1"], ["--void-id", "300"],
