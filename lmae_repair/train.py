@@ -884,7 +884,14 @@ def load_training_data(
 
     Pairs that cannot be used (unreadable, size mismatch, values outside the label space) are
     reported one line each on stderr and left out.
+
+    --val-split without --val beside --images/--labels is refused: it is a split of DATA, which
+    is then not given (the current folder by default), so a `val/` folder there was validated on
+    without a word, whatever data it held.
     """
+    if images is not None and val is None and val_split is not None:
+        raise LmaeError(f"--val-split {val_split}: --images and --labels name the training pairs' folders, which have no "
+                        "splits; give the validation data with --val DATA (and --val-split for a split of it)")
     index = discover(root, split, images, labels)
     for note in index.notes:
         console.print(f"note: {note}", highlight=False)

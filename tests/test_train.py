@@ -823,3 +823,18 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_any_epoch(tmp_pat
     assert result.returncode == 2 and f"error: {folder}: cannot write here (Permission denied)" in result.stderr, result.stderr
     assert "epoch 1" not in result.stdout
     folder.chmod(0o755)
+
+
+def test_val_split_beside_images_and_labels_needs_val(tmp_path, monkeypatch):
+    """--val-split names a split of DATA; with --images/--labels DATA is the current folder by
+    default, and a val/ folder there (another dataset) was validated on without a word."""
+    data = make_paired(tmp_path / "train", count=2)
+    here = tmp_path / "here"
+    make_paired(here / "val", count=2, seed=1)
+    monkeypatch.chdir(here)
+    args = ["train", "--images", str(data / "images"), "--labels", str(data / "labels"), "--crop", "32", "--epochs", "1"]
+    result = runner.invoke(app, args + ["--val-split", "val", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--val-split val" in result.output and "--val DATA" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    result = runner.invoke(app, args + ["--val", str(here / "val"), "--out", str(tmp_path / "run2")])
+    assert result.exit_code == 0 and "2 validation pairs" in result.output, result.output
