@@ -224,6 +224,8 @@ def train(
             photometric=photometric,
         )
         check_option_values(options)  # before the scan: a typo is the one line printed
+        if out is not None and out.exists() and not out.is_dir():  # said after the scan as "OUT/mask-0.50: Not a directory"
+            raise LmaeError(f"{out}: --out names a file; give a run folder (new, or a run's to --resume)")
         space_options = {"num_classes": num_classes, "void_id": void_id}
         background = parse_background_id(background_id)
         if background is not _UNSET:
@@ -841,6 +843,8 @@ def average(
         missing = [path for path in checkpoints if not path.exists()]
         if missing:
             raise LmaeError(f"{missing[0]}: no such file or folder")
+        if out.is_dir():  # was "cannot write it (Is a directory)", after the checkpoints were read
+            raise LmaeError(f"{out}: --out names a folder; give the averaged checkpoint's file name (e.g. {out / 'averaged.safetensors'})")
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
         files = distinct_files(files)  # a file named twice counts once
         if out.resolve() in {f.resolve() for f in files}:
@@ -954,6 +958,8 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
     folder = out
     if folder is not None:
         index.refuse_inside(folder, "--out")
+        if folder.exists() and not folder.is_dir():  # was "OUT: File exists"
+            raise LmaeError(f"{folder}: --out names a file; give a folder for the tuned checkpoints")
     if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
         folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
         console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "

@@ -571,3 +571,16 @@ def test_a_malformed_max_pixels_is_a_setup_error_not_every_pair_unreadable(tmp_p
     monkeypatch.setenv("LMAE_REPAIR_MAX_PIXELS", "1000")  # smaller than the 64x64 pairs: each one refused, saying so
     result = runner.invoke(app, ["complete", str(data), "--models", str(family), "--out", str(tmp_path / "out2")])
     assert result.exit_code == 1 and "larger than the 0.001 megapixels" in result.output, result.output
+
+
+def test_out_of_the_wrong_kind_is_named_as_such(tmp_path, family):
+    """train --out FILE said 'FILE/mask-0.50: Not a directory' after the scan, tune --out FILE
+    'FILE: File exists', average --out FOLDER 'cannot write it (Is a directory)'."""
+    data = make_paired(tmp_path / "ds", count=2)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep\n")
+    one_line_error(runner.invoke(app, ["train", str(data), "--out", str(a_file), "--crop", "32", "--epochs", "1"]), "--out names a file")
+    one_line_error(runner.invoke(app, ["tune", str(data), "--models", str(family), "--out", str(a_file)]), "--out names a file")
+    checkpoints = [str(family / "mask-0.25" / "best.safetensors"), str(family / "mask-0.50" / "best.safetensors")]
+    one_line_error(runner.invoke(app, ["average", *checkpoints, "--out", str(tmp_path)]), "--out names a folder")
+    assert a_file.read_text() == "keep\n"
