@@ -180,6 +180,8 @@ def check_option_values(options: TrainOptions) -> None:
         raise LmaeError(f"--gaps must be one of {', '.join(GAP_KINDS)}, got {options.gaps!r}")
     if options.weights_from not in WEIGHT_SOURCES:
         raise LmaeError(f"--weights-from: expected {' or '.join(WEIGHT_SOURCES)}, got {options.weights_from!r}")
+    if options.seed >= 2**64:  # torch.manual_seed takes 64 bits: a larger seed failed after the scan, 'unexpected ValueError'
+        raise LmaeError(f"--seed must be below 2**64 = {2**64}, got {options.seed}")
     if options.lr <= 0:  # Adam at 0 changes no weight: every epoch would be spent for a checkpoint equal to where it began
         raise LmaeError(f"--lr must be above 0 (at {options.lr:g} no weight changes), e.g. 5e-4 (the default) or 1e-4 to fine-tune")
     for ratio in options.mask_ratios:

@@ -249,6 +249,15 @@ def test_train_refuses_a_learning_rate_of_zero(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_refuses_a_seed_torch_cannot_take(tmp_path):
+    """--seed 99999999999999999999 (above 64 bits) ended after the label scan in 'unexpected
+    ValueError: Overflow when unpacking long long'."""
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--crop", "32", "--epochs", "1", "--seed", str(2**64)])
+    one_line_error(result, "--seed must be below 2**64")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("option", [
     ["--batch-size", "0"], ["--crop", "0"], ["--patch-size", "0"], ["--lr", "-1"], ["--workers", "-3"],
     ["--epochs", "0"], ["--val-max-pairs", "-1"], ["--void-id", "300"],
