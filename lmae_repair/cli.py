@@ -77,6 +77,17 @@ class PipedConsole(Console):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
 
 
+def forget_zero_width() -> None:
+    """COLUMNS=0 (or LINES=0) in the environment made rich draw everything, help, errors and
+    summaries alike, at width 0, i.e. print nothing: a failed run ended with exit code 2 and not a
+    word. A size of 0 is taken as unknown, as rich takes a terminal that reports none (80 wide)."""
+    for name in ("COLUMNS", "LINES"):
+        text = os.environ.get(name, "").strip()
+        if text.isdigit() and int(text) == 0:
+            del os.environ[name]
+
+
+forget_zero_width()  # before any console is made: rich reads COLUMNS when one is created
 # soft_wrap: a status or error line stays one line in logs and pipes, whatever the terminal width.
 # No markup or emoji codes: messages carry file names, and "d[x]" or "a:b:c" must print as they
 # are (styles are given as rich Text instead).

@@ -593,3 +593,13 @@ def test_out_of_the_wrong_kind_is_named_as_such(tmp_path, family):
     checkpoints = [str(family / "mask-0.25" / "best.safetensors"), str(family / "mask-0.50" / "best.safetensors")]
     one_line_error(runner.invoke(app, ["average", *checkpoints, "--out", str(tmp_path)]), "--out names a folder")
     assert a_file.read_text() == "keep\n"
+
+
+def test_columns_zero_does_not_silence_every_message(tmp_path):
+    """COLUMNS=0 made rich print everything at width 0: an error ended with exit code 2 and not a
+    word, the help was empty."""
+    env = {**os.environ, "COLUMNS": "0"}
+    result = subprocess.run([sys.executable, "-m", "lmae_repair", "complete", str(tmp_path / "nowhere")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "nowhere: no such dataset folder" in result.stderr, result.stderr
+    shown = subprocess.run([sys.executable, "-m", "lmae_repair", "complete", "--help"], capture_output=True, text=True, env=env)
+    assert shown.returncode == 0 and "--labels-only" in shown.stdout
