@@ -235,6 +235,11 @@ def train(
             photometric=photometric,
         )
         check_option_values(options)  # before the scan: a typo is the one line printed
+        if options.gaps == "objects" and (len(options.mask_mix) < 4 or options.mask_mix[3] == 0):
+            # routing sends labels with missed objects to such a checkpoint, and only the objects
+            # strategy shows it one in training: without it, it learns what any other file learns
+            console.print(f"note: --gaps objects, but --mask-mix {mask_mix} gives the objects strategy no weight: these "
+                          "checkpoints never see a missed object in training (README: e.g. --mask-mix 1:1:1:3)", highlight=False)
         if out is not None and out.exists() and not out.is_dir():  # said after the scan as "OUT/mask-0.50: Not a directory"
             raise LmaeError(f"{out}: --out names a file; give a run folder (new, or a run's to --resume)")
         space_options = {"num_classes": num_classes, "void_id": void_id}

@@ -838,3 +838,14 @@ def test_val_split_beside_images_and_labels_needs_val(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
     result = runner.invoke(app, args + ["--val", str(here / "val"), "--out", str(tmp_path / "run2")])
     assert result.exit_code == 0 and "2 validation pairs" in result.output, result.output
+
+
+def test_an_objects_checkpoint_without_the_objects_strategy_is_noted(tmp_path):
+    """--gaps objects --mask-mix 1:2:2:0 trained a checkpoint for missed objects that never saw
+    one, without a word."""
+    data = make_paired(tmp_path / "ds", count=2)
+    args = ["train", str(data), "--crop", "32", "--epochs", "1", "--gaps", "objects"]
+    result = runner.invoke(app, args + ["--mask-mix", "1:2:2:0", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0 and "never see a missed object" in result.output, result.output
+    result = runner.invoke(app, args + ["--mask-mix", "1:1:1:3", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0 and "never see a missed object" not in result.output, result.output
