@@ -165,6 +165,7 @@ def masks_of_0_and_255(values: list[set[int]], names: list[str] | None = None, p
 
 SOFT_EDGE_VALUES = 16  # distinct values between 0 and 255 from which 0/255 masks are taken for soft-edged
 SOFT_EDGE_SHARE = 0.1  # ... while those values cover at most this share of the pixels (the edges)
+SOFT_EDGE_UPPER_VALUES = 4  # ... and edges run the whole way from 0 to 255: some of those values are 128 or more
 
 
 def soft_edged_masks(histogram, num_classes: int, way_out: str = "pass --num-classes where the values are classes") -> str | None:
@@ -178,6 +179,8 @@ def soft_edged_masks(histogram, num_classes: int, way_out: str = "pass --num-cla
     counts = np.asarray(histogram)
     between = counts[1:255]
     if not (counts[0] and counts[255]) or int((between > 0).sum()) < SOFT_EDGE_VALUES:
+        return None
+    if int((counts[128:255] > 0).sum()) < SOFT_EDGE_UPPER_VALUES:  # class indices 1..k with 255 void: 17+ classes, small objects
         return None
     share = float(between.sum()) / float(counts.sum())
     if share > SOFT_EDGE_SHARE:

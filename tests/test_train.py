@@ -314,6 +314,9 @@ def test_masks_of_0_and_255_with_soft_edges_are_refused_not_read_as_250_classes(
     histogram = np.zeros(256, np.int64)
     histogram[[0, 1, 2, 255]] = [900, 50, 30, 20]  # three classes and void: not soft edges
     assert soft_edged_masks(histogram, 3) is None
+    histogram = np.zeros(256, np.int64)  # 21 classes (Pascal VOC in grey, no class list), mostly background, 255 void
+    histogram[0], histogram[1:21], histogram[255] = 9000, 20, 500
+    assert soft_edged_masks(histogram, 21) is None
 
 
 def test_validation_labels_beyond_the_classes_counted_from_training_say_how_to_give_the_count(tmp_path):
