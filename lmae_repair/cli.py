@@ -642,7 +642,9 @@ def evaluate(
         print_evaluation(result)
         if result["pairs"] and not result["erased_pixels"]:
             hint = ("no object is small enough, or the draw took none: raise --max-object-share or try another --seed"
-                    if strategy == "objects" else "raise --mask-ratio")
+                    if strategy == "objects" else
+                    f"raise --mask-ratio, or lower --patch-size: only whole patches are erased, none where {patch_size} pixels "
+                    "is more than an image's side")
             console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
         if strategy != "objects" and mask_ratio >= 1.0:
             console.print("note: at --mask-ratio 1 every patch is erased, so every label is all void: with nothing annotated to "

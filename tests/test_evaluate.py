@@ -167,3 +167,11 @@ def test_the_title_counts_one_pair_in_the_singular(tmp_path, family):
     result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--max-pairs", "1"])
     assert result.exit_code == 0, result.output
     assert "random damage at 0.5: 1 pair, " in result.output
+
+
+def test_a_patch_larger_than_the_images_erases_nothing_and_the_note_says_to_lower_it(tmp_path, family):
+    """--patch-size 512 on small images erased nothing, and the note said only to raise --mask-ratio."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--patch-size", "128"])
+    told = " ".join(result.output.split())
+    assert "erased no annotated pixel" in told and "lower --patch-size" in told, told
