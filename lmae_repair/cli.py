@@ -856,7 +856,7 @@ def average(
     def run() -> None:
         from lmae_repair.checkpoints import average_checkpoints, read_info, save_checkpoint
         from lmae_repair.data import distinct_files
-        from lmae_repair.train import EPOCH_FILES
+        from lmae_repair.train import EPOCH_FILES, STATE_FILE
 
         missing = [path for path in checkpoints if not path.exists()]
         if missing:
@@ -867,6 +867,10 @@ def average(
         files = distinct_files(files)  # a file named twice counts once
         if out.resolve() in {f.resolve() for f in files}:
             raise LmaeError(f"{out}: --out is one of the checkpoints being averaged; write the average elsewhere")
+        if out.name in ("best.safetensors", "last.safetensors") and (out.parent / STATE_FILE).is_file():
+            # `average RUN/mask-0.50 --out RUN/mask-0.50/best.safetensors` replaced the run's best without a word
+            raise LmaeError(f"{out}: --out is the training run's own {out.name}; write the average beside it "
+                            f"(e.g. {out.parent / 'averaged.safetensors'}) and pass that to --models")
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
             ratio_folders = sorted(f.name for path in checkpoints if path.is_dir() for f in path.glob("mask-*") if any(f.glob(EPOCH_FILES)))

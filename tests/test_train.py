@@ -605,6 +605,11 @@ def test_average_refuses_to_write_over_one_of_its_inputs_and_counts_each_file_on
     assert result.exit_code == 2 and "one of the checkpoints being averaged" in result.output
     result = runner.invoke(app, ["average", str(first), str(first), "--out", str(tmp_path / "avg.safetensors")])
     assert result.exit_code == 2 and "at least two checkpoints" in result.output
+    best = out / "mask-0.50" / "best.safetensors"  # the run's own best, which average replaced without a word
+    kept = best.read_bytes()
+    result = runner.invoke(app, ["average", str(out / "mask-0.50"), "--out", str(best)])
+    assert result.exit_code == 2 and "the training run's own best.safetensors" in result.output, result.output
+    assert best.read_bytes() == kept
 
 
 def one_pair_dataset(root):
