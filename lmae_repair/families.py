@@ -110,17 +110,23 @@ def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | N
     for the dataset)."""
     values: list[set[int]] = []
     palettes: Counter = Counter()
-    step = max(1, len(index.pairs) // MATCH_SAMPLE)
-    for pair in index.pairs[::step][:MATCH_SAMPLE]:
-        try:
-            label = read_label(pair.label)
-        except LmaeError:
-            continue  # reported when the pair is processed
+    for label in sampled_labels(index):
         values.append(set(np.unique(label.values).tolist()))
         if label.palette:
             palettes[tuple(label.palette)] += 1
     palette = list(palettes.most_common(1)[0][0]) if palettes else None
     return values, declared_class_names(index.root, index.known_class_names), palette
+
+
+def sampled_labels(index: DatasetIndex):
+    """The readable labels of up to MATCH_SAMPLE pairs spread over the dataset, the sample a
+    family is matched by; an unreadable one is skipped (reported when its pair is processed)."""
+    step = max(1, len(index.pairs) // MATCH_SAMPLE)
+    for pair in index.pairs[::step][:MATCH_SAMPLE]:
+        try:
+            yield read_label(pair.label)
+        except LmaeError:
+            continue
 
 
 def seen(values: list[set[int]]) -> str:
@@ -174,8 +180,6 @@ def soft_edged_masks(histogram, num_classes: int, way_out: str = "pass --num-cla
     pixels, as a mask resized with bilinear interpolation (or saved from a probability map)
     holds. `train` took each value for a class (250 classes, 48M parameters, with the objects
     void) and trained on them without a word. `histogram`: pixel count per value, all labels."""
-    import numpy as np
-
     counts = np.asarray(histogram)
     between = counts[1:255]
     if not (counts[0] and counts[255]) or int((between > 0).sum()) < SOFT_EDGE_VALUES:
@@ -196,13 +200,8 @@ def soft_edges_of_sample(index: DatasetIndex) -> str | None:
     masks resized with bilinear interpolation, complete and audit said to train a family on
     them, and train then refused them as soft-edged; they now say what train would."""
     histogram = np.zeros(256, np.int64)
-    step = max(1, len(index.pairs) // MATCH_SAMPLE)
-    for pair in index.pairs[::step][:MATCH_SAMPLE]:
-        try:
-            values = read_label(pair.label).values
-        except LmaeError:
-            continue
-        histogram += np.bincount(values.ravel(), minlength=256)[:256]
+    for label in sampled_labels(index):
+        histogram += np.bincount(label.values.ravel(), minlength=256)[:256]
     largest = [value for value in np.flatnonzero(histogram) if value != 255]
     return soft_edged_masks(histogram, int(max(largest, default=0)) + 1,
                             "where the values are classes, train a family on them with `lmae-repair train --num-classes N`")
