@@ -28,12 +28,11 @@ class LabelScan:
     values: dict[Pair, np.ndarray]  # the distinct values in each readable label
     problems: list[str] = field(default_factory=list)
     palette: list[int] | None = None
-    short_sides: dict[Pair, int] = field(default_factory=dict)  # each readable label's shorter side, in pixels
     shapes: dict[Pair, tuple[int, int]] = field(default_factory=dict)  # each readable label's (height, width)
 
     def median_short_side(self, pairs: list[Pair]) -> int:
         """The scale the model will learn its objects at (`repair.working_scale`)."""
-        return int(np.median([self.short_sides[pair] for pair in pairs]))
+        return int(np.median([min(self.shapes[pair]) for pair in pairs]))
 
     def max_value(self, void_id: int) -> int | None:
         values = [v for v in np.flatnonzero(self.histogram) if v != void_id]
@@ -55,7 +54,7 @@ def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) ->
     """Read every label (and its image's header): value histogram, first palette, and the pairs
     that cannot be used, each with a one-line reason."""
     histogram = np.zeros(256, dtype=np.int64)
-    good, values, problems, palette, short_sides, shapes = [], {}, [], None, {}, {}
+    good, values, problems, palette, shapes = [], {}, [], None, {}
     for pair in pairs:
         try:
             label = read_label(pair.label)
@@ -66,14 +65,13 @@ def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) ->
             counts = np.bincount(label.values.ravel(), minlength=256)
             histogram += counts
             values[pair] = np.flatnonzero(counts)
-            short_sides[pair] = min(label.values.shape)
             shapes[pair] = label.values.shape
             good.append(pair)
             if palette is None and label.palette is not None:
                 palette = label.palette
         if on_step is not None:
             on_step()
-    return LabelScan(histogram, good, values, problems, palette, short_sides, shapes)
+    return LabelScan(histogram, good, values, problems, palette, shapes)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray, space: LabelSpace) -> tuple[torch.Tensor, torch.Tensor]:
