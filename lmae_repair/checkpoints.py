@@ -164,6 +164,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Lab
     return model.to(device).eval(), info
 
 
+def checkpoints_in_folder(folder: Path) -> list[Path]:
+    """The checkpoint files a folder stands for (`--models FOLDER`): in a training run's ratio
+    folder its best.safetensors (not last.safetensors nor the kept epochs), elsewhere every
+    .safetensors file."""
+    found = sorted(folder.rglob("*.safetensors"))
+    return [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()]
+
+
 def not_a_checkpoint_file(path: Path) -> str:
     """Why `path` names no checkpoint file, with the files meant where it is a run or family
     folder or a bundled family's name (which --models takes, but --init needs one file)."""
@@ -172,8 +180,7 @@ def not_a_checkpoint_file(path: Path) -> str:
     folder = path if path.is_dir() else None if path.exists() or len(path.parts) > 1 else bundled_families().get(str(path))
     if folder is None:
         return "no such checkpoint file"
-    found = sorted(folder.rglob("*.safetensors"))
-    files = [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()] or found
+    files = checkpoints_in_folder(folder)
     if not files:
         return "a folder, with no .safetensors checkpoint in it"
     shown = ", ".join(str(f) for f in files[:4]) + (", ..." if len(files) > 4 else "")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmae_repair.checkpoints import CheckpointInfo, read_info
+from lmae_repair.checkpoints import CheckpointInfo, checkpoints_in_folder, read_info
 from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
@@ -79,8 +79,7 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(path.rglob("*.safetensors"))
-            files += [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()]
+            files += checkpoints_in_folder(path)
         else:
             known = f" (bundled families: {', '.join(families)})" if families else f" (no bundled family in {bundled_models_text()})"
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
