@@ -198,9 +198,8 @@ def score_empty_labels_as_data(rows: list[dict]) -> None:
     for row in empty:
         row.update(defect=False, score=0.0, reasons=[f"{EMPTY_LABEL}, as are {len(empty)} of the {len(measured)} labels: "
                                                       "scored by the model's evidence"])
-        far = row.get("far_pixels")
-        if far is not None:
-            row["far_share"] = round(far / (far + typical + 1), 5)
+        far = row["far_pixels"]  # measured: a row without it returned above
+        row["far_share"] = round(far / (far + typical + 1), 5)
 
 
 def audit_dataset(

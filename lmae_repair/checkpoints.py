@@ -124,9 +124,10 @@ def save_checkpoint(path: Path, model: LabelMAE, info: CheckpointInfo, half: boo
     atomic_write(Path(path), lambda f: f.write(payload))
 
 
-def offsets_text(names: list[str], bias: list[float]) -> str:
-    """A checkpoint's class offsets (`lmae-repair tune`) in words, one per class."""
-    return ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, bias))
+def offsets_text(names: list[str], bias: list[float], nonzero_only: bool = False) -> str:
+    """A checkpoint's class offsets (`lmae-repair tune`) in words, one per class (`nonzero_only`:
+    those tuning moved, as its result lists them)."""
+    return ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, bias) if b or not nonzero_only)
 
 
 def continuation_text(bonus: list[float]) -> str:

@@ -447,8 +447,6 @@ def counted(number: int, noun: str) -> str:
 def tiles_under_way(before: str = "", after: str = "") -> str:
     """'1,020/1,188 tiles' (between `before` and `after`) while the model runs (`inference.TILES`),
     else empty: a batch of large pairs takes minutes before any pair is counted."""
-    import sys
-
     inference = sys.modules.get("lmae_repair.inference")  # not imported for --help; no model runs without it
     tiles = getattr(inference, "TILES", None)
     if tiles is None or not tiles.total:
@@ -991,9 +989,9 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
 
 def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:
     """The figures before and after the offsets, and a note when they lose on held-out pairs."""
-    from lmae_repair.checkpoints import continuation_text
+    from lmae_repair.checkpoints import continuation_text, offsets_text
 
-    offsets = ", ".join(f"{name} {b:+.1f}" for name, b in zip(names, result["bias"]) if b)
+    offsets = offsets_text(names, result["bias"], nonzero_only=True)
     held_out = ""
     if "held_out_after" in result:
         held_out = (f"; tuned on one half of the pairs and scored on the other: {result['held_out_before']:.3f} -> "
