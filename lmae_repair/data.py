@@ -256,6 +256,31 @@ def relative_key(path: Path | str, root: Path) -> str:
 # ---------------------------------------------------------------- Pascal VOC
 
 
+VOC_INSTANCE_FOLDER = "SegmentationObject"
+
+
+def refuse_instance_labels(labels: Path) -> None:
+    """Refuse Pascal VOC's SegmentationObject/ as a label folder. Its PNGs number an image's
+    objects (1 = its first object, 2 = its second...) in the same palette and with the same 255
+    borders as SegmentationClass/, so nothing in the files tells them from classes: taken as
+    labels, `audit` and `complete` advised training a family on them, and a family of three
+    classes (concrete) would have read objects 1 and 2 as crack and spalling."""
+    if labels.resolve().name == VOC_INSTANCE_FOLDER:
+        raise LmaeError(f"{labels}: Pascal VOC's {VOC_INSTANCE_FOLDER}/ holds object instance ids (1 = an image's first "
+                        "object, 2 = its second...), not classes; its class labels are in SegmentationClass/ (pass "
+                        "that folder, or the VOC root as DATA)")
+
+
+def instances_only(root: Path) -> str:
+    """A hint for a VOC tree that has JPEGImages/ and SegmentationObject/ but no SegmentationClass/
+    (the instance masks alone, taken for the class labels), or "" for any other folder."""
+    for folder in [root, *sorted(root.glob("VOC*")), *sorted(root.glob("VOCdevkit/VOC*"))]:
+        if (folder / "JPEGImages").is_dir() and (folder / VOC_INSTANCE_FOLDER).is_dir():
+            return (f"; {folder / VOC_INSTANCE_FOLDER} holds Pascal VOC's object instance ids, not classes: "
+                    "the class labels belong in SegmentationClass/ beside it")
+    return ""
+
+
 def find_voc_root(root: Path) -> Path | None:
     """The folder holding JPEGImages/ and SegmentationClass/: root, or VOCdevkit/VOC20xx below.
     Several below (VOC2007 and VOC2012) are refused, naming them, rather than one taken silently."""
@@ -486,6 +511,7 @@ def discover(
         for folder in (images, labels):
             if not folder.is_dir():
                 raise LmaeError(f"{folder}: {'not a folder (--images and --labels name the folders that hold them)' if folder.exists() else 'no such folder'}")
+        refuse_instance_labels(labels)
         pairs, unmatched, unlabelled, known = match_folders(images, labels, labels)
         index = DatasetIndex("paired", labels, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, image_root=images)
     else:
@@ -506,7 +532,7 @@ def discover(
                 raise LmaeError(
                     f"{root}: no dataset layout found (expected JPEGImages/ + SegmentationClass/, "
                     "leftImg8bit/ + gtFine/, or images/ + labels/ folders; or pass --images and "
-                    "--labels)"
+                    f"--labels){instances_only(root)}"
                 )
     if not index.pairs:
         raise LmaeError(no_pairs_message(index))

@@ -785,3 +785,18 @@ def test_a_16_bit_mask_of_0_and_65535_is_refused_saying_it_looks_like_a_binary_m
     with pytest.raises(LmaeError) as refused:
         read_label(tmp_path / "w.png")
     assert "binary mask" not in str(refused.value)
+
+
+def test_voc_instance_masks_are_refused_as_class_labels(tmp_path):
+    """Pascal VOC's SegmentationObject/ numbers each image's objects in the class labels' palette:
+    given as --labels (or left alone where SegmentationClass/ is missing), its instance ids were
+    read as classes, and audit advised training a family on them."""
+    root = make_voc(tmp_path / "VOCdevkit" / "VOC2012", count=2)
+    shutil.copytree(root / "SegmentationClass", root / "SegmentationObject")
+    with pytest.raises(LmaeError, match=r"SegmentationObject/ holds object instance ids .*not classes"):
+        discover(images=root / "JPEGImages", labels=root / "SegmentationObject")
+    shutil.rmtree(root / "SegmentationClass")
+    with pytest.raises(LmaeError, match=r"no dataset layout found.*SegmentationObject holds Pascal VOC's object instance ids"):
+        discover(tmp_path)
+    result = runner.invoke(app, ["audit", str(tmp_path)])
+    assert result.exit_code == 2 and "instance ids" in result.output and "Traceback" not in result.output
