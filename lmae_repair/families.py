@@ -136,6 +136,20 @@ def seen(values: list[set[int]]) -> str:
     return "[" + ", ".join(map(str, shown)) + "]"
 
 
+def unknown_values(values: list[set[int]], space) -> str:
+    """The sampled label values that a label space has no place for, as a clause for the error
+    that refuses its checkpoint ("" when the misfit is elsewhere, in the class names). Why: the
+    error listed only the values seen, cut in the middle, leaving the user to work out that a
+    family of 3 classes had been given Pascal VOC's 21."""
+    outside = sorted(v for v in set().union(*values) if v >= space.num_classes and v != space.void_id)
+    if not outside:
+        return ""
+    shown = ", ".join(map(str, outside)) if len(outside) <= 6 else f"{', '.join(map(str, outside[:4]))}, ..., {outside[-1]}"
+    labels = sum(1 for label in values if any(v in label for v in outside))
+    return (f"; {shown} {'is' if len(outside) == 1 else 'are'} neither its classes (0-{space.num_classes - 1}) nor its void "
+            f"({space.void_id}), in {labels} of the {len(values)} labels sampled")
+
+
 def family_difference(info: CheckpointInfo, first: CheckpointInfo, first_path: Path) -> str | None:
     """How a checkpoint differs from a family's first, in what one family must share, or None.
     Class names count where both files have them: a file for "rust, corrosion" beside files for
@@ -313,7 +327,8 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
             space = info.label_space
             raise LmaeError(
                 f"{path}: its label space ({space.describe()}) does not fit the labels of {index.root} "
-                f"(values seen: {seen(values)}{', class names: ' + first_names(names, 6) if names else ''}); pass "
+                f"(values seen: {seen(values)}{', class names: ' + first_names(names, 6) if names else ''})"
+                f"{unknown_values(values, space)}; pass "
                 f"checkpoints trained on labels like these, or {how_to_train(index.root, index.image_root)}"
             )
         return ", ".join(map(str, specs)), checkpoints

@@ -839,3 +839,23 @@ def test_one_label_and_one_image_without_read_permission_fail_alone_in_one_line_
     assert failed == [f"failed: {root / 'labels' / 'scene_001.png'}: unreadable label (Permission denied)",
                       f"failed: {root / 'images' / 'scene_002.png'}: unreadable image (Permission denied)"], result.stderr
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["scene_000.png", "scene_003.png"]
+
+
+def test_checkpoint_of_fewer_classes_names_the_values_it_cannot_read(tmp_path):
+    """--models concrete (3 classes) on Pascal VOC's 21: the refusal listed the values seen, cut
+    in the middle, and left the user to work out which of them the checkpoint lacks."""
+    narrow = ModelConfig(num_classes=2, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    other = tmp_path / "binary.safetensors"
+    save_checkpoint(other, LabelMAE(narrow), CheckpointInfo(narrow, 0.5, LabelSpace(2, background_id=0, void_id=255), {"crop": 32}))
+    root = make_voc(tmp_path / "voc", count=4)
+    for path in (root / "SegmentationClass").glob("*.png"):  # every label holds 3 as well as what it had
+        with Image.open(path) as img:
+            values = np.array(img)
+        values[:4, :4] = 3
+        written = Image.fromarray(values, "P")
+        written.putpalette(VOC_PALETTE)
+        written.save(path)
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o"), "--models", str(other)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "does not fit the labels" in message
+    assert "2, 3 are neither its classes (0-1) nor its void (255), in 4 of the 4 labels sampled" in message, message
