@@ -84,11 +84,12 @@ class AuditOptions:
     heatmaps: Path | None = None
     precision: str = "auto"  # as in CompleteOptions
     native_scale: bool = False  # as in CompleteOptions
+    keep_void: bool = False  # as in CompleteOptions: void is not missing annotation
 
     def repair_options(self) -> CompleteOptions:
         """The options of the in-memory repair, as `complete` would run it (nothing written)."""
         return CompleteOptions(Path("."), self.threshold, self.device, batch_size=self.batch_size, min_confidence=self.min_confidence,
-                               precision=self.precision, native_scale=self.native_scale)
+                               precision=self.precision, native_scale=self.native_scale, keep_void=self.keep_void)
 
 
 def new_row(key: str, image: str | None) -> dict:
@@ -255,7 +256,7 @@ def audit_settings(checkpoints, options: AuditOptions, space: LabelSpace) -> str
     label space the data gave (a classes.txt added since changes what counts as background)."""
     heatmaps = f"|heatmaps={options.heatmaps}" if options.heatmaps is not None else ""
     if checkpoints is None:
-        return f"statistics only|{json.dumps(space.to_dict(), sort_keys=True)}{heatmaps}"
+        return f"statistics only|{json.dumps(space.to_dict(), sort_keys=True)}{heatmaps}{'|keep-void' if options.keep_void else ''}"
     return run_settings(checkpoints, options.repair_options()) + heatmaps
 
 
@@ -283,14 +284,15 @@ def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: Label
         for pair in pairs:
             item = Loaded(pair, new_entry(pair))
             try:
-                item.label = read_pair(pair, space, with_kept=True)[1]
+                item.label = read_pair(pair, space, with_kept=True, keep_void=options.keep_void)[1]
             except Exception as exc:
                 item.entry["error"] = pair_error(str(pair.label), exc)
             yield item, None
         return
     completer = Completer(checkpoints, options.repair_options(), measure=far_lookalikes)
     loader = torch.utils.data.DataLoader(
-        PairLoader(pairs, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size, collate_fn=_as_list
+        PairLoader(pairs, checkpoints, options.threshold, options.native_scale, options.keep_void), batch_size=options.batch_size,
+        collate_fn=_as_list
     )
     with torch.inference_mode():
         for batch in loader:

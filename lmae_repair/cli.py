@@ -95,6 +95,7 @@ console = PipedConsole(soft_wrap=True, markup=False, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 MODELS_HELP = "Checkpoint file, folder of checkpoints, bundled family name (camvid, concrete) or hf://USER/REPO from the Hugging Face Hub (repeatable; default: the bundled family that fits the data)."
 NATIVE_SCALE_HELP = "Read every pair at its own size (default: a pair at least 1.5 times the size of the models' training images is read shrunk to their scale, unless its gaps are too fine for that: README \"Working scale\")."
+KEEP_VOID_HELP = "Leave every void pixel as it is and complete background only (Pascal VOC's 255 marks difficult objects and regions left out on purpose, not only borders; default: void holes are filled)."
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU). On a CPU with VNNI, bf16 runs the image branch in int8 too (faster there)."
 
 
@@ -298,6 +299,7 @@ def complete(
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Change a background pixel into a class only where the model is at least this sure (void is filled whatever the confidence, but for thin void beside annotation where the label space has a background class: README \"Do no harm\")."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
+    keep_void: bool = typer.Option(False, "--keep-void", help=KEEP_VOID_HELP),
 ) -> None:
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its background-heavy patches, and write a completed copy of the dataset plus a report."""
 
@@ -309,7 +311,7 @@ def complete(
         device_name, arithmetic = device_and_precision(device, precision)
         options = CompleteOptions(
             target, threshold, device_name, dry_run, labels_only, overwrite_labeled,
-            batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic, native_scale,
+            batch_size, default_workers() if workers is None else workers, min_confidence, arithmetic, native_scale, keep_void,
         )
         index = discover_data(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
@@ -700,6 +702,7 @@ def audit(
     min_confidence: float = typer.Option(DEFAULT_MIN_CONFIDENCE, min=0.0, max=1.0, help="Count a background pixel as suspect only where the model is at least this sure."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     native_scale: bool = typer.Option(False, "--native-scale", help=NATIVE_SCALE_HELP),
+    keep_void: bool = typer.Option(False, "--keep-void", help="Void is not missing annotation: neither counted as missing nor suspect (as complete --keep-void)."),
 ) -> None:
     """List the labels that look broken, worst first: file defects, statistics against the rest of the dataset, and where the model sees annotated classes the label lacks."""
 
@@ -708,7 +711,7 @@ def audit(
         from lmae_repair.families import NoFamilyFits, resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
-        options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic, native_scale)
+        options = AuditOptions(threshold, device_name, batch_size, min_confidence, heatmaps, arithmetic, native_scale, keep_void)
         check_can_write(json_file, "--json")
         check_can_write(csv_file, "--csv")
         if json_file is not None and csv_file is not None and json_file.resolve() == csv_file.resolve():

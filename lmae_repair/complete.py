@@ -258,6 +258,7 @@ class CompleteOptions:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # for changing background (see repair.merge)
     precision: str = "auto"  # auto, bf16, fp32 or int8 (inference.resolve_precision)
     native_scale: bool = False  # read every pair at its own size (repair.working_scale)
+    keep_void: bool = False  # leave every void pixel as it is (data.read_pair)
 
 
 @dataclass
@@ -300,8 +301,10 @@ def problem_entry(problem: str, root: Path) -> dict:
 class PairLoader(Dataset):
     """Reads a pair, routes it and prepares the model input; errors end up in the entry."""
 
-    def __init__(self, pairs: list[Pair], checkpoints: list[tuple[Path, CheckpointInfo]], threshold: float, native_scale: bool = False):
+    def __init__(self, pairs: list[Pair], checkpoints: list[tuple[Path, CheckpointInfo]], threshold: float, native_scale: bool = False,
+                 keep_void: bool = False):
         self.pairs, self.checkpoints, self.threshold, self.native_scale = pairs, checkpoints, threshold, native_scale
+        self.keep_void = keep_void
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -310,7 +313,7 @@ class PairLoader(Dataset):
         pair = self.pairs[i]
         item = Loaded(pair, new_entry(pair))
         try:
-            image, label = read_pair(pair, self.checkpoints[0][1].label_space, with_kept=True)
+            image, label = read_pair(pair, self.checkpoints[0][1].label_space, with_kept=True, keep_void=self.keep_void)
             item.label = label
             item.entry["pixels"] = int(label.values.size)
             share, item.choice, item.prepared = route_and_prepare(
@@ -463,6 +466,8 @@ def run_settings(checkpoints, options: CompleteOptions) -> str:
     digest.update(f"{options.threshold}|{options.min_confidence}|{options.overwrite_labeled}|{precision}".encode())
     if options.native_scale:  # (added later: runs without it keep their key)
         digest.update(b"|native-scale")
+    if options.keep_void:  # (the same)
+        digest.update(b"|keep-void")
     return digest.hexdigest()[:16]
 
 
@@ -617,7 +622,7 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
     """Load, repair and write `todo`; returns the new entries in dataset order."""
     completer = Completer(checkpoints, options)
     loader = DataLoader(
-        PairLoader(todo, checkpoints, options.threshold, options.native_scale), batch_size=options.batch_size,
+        PairLoader(todo, checkpoints, options.threshold, options.native_scale, options.keep_void), batch_size=options.batch_size,
         num_workers=options.workers, collate_fn=_as_list, pin_memory=options.device.startswith("cuda"),
         prefetch_factor=2 if options.workers else None, persistent_workers=False,
         worker_init_fn=worker_ends_quietly_on_sigterm,

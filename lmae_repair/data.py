@@ -816,17 +816,22 @@ def is_grey(pixels: np.ndarray) -> bool:
     return opaque and bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all())
 
 
-def read_pair(pair: Pair, space=None, with_kept: bool = False) -> tuple[np.ndarray, LabelFile]:
+def read_pair(pair: Pair, space=None, with_kept: bool = False, keep_void: bool = False) -> tuple[np.ndarray, LabelFile]:
     """Image and label of a pair, checked to be the same size and, given a LabelSpace `space`,
     to hold only its values (a label with unknown values is not guessed at). `with_kept`: also
     the label's void pixels that are annotated all the same (`annotated_void`), for the commands
-    that repair labels; training reads 255 as void whatever it was, so it skips that extra file."""
+    that repair labels; training reads 255 as void whatever it was, so it skips that extra file.
+    `keep_void` (`--keep-void`, needs `space`): every void pixel is kept so, as Pascal VOC means
+    its 255 (object borders, and difficult objects left out on purpose)."""
     label = read_label(pair.label)
     check_same_size(pair, label.values.shape)
     if space is not None:
         space.check_values(pair.label, label.values)
     if with_kept:
         label.kept = annotated_void(pair.label, label.values)
+    if keep_void:
+        void = label.values == space.void_id
+        label.kept = void if label.kept is None else label.kept | void
     return read_image(pair.image), label
 
 

@@ -540,3 +540,27 @@ def test_a_negatives_heatmap_drawn_while_measured_is_not_removed_as_stale_once_t
     score_rows(rows, LabelSpace(2, background_id=0, void_id=255))
     assert not rows[6]["defect"] and rows[6]["far_share"] == 0.0  # 10 against 3 million annotated pixels
     assert has_heatmap(rows[6]) and remove_stale_heatmaps(tmp_path, rows) == 0 and drawn.is_file()
+
+
+def test_keep_void_counts_no_void_pixel_as_missing_or_suspect(tmp_path, family):
+    """With Pascal VOC's 255 left out on purpose (difficult objects), a label with a large void
+    blob ranked first, its blob counted as missing and suspect; --keep-void counts neither, with
+    or without a model."""
+    root = make_paired(tmp_path / "ds", count=4, size=64, seed=4)
+    blobbed = root / "labels" / "scene_000.png"
+    values = np.array(Image.open(blobbed))
+    values[8:40, 8:40] = 255
+    Image.fromarray(values).save(blobbed)
+    void = float((values == 255).mean())
+    for extra in ((), ("--keep-void",)):
+        out = tmp_path / f"audit{len(extra)}.json"
+        assert audit(root, family, "--json", str(out), *extra).exit_code == 0  # the untrained family is never 90% sure of
+        row = next(r for r in json.loads(out.read_text()) if r["label"] == "labels/scene_000.png")  # background: void only
+        if extra:
+            assert row["missing_share"] < void and row["suspect_pixels"] == 0, row
+        else:
+            assert row["missing_share"] >= void and row["suspect_pixels"] > 0, row
+    plain = runner.invoke(app, ["audit", str(root), "--keep-void", "--json", str(tmp_path / "plain.json")])  # no model fits: statistics only
+    assert plain.exit_code == 0, plain.output
+    row = next(r for r in json.loads((tmp_path / "plain.json").read_text()) if r["label"] == "labels/scene_000.png")
+    assert row["missing_share"] < void

@@ -859,3 +859,38 @@ def test_checkpoint_of_fewer_classes_names_the_values_it_cannot_read(tmp_path):
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "does not fit the labels" in message
     assert "2, 3 are neither its classes (0-1) nor its void (255), in 4 of the 4 labels sampled" in message, message
+
+
+def test_keep_void_leaves_every_void_pixel_and_still_completes_background(tmp_path, family):
+    """Pascal VOC's 255 marks difficult objects left out on purpose as well as borders: complete
+    filled such a void blob (patches mostly void count as a hole), even with background, whatever
+    the model's confidence. --keep-void leaves every void pixel; background is still completed."""
+    root = make_voc(tmp_path / "voc", count=3, size=64)
+    for path in (root / "SegmentationClass").glob("*.png"):
+        with Image.open(path) as img:
+            values = np.array(img)
+        values[8:40, 8:40] = 255  # a difficult object, wholly void
+        values[48:50, :] = 255  # and a thin band, as along a border
+        written = Image.fromarray(values, "P")
+        written.putpalette(VOC_PALETTE)
+        written.save(path)
+    labels = sorted((root / "SegmentationClass").glob("*.png"))
+
+    def void_changed(out):
+        total = 0
+        for label in labels:
+            before, after = np.array(Image.open(label)), np.array(Image.open(out / "SegmentationClass" / label.name))
+            total += int(((before == 255) & (after != 255)).sum())
+        return total
+
+    assert complete(root, tmp_path / "filled", family).exit_code == 0
+    assert void_changed(tmp_path / "filled") > 0  # what the option is for: without it, the blob is filled
+    result = complete(root, tmp_path / "kept", family, "--keep-void")
+    assert result.exit_code == 0, result.output
+    assert void_changed(tmp_path / "kept") == 0
+    report = json.loads((tmp_path / "kept" / "lmae-report.json").read_text())
+    assert report["totals"]["pixels_changed"] > 0  # background is still completed
+    for label in labels:  # each written file keeps the VOC palette
+        assert Image.open(tmp_path / "kept" / "SegmentationClass" / label.name).getpalette() == Image.open(label).getpalette()
+    rerun = complete(root, tmp_path / "filled", family, "--keep-void")  # another option: every pair done again
+    assert rerun.exit_code == 0 and void_changed(tmp_path / "filled") == 0
