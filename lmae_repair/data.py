@@ -55,6 +55,13 @@ CITYSCAPES_NAMES = [
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
     "motorcycle", "bicycle",
 ]
+# The colours Cityscapes gives its 19 train ids (cityscapesscripts' labels.py, as in the
+# `_gtFine_color.png` files), in CITYSCAPES_NAMES' order: the reports draw its labels in them.
+CITYSCAPES_COLOURS = [
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
+    (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
+    (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]
 
 
 @dataclass(frozen=True)

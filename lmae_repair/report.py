@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lmae_repair.data import DatasetIndex, atomic_write, read_image, read_label
+from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES, DatasetIndex, atomic_write, read_image, read_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 
@@ -84,10 +84,19 @@ def default_palette(count: int = 256) -> np.ndarray:
     return colours
 
 
+def known_palette(space: LabelSpace) -> list[int] | None:
+    """The palette a known dataset draws its classes in, where the label space is its (Cityscapes'
+    19 train ids, whose grey label files carry no palette: in VOC colours road was black and
+    building green); None for other label spaces."""
+    names = [name.strip().lower().replace(" ", "_") for name in space.names]
+    return [value for colour in CITYSCAPES_COLOURS for value in colour] if names == CITYSCAPES_NAMES else None
+
+
 def colour_table(space: LabelSpace, palette: list[int] | None) -> np.ndarray:
-    """(256, 3) colours: the label file's palette, else the label space's, else VOC colours."""
+    """(256, 3) colours: the label file's palette, else the label space's, else the known
+    dataset's (`known_palette`), else VOC colours."""
     colours = default_palette()
-    source = palette or space.palette
+    source = palette or space.palette or known_palette(space)
     if source:
         given = np.array(source[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
         colours[: len(given)] = given

@@ -894,3 +894,31 @@ def test_keep_void_leaves_every_void_pixel_and_still_completes_background(tmp_pa
         assert Image.open(tmp_path / "kept" / "SegmentationClass" / label.name).getpalette() == Image.open(label).getpalette()
     rerun = complete(root, tmp_path / "filled", family, "--keep-void")  # another option: every pair done again
     assert rerun.exit_code == 0 and void_changed(tmp_path / "filled") == 0
+
+
+def test_cityscapes_report_draws_the_train_ids_in_cityscapes_colours(tmp_path):
+    """Cityscapes' train-id labels are grey PNGs with no palette, and the HTML report drew them in
+    VOC colours (road black, building green): a driving team reads them in Cityscapes' own."""
+    from base64 import b64decode
+    from io import BytesIO
+    import re
+
+    from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES
+
+    config = ModelConfig(num_classes=19, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2,
+                         neighbour_hint=True, refine_channels=4)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "cs-model.safetensors", LabelMAE(config),
+                    CheckpointInfo(config, 0.5, LabelSpace(19, list(CITYSCAPES_NAMES), background_id=None), {"crop": 32}))
+    cs = make_cityscapes(tmp_path / "cs")
+    label_path = cs / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelTrainIds.png"
+    train_ids = np.array(Image.open(label_path))
+    train_ids[16:48, 32:96] = 255  # a hole for the model to fill, so that the pair is pictured
+    Image.fromarray(train_ids).save(label_path)
+    assert complete(cs, tmp_path / "out", tmp_path / "cs-model.safetensors", "--split", "val").exit_code == 0
+    page = (tmp_path / "out" / "lmae-report.html").read_text()
+    assert '<i style="background:rgb(128, 64, 128)"></i>road' in page
+    assert '<i style="background:rgb(0, 0, 142)"></i>car' in page
+    original = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)[1]  # image, original label, ...
+    drawn = np.array(Image.open(BytesIO(b64decode(original))).convert("RGB")).reshape(-1, 3)
+    assert {tuple(int(v) for v in c) for c in np.unique(drawn, axis=0)} <= set(CITYSCAPES_COLOURS) | {(255, 255, 255)}
