@@ -956,11 +956,12 @@ def tune(
 
 def discover_data(data: Path, split: str | None, images: Path | None, labels: Path | None):
     """The dataset's pairs (`data.discover`), with what discovery chose that the user should know
-    printed as notes (a label folder left out beside the one taken)."""
-    from lmae_repair.data import discover
+    printed as notes (a label folder left out beside the one taken, Cityscapes labels whose
+    annotated 255 pixels nothing tells from missing annotation)."""
+    from lmae_repair.data import discover, label_ids_missing_note
 
     index = discover(data, split, images, labels)
-    for note in index.notes:
+    for note in index.notes + [note for note in [label_ids_missing_note(index.pairs)] if note]:
         console.print(f"note: {note}", highlight=False)
     return index
 

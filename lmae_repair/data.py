@@ -850,16 +850,36 @@ CITYSCAPES_IGNORED = 255
 CITYSCAPES_UNLABELED_ID = 0
 
 
+def label_ids_beside(label_path: Path) -> Path | None:
+    """Where a Cityscapes train-id label's `_gtFine_labelIds.png` lies; None for other labels."""
+    if not label_path.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png"):
+        return None
+    return label_path.with_name(label_path.name.replace(CITYSCAPES_LABEL_SUFFIX, "_gtFine_labelIds"))
+
+
+def label_ids_missing_note(pairs: list[Pair]) -> str | None:
+    """A note where Cityscapes train-id labels have no `_gtFine_labelIds.png` beside them: nothing
+    then tells their annotated 255 pixels (`annotated_void`) from missing annotation, and the
+    ego vehicle's bonnet, 12% of every frame, was repainted as road without a word (on a
+    `complete` output, which holds the train ids only, above all). None where every one has it."""
+    lacking = [pair.label for pair in pairs if (ids := label_ids_beside(pair.label)) is not None and not ids.is_file()]
+    if not lacking:
+        return None
+    labels = [pair for pair in pairs if label_ids_beside(pair.label) is not None]
+    return (f"{len(lacking)} of {len(labels)} Cityscapes labels have no _gtFine_labelIds.png beside them (first: {lacking[0]}), "
+            "so nothing tells their annotated 255 pixels (ego vehicle, out of roi, guard rail...) from missing annotation: "
+            "all of them count as missing (complete fills them); put the labelIds files beside the train ids (a complete output "
+            "holds the train ids only: run on the original tree) to keep them")
+
+
 def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
     """(H, W) bool: the pixels of a Cityscapes train-id label that are 255 but annotated, read
     from the `_gtFine_labelIds.png` beside it (a label id other than 0); None for other labels
     and where that file is absent. Without this, `complete` repainted the car's own bonnet at
     the bottom of every Cityscapes frame (12% of the image) as road: `merge` keeps these pixels
     as they are, and routing (`repair.as_routed`) and `audit` do not count them as missing."""
-    if not label_path.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png"):
-        return None
-    ids_path = label_path.with_name(label_path.name.replace(CITYSCAPES_LABEL_SUFFIX, "_gtFine_labelIds"))
-    if not ids_path.is_file():
+    ids_path = label_ids_beside(label_path)
+    if ids_path is None or not ids_path.is_file():
         return None
     try:
         with Image.open(ids_path) as img:

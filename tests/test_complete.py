@@ -922,3 +922,20 @@ def test_cityscapes_report_draws_the_train_ids_in_cityscapes_colours(tmp_path):
     original = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)[1]  # image, original label, ...
     drawn = np.array(Image.open(BytesIO(b64decode(original))).convert("RGB")).reshape(-1, 3)
     assert {tuple(int(v) for v in c) for c in np.unique(drawn, axis=0)} <= set(CITYSCAPES_COLOURS) | {(255, 255, 255)}
+
+
+def test_cityscapes_labels_without_label_ids_are_noted_as_filled_whole(tmp_path, family):
+    """Run on a complete output (train ids only) or on train ids whose labelIds were left behind,
+    complete repainted the ego vehicle's bonnet (12% of each frame) without a word: nothing says
+    those 255 pixels are annotated. A note names how many labels lack the file and what follows."""
+    cs = make_cityscapes(tmp_path / "cs")
+    val = cs / "gtFine" / "val" / "lindau"
+    first = val / "lindau_000000_000019_gtFine_labelTrainIds.png"
+    Image.fromarray(np.full((64, 128), 7, np.uint8)).save(str(first).replace("labelTrainIds", "labelIds"))
+    result = complete(cs, tmp_path / "out", family, "--split", "val", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert (f"note: 1 of 2 Cityscapes labels have no _gtFine_labelIds.png beside them (first: "
+            f"{val / 'lindau_000001_000019_gtFine_labelTrainIds.png'}), so nothing tells") in " ".join(result.output.split())
+    Image.fromarray(np.full((64, 128), 7, np.uint8)).save(val / "lindau_000001_000019_gtFine_labelIds.png")
+    result = complete(cs, tmp_path / "out2", family, "--split", "val", "--dry-run")
+    assert result.exit_code == 0 and "labelIds" not in result.output, result.output
