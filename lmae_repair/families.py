@@ -23,7 +23,7 @@ from lmae_repair.checkpoints import CheckpointInfo, checkpoints_in_folder, read_
 from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import declared_class_names, declared_classes, first_names, names_agree, void_named
+from lmae_repair.labelspace import declared_class_names, declared_classes, find_classes_file, first_names, names_agree, void_named
 
 Checkpoints = list[tuple[Path, CheckpointInfo]]
 MATCH_SAMPLE = 32  # labels read to decide which family fits a dataset
@@ -245,11 +245,11 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
 
 
 def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list,
-                  soft: str | None = None) -> str:
+                  soft: str | None = None, names_from: str = "its class list") -> str:
     """Why no bundled family was chosen, with what the user can do about a near miss: labels
     whose values fit a family but that nothing names (no class list, no palette), or labels that
     hold no class indices at all (colour labels)."""
-    named = f"class names {first_names(names, 6)} (from its class list), " if names else ""
+    named = f"class names {first_names(names, 6)} (from {names_from}), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
     masks = masks_of_0_and_255(values) or soft  # no family fits, and train refuses such labels (`soft`: soft-edged masks)
     if masks:
@@ -300,7 +300,9 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
             unconfirmed.append((name, info.label_space))
     if not scored:
         soft = None if names else soft_edges_of_sample(index)  # as train judges labels whose classes nothing names
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft), index, values, soft)
+        # names without a class list are the layout's: Cityscapes' train ids, named by its file names
+        names_from = "its class list" if find_classes_file(index.root) is not None else "its Cityscapes file names"
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from), index, values, soft)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

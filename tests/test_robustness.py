@@ -603,3 +603,17 @@ def test_columns_zero_does_not_silence_every_message(tmp_path):
     assert result.returncode == 2 and "nowhere: no such dataset folder" in result.stderr, result.stderr
     shown = subprocess.run([sys.executable, "-m", "lmae_repair", "complete", "--help"], capture_output=True, text=True, env=env)
     assert shown.returncode == 0 and "--labels-only" in shown.stdout
+
+
+def test_cityscapes_class_names_that_no_family_fits_are_said_to_come_from_its_file_names(tmp_path):
+    """Cityscapes has no class list: its 19 names come from the train-id file names, and the
+    message that no family fits said they came "from its class list", sending the user to look
+    for a file that is not there."""
+    root = make_cityscapes(tmp_path / "cs")
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "class names road, sidewalk, building, wall, fence, pole, ... (from its Cityscapes file names)" in output, output
+    (root / "classes.txt").write_text("\n".join(["road", "sidewalk", "building"]) + "\n")
+    output = " ".join(runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")]).output.split())
+    assert "class names road, sidewalk, building (from its class list)" in output, output
