@@ -342,6 +342,10 @@ def complete(
         if earlier:
             count = len(earlier)
             console.print(f"note: {target} also holds {count} label{'s' if count > 1 else ''} written by an earlier run for pairs not in this input, kept as {'they are' if count > 1 else 'it is'} (first: {earlier[0]}; all in lmae-report.json)", highlight=False)
+        left_out = report["totals"].get("split_lists_left_out", [])
+        if left_out:
+            console.print(f"note: {', '.join(left_out)} left out of {target}: none of the pairs {'they list' if len(left_out) > 1 else 'it lists'} "
+                          "is in it (a run of that split into the same OUT writes it)", highlight=False)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 

@@ -219,30 +219,42 @@ def copy_side_files(index: DatasetIndex, out: Path) -> None:
         atomic_write(out / place, lambda f, source=source: f.write(source.read_bytes()))  # small text files
 
 
-def prune_split_lists(index: DatasetIndex, out: Path) -> None:
+def prune_split_lists(index: DatasetIndex, out: Path) -> list[str]:
     """Pascal VOC: drop from OUT's split lists (ImageSets/Segmentation/*.txt, copied from the
     input) the names whose label OUT does not hold (pairs that failed, or that no run into OUT
     has done yet), so that a training script reading OUT finds every pair it lists. Each run
-    copies the input's lists afresh, so a name comes back once its pair is written."""
+    copies the input's lists afresh, so a name comes back once its pair is written.
+
+    A list none of whose pairs OUT holds (train.txt after `--split val`) is removed from OUT
+    rather than left empty: an empty list stopped `--split train` on OUT with "names no pair",
+    where a missing one says which splits there are. Returns those lists, relative to DATA."""
     from lmae_repair.data import LABEL_SUFFIXES, _label_stem_candidates, find_voc_root, split_list_name
     from lmae_repair.labelspace import text_lines
 
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is None:
-        return
+        return []
     labels = out / voc_root.relative_to(index.root) / "SegmentationClass"
     held = {path.relative_to(labels).with_suffix("").as_posix() for path in labels.rglob("*")  # x.png, X.PNG, x.bmp, x.tif
             if path.suffix.lower() in LABEL_SUFFIXES and not path.name.startswith(".")} if labels.is_dir() else set()
     held |= {stem for name in held for stem in _label_stem_candidates(name)}  # x_mask.png holds the pair x
     held |= {name.rsplit("/", 1)[-1] for name in held}  # as discovery, a bare name finds a label in a subfolder
+    left_out = []
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
         lines = text_lines(source, errors="replace")
         kept = [line for line in lines if not line.strip() or split_list_name(line, held) in held]
-        if len(kept) != len(lines):
-            text = "".join(f"{line}\n" for line in kept)
-            atomic_write(out / source.relative_to(index.root), lambda f, text=text: f.write(text.encode()))
+        if len(kept) == len(lines):
+            continue
+        place = source.relative_to(index.root)
+        if not any(line.strip() for line in kept):
+            (out / place).unlink(missing_ok=True)
+            left_out.append(place.as_posix())
+            continue
+        text = "".join(f"{line}\n" for line in kept)
+        atomic_write(out / place, lambda f, text=text: f.write(text.encode()))
+    return left_out
 
 
 @dataclass
@@ -689,7 +701,7 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         totals["outputs_not_in_input"] = sorted(key for key in finished if key not in current)
         if options.dry_run:
             return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
-        prune_split_lists(index, options.out)
+        totals["split_lists_left_out"] = prune_split_lists(index, options.out)
         report = write_json_report(options.out, index, entries, totals, checkpoints)
         write_html_report(options.out, report, checkpoints[0][1].label_space)
         return report

@@ -162,7 +162,7 @@ def test_voc_split_lists_in_the_output_name_only_the_pairs_it_holds(tmp_path, fa
     assert complete(root, out, family, "--split", "val").exit_code == 0
     lists = out / "ImageSets" / "Segmentation"
     assert (lists / "val.txt").read_text() == "2007_000004\n2007_000005\n"
-    assert (lists / "train.txt").read_text() == ""  # no train pair in OUT yet
+    assert not (lists / "train.txt").exists()  # no train pair in OUT yet: an empty list stopped `--split train` on OUT
     assert complete(root, out, family, "--split", "train").exit_code == 1  # 2007_000001 fails
     assert (lists / "train.txt").read_text() == "2007_000000\n2007_000002\n2007_000003\n"
     assert (lists / "val.txt").read_text() == "2007_000004\n2007_000005\n"
@@ -939,3 +939,21 @@ def test_cityscapes_labels_without_label_ids_are_noted_as_filled_whole(tmp_path,
     Image.fromarray(np.full((64, 128), 7, np.uint8)).save(val / "lindau_000001_000019_gtFine_labelIds.png")
     result = complete(cs, tmp_path / "out2", family, "--split", "val", "--dry-run")
     assert result.exit_code == 0 and "labelIds" not in result.output, result.output
+
+
+def test_a_voc_split_list_none_of_whose_pairs_out_holds_is_left_out_with_a_note(tmp_path, family):
+    """`complete --split val` wrote an empty ImageSets/Segmentation/train.txt into OUT, and a
+    training script reading OUT's train split then stopped with "names no pair"."""
+    root = make_voc(tmp_path / "voc", count=6, splits={"train": [f"2007_00000{i}" for i in range(4)],
+                                                       "val": ["2007_000004", "2007_000005"],
+                                                       "trainval": [f"2007_00000{i}" for i in range(6)]})
+    out = tmp_path / "out"
+    result = complete(root, out, family, "--split", "val")
+    assert result.exit_code == 0, result.output
+    lists = out / "ImageSets" / "Segmentation"
+    assert sorted(p.name for p in lists.iterdir()) == ["trainval.txt", "val.txt"]
+    assert (lists / "trainval.txt").read_text() == "2007_000004\n2007_000005\n"
+    assert "ImageSets/Segmentation/train.txt" in " ".join(result.output.split())
+    assert json.loads((out / "lmae-report.json").read_text())["totals"]["split_lists_left_out"] == ["ImageSets/Segmentation/train.txt"]
+    again = complete(out, tmp_path / "again", family, "--split", "train")
+    assert again.exit_code == 2 and "no such split file" in again.output and "names no pair" not in again.output
