@@ -304,7 +304,7 @@ def complete(
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
-        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset, side_files
+        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset, side_files, voc_folders_not_copied
         from lmae_repair.families import resolve_models
 
         target = out or beside(data, "-completed")
@@ -346,6 +346,10 @@ def complete(
         if left_out:
             console.print(f"note: {', '.join(left_out)} left out of {target}: none of the pairs {'they list' if len(left_out) > 1 else 'it lists'} "
                           "is in it (a run of that split into the same OUT writes it)", highlight=False)
+        not_copied = voc_folders_not_copied(index)
+        if not_copied and not dry_run:
+            console.print(f"note: {', '.join(not_copied)} not copied to {target}, which holds the VOC dataset's SegmentationClass/, "
+                          "JPEGImages/ and ImageSets/ only (instance masks and boxes would not match the completed labels)", highlight=False)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 

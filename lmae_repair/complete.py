@@ -211,6 +211,23 @@ def side_files(index: DatasetIndex, unreadable: list[str] | None = None) -> list
     return readable
 
 
+VOC_FOLDERS_COPIED = ("JPEGImages", "SegmentationClass", "ImageSets")
+
+
+def voc_folders_not_copied(index: DatasetIndex) -> list[str]:
+    """Pascal VOC: the folders beside SegmentationClass/ that OUT does not get (SegmentationObject/,
+    Annotations/, ...), named so that the user does not take OUT for a copy of the whole tree that
+    lost a folder. They are left out on purpose: VOC's instance masks and boxes would not match
+    the completed labels."""
+    from lmae_repair.data import find_voc_root
+
+    voc_root = find_voc_root(index.root) if index.layout == "voc" else None
+    if voc_root is None:
+        return []
+    return [f"{path.name}/" for path in sorted(voc_root.iterdir())
+            if path.is_dir() and not path.name.startswith(".") and path.name not in VOC_FOLDERS_COPIED]
+
+
 def copy_side_files(index: DatasetIndex, out: Path) -> None:
     """Copy `side_files` to the same places under OUT, so that OUT is a dataset of its own."""
     for source in side_files(index):

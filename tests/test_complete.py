@@ -957,3 +957,20 @@ def test_a_voc_split_list_none_of_whose_pairs_out_holds_is_left_out_with_a_note(
     assert json.loads((out / "lmae-report.json").read_text())["totals"]["split_lists_left_out"] == ["ImageSets/Segmentation/train.txt"]
     again = complete(out, tmp_path / "again", family, "--split", "train")
     assert again.exit_code == 2 and "no such split file" in again.output and "names no pair" not in again.output
+
+
+def test_a_voc_folder_that_complete_does_not_copy_is_named_in_a_note(tmp_path, family):
+    """SegmentationObject/ (VOC's instance masks) was left out of OUT without a word, so OUT
+    looked like a copy of the whole VOC tree that had lost a folder."""
+    root = make_voc(tmp_path / "voc", count=3)
+    (root / "SegmentationObject").mkdir()
+    Image.open(root / "SegmentationClass" / "2007_000000.png").save(root / "SegmentationObject" / "2007_000000.png")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "2007_000000.xml").write_text("<annotation/>")
+    out = tmp_path / "out"
+    result = complete(root, out, family)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Annotations/, SegmentationObject/" in said and "not copied" in said
+    assert not (out / "SegmentationObject").exists() and not (out / "Annotations").exists()
+    assert "not copied" not in " ".join(complete(make_voc(tmp_path / "plain", count=3), tmp_path / "out2", family).output.split())
