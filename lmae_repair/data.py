@@ -760,10 +760,8 @@ def read_label(path: Path) -> LabelFile:
                     "indices from opaque labels: save it without the alpha channel (a palette or grayscale PNG)"
                 )
             elif mode in ("RGB", "RGBA"):
-                raise LmaeError(
-                    f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
-                    "indices (a palette or grayscale PNG, one value per class)"
-                )
+                values, palette = voc_colour_label(path, np.asarray(img), mode)
+                mode = "P"  # written back in the palette form of VOC's own labels
             elif mode == "F" or mode.startswith("I"):
                 raise LmaeError(f"{path}: label holds {'floating-point' if mode == 'F' else '32-bit'} values (mode {mode}); "
                                 "expected class indices of 8 or 16 bits (a palette or grayscale PNG or TIFF)")
@@ -814,6 +812,52 @@ def _tiff_options(tiff: dict | None) -> dict:
     elif compression not in (None, "raw"):
         options["compression"] = compression
     return options
+
+
+def voc_colour_indices(pixels: np.ndarray) -> np.ndarray | None:
+    """(H, W) uint8: the class indices of an opaque RGB(A) label whose every colour is an entry of
+    the Pascal VOC colour map (`report.default_palette`, void 255 as (224, 224, 192)); None where
+    a colour is not one. The map gives red and green their top 3 bits and blue its top 2, one entry
+    for each of the 256 combinations, so a table of those bits inverts it."""
+    from lmae_repair.report import default_palette
+
+    if pixels.shape[-1] == 4 and not bool((pixels[..., 3] == 255).all()):
+        return None
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    if ((red & 31) | (green & 31) | (blue & 63)).any():
+        return None
+    colours = default_palette()
+    table = np.zeros((8, 8, 4), np.uint8)
+    table[colours[:, 0] >> 5, colours[:, 1] >> 5, colours[:, 2] >> 6] = np.arange(256)
+    return table[red >> 5, green >> 5, blue >> 6]
+
+
+def in_voc_layout(path: Path) -> bool:
+    """Whether a label lies below a Pascal VOC SegmentationClass/ folder (JPEGImages/ beside it),
+    where colours mean the VOC colour map's indices."""
+    return any(folder.name == "SegmentationClass" and (folder.parent / "JPEGImages").is_dir() for folder in path.parents)
+
+
+def voc_colour_label(path: Path, pixels: np.ndarray, mode: str) -> tuple[np.ndarray, list[int]]:
+    """(class indices, VOC palette) of a colour label that a tool saved without its palette: in a
+    Pascal VOC layout, when every colour is a VOC colour-map entry. Elsewhere the same colours
+    may mean other classes (CamVid's colours are VOC entries too), so it is refused, the message
+    saying what its colours are and how to turn them into indices; other colour labels are
+    refused as colour labels."""
+    from lmae_repair.report import default_palette
+
+    indices = voc_colour_indices(pixels)
+    if indices is not None and in_voc_layout(path):
+        return indices, default_palette().reshape(-1).tolist()
+    hint = ""
+    if indices is not None:
+        present = [int(v) for v in np.flatnonzero(np.bincount(indices.ravel(), minlength=256))]
+        hint = (f"; every colour in it is a Pascal VOC colour-map entry (indices {', '.join(map(str, present[:8]))}"
+                f"{', ...' if len(present) > 8 else ''}), read so in a VOC layout (JPEGImages/ + SegmentationClass/); "
+                "elsewhere save it as those indices first, e.g. Image.open(path).convert('RGB').quantize(palette="
+                "Image.open(a label in VOC's palette), dither=Image.Dither.NONE).save(new_path)")
+    raise LmaeError(f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
+                    f"indices (a palette or grayscale PNG, one value per class){hint}")
 
 
 def is_grey(pixels: np.ndarray) -> bool:

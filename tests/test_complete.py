@@ -974,3 +974,22 @@ def test_a_voc_folder_that_complete_does_not_copy_is_named_in_a_note(tmp_path, f
     assert "Annotations/, SegmentationObject/" in said and "not copied" in said
     assert not (out / "SegmentationObject").exists() and not (out / "Annotations").exists()
     assert "not copied" not in " ".join(complete(make_voc(tmp_path / "plain", count=3), tmp_path / "out2", family).output.split())
+
+
+def test_an_rgb_voc_label_of_voc_colours_is_completed_and_written_in_the_voc_palette(tmp_path, family):
+    """A VOC label saved as RGB by a tool that dropped its palette failed as 'colour (RGB) label
+    with no palette mapping'; its colours are all VOC colour-map entries, so it is read as their
+    indices and written as VOC writes its labels: a palette PNG."""
+    from lmae_repair.report import default_palette
+
+    root = make_voc(tmp_path / "voc", count=3)
+    path = root / "SegmentationClass" / "2007_000001.png"
+    values = np.array(Image.open(path))
+    Image.fromarray(default_palette()[values]).save(path)
+    out = tmp_path / "out"
+    result = complete(root, out, family)
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "SegmentationClass" / "2007_000001.png") as written:
+        assert written.mode == "P" and written.getpalette() == default_palette().reshape(-1).tolist()
+        repaired = np.array(written)
+    assert np.array_equal(repaired[values != 0], values[values != 0])  # its annotation kept

@@ -800,3 +800,51 @@ def test_voc_instance_masks_are_refused_as_class_labels(tmp_path):
         discover(tmp_path)
     result = runner.invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code == 2 and "instance ids" in result.output and "Traceback" not in result.output
+
+
+def as_voc_colours(label_path: Path) -> np.ndarray:
+    """Save a label as an RGB image of its Pascal VOC colours, as tools that drop the palette
+    do (void 255 as VOC's cream (224, 224, 192)); returns its class indices."""
+    from lmae_repair.report import default_palette
+
+    values = np.array(Image.open(label_path))
+    values[:4, :4] = 255  # some void, as VOC's borders
+    Image.fromarray(default_palette()[values]).save(label_path)
+    return values
+
+
+def test_an_rgb_label_of_voc_colours_in_a_voc_layout_is_read_as_its_class_indices(tmp_path):
+    """An RGB label whose every colour is a Pascal VOC colour-map entry was refused as 'colour (RGB)
+    label with no palette mapping', in a VOC dataset whose other labels are those colours' indices."""
+    from lmae_repair.report import default_palette
+
+    root = make_voc(tmp_path / "voc", count=3)
+    path = root / "SegmentationClass" / "2007_000001.png"
+    values = as_voc_colours(path)
+    label = read_label(path)
+    assert np.array_equal(label.values, values) and 255 in values
+    assert label.mode == "P" and label.palette == default_palette().reshape(-1).tolist()
+    write_label(tmp_path / "out.png", label)  # written back in the palette form of VOC's own labels
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.mode == "P" and np.array_equal(np.array(written), values)
+        assert written.getpalette() == default_palette().reshape(-1).tolist()
+    odd = np.array(Image.open(path))
+    odd[0, 0] = (10, 200, 30)  # one colour of no VOC entry: not guessed at
+    Image.fromarray(odd).save(path)
+    with pytest.raises(LmaeError, match="colour \\(RGB\\) label with no palette mapping") as refused:
+        read_label(path)
+    assert "Pascal VOC" not in str(refused.value)
+
+
+def test_an_rgb_label_of_voc_colours_outside_a_voc_layout_is_refused_saying_how_to_convert_it(tmp_path):
+    """Outside a VOC layout the same colours may mean other classes (CamVid's colours are VOC
+    entries too), so the label is refused, but the message says what its colours are and how to
+    turn them into indices."""
+    root = make_paired(tmp_path / "ds", count=2)
+    path = root / "labels" / "scene_000.png"
+    as_voc_colours(path)
+    with pytest.raises(LmaeError) as refused:
+        read_label(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: colour (RGB) label") and "every colour in it is a Pascal VOC colour-map entry" in message
+    assert "quantize(palette=" in message and "\n" not in message
