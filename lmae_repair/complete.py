@@ -1,9 +1,10 @@
 """`lmae-repair complete`: repair every pair of a dataset and write a completed copy of it.
 
 OUT mirrors the input: each label is written under its path relative to the dataset root (VOC:
-`OUT/SegmentationClass/x.png`; paired: `OUT/labels/x.png`; Cityscapes: `OUT/gtFine/...`), as a PNG
-in the input's mode and palette; images are hard-linked (copied across file systems) beside them
-unless `labels_only`. Input files are never written.
+`OUT/SegmentationClass/x.png`; paired: `OUT/labels/x.png`; Cityscapes: `OUT/gtFine/...`, with the
+label ids beside the train ids, `write_label_ids`), as a PNG in the input's mode and palette;
+images are hard-linked (copied across file systems) beside them unless `labels_only`. Input
+files are never written.
 
 Pipeline: loader workers read, route and prepare pairs (`repair.prepare`); the main thread runs
 the model on batches of tiles from several pairs; one writer thread encodes and writes the PNGs
@@ -32,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
-from lmae_repair.data import IMAGE_SUFFIXES, DatasetIndex, LabelFile, Pair, atomic_write, read_pair, relative_key, write_label
+from lmae_repair.data import (IMAGE_SUFFIXES, DatasetIndex, LabelFile, Pair, atomic_write, completed_label_ids, label_ids_path,
+                               read_label, read_pair, relative_key, write_label)
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected, worker_ends_quietly_on_sigterm
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
@@ -476,10 +478,12 @@ def file_stamp(path: Path) -> str:
 
 
 def resume_key(pair: Pair, settings: str) -> str:
-    """What a finished pair's output depends on: its input files (size and modification time)
-    and the run's settings. A rerun redoes a pair whose key changed (an edited label, other
-    models or options) instead of keeping an output made from something else."""
-    return "|".join([file_stamp(pair.image), file_stamp(pair.label), settings])
+    """What a finished pair's output depends on: its input files (size and modification time;
+    for Cityscapes also the label ids, which say what is missing and are written out too) and
+    the run's settings. A rerun redoes a pair whose key changed (an edited label, other models or
+    options) instead of keeping an output made from something else."""
+    ids = label_ids_path(pair.label)
+    return "|".join([file_stamp(pair.image), file_stamp(pair.label), settings] + ([file_stamp(ids)] if ids and ids.is_file() else []))
 
 
 def run_settings(checkpoints, options: CompleteOptions) -> str:
@@ -523,6 +527,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
         try:
             target = output_label_path(options.out, item.pair.key, index)
             write_label(target, replace(item.label, values=values))
+            write_label_ids(item.pair, item.label.values, values, target)
             if not options.labels_only:
                 mirror_image(item.pair, index, options.out)
             entry["output"] = str(target.absolute())  # found again from any current folder
@@ -534,6 +539,30 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     if not options.dry_run:
         append_json_line(options.out / PROGRESS_LOG, entry)
     return entry
+
+
+def write_label_ids(pair: Pair, before, after, target: Path) -> None:
+    """Cityscapes: beside the completed train-id label `target`, the `_gtFine_labelIds.png` that
+    agrees with it (`data.completed_label_ids`: the input's label ids, filled pixels given their
+    class's label id), where the input has one; an earlier run's is removed where it no longer
+    does. Without them, OUT's train ids alone made every 255 pixel look missing to a second
+    `complete` or `audit` (the ego vehicle, 12% of a frame, repainted), and cityscapesScripts'
+    evaluation, which reads label ids, had none to read."""
+    source, written = label_ids_path(pair.label), label_ids_path(target)
+    if source is None or written is None:
+        return
+    if not source.is_file():
+        written.unlink(missing_ok=True)
+        return
+    ids = read_label(source)
+    write_label(written, replace(ids, values=completed_label_ids(ids.values, before, after)))
+
+
+def label_ids_missing(pair: Pair, index: DatasetIndex, out: Path) -> bool:
+    """Whether a pair an earlier run finished lacks the label ids `write_label_ids` puts in OUT
+    (removed by hand since): it is done again, so that OUT holds them."""
+    source, written = label_ids_path(pair.label), label_ids_path(output_label_path(out, pair.key, index))
+    return source is not None and written is not None and source.is_file() and not written.is_file()
 
 
 def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path, checkpoints=()) -> dict:
@@ -552,7 +581,10 @@ def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
     """A pair that failed leaves nothing under OUT: an earlier run's completed label (and image
     link) for it would no longer match its input. OUT is this run's (locked, see
     `check_output_is_ours`), so only files lmae-repair wrote are removed."""
-    for path in (output_label_path(out, pair.key, index), mirrored_image_path(pair, index, out)):
+    label = output_label_path(out, pair.key, index)
+    for path in (label, label_ids_path(label), mirrored_image_path(pair, index, out)):
+        if path is None:
+            continue
         try:
             path.unlink(missing_ok=True)
         except OSError:
@@ -695,7 +727,8 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         settings = run_settings(checkpoints, options)
         finished = {} if options.dry_run else load_progress(options.out, index)
         done = {pair.key: with_this_runs_paths(finished[pair.key], pair, index, options.out, checkpoints) for pair in index.pairs
-                if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)}
+                if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)
+                and not label_ids_missing(pair, index, options.out)}
         if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
             for pair in [pair for pair in index.pairs if pair.key in done]:
                 try:

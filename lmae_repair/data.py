@@ -892,28 +892,31 @@ def read_pair(pair: Pair, space=None, with_kept: bool = False, keep_void: bool =
 # polegroup, caravan, trailer (ids 1-6, 9, 10, 14-16, 18, 29, 30).
 CITYSCAPES_IGNORED = 255
 CITYSCAPES_UNLABELED_ID = 0
+CITYSCAPES_IDS_SUFFIX = "_gtFine_labelIds"
+# The label id of each train id (CITYSCAPES_NAMES' order: road 7, sidewalk 8, ... bicycle 33), as
+# in cityscapesScripts' labels.py: what a completed train-id pixel is in the label ids.
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 
-def label_ids_beside(label_path: Path) -> Path | None:
-    """Where a Cityscapes train-id label's `_gtFine_labelIds.png` lies; None for other labels."""
+def label_ids_path(label_path: Path) -> Path | None:
+    """The `_gtFine_labelIds.png` that lies beside a Cityscapes train-id label (whether or not it
+    exists); None for a label of another name."""
     if not label_path.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png"):
         return None
-    return label_path.with_name(label_path.name.replace(CITYSCAPES_LABEL_SUFFIX, "_gtFine_labelIds"))
+    return label_path.with_name(label_path.name[: -len(f"{CITYSCAPES_LABEL_SUFFIX}.png")] + f"{CITYSCAPES_IDS_SUFFIX}.png")
 
 
 def label_ids_missing_note(pairs: list[Pair]) -> str | None:
     """A note where Cityscapes train-id labels have no `_gtFine_labelIds.png` beside them: nothing
     then tells their annotated 255 pixels (`annotated_void`) from missing annotation, and the
-    ego vehicle's bonnet, 12% of every frame, was repainted as road without a word (on a
-    `complete` output, which holds the train ids only, above all). None where every one has it."""
-    lacking = [pair.label for pair in pairs if (ids := label_ids_beside(pair.label)) is not None and not ids.is_file()]
+    ego vehicle's bonnet, 12% of every frame, was repainted as road without a word. None where every one has it."""
+    lacking = [pair.label for pair in pairs if (ids := label_ids_path(pair.label)) is not None and not ids.is_file()]
     if not lacking:
         return None
-    labels = [pair for pair in pairs if label_ids_beside(pair.label) is not None]
+    labels = [pair for pair in pairs if label_ids_path(pair.label) is not None]
     return (f"{len(lacking)} of {len(labels)} Cityscapes labels have no _gtFine_labelIds.png beside them (first: {lacking[0]}), "
             "so nothing tells their annotated 255 pixels (ego vehicle, out of roi, guard rail...) from missing annotation: "
-            "all of them count as missing (complete fills them); put the labelIds files beside the train ids (a complete output "
-            "holds the train ids only: run on the original tree) to keep them")
+            "all of them count as missing (complete fills them); put the labelIds files beside the train ids to keep them")
 
 
 def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
@@ -922,7 +925,7 @@ def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
     and where that file is absent. Without this, `complete` repainted the car's own bonnet at
     the bottom of every Cityscapes frame (12% of the image) as road: `merge` keeps these pixels
     as they are, and routing (`repair.as_routed`) and `audit` do not count them as missing."""
-    ids_path = label_ids_beside(label_path)
+    ids_path = label_ids_path(label_path)
     if ids_path is None or not ids_path.is_file():
         return None
     try:
@@ -936,6 +939,18 @@ def annotated_void(label_path: Path, values: np.ndarray) -> np.ndarray | None:
     if ids.shape != values.shape:
         raise LmaeError(f"{ids_path}: {ids.shape[1]}x{ids.shape[0]} but {label_path.name} is {values.shape[1]}x{values.shape[0]}")
     return (values == CITYSCAPES_IGNORED) & (ids != CITYSCAPES_UNLABELED_ID)
+
+
+def completed_label_ids(ids: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Cityscapes label ids that agree with a completed train-id label: `ids` as they are where
+    the train ids stayed (`before` == `after`), the label id of the new train id where a pixel was
+    filled in (`CITYSCAPES_LABEL_IDS`; a value outside them, which no Cityscapes model gives,
+    becomes 0, "unlabeled", i.e. still missing). Beside the completed train ids, these tell a later
+    run which 255 pixels are annotated (`annotated_void`), and they are what cityscapesScripts'
+    evaluation reads."""
+    lookup = np.full(256, CITYSCAPES_UNLABELED_ID, np.uint8)
+    lookup[: len(CITYSCAPES_LABEL_IDS)] = CITYSCAPES_LABEL_IDS
+    return np.where(after != before, lookup[after], ids).astype(ids.dtype)
 
 
 def check_same_size(pair: Pair, label_shape: tuple[int, int]) -> None:

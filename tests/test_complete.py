@@ -993,3 +993,63 @@ def test_an_rgb_voc_label_of_voc_colours_is_completed_and_written_in_the_voc_pal
         assert written.mode == "P" and written.getpalette() == default_palette().reshape(-1).tolist()
         repaired = np.array(written)
     assert np.array_equal(repaired[values != 0], values[values != 0])  # its annotation kept
+
+
+def cityscapes_with_label_ids(root: Path) -> Path:
+    """make_cityscapes with a _gtFine_labelIds.png beside each val label, as in real Cityscapes:
+    the bottom rows the ego vehicle (train id 255, label id 1), a hole nobody annotated (255 and
+    0), the rest the label ids of the train ids (standard table: 0 road 7, 1 sidewalk 8, 2 building
+    11, 3 wall 12)."""
+    make_cityscapes(root)
+    for label_path in sorted((root / "gtFine" / "val").rglob("*_labelTrainIds.png")):
+        train_ids = np.array(Image.open(label_path))
+        label_ids = np.array([7, 8, 11, 12], np.uint8)[train_ids]
+        train_ids[-24:], label_ids[-24:] = 255, 1
+        train_ids[16:32, 48:64], label_ids[16:32, 48:64] = 255, 0
+        Image.fromarray(train_ids).save(label_path)
+        Image.fromarray(label_ids).save(str(label_path).replace("labelTrainIds", "labelIds"))
+    return root
+
+
+def test_cityscapes_output_holds_label_ids_that_agree_with_the_completed_train_ids(tmp_path, family):
+    """OUT held the completed train ids alone: a second complete (or audit) on OUT then took every
+    255 for missing and repainted the ego vehicle, and cityscapesScripts, which reads label ids,
+    had none. Each train-id label now has its label ids beside it: the input's, with the filled
+    pixels given their class's label id, so that a second run changes only what the first could."""
+    cs = cityscapes_with_label_ids(tmp_path / "cs")
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert complete(cs, out, family, "--split", "val").exit_code == 0
+    for source in sorted((cs / "gtFine" / "val").rglob("*_labelTrainIds.png")):
+        before = np.array(Image.open(source))
+        ids_before = np.array(Image.open(str(source).replace("labelTrainIds", "labelIds")))
+        after = np.array(Image.open(out / source.relative_to(cs)))
+        written = Image.open(str(out / source.relative_to(cs)).replace("labelTrainIds", "labelIds"))
+        filled = after != before
+        assert filled[16:32, 48:64].all() and not filled[-24:].any()
+        expected = np.where(filled, np.array([7, 8, 11, 12, 0], np.uint8)[np.minimum(after, 4)], ids_before)
+        assert written.mode == "L" and (np.array(written) == expected).all()
+    assert complete(out, again, family, "--split", "val").exit_code == 0
+    for source in sorted((cs / "gtFine" / "val").rglob("*_labelTrainIds.png")):
+        before = np.array(Image.open(source))
+        first, second = (np.array(Image.open(folder / source.relative_to(cs))) for folder in (out, again))
+        missing_in_input = (before == 0) | ((before == 255) & (np.arange(before.shape[0])[:, None] < before.shape[0] - 24))
+        assert (second[-24:] == 255).all()  # the ego vehicle, not repainted
+        assert not ((second != first) & ~missing_in_input).any()
+
+
+def test_cityscapes_label_ids_in_the_output_are_written_with_labels_only_redone_when_missing_and_removed_with_their_pair(tmp_path, family):
+    """The label ids are labels (`--labels-only` writes them), a finished pair whose label ids
+    were deleted from OUT is done again (identically), and a pair that fails later leaves no
+    label ids behind, as it leaves no train ids."""
+    cs = cityscapes_with_label_ids(tmp_path / "cs")
+    out = tmp_path / "out"
+    assert complete(cs, out, family, "--split", "val", "--labels-only").exit_code == 0
+    city = out / "gtFine" / "val" / "lindau"
+    first = {p.name: p.read_bytes() for p in city.iterdir()}
+    assert sorted(first) == [f"lindau_00000{i}_000019_gtFine_{kind}.png" for i in range(2) for kind in ("labelIds", "labelTrainIds")]
+    (city / "lindau_000000_000019_gtFine_labelIds.png").unlink()
+    assert complete(cs, out, family, "--split", "val", "--labels-only").exit_code == 0
+    assert {p.name: p.read_bytes() for p in city.iterdir()} == first
+    (cs / "gtFine" / "val" / "lindau" / "lindau_000001_000019_gtFine_labelIds.png").write_bytes(b"not a png")
+    assert complete(cs, out, family, "--split", "val", "--labels-only").exit_code == 1
+    assert sorted(p.name for p in city.iterdir()) == [f"lindau_000000_000019_gtFine_{kind}.png" for kind in ("labelIds", "labelTrainIds")]
