@@ -366,15 +366,27 @@ def split_list_name(line: str, names) -> str:
     a file of `names` has it, as `with space` for `with space.png`; else its first word (VOC's
     `2007_000032  1` lines). A file name listed with its extension (`x.jpg`, `x.png`, as lists
     made by other tools have it) is the name without it. Accents may be composed in the list and
-    decomposed in the file name (macOS wrote it so), or the other way round."""
+    decomposed in the file name (macOS wrote it so), or the other way round. A line giving a
+    path (`JPEGImages\\x`, `C:\\data\\VOC\\JPEGImages\\x.jpg`, `/Users/me/VOC/JPEGImages/x.jpg`, as
+    lists written on another machine or by Windows tools have it) names the file its end names:
+    these were reported as pairs that "neither this label nor its image exists"."""
     spellings = (line.strip(), line.split()[0])
-    for name in dict.fromkeys(unicodedata.normalize(form, s) for s in spellings for form in ("NFC", "NFD")):
+    for name in dict.fromkeys(unicodedata.normalize(form, tail) for s in spellings for tail in _path_tails(s)
+                              for form in ("NFC", "NFD")):
         stem, suffix = os.path.splitext(name)
         if name in names:
             return name
         if suffix.lower() in IMAGE_SUFFIXES and stem in names:
             return stem
     return line.split()[0]
+
+
+def _path_tails(spelling: str) -> list[str]:
+    """`spelling` as it is, then, where it is a path (with / or Windows' \\), each shorter end of
+    it, longest first: `a\\b\\c` gives `a\\b\\c`, `a/b/c`, `b/c`, `c`. The longest end that names a
+    file wins, so `siteB/x` keeps naming the label in siteB/ rather than another x."""
+    parts = [part for part in spelling.replace("\\", "/").split("/") if part]
+    return list(dict.fromkeys([spelling] + ["/".join(parts[start:]) for start in range(len(parts))]))
 
 
 # ---------------------------------------------------------------- Cityscapes

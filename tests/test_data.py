@@ -848,3 +848,15 @@ def test_an_rgb_label_of_voc_colours_outside_a_voc_layout_is_refused_saying_how_
     message = str(refused.value)
     assert message.startswith(f"{path}: colour (RGB) label") and "every colour in it is a Pascal VOC colour-map entry" in message
     assert "quantize(palette=" in message and "\n" not in message
+
+
+def test_a_split_list_giving_paths_finds_the_files_they_end_in(tmp_path):
+    """Lists written on Windows or another machine give paths (`JPEGImages\\x`, `C:\\...\\x.jpg`,
+    `/Users/...`): each was reported as a pair that "neither this label nor its image exists"."""
+    root = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000000"]})
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_bytes(
+        b"\xef\xbb\xbfJPEGImages\\2007_000000\r\nC:\\Users\\Bob Smith\\VOC\\JPEGImages\\2007_000001.jpg\r\n"
+        b"/Users/bob/VOC2012/SegmentationClass/2007_000002.png\r\nJPEGImages\\2007_999999.jpg\r\n")
+    index = discover(root, split="val")
+    assert keys(index) == [f"SegmentationClass/2007_00000{n}.png" for n in range(3)]
+    assert len(index.unmatched) == 1 and "2007_999999" in index.unmatched[0]  # a path to nothing is still a failed pair
