@@ -111,18 +111,13 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
     folders but each real folder once, so that a link loop ends. What cannot be used is added to
     `problems`, one line each, instead of hanging or vanishing: a folder that cannot be read, a
     FIFO or device (opening it would wait forever), a link to nothing."""
-    found, visited = [], set()
+    found = []
 
     def unreadable(error: OSError) -> None:
         if problems is not None:
             problems.append(f"{error.filename}: cannot read this folder ({error.strerror}); the files in it are left out")
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
-        real = os.path.realpath(dirpath)
-        if real in visited:  # a link back to a folder already read (a loop, or a second way in)
-            dirnames[:] = []
-            continue
-        visited.add(real)
+    for dirpath, dirnames, filenames in walk_once(folder, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .ipynb_checkpoints/, .git/: not data
         for name in filenames:
             path = Path(dirpath) / name
@@ -134,6 +129,22 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
                 what = f"a link to {os.readlink(path)}, which does not exist" if path.is_symlink() and not path.exists() else "not a regular file"
                 problems.append(f"{path}: {what}; left out")
     return sorted(found)
+
+
+def walk_once(folder: Path, onerror=None):
+    """`os.walk(folder)` through symlinked folders, but each real folder once, and none that
+    holds `folder` itself: a link back to a folder already read (a loop, or a second way in) is
+    not entered, nor one up to a folder above (`images/loop -> ..`), which led back in and to
+    the folders beside it: a dataset's labels were read as images without a label, and a link
+    up from a side folder found every pair 40 times over."""
+    visited = {str(above) for above in Path(os.path.realpath(folder)).parents}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        yield dirpath, dirnames, filenames
 
 
 def _label_stem_candidates(stem: str) -> list[str]:
@@ -465,7 +476,7 @@ def find_paired_dirs(root: Path, notes: list[str] | None = None) -> list[tuple[P
     label folders sit beside one images/ folder, the first of LABEL_DIR_NAMES is taken, and
     `notes` says which were not."""
     found = []
-    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+    for dirpath, dirnames, _ in walk_once(root):
         names = {name.lower(): name for name in dirnames}
         image_name = next((names[n] for n in IMAGE_DIR_NAMES if n in names), None)
         label_names = [names[n] for n in LABEL_DIR_NAMES if n in names]

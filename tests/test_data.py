@@ -860,3 +860,15 @@ def test_a_split_list_giving_paths_finds_the_files_they_end_in(tmp_path):
     index = discover(root, split="val")
     assert keys(index) == [f"SegmentationClass/2007_00000{n}.png" for n in range(3)]
     assert len(index.unmatched) == 1 and "2007_999999" in index.unmatched[0]  # a path to nothing is still a failed pair
+
+
+def test_a_link_up_to_a_folder_above_is_not_followed_back_in(tmp_path):
+    """`images/loop -> ..` made every label also an image without a label (`images/loop/labels/x`),
+    and a link up from a side folder (`junk/back -> ..`) found each pair 40 times over."""
+    root = make_paired(tmp_path / "ds" / "a", count=2).parent
+    (root / "a" / "images" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "junk").mkdir()
+    (root / "junk" / "back").symlink_to("..", target_is_directory=True)
+    index = discover(root)
+    assert keys(index) == ["a/labels/scene_000.png", "a/labels/scene_001.png"]
+    assert index.unmatched == [] and index.unlabelled == []
