@@ -318,8 +318,9 @@ def find_voc_root(root: Path) -> Path | None:
 
 def split_lists(lists_dir: Path) -> list[Path]:
     """The split list files of ImageSets/Segmentation/ (a folder named `backup.txt` is not one:
-    reading it stopped a run with "Is a directory")."""
-    return sorted(p for p in lists_dir.glob("*.txt") if p.is_file()) if lists_dir.is_dir() else []
+    reading it stopped a run with "Is a directory"; nor is a hidden file: the `._train.txt` that
+    macOS puts beside `train.txt` in a zip is binary, and its bytes were taken for a missing pair)."""
+    return sorted(p for p in lists_dir.glob("*.txt") if p.is_file() and not p.name.startswith(".")) if lists_dir.is_dir() else []
 
 
 def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:

@@ -872,3 +872,14 @@ def test_a_link_up_to_a_folder_above_is_not_followed_back_in(tmp_path):
     index = discover(root)
     assert keys(index) == ["a/labels/scene_000.png", "a/labels/scene_001.png"]
     assert index.unmatched == [] and index.unlabelled == []
+
+
+def test_a_macos_appledouble_file_beside_a_split_list_is_not_read_as_one(tmp_path):
+    """A zip made on a Mac holds `._train.txt` beside `train.txt`: binary, read as a split list it
+    failed a pair named with its bytes (NULs and all) and made the run exit 1."""
+    root = make_voc(tmp_path / "voc", count=4)
+    (root / "ImageSets" / "Segmentation" / "._val.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x00")
+    index = discover(root)
+    assert index.unmatched == [] and len(index.pairs) == 4
+    with pytest.raises(LmaeError, match=r"available splits: train, val\)"):
+        discover(root, split="test")
