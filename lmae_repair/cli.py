@@ -259,6 +259,7 @@ def train(
         for column in ("mask ratio", "best checkpoint", "val PA-mIoU"):
             table.add_column(column, overflow="fold")  # a path folded, never cut to "..."
         from lmae_repair.checkpoints import read_info
+        from lmae_repair.data import shell_path
 
         for ratio, path in zip(options.mask_ratios, best):
             info = read_info(path)
@@ -270,7 +271,7 @@ def train(
         models = shlex.quote(str(options.out))
         held_out = "DATA"  # labelled pairs it did not train on: the validation data, where it had some
         if val is not None or val_split is not None:
-            held_out = shlex.quote(str(val if val is not None else data)) + (f" --split {shlex.quote(val_split)}" if val_split else "")
+            held_out = shell_path(val if val is not None else data) + (f" --split {shlex.quote(val_split)}" if val_split else "")
         console.print(f"next: lmae-repair tune {held_out} --models {models} and lmae-repair evaluate {held_out} --models {models} "
                       f"on labelled pairs it did not train on, then lmae-repair complete DATA --models {models}")
         if training_data.skipped:

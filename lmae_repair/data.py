@@ -262,6 +262,14 @@ def elsewhere(stem: Path, partners: dict[str, list[Path]], partner_dir: Path, ki
             f"of {partner_dir}: the subfolders below the images and labels folders must match)")
 
 
+def shell_path(path: Path | str) -> str:
+    """`path` as a word of a command printed for pasting: quoted for the shell, and a relative
+    path that starts with a dash as `./-x`, which the command line would otherwise take for an
+    option (`lmae-repair train -ds` answered "No such option: -d")."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def relative_key(path: Path | str, root: Path) -> str:
     """`path` relative to the dataset root: what keys a pair in reports and resumed runs.
     (Messages name files as the user gave them, so the path opens from where they ran it.)"""

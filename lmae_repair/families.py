@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lmae_repair.checkpoints import CheckpointInfo, checkpoints_in_folder, read_info
-from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label
+from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label, shell_path
 from lmae_repair.hub import fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import declared_class_names, declared_classes, find_classes_file, first_names, names_agree, void_named
@@ -37,7 +37,7 @@ def how_to_train(root: Path, images: Path | None = None) -> str:
     data, here = root.resolve(), Path.cwd().resolve()
     inside = any(here == folder or folder in here.parents for folder in [data] + ([images.resolve()] if images else []))
     runs = os.path.relpath(data.parent / f"{data.name}-runs") if inside else "runs/mine"
-    given = shlex.quote(str(root)) if images is None else f"--images {shlex.quote(str(images))} --labels {shlex.quote(str(root))}"
+    given = shell_path(root) if images is None else f"--images {shlex.quote(str(images))} --labels {shlex.quote(str(root))}"
     if images is None and is_cityscapes(root) and all((root / "leftImg8bit" / split).is_dir() for split in ("train", "val")):
         given += " --split train --val-split val"  # not on val (held out to choose best.safetensors) nor test (all void)
     return (f"train a family for it with `lmae-repair train {given} --mask-ratio 0.25 "

@@ -617,3 +617,15 @@ def test_cityscapes_class_names_that_no_family_fits_are_said_to_come_from_its_fi
     (root / "classes.txt").write_text("\n".join(["road", "sidewalk", "building"]) + "\n")
     output = " ".join(runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")]).output.split())
     assert "class names road, sidewalk, building (from its class list)" in output, output
+
+
+def test_the_advice_to_train_names_a_folder_starting_with_a_dash_so_it_can_be_pasted(tmp_path, monkeypatch):
+    """A dataset folder `-ds` (reached with `--` or `./-ds`): the advised `lmae-repair train -ds ...`
+    answered "No such option: -d" when pasted."""
+    from lmae_repair.families import how_to_train
+
+    make_paired(tmp_path / "-ds", count=1)
+    monkeypatch.chdir(tmp_path)
+    assert "`lmae-repair train ./-ds --mask-ratio" in how_to_train(Path("-ds"))
+    assert "`lmae-repair train './-my ds' --mask-ratio" in how_to_train(Path("-my ds"))
+    assert "`lmae-repair train /abs/-ds --mask-ratio" in how_to_train(Path("/abs/-ds"))
