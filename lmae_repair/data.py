@@ -220,6 +220,7 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
             continue
         used.add(match)
         claims.setdefault(match, []).append(label)
+    orphans = _pair_ignoring_case(orphans, images, used, claims)
     lonely_images = by_name({key: path for key, path in images.items() if key not in used}, labels=False)
     problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir)}" for label, rel in orphans]
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
@@ -232,6 +233,38 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     unlabelled = [f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}"
                   for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
+
+
+def _pair_ignoring_case(orphans: list[tuple[Path, Path]], images: dict[str, Path], used: set[str],
+                        claims: dict[str, list[Path]]) -> list[tuple[Path, Path]]:
+    """Pair the labels left without an image (`orphans`: label, its path below the labels folder
+    without extension) with an image whose name differs only in letter case (`IMG 001.JPG` and
+    `img 001.png`): on Windows and macOS, where such datasets are made, that is the same name and
+    they pair there; here they were failed pairs. Only where it is unambiguous: one image of that
+    name, not taken by another label, named by one label. Updates `used` and `claims`; returns
+    the orphans left."""
+    free: dict[str, list[str]] = {}
+    for key in images:
+        if key not in used:
+            free.setdefault(key.casefold(), []).append(key)
+
+    def match(rel: Path) -> str | None:
+        """The one free image whose name is one the label may name, letter case aside."""
+        found = {key for stem in _label_stem_candidates(rel.name)
+                 for key in free.get((rel.parent / stem).as_posix().casefold(), [])}
+        return found.pop() if len(found) == 1 else None
+
+    matches = {label: match(rel) for label, rel in orphans}
+    named = [key for key in matches.values() if key is not None]
+    left = []
+    for label, rel in orphans:
+        key = matches[label]
+        if key is None or named.count(key) > 1:
+            left.append((label, rel))
+            continue
+        used.add(key)
+        claims.setdefault(key, []).append(label)
+    return left
 
 
 def by_name(files: dict[str, Path], labels: bool) -> dict[str, list[Path]]:

@@ -883,3 +883,27 @@ def test_a_macos_appledouble_file_beside_a_split_list_is_not_read_as_one(tmp_pat
     assert index.unmatched == [] and len(index.pairs) == 4
     with pytest.raises(LmaeError, match=r"available splits: train, val\)"):
         discover(root, split="test")
+
+
+def test_an_image_and_a_label_whose_names_differ_only_in_letter_case_pair_where_unambiguous(tmp_path):
+    """`IMG 001.JPG` beside `img 001.png`: one name on Windows and macOS, where the dataset was made,
+    but here the label was failed as having "no image with the same name"."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "IMG 001.JPG", root / "labels" / "img 001.png", image, label)
+    write_pair(root / "images" / "Train" / "x.jpg", root / "labels" / "train" / "X_mask.png", image, label)
+    for name in ("Mix", "mix"):  # exact names still decide
+        write_pair(root / "images" / f"{name}.jpg", root / "labels" / f"{name}.png", image, label)
+    for name in ("Bb", "bB"):  # two images the label could name: left unpaired
+        Image.fromarray(image).save(root / "images" / f"{name}.jpg")
+    Image.fromarray(label).save(root / "labels" / "BB.png")
+    Image.fromarray(image).save(root / "images" / "Cc.jpg")  # two labels naming one image: left unpaired
+    for name in ("cc", "CC"):
+        Image.fromarray(label).save(root / "labels" / f"{name}.png")
+    index = discover(root)
+    assert sorted((p.image.relative_to(root).as_posix(), p.key) for p in index.pairs) == [
+        ("images/IMG 001.JPG", "labels/img 001.png"), ("images/Mix.jpg", "labels/Mix.png"),
+        ("images/Train/x.jpg", "labels/train/X_mask.png"), ("images/mix.jpg", "labels/mix.png")]
+    assert sorted(Path(line.partition(": ")[0]).name for line in index.unmatched) == ["BB.png", "CC.png", "cc.png"]
+    assert sorted(Path(line.partition(": ")[0]).name for line in index.unlabelled) == sorted(["Bb.jpg", "bB.jpg", "Cc.jpg"])
