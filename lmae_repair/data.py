@@ -36,7 +36,10 @@ from lmae_repair.labelspace import text_lines
 # line naming the file, so its log line, printed with no file name, would only add noise.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # .jfif: JPEGs as Windows saves them
+# images of formats not read, named when a label's image is one (`unread_namesake`): phones' HEIC, cameras' raw files
+UNREAD_IMAGE_SUFFIXES = {".heic", ".heif", ".avif", ".gif", ".jp2", ".jxl", ".psd", ".tga", ".ppm", ".pgm",
+                         ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # The largest image read, in pixels (8000x6000 fits): the model's class probabilities for one
@@ -222,7 +225,8 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         claims.setdefault(match, []).append(label)
     orphans = _pair_ignoring_case(orphans, images, used, claims)
     lonely_images = by_name({key: path for key, path in images.items() if key not in used}, labels=False)
-    problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir)}" for label, rel in orphans]
+    problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir) or unread_namesake(rel, image_dir)}"
+                 for label, rel in orphans]
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
         if len(claimants) == 1:
             pairs.append(Pair(images[key], claimants[0], relative_key(claimants[0], root)))
@@ -301,6 +305,24 @@ def shell_path(path: Path | str) -> str:
     option (`lmae-repair train -ds` answered "No such option: -d")."""
     text = str(path)
     return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
+def unread_namesake(rel: Path, image_dir: Path) -> str:
+    """For a label without an image (`rel`: its path below the labels folder, without extension):
+    a file of the image's name in a format lmae-repair does not read (an iPhone's HEIC, a camera's
+    raw file, a GIF), said so rather than that there is no image; nothing where there is none."""
+    folder = image_dir / rel.parent
+    names = {name.casefold() for name in _label_stem_candidates(rel.name)}
+    try:
+        found = sorted(entry.name for entry in os.scandir(folder)
+                       if not entry.name.startswith(".") and Path(entry.name).stem.casefold() in names
+                       and Path(entry.name).suffix.lower() in UNREAD_IMAGE_SUFFIXES and entry.is_file())
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    return (f" ({folder / found[0]} is there, in a format lmae-repair does not read: save the images as JPEG, PNG, "
+            f"TIFF, BMP or WebP)")
 
 
 def relative_key(path: Path | str, root: Path) -> str:

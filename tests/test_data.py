@@ -907,3 +907,21 @@ def test_an_image_and_a_label_whose_names_differ_only_in_letter_case_pair_where_
         ("images/Train/x.jpg", "labels/train/X_mask.png"), ("images/mix.jpg", "labels/mix.png")]
     assert sorted(Path(line.partition(": ")[0]).name for line in index.unmatched) == ["BB.png", "CC.png", "cc.png"]
     assert sorted(Path(line.partition(": ")[0]).name for line in index.unlabelled) == sorted(["Bb.jpg", "bB.jpg", "Cc.jpg"])
+
+
+def test_jfif_images_pair_and_an_image_in_a_format_not_read_is_named(tmp_path):
+    """Windows saves JPEGs as `.jfif`, iPhones photos as `.HEIC`: both labels were failed as having
+    "no image with the same name", the image right there."""
+    root = make_paired(tmp_path / "ds", count=3)
+    Image.open(root / "images" / "scene_000.png").convert("RGB").save(root / "images" / "scene_000.jfif", format="JPEG")
+    (root / "images" / "scene_000.png").unlink()
+    (root / "images" / "scene_001.png").rename(root / "images" / "scene_001.HEIC")
+    (root / "images" / "scene_002.txt").write_text("notes")  # not an image: not named
+    (root / "images" / "scene_002.png").unlink()
+    index = discover(root)
+    assert [p.image.name for p in index.pairs] == ["scene_000.jfif"]
+    assert index.unmatched == [
+        f"{root / 'labels' / 'scene_001.png'}: no image with the same name ({root / 'images' / 'scene_001.HEIC'} is there, "
+        "in a format lmae-repair does not read: save the images as JPEG, PNG, TIFF, BMP or WebP)",
+        f"{root / 'labels' / 'scene_002.png'}: no image with the same name"]
+    assert read_pair(index.pairs[0])[0].shape == (64, 64, 3)
