@@ -705,6 +705,10 @@ def read_image(path: Path) -> np.ndarray:
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
                 return stretch_to_8_bits(np.array(img))
+            if img.mode == "P" and "transparency" in img.info:
+                # the same colours; straight to RGB, PIL warned (a UserWarning naming its own source
+                # file, not the image) for every palette image with transparent entries
+                img = img.convert("RGBA")
             return np.array(img.convert("RGB"))
     except LmaeError:
         raise

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import VOC_PALETTE, make_cityscapes, make_paired, make_scene, make_voc, write_pair
 from lmae_repair.cli import app
-from lmae_repair.data import LabelFile, discover, read_label, read_pair, write_label
+from lmae_repair.data import LabelFile, discover, read_image, read_label, read_pair, write_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace, build_label_space
 
@@ -925,3 +925,20 @@ def test_jfif_images_pair_and_an_image_in_a_format_not_read_is_named(tmp_path):
         "in a format lmae-repair does not read: save the images as JPEG, PNG, TIFF, BMP or WebP)",
         f"{root / 'labels' / 'scene_002.png'}: no image with the same name"]
     assert read_pair(index.pairs[0])[0].shape == (64, 64, 3)
+
+
+def test_a_palette_image_with_transparent_entries_is_read_without_pils_warning(tmp_path):
+    """A palette PNG with transparency (as GIF-era tools and some exports save images) made PIL
+    print a UserWarning naming its own Image.py, twice per image, over the progress bar."""
+    import warnings
+
+    path = tmp_path / "x.png"
+    rgb = make_scene(np.random.default_rng(0))[0]
+    Image.fromarray(rgb).quantize(16).save(path, transparency=bytes([0] * 4 + [255] * 12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = read_image(path)
+    assert [str(w.message) for w in caught] == []
+    with Image.open(path) as img:
+        img.info.pop("transparency")
+        assert np.array_equal(values, np.array(img.convert("RGB")))  # the palette's colours, alpha dropped
