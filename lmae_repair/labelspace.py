@@ -9,6 +9,7 @@ command-line flags, or from scanning the labels.
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,14 +156,30 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
+CLASS_LIST_NAMES = ("classes.txt", "labels.txt", "class_names.txt")
+
+
 def find_classes_file(root: Path) -> Path | None:
     """classes.txt (or labels.txt) in the dataset root, its parent, or a Pascal VOC folder nested
-    in it (root/VOCdevkit/VOC2012/)."""
-    for folder in (root, root.parent, *sorted(root.glob("VOCdevkit/*/"))):
-        for name in ("classes.txt", "labels.txt", "class_names.txt"):
-            candidate = folder / name
-            if candidate.is_file():
-                return candidate
+    in it (root/VOCdevkit/VOC2012/). Where none has its exact name, one found as Windows and macOS
+    find it, letter case aside (`Classes.txt`), or with the `.txt` that Windows adds to a file
+    renamed with extensions hidden (`classes.txt.txt`, shown as classes.txt): the dataset's class
+    names were ignored without a word, and its labels taken for unnamed values."""
+    folders = (root, root.parent, *sorted(root.glob("VOCdevkit/*/")))
+    for folder in folders:
+        for name in CLASS_LIST_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    for folder in folders:
+        files: dict[str, str] = {}  # casefolded name: the file's name (the first in order where two differ in case)
+        try:
+            for name in sorted(entry.name for entry in os.scandir(folder) if entry.is_file()):
+                files.setdefault(name.casefold(), name)
+        except OSError:
+            continue
+        for name in CLASS_LIST_NAMES + tuple(f"{name}.txt" for name in CLASS_LIST_NAMES):
+            if name in files:
+                return folder / files[name]
     return None
 
 

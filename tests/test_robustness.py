@@ -629,3 +629,18 @@ def test_the_advice_to_train_names_a_folder_starting_with_a_dash_so_it_can_be_pa
     assert "`lmae-repair train ./-ds --mask-ratio" in how_to_train(Path("-ds"))
     assert "`lmae-repair train './-my ds' --mask-ratio" in how_to_train(Path("-my ds"))
     assert "`lmae-repair train /abs/-ds --mask-ratio" in how_to_train(Path("/abs/-ds"))
+
+
+@pytest.mark.parametrize("name", ["Classes.txt", "CLASSES.TXT", "classes.txt.txt"])
+def test_a_class_list_named_as_windows_or_macos_find_it_is_read(tmp_path, name):
+    """`Classes.txt` (found by its scripts on Windows and macOS, whose names ignore letter case) or
+    `classes.txt.txt` (renamed on Windows with extensions hidden): the class names were ignored
+    without a word, and the labels taken for values no list names."""
+    from lmae_repair.labelspace import declared_class_names, find_classes_file
+
+    root = make_paired(tmp_path / "ds", count=1)
+    (root / name).write_text("background\nrust\nhole\n")
+    assert find_classes_file(root) == root / name
+    assert declared_class_names(root, None) == ["background", "rust", "hole"]
+    (root / "classes.txt").write_text("background\ncrack\n")  # the exact name wins
+    assert find_classes_file(root) == root / "classes.txt"
