@@ -444,8 +444,9 @@ def split_list_name(line: str, names) -> str:
     decomposed in the file name (macOS wrote it so), or the other way round. A line giving a
     path (`JPEGImages\\x`, `C:\\data\\VOC\\JPEGImages\\x.jpg`, `/Users/me/VOC/JPEGImages/x.jpg`, as
     lists written on another machine or by Windows tools have it) names the file its end names:
-    these were reported as pairs that "neither this label nor its image exists"."""
-    spellings = (line.strip(), line.split()[0])
+    these were reported as pairs that "neither this label nor its image exists", and so was one
+    in quotes, as Windows Explorer's "Copy as path" gives it (`"C:\\VOC\\JPEGImages\\x.jpg"`)."""
+    spellings = (line.strip(), line.split()[0], line.strip().strip("\"'").strip())
     for name in dict.fromkeys(unicodedata.normalize(form, tail) for s in spellings for tail in _path_tails(s)
                               for form in ("NFC", "NFD")):
         stem, suffix = os.path.splitext(name)

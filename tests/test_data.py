@@ -942,3 +942,13 @@ def test_a_palette_image_with_transparent_entries_is_read_without_pils_warning(t
     with Image.open(path) as img:
         img.info.pop("transparency")
         assert np.array_equal(values, np.array(img.convert("RGB")))  # the palette's colours, alpha dropped
+
+
+def test_a_split_list_of_quoted_paths_as_windows_copies_them_finds_its_pairs(tmp_path):
+    """Explorer's "Copy as path" puts each path in double quotes: every such line was a pair that
+    "neither this label nor its image exists"."""
+    root = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000000"]})
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(
+        '"C:\\Users\\Bob Smith\\VOC\\JPEGImages\\2007_000001.jpg"\r\n"2007_000002.jpg"\r\n')
+    index = discover(root, split="val")
+    assert keys(index) == ["SegmentationClass/2007_000001.png", "SegmentationClass/2007_000002.png"] and index.unmatched == []
