@@ -168,8 +168,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Lab
 def checkpoints_in_folder(folder: Path) -> list[Path]:
     """The checkpoint files a folder stands for (`--models FOLDER`): in a training run's ratio
     folder its best.safetensors (not last.safetensors nor the kept epochs), elsewhere every
-    .safetensors file."""
-    found = sorted(folder.rglob("*.safetensors"))
+    .safetensors file but hidden ones: a folder zipped on a Mac holds an AppleDouble
+    `._mask-0.25.safetensors` beside each file (in `__MACOSX/` or in place), which stopped the
+    run as a corrupt checkpoint."""
+    found = sorted(f for f in folder.rglob("*.safetensors") if not any(part.startswith(".") for part in f.relative_to(folder).parts))
     return [f for f in found if f.name == "best.safetensors" or not (f.parent / "best.safetensors").exists()]
 
 

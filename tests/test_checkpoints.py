@@ -276,3 +276,22 @@ def test_average_refuses_a_checkpoint_whose_classes_have_other_names(tmp_path):
     result = CliRunner().invoke(app, ["average", str(first), str(other), "--out", str(tmp_path / "mean.safetensors")])
     assert result.exit_code == 2 and "rust.safetensors: label space differs from" in " ".join(result.output.split()), result.output
     assert not (tmp_path / "mean.safetensors").exists()
+
+
+def test_a_family_folder_zipped_on_a_mac_is_read_without_its_appledouble_files(tmp_path):
+    """A zip made on a Mac gives `._general.safetensors` (binary metadata, not a checkpoint) beside
+    each file or under `__MACOSX/`: `--models FOLDER` stopped with "not a readable safetensors checkpoint"."""
+    from lmae_repair.checkpoints import checkpoints_in_folder
+    from lmae_repair.families import find_checkpoints
+
+    path, model, info = saved(tmp_path / "made")
+    family = tmp_path / "mine"
+    save_checkpoint(family / "general.safetensors", model, info)
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x00"
+    (family / "._general.safetensors").write_bytes(junk)
+    (family / "__MACOSX").mkdir()
+    (family / "__MACOSX" / "._general.safetensors").write_bytes(junk)
+    (family / ".cache").mkdir()
+    shutil.copy(family / "general.safetensors", family / ".cache" / "general.safetensors")
+    assert checkpoints_in_folder(family) == [family / "general.safetensors"]
+    assert [path for path, _ in find_checkpoints([family])] == [family / "general.safetensors"]
