@@ -121,7 +121,6 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
             problems.append(f"{error.filename}: cannot read this folder ({error.strerror}); the files in it are left out")
 
     for dirpath, dirnames, filenames in walk_once(folder, onerror=unreadable):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .ipynb_checkpoints/, .git/: not data
         for name in filenames:
             path = Path(dirpath) / name
             if Path(name).suffix.lower() not in suffixes or name.startswith("."):
@@ -134,12 +133,18 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
     return sorted(found)
 
 
+# folders a drive or an archive holds beside the data: Windows' recycle bin and index, a Mac zip's resource forks
+SYSTEM_FOLDERS = {"$recycle.bin", "system volume information", "__macosx"}
+
+
 def walk_once(folder: Path, onerror=None):
     """`os.walk(folder)` through symlinked folders, but each real folder once, and none that
     holds `folder` itself: a link back to a folder already read (a loop, or a second way in) is
     not entered, nor one up to a folder above (`images/loop -> ..`), which led back in and to
     the folders beside it: a dataset's labels were read as images without a label, and a link
-    up from a side folder found every pair 40 times over."""
+    up from a side folder found every pair 40 times over. Hidden folders (.git/,
+    .ipynb_checkpoints/, a drive's .Trash-1000/) and SYSTEM_FOLDERS are not data: the images and
+    labels of a deleted copy in a USB drive's trash were found as a second set of pairs."""
     visited = {str(above) for above in Path(os.path.realpath(folder)).parents}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
         real = os.path.realpath(dirpath)
@@ -147,6 +152,7 @@ def walk_once(folder: Path, onerror=None):
             dirnames[:] = []
             continue
         visited.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d.casefold() not in SYSTEM_FOLDERS]
         yield dirpath, dirnames, filenames
 
 

@@ -952,3 +952,14 @@ def test_a_split_list_of_quoted_paths_as_windows_copies_them_finds_its_pairs(tmp
         '"C:\\Users\\Bob Smith\\VOC\\JPEGImages\\2007_000001.jpg"\r\n"2007_000002.jpg"\r\n')
     index = discover(root, split="val")
     assert keys(index) == ["SegmentationClass/2007_000001.png", "SegmentationClass/2007_000002.png"] and index.unmatched == []
+
+
+def test_a_deleted_copy_in_a_drives_trash_is_not_read_as_data(tmp_path):
+    """A USB drive holds what was deleted from it in `.Trash-1000/` (Linux, macOS `.Trashes/`) or
+    `$RECYCLE.BIN/` (Windows): an old copy of the images and labels there was found as a second
+    set of pairs (hidden folders were left out only below images/ and labels/)."""
+    make_paired(tmp_path / "usb" / "ds", count=2)
+    make_paired(tmp_path / "usb" / ".Trash-1000" / "files" / "old", count=2)
+    make_paired(tmp_path / "usb" / "$RECYCLE.BIN" / "S-1-5-21" / "$R1X2Y3", count=2)
+    index = discover(tmp_path / "usb")
+    assert keys(index) == ["ds/labels/scene_000.png", "ds/labels/scene_001.png"]
