@@ -247,7 +247,7 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> list[str]:
     A list none of whose pairs OUT holds (train.txt after `--split val`) is removed from OUT
     rather than left empty: an empty list stopped `--split train` on OUT with "names no pair",
     where a missing one says which splits there are. Returns those lists, relative to DATA."""
-    from lmae_repair.data import LABEL_SUFFIXES, _label_stem_candidates, find_voc_root, split_list_name
+    from lmae_repair.data import LABEL_SUFFIXES, _label_stem_candidates, by_letter_case, find_voc_root, split_list_name
     from lmae_repair.labelspace import text_lines
 
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
@@ -258,12 +258,13 @@ def prune_split_lists(index: DatasetIndex, out: Path) -> list[str]:
             if path.suffix.lower() in LABEL_SUFFIXES and not path.name.startswith(".")} if labels.is_dir() else set()
     held |= {stem for name in held for stem in _label_stem_candidates(name)}  # x_mask.png holds the pair x
     held |= {name.rsplit("/", 1)[-1] for name in held}  # as discovery, a bare name finds a label in a subfolder
+    folded = by_letter_case(held)
     left_out = []
     for source in side_files(index):
         if source.suffix != ".txt" or source.parent.name != "Segmentation":
             continue
         lines = text_lines(source, errors="replace")
-        kept = [line for line in lines if not line.strip() or split_list_name(line, held) in held]
+        kept = [line for line in lines if not line.strip() or split_list_name(line, held, folded) in held]
         if len(kept) == len(lines):
             continue
         place = source.relative_to(index.root)

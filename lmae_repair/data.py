@@ -423,11 +423,12 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
     lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
     known = found.keys() | problems.keys() | lonely_images
+    folded = by_letter_case(known)
     listed: dict[str, str] = {}  # name -> the first list naming it
     for split_file in lists:
         for line in text_lines(split_file, errors="replace"):
             if line.strip():
-                name = split_list_name(line, known)
+                name = split_list_name(line, known, folded)
                 listed.setdefault(name, split_file.relative_to(voc_root).as_posix())
     if split is not None and not listed:
         raise LmaeError(f"{lists[0]}: names no pair (the split list is empty); give another --split, or none to take "
@@ -442,7 +443,7 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     return DatasetIndex("voc", root, pairs, list(dict.fromkeys(unmatched + missing)))
 
 
-def split_list_name(line: str, names) -> str:
+def split_list_name(line: str, names, folded: dict[str, list[str]] | None = None) -> str:
     """The name a line of a VOC split list gives: the whole line (spaces around it dropped) where
     a file of `names` has it, as `with space` for `with space.png`; else its first word (VOC's
     `2007_000032  1` lines). A file name listed with its extension (`x.jpg`, `x.png`, as lists
@@ -451,16 +452,31 @@ def split_list_name(line: str, names) -> str:
     path (`JPEGImages\\x`, `C:\\data\\VOC\\JPEGImages\\x.jpg`, `/Users/me/VOC/JPEGImages/x.jpg`, as
     lists written on another machine or by Windows tools have it) names the file its end names:
     these were reported as pairs that "neither this label nor its image exists", and so was one
-    in quotes, as Windows Explorer's "Copy as path" gives it (`"C:\\VOC\\JPEGImages\\x.jpg"`)."""
+    in quotes, as Windows Explorer's "Copy as path" gives it (`"C:\\VOC\\JPEGImages\\x.jpg"`).
+    Given `folded` (`by_letter_case(names)`), a name that differs only in letter case (`img_01`
+    for IMG_01.png, one name on Windows and macOS) is the one name of `names` it can be."""
     spellings = (line.strip(), line.split()[0], line.strip().strip("\"'").strip())
+    candidates = []  # each spelling, and each without an image extension
     for name in dict.fromkeys(unicodedata.normalize(form, tail) for s in spellings for tail in _path_tails(s)
                               for form in ("NFC", "NFD")):
         stem, suffix = os.path.splitext(name)
-        if name in names:
-            return name
-        if suffix.lower() in IMAGE_SUFFIXES and stem in names:
-            return stem
+        candidates += [name] + ([stem] if suffix.lower() in IMAGE_SUFFIXES else [])
+    exact = next((name for name in candidates if name in names), None)
+    if exact is not None:
+        return exact
+    for name in candidates if folded is not None else []:
+        same = folded.get(name.casefold(), [])
+        if len(same) == 1:
+            return same[0]
     return line.split()[0]
+
+
+def by_letter_case(names) -> dict[str, list[str]]:
+    """{casefolded name: the names of `names` that fold to it}, for `split_list_name`."""
+    folded: dict[str, list[str]] = {}
+    for name in sorted(names):
+        folded.setdefault(name.casefold(), []).append(name)
+    return folded
 
 
 def _path_tails(spelling: str) -> list[str]:

@@ -1053,3 +1053,22 @@ def test_cityscapes_label_ids_in_the_output_are_written_with_labels_only_redone_
     (cs / "gtFine" / "val" / "lindau" / "lindau_000001_000019_gtFine_labelIds.png").write_bytes(b"not a png")
     assert complete(cs, out, family, "--split", "val", "--labels-only").exit_code == 1
     assert sorted(p.name for p in city.iterdir()) == [f"lindau_000000_000019_gtFine_{kind}.png" for kind in ("labelIds", "labelTrainIds")]
+
+
+def test_out_keeps_split_list_lines_that_name_a_written_pair_by_path_quotes_or_letter_case(tmp_path):
+    """OUT's split lists keep the lines whose pair OUT holds, spelt as discovery reads them: a
+    Windows path, a quoted path or another letter case kept naming the pair only in the input."""
+    from lmae_repair.complete import prune_split_lists
+    from lmae_repair.data import discover
+
+    root = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000000"]})
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / f"2007_000000{suffix}").rename(root / folder / f"IMG_01{suffix}")
+    lines = ["img_01", "JPEGImages\\2007_000001.jpg", '"C:\\VOC\\2007_000002.jpg"', "2007_000003"]
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    (out / "SegmentationClass").mkdir(parents=True)
+    for name in ("IMG_01", "2007_000001", "2007_000002"):  # 2007_000003 not written (failed)
+        shutil.copy(root / "SegmentationClass" / f"{name}.png", out / "SegmentationClass" / f"{name}.png")
+    prune_split_lists(discover(root, split="val"), out)
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text().splitlines() == lines[:3]

@@ -963,3 +963,17 @@ def test_a_deleted_copy_in_a_drives_trash_is_not_read_as_data(tmp_path):
     make_paired(tmp_path / "usb" / "$RECYCLE.BIN" / "S-1-5-21" / "$R1X2Y3", count=2)
     index = discover(tmp_path / "usb")
     assert keys(index) == ["ds/labels/scene_000.png", "ds/labels/scene_001.png"]
+
+
+def test_a_split_list_name_differing_from_its_file_only_in_letter_case_names_it(tmp_path):
+    """A list typed on Windows (`img_01` for IMG_01.png: one name there) failed the pair as one that
+    "neither this label nor its image exists"; where two files differ only in case, it stays failed."""
+    root = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000000"]})
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / folder / f"2007_000000{suffix}").rename(root / folder / f"IMG_01{suffix}")
+        (root / folder / f"2007_000001{suffix}").rename(root / folder / f"Twin{suffix}")
+        (root / folder / f"2007_000002{suffix}").rename(root / folder / f"TWIN{suffix}")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("img_01.JPG\r\ntwin\r\n")
+    index = discover(root, split="val")
+    assert keys(index) == ["SegmentationClass/IMG_01.png"]
+    assert len(index.unmatched) == 1 and "lists twin" in index.unmatched[0]
