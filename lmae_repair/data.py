@@ -328,7 +328,7 @@ def unread_namesake(rel: Path, image_dir: Path) -> str:
     if not found:
         return ""
     return (f" ({folder / found[0]} is there, in a format lmae-repair does not read: save the images as JPEG, PNG, "
-            f"TIFF, BMP or WebP)")
+            "TIFF, BMP or WebP)")
 
 
 def relative_key(path: Path | str, root: Path) -> str:
