@@ -312,9 +312,11 @@ def label_space_of_data(index: DatasetIndex) -> LabelSpace:
 
 def defect_row(problem: str, root: Path, failed: bool) -> dict:
     """A file discovery could not pair: 'path: no label with the same name' and the like,
-    keyed like a pair by its path relative to the dataset root."""
+    keyed like a pair by its path relative to the dataset root, naming the image it concerns
+    where discovery knows one (`data.Problem`)."""
     path, _, reason = problem.partition(": ")
-    row = new_row(relative_key(path, root), str(Path(path).absolute()) if "no label" in reason else None)
+    image = getattr(problem, "image", None)
+    row = new_row(relative_key(path, root), None if image is None else str(Path(image).absolute()))
     row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
     return row
 

@@ -67,6 +67,22 @@ CITYSCAPES_COLOURS = [
 ]
 
 
+class Problem(str):
+    """A line of `DatasetIndex.unmatched` or `.unlabelled`, 'path: problem', printed as it is,
+    that also carries the image it concerns where discovery knows one (a JPEG label's image, the
+    image of two labels of one name, of a split entry whose label is missing): `audit` names it in
+    the row, as it does for a pair, instead of leaving the curator to look for it."""
+
+    image: Path | None = None
+
+
+def problem(line: str, image: Path | None = None) -> Problem:
+    """`line` as a Problem concerning `image`."""
+    found = Problem(line)
+    found.image = image
+    return found
+
+
 @dataclass(frozen=True)
 class Pair:
     """One image and its label; `key` is the label's path relative to the dataset root."""
@@ -208,14 +224,22 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         image_files = [path for path in image_files if path not in taken]
     images, image_clashes = _by_stem(image_files, image_dir, "image")
     labels, label_clashes = _by_stem(label_files, label_dir, "label")
-    problems += list(image_clashes.values()) + list(label_clashes.values())
+
+    def image_named(stem_path: str) -> Path | None:
+        """The image a label (its path below label_dir without extension) names, if any."""
+        rel = Path(stem_path)
+        return next((images[key] for key in ((rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name))
+                     if key in images), None)
+
+    problems += list(image_clashes.values()) + [problem(line, image_named(stem)) for stem, line in label_clashes.items()]
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
         lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, "label")
         for stem_path, path in sorted(lossy.items()):
             if stem_path not in labels and stem_path not in label_clashes:
-                problems.append(f"{path}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
-                                "changes class values at region borders, so labels must be PNG (or BMP, TIFF)")
+                problems.append(problem(f"{path}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
+                                        "changes class values at region borders, so labels must be PNG (or BMP, TIFF)",
+                                        image_named(stem_path)))
                 used.add(stem_path)  # its image is reported through this label, not as unlabelled
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
     orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)
@@ -237,10 +261,10 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         if len(claimants) == 1:
             pairs.append(Pair(images[key], claimants[0], relative_key(claimants[0], root)))
         else:  # x.png and x_mask.png both name x.jpg: either could be the one meant
-            problems.append(f"{images[key]}: {len(claimants)} labels name this image "
-                            f"({', '.join(str(p) for p in claimants)}); rename or remove all but one")
+            problems.append(problem(f"{images[key]}: {len(claimants)} labels name this image "
+                                    f"({', '.join(str(p) for p in claimants)}); rename or remove all but one", images[key]))
     lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans}, labels=True)
-    unlabelled = [f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}"
+    unlabelled = [problem(f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}", image)
                   for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
 
@@ -421,8 +445,8 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     for pair in pairs:
         found.setdefault(pair.image.stem, pair)
     problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
-    lonely_images = {Path(line.partition(": ")[0]).stem for line in unlabelled}
-    known = found.keys() | problems.keys() | lonely_images
+    lonely_images = {Path(line.partition(": ")[0]).stem: line.image for line in unlabelled}
+    known = found.keys() | problems.keys() | lonely_images.keys()
     folded = by_letter_case(known)
     listed: dict[str, str] = {}  # name -> the first list naming it
     for split_file in lists:
@@ -434,8 +458,10 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         raise LmaeError(f"{lists[0]}: names no pair (the split list is empty); give another --split, or none to take "
                         f"all {len(pairs)} pairs")
     missing = [  # named by the label file that should be there: one entry per missing pair
-        problems.get(name) or f"{label_dir / name}.png: {listed[name]} lists {name}, but "
-        f"{'this label is missing (its image is there)' if name in lonely_images else 'neither this label nor its image exists'}"
+        problems.get(name) or problem(
+            f"{label_dir / name}.png: {listed[name]} lists {name}, but "
+            f"{'this label is missing (its image is there)' if name in lonely_images else 'neither this label nor its image exists'}",
+            lonely_images.get(name))
         for name in sorted(listed.keys() - found.keys())
     ]
     if split is not None:
@@ -520,9 +546,9 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
         if label.is_file():
             pairs.append(Pair(image, label, relative_key(label, root)))
         elif label.with_name(f"{prefix}_gtFine_labelIds.png").is_file():  # converted in part: say how to finish
-            unlabelled.append(f"{image}: no {label.name}, only its _gtFine_labelIds.png ({how_to_make_train_ids(label_dir)})")
+            unlabelled.append(problem(f"{image}: no {label.name}, only its _gtFine_labelIds.png ({how_to_make_train_ids(label_dir)})", image))
         else:
-            unlabelled.append(f"{image}: no {label.name}")
+            unlabelled.append(problem(f"{image}: no {label.name}", image))
     paired = {pair.label for pair in pairs}
     for label in _files_below(label_dir, {".png"}) if label_dir.is_dir() else []:
         if label.name.endswith(f"{CITYSCAPES_LABEL_SUFFIX}.png") and label not in paired:  # a failed pair, as in other layouts

@@ -564,3 +564,30 @@ def test_keep_void_counts_no_void_pixel_as_missing_or_suspect(tmp_path, family):
     assert plain.exit_code == 0, plain.output
     row = next(r for r in json.loads((tmp_path / "plain.json").read_text()) if r["label"] == "labels/scene_000.png")
     assert row["missing_share"] < void
+
+
+def test_rows_of_files_left_unpaired_name_their_image_where_one_is_known(tmp_path):
+    """A JPEG label, two labels of one name, two labels naming one image and a VOC split entry
+    whose label is missing: each has an image, and its row names it (null only where none is
+    known), as a pair's row does."""
+    from conftest import make_voc
+
+    root = make_paired(tmp_path / "ds", count=3, seed=1)
+    image, label = make_scene(np.random.default_rng(2))
+    write_pair(root / "images" / "jl.png", root / "labels" / "jl.jpg", image, label)
+    write_pair(root / "images" / "d.png", root / "labels" / "d.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "d.tif")
+    write_pair(root / "images" / "c.png", root / "labels" / "c.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "c_mask.png")
+    result = runner.invoke(app, ["audit", str(root), "--device", "cpu", "--json", str(tmp_path / "a.json")])
+    assert result.exit_code == 1, result.output
+    rows = {row["label"]: row for row in json.loads((tmp_path / "a.json").read_text())}
+    for key, image_name in (("labels/jl.jpg", "jl.png"), ("labels/d.png", "d.png"), ("images/c.png", "c.png")):
+        assert rows[key]["image"] == str((root / "images" / image_name).absolute()), (key, rows[key])
+
+    voc = make_voc(tmp_path / "voc", count=4, splits={"val": ["2007_000002", "2007_000003", "ghost"]})
+    (voc / "SegmentationClass" / "2007_000003.png").unlink()
+    runner.invoke(app, ["audit", str(voc), "--split", "val", "--device", "cpu", "--json", str(tmp_path / "v.json")])
+    rows = {row["label"]: row for row in json.loads((tmp_path / "v.json").read_text())}
+    assert rows["SegmentationClass/2007_000003.png"]["image"] == str((voc / "JPEGImages" / "2007_000003.jpg").absolute())
+    assert rows["SegmentationClass/ghost.png"]["image"] is None  # neither file exists
