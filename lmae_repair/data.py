@@ -181,21 +181,26 @@ def _label_stem_candidates(stem: str) -> list[str]:
     return candidates
 
 
-def _by_stem(paths: list[Path], folder: Path, kind: str) -> tuple[dict[str, Path], list[str]]:
-    """{relative path without extension: file}; names that two files share (a.jpg and a.png)
-    are left out and reported, since either could be the one meant. Accents count however they
-    are stored (composed, or decomposed as macOS writes them), so an image and a label whose
-    names look the same pair."""
+def _by_stem(paths: list[Path], folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """({relative path without extension: file}, {such a name that two files share (a.jpg and
+    a.png): those files}); shared names are left out of the first, since either file could be the
+    one meant (`clash_line` reports them). Accents count however they are stored (composed, or
+    decomposed as macOS writes them), so an image and a label whose names look the same pair."""
     groups: dict[str, list[Path]] = {}
     for path in paths:
         groups.setdefault(unicodedata.normalize("NFC", path.relative_to(folder).with_suffix("").as_posix()), []).append(path)
     unique = {stem: group[0] for stem, group in groups.items() if len(group) == 1}
-    clashes = {
-        stem: f"{group[0]}: {len(group)} {kind}s share this name "
-        f"({', '.join(p.name for p in group)}); rename or remove all but one"
-        for stem, group in groups.items() if len(group) > 1
-    }
-    return unique, clashes
+    return unique, {stem: group for stem, group in groups.items() if len(group) > 1}
+
+
+def clash_line(group: list[Path], kind: str, named_by: Path | None = None) -> str:
+    """The problem line of files of one name (`_by_stem`): keyed by the first, or where a label
+    names those images, by that label, since it is the pair left out."""
+    names = f"{', '.join(p.name for p in group)}"
+    if named_by is not None:
+        return (f"{named_by}: its image is ambiguous, {len(group)} {kind}s share its name ({names} in {group[0].parent}); "
+                "rename or remove all but one")
+    return f"{group[0]}: {len(group)} {kind}s share this name ({names}); rename or remove all but one"
 
 
 def _labels_beside_images(candidates: list[Path], files: list[Path]) -> list[Path]:
@@ -222,8 +227,8 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         label_files = _labels_beside_images(label_files, image_files)
         taken = set(label_files)
         image_files = [path for path in image_files if path not in taken]
-    images, image_clashes = _by_stem(image_files, image_dir, "image")
-    labels, label_clashes = _by_stem(label_files, label_dir, "label")
+    images, image_clashes = _by_stem(image_files, image_dir)
+    labels, label_clashes = _by_stem(label_files, label_dir)
 
     def image_named(stem_path: str) -> Path | None:
         """The image a label (its path below label_dir without extension) names, if any."""
@@ -231,10 +236,10 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
         return next((images[key] for key in ((rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name))
                      if key in images), None)
 
-    problems += list(image_clashes.values()) + [problem(line, image_named(stem)) for stem, line in label_clashes.items()]
+    problems += [problem(clash_line(group, "label"), image_named(stem)) for stem, group in label_clashes.items()]
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
-        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir, "label")
+        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir)
         for stem_path, path in sorted(lossy.items()):
             if stem_path not in labels and stem_path not in label_clashes:
                 problems.append(problem(f"{path}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
@@ -242,18 +247,24 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
                                         image_named(stem_path)))
                 used.add(stem_path)  # its image is reported through this label, not as unlabelled
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
+    named_clashes: set[str] = set()  # names of several images that a label names
     orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
         keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
         match = next((key for key in keys if key in images), None)
         if match is None:
-            if not any(key in image_clashes for key in keys):
+            clash = next((key for key in keys if key in image_clashes), None)
+            if clash is None:
                 orphans.append((label, rel))
+            else:  # the images it names share a name: reported by this label
+                problems.append(clash_line(image_clashes[clash], "image", named_by=label))
+                named_clashes.add(clash)
             continue
         used.add(match)
         claims.setdefault(match, []).append(label)
     orphans = _pair_ignoring_case(orphans, images, used, claims)
+    problems += [clash_line(group, "image") for stem, group in image_clashes.items() if stem not in named_clashes]
     lonely_images = by_name({key: path for key, path in images.items() if key not in used}, labels=False)
     problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir) or unread_namesake(rel, image_dir)}"
                  for label, rel in orphans]

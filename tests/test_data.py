@@ -977,3 +977,20 @@ def test_a_split_list_name_differing_from_its_file_only_in_letter_case_names_it(
     index = discover(root, split="val")
     assert keys(index) == ["SegmentationClass/IMG_01.png"]
     assert len(index.unmatched) == 1 and "lists twin" in index.unmatched[0]
+
+
+def test_two_images_of_one_name_are_reported_by_the_label_that_names_them(tmp_path):
+    """images/x.jpg and images/x.png beside labels/x.png: the label is the pair left out, so its
+    problem line is keyed by it and names both images (it was keyed by x.jpg, which looked like
+    the one at fault, and the label itself appeared nowhere); the clash is reported once."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "x.jpg", root / "labels" / "x.png", image, label)
+    Image.fromarray(image).save(root / "images" / "x.png")
+    write_pair(root / "images" / "b.jpg", root / "labels" / "b.png", image, label)
+    index = discover(root)
+    assert keys(index) == ["labels/b.png"] and not index.unlabelled
+    assert len(index.unmatched) == 1
+    line = index.unmatched[0]
+    assert line.startswith(f"{root / 'labels' / 'x.png'}: ") and "2 images share its name (x.jpg, x.png" in line, line

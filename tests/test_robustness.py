@@ -35,7 +35,7 @@ BROKEN = {
     "RGB colour label": ("colour.png", "colour (RGB) label"),
     "values beyond the label space": ("outside.png", "values outside the label space (9"),
     "very large image": ("huge.png", "8000x6000 (48.0 megapixels) is larger than the 20 megapixels"),
-    "same stem, two image files": ("dup.jpg", "2 images share this name (dup.jpg, dup.png)"),
+    "same stem, two image files": ("dup.jpg", "labels/dup.png: its image is ambiguous, 2 images share its name (dup.jpg, dup.png"),
     "same stem, two label files": ("twin.bmp", "2 labels share this name (twin.bmp, twin.png)"),
     "label without image": ("no_image.png", "no image with the same name"),
     "JPEG label": ("jpeg_label.jpg", "a JPG label; lossy compression"),
