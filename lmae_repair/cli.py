@@ -23,7 +23,7 @@ from rich.text import Text
 
 from lmae_repair import __version__
 from lmae_repair.errors import DEBUG, INTERRUPTED, LmaeError, interrupt_exit_code, signal_that_ended_workers, unexpected, watch_interrupts
-from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
+from lmae_repair.defaults import DEFAULT_CROP, DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
     add_completion=False,
@@ -177,7 +177,7 @@ def train(
     branch_reads_image_only: bool = typer.Option(False, "--branch-reads-image-only", hidden=True),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
-    crop: int = typer.Option(224, min=16, help="Training crop size; inference runs in tiles of this size."),
+    crop: int = typer.Option(DEFAULT_CROP, min=16, help="Training crop size; inference runs in tiles of this size."),
     lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam), above 0."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),

@@ -9,3 +9,6 @@ DEFAULT_THRESHOLD = 0.5
 # void is always filled. 0.9 kept the bundled concrete model under 0.5% of intact pixels changed
 # (README, "Measured").
 DEFAULT_MIN_CONFIDENCE = 0.9
+# Training crop, and the tile `complete` repairs in: images smaller than it train too, filled out
+# with their mirror image (README, "Training"); a larger crop is refused beyond every image.
+DEFAULT_CROP = 224

@@ -54,6 +54,7 @@ from lmae_repair.distributed import (
     wait_for_all,
 )
 from lmae_repair.errors import LmaeError
+from lmae_repair.defaults import DEFAULT_CROP
 from lmae_repair.families import masks_of_0_and_255, soft_edged_masks
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named
@@ -84,7 +85,7 @@ class TrainOptions:
     branch_reads_labels: bool | None = None  # None: the --init checkpoint's, else False
     epochs: int = 50
     batch_size: int = 16
-    crop: int = 224
+    crop: int = DEFAULT_CROP
     lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 200
@@ -169,6 +170,22 @@ def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
             raise LmaeError(f"--mask-ratio {ratio:g} hides none of the {patches} patches of a {options.crop}-pixel crop: nothing to learn")
 
 
+def check_crop_size(options: TrainOptions, data: TrainingData) -> None:
+    """Refuse a crop larger than every training image, where it is beyond the default too: each
+    crop would be mostly its image's mirror, which is not trained on (`note_small_images`), and
+    its memory grows with its area (`--crop 100000` on 120x90 images was killed for memory in the
+    loader, after the scan). The default crop is kept: small images train at it, as they did."""
+    if not data.shapes:
+        return
+    patch = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size).patch_size
+    pair, (height, width) = min(data.shapes.items(), key=lambda item: (-max(item[1]), item[0].key))
+    limit = max(math.ceil(max(height, width) / patch) * patch, DEFAULT_CROP // patch * patch)
+    if options.crop > limit:
+        raise LmaeError(f"--crop {options.crop} is larger than every training image (the largest: {pair.label}, {width}x{height}): "
+                        "each crop would be mostly its mirror image, which is not trained on, at a memory cost that grows with "
+                        f"the crop's area; give --crop {limit} or less")
+
+
 def check_option_values(options: TrainOptions) -> None:
     """Refuse the option values that are wrong whatever the data (a typo in --preset, a mask ratio
     of 2, --device cuda on a machine without a GPU) before the labels are scanned: the error is
@@ -195,6 +212,7 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     process runs this, on its own shard of the data (see distributed.py)."""
     check_option_values(options)
     check_mask_ratios(options, data.space)
+    check_crop_size(options, data)
     for ratio in options.mask_ratios:  # every ratio before the first trains: none is overwritten after hours
         check_no_earlier_run(ratio_folder(options.out, ratio), options.resume)
     ranks = ranks_from_environment()

@@ -857,3 +857,18 @@ def test_an_objects_checkpoint_without_the_objects_strategy_is_noted(tmp_path):
     assert result.exit_code == 0 and "never see a missed object" in result.output, result.output
     result = runner.invoke(app, args + ["--mask-mix", "1:1:1:3", "--out", str(tmp_path / "b")])
     assert result.exit_code == 0 and "never see a missed object" not in result.output, result.output
+
+
+def test_a_crop_larger_than_every_training_image_is_refused_before_any_epoch(tmp_path):
+    """`--crop 100000` on 64x64 images was killed for memory in the loader: each crop would be
+    its image mirrored thousands of times over, none of it trained on. It is refused up front,
+    saying the largest image and the largest crop that makes sense; the default crop, which
+    small images train at (filled out with their mirror image), is never refused."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--crop", "100000",
+                                 "--workers", "0"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "--crop 100000 is larger than every training image (the largest: " in said and "scene_000.png, 64x64)" in said, said
+    assert "give --crop 224 or less" in said and "epoch 1" not in said
+    assert not (tmp_path / "run").exists()
