@@ -220,7 +220,27 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
     note_small_images(console, data, options.crop)
     with process_group(ranks, device), contextlib.ExitStack() as locks:
-        return [train_one_ratio(options, data, ratio, weights, console, ranks, device, locks) for ratio in options.mask_ratios]
+        held = hold_existing_run_folders(options, locks) if ranks.is_main else set()
+        return [train_one_ratio(options, data, ratio, weights, console, ranks, device, locks, held) for ratio in options.mask_ratios]
+
+
+def hold_existing_run_folders(options: TrainOptions, locks: contextlib.ExitStack) -> set[Path]:
+    """Lock, before the first ratio trains, every ratio's run folder that exists already (a run to
+    --resume, a folder made for it), and see that the others can be made: with `-m 0.25 -m 0.5`, a
+    mask-0.50/ locked by another train or read-only was refused only after the 0.25 model had
+    trained. The folders held; the others are made and locked by their ratio, after --init is read
+    (a refused one leaves no run folder behind)."""
+    held = set()
+    for ratio in options.mask_ratios:
+        folder = ratio_folder(options.out, ratio)
+        if folder.is_dir():
+            locks.enter_context(hold_run_folder(folder, options.resume))
+            held.add(folder)
+            continue
+        existing = next(parent for parent in folder.parents if parent.exists())  # the filesystem root at the latest
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise LmaeError(f"{existing}: cannot write here (Permission denied); choose another --out")
+    return held
 
 
 def hold_run_folder(folder: Path, resume: bool):
@@ -256,7 +276,7 @@ def note_small_images(console: Console, data: TrainingData, crop: int) -> None:
 
 def train_one_ratio(
     options: TrainOptions, data: TrainingData, ratio: float, weights: torch.Tensor, console: Console, ranks: Ranks,
-    device: torch.device, locks: contextlib.ExitStack | None = None,
+    device: torch.device, locks: contextlib.ExitStack | None = None, held: set[Path] = frozenset(),
 ) -> Path:
     folder = ratio_folder(options.out, ratio)
     torch.manual_seed(options.seed)
@@ -266,7 +286,7 @@ def train_one_ratio(
     if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
         start_from(model, options.init, data.space)
     folder.mkdir(parents=True, exist_ok=True)  # after --init is read: a refused one leaves no run folder behind
-    if locks is not None and ranks.is_main:  # only rank 0 writes the run folder
+    if locks is not None and ranks.is_main and folder not in held:  # only rank 0 writes the run folder
         locks.enter_context(hold_run_folder(folder, options.resume))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)

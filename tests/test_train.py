@@ -872,3 +872,25 @@ def test_a_crop_larger_than_every_training_image_is_refused_before_any_epoch(tmp
     assert "--crop 100000 is larger than every training image (the largest: " in said and "scene_000.png, 64x64)" in said, said
     assert "give --crop 224 or less" in said and "epoch 1" not in said
     assert not (tmp_path / "run").exists()
+
+
+def test_every_ratio_folder_is_checked_before_the_first_ratio_trains(tmp_path):
+    """`-m 0.25 -m 0.5` with mask-0.50/ locked by another train (or read-only): only the first
+    ratio's folder was locked up front, so the refusal came after the 0.25 model had trained."""
+    from lmae_repair.complete import TRAIN_LOCK_FILE, lock_output
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    second = tmp_path / "run" / "mask-0.50"
+    second.mkdir(parents=True)
+    args = ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--crop", "32",
+            "--workers", "0", "-m", "0.25", "-m", "0.5"]
+    held = lock_output(second, name=TRAIN_LOCK_FILE)
+    try:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and f"{second}: another lmae-repair run is writing here" in " ".join(result.output.split())
+        assert "epoch 1" not in result.output and not (tmp_path / "run" / "mask-0.25" / "last.safetensors").exists()
+    finally:
+        held.close()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (second / "best.safetensors").is_file() and (tmp_path / "run" / "mask-0.25" / "best.safetensors").is_file()
