@@ -756,13 +756,14 @@ def audit(
                 advance(timed=worked)
 
             rows = audit_dataset(index, checkpoints, options, on_pair, space, journal)
-        if resumed:
-            console.print(f"{counted(resumed, 'pair')} measured by an earlier, interrupted run (kept in {journal})", highlight=False)
         files = [(path, write) for path, write in ((json_file, write_json), (csv_file, write_csv)) if path is not None]
         for path, write in files:  # before printing: a reader that goes away (`| head`) ends the printing
             write(path, rows)
         if journal is not None:
             journal.unlink(missing_ok=True)  # the files hold every row now
+        if resumed:  # its journal is not named: it was just removed, and a user went looking for it
+            console.print(f"{counted(resumed, 'pair')} measured by an earlier, interrupted run, taken from its journal "
+                          "(removed now that the report holds every row)", highlight=False)
         print_audit(rows, top)
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")

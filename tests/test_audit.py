@@ -377,6 +377,7 @@ def test_an_interrupted_audit_resumes_from_the_pairs_it_had_measured(tmp_path, f
     assert resumed.exit_code == fresh.exit_code == 1, resumed.output  # exit 1: the defects
     assert "3 pairs measured by an earlier, interrupted run" in resumed.output
     assert not journal.exists()  # the JSON holds every row now
+    assert journal.name not in "".join(resumed.output.split())  # not named as if it were kept: it was removed
     rows = {row["label"]: row for row in json.loads((tmp_path / "audit.json").read_text())}
     before = {row["label"]: row for row in json.loads((tmp_path / "fresh.json").read_text())}
     assert rows.keys() == before.keys()
