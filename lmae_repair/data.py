@@ -48,6 +48,13 @@ os.umask(_UMASK)
 DEFAULT_MAX_PIXELS = 50_000_000
 LABEL_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
 LOSSY_LABEL_SUFFIXES = {".jpg", ".jpeg", ".webp"}  # found among labels: reported, never read
+# Found among labels, reported as failed pairs (never read): why, after "a JPG label; ". A GIF is
+# lossless, but labels are written back in their own format and lmae-repair writes PNG, BMP, TIFF.
+REFUSED_LABEL_SUFFIXES = {
+    **{suffix: "lossy compression changes class values at region borders, so labels must be PNG (or BMP, TIFF)"
+       for suffix in LOSSY_LABEL_SUFFIXES},
+    ".gif": "labels are read and written as PNG, BMP or TIFF: save it as PNG (a palette GIF converts without a value changed)",
+}
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
 LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_segmentation", "_annotation")  # _segmentation: ISIC
@@ -230,22 +237,25 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     images, image_clashes = _by_stem(image_files, image_dir)
     labels, label_clashes = _by_stem(label_files, label_dir)
 
-    def image_named(stem_path: str) -> Path | None:
-        """The image a label (its path below label_dir without extension) names, if any."""
+    def image_key(stem_path: str) -> str | None:
+        """The key of the image a label (its path below label_dir without extension) names, if any."""
         rel = Path(stem_path)
-        return next((images[key] for key in ((rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name))
+        return next((key for key in ((rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name))
                      if key in images), None)
+
+    def image_named(stem_path: str) -> Path | None:
+        key = image_key(stem_path)
+        return None if key is None else images[key]
 
     problems += [problem(clash_line(group, "label"), image_named(stem)) for stem, group in label_clashes.items()]
     pairs, used = [], set(label_clashes)
     if label_dir.resolve() != image_dir.resolve():
-        lossy, _ = _by_stem(_files_below(label_dir, LOSSY_LABEL_SUFFIXES), label_dir)
-        for stem_path, path in sorted(lossy.items()):
+        refused, _ = _by_stem(_files_below(label_dir, set(REFUSED_LABEL_SUFFIXES)), label_dir)
+        for stem_path, path in sorted(refused.items()):
             if stem_path not in labels and stem_path not in label_clashes:
-                problems.append(problem(f"{path}: a {path.suffix.lstrip('.').upper()} label; lossy compression "
-                                        "changes class values at region borders, so labels must be PNG (or BMP, TIFF)",
-                                        image_named(stem_path)))
-                used.add(stem_path)  # its image is reported through this label, not as unlabelled
+                problems.append(problem(f"{path}: a {path.suffix.lstrip('.').upper()} label; "
+                                        f"{REFUSED_LABEL_SUFFIXES[path.suffix.lower()]}", image_named(stem_path)))
+                used.add(image_key(stem_path) or stem_path)  # its image is reported through this label, not as unlabelled
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
     named_clashes: set[str] = set()  # names of several images that a label names
     orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)

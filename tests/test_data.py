@@ -994,3 +994,25 @@ def test_two_images_of_one_name_are_reported_by_the_label_that_names_them(tmp_pa
     assert len(index.unmatched) == 1
     line = index.unmatched[0]
     assert line.startswith(f"{root / 'labels' / 'x.png'}: ") and "2 images share its name (x.jpg, x.png" in line, line
+
+
+def test_a_gif_label_is_named_as_a_failed_pair_not_passed_over(tmp_path):
+    """labels/x.gif beside images/x.jpg: the GIF was passed over without a word, and x.jpg
+    noted as an image without a label. It is a failed pair now, saying to save it as PNG (a
+    palette GIF converts without a value changed), as a JPEG label is; so is x_mask.gif, whose
+    image is then not noted as unlabelled either."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "x.jpg", root / "labels" / "b.png", image, label)
+    Image.fromarray(image).save(root / "images" / "b.jpg")
+    Image.fromarray(image).save(root / "images" / "y.jpg")
+    gif = Image.fromarray(label).convert("P")
+    gif.save(root / "labels" / "x.gif")
+    gif.save(root / "labels" / "y_mask.gif")
+    index = discover(root)
+    assert keys(index) == ["labels/b.png"] and not index.unlabelled, index.unlabelled
+    lines = sorted(index.unmatched)
+    assert [line.split(": ")[0] for line in lines] == [str(root / "labels" / "x.gif"), str(root / "labels" / "y_mask.gif")]
+    assert all("a GIF label" in line and "save it as PNG" in line for line in lines), lines
+    assert [line.image for line in lines] == [root / "images" / "x.jpg", root / "images" / "y.jpg"]
