@@ -392,6 +392,7 @@ def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | Non
 
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
         raise LmaeError(f"mask ratios must be in (0, 1], got {ratios}")
+    check_distinct_slots(ratios)
     if gap_kind is not None and gap_kind not in GAP_KINDS:
         raise LmaeError(f"gap kind must be one of {', '.join(GAP_KINDS)}, got {gap_kind!r}")
     model, info = load_checkpoint(path)
@@ -400,6 +401,20 @@ def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | Non
     served = replace(info, mask_ratio=float(ratios[0]), serve_ratios=[float(r) for r in ratios[1:]], gap_kind=gap_kind, training=training)
     save_checkpoint(Path(dest), model, served, half=half)
     return Path(dest)
+
+
+def check_distinct_slots(ratios: list[float]) -> None:
+    """Refuse a mask ratio given twice to `set_routing`, or two that are one ratio to two decimals
+    (0.5 and 0.501, as a run folder names them): the file came twice into one routing slot, and
+    `inspect` listed 'mask ratio 0.50, mask ratio 0.50'."""
+    seen: dict[str, float] = {}
+    for ratio in ratios:
+        slot = f"{ratio:.2f}"
+        if slot in seen:
+            first = seen[slot]
+            twice = f"{ratio:g} is given twice" if first == ratio else f"{first:g} and {ratio:g} are both mask ratio {slot}"
+            raise LmaeError(f"mask ratios {ratios}: {twice}; give each routing slot once")
+        seen[slot] = ratio
 
 
 def set_context(path: Path, dest: Path, patches: int, half: bool = True) -> Path:

@@ -295,3 +295,16 @@ def test_a_family_folder_zipped_on_a_mac_is_read_without_its_appledouble_files(t
     shutil.copy(family / "general.safetensors", family / ".cache" / "general.safetensors")
     assert checkpoints_in_folder(family) == [family / "general.safetensors"]
     assert [path for path, _ in find_checkpoints([family])] == [family / "general.safetensors"]
+
+
+def test_set_routing_refuses_a_mask_ratio_given_twice(tmp_path, family):
+    """[0.5, 0.5, 0.75, 0.75] was written as it was: the file then came twice into the same
+    routing slot and `inspect` listed 'mask ratio 0.50, mask ratio 0.50'. 0.5 and 0.501 are one
+    slot as far as anything shows (two decimals, as a run folder's name): refused too."""
+    from lmae_repair.families import set_routing
+
+    source = family / "mask-0.25" / "best.safetensors"
+    for ratios, said in (([0.5, 0.5, 0.75], "0.5 is given twice"), ([0.25, 0.5, 0.501], "0.5 and 0.501 are both mask ratio 0.50")):
+        with pytest.raises(LmaeError, match=said):
+            set_routing(source, tmp_path / "general.safetensors", ratios)
+        assert not (tmp_path / "general.safetensors").exists()
