@@ -699,16 +699,20 @@ def test_a_file_given_as_images_is_not_called_missing(tmp_path):
     assert missing.output.strip() == f"error: {root / 'gts'}: no such folder"
 
 
-def _band_interleaved_tiff(path, bands: np.ndarray) -> None:
+def _band_interleaved_tiff(path, bands: np.ndarray, planar: int = 2) -> None:
     """An uncompressed TIFF with PlanarConfiguration 2 (one plane per band, as GDAL's
-    INTERLEAVE=BAND writes), RGB photometric, extra bands unspecified: (H, W, B) uint8 or uint16."""
+    INTERLEAVE=BAND writes; `planar` 1: the bands of a pixel side by side), RGB photometric, extra
+    bands unspecified: (H, W, B) uint8 or uint16."""
     import struct
 
     height, width, count = bands.shape
-    planes = [np.ascontiguousarray(bands[..., b]).astype(bands.dtype.newbyteorder("<")).tobytes() for b in range(count)]
+    little = bands.astype(bands.dtype.newbyteorder("<"))
+    planes = ([np.ascontiguousarray(little[..., b]).tobytes() for b in range(count)] if planar == 2
+              else [np.ascontiguousarray(little).tobytes()])
+    strips = len(planes)
     tags = [(256, 4, [width]), (257, 4, [height]), (258, 3, [bands.dtype.itemsize * 8] * count), (259, 3, [1]),
-            (262, 3, [2]), (273, 4, [0] * count), (277, 3, [count]), (278, 4, [height]),
-            (279, 4, [len(planes[0])] * count), (284, 3, [2])] + ([(338, 3, [0] * (count - 3))] if count > 3 else [])
+            (262, 3, [2]), (273, 4, [0] * strips), (277, 3, [count]), (278, 4, [height]),
+            (279, 4, [len(planes[0])] * strips), (284, 3, [planar])] + ([(338, 3, [0] * (count - 3))] if count > 3 else [])
     directory_end = 8 + 2 + 12 * len(tags) + 4
     arrays, entries = b"", []
     for tag, kind, values in tags:  # arrays longer than 4 bytes go after the directory, offsets later
@@ -717,9 +721,9 @@ def _band_interleaved_tiff(path, bands: np.ndarray) -> None:
         if len(raw) > 4:
             arrays += raw
     data_start = directory_end + len(arrays)
-    offsets = struct.pack("<" + "I" * count, *[data_start + b * len(planes[0]) for b in range(count)])
+    offsets = struct.pack("<" + "I" * strips, *[data_start + b * len(planes[0]) for b in range(strips)])
     strip_entry = next(e for e in entries if e[0] == 273)
-    if count == 1:
+    if strips == 1:
         strip_entry[3] = offsets
     else:
         at = strip_entry[3] - directory_end
@@ -1016,3 +1020,28 @@ def test_a_gif_label_is_named_as_a_failed_pair_not_passed_over(tmp_path):
     assert [line.split(": ")[0] for line in lines] == [str(root / "labels" / "x.gif"), str(root / "labels" / "y_mask.gif")]
     assert all("a GIF label" in line and "save it as PNG" in line for line in lines), lines
     assert [line.image for line in lines] == [root / "images" / "x.jpg", root / "images" / "y.jpg"]
+
+
+def test_which_tiffs_of_more_than_three_bands_are_read_is_what_the_readme_says(tmp_path):
+    """The README said images of more than 4 bands are skipped, but an 8-bit RGB TIFF with two
+    more bands (RGB + NIR + a mask, pixel-interleaved) is read, and read right: its first three
+    bands. What is refused, in one line saying how to convert it: one of more than 4 bands of
+    more than 8 bits, and an 8-bit one of more than 6 bands, which PIL does not decode."""
+    from lmae_repair.data import read_image
+
+    rng = np.random.default_rng(0)
+    for count in (4, 5, 6):
+        bands = rng.integers(0, 256, (24, 32, count)).astype(np.uint8)
+        _band_interleaved_tiff(tmp_path / f"{count}.tif", bands, planar=1)
+        assert np.array_equal(read_image(tmp_path / f"{count}.tif"), bands[..., :3]), count
+    wide = rng.integers(0, 4096, (24, 32, 4)).astype(np.uint16)
+    _band_interleaved_tiff(tmp_path / "rgbn16.tif", wide, planar=1)
+    assert read_image(tmp_path / "rgbn16.tif").shape == (24, 32, 3)
+    for name, bands in (("seven.tif", rng.integers(0, 256, (24, 32, 7)).astype(np.uint8)),
+                        ("five16.tif", rng.integers(0, 4096, (24, 32, 5)).astype(np.uint16))):
+        _band_interleaved_tiff(tmp_path / name, bands, planar=1)
+        with pytest.raises(LmaeError) as refused:
+            read_image(tmp_path / name)
+        assert str(refused.value).startswith(f"{tmp_path / name}: unreadable image") and "gdal_translate" in str(refused.value)
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "an 8-bit TIFF of RGB and up to 3 more bands is read, its first three bands as RGB" in readme
