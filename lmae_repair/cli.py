@@ -965,13 +965,13 @@ def tune(
 
 
 def discover_data(data: Path, split: str | None, images: Path | None, labels: Path | None):
-    """The dataset's pairs (`data.discover`), with what discovery chose that the user should know
-    printed as notes (a label folder left out beside the one taken, Cityscapes labels whose
-    annotated 255 pixels nothing tells from missing annotation)."""
-    from lmae_repair.data import discover, label_ids_missing_note
+    """The dataset's pairs, with discovery's notes printed (`data.discover_noted`) and, for the
+    commands that repair or judge labels, a note on Cityscapes labels whose annotated 255 pixels
+    nothing tells from missing annotation (`data.label_ids_missing_note`; training ignores 255)."""
+    from lmae_repair.data import discover_noted, label_ids_missing_note
 
-    index = discover(data, split, images, labels)
-    for note in index.notes + [note for note in [label_ids_missing_note(index.pairs)] if note]:
+    index = discover_noted(console, data, split, images, labels)
+    if note := label_ids_missing_note(index.pairs):
         console.print(f"note: {note}", highlight=False)
     return index
 

@@ -605,10 +605,10 @@ def match_folders(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
 # ---------------------------------------------------------------- paired folders
 
 
-def find_paired_dirs(root: Path, notes: list[str] | None = None) -> list[tuple[Path, Path]]:
+def find_paired_dirs(root: Path, notes: dict[Path, str] | None = None) -> list[tuple[Path, Path]]:
     """Every images/ folder below root that has a labels/ (masks/, ...) sibling. Where several
     label folders sit beside one images/ folder, the first of LABEL_DIR_NAMES is taken, and
-    `notes` says which were not."""
+    `notes` says which were not, by the images/ folder (so that a split's notes can be told)."""
     found = []
     for dirpath, dirnames, _ in walk_once(root):
         names = {name.lower(): name for name in dirnames}
@@ -618,13 +618,14 @@ def find_paired_dirs(root: Path, notes: list[str] | None = None) -> list[tuple[P
             found.append((Path(dirpath) / image_name, Path(dirpath) / label_names[0]))
             dirnames[:] = [d for d in dirnames if d not in (image_name, label_names[0])]
             if len(label_names) > 1 and notes is not None:
-                notes.append(f"{Path(dirpath) / label_names[0]}: taken as the labels; {', '.join(label_names[1:])} beside it "
-                             "left out (name the folders with --images and --labels to use another)")
+                notes[Path(dirpath) / image_name] = (
+                    f"{Path(dirpath) / label_names[0]}: taken as the labels; {', '.join(label_names[1:])} beside it "
+                    "left out (name the folders with --images and --labels to use another)")
     return sorted(found)
 
 
 def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
-    notes: list[str] = []
+    notes: dict[Path, str] = {}
     folder_pairs = find_paired_dirs(root, notes)
     if not folder_pairs:
         return None
@@ -646,7 +647,8 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
         unmatched += problems
         unlabelled += lonely
         known = known or names
-    return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=notes)
+    chosen_notes = [notes[image_dir] for image_dir, _ in folder_pairs if image_dir in notes]  # not those of another split
+    return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes)
 
 
 # ---------------------------------------------------------------- entry point
@@ -700,6 +702,17 @@ def discover(
                 )
     if not index.pairs:
         raise LmaeError(no_pairs_message(index))
+    return index
+
+
+def discover_noted(console, root: Path | str = ".", split: str | None = None, images: Path | str | None = None,
+                   labels: Path | str | None = None) -> DatasetIndex:
+    """`discover`, with what it chose that the user should know (a label folder left out beside
+    the one taken) printed on `console` as notes: every command's discovery, training's
+    validation data too, goes through here, so that each note is said once, where it is found."""
+    index = discover(root, split, images, labels)
+    for note in index.notes:
+        console.print(f"note: {note}", highlight=False)
     return index
 
 

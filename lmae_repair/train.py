@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from lmae_repair import __version__
 from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
-from lmae_repair.data import DatasetIndex, Pair, atomic_write, discover, read_pair
+from lmae_repair.data import DatasetIndex, Pair, atomic_write, discover_noted, read_pair
 from lmae_repair.dataset import CropDataset, SeededSampler, gap_pixel_counts, label_tensor, scan_labels
 from lmae_repair.distributed import (
     Ranks,
@@ -932,9 +932,7 @@ def load_training_data(
     if images is not None and val is None and val_split is not None:
         raise LmaeError(f"--val-split {val_split}: --images and --labels name the training pairs' folders, which have no "
                         "splits; give the validation data with --val DATA (and --val-split for a split of it)")
-    index = discover(root, split, images, labels)
-    for note in index.notes:
-        console.print(f"note: {note}", highlight=False)
+    index = discover_noted(console, root, split, images, labels)
     if index.unlabelled:  # as complete notes them: a partly converted dataset must not train on a part silently
         count = len(index.unlabelled)
         console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'are' if count > 1 else 'is'} "
@@ -1032,7 +1030,7 @@ def find_validation_pairs(
     data's, or has no usable pair, is refused: its figures would choose best.safetensors on
     nonsense. When the classes were `counted` from the training labels and validation labels hold
     more, the note says how to give the count."""
-    index = discover(root, split)
+    index = discover_noted(console, root, split)
     check_same_classes(index, space)
     scan = scan_labels(index.pairs)
     pairs, outside = scan.outside(space)

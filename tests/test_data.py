@@ -1045,3 +1045,21 @@ def test_which_tiffs_of_more_than_three_bands_are_read_is_what_the_readme_says(t
         assert str(refused.value).startswith(f"{tmp_path / name}: unreadable image") and "gdal_translate" in str(refused.value)
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "an 8-bit TIFF of RGB and up to 3 more bands is read, its first three bands as RGB" in readme
+
+
+def test_a_note_of_discovery_is_about_the_data_used_and_said_once(tmp_path):
+    """train/ and val/ each with masks/ beside labels/: `--split train` noted val/'s folders too,
+    data it never read; each note now comes with the discovery that reads those folders, so
+    `train --split train --val-split val` says each folder's note once, and `evaluate --split
+    train` says none about val/."""
+    root = tmp_path / "ds"
+    for split, seed in (("train", 0), ("val", 1)):
+        make_paired(root / split, count=2, seed=seed)
+        shutil.copytree(root / split / "labels", root / split / "masks")
+    assert [note.split(": ")[0] for note in discover(root, split="train").notes] == [str(root / "train" / "labels")]
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--val-split", "val", "--crop", "32", "--epochs", "1",
+                                 "--workers", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    said = "".join(result.output.split())  # paths folded at the terminal's width
+    for split in ("train", "val"):
+        assert said.count(f"{root / split / 'labels'}:takenasthelabels".replace(" ", "")) == 1, (split, result.output)
