@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES, DatasetIndex, atomic_write, read_image, read_label
+from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES, DatasetIndex, LabelFile, atomic_write, read_image, read_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 
@@ -136,19 +136,37 @@ def _legend(space: LabelSpace, colours: np.ndarray) -> str:
     )
 
 
-def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12) -> Path:
-    """The `top` most-changed pairs of the report, pictured; returns the page's path."""
-    entries = [e for e in report["pairs"] if e["pixels_changed"] > 0 and e.get("output")]
-    entries.sort(key=lambda e: e["pixels_changed"] / max(e.get("pixels") or 1, 1), reverse=True)
-    rows, colours = [], None
-    for entry in entries[:top]:
+def load_shown_pairs(entries: list[dict]) -> list[tuple[dict, np.ndarray, LabelFile, np.ndarray]]:
+    """(entry, image, original label, repaired values) of each pair to picture; a pair whose files
+    were moved or deleted since the run is left out of the page."""
+    shown = []
+    for entry in entries:
         try:
             image = read_image(Path(entry["image"]))
             original = read_label(Path(entry["input_label"]))
             repaired = read_label(Path(entry["output"])).values
         except LmaeError:
-            continue  # moved or deleted since the run: leave it out of the page
-        colours = colour_table(space, original.palette)
+            continue
+        shown.append((entry, image, original, repaired))
+    return shown
+
+
+def page_colours(space: LabelSpace, labels: list[LabelFile]) -> np.ndarray:
+    """One colour table for every picture of the page, so that the legend holds for all of them:
+    the palette of the first label that has one (else the label space's). Each label drawn in its
+    own colours gave a grey label VOC colours beside palette labels the legend described."""
+    palette = next((label.palette for label in labels if label.palette), None)
+    return colour_table(space, palette)
+
+
+def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12) -> Path:
+    """The `top` most-changed pairs of the report, pictured; returns the page's path."""
+    entries = [e for e in report["pairs"] if e["pixels_changed"] > 0 and e.get("output")]
+    entries.sort(key=lambda e: e["pixels_changed"] / max(e.get("pixels") or 1, 1), reverse=True)
+    pictured = load_shown_pairs(entries[:top])
+    colours = page_colours(space, [original for _, _, original, _ in pictured])
+    rows = []
+    for entry, image, original, repaired in pictured:
         pictures = pair_pictures(image, original.values, repaired, colours)
         share = entry["pixels_changed"] / max(entry.get("pixels") or 1, 1)
         caption = (
@@ -163,7 +181,7 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
     totals = report["totals"]
     count = totals.get("unpaired", 0)
     unpaired = f"; {count} file{'s' if count > 1 else ''} that could not be paired" if count else ""
-    legend = _legend(space, colours if colours is not None else colour_table(space, None))
+    legend = _legend(space, colours)
     body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
     errors = [entry["error"] for entry in report["pairs"] if entry["error"]]
     failures = ""

@@ -1072,3 +1072,63 @@ def test_out_keeps_split_list_lines_that_name_a_written_pair_by_path_quotes_or_l
         shutil.copy(root / "SegmentationClass" / f"{name}.png", out / "SegmentationClass" / f"{name}.png")
     prune_split_lists(discover(root, split="val"), out)
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text().splitlines() == lines[:3]
+
+
+def written_report(tmp_path, pairs, space=None, **html_options):
+    """An HTML report written from `pairs` of (name, image, original, repaired, palette) arrays,
+    saved as real files as `complete` leaves them (input under ds/, output under out/); returns
+    the page and the pictures it embeds, decoded, four per pair shown."""
+    import base64
+    import io
+    import re
+
+    from lmae_repair.report import write_html_report
+
+    space = space or LabelSpace(num_classes=3, names=["background", "crack", "spalling"], background_id=0, void_id=255)
+    out, entries = tmp_path / "out", []
+    for name, image, original, repaired, palette in pairs:
+        paths = {"image": tmp_path / "ds" / "images" / f"{name}.png", "input_label": tmp_path / "ds" / "labels" / f"{name}.png",
+                 "output": out / "labels" / f"{name}.png"}
+        for path, values in ((paths["input_label"], original), (paths["output"], repaired)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            label = Image.fromarray(values)
+            if palette is not None:
+                label.putpalette(palette)
+            label.save(path)
+        paths["image"].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(paths["image"])
+        entries.append({"label": f"labels/{name}.png", **{k: str(v) for k, v in paths.items()}, "pixels": original.size,
+                        "pixels_changed": int((original != repaired).sum()), "mask_ratio": 0.5, "gap_kind": "any",
+                        "patches_masked": 4, "mean_confidence": 0.95, "read_at": None, "error": None})
+    totals = {"pairs": len(entries), "repaired": len(entries), "unchanged": 0, "failed": 0, "unpaired": 0,
+              "pixels_changed": sum(e["pixels_changed"] for e in entries), "pixels": sum(e["pixels"] for e in entries)}
+    page = write_html_report(out, {"data": str(tmp_path / "ds"), "totals": totals, "pairs": entries}, space, **html_options).read_text()
+    pictures = [np.array(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"))
+                for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    return page, pictures
+
+
+def legend_colours(page):
+    import re
+
+    return {tuple(int(c) for c in rgb) for rgb in re.findall(r"background:rgb\((\d+), (\d+), (\d+)\)", page)}
+
+
+def test_html_report_draws_every_label_in_the_legend_colours_when_some_labels_have_no_palette(tmp_path):
+    """A dataset whose labels were saved by two tools, some with a palette and some as grey
+    values: each was drawn in its own colours (the grey ones in VOC colours) under one legend,
+    that of the last pair drawn, so a class shown green had no green in the legend."""
+    rng = np.random.default_rng(0)
+    palette = [40, 40, 40, 0, 255, 255, 255, 0, 255] + [0] * (768 - 9)
+    pairs = []
+    for name, with_palette in (("a", True), ("b", False), ("c", True)):
+        original = rng.integers(0, 3, (32, 32)).astype(np.uint8)
+        repaired = original.copy()
+        original[:8, :8] = 0
+        repaired[:8, :8] = 2
+        pairs.append((name, rng.integers(0, 255, (32, 32, 3)).astype(np.uint8), original, repaired, palette if with_palette else None))
+    page, pictures = written_report(tmp_path, pairs)
+    legend = legend_colours(page)
+    assert len(pictures) == 12
+    for label_panel in [pictures[i] for i in range(12) if i % 4 in (1, 2)]:
+        assert {tuple(int(c) for c in rgb) for rgb in label_panel.reshape(-1, 3)} <= legend
