@@ -105,12 +105,30 @@ def colour_table(space: LabelSpace, palette: list[int] | None) -> np.ndarray:
     return colours
 
 
-def _thumbnail(rgb: np.ndarray, width: int = THUMBNAIL_WIDTH) -> str:
+def _shrunk(rgb: np.ndarray, width: int = THUMBNAIL_WIDTH) -> np.ndarray:
+    """`rgb` at most `width` pixels wide (nearest neighbour: label colours stay exact)."""
     img = Image.fromarray(rgb)
     if img.width > width:
         img = img.resize((width, max(1, round(img.height * width / img.width))), Image.NEAREST)
+    return np.asarray(img).copy()
+
+
+def _keep_marked(small: np.ndarray, full: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """`small`, a shrunk `full`, with every `marked` pixel of `full` painted where it falls: nearest
+    neighbour keeps one pixel in (scale x scale), so a thin crack filled in a 2400-pixel-wide
+    label showed as a few scattered dots on the changed-pixels picture, or not at all."""
+    if small.shape[:2] == full.shape[:2]:
+        return small
+    ys, xs = np.nonzero(marked)
+    ty = np.minimum(ys * small.shape[0] // full.shape[0], small.shape[0] - 1)
+    tx = np.minimum(xs * small.shape[1] // full.shape[1], small.shape[1] - 1)
+    small[ty, tx] = full[ys, xs]
+    return small
+
+
+def _data_uri(rgb: np.ndarray) -> str:
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
+    Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -124,8 +142,12 @@ def pair_panels(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, c
 
 
 def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
-    """`pair_panels` as data URIs of thumbnails, for the HTML report."""
-    return [_thumbnail(panel) for panel in pair_panels(image, original, repaired, colours)]
+    """`pair_panels` as data URIs of thumbnails, for the HTML report; the changed pixels stay
+    visible on the last one however much it is shrunk."""
+    panels = pair_panels(image, original, repaired, colours)
+    thumbnails = [_shrunk(panel) for panel in panels]
+    thumbnails[3] = _keep_marked(thumbnails[3], panels[3], repaired != original)
+    return [_data_uri(thumbnail) for thumbnail in thumbnails]
 
 
 def _legend(space: LabelSpace, colours: np.ndarray) -> str:

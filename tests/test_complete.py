@@ -1132,3 +1132,21 @@ def test_html_report_draws_every_label_in_the_legend_colours_when_some_labels_ha
     assert len(pictures) == 12
     for label_panel in [pictures[i] for i in range(12) if i % 4 in (1, 2)]:
         assert {tuple(int(c) for c in rgb) for rgb in label_panel.reshape(-1, 3)} <= legend
+
+
+def test_html_report_shows_a_thin_filled_crack_of_a_large_label_on_the_changed_pixels_picture(tmp_path):
+    """A thumbnail 320 pixels wide keeps one pixel in 7.5 x 7.5 of a 2400-pixel-wide label: a
+    1-pixel crack the repair drew showed as a few scattered dots, as if little had changed."""
+    height, width = 1600, 2400
+    original = np.zeros((height, width), np.uint8)
+    repaired = original.copy()
+    rows = np.arange(200, 1400)
+    repaired[rows, rows + 300] = 1  # a diagonal crack, 1200 pixels long
+    image = np.full((height, width, 3), 100, np.uint8)
+    page, pictures = written_report(tmp_path, [("big", image, original, repaired, None)])
+    changes = pictures[3]
+    assert changes.shape[1] == 320
+    crack = (changes == (128, 0, 0)).all(axis=2)  # crack's colour (VOC's class 1), as in the legend
+    assert "rgb(128, 0, 0)" in page
+    assert crack.sum() >= 1200 * 320 // width  # at least one pixel per thumbnail column it crosses
+    assert crack.any(axis=1).sum() >= (1400 - 200) * changes.shape[0] // height - 1  # and per row: a line, not dots
