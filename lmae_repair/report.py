@@ -12,7 +12,9 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,7 @@ REPORT_JSON = "lmae-report.json"
 REPORT_HTML = "lmae-report.html"
 THUMBNAIL_WIDTH = 320
 FAILURES_SHOWN = 50  # failed pairs named in the HTML report; all of them are in the JSON
+CHANGED_LISTED = 1000  # changed pairs listed (without pictures) in the HTML report; all of them are in the JSON
 VOID_COLOUR = (255, 255, 255)
 
 
@@ -181,20 +184,55 @@ def page_colours(space: LabelSpace, labels: list[LabelFile]) -> np.ndarray:
     return colour_table(space, palette)
 
 
+def _link(out: Path, entry: dict) -> str:
+    """The pair's label name as a link to its repaired label, relative to the report in `out`, so
+    that it opens from the page wherever OUT is moved or mounted; a name that is not UTF-8 keeps
+    its bytes in the address."""
+    target = os.path.relpath(entry["output"], out).replace(os.sep, "/")
+    href = quote(target, errors="surrogateescape")
+    return f'<a href="{html.escape(href)}">{html.escape(entry["label"])}</a>'
+
+
+def _share(entry: dict) -> float:
+    return entry["pixels_changed"] / max(entry.get("pixels") or 1, 1)
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage, never "0.0%" for a label that did change."""
+    return "<0.1%" if 0 < share < 0.0005 else f"{share:.1%}"
+
+
+def _model_text(entry: dict) -> str:
+    return f"mask ratio {entry['mask_ratio']:.2f}{' (objects model)' if entry.get('gap_kind') == 'objects' else ''}"
+
+
+def changed_pairs_list(out: Path, entries: list[dict], limit: int = CHANGED_LISTED) -> str:
+    """Every changed pair (the first `limit`), most changed first, without pictures: a curator
+    sees which labels the run changed, and opens them, without reading the JSON."""
+    if not entries:
+        return ""
+    rows = "".join(
+        f'<tr><td>{_link(out, entry)}</td><td class="n">{entry["pixels_changed"]:,}</td><td class="n">{_percent(_share(entry))}</td>'
+        f'<td>{_model_text(entry)}</td><td class="n">{entry["mean_confidence"] or 0:.2f}</td></tr>'
+        for entry in entries[:limit]
+    )
+    more = f"<p>... and {len(entries) - limit} more (all in {REPORT_JSON}).</p>" if len(entries) > limit else ""
+    return (f'<h2>All changed labels ({len(entries)})</h2><table class="list"><tr><th>label (opens the repaired file)</th>'
+            f'<th>pixels changed</th><th>share</th><th>model</th><th>mean confidence</th></tr>{rows}</table>{more}')
+
+
 def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12) -> Path:
     """The `top` most-changed pairs of the report, pictured; returns the page's path."""
     entries = [e for e in report["pairs"] if e["pixels_changed"] > 0 and e.get("output")]
-    entries.sort(key=lambda e: e["pixels_changed"] / max(e.get("pixels") or 1, 1), reverse=True)
+    entries.sort(key=_share, reverse=True)
     pictured = load_shown_pairs(entries[:top])
     colours = page_colours(space, [original for _, _, original, _ in pictured])
     rows = []
     for entry, image, original, repaired in pictured:
         pictures = pair_pictures(image, original.values, repaired, colours)
-        share = entry["pixels_changed"] / max(entry.get("pixels") or 1, 1)
         caption = (
-            f"{html.escape(entry['label'])}: {entry['pixels_changed']:,} pixels changed ({share:.1%}), "
-            f"mask ratio {entry['mask_ratio']:.2f}{' (objects model)' if entry.get('gap_kind') == 'objects' else ''}, "
-            f"{entry['patches_masked']} patches rebuilt"
+            f"{_link(out, entry)}: {entry['pixels_changed']:,} pixels changed ({_percent(_share(entry))}), "
+            f"{_model_text(entry)}, {entry['patches_masked']} patches rebuilt"
             f"{' at ' + entry['read_at'] + ' (the models&#x27; scale)' if entry.get('read_at') else ''}, "
             f"mean confidence {entry['mean_confidence'] or 0:.2f}"
         )
@@ -216,18 +254,22 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
 <style>
 body {{ font-family: sans-serif; margin: 2em; }} td, th {{ padding: 4px; text-align: left; vertical-align: top; }}
 th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixelated; max-width: {THUMBNAIL_WIDTH}px; }}
+.list td, .list th {{ padding: 2px 8px; }} .list .n {{ text-align: right; }} .list th {{ font-weight: bold; }}
 .key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
 <p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
-{totals['pixels_changed']:,} pixels changed. The {min(top, len(entries))} most-changed pairs are shown
-(share of pixels changed, largest first); the full list is in {REPORT_JSON}.</p>
+{totals['pixels_changed']:,} pixels changed. The {len(pictured)} most-changed pairs are shown
+(share of pixels changed, largest first; a label's name opens its repaired file), and every changed label is listed
+below them; the full report, unchanged and failed pairs included, is in {REPORT_JSON}.</p>
 {failures}
 <p>{legend}</p>
 <table>
 <tr><th>image</th><th>original label</th><th>repaired label</th><th>changed pixels</th></tr>
 {body}
-</table></body></html>
+</table>
+{changed_pairs_list(out, entries)}
+</body></html>
 """
     path = out / REPORT_HTML
     # a file name that is not UTF-8 (Python keeps its bytes as surrogates) is shown with a

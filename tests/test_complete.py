@@ -1150,3 +1150,51 @@ def test_html_report_shows_a_thin_filled_crack_of_a_large_label_on_the_changed_p
     assert "rgb(128, 0, 0)" in page
     assert crack.sum() >= 1200 * 320 // width  # at least one pixel per thumbnail column it crosses
     assert crack.any(axis=1).sum() >= (1400 - 200) * changes.shape[0] // height - 1  # and per row: a line, not dots
+
+
+def test_html_report_links_each_changed_label_to_its_repaired_file_and_lists_them_all(tmp_path):
+    """The page named 12 pairs, as text, and sent the reader to the JSON for the rest: a curator
+    of 1,000 pairs could neither see which labels changed nor open one from the page."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    rng = np.random.default_rng(1)
+    pairs = []
+    for i, name in enumerate(['<b>&"x\'', "a b&amp;c"] + [f"p{i:02d}" for i in range(13)]):
+        original = rng.integers(0, 3, (16, 16)).astype(np.uint8)
+        repaired = original.copy()
+        repaired[: i + 1, 0] = (original[: i + 1, 0] + 1) % 3  # i + 1 pixels changed: a known order
+        pairs.append((name, rng.integers(0, 255, (16, 16, 3)).astype(np.uint8), original, repaired, None))
+    page, _ = written_report(tmp_path, pairs)
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self.href = [], None
+
+        def handle_starttag(self, tag, attrs):
+            assert tag not in ("script", "link")  # self-contained: opens offline
+            if tag == "a":
+                self.href = dict(attrs)["href"]
+
+        def handle_data(self, data):
+            if self.href is not None:
+                self.links.append((self.href, data))
+                self.href = None
+
+    parser = Links()
+    parser.feed(page)
+    assert "<b>&" not in page and "&lt;b&gt;&amp;&quot;x&#x27;.png" in page  # escaped, not markup
+    assert len(parser.links) == 12 + 15  # the pictured pairs' captions, then every changed label
+    for href, text in parser.links:
+        target = tmp_path / "out" / unquote(href)
+        assert target.is_file() and target.name == text.split("/")[-1]  # opens the file it names
+    listed = [text for _, text in parser.links[12:]]
+    assert listed == [f"labels/{name}.png" for name, *_ in reversed(pairs)]  # most changed first
+    from lmae_repair.report import changed_pairs_list
+
+    entries = [{"label": "labels/x.png", "output": str(tmp_path / "out" / "labels" / "x.png"), "pixels": 100,
+                "pixels_changed": 1 if i == 0 else 10, "mask_ratio": 0.5, "gap_kind": "any", "mean_confidence": 0.9} for i in range(5)]
+    short = changed_pairs_list(tmp_path / "out", entries, limit=2)
+    assert short.count("<a ") == 2 and "... and 3 more" in short and "All changed labels (5)" in short
+    assert "<0.1%" not in short and "<0.1%" in changed_pairs_list(tmp_path / "out", [dict(entries[0], pixels=10_000)])
