@@ -29,6 +29,17 @@ THUMBNAIL_WIDTH = 320
 FAILURES_SHOWN = 50  # failed pairs named in the HTML report; all of them are in the JSON
 CHANGED_LISTED = 1000  # changed pairs listed (without pictures) in the HTML report; all of them are in the JSON
 VOID_COLOUR = (255, 255, 255)
+# what the captions' terms mean, for a reader who has not read the README: "172 patches rebuilt"
+# read as a quarter of the label redrawn, and "mean confidence 0.46" as a doubtful repair
+HOW_TO_READ = (
+    "How to read it: each label is cut into small squares (patches). The model chosen for a label (by its <i>mask ratio</i>, "
+    "the share of patches it rebuilds, which follows how much of the label is background or void; the <i>objects model</i> "
+    "where the gaps follow the outlines of things in the image) predicts the rebuilt patches anew, but only their void or "
+    "background pixels may change: annotated pixels keep their class (unless --overwrite-labeled was given). "
+    "<i>Mean confidence</i> is the model's average probability for the classes it wrote: void is filled whatever it is, "
+    "background only where the model is at least --min-confidence sure (0.9 unless set). The labels as given are untouched; "
+    "look at the changed pixels before using the completed copy."
+)
 
 
 def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
@@ -242,6 +253,7 @@ def write_html_report(out: Path, report: dict, space: LabelSpace, top: int = 12)
     count = totals.get("unpaired", 0)
     unpaired = f"; {count} file{'s' if count > 1 else ''} that could not be paired" if count else ""
     legend = _legend(space, colours)
+    pixel_share = f" ({totals['pixels_changed'] / totals['pixels']:.2%} of all pixels)" if totals.get("pixels") else ""
     body = "\n".join(rows) or '<tr><td colspan="4">No label was changed.</td></tr>'
     errors = [entry["error"] for entry in report["pairs"] if entry["error"]]
     failures = ""
@@ -259,9 +271,10 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
 <p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
-{totals['pixels_changed']:,} pixels changed. The {len(pictured)} most-changed pairs are shown
+{totals['pixels_changed']:,} pixels changed{pixel_share}. The {len(pictured)} most-changed pairs are shown
 (share of pixels changed, largest first; a label's name opens its repaired file), and every changed label is listed
 below them; the full report, unchanged and failed pairs included, is in {REPORT_JSON}.</p>
+<p>{HOW_TO_READ}</p>
 {failures}
 <p>{legend}</p>
 <table>

@@ -1198,3 +1198,15 @@ def test_html_report_links_each_changed_label_to_its_repaired_file_and_lists_the
     short = changed_pairs_list(tmp_path / "out", entries, limit=2)
     assert short.count("<a ") == 2 and "... and 3 more" in short and "All changed labels (5)" in short
     assert "<0.1%" not in short and "<0.1%" in changed_pairs_list(tmp_path / "out", [dict(entries[0], pixels=10_000)])
+
+
+def test_html_report_says_what_its_terms_mean_and_the_share_of_pixels_changed(tmp_path):
+    """The page wrote "172 patches rebuilt" and "mean confidence 0.46" with no word on what they
+    mean (read as a quarter of the label redrawn, and a doubtful repair), and gave the pixels
+    changed without the share the printed summary gives."""
+    original = np.zeros((20, 10), np.uint8)
+    repaired = original.copy()
+    repaired[:5, :2] = 1  # 10 of 200 pixels
+    page, _ = written_report(tmp_path, [("a", np.zeros((20, 10, 3), np.uint8), original, repaired, None)])
+    assert "10 pixels changed (5.00% of all pixels)" in page
+    assert "only their void or background pixels may change" in page and "<i>Mean confidence</i> is" in page
