@@ -73,6 +73,7 @@ FAR_CONFIDENCE = 0.5  # a far look-alike: the model finds its class more likely 
 FAR_PIXELS = 10  # ... over this many pixels from any annotation of that class
 NOT_FAR = 255  # in the map of far look-alikes' classes: none here
 JOURNAL_SUFFIX = ".lmae-audit.jsonl"
+HEATMAP_LEGEND = "lmae-heatmap-legend.png"  # in the --heatmaps folder: which colour is which class
 
 
 @dataclass
@@ -230,13 +231,16 @@ def audit_dataset(
             if on_pair is not None:
                 on_pair(done[pair.key]["error"], False)
     todo = [pair for pair in index.pairs if pair.key not in done]
+    colours = heatmap_colours(index, space) if options.heatmaps is not None and checkpoints is not None else None
     for item, values in _audited_pairs(todo, checkpoints, options, space):
-        rows.append(pair_row(item, values, space, options))
+        rows.append(pair_row(item, values, space, options, colours))
         if journal is not None:
             append_json_line(journal, {**rows[-1], "resume_key": keys[item.pair.key]})
         if on_pair is not None:
             on_pair(rows[-1]["error"], True)
     score_rows(rows, space)
+    if colours is not None and any(has_heatmap(row) for row in rows):
+        write_heatmap_legend(options.heatmaps, space, colours, rows)
     return sorted(rows, key=rank_key)
 
 
@@ -321,7 +325,7 @@ def defect_row(problem: str, root: Path, failed: bool) -> dict:
     return row
 
 
-def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> dict:
+def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions, colours: np.ndarray | None = None) -> dict:
     row = new_row(item.pair.key, str(item.pair.image.absolute()))  # opens from any folder, as a script reads the report
     far_map = item.entry.pop("far_lookalike_classes", None)  # not for the journal: for the heatmap
     problems = file_defects(item, space)
@@ -351,7 +355,7 @@ def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions) -> 
         far_map = cv2.resize(far_map, original.shape[::-1], interpolation=cv2.INTER_NEAREST)
     far_seen = far_map is not None and bool((far_map != NOT_FAR).any())
     if options.heatmaps is not None and has_heatmap(row):  # the rule the count and a rerun's clean-up go by
-        write_heatmap(options.heatmaps, item, values, space, far_map if far_seen else None)
+        write_heatmap(options.heatmaps, item, values, colours, far_map if far_seen else None)
     return row
 
 
@@ -399,11 +403,52 @@ def far_lookalikes(item: Prepared, chosen: torch.Tensor, info: CheckpointInfo) -
     return {"far_lookalikes": int((where != NOT_FAR).sum()), "far_lookalike_classes": where}
 
 
-def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, space: LabelSpace, far_map: np.ndarray | None = None) -> None:
-    """The image dimmed, with the suspect pixels in the colour of the class the model sees there,
-    and the far look-alikes (`far_lookalikes`, where the model is less sure) in that colour at
-    half strength over the image."""
-    colours = colour_table(space, item.label.palette)
+def heatmap_colours(index: DatasetIndex, space: LabelSpace) -> np.ndarray:
+    """One colour table for every heatmap of an audit, the one its legend shows: the palette most
+    of the labels carry (else the label space's). Each label drawn in its own palette gave grey
+    labels VOC colours beside palette labels, and no legend could hold for both."""
+    from lmae_repair.families import dataset_evidence
+
+    return colour_table(space, dataset_evidence(index)[2])
+
+
+def write_heatmap_legend(folder: Path, space: LabelSpace, colours: np.ndarray, rows: list[dict]) -> None:
+    """`HEATMAP_LEGEND` in the heatmaps folder: each class's colour and name, and what full and
+    half strength mean, so that a heatmap can be read without the README. Not written where a
+    label's own heatmap would take that name."""
+    path = folder / HEATMAP_LEGEND
+    if any(heatmap_path(folder, row["label"]) == path for row in rows):
+        return
+    from PIL import ImageDraw
+
+    lines = ["Heatmap colours (the image is dimmed; coloured pixels are where the model sees what the label lacks):",
+             "full colour: the class the model would fill in (suspect pixels)",
+             "half strength: a class the model finds likely, far from any annotation of it (far look-alikes)"]
+    names = list(enumerate(space.names))
+    swatch, line = 14, 20
+    picture = Image.new("RGB", (760, line * (len(lines) + len(names)) + 12), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    def text(xy: tuple[int, int], words: str) -> None:
+        try:
+            draw.text(xy, words, fill=(0, 0, 0))
+        except UnicodeError:  # Pillow without FreeType draws Latin-1 only: a class named 道路 must not fail the audit
+            draw.text(xy, words.encode("latin-1", "replace").decode("latin-1"), fill=(0, 0, 0))
+
+    for i, words in enumerate(lines):
+        text((8, 6 + i * line), words)
+    for i, (value, name) in enumerate(names):
+        y = 6 + (len(lines) + i) * line
+        draw.rectangle((8, y, 8 + swatch, y + swatch), fill=tuple(int(c) for c in colours[value]), outline=(150, 150, 150))
+        text((8 + swatch + 8, y + 1), f"{value}: {name}")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, colours: np.ndarray, far_map: np.ndarray | None = None) -> None:
+    """The image dimmed, with the suspect pixels in the colour (`heatmap_colours`) of the class the
+    model sees there, and the far look-alikes (`far_lookalikes`, where the model is less sure) in
+    that colour at half strength over the image."""
     image = read_image(item.pair.image)
     overlay = pair_panels(image, item.label.values, repaired, colours)[3]
     if far_map is not None:

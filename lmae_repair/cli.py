@@ -768,11 +768,12 @@ def audit(
         for path, _ in files:
             console.print(f"all {len(rows)} rows written to {path}")
         if heatmaps is not None and checkpoints is not None:
-            from lmae_repair.audit import has_heatmap, remove_stale_heatmaps
+            from lmae_repair.audit import HEATMAP_LEGEND, has_heatmap, remove_stale_heatmaps
 
             drawn = sum(1 for row in rows if has_heatmap(row))
             removed = remove_stale_heatmaps(heatmaps, rows)
-            console.print(f"heatmaps of the {counted(drawn, 'label')} where the model sees what the label lacks written to {heatmaps}"
+            legend = f" (which colour is which class: {heatmaps / HEATMAP_LEGEND})" if (heatmaps / HEATMAP_LEGEND).is_file() else ""
+            console.print(f"heatmaps of the {counted(drawn, 'label')} where the model sees what the label lacks written to {heatmaps}{legend}"
                           if drawn else "the model sees nothing the labels lack, so no heatmap was written", highlight=False)
             if removed:
                 console.print(f"removed from {heatmaps} the heatmap{'s' if removed > 1 else ''} an earlier run drew of "

@@ -134,7 +134,8 @@ def test_a_label_with_an_erased_object_ranks_above_its_intact_twin(tmp_path, tra
     assert {"label", "image", "score", "reasons", "suspect_pixels"} <= set(table[0])
     assert (tmp_path / "maps" / "labels" / "twin_erased.png").is_file()
     drawn = [row["label"] for row in rows if row["suspect_pixels"] or row["far_share"]]  # far look-alikes pictured too
-    assert sorted(str(p.relative_to(tmp_path / "maps")) for p in (tmp_path / "maps").rglob("*.png")) == sorted(drawn)
+    pictures = [p for p in (tmp_path / "maps").rglob("*.png") if p.name != "lmae-heatmap-legend.png"]  # the colour key beside them
+    assert sorted(str(p.relative_to(tmp_path / "maps")) for p in pictures) == sorted(drawn)
     said = f"heatmaps of the {len(drawn)} label{'' if len(drawn) == 1 else 's'} where the model sees what the label lacks written to"
     assert said in " ".join(result.output.split())
 
@@ -163,7 +164,7 @@ def test_a_rerun_leaves_no_heatmap_of_a_label_that_has_none_now(tmp_path, traine
     rows = {row["label"]: row for row in json.loads(report.read_text())}
     assert rows["labels/fixed_later.png"]["suspect_pixels"] == rows["labels/scene_000.png"]["suspect_pixels"]
     drawn = sorted(key for key, row in rows.items() if row["suspect_pixels"] or row["far_share"])
-    assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png")) == drawn
+    assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png") if p.name != "lmae-heatmap-legend.png") == drawn
     assert "labels/broken_later.png" not in drawn
     gone = "2 labels that have" if "labels/fixed_later.png" not in drawn else "1 label that has"
     assert f"an earlier run drew of {gone} none now" in " ".join(second.output.split())  # the summary says what went
@@ -401,7 +402,7 @@ def test_a_resumed_audit_measures_again_what_the_journal_cannot_stand_for(tmp_pa
     shutil.rmtree(heatmaps)
     result = audit(root, family, "--min-confidence", "0", "--json", str(report), "--heatmaps", str(heatmaps))
     rows = json.loads(report.read_text())
-    assert len(list(heatmaps.rglob("*.png"))) == sum(1 for row in rows if row["suspect_pixels"]) > 0, result.output
+    assert len(list(heatmaps.rglob("scene_*.png"))) == sum(1 for row in rows if row["suspect_pixels"]) > 0, result.output
 
     # the same files at another path: the rows name the images where this run found them
     interrupt_audit(root, find_checkpoints([family]), AuditOptions(), journal, after=4)
@@ -592,3 +593,31 @@ def test_rows_of_files_left_unpaired_name_their_image_where_one_is_known(tmp_pat
     rows = {row["label"]: row for row in json.loads((tmp_path / "v.json").read_text())}
     assert rows["SegmentationClass/2007_000003.png"]["image"] == str((voc / "JPEGImages" / "2007_000003.jpg").absolute())
     assert rows["SegmentationClass/ghost.png"]["image"] is None  # neither file exists
+
+
+def test_heatmaps_come_with_a_colour_key_and_use_its_colours_for_every_label(tmp_path, family):
+    """The heatmaps coloured each suspect pixel by its class with nothing saying which colour is
+    which class, and each label in its own palette: grey labels in VOC colours beside palette
+    labels, so no key could hold for both. One colour table (the palette most labels carry) now
+    draws them all, and the folder holds its key."""
+    root = make_paired(tmp_path / "ds", count=4, size=64, seed=3)
+    custom = [0, 0, 0, 10, 200, 250, 250, 10, 200, 200, 250, 10] + [0] * (768 - 12)
+    first = root / "labels" / "scene_000.png"
+    with Image.open(first) as img:
+        img.load()
+    img.putpalette(custom)  # one label saved by a tool that writes palettes, the others grey
+    img.save(first)
+    maps = tmp_path / "maps"
+    result = audit(root, family, "--min-confidence", "0", "--heatmaps", str(maps))
+    assert result.exit_code == 0, result.output
+    assert f"whichcolouriswhichclass:{maps / 'lmae-heatmap-legend.png'}" in "".join(result.output.split())  # wrapped anywhere
+    with Image.open(maps / "lmae-heatmap-legend.png") as legend:
+        assert {tuple(custom[3 * c: 3 * c + 3]) for c in range(4)} <= {colour for _, colour in legend.convert("RGB").getcolors(100_000)}
+    voc_only = {(128, 0, 0), (0, 128, 0), (128, 128, 0)}  # VOC's classes 1-3, not in the custom palette
+    grey_maps = [maps / "labels" / f"scene_00{i}.png" for i in (1, 2, 3) if (maps / "labels" / f"scene_00{i}.png").is_file()]
+    assert grey_maps
+    seen = set()
+    for path in grey_maps:
+        heat = np.array(Image.open(path).convert("RGB"))
+        seen |= {tuple(int(c) for c in rgb) for rgb in heat.reshape(-1, 3)}
+    assert not seen & voc_only and seen & {tuple(custom[3 * c: 3 * c + 3]) for c in (1, 2, 3)}
