@@ -986,9 +986,11 @@ def run_folder_of(checkpoint: Path) -> Path:
 
 
 def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -> Path | None:
-    """Where `tune` writes: --out (refused inside the data), or for a bundled family a folder of
-    copies (the bundled files stay as shipped); None: each checkpoint in place."""
+    """Where `tune` writes: --out (refused inside the data), or for a bundled family or a family
+    downloaded from the Hub a folder of copies (the bundled files stay as shipped, the cached
+    ones as the repository's commit has them); None: each checkpoint in place."""
     from lmae_repair.families import bundled_models_dir
+    from lmae_repair.hub import cached_repo_of
 
     folder = out
     if folder is not None:
@@ -999,6 +1001,12 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
         folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
         console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
                       f"(use them with --models {folder})", highlight=False)
+    cached = next(filter(None, map(cached_repo_of, files)), None)
+    if folder is None and cached:  # the cache's copy must stay the commit's files
+        name = cached.split("/")[1]
+        folder = outside_input(index, Path(f"{name}-tuned"), f"-{name}-tuned")
+        console.print(f"{used} is a download of hf://{cached} in the Hugging Face cache and stays as it is: the tuned "
+                      f"copies go to {folder}/ (use them with --models {folder})", highlight=False)
     return folder  # made where a tuned file is written, once `check_can_write` has passed
 
 

@@ -14,6 +14,7 @@ README.md instead, where it has one), and uploads it in one commit.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def fetch_family(spec: str) -> Path:
         if DEBUG["on"]:
             raise
         raise LmaeError(f"{spec}: download failed ({type(exc).__name__}: {first_line(exc)}); check the network") from None
+
+
+def cached_repo_of(path: Path) -> str | None:
+    """The Hub repository (owner/name) whose copy in the huggingface_hub cache holds `path`, or
+    None. The cache keeps a repository at `models--owner--name/snapshots/<commit>/`, its files
+    links into `blobs/`: a file written there in place (`tune` without --out) replaced the link
+    and silently changed what `hf://owner/name` means on this machine, against the commit's own
+    files."""
+    parts = Path(os.path.abspath(path)).parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            owner, _, name = parts[i].removeprefix("models--").partition("--")
+            return f"{owner}/{name}" if owner and name else None
+    return None
 
 
 def first_line(exc: Exception) -> str:

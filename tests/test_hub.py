@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import NUM_CLASSES, make_paired
-from lmae_repair.checkpoints import CheckpointInfo, save_checkpoint
+from lmae_repair.checkpoints import CheckpointInfo, read_info, save_checkpoint
 from lmae_repair.cli import app
 from lmae_repair.families import export_family
 from lmae_repair.hub import build_upload, is_hub_spec, parse_hub_spec
@@ -194,3 +194,22 @@ def test_push_builds_only_into_a_new_empty_or_earlier_staging_folder(tmp_path, f
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in earlier.iterdir()) == ["README.md", "mask-0.50.safetensors"]
     assert "mask-0.25" not in result.output
+
+
+def test_tune_of_a_family_from_the_hub_leaves_the_cache_as_downloaded(tmp_path, trained_family):
+    """`tune --models hf://...` without --out wrote the tuned files into the huggingface_hub
+    cache's snapshot, so that hf://owner/name silently stood for other files than the
+    repository's commit on this machine: the tuned copies go to ./<name>-tuned, as a bundled
+    family's do."""
+    cache = tmp_path / "cache"
+    populate_cache(cache, "someone/shapes", trained_family)
+    snapshot = cache / "models--someone--shapes" / "snapshots" / COMMIT
+    before = {path.name: path.read_bytes() for path in snapshot.iterdir()}
+    data = make_paired(tmp_path / "val", count=2, size=64, seed=5)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "lmae_repair", "tune", str(data), "--models", "hf://someone/shapes", "--device", "cpu"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {path.name: path.read_bytes() for path in snapshot.iterdir()} == before
+    tuned = tmp_path / "shapes-tuned" / "mask-0.50.safetensors"
+    assert "shapes-tuned" in result.stdout and tuned.is_file() and read_info(tuned).training.get("class_bias_tuned_on")
