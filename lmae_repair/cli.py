@@ -801,7 +801,7 @@ def print_audit(rows: list[dict], top: int) -> None:
 @command()
 def push(
     run_dir: Path = typer.Argument(..., help="A training run folder (one best checkpoint per mask ratio), or a family folder."),
-    repo_id: str = typer.Argument(..., help="Hub repository, owner/name (created if missing)."),
+    repo_id: str = typer.Argument(..., help="Hub repository, owner/name or hf://owner/name (created if missing; uploaded to its main branch)."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private."),
     evaluate_json: Optional[Path] = typer.Option(None, "--evaluate-json", help="An `lmae-repair evaluate --json` file whose figures go into the model card."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build the files and the model card into --staging and list them; send nothing."),
@@ -813,8 +813,9 @@ def push(
         import json
         import tempfile
 
-        from lmae_repair.hub import build_upload, figures_of_another_family, prepare_staging, push_family
+        from lmae_repair.hub import build_upload, figures_of_another_family, prepare_staging, push_family, push_target
 
+        repo = push_target(repo_id)
         figures = None
         if evaluate_json is not None:
             try:
@@ -828,8 +829,8 @@ def push(
         with tempfile.TemporaryDirectory(prefix="lmae-push-") as temporary:
             folder = staging or Path(temporary)
             prepare_staging(folder)
-            operations = build_upload(run_dir, repo_id, folder, figures)
-            table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {repo_id}")
+            operations = build_upload(run_dir, repo, folder, figures)
+            table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {repo}")
             table.add_column("file")
             table.add_column("bytes", justify="right")
             for operation in operations:
@@ -838,8 +839,8 @@ def push(
             if dry_run:
                 console.print(f"dry run: nothing sent; files in {folder}" if staging else "dry run: nothing sent")
                 return
-            url = push_family(operations, repo_id, private, f"lmae-repair family from {run_dir.name}")
-            console.print(f"uploaded: {url}\nuse it with --models hf://{repo_id}")
+            url = push_family(operations, repo, private, f"lmae-repair family from {run_dir.name}")
+            console.print(f"uploaded: {url}\nuse it with --models hf://{repo}")
 
     guarded(run)
 

@@ -43,6 +43,17 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def push_target(spec: str) -> str:
+    """The repository `push` uploads to, as `owner/name`. `hf://owner/name`, the form `--models`
+    takes, was sent as it stood: the card told users to run `--models hf://hf://owner/name`, and
+    the Hub was asked to create a repository of that name. A revision is refused: the commit goes
+    to the main branch, which `--models hf://owner/name` reads."""
+    repo_id, revision = parse_hub_spec(spec)
+    if revision:
+        raise LmaeError(f"{spec}: push uploads to the repository's main branch; give {repo_id} without @{revision}")
+    return repo_id
+
+
 def fetch_family(spec: str) -> Path:
     """The local folder of the family `spec` on the Hub (downloaded into the huggingface_hub cache,
     or taken from it when offline)."""
@@ -193,7 +204,7 @@ def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: s
 
     from lmae_repair.families import export_family, find_checkpoints
 
-    parse_hub_spec(repo_id)
+    repo_id = push_target(repo_id)
     export_family(run_dir, staging)
     checkpoints = find_checkpoints([staging])
     own = Path(run_dir) / "README.md"

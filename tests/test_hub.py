@@ -213,3 +213,16 @@ def test_tune_of_a_family_from_the_hub_leaves_the_cache_as_downloaded(tmp_path, 
     assert {path.name: path.read_bytes() for path in snapshot.iterdir()} == before
     tuned = tmp_path / "shapes-tuned" / "mask-0.50.safetensors"
     assert "shapes-tuned" in result.stdout and tuned.is_file() and read_info(tuned).training.get("class_bias_tuned_on")
+
+
+def test_push_takes_the_repository_as_models_names_it(tmp_path, family):
+    """`push RUN hf://owner/name` (the form --models takes) wrote a card telling users to run
+    `--models hf://hf://owner/name`, and would have asked the Hub for a repository of that name;
+    a revision, which push does not upload to, is refused."""
+    staging = tmp_path / "staging"
+    shown = runner.invoke(app, ["push", str(family), "hf://someone/shapes", "--dry-run", "--staging", str(staging)])
+    assert shown.exit_code == 0, shown.output
+    card = (staging / "README.md").read_text()
+    assert "would upload to someone/shapes" in shown.output and "hf://hf://" not in card and "--models hf://someone/shapes " in card
+    revision = runner.invoke(app, ["push", str(family), "someone/shapes@v2", "--dry-run"])
+    assert revision.exit_code == 2 and "give someone/shapes without @v2" in revision.output, revision.output
