@@ -859,7 +859,7 @@ def evaluation_markdown(result: dict) -> str:
 @command()
 def average(
     checkpoints: list[Path] = typer.Argument(..., help="Checkpoints of one model (e.g. a run's epoch-NNN.safetensors from train --keep-epochs), or a ratio folder holding them."),
-    out: Path = typer.Option(..., "--out", "-o", help="The averaged checkpoint to write (.safetensors)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The averaged checkpoint to write (.safetensors, added where the name lacks it)."),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size, as the bundled models) or float32."),
 ) -> None:
     """Average the weights of several checkpoints of one model into one (weight averaging).
@@ -876,14 +876,15 @@ def average(
             raise LmaeError(f"{missing[0]}: no such file or folder")
         if out.is_dir():  # was "cannot write it (Is a directory)", after the checkpoints were read
             raise LmaeError(f"{out}: --out names a folder; give the averaged checkpoint's file name (e.g. {out / 'averaged.safetensors'})")
+        target = with_checkpoint_suffix(out)
         files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
         files = distinct_files(files)  # a file named twice counts once
-        if out.resolve() in {f.resolve() for f in files}:
-            raise LmaeError(f"{out}: --out is one of the checkpoints being averaged; write the average elsewhere")
-        if out.name in ("best.safetensors", "last.safetensors") and (out.parent / STATE_FILE).is_file():
+        if target.resolve() in {f.resolve() for f in files}:
+            raise LmaeError(f"{target}: --out is one of the checkpoints being averaged; write the average elsewhere")
+        if target.name in ("best.safetensors", "last.safetensors") and (target.parent / STATE_FILE).is_file():
             # `average RUN/mask-0.50 --out RUN/mask-0.50/best.safetensors` replaced the run's best without a word
-            raise LmaeError(f"{out}: --out is the training run's own {out.name}; write the average beside it "
-                            f"(e.g. {out.parent / 'averaged.safetensors'}) and pass that to --models")
+            raise LmaeError(f"{target}: --out is the training run's own {target.name}; write the average beside it "
+                            f"(e.g. {target.parent / 'averaged.safetensors'}) and pass that to --models")
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
             ratio_folders = sorted(f.name for path in checkpoints if path.is_dir() for f in path.glob("mask-*") if any(f.glob(EPOCH_FILES)))
@@ -891,13 +892,21 @@ def average(
                     else "train with --keep-epochs")
             raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} ({hint})")
         model, info = average_checkpoints(files)
-        save_checkpoint(out, model, info, half=half)
-        console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {out}", highlight=False)
+        save_checkpoint(target, model, info, half=half)
+        added = "" if target == out else " (.safetensors added: --models and inspect find a folder's checkpoints by it)"
+        console.print(f"averaged {len(files)} checkpoints ({files[0].name} ... {files[-1].name}) into {target}{added}", highlight=False)
         if any(info.class_bias or any(info.continuation) for info in map(read_info, files)):
             console.print(f"note: the class offsets and continuation bonuses the checkpoints carried were tuned for their own "
-                          f"weights and are not carried over; tune the average: lmae-repair tune DATA --models {out}", highlight=False)
+                          f"weights and are not carried over; tune the average: lmae-repair tune DATA --models {target}", highlight=False)
 
     guarded(run)
+
+
+def with_checkpoint_suffix(path: Path) -> Path:
+    """`path` ending in .safetensors. `average --out models/mine/mask-0.50` wrote a file that
+    `--models models/mine` and `inspect` then did not find ("no .safetensors checkpoint found"):
+    a folder's checkpoints are its .safetensors files (checkpoints.checkpoints_in_folder)."""
+    return path if path.name.endswith(".safetensors") else path.with_name(path.name + ".safetensors")
 
 
 @command()

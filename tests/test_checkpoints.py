@@ -308,3 +308,21 @@ def test_set_routing_refuses_a_mask_ratio_given_twice(tmp_path, family):
         with pytest.raises(LmaeError, match=said):
             set_routing(source, tmp_path / "general.safetensors", ratios)
         assert not (tmp_path / "general.safetensors").exists()
+
+
+def test_average_out_without_the_suffix_writes_a_checkpoint_a_folder_scan_finds(tmp_path):
+    """`average ... --out family/mask-0.50` wrote a file named `mask-0.50`, which `--models family`
+    and `inspect family` then refused as "no .safetensors checkpoint found"."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    first, model, info = saved(tmp_path / "a")
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "b.safetensors", LabelMAE(CONFIG).eval(), info)
+    result = CliRunner().invoke(app, ["average", str(first), str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "family" / "mask-0.50")])
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in (tmp_path / "family").iterdir()] == ["mask-0.50.safetensors"]
+    assert ".safetensors added" in " ".join(result.output.split())
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "family")])
+    assert shown.exit_code == 0 and "mask-0.50.safetensors" in shown.output, shown.output
