@@ -89,6 +89,11 @@ class CheckpointInfo:
     @classmethod
     def from_json(cls, text: str) -> "CheckpointInfo":
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise LmaeError(f"a JSON {type(data).__name__}, not an object")
+        for key in ("model", "label_space", "training", "validation"):  # a hand-edited file: say which, not "'list' has no .get"
+            if not isinstance(data.get(key, {}), dict):
+                raise LmaeError(f"{key} is {json.dumps(data[key])[:40]}, not an object")
         gap_kind = data.get("gap_kind", "any")
         if gap_kind not in GAP_KINDS:
             raise LmaeError(f"gap_kind {gap_kind!r} is not one of {', '.join(GAP_KINDS)}")
@@ -106,6 +111,8 @@ class CheckpointInfo:
             continuation=[float(b) for b in data.get("continuation", [])],
             context_patches=int(data.get("context_patches", 0)),
         )
+        if any(not 0.0 < ratio <= 1.0 for ratio in info.slot_ratios):  # routing would hide more patches than a tile has
+            raise LmaeError(f"mask ratios must be in (0, 1], got {', '.join(map(str, info.slot_ratios))}")
         if info.context_patches < 0:
             raise LmaeError(f"context_patches must be 0 or more, got {info.context_patches}")
         if info.class_bias and len(info.class_bias) != info.label_space.num_classes:
@@ -212,7 +219,9 @@ def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, tor
         info = CheckpointInfo.from_json(metadata["lmae"])
     except LmaeError as exc:
         raise LmaeError(f"{path}: invalid metadata: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise LmaeError(f"{path}: invalid metadata: it has no {exc}") from None
+    except (ValueError, TypeError) as exc:
         raise LmaeError(f"{path}: invalid metadata ({type(exc).__name__}: {exc})") from None
     return info, tensors
 

@@ -326,3 +326,26 @@ def test_average_out_without_the_suffix_writes_a_checkpoint_a_folder_scan_finds(
     assert ".safetensors added" in " ".join(result.output.split())
     shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "family")])
     assert shown.exit_code == 0 and "mask-0.50.safetensors" in shown.output, shown.output
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda meta: [meta], "a JSON list, not an object"),
+    (lambda meta: {**meta, "training": None}, "training is null, not an object"),
+    (lambda meta: {**meta, "mask_ratio": 7}, "mask ratios must be in (0, 1], got 7.0"),
+    (lambda meta: {key: value for key, value in meta.items() if key != "label_space"}, "it has no 'label_space'"),
+])
+def test_metadata_of_the_wrong_shape_is_refused_naming_the_file(tmp_path, edit, problem):
+    """A hand-edited or foreign lmae metadata: a list, or a null training record, ended in
+    "unexpected AttributeError: 'list' object has no attribute 'get'", without the file's name; a
+    mask ratio of 7 was taken and routed to."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, _, _ = saved(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata={**metadata, "lmae": json.dumps(edit(json.loads(metadata["lmae"])))})
+    with pytest.raises(LmaeError) as error:
+        read_info(edited)
+    assert str(error.value) == f"{edited}: invalid metadata: {problem}"
