@@ -70,12 +70,8 @@ def fetch_family(spec: str) -> Path:
         raise LmaeError(f"{spec}: no such model repository on the Hub, or no access to it (set HF_TOKEN for a private one){local}") from None
     except RevisionNotFoundError:
         raise LmaeError(f"{spec}: the repository has no revision {revision!r}") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        if local:  # a path that does not exist reads like owner/name: say the likelier problem first
-            raise LmaeError(f"{spec}: no such local file, folder or bundled family, and no Hub repository of that name "
-                            "in the local Hugging Face cache (the Hub cannot be reached)") from None
-        raise LmaeError(f"{spec}: not in the local Hugging Face cache and the Hub cannot be reached (offline?); "
-                        "fetch it once online, or unset HF_HUB_OFFLINE") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise LmaeError(not_cached(spec, repo_id, revision, exc, local)) from None
     except OSError as exc:
         raise LmaeError(f"{spec}: download failed ({exc})") from None
     except Exception as exc:  # the HTTP client's own errors (no network, DNS): its classes vary by version
@@ -96,6 +92,31 @@ def cached_repo_of(path: Path) -> str | None:
             owner, _, name = parts[i].removeprefix("models--").partition("--")
             return f"{owner}/{name}" if owner and name else None
     return None
+
+
+def not_cached(spec: str, repo_id: str, revision: str | None, exc: Exception, local: str) -> str:
+    """Why a family could not be had from the Hub nor from the cache. The Hub unreachable and
+    HF_HUB_OFFLINE are told apart (the message said "or unset HF_HUB_OFFLINE" where nothing had
+    set it, the network being down), and a repository cached at another revision is named as such
+    rather than as absent."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        why, remedy = "HF_HUB_OFFLINE is set", "fetch it once with HF_HUB_OFFLINE unset and the Hub reachable"
+    else:
+        cause = exc.__cause__ or exc.__context__
+        why = "the Hub cannot be reached" + (f" ({type(cause).__name__}: {first_line(cause)})" if cause else "")
+        remedy = "fetch it once where the Hub can be reached"
+    refs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs"
+    cached = sorted(ref.name for ref in refs.iterdir() if ref.is_file()) if refs.is_dir() else []
+    if cached and (revision or "main") not in cached:
+        prefix = HUB_PREFIX if str(spec).startswith(HUB_PREFIX) else ""
+        return (f"{spec}: the local Hugging Face cache holds {repo_id} at {', '.join(cached)} but not at {revision or 'main'}, "
+                f"and {why}: {remedy}, or name a cached revision ({prefix}{repo_id}@{cached[0]})")
+    if local:  # a path that does not exist reads like owner/name: say the likelier problem first
+        return (f"{spec}: no such local file, folder or bundled family, and no Hub repository of that name "
+                f"in the local Hugging Face cache, and {why}")
+    return f"{spec}: not in the local Hugging Face cache, and {why}: {remedy}"
 
 
 def first_line(exc: Exception) -> str:

@@ -226,3 +226,24 @@ def test_push_takes_the_repository_as_models_names_it(tmp_path, family):
     assert "would upload to someone/shapes" in shown.output and "hf://hf://" not in card and "--models hf://someone/shapes " in card
     revision = runner.invoke(app, ["push", str(family), "someone/shapes@v2", "--dry-run"])
     assert revision.exit_code == 2 and "give someone/shapes without @v2" in revision.output, revision.output
+
+
+def test_the_hub_unreachable_and_hf_hub_offline_are_told_apart(tmp_path, family):
+    """With the network down (HF_HUB_OFFLINE not set) the error said "... or unset
+    HF_HUB_OFFLINE"; and a repository cached at another revision was called absent from the cache."""
+    cache = tmp_path / "cache"
+    populate_cache(cache, "someone/shapes", family)
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
+
+    def error(spec, **extra):
+        result = subprocess.run([sys.executable, "-m", "lmae_repair", "inspect", spec], capture_output=True, text=True, env={**env, **extra})
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        return result.stderr
+
+    down = error("hf://someone/other")
+    assert "hf://someone/other: not in the local Hugging Face cache, and the Hub cannot be reached (" in down
+    assert "HF_HUB_OFFLINE" not in down
+    assert "HF_HUB_OFFLINE is set" in error("hf://someone/other", HF_HUB_OFFLINE="1")
+    other = error("hf://someone/shapes@v2", HF_HUB_OFFLINE="1")
+    assert "holds someone/shapes at main but not at v2" in other and "(hf://someone/shapes@main)" in other
