@@ -1082,11 +1082,14 @@ def print_checkpoint(checkpoint: Path) -> None:
     table.add_row("parameters", f"{model.num_parameters() / 1e6:.2f}M")
     table.add_row("model", ", ".join(f"{k}={v}" for k, v in info.model.to_dict().items()))
     table.add_row("label space", info.label_space.describe())
-    for key, value in info.validation.items():
-        table.add_row(key, str(value))
+    for key, value in validation_rows(info):
+        table.add_row(key, value)
     for key in ("data", "layout", "split", "pairs", "preset", "epochs", "crop", "train_seconds", "device", "init", "command"):
         if info.training.get(key) is not None:
             table.add_row(f"training {key}", str(info.training[key]))
+    recipe = training_recipe(info.training)
+    if recipe:
+        table.add_row("training recipe", recipe)
     if info.training.get("image_short_side"):
         table.add_row("working scale", f"images' short side {info.training['image_short_side']} px (larger pairs are read shrunk to it: README \"Working scale\")")
     if "averaged_from" in info.training:
@@ -1109,6 +1112,39 @@ def print_checkpoint(checkpoint: Path) -> None:
                                   f"{tuned_on.get('pa_miou_before')} -> {tuned_on.get('pa_miou_after')}")
     table.add_row("package version", info.package_version)
     console.print(table)
+
+
+def validation_rows(info) -> list[tuple[str, str]]:
+    """`inspect`'s rows for a checkpoint's validation figures: named as validation figures (they
+    stood as bare `val_pa_miou`, `epoch`, `tile` beside the training rows), with the data they were
+    measured on (kept in the training record but never shown), or why there are none."""
+    training, validation = info.training, info.validation
+    if not validation:
+        averaged = training.get("averaged_from")
+        why = (f"an average of {len(averaged)} checkpoints: measure it with lmae-repair evaluate" if averaged
+               else "trained without validation data" if "data" in training else "none recorded")
+        return [("validation", f"none ({why})")]
+    rows = [(f"validation {key.removeprefix('val_')}", str(value)) for key, value in validation.items()]
+    if training.get("val_data"):
+        split = f", split {training['val_split']}" if training.get("val_split") else ""
+        pairs = f", {training['val_pairs']} pairs" if training.get("val_pairs") is not None else ""
+        same = training["val_data"] == training.get("data") and training.get("val_split") == training.get("split")
+        rows.append(("validation data", f"{training['val_data']}{split}{pairs}" + (" (the training data: not held out)" if same else "")))
+    return rows
+
+
+def training_recipe(training: dict) -> str:
+    """The training options a checkpoint records that its command line shows only where they
+    were typed (defaults are not): the learning rate, batch, mask mix, class weighting, seed."""
+    parts = [f"{label} {training[key]}" for key, label in (("lr", "lr"), ("batch_size", "batch"), ("seed", "seed"))
+             if training.get(key) is not None]
+    if training.get("mask_mix"):
+        parts.append("mask mix " + ":".join(f"{weight:g}" for weight in training["mask_mix"]))
+    if training.get("class_weighting"):
+        parts.append(f"class weighting {training['class_weighting']} (from {training.get('weights_from', 'labels')})")
+    if training.get("photometric"):
+        parts.append("photometric augmentation")
+    return ", ".join(parts)
 
 
 def main() -> None:

@@ -349,3 +349,25 @@ def test_metadata_of_the_wrong_shape_is_refused_naming_the_file(tmp_path, edit, 
     with pytest.raises(LmaeError) as error:
         read_info(edited)
     assert str(error.value) == f"{edited}: invalid metadata: {problem}"
+
+
+def test_inspect_names_the_validation_figures_and_the_data_they_were_measured_on(tmp_path):
+    """inspect printed a checkpoint's validation as bare `val_pa_miou`, `epoch`, `tile` rows beside
+    the training rows, and never the validation data (kept in its training record); an average
+    said nothing of why it has no figures."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app, training_recipe
+
+    _, model, info = saved(tmp_path)
+    training = {"data": "/d/train", "pairs": 12, "val_data": "/d/val", "val_split": "val", "val_pairs": 5, "lr": 0.0005,
+                "batch_size": 16, "seed": 3, "mask_mix": [1.0, 2.0, 2.0, 2.0], "class_weighting": "paper", "weights_from": "gaps"}
+    save_checkpoint(tmp_path / "run.safetensors", model, CheckpointInfo(CONFIG, 0.5, info.label_space, training, {"val_pa_miou": 0.81, "epoch": 4}))
+    shown = " ".join(CliRunner().invoke(app, ["inspect", str(tmp_path / "run.safetensors")]).output.split())
+    assert "│ validation pa_miou │ 0.81 │" in shown and "│ validation epoch │ 4 │" in shown, shown
+    assert "│ validation data │ /d/val, split val, 5 pairs │" in shown
+    assert "│ training recipe │" in shown
+    assert training_recipe(training) == "lr 0.0005, batch 16, seed 3, mask mix 1:2:2:2, class weighting paper (from gaps)"
+    save_checkpoint(tmp_path / "avg.safetensors", model, CheckpointInfo(CONFIG, 0.5, info.label_space, {"averaged_from": ["a", "b"]}))
+    averaged = " ".join(CliRunner().invoke(app, ["inspect", str(tmp_path / "avg.safetensors")]).output.split())
+    assert "│ validation │ none (an average of 2 checkpoints: measu" in averaged, averaged
