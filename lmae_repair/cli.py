@@ -1046,24 +1046,40 @@ def inspect(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by lmae-repair train, a run or family folder, or a bundled family name."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw metadata as JSON: one object for a file, a list of objects with their \"path\" for a folder or family."),
 ) -> None:
-    """Show what a checkpoint says about itself: architecture, label space, training, validation."""
+    """Show what a checkpoint says about itself: architecture, label space, training, validation.
+
+    Every checkpoint of a folder is shown, also where they do not form one family or some cannot be read: the error (exit code 2) then follows them."""
 
     def run() -> None:
         import json
 
         from lmae_repair.checkpoints import read_info
-        from lmae_repair.families import find_checkpoints
+        from lmae_repair.families import checkpoint_files, find_checkpoints
 
-        paths = list(dict.fromkeys(path for path, _ in find_checkpoints([checkpoint])))  # a file serving two slots: once
-        if as_json:
-            documents = [json.loads(read_info(path).to_json()) for path in paths]
-            if Path(checkpoint).is_file():
-                print(json.dumps(documents[0]))
-            else:  # one document, so that json.load reads it
-                print(json.dumps([{"path": str(path), **document} for path, document in zip(paths, documents)]))
+        try:  # a family in routing order (a file serving two slots: once)
+            paths, refused = list(dict.fromkeys(path for path, _ in find_checkpoints([checkpoint]))), None
+        except LmaeError as exc:  # a folder that --models refuses is what one inspects to see why
+            paths, refused = checkpoint_files([checkpoint]), str(exc)
+        if Path(checkpoint).is_file():  # one file: its own error, exit code 2, as any command gives
+            if as_json:
+                print(read_info(paths[0]).to_json())
+            else:
+                print_checkpoint(paths[0])
             return
+        failures, documents = [], []
         for path in paths:
-            print_checkpoint(path)
+            try:
+                if as_json:
+                    documents.append({"path": str(path), **json.loads(read_info(path).to_json())})
+                else:
+                    print_checkpoint(path)
+            except LmaeError as exc:
+                failures.append(str(exc))
+                report_failure(str(exc))
+        if as_json:  # one document, so that json.load reads it
+            print(json.dumps(documents))
+        if refused:  # still a setup error (exit code 2), as --models would take it, once every file is shown
+            raise LmaeError(f"{checkpoint}: {len(failures)} of {len(paths)} checkpoints unreadable" if refused in failures else refused)
 
     guarded(run)
 

@@ -62,12 +62,10 @@ def bundled_families() -> dict[str, Path]:
     return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.rglob("*.safetensors"))}
 
 
-def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
-    """Checkpoint files named directly, found in folders (in a run folder, each ratio's
-    best.safetensors stands for its last.safetensors and kept epochs), or bundled families by
-    name; all must share one label space and patch size. One entry per routing slot, sorted by
-    mask ratio: a file that serves several ratios (`CheckpointInfo.serve_ratios`) comes once per
-    ratio, its info carrying that ratio."""
+def checkpoint_files(specs: list[Path | str]) -> list[Path]:
+    """The checkpoint files `--models` names, each once: files, folders (checkpoints_in_folder),
+    bundled families by name and families on the Hub. Nothing is read yet, so that `inspect`
+    can show each file of a folder that does not form one family."""
     families = bundled_families()
     files: list[Path] = []
     for spec in specs:
@@ -85,7 +83,16 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
             raise LmaeError(f"{spec}: no such checkpoint file, folder or bundled family{known}")
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
-    files = distinct_files(files)  # a file named twice serves once
+    return distinct_files(files)  # a file named twice serves once
+
+
+def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
+    """Checkpoint files named directly, found in folders (in a run folder, each ratio's
+    best.safetensors stands for its last.safetensors and kept epochs), or bundled families by
+    name; all must share one label space and patch size. One entry per routing slot, sorted by
+    mask ratio: a file that serves several ratios (`CheckpointInfo.serve_ratios`) comes once per
+    ratio, its info carrying that ratio."""
+    files = checkpoint_files(specs)
     checkpoints = [(f, replace(info, mask_ratio=ratio)) for f, info in ((f, read_info(f)) for f in files) for ratio in info.slot_ratios]
     first_path, first = checkpoints[0]
     for path, info in checkpoints[1:]:

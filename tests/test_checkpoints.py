@@ -371,3 +371,29 @@ def test_inspect_names_the_validation_figures_and_the_data_they_were_measured_on
     save_checkpoint(tmp_path / "avg.safetensors", model, CheckpointInfo(CONFIG, 0.5, info.label_space, {"averaged_from": ["a", "b"]}))
     averaged = " ".join(CliRunner().invoke(app, ["inspect", str(tmp_path / "avg.safetensors")]).output.split())
     assert "│ validation │ none (an average of 2 checkpoints: measu" in averaged, averaged
+
+
+def test_inspect_shows_every_file_of_a_folder_that_is_no_family_before_its_error(tmp_path):
+    """inspect of a folder mixing patch sizes, or holding one truncated file, gave only the error:
+    the folder one inspects to see what is wrong in it could not be looked at."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    _, model, info = saved(tmp_path / "made")
+    family = tmp_path / "mixed"
+    save_checkpoint(family / "mask-0.50.safetensors", model, info)
+    other = replace(CONFIG, patch_size=16)
+    save_checkpoint(family / "mask-0.75.safetensors", LabelMAE(other), replace(info, model=other, mask_ratio=0.75))
+    result = CliRunner().invoke(app, ["inspect", str(family)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and text.count("│ mask ratio ") == 2, text
+    assert text.endswith("give one family at a time") and "its patch size (16) differs" in text
+    (family / "mask-0.75.safetensors").write_bytes((family / "mask-0.75.safetensors").read_bytes()[:1000])
+    truncated = CliRunner().invoke(app, ["inspect", str(family)])
+    text = " ".join(truncated.output.split())
+    assert truncated.exit_code == 2 and text.count("│ mask ratio ") == 1, text
+    assert "failed: " in text and "mask-0.75.safetensors: not a readable safetensors checkpoint" in text
+    assert text.endswith(f"error: {family}: 1 of 2 checkpoints unreadable")
