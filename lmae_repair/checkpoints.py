@@ -198,6 +198,27 @@ def not_a_checkpoint_file(path: Path) -> str:
     return f"{kind}, not a checkpoint file: name one of its checkpoints ({shown})"
 
 
+def unreadable_file(path: Path, exc: Exception) -> str:
+    """Why safetensors could not open `path`, in the user's terms where its first bytes say what
+    it is: a PyTorch file (torch.save, such as a run's state.pt or a .pt renamed .safetensors)
+    and an empty file read as "header too large" and "header too small"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "an empty file (0 bytes), not a checkpoint"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        # torch.save's zip archive, or a bare pickle (its protocol after the marker)
+        state = "; a training run's state.pt: give the best.safetensors beside it" if path.name == "state.pt" else ""
+        return f"a PyTorch file (torch.save), not a safetensors checkpoint of lmae-repair{state}"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "not fully covered" in reason:  # an interrupted download or copy
+        return f"truncated: shorter than its header says ({path.stat().st_size:,} bytes); copy or download it again"
+    return f"not a readable safetensors checkpoint ({reason[:150]})"
+
+
 def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise LmaeError(f"{path}: {not_a_checkpoint_file(path)}")
@@ -206,8 +227,7 @@ def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, tor
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()} if load_tensors else {}
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LmaeError(f"{path}: not a readable safetensors checkpoint ({reason[:150]})") from None
+        raise LmaeError(f"{path}: {unreadable_file(path, exc)}") from None
     if metadata.get("format") != FORMAT or "lmae" not in metadata:
         raise LmaeError(f"{path}: safetensors file without lmae-repair metadata (not an L-MAE checkpoint)")
     if metadata.get("format_version") != FORMAT_VERSION:

@@ -397,3 +397,28 @@ def test_inspect_shows_every_file_of_a_folder_that_is_no_family_before_its_error
     assert truncated.exit_code == 2 and text.count("│ mask ratio ") == 1, text
     assert "failed: " in text and "mask-0.75.safetensors: not a readable safetensors checkpoint" in text
     assert text.endswith(f"error: {family}: 1 of 2 checkpoints unreadable")
+
+
+def test_a_pytorch_file_an_empty_one_and_a_truncated_one_are_told_apart(tmp_path):
+    """A .pt renamed .safetensors (or a run's state.pt given as --models) and an empty file were
+    refused as "header too large" and "header too small", a truncated one as "incomplete
+    metadata, file not fully covered": safetensors' words, which do not say what to do."""
+    path, model, _ = saved(tmp_path)
+    renamed = tmp_path / "renamed.safetensors"
+    torch.save(model.state_dict(), renamed)
+    state = tmp_path / "state.pt"
+    torch.save({"model": model.state_dict()}, state, _use_new_zipfile_serialization=False)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])
+    expected = {
+        renamed: "a PyTorch file (torch.save), not a safetensors checkpoint of lmae-repair",
+        state: "a PyTorch file (torch.save), not a safetensors checkpoint of lmae-repair; a training run's state.pt: give the best.safetensors beside it",
+        empty: "an empty file (0 bytes), not a checkpoint",
+        cut: f"truncated: shorter than its header says ({cut.stat().st_size:,} bytes); copy or download it again",
+    }
+    for file, problem in expected.items():
+        with pytest.raises(LmaeError) as error:
+            read_info(file)
+        assert str(error.value) == f"{file}: {problem}"
