@@ -813,9 +813,11 @@ def push(
         import json
         import tempfile
 
-        from lmae_repair.hub import build_upload, figures_of_another_family, prepare_staging, push_family, push_target
+        from lmae_repair.hub import build_upload, figures_of_another_family, prepare_staging, push_family, push_target, refuse_offline_push
 
         repo = push_target(repo_id)
+        if not dry_run:
+            refuse_offline_push(repo)
         figures = None
         if evaluate_json is not None:
             try:

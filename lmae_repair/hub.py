@@ -239,6 +239,17 @@ def build_upload(run_dir: Path, repo_id: str, staging: Path, evaluate_figures: s
     return [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in sorted(staging.iterdir())]
 
 
+def refuse_offline_push(repo_id: str) -> None:
+    """Refuse a push under HF_HUB_OFFLINE before the files are built: it was built, listed as
+    "uploading", and then failed with huggingface_hub's offline error and the advice to check
+    HF_TOKEN."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise LmaeError(f"{repo_id}: push needs the Hub, and HF_HUB_OFFLINE is set: unset it to upload "
+                        "(--dry-run builds the files without sending them)")
+
+
 def push_family(operations: list, repo_id: str, private: bool, message: str) -> str:
     """Create the repository if needed and upload the operations in one commit; returns its URL."""
     from huggingface_hub import HfApi

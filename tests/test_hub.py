@@ -247,3 +247,18 @@ def test_the_hub_unreachable_and_hf_hub_offline_are_told_apart(tmp_path, family)
     assert "HF_HUB_OFFLINE is set" in error("hf://someone/other", HF_HUB_OFFLINE="1")
     other = error("hf://someone/shapes@v2", HF_HUB_OFFLINE="1")
     assert "holds someone/shapes at main but not at v2" in other and "(hf://someone/shapes@main)" in other
+
+
+def test_a_push_under_hf_hub_offline_is_refused_before_anything_is_built(tmp_path, family, monkeypatch):
+    """Under HF_HUB_OFFLINE=1 push built the files, listed them as "uploading", then failed with
+    huggingface_hub's offline error and the advice to check HF_TOKEN."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    staging = tmp_path / "staging"
+    result = runner.invoke(app, ["push", str(family), "someone/shapes", "--staging", str(staging)])
+    assert result.exit_code == 2 and "uploading" not in result.output, result.output
+    assert " ".join(result.output.split()) == ("error: someone/shapes: push needs the Hub, and HF_HUB_OFFLINE is set: unset it "
+                                               "to upload (--dry-run builds the files without sending them)")
+    assert not staging.exists()
+    assert runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run"]).exit_code == 0
