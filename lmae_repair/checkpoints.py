@@ -12,6 +12,7 @@ message rather than a traceback.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,13 @@ def not_a_checkpoint_file(path: Path) -> str:
     folder or a bundled family's name (which --models takes, but --init needs one file)."""
     from lmae_repair.families import bundled_families
 
+    if path.is_symlink() and not path.exists():  # a file of a Hub download whose blob was removed from the cache
+        from lmae_repair.hub import cached_repo_of
+
+        repo = cached_repo_of(path)
+        again = (f" (the Hugging Face cache's copy of {repo} is damaged: delete its models--{repo.replace('/', '--')} "
+                 "folder there and download it again)") if repo else ""
+        return f"a link to {os.readlink(path)}, which does not exist{again}"
     folder = path if path.is_dir() else None if path.exists() or len(path.parts) > 1 else bundled_families().get(str(path))
     if folder is None:
         return "no such checkpoint file"

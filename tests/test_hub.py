@@ -262,3 +262,17 @@ def test_a_push_under_hf_hub_offline_is_refused_before_anything_is_built(tmp_pat
                                                "to upload (--dry-run builds the files without sending them)")
     assert not staging.exists()
     assert runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run"]).exit_code == 0
+
+
+def test_a_cached_file_whose_blob_is_gone_names_the_damaged_cache(tmp_path, family):
+    """huggingface_hub keeps a snapshot's files as links into blobs/: with a blob removed (a
+    pruned cache) the error was "no such checkpoint file", naming a file that is listed there."""
+    cache = tmp_path / "cache"
+    populate_cache(cache, "someone/shapes", family)
+    file = cache / "models--someone--shapes" / "snapshots" / COMMIT / "mask-0.25.safetensors"
+    file.unlink()
+    file.symlink_to("../../blobs/0123abcd")
+    result = run_offline(["inspect", "hf://someone/shapes"], cache)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"{file}: a link to ../../blobs/0123abcd, which does not exist (the Hugging Face cache's copy of someone/shapes "
+            "is damaged: delete its models--someone--shapes folder there and download it again)") in " ".join(result.stderr.split())
