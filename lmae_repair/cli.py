@@ -944,7 +944,7 @@ def tune(
         # mask-0.50/best.safetensors must not land on one name, and a run of one ratio keeps its
         # mask-<ratio>/ folder too, so that --models OUT reads it like the run
         common = Path(os.path.commonpath([str(run_folder_of(path)) for path in files]))
-        targets = {path: path if folder is None else folder / path.resolve().relative_to(common) for path in files}
+        targets = {path: path if folder is None else folder / Path(os.path.abspath(path)).relative_to(common) for path in files}
         for target in targets.values():  # written once every pair is measured: refused now, not then
             check_can_write(target, "tune")
         failures = list(index.unmatched)
@@ -990,10 +990,12 @@ def discover_data(data: Path, split: str | None, images: Path | None, labels: Pa
 
 
 def run_folder_of(checkpoint: Path) -> Path:
-    """The training run (or family) folder a checkpoint belongs to: above its mask-<ratio>/ folder."""
+    """The training run (or family) folder a checkpoint belongs to: above its mask-<ratio>/ folder.
+    Links are not followed: a Hub download's files are links into the cache's blobs/, and the
+    tuned copies were named by those blobs' hashes, without .safetensors."""
     from lmae_repair.train import RATIO_FOLDER_PREFIX
 
-    folder = checkpoint.resolve().parent
+    folder = Path(os.path.abspath(checkpoint)).parent
     return folder.parent if folder.name.startswith(RATIO_FOLDER_PREFIX) else folder
 
 
@@ -1017,8 +1019,8 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
     if folder is None and cached:  # the cache's copy must stay the commit's files
         name = cached.split("/")[1]
         folder = outside_input(index, Path(f"{name}-tuned"), f"-{name}-tuned")
-        console.print(f"{used} is a download of hf://{cached} in the Hugging Face cache and stays as it is: the tuned "
-                      f"copies go to {folder}/ (use them with --models {folder})", highlight=False)
+        console.print(f"the Hugging Face cache's download of hf://{cached} stays as it is: the tuned copies go to {folder}/ "
+                      f"(use them with --models {folder})", highlight=False)
     return folder  # made where a tuned file is written, once `check_can_write` has passed
 
 

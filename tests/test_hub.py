@@ -24,12 +24,21 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def populate_cache(cache, repo_id, family):
-    """The huggingface_hub cache layout after a download of `repo_id` at main."""
+    """The huggingface_hub cache layout after a download of `repo_id` at main: the snapshot's
+    files are links into blobs/, named by their contents' hash."""
+    import hashlib
+
     storage = cache / f"models--{repo_id.replace('/', '--')}"
     (storage / "refs").mkdir(parents=True)
     (storage / "refs" / "main").write_text(COMMIT)
-    export_family(family, storage / "snapshots" / COMMIT)
-    (storage / "snapshots" / COMMIT / "README.md").write_text("card")
+    snapshot = storage / "snapshots" / COMMIT
+    export_family(family, snapshot)
+    (snapshot / "README.md").write_text("card")
+    (storage / "blobs").mkdir()
+    for file in snapshot.iterdir():
+        blob = hashlib.sha256(file.read_bytes()).hexdigest()
+        file.rename(storage / "blobs" / blob)
+        file.symlink_to(f"../../blobs/{blob}")
 
 
 def run_offline(args, cache):
@@ -211,7 +220,8 @@ def test_tune_of_a_family_from_the_hub_leaves_the_cache_as_downloaded(tmp_path, 
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert {path.name: path.read_bytes() for path in snapshot.iterdir()} == before
-    tuned = tmp_path / "shapes-tuned" / "mask-0.50.safetensors"
+    assert all(path.is_symlink() for path in snapshot.iterdir())
+    tuned = tmp_path / "shapes-tuned" / "mask-0.50.safetensors"  # named as in the repository, not by the blob's hash
     assert "shapes-tuned" in result.stdout and tuned.is_file() and read_info(tuned).training.get("class_bias_tuned_on")
 
 
