@@ -55,11 +55,15 @@ def bundled_models_text() -> str:
 
 
 def bundled_families() -> dict[str, Path]:
-    """Family name -> folder, for every folder of checkpoints under the bundled models folder."""
+    """Family name -> folder, for every folder of checkpoints under the bundled models folder:
+    found as `--models FOLDER` finds them (`checkpoints_in_folder`), so that neither a hidden
+    folder nor the `__MACOSX/` of a models folder unzipped from a Mac, which holds AppleDouble
+    `._x.safetensors` files only, is taken for a family (every run without --models stopped
+    with "__MACOSX: no .safetensors checkpoint found")."""
     root = bundled_models_dir()
     if not root.is_dir():
         return {}
-    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.rglob("*.safetensors"))}
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and checkpoints_in_folder(d)}
 
 
 def checkpoint_files(specs: list[Path | str]) -> list[Path]:

@@ -422,3 +422,22 @@ def test_a_pytorch_file_an_empty_one_and_a_truncated_one_are_told_apart(tmp_path
         with pytest.raises(LmaeError) as error:
             read_info(file)
         assert str(error.value) == f"{file}: {problem}"
+
+
+def test_a_models_folder_unzipped_from_a_mac_lists_only_its_families(tmp_path, monkeypatch):
+    """LMAE_REPAIR_MODELS set to a models folder unzipped from a Mac: its `__MACOSX/` (AppleDouble
+    `._x.safetensors` only) was taken for a bundled family, so every run without --models stopped
+    with "__MACOSX: no .safetensors checkpoint found"; a hidden folder was listed the same way."""
+    from lmae_repair.families import bundled_families, find_checkpoints
+
+    _, model, info = saved(tmp_path / "made")
+    root = tmp_path / "models"
+    save_checkpoint(root / "mine" / "general.safetensors", model, info)
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x00"
+    (root / "__MACOSX" / "mine").mkdir(parents=True)
+    (root / "__MACOSX" / "mine" / "._general.safetensors").write_bytes(junk)
+    (root / ".old").mkdir()
+    shutil.copy(root / "mine" / "general.safetensors", root / ".old" / "general.safetensors")
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(root))
+    assert list(bundled_families()) == ["mine"]
+    assert [path for path, _ in find_checkpoints(["mine"])] == [root / "mine" / "general.safetensors"]
