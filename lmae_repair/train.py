@@ -230,6 +230,8 @@ def hold_existing_run_folders(options: TrainOptions, locks: contextlib.ExitStack
     mask-0.50/ locked by another train or read-only was refused only after the 0.25 model had
     trained. The folders held; the others are made and locked by their ratio, after --init is read
     (a refused one leaves no run folder behind)."""
+    from lmae_repair.complete import check_can_create
+
     held = set()
     for ratio in options.mask_ratios:
         folder = ratio_folder(options.out, ratio)
@@ -237,9 +239,7 @@ def hold_existing_run_folders(options: TrainOptions, locks: contextlib.ExitStack
             locks.enter_context(hold_run_folder(folder, options.resume))
             held.add(folder)
             continue
-        existing = next(parent for parent in folder.parents if parent.exists())  # the filesystem root at the latest
-        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-            raise LmaeError(f"{existing}: cannot write here (Permission denied); choose another --out")
+        check_can_create(folder)  # judged by the nearest folder above it, as complete judges OUT
     return held
 
 

@@ -894,3 +894,21 @@ def test_every_ratio_folder_is_checked_before_the_first_ratio_trains(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (second / "best.safetensors").is_file() and (tmp_path / "run" / "mask-0.25" / "best.safetensors").is_file()
+
+
+def test_a_ratio_folder_that_cannot_be_made_is_refused_before_the_first_ratio_trains(tmp_path):
+    """`-m 0.25 -m 0.5` into a read-only run folder holding mask-0.25/ only (made writable for the
+    run): mask-0.50/ cannot be made there, which is said before the 0.25 model trains."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    run = tmp_path / "run"
+    (run / "mask-0.25").mkdir(parents=True)
+    run.chmod(0o555)
+    command = [sys.executable, "-m", "lmae_repair", "train", str(root), "--out", str(run), "--epochs", "1", "--batch-size", "2",
+               "--crop", "32", "--workers", "0", "-m", "0.25", "-m", "0.5"]
+    try:
+        result = subprocess.run(as_a_user_without_override(command), capture_output=True, text=True)
+    finally:
+        run.chmod(0o755)
+    assert result.returncode == 2 and f"error: {run / 'mask-0.50'}: cannot write the output here (Permission denied in {run})" \
+        in " ".join(result.stderr.split()), result.stderr
+    assert "epoch 1" not in result.stdout and not (run / "mask-0.25" / "last.safetensors").exists()
