@@ -349,8 +349,9 @@ def complete(
                           "is in it (a run of that split into the same OUT writes it)", highlight=False)
         not_copied = voc_folders_not_copied(index)
         if not_copied and not dry_run:
-            console.print(f"note: {', '.join(not_copied)} not copied to {target}, which holds the VOC dataset's SegmentationClass/, "
-                          "JPEGImages/ and ImageSets/ only (instance masks and boxes would not match the completed labels)", highlight=False)
+            held = "SegmentationClass/ and ImageSets/" if labels_only else "SegmentationClass/, JPEGImages/ and ImageSets/"  # no images with --labels-only
+            console.print(f"note: {', '.join(not_copied)} not copied to {target}, which holds the VOC dataset's {held} only "
+                          "(instance masks and boxes would not match the completed labels)", highlight=False)
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 

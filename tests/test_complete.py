@@ -1210,3 +1210,14 @@ def test_html_report_says_what_its_terms_mean_and_the_share_of_pixels_changed(tm
     page, _ = written_report(tmp_path, [("a", np.zeros((20, 10, 3), np.uint8), original, repaired, None)])
     assert "10 pixels changed (5.00% of all pixels)" in page
     assert "only their void or background pixels may change" in page and "<i>Mean confidence</i> is" in page
+
+
+def test_the_note_on_voc_folders_not_copied_does_not_claim_images_that_labels_only_leaves_out(tmp_path, family):
+    """With --labels-only, the note naming SegmentationObject/ as not copied said OUT held the
+    VOC dataset's JPEGImages/, which --labels-only does not write."""
+    root = make_voc(tmp_path / "voc", count=3)
+    (root / "SegmentationObject").mkdir()
+    result = complete(root, tmp_path / "out", family, "--labels-only")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "SegmentationObject/ not copied" in said, said
+    assert not (tmp_path / "out" / "JPEGImages").exists() and "JPEGImages" not in said, said
