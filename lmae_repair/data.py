@@ -237,18 +237,26 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     images, image_clashes = _by_stem(image_files, image_dir)
     labels, label_clashes = _by_stem(label_files, label_dir)
 
+    by_case: dict[str, list[str]] = {}
+    for key in images:
+        by_case.setdefault(key.casefold(), []).append(key)
+
     def image_key(stem_path: str) -> str | None:
-        """The key of the image a label (its path below label_dir without extension) names, if any."""
+        """The key of the image a label (its path below label_dir without extension) names, if
+        any: of its name, else of the one image whose name differs only in letter case (as
+        `_pair_ignoring_case` pairs them)."""
         rel = Path(stem_path)
-        return next((key for key in ((rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name))
-                     if key in images), None)
+        keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+        exact = next((key for key in keys if key in images), None)
+        folded = {image for key in keys for image in by_case.get(key.casefold(), [])}
+        return exact if exact is not None or len(folded) != 1 else folded.pop()
 
     def image_named(stem_path: str) -> Path | None:
         key = image_key(stem_path)
         return None if key is None else images[key]
 
     problems += [problem(clash_line(group, "label"), image_named(stem)) for stem, group in label_clashes.items()]
-    pairs, used = [], set(label_clashes)
+    pairs, used = [], {image_key(stem) or stem for stem in label_clashes}  # their image is reported through them
     if label_dir.resolve() != image_dir.resolve():
         refused, _ = _by_stem(_files_below(label_dir, set(REFUSED_LABEL_SUFFIXES)), label_dir)
         for stem_path, path in sorted(refused.items()):

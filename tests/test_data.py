@@ -1063,3 +1063,23 @@ def test_a_note_of_discovery_is_about_the_data_used_and_said_once(tmp_path):
     said = "".join(result.output.split())  # paths folded at the terminal's width
     for split in ("train", "val"):
         assert said.count(f"{root / split / 'labels'}:takenasthelabels".replace(" ", "")) == 1, (split, result.output)
+
+
+def test_an_image_named_by_a_failed_label_is_not_also_noted_as_unlabelled(tmp_path):
+    """labels/x_mask.png and x_mask.tif (two labels of one name) name images/x.jpg, and their
+    problem line says so, yet x.jpg was also noted as having "no label with the same name"; so
+    was A.jpg beside a.png and a.tif, and Q.jpg beside a JPEG label q.jpg, whose names differ
+    only in letter case (one name on Windows and macOS, where such files pair)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "ok.jpg", root / "labels" / "ok.png", image, label)
+    for name in ("x", "A", "Q"):
+        Image.fromarray(image).save(root / "images" / f"{name}.jpg")
+    for name in ("x_mask.png", "x_mask.tif", "a.png", "a.tif"):
+        Image.fromarray(label).save(root / "labels" / name)
+    Image.fromarray(label).convert("RGB").save(root / "labels" / "q.jpg")
+    index = discover(root)
+    assert keys(index) == ["labels/ok.png"] and index.unlabelled == [], index.unlabelled
+    assert {Path(line.partition(": ")[0]).name: line.image.name for line in index.unmatched} == {
+        "x_mask.png": "x.jpg", "a.png": "A.jpg", "q.jpg": "Q.jpg"}
