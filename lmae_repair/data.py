@@ -60,6 +60,7 @@ LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotatio
 LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_segmentation", "_annotation")  # _segmentation: ISIC
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds"
+CITYSCAPES_IDS_SUFFIX = "_gtFine_labelIds"  # the label ids beside the train ids (annotated_void)
 CITYSCAPES_NAMES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -203,7 +204,7 @@ def _by_stem(paths: list[Path], folder: Path) -> tuple[dict[str, Path], dict[str
 def clash_line(group: list[Path], kind: str, named_by: Path | None = None) -> str:
     """The problem line of files of one name (`_by_stem`): keyed by the first, or where a label
     names those images, by that label, since it is the pair left out."""
-    names = f"{', '.join(p.name for p in group)}"
+    names = ", ".join(p.name for p in group)
     if named_by is not None:
         return (f"{named_by}: its image is ambiguous, {len(group)} {kind}s share its name ({names} in {group[0].parent}); "
                 "rename or remove all but one")
@@ -574,7 +575,7 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
         label = label_dir / rel_dir / f"{prefix}{CITYSCAPES_LABEL_SUFFIX}.png"
         if label.is_file():
             pairs.append(Pair(image, label, relative_key(label, root)))
-        elif label.with_name(f"{prefix}_gtFine_labelIds.png").is_file():  # converted in part: say how to finish
+        elif label.with_name(f"{prefix}{CITYSCAPES_IDS_SUFFIX}.png").is_file():  # converted in part: say how to finish
             unlabelled.append(problem(f"{image}: no {label.name}, only its _gtFine_labelIds.png ({how_to_make_train_ids(label_dir)})", image))
         else:
             unlabelled.append(problem(f"{image}: no {label.name}", image))
@@ -584,7 +585,7 @@ def cityscapes_pairs(image_dir: Path, label_dir: Path, root: Path) -> tuple[list
             prefix = label.name[: -len(f"{CITYSCAPES_LABEL_SUFFIX}.png")]
             problems.append(f"{label}: no image {prefix}{CITYSCAPES_IMAGE_SUFFIX}.png (or .jpg) in "
                             f"{image_dir / label.parent.relative_to(label_dir)}")
-    if not pairs and any(label_dir.rglob("*_gtFine_labelIds.png")):
+    if not pairs and any(label_dir.rglob(f"*{CITYSCAPES_IDS_SUFFIX}.png")):
         raise LmaeError(
             f"{label_dir}: has *_gtFine_labelIds.png but no *{CITYSCAPES_LABEL_SUFFIX}.png labels; lmae-repair "
             f"works on the 19 train ids: {how_to_make_train_ids(label_dir)}"
@@ -717,7 +718,8 @@ def discover_noted(console, root: Path | str = ".", split: str | None = None, im
                    labels: Path | str | None = None) -> DatasetIndex:
     """`discover`, with what it chose that the user should know (a label folder left out beside
     the one taken) printed on `console` as notes: every command's discovery, training's
-    validation data too, goes through here, so that each note is said once, where it is found."""
+    validation data too, goes through here (calibrating a checkpoint's int8 ranges, which prints
+    nothing, reads `discover` itself), so that each note is said once, where it is found."""
     index = discover(root, split, images, labels)
     for note in index.notes:
         console.print(f"note: {note}", highlight=False)
@@ -1074,7 +1076,6 @@ def read_pair(pair: Pair, space=None, with_kept: bool = False, keep_void: bool =
 # polegroup, caravan, trailer (ids 1-6, 9, 10, 14-16, 18, 29, 30).
 CITYSCAPES_IGNORED = 255
 CITYSCAPES_UNLABELED_ID = 0
-CITYSCAPES_IDS_SUFFIX = "_gtFine_labelIds"
 # The label id of each train id (CITYSCAPES_NAMES' order: road 7, sidewalk 8, ... bicycle 33), as
 # in cityscapesScripts' labels.py: what a completed train-id pixel is in the label ids.
 CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
