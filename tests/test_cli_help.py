@@ -41,3 +41,35 @@ def test_help_answers_on_a_line_that_gives_an_option_twice():
     assert result.exit_code == 0 and "--mask-ratio" in result.output and "given 2 times" not in result.output
     refused = runner.invoke(app, ["evaluate", "data", "-m", "0.25", "-m", "0.5"])
     assert refused.exit_code == 2 and "given 2 times" in refused.output
+
+
+def readme_section(readme: str, heading: str) -> str:
+    """The text of one README section: from its heading to the next heading of its level or above."""
+    import re
+
+    start = readme.index(heading)
+    level = len(heading) - len(heading.lstrip("#"))
+    end = re.compile(r"^#{1,%d} " % level, re.M).search(readme, start + len(heading))
+    return readme[start:end.start() if end else None]
+
+
+def test_readme_section_of_each_command_names_every_option_it_has():
+    """A user reads a command's README section for its options: each visible option must be named
+    there (audit, evaluate and tune had options that only --help listed)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sections = {"train": ["## Training", "### Label space"], "average": ["## Training"],
+                "complete": ["## Completing a dataset"], "audit": ["## Auditing a dataset"],
+                "evaluate": ["## Evaluating checkpoints"], "tune": ["### Tuning class offsets"],
+                "push": ["## Sharing checkpoint families"], "inspect": ["## Checkpoints"]}
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == set(sections)
+    for name, command in commands.items():
+        text = "".join(readme_section(readme, heading) for heading in sections[name])
+        for param in command.params:
+            names = [n for n in param.opts + param.secondary_opts if n.startswith("--")]
+            if param.hidden or not names:
+                continue
+            assert any(re.search(re.escape(n) + r"(?![\w-])", text) for n in names), (name, names)
