@@ -840,7 +840,9 @@ def push(
                 table.add_row(operation.path_in_repo, f"{Path(operation.path_or_fileobj).stat().st_size:,}")
             console.print(table)
             if dry_run:
-                console.print(f"dry run: nothing sent; files in {folder}" if staging else "dry run: nothing sent")
+                console.print(f"dry run: nothing sent; files in {folder}" if staging else
+                              "dry run: nothing sent; the files were built in a temporary folder, now removed "
+                              "(--staging DIR keeps them, to read the model card)")
                 return
             url = push_family(operations, repo, private, f"lmae-repair family from {run_dir.name}")
             console.print(f"uploaded: {url}\nuse it with --models hf://{repo}")

@@ -286,3 +286,12 @@ def test_a_cached_file_whose_blob_is_gone_names_the_damaged_cache(tmp_path, fami
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (f"{file}: a link to ../../blobs/0123abcd, which does not exist (the Hugging Face cache's copy of someone/shapes "
             "is damaged: delete its models--someone--shapes folder there and download it again)") in " ".join(result.stderr.split())
+
+
+def test_a_dry_run_without_staging_says_its_files_are_gone_and_how_to_keep_them(family):
+    """README: --dry-run is there to look at the upload; without --staging the temporary folder
+    is removed, and the run said only 'nothing sent', so the user looked for files in vain."""
+    shown = runner.invoke(app, ["push", str(family), "someone/shapes", "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert "nothing sent" in said and "now removed" in said and "--staging DIR keeps them" in said
