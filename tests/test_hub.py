@@ -42,8 +42,10 @@ def populate_cache(cache, repo_id, family):
 
 
 def run_offline(args, cache):
+    """The CLI with the Hub offline, run from the cache's parent folder (the test's own), so that
+    a relative path such as runs/mine never finds the files of the folder pytest runs in."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf-home")}
-    return subprocess.run([sys.executable, "-m", "lmae_repair", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "lmae_repair", *args], capture_output=True, text=True, env=env, cwd=cache.parent)
 
 
 def test_hub_specs_are_told_from_local_paths(tmp_path):
