@@ -863,7 +863,7 @@ def evaluation_markdown(result: dict) -> str:
 
 @command()
 def average(
-    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints of one model (e.g. a run's epoch-NNN.safetensors from train --keep-epochs), or a ratio folder holding them."),
+    checkpoints: list[str] = typer.Argument(..., help="Local checkpoints of one model (e.g. a run's epoch-NNN.safetensors from train --keep-epochs), or a ratio folder holding them."),
     out: Path = typer.Option(..., "--out", "-o", help="The averaged checkpoint to write (.safetensors, added where the name lacks it)."),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size, as the bundled models) or float32."),
 ) -> None:
@@ -876,13 +876,16 @@ def average(
         from lmae_repair.data import distinct_files
         from lmae_repair.train import EPOCH_FILES, STATE_FILE
 
-        missing = [path for path in checkpoints if not path.exists()]
+        from lmae_repair.families import not_a_local_path
+
+        missing = [spec for spec in checkpoints if not Path(spec).exists()]  # str: Path("hf://o/n") reads hf:/o/n
         if missing:
-            raise LmaeError(f"{missing[0]}: no such file or folder")
+            raise LmaeError(not_a_local_path(missing[0], "average"))
+        paths = [Path(spec) for spec in checkpoints]
         if out.is_dir():  # was "cannot write it (Is a directory)", after the checkpoints were read
             raise LmaeError(f"{out}: --out names a folder; give the averaged checkpoint's file name (e.g. {out / 'averaged.safetensors'})")
         target = with_checkpoint_suffix(out)
-        files = [f for path in checkpoints for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
+        files = [f for path in paths for f in (sorted(path.glob(EPOCH_FILES)) if path.is_dir() else [path])]
         files = distinct_files(files)  # a file named twice counts once
         if target.resolve() in {f.resolve() for f in files}:
             raise LmaeError(f"{target}: --out is one of the checkpoints being averaged; write the average elsewhere")
@@ -892,10 +895,10 @@ def average(
                             f"(e.g. {target.parent / 'averaged.safetensors'}) and pass that to --models")
         if len(files) < 2:
             found = f"only {files[0]}" if files else "none"
-            ratio_folders = sorted(f.name for path in checkpoints if path.is_dir() for f in path.glob("mask-*") if any(f.glob(EPOCH_FILES)))
-            hint = (f"name one ratio's folder, e.g. {checkpoints[0] / ratio_folders[0]}" if ratio_folders
+            ratio_folders = sorted(f.name for path in paths if path.is_dir() for f in path.glob("mask-*") if any(f.glob(EPOCH_FILES)))
+            hint = (f"name one ratio's folder, e.g. {paths[0] / ratio_folders[0]}" if ratio_folders
                     else "train with --keep-epochs")
-            raise LmaeError(f"{', '.join(map(str, checkpoints))}: averaging needs at least two checkpoints, found {found} ({hint})")
+            raise LmaeError(f"{', '.join(map(str, paths))}: averaging needs at least two checkpoints, found {found} ({hint})")
         model, info = average_checkpoints(files)
         save_checkpoint(target, model, info, half=half)
         added = "" if target == out else " (.safetensors added: --models and inspect find a folder's checkpoints by it)"

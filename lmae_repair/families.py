@@ -21,7 +21,7 @@ import numpy as np
 
 from lmae_repair.checkpoints import CheckpointInfo, checkpoints_in_folder, read_info
 from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label, shell_path
-from lmae_repair.hub import fetch_family, is_hub_spec
+from lmae_repair.hub import HUB_PREFIX, cached_family, fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import declared_class_names, declared_classes, find_classes_file, first_names, names_agree, void_named
 
@@ -88,6 +88,27 @@ def checkpoint_files(specs: list[Path | str]) -> list[Path]:
     if not files:
         raise LmaeError(f"{', '.join(map(str, specs))}: no .safetensors checkpoint found")
     return distinct_files(files)  # a file named twice serves once
+
+
+def not_a_local_path(spec: str, command: str) -> str:
+    """Why `spec`, which names no local file or folder, is no input of a command that reads local
+    checkpoint files only (`average`): a bundled family's name and a Hub family's id were told
+    "no such file or folder" (the Hub's as hf:/owner/name), as if mistyped. Says where such a
+    family's files lie, or how to get them onto this machine."""
+    families = bundled_families()
+    takes = f"{command} takes local checkpoint files or run folders"
+    if spec in families:
+        return (f"{spec}: {takes}, not a bundled family's name; its files are in {families[spec]} "
+                f"(`lmae-repair inspect {spec}` shows what each one is)")
+    if is_hub_spec(spec):
+        cached = cached_family(spec)
+        named = spec if spec.startswith(HUB_PREFIX) else HUB_PREFIX + spec
+        where = (f"its files are in the Hugging Face cache, {cached}" if cached
+                 else f"`lmae-repair inspect {named}` downloads it into the Hugging Face cache and shows where each file lies")
+        if spec.startswith(HUB_PREFIX):
+            return f"{spec}: {takes}, not a Hub family; {where}"
+        return f"{spec}: no such file or folder ({takes}; were it the Hub family {named}, {where})"
+    return f"{spec}: no such file or folder"
 
 
 def find_checkpoints(specs: list[Path | str]) -> Checkpoints:

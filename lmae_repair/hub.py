@@ -80,6 +80,18 @@ def fetch_family(spec: str) -> Path:
         raise LmaeError(f"{spec}: download failed ({type(exc).__name__}: {first_line(exc)}); check the network") from None
 
 
+def cached_family(spec: str) -> Path | None:
+    """The folder of the family `spec` in the local huggingface_hub cache, or None where it is not
+    there (nothing is downloaded): for commands that read local files only, to say where it is."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        repo_id, revision = parse_hub_spec(spec)
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=FAMILY_FILES, local_files_only=True))
+    except Exception:  # not cached, or a malformed spec: either way there is no local copy to name
+        return None
+
+
 def cached_repo_of(path: Path) -> str | None:
     """The Hub repository (owner/name) whose copy in the huggingface_hub cache holds `path`, or
     None. The cache keeps a repository at `models--owner--name/snapshots/<commit>/`, its files

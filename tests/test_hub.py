@@ -297,3 +297,21 @@ def test_a_dry_run_without_staging_says_its_files_are_gone_and_how_to_keep_them(
     assert shown.exit_code == 0, shown.output
     said = " ".join(shown.output.split())
     assert "nothing sent" in said and "now removed" in said and "--staging DIR keeps them" in said
+
+
+def test_average_of_a_bundled_or_hub_family_says_it_takes_local_files_and_where_they_are(tmp_path, family):
+    """`average hf://owner/cv` said "hf:/owner/cv: no such file or folder" (Path merged the
+    slashes) and `average camvid` the same, as if mistyped: average reads local files only."""
+    cache = tmp_path / "cache"
+    populate_cache(cache, "someone/shapes", family)
+    out = str(tmp_path / "avg.safetensors")
+    cached = " ".join(run_offline(["average", "hf://someone/shapes", "--out", out], cache).stderr.split())
+    assert "hf://someone/shapes: average takes local checkpoint files or run folders, not a Hub family" in cached, cached
+    assert str(cache / "models--someone--shapes" / "snapshots" / COMMIT) in cached
+    absent = " ".join(run_offline(["average", "hf://someone/other", "--out", out], cache).stderr.split())
+    assert "not a Hub family; `lmae-repair inspect hf://someone/other` downloads it" in absent, absent
+    bundled = run_offline(["average", "camvid", "--out", out], cache)
+    assert bundled.returncode == 2 and "camvid: average takes local checkpoint files or run folders, not a bundled family" in bundled.stderr
+    assert "models/camvid" in bundled.stderr and not os.path.exists(out)
+    typo = run_offline(["average", str(tmp_path / "nowhere"), "--out", out], cache)
+    assert f"{tmp_path / 'nowhere'}: no such file or folder" in typo.stderr
