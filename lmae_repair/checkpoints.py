@@ -246,12 +246,27 @@ def _open(path: Path, load_tensors: bool) -> tuple[CheckpointInfo, dict[str, tor
     try:
         info = CheckpointInfo.from_json(metadata["lmae"])
     except LmaeError as exc:
-        raise LmaeError(f"{path}: invalid metadata: {exc}") from None
+        raise LmaeError(f"{path}: invalid metadata: {exc}{written_by_newer(metadata['lmae'])}") from None
     except KeyError as exc:
-        raise LmaeError(f"{path}: invalid metadata: it has no {exc}") from None
+        raise LmaeError(f"{path}: invalid metadata: it has no {exc}{written_by_newer(metadata['lmae'])}") from None
     except (ValueError, TypeError) as exc:
-        raise LmaeError(f"{path}: invalid metadata ({type(exc).__name__}: {exc})") from None
+        raise LmaeError(f"{path}: invalid metadata ({type(exc).__name__}: {exc}){written_by_newer(metadata['lmae'])}") from None
     return info, tensors
+
+
+def written_by_newer(text: str) -> str:
+    """Where metadata this version cannot read was written by a newer one, the words saying so
+    (" (written by lmae-repair X, newer than this Y: upgrade ...)"), else "". A field a newer version added was refused as
+    "model config has unknown fields: future_field", read as a damaged file rather than as a
+    reason to upgrade. Versions are compared as versions (0.10.0 is newer than 0.9.0)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        written = json.loads(text).get("package_version")
+        newer = Version(str(written)) > Version(__version__)
+    except (ValueError, AttributeError, InvalidVersion):  # unreadable JSON, not an object, or no version
+        return ""
+    return f" (written by lmae-repair {written}, newer than this {__version__}: upgrade lmae-repair to read it)" if newer else ""
 
 
 def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:

@@ -441,3 +441,33 @@ def test_a_models_folder_unzipped_from_a_mac_lists_only_its_families(tmp_path, m
     monkeypatch.setenv("LMAE_REPAIR_MODELS", str(root))
     assert list(bundled_families()) == ["mine"]
     assert [path for path, _ in find_checkpoints(["mine"])] == [root / "mine" / "general.safetensors"]
+
+
+@pytest.mark.parametrize("written_by, hint", [
+    ("0.10.0", True),  # newer: 0.10 > 0.1 as versions, not as text ("0.10.0" < "0.2.0" as strings)
+    ("1.0.0rc1", True),
+    ("0.1.0", False),  # this very version: a damaged file, not a newer one
+    ("0.0.9", False),
+    ("unknown", False),
+])
+def test_metadata_a_newer_lmae_repair_wrote_says_to_upgrade(tmp_path, written_by, hint):
+    """A field added by a newer lmae-repair gave "invalid metadata: model config has unknown
+    fields: future_field", with no word that the file is newer than the program reading it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lmae_repair import __version__
+
+    path, _, _ = saved(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    lmae = json.loads(metadata["lmae"])
+    lmae["model"]["future_field"] = 1
+    lmae["package_version"] = written_by
+    edited = tmp_path / "newer.safetensors"
+    save_file(tensors, str(edited), metadata={**metadata, "lmae": json.dumps(lmae)})
+    with pytest.raises(LmaeError) as error:
+        read_info(edited)
+    plain = f"{edited}: invalid metadata: model config has unknown fields: future_field"
+    newer = f" (written by lmae-repair {written_by}, newer than this {__version__}: upgrade lmae-repair to read it)"
+    assert str(error.value) == plain + (newer if hint else "")
