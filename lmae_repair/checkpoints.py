@@ -269,6 +269,24 @@ def written_by_newer(text: str) -> str:
     return f" (written by lmae-repair {written}, newer than this {__version__}: upgrade lmae-repair to read it)" if newer else ""
 
 
+def model_differences(other: CheckpointInfo, first: CheckpointInfo) -> dict[str, str]:
+    """What keeps two checkpoints from being one model's, each with its values (`other`'s first):
+    the refusal said "architecture, mask ratio differ" and left the user to inspect both files."""
+    differs = {}
+    if other.model != first.model:
+        theirs, ours = vars(other.model), vars(first.model)
+        differs["architecture"] = "; ".join(f"{name} {theirs[name]} vs {ours[name]}" for name in ours if theirs[name] != ours[name])
+    if other.mask_ratio != first.mask_ratio:
+        differs["mask ratio"] = f"mask ratio {other.mask_ratio:g} vs {first.mask_ratio:g}"
+    if not (other.label_space.same_classes(first.label_space) and other.label_space.same_names(first.label_space)):
+        differs["label space"] = f"{other.label_space.describe()} vs {first.label_space.describe()}"
+    if other.gap_kind != first.gap_kind:
+        differs["kind of gap (inspect: gaps)"] = f"{other.gap_kind} gaps vs {first.gap_kind} gaps"
+    if other.tile != first.tile:
+        differs["training crop (the tiles inference runs in)"] = f"crop {other.tile} vs {first.tile}"
+    return differs
+
+
 def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     """The element-wise mean of the weights of checkpoints of one model (same architecture, label
     space and mask ratio), e.g. the epochs of one run. Its int8 activation ranges cover those of
@@ -288,15 +306,10 @@ def average_checkpoints(paths: list[Path]) -> tuple[LabelMAE, CheckpointInfo]:
     total = {name: tensor.double() for name, tensor in model.state_dict().items()}
     for path in paths[1:]:
         other, other_info = load_checkpoint(path)
-        differs = [what for what, same in (
-            ("architecture", other_info.model == info.model),
-            ("mask ratio", other_info.mask_ratio == info.mask_ratio),
-            ("label space", other_info.label_space.same_classes(info.label_space) and other_info.label_space.same_names(info.label_space)),
-            ("kind of gap (inspect: gaps)", other_info.gap_kind == info.gap_kind),
-            ("training crop (the tiles inference runs in)", other_info.tile == info.tile),
-        ) if not same]
+        differs = model_differences(other_info, info)
         if differs:
-            raise LmaeError(f"{path}: {', '.join(differs)} differ{'s' if len(differs) == 1 else ''} from {paths[0]}; only checkpoints of one model can be averaged")
+            raise LmaeError(f"{path}: {', '.join(differs)} differ{'s' if len(differs) == 1 else ''} from {paths[0]} "
+                            f"({'; '.join(differs.values())}); only checkpoints of one model can be averaged")
         info.training = other_info.training
         calibrations.append(other_info.int8_calibration)
         for name, tensor in other.state_dict().items():

@@ -471,3 +471,25 @@ def test_metadata_a_newer_lmae_repair_wrote_says_to_upgrade(tmp_path, written_by
     plain = f"{edited}: invalid metadata: model config has unknown fields: future_field"
     newer = f" (written by lmae-repair {written_by}, newer than this {__version__}: upgrade lmae-repair to read it)"
     assert str(error.value) == plain + (newer if hint else "")
+
+
+def test_average_refusal_gives_the_values_that_differ(tmp_path):
+    """`average A B` said "architecture, mask ratio differ from A" without the values, leaving the
+    user to inspect both files to find out which ratio or which layer count each had."""
+    from dataclasses import replace
+
+    from lmae_repair.checkpoints import average_checkpoints
+
+    first, _, info = saved(tmp_path / "a")
+    deeper = replace(CONFIG, enc_depth=2)
+    other = tmp_path / "b.safetensors"
+    save_checkpoint(other, LabelMAE(deeper), replace(info, model=deeper, mask_ratio=0.25))
+    with pytest.raises(LmaeError) as error:
+        average_checkpoints([first, other])
+    assert str(error.value) == (f"{other}: architecture, mask ratio differ from {first} (enc_depth 2 vs 1; mask ratio 0.25 vs 0.5); "
+                                "only checkpoints of one model can be averaged")
+    renamed = tmp_path / "c.safetensors"
+    save_checkpoint(renamed, LabelMAE(CONFIG), replace(info, label_space=replace(info.label_space, names=["background", "rust", "corrosion"])))
+    with pytest.raises(LmaeError, match=r"label space differs from .* \(3 classes \(background, rust, corrosion\), background id 0, "
+                                        r"void id 255 vs 3 classes \(background, crack, spalling\)"):
+        average_checkpoints([first, renamed])
