@@ -323,10 +323,12 @@ def new_entry(pair: Pair) -> dict:
 
 def problem_entry(problem: str, root: Path) -> dict:
     """The report entry of a file discovery could not pair ('path: problem'): a failed pair,
-    keyed like a pair by its path relative to the dataset root."""
+    keyed like a pair by its path relative to the dataset root, naming the image it concerns
+    where discovery knows one (`data.Problem`, as audit's rows do; it was always null)."""
     path = problem.partition(": ")[0]
     entry = new_entry(Pair(Path(path), Path(path), relative_key(path, root)))
-    entry.update(image=None, input_label=None, error=problem)
+    image = getattr(problem, "image", None)
+    entry.update(image=None if image is None else str(Path(image).absolute()), input_label=None, error=problem)
     return entry
 
 

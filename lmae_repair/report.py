@@ -49,7 +49,7 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
         if entry.get("mask_ratio") is not None:
             key = f"{entry['mask_ratio']:.2f}" + (" (objects)" if entry.get("gap_kind") == "objects" else "")
             by_ratio[key] = by_ratio.get(key, 0) + 1
-    unpaired = sum(1 for e in entries if e.get("image") is None and e.get("input_label") is None)
+    unpaired = sum(1 for e in entries if e.get("input_label") is None)  # a pair always has its label; an unpaired file may name its image
     processed = len(entries) - resumed - unpaired  # the pairs this run worked on
     return {
         "pairs": len(entries) - unpaired,

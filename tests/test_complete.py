@@ -1221,3 +1221,27 @@ def test_the_note_on_voc_folders_not_copied_does_not_claim_images_that_labels_on
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "SegmentationObject/ not copied" in said, said
     assert not (tmp_path / "out" / "JPEGImages").exists() and "JPEGImages" not in said, said
+
+
+def test_report_entries_of_unpaired_files_name_their_image_where_one_is_known(tmp_path, family):
+    """lmae-report.json gave `"image": null` for a JPEG label, two labels of one name and two
+    labels naming one image, though discovery knew the image (as audit's rows now name it)."""
+    from conftest import make_scene, write_pair
+
+    root = make_paired(tmp_path / "ds", count=2, seed=1)
+    image, label = make_scene(np.random.default_rng(2))
+    write_pair(root / "images" / "jl.png", root / "labels" / "jl.jpg", image, label)
+    write_pair(root / "images" / "d.png", root / "labels" / "d.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "d.tif")
+    write_pair(root / "images" / "c.png", root / "labels" / "c.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "c_mask.png")
+    (root / "labels" / "orphan.png").write_bytes((root / "labels" / "c_mask.png").read_bytes())  # no image at all
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 1, result.output
+    entries = {e["label"]: e for e in json.loads((tmp_path / "out" / "lmae-report.json").read_text())["pairs"]}
+    for key, image_name in (("labels/jl.jpg", "jl.png"), ("labels/d.png", "d.png"), ("images/c.png", "c.png")):
+        assert entries[key]["image"] == str((root / "images" / image_name).absolute()), (key, entries[key])
+        assert entries[key]["error"]
+    assert entries["labels/orphan.png"]["image"] is None and entries["labels/orphan.png"]["error"]
+    totals = json.loads((tmp_path / "out" / "lmae-report.json").read_text())["totals"]
+    assert (totals["pairs"], totals["unpaired"]) == (2, 4), totals  # an unpaired file naming its image is still no pair
