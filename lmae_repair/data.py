@@ -1279,12 +1279,15 @@ def is_special_file(path: Path) -> bool:
 
 
 def _reason(exc: Exception) -> str:
+    """Why PIL could not read a file, in words that do not name it: every message puts the path
+    first, and PIL's "cannot identify image file '<path>'" repeated it."""
     if isinstance(exc, Image.UnidentifiedImageError) and exc.args and str(exc.args[0]).startswith("cannot identify"):
         try:  # PIL says "cannot identify image file" for a zero-byte file too: say why
             if Path(str(exc.args[0]).split("'")[1]).stat().st_size == 0:
                 return "empty file"
         except (IndexError, OSError):
             pass
+        return "not an image file: its contents match no image format"
     if isinstance(exc, OSError) and exc.strerror:  # 'Permission denied', not "[Errno 13] ...: 'the path again'"
         return exc.strerror
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

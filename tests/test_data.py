@@ -1083,3 +1083,23 @@ def test_an_image_named_by_a_failed_label_is_not_also_noted_as_unlabelled(tmp_pa
     assert keys(index) == ["labels/ok.png"] and index.unlabelled == [], index.unlabelled
     assert {Path(line.partition(": ")[0]).name: line.image.name for line in index.unmatched} == {
         "x_mask.png": "x.jpg", "a.png": "A.jpg", "q.jpg": "Q.jpg"}
+
+
+def test_a_file_that_is_no_image_is_named_once_in_its_error(tmp_path):
+    """A junk Cityscapes _gtFine_labelIds.png gave "failed: <path>: unreadable (cannot identify
+    image file '<path>'); ...": PIL's own words repeat the path the line starts with (a junk
+    label or image did the same)."""
+    from lmae_repair.data import annotated_void
+
+    root = make_cityscapes(tmp_path / "cs")
+    label = sorted(root.rglob("*_gtFine_labelTrainIds.png"))[0]
+    ids = Path(str(label).replace("labelTrainIds", "labelIds"))
+    ids.write_text("junk")
+    junk = tmp_path / "junk.png"
+    junk.write_text("junk")
+    for read, path in ((lambda: annotated_void(label, np.zeros((64, 128), np.uint8)), ids),
+                       (lambda: read_label(junk), junk), (lambda: read_image(junk), junk)):
+        with pytest.raises(LmaeError) as error:
+            read()
+        assert str(error.value).startswith(f"{path}: unreadable") and str(error.value).count(path.name) == 1, str(error.value)
+        assert "not an image file" in str(error.value)
