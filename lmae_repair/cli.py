@@ -61,7 +61,7 @@ class OneValueEach(typer.core.TyperCommand):
         return rest
 
 
-PATH_LIKE = {"models", "checkpoint"}  # --models, inspect: a checkpoint, folder or family name (a string), a path all the same
+PATH_LIKE = {"models", "checkpoint", "checkpoints"}  # --models, inspect, average: checkpoint, folder or family names (strings), paths all the same
 
 
 command = partial(app.command, cls=OneValueEach)
