@@ -568,8 +568,9 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
     table.add_row("pairs", str(totals["pairs"]))
     if unpaired:
         table.add_row("files that could not be paired", Text(str(unpaired), style="red"))
-    table.add_row("repaired", str(totals["repaired"]))
-    table.add_row("unchanged", str(totals["unchanged"]))
+    # a dry run writes nothing: its counts say what a real run would do, not what was done
+    table.add_row("would be repaired" if dry_run else "repaired", str(totals["repaired"]))
+    table.add_row("would stay unchanged" if dry_run else "unchanged", str(totals["unchanged"]))
     failed = "failed (unpaired files included)" if unpaired else "failed"
     table.add_row(failed, Text(str(totals["failed"]), style="red") if totals["failed"] else "0")
     if totals["resumed"]:
@@ -578,7 +579,7 @@ def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
         # the rule goes by size alone: tiles cut from one mosaic (a small edge tile) may be read at another scale
         table.add_row("read shrunk to the models' scale", f"{totals['read_shrunk']} (--native-scale reads every pair as it is)")
     share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
-    table.add_row("pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
+    table.add_row("pixels that would change" if dry_run else "pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
     for ratio, count in totals["pairs_by_mask_ratio"].items():
         table.add_row(f"routed to mask ratio {ratio}", str(count))
     rate = f", {totals['pairs_per_second']} pairs/s" if totals["pairs_per_second"] else ""

@@ -370,6 +370,9 @@ def test_dry_run_writes_nothing_says_so_and_is_refused_where_the_real_run_would_
     result = complete(root, tmp_path / "out", family, "--dry-run")
     assert result.exit_code == 0 and "repaired" in result.output and "nothing was written" in result.output
     assert not (tmp_path / "out").exists()
+    # the rows say what a real run would do: "repaired 2" read as labels written
+    assert "would be repaired" in result.output and "pixels that would change" in result.output
+    assert "│ repaired " not in result.output and "│ pixels changed " not in result.output
     mine = tmp_path / "my-files"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
