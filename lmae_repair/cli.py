@@ -106,17 +106,25 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def guarded(function, interrupted: str = "interrupted"):
+def guarded(function, interrupted="interrupted"):
     """Run a command body; errors become a one-line message and exit code 2 (a traceback only
-    with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message."""
+    with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message (a function
+    returning it where it tells how far the run got)."""
     watch_interrupts()
+    if callable(interrupted):
+        return _guarded(function, interrupted)
+    return _guarded(function, lambda: interrupted)
+
+
+def _guarded(function, interrupted):
+    """`guarded` with its message as a function, called only once the run is interrupted."""
     try:
         check_environment()
         return function()
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        err_console.print(interrupted)
+        err_console.print(interrupted())
         raise typer.Exit(interrupt_exit_code())
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
@@ -125,7 +133,7 @@ def guarded(function, interrupted: str = "interrupted"):
         ended_by = signal_that_ended_workers(exc)
         if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
             INTERRUPTED.update(on=True, signal=ended_by)
-            err_console.print(interrupted)
+            err_console.print(interrupted())
             raise typer.Exit(interrupt_exit_code())
         if DEBUG["on"]:
             raise
@@ -324,11 +332,14 @@ def complete(
         ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
         unpaired = f" and {counted(len(index.unmatched), 'file')} that could not be paired" if index.unmatched else ""
         console.print(f"{counted(len(index.pairs), 'pair')}{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
+        progress.update(pairs=len(index.pairs))
         with PairProgress("completing", len(index.pairs) + len(index.unmatched)) as advance:
 
             def on_pair(entry: dict, worked: bool = True) -> None:
                 if entry["error"]:
                     report_failure(entry["error"])
+                else:  # called once the pair's label is written (or was, by an earlier run)
+                    progress["written"] += 1
                 advance(timed=worked)
 
             report = complete_dataset(index, checkpoints, options, on_pair)
@@ -355,7 +366,18 @@ def complete(
         print_complete_summary(report, target, dry_run)
         return 1 if report["totals"]["failed"] else 0
 
-    exit_with(guarded(run, "interrupted: each pair finished before this point is written, none half-written; run the same command again to do the rest"))
+    progress = {"pairs": None, "written": 0}  # how far the run got, for the message if it is interrupted
+
+    def interrupted() -> str:
+        """How many pairs OUT holds (those of an earlier run included), where the run got that far."""
+        if dry_run:
+            return "interrupted: nothing was written (--dry-run)"
+        if progress["pairs"] is None:
+            return "interrupted before any pair was repaired: nothing new written; run the same command again"
+        return (f"interrupted: {progress['written']} of {counted(progress['pairs'], 'pair')} written, none half-written; "
+                "run the same command again to do the rest")
+
+    exit_with(guarded(run, interrupted))
 
 
 def device_and_precision(device: str, precision: str) -> tuple[str, str]:

@@ -220,3 +220,29 @@ def test_ctrl_c_keeps_the_pairs_written_so_far_and_says_how_to_go_on(tmp_path, f
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and len(list((tmp_path / "out" / "labels").glob("*.png"))) == 4
 
+
+
+def test_an_interrupted_complete_says_how_many_pairs_are_written_earlier_runs_included(tmp_path, family, monkeypatch):
+    """The message said only 'each pair finished before this point is written': a user could not
+    tell whether 2 or 2,000 pairs were left. It counts the pairs OUT holds, those of an earlier
+    interrupted run too; a dry run says nothing was written."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    from lmae_repair.complete import Completer
+
+    real = ctrl_c_on_the_third_batch(monkeypatch)
+    root, out = make_paired(tmp_path / "ds", count=6, size=40), tmp_path / "out"
+    args = ["complete", str(root), "--out", str(out), "--models", str(family), "--device", "cpu", "--batch-size", "1", "--workers", "0"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 130 and "interrupted: 2 of 6 pairs written" in first.output, first.output
+    monkeypatch.setattr(Completer, "repair_batch", real)
+    ctrl_c_on_the_third_batch(monkeypatch)
+    second = CliRunner().invoke(app, args)  # 2 from the first run, 2 more before its third batch
+    assert second.exit_code == 130 and "interrupted: 4 of 6 pairs written" in second.output, second.output
+    assert len(list((out / "labels").glob("*.png"))) == 4
+    monkeypatch.setattr(Completer, "repair_batch", real)
+    ctrl_c_on_the_third_batch(monkeypatch)
+    dry = CliRunner().invoke(app, args + ["--dry-run"])
+    assert dry.exit_code == 130 and "nothing was written (--dry-run)" in dry.output, dry.output
