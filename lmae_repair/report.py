@@ -217,6 +217,13 @@ def _model_text(entry: dict) -> str:
     return f"mask ratio {entry['mask_ratio']:.2f}{' (objects model)' if entry.get('gap_kind') == 'objects' else ''}"
 
 
+def _resumed_text(totals: dict) -> str:
+    """" (4 of them done by an earlier run into this folder)", as the printed summary says, where
+    a rerun took pairs as an interrupted run wrote them; else empty."""
+    resumed = totals.get("resumed") or 0
+    return f" ({resumed} of them done by an earlier run into this folder)" if resumed else ""
+
+
 def changed_pairs_list(out: Path, entries: list[dict], limit: int = CHANGED_LISTED) -> str:
     """Every changed pair (the first `limit`), most changed first, without pictures: a curator
     sees which labels the run changed, and opens them, without reading the JSON."""
@@ -270,7 +277,7 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 .key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
-<p>{totals['pairs']} pairs: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
+<p>{totals['pairs']} pairs{_resumed_text(totals)}: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
 {totals['pixels_changed']:,} pixels changed{pixel_share}. The {len(pictured)} most-changed pairs are shown
 (share of pixels changed, largest first; a label's name opens its repaired file), and every changed label is listed
 below them; the full report, unchanged and failed pairs included, is in {REPORT_JSON}.</p>

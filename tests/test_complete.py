@@ -362,7 +362,7 @@ def test_report_lists_every_pair_and_failures(tmp_path, family):
     assert (totals["pairs"], totals["unpaired"], totals["failed"]) == (3, 1, 2) and len(report["pairs"]) == 4
     assert "│ pairs " in result.output and "│ 3 " in result.output.split("│ pairs ")[1].split("\n")[0]
     page = (tmp_path / "out" / "lmae-report.html").read_text()  # the counts add up there too
-    assert "3 pairs: 2 repaired, 0 unchanged, 1 failed; 1 file that could not be paired;" in page
+    assert "3 pairs (2 of them done by an earlier run into this folder): 2 repaired, 0 unchanged, 1 failed; 1 file that could not be paired;" in page
 
 
 def test_dry_run_writes_nothing_says_so_and_is_refused_where_the_real_run_would_be(tmp_path, family):
@@ -1248,3 +1248,15 @@ def test_report_entries_of_unpaired_files_name_their_image_where_one_is_known(tm
     assert entries["labels/orphan.png"]["image"] is None and entries["labels/orphan.png"]["error"]
     totals = json.loads((tmp_path / "out" / "lmae-report.json").read_text())["totals"]
     assert (totals["pairs"], totals["unpaired"]) == (2, 4), totals  # an unpaired file naming its image is still no pair
+
+
+def test_html_report_says_how_many_pairs_an_earlier_run_did(tmp_path, family):
+    """The printed summary of a rerun said 'done by an earlier run 2'; the page said nothing of
+    it, so a curator reading it took every pair for this run's work."""
+    root, out = make_paired(tmp_path / "ds", count=3), tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    assert " of them done by an earlier run" not in (out / "lmae-report.html").read_text()
+    (out / "labels" / "scene_000.png").unlink()  # redone; the other two are taken as they are
+    assert complete(root, out, family).exit_code == 0
+    assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 2
+    assert "<p>3 pairs (2 of them done by an earlier run into this folder): " in (out / "lmae-report.html").read_text()
