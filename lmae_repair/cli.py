@@ -583,27 +583,30 @@ def key_value_table(title: str) -> Table:
 
 
 def print_complete_summary(report: dict, target: Path, dry_run: bool) -> None:
-    """The run in one table; files that could not be paired count as failed, not as pairs."""
+    """The run in one table; files that could not be paired count as failed, not as pairs. Row
+    names fit `key_value_table`'s 24 columns, details go in the values: on an 80-column terminal
+    "routed to mask ratio 0.25 (objects)" was folded over two lines."""
     totals = report["totals"]
     unpaired = totals["unpaired"]
     table = key_value_table("lmae-repair complete --dry-run: nothing was written" if dry_run else "lmae-repair complete")
     table.add_row("pairs", str(totals["pairs"]))
     if unpaired:
-        table.add_row("files that could not be paired", Text(str(unpaired), style="red"))
+        table.add_row("unpaired files", Text(f"{unpaired} (could not be paired)", style="red"))
     # a dry run writes nothing: its counts say what a real run would do, not what was done
     table.add_row("would be repaired" if dry_run else "repaired", str(totals["repaired"]))
     table.add_row("would stay unchanged" if dry_run else "unchanged", str(totals["unchanged"]))
-    failed = "failed (unpaired files included)" if unpaired else "failed"
-    table.add_row(failed, Text(str(totals["failed"]), style="red") if totals["failed"] else "0")
+    failed = f"{totals['failed']}{' (unpaired files included)' if unpaired else ''}"
+    table.add_row("failed", Text(failed, style="red") if totals["failed"] else "0")
     if totals["resumed"]:
         table.add_row("done by an earlier run", str(totals["resumed"]))
     if totals.get("read_shrunk"):
         # the rule goes by size alone: tiles cut from one mosaic (a small edge tile) may be read at another scale
-        table.add_row("read shrunk to the models' scale", f"{totals['read_shrunk']} (--native-scale reads every pair as it is)")
+        table.add_row("shrunk to models' scale", f"{totals['read_shrunk']} (--native-scale reads every pair as it is)")
     share = totals["pixels_changed"] / totals["pixels"] if totals["pixels"] else 0.0
     table.add_row("pixels that would change" if dry_run else "pixels changed", f"{totals['pixels_changed']:,} ({share:.2%} of all pixels)")
-    for ratio, count in totals["pairs_by_mask_ratio"].items():
-        table.add_row(f"routed to mask ratio {ratio}", str(count))
+    for row, (ratio, count) in enumerate(totals["pairs_by_mask_ratio"].items()):
+        ratio = ratio.replace("(objects)", "(objects model)")
+        table.add_row("routed to mask ratio" if row == 0 else "", f"{ratio}: {counted(count, 'pair')}")
     rate = f", {totals['pairs_per_second']} pairs/s" if totals["pairs_per_second"] else ""
     table.add_row("time", f"{totals['seconds']:.1f} s{rate}")
     if dry_run:

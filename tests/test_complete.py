@@ -1,6 +1,7 @@
 """`lmae-repair complete` on generated datasets: layout mirroring, palette and size, refusal,
 resume and the report."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -658,7 +659,7 @@ def test_pairs_far_larger_than_the_training_images_are_read_at_their_scale_and_w
         Image.fromarray(label).save(label_path)
     result = complete(root, tmp_path / "out", family)
     assert result.exit_code == 0, result.output
-    assert "read shrunk to the" in result.output  # the summary says so (a row of the table)
+    assert "shrunk to models' scale" in result.output  # the summary says so (a row of the table)
     assert "--native-scale reads every pair" in " ".join(result.output.split())  # and how to read them as they are
     report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
     assert report["totals"]["read_shrunk"] == 3
@@ -1260,3 +1261,27 @@ def test_html_report_says_how_many_pairs_an_earlier_run_did(tmp_path, family):
     assert complete(root, out, family).exit_code == 0
     assert json.loads((out / "lmae-report.json").read_text())["totals"]["resumed"] == 2
     assert "<p>3 pairs (2 of them done by an earlier run into this folder): " in (out / "lmae-report.html").read_text()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_summary_table_fits_80_columns_without_folding_a_row_name(dry_run, monkeypatch):
+    """In 80 columns "routed to mask ratio 0.25 (objects)" and "failed (unpaired files included)"
+    were folded over two lines: the table is as many lines there as on a wide terminal."""
+    from rich.console import Console
+
+    from lmae_repair import cli
+
+    totals = {"pairs": 12, "unpaired": 1, "repaired": 8, "unchanged": 3, "failed": 2, "resumed": 4, "read_shrunk": 2,
+              "pixels_changed": 1029, "pixels": 600_000, "seconds": 27.9, "pairs_per_second": 0.43,
+              "pairs_by_mask_ratio": {"0.25 (objects)": 3, "0.50": 4, "0.75": 5}}
+
+    def rendered(width):
+        console = Console(width=width, record=True, file=io.StringIO())
+        monkeypatch.setattr(cli, "console", console)
+        cli.print_complete_summary({"totals": totals}, Path("/o"), dry_run)
+        return console.export_text()
+
+    narrow, wide = rendered(80), rendered(200)
+    assert len(narrow.splitlines()) == len(wide.splitlines()), narrow
+    for shown in ("0.25 (objects model): 3 pairs", "2 (unpaired files included)", "unpaired files", "done by an earlier run"):
+        assert shown in narrow
