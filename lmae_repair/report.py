@@ -3,8 +3,9 @@
 The HTML page is self-contained (pictures embedded as data URIs: photos as JPEG, label pictures
 as PNG, whose colours must match the legend exactly) so it can be mailed or archived with the
 dataset. It shows the most-changed pairs, each as image / original label /
-repaired label / changed pixels (the repaired colours over a dimmed image), in the labels' own
-palette when they have one.
+repaired label / changed pixels (the repaired colours over a dimmed image, changed pixels whose
+colour hardly differs from the dimmed image outlined in white, so that a class drawn black shows
+too), in the labels' own palette when they have one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,6 +32,14 @@ THUMBNAIL_WIDTH = 320
 FAILURES_SHOWN = 50  # failed pairs named in the HTML report; all of them are in the JSON
 CHANGED_LISTED = 1000  # changed pairs listed (without pictures) in the HTML report; all of them are in the JSON
 VOID_COLOUR = (255, 255, 255)
+# the ring drawn around changed regions on the changed-pixels picture: CamVid's sky, drawn black
+# (VOC colours: its labels carry no palette), was invisible over the dimmed photo. Changed pixels
+# never become void (void is what gets filled), so the ring is not mistaken for a fill.
+OUTLINE_COLOUR = (255, 255, 255)
+DIMMED = 0.35  # the photo's brightness under the changed pixels
+# a fill whose colour differs by less than this (in every channel) from the dimmed photo beneath
+# it is ringed: ringing every change buried thin bright fills (road markings) under white lines
+HIDDEN_BELOW = 64
 # what the captions' terms mean, for a reader who has not read the README: "172 patches rebuilt"
 # read as a quarter of the label redrawn, and "mean confidence 0.46" as a doubtful repair
 HOW_TO_READ = (
@@ -38,7 +48,8 @@ HOW_TO_READ = (
     "where the gaps follow the outlines of things in the image) predicts the rebuilt patches anew, but only their void or "
     "background pixels may change: annotated pixels keep their class (unless --overwrite-labeled was given). "
     "<i>Mean confidence</i> is the model's average probability for the classes it wrote: void is filled whatever it is, "
-    "background only where the model is at least --min-confidence sure (0.9 unless set). The labels as given are untouched; "
+    "background only where the model is at least --min-confidence sure (0.9 unless set). On the <i>changed pixels</i> picture, "
+    "changed pixels whose colour would hardly show over the dimmed image (a class drawn black) are outlined in white. The labels as given are untouched; "
     "look at the changed pixels before using the completed copy."
 )
 
@@ -128,16 +139,34 @@ def _shrunk(rgb: np.ndarray, width: int = THUMBNAIL_WIDTH) -> np.ndarray:
     return np.asarray(img).copy()
 
 
+def _marked_where(small_shape: tuple[int, int], marked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns) of the `marked` pixels, and where each falls on a picture of `small_shape`."""
+    ys, xs = np.nonzero(marked)
+    ty = np.minimum(ys * small_shape[0] // marked.shape[0], small_shape[0] - 1)
+    tx = np.minimum(xs * small_shape[1] // marked.shape[1], small_shape[1] - 1)
+    return ys, xs, ty, tx
+
+
 def _keep_marked(small: np.ndarray, full: np.ndarray, marked: np.ndarray) -> np.ndarray:
     """`small`, a shrunk `full`, with every `marked` pixel of `full` painted where it falls: nearest
     neighbour keeps one pixel in (scale x scale), so a thin crack filled in a 2400-pixel-wide
     label showed as a few scattered dots on the changed-pixels picture, or not at all."""
     if small.shape[:2] == full.shape[:2]:
         return small
-    ys, xs = np.nonzero(marked)
-    ty = np.minimum(ys * small.shape[0] // full.shape[0], small.shape[0] - 1)
-    tx = np.minimum(xs * small.shape[1] // full.shape[1], small.shape[1] - 1)
+    ys, xs, ty, tx = _marked_where(small.shape[:2], marked)
     small[ty, tx] = full[ys, xs]
+    return small
+
+
+def _outlined(small: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """`small` with a one-pixel `OUTLINE_COLOUR` ring around the regions of the `marked` pixels (of
+    the full-size picture, wherever they fall on `small`), so that a fill in a colour close to
+    the dimmed photo's, black, shows. Drawn on the thumbnail: the ring stays one pixel thin."""
+    inside = np.zeros(small.shape[:2], np.uint8)
+    _, _, ty, tx = _marked_where(small.shape[:2], marked)
+    inside[ty, tx] = 1
+    ring = cv2.dilate(inside, np.ones((3, 3), np.uint8)).astype(bool) & ~inside.astype(bool)
+    small[ring] = OUTLINE_COLOUR
     return small
 
 
@@ -159,17 +188,20 @@ def pair_panels(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, c
     """Image, original label, repaired label, and the changed pixels in their new colour over a
     dimmed image, as RGB arrays of the label's size."""
     changed = repaired != original
-    overlay = (image * 0.35).astype(np.uint8)
+    overlay = (image * DIMMED).astype(np.uint8)
     overlay[changed] = colours[repaired[changed]]
     return [image, colours[original], colours[repaired], overlay]
 
 
 def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
     """`pair_panels` as data URIs of thumbnails, for the HTML report; the changed pixels stay
-    visible on the last one however much it is shrunk."""
+    visible on the last one however much it is shrunk, and whatever their colour: those that
+    would hardly differ from the dimmed photo beneath are ringed (`_outlined`)."""
     panels = pair_panels(image, original, repaired, colours)
     thumbnails = [_shrunk(panel) for panel in panels]
-    thumbnails[3] = _keep_marked(thumbnails[3], panels[3], repaired != original)
+    changed = repaired != original
+    hidden = changed & (np.abs(panels[3].astype(np.int16) - (image * DIMMED).astype(np.int16)).max(axis=2) < HIDDEN_BELOW)
+    thumbnails[3] = _outlined(_keep_marked(thumbnails[3], panels[3], changed), hidden)
     return [_data_uri(thumbnail, photo=number == 0) for number, thumbnail in enumerate(thumbnails)]
 
 

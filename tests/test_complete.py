@@ -1304,3 +1304,25 @@ def test_html_report_embeds_photos_as_jpeg_and_label_pictures_as_png_and_needs_n
     assert len(pictures) == 4 and np.abs(pictures[0].astype(int) - photo).mean() < 8  # the photo, a little lossy
     assert {tuple(rgb) for rgb in pictures[1].reshape(-1, 3)} <= legend_colours(page)  # label colours exact
     assert not re.search(r'(src|href)="(https?:)?//', page)  # every picture inside the page: it opens offline
+
+
+def test_html_report_outlines_changed_regions_so_a_black_fill_shows_over_the_dimmed_photo(tmp_path):
+    """CamVid's labels carry no palette, so sky (class 0) is drawn black: filled sky over the
+    dimmed photo was nearly invisible on the changed-pixels picture. Such a region gets a
+    one-pixel white ring; the fill keeps its class colour, and a fill that shows is not ringed."""
+    original = np.ones((40, 60), np.uint8)
+    repaired = original.copy()
+    repaired[10:20, 20:35] = 0  # filled as class 0: black in VOC colours
+    photo = np.full((40, 60, 3), 40, np.uint8)  # a dark photo, dimmed further on the picture
+    _, pictures = written_report(tmp_path, [("sky", photo, original, repaired, None)])
+    changes = pictures[3]
+    white = (changes == (255, 255, 255)).all(axis=2)
+    ring = np.zeros_like(white)
+    ring[9:21, 19:36] = True
+    ring[10:20, 20:35] = False
+    assert (white == ring).all()
+    assert (changes[10:20, 20:35] == (0, 0, 0)).all()  # the fill in its legend colour
+    bright = repaired.copy()
+    bright[10:20, 20:35] = 2  # a colour that shows over the dimmed photo: not ringed
+    _, pictures = written_report(tmp_path / "bright", [("sky", photo, original, bright, None)])
+    assert not (pictures[3] == (255, 255, 255)).all(axis=2).any()
