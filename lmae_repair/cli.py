@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmae_repair import __version__
-from lmae_repair.errors import DEBUG, INTERRUPTED, LmaeError, interrupt_exit_code, signal_that_ended_workers, unexpected, watch_interrupts
+from lmae_repair.errors import DEBUG, INTERRUPTED, LmaeError, RankError, interrupt_exit_code, signal_that_ended_workers, unexpected, watch_interrupts
 from lmae_repair.defaults import DEFAULT_CROP, DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
 app = typer.Typer(
@@ -99,11 +99,29 @@ KEEP_VOID_HELP = "Leave every void pixel as it is and complete background only (
 PRECISION_HELP = "Model arithmetic: auto (bf16 on a GPU and on CPUs with native bf16, int8 on other CPUs with VNNI: linear layers, and the image branch where the checkpoint carries its int8 calibration (see inspect); else fp32), bf16, fp32 or int8 (CPU). On a CPU with VNNI, bf16 runs the image branch in int8 too (faster there)."
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2, own: bool = False) -> None:
+    """Print `message` as the error and exit with `code`. Under torchrun it is said by the first
+    process of each machine only (`speaks_for_machine`), unless it is this process's `own`
+    (`distributed.RankError`)."""
     rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
     where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, which process failed
-    err_console.print(Text.assemble(("error:", "bold red"), f" {where}{message}"), highlight=False)
+    if own or speaks_for_machine():
+        err_console.print(Text.assemble(("error:", "bold red"), f" {where}{message}"), highlight=False)
     raise typer.Exit(code)
+
+
+def speaks_for_machine() -> bool:
+    """Whether this process prints errors and interruptions: always alone; under torchrun, only
+    the first process of each machine (LOCAL_RANK 0). The others meet the same missing folder,
+    bad option or Ctrl-C, from the same command and files, and said it again, once per process
+    (`error: rank 1: ...` under every `error: ...`); another machine's first process still speaks,
+    as its files may differ."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return True
+    try:
+        return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+    except ValueError:  # a malformed torchrun environment: the error that says so is printed
+        return True
 
 
 def guarded(function, interrupted="interrupted"):
@@ -124,7 +142,8 @@ def _guarded(function, interrupted):
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        err_console.print(interrupted())
+        if speaks_for_machine():
+            err_console.print(interrupted())
         raise typer.Exit(interrupt_exit_code())
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
@@ -133,12 +152,13 @@ def _guarded(function, interrupted):
         ended_by = signal_that_ended_workers(exc)
         if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
             INTERRUPTED.update(on=True, signal=ended_by)
-            err_console.print(interrupted())
+            if speaks_for_machine():
+                err_console.print(interrupted())
             raise typer.Exit(interrupt_exit_code())
         if DEBUG["on"]:
             raise
         if isinstance(exc, LmaeError):
-            fail(str(exc))
+            fail(str(exc), own=isinstance(exc, RankError))
         if isinstance(exc, OSError) and exc.filename:
             fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         fail(unexpected("lmae-repair", exc))

@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from lmae_repair.errors import LmaeError
+from lmae_repair.errors import RankError
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def ranks_from_environment() -> Ranks:
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise LmaeError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
+        raise RankError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
     if world_size < 1 or not 0 <= rank < world_size:
-        raise LmaeError(f"RANK {rank} / WORLD_SIZE {world_size}: not a valid process placement")
+        raise RankError(f"RANK {rank} / WORLD_SIZE {world_size}: not a valid process placement")
     return Ranks(rank, world_size, local_rank)
 
 
@@ -63,7 +63,7 @@ def device_for_rank(device: torch.device, ranks: Ranks) -> torch.device:
             torch.cuda.set_device(device)  # else pinned-memory threads and caches also open GPU 0
         return device
     if ranks.local_rank >= torch.cuda.device_count():
-        raise LmaeError(
+        raise RankError(
             f"LOCAL_RANK {ranks.local_rank}: this machine has {torch.cuda.device_count()} GPUs; "
             "start at most that many processes per node (torchrun --nproc_per_node)"
         )

@@ -77,6 +77,11 @@ class LmaeError(Exception):
     """A user-facing error: bad input, bad option, unreadable or mismatched file."""
 
 
+class RankError(LmaeError):
+    """Under torchrun, an error of this process alone (its place in the job, its GPU): printed by
+    the process that meets it, where those every process meets alike are printed once (`cli.fail`)."""
+
+
 def unexpected(context: str, exc: BaseException) -> str:
     """One line for an exception nobody anticipated, naming what was being done."""
     text = str(exc).splitlines()[0][:200] if str(exc) else ""

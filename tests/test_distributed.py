@@ -89,3 +89,26 @@ def test_without_torchrun_training_is_a_single_process(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert ranks_from_environment() == Ranks(0, 1, 0)
+
+
+def torchrun_place(monkeypatch, rank):
+    """The environment torchrun gives process `rank` of two on one machine."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_an_error_every_process_meets_is_printed_once_not_once_per_process(monkeypatch, tmp_path):
+    torchrun_place(monkeypatch, 1)
+    other = runner.invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert other.exit_code == 2 and other.output == ""  # rank 0 says it; `error: rank 1: ...` repeated it
+    torchrun_place(monkeypatch, 0)
+    first = runner.invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert first.exit_code == 2 and "missing: no such dataset folder" in first.output
+
+
+def test_an_error_of_one_process_alone_is_printed_by_it(monkeypatch, tmp_path):
+    make_paired(tmp_path / "ds", count=2, size=32)
+    torchrun_place(monkeypatch, 1)
+    monkeypatch.setenv("RANK", "5")  # its own broken placement: no other process says it
+    result = runner.invoke(app, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--crop", "32", "--device", "cpu"])
+    assert result.exit_code == 2 and "error: rank 5: RANK 5 / WORLD_SIZE 2" in result.output
