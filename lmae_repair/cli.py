@@ -124,26 +124,23 @@ def speaks_for_machine() -> bool:
         return True
 
 
-def guarded(function, interrupted="interrupted"):
+def guarded(function, interrupted="interrupted", several_processes: bool = False):
     """Run a command body; errors become a one-line message and exit code 2 (a traceback only
-    with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message (a function
-    returning it where it tells how far the run got)."""
+    with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message (or a
+    function returning it, called only then, where it tells how far the run got). Only a body
+    that shares its work among torchrun's processes says so (`several_processes`)."""
     watch_interrupts()
-    if callable(interrupted):
-        return _guarded(function, interrupted)
-    return _guarded(function, lambda: interrupted)
-
-
-def _guarded(function, interrupted):
-    """`guarded` with its message as a function, called only once the run is interrupted."""
+    message = interrupted if callable(interrupted) else (lambda: interrupted)
     try:
         check_environment()
+        if not several_processes:
+            refuse_torchrun(function.__qualname__.split(".")[0])  # "complete.<locals>.run": the command
         return function()
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         if speaks_for_machine():
-            err_console.print(interrupted())
+            err_console.print(message())
         raise typer.Exit(interrupt_exit_code())
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
@@ -153,7 +150,7 @@ def _guarded(function, interrupted):
         if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
             INTERRUPTED.update(on=True, signal=ended_by)
             if speaks_for_machine():
-                err_console.print(interrupted())
+                err_console.print(message())
             raise typer.Exit(interrupt_exit_code())
         if DEBUG["on"]:
             raise
@@ -162,6 +159,16 @@ def _guarded(function, interrupted):
         if isinstance(exc, OSError) and exc.filename:
             fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         fail(unexpected("lmae-repair", exc))
+
+
+def refuse_torchrun(name: str) -> None:
+    """Refuse a command other than train started by torchrun: each process ran the whole command,
+    and `complete` under two processes failed in one of them as 'another lmae-repair run is
+    writing here' (or, a moment apart, did the dataset twice)."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size != "1":
+        raise LmaeError(f"{name} runs as one process, but torchrun started it {world_size} times (WORLD_SIZE {world_size}): "
+                        f"start lmae-repair {name} without torchrun (only train shares its work among torchrun's processes)")
 
 
 def check_environment() -> None:
@@ -307,7 +314,8 @@ def train(
             console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
         return 1 if training_data.skipped else 0
 
-    exit_with(guarded(run, "interrupted: every finished epoch is saved; the same command with --resume continues from the last one"))
+    exit_with(guarded(run, "interrupted: every finished epoch is saved; the same command with --resume continues from the last one",
+                      several_processes=True))
 
 
 @command()

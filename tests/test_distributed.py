@@ -112,3 +112,17 @@ def test_an_error_of_one_process_alone_is_printed_by_it(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "5")  # its own broken placement: no other process says it
     result = runner.invoke(app, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--crop", "32", "--device", "cpu"])
     assert result.exit_code == 2 and "error: rank 5: RANK 5 / WORLD_SIZE 2" in result.output
+
+
+@pytest.mark.parametrize("command", [["complete"], ["audit"], ["inspect", "camvid"]])
+def test_a_command_other_than_train_under_torchrun_is_refused_once(monkeypatch, tmp_path, command):
+    data = make_paired(tmp_path / "ds", count=2, size=32)
+    out = tmp_path / "fixed"
+    extra = [str(data), "--out", str(out)] if command[0] == "complete" else [str(data)] if command[0] == "audit" else []
+    torchrun_place(monkeypatch, 0)
+    result = runner.invoke(app, command + extra)
+    assert result.exit_code == 2, result.output
+    assert f"{command[0]} runs as one process, but torchrun started it 2 times" in result.output
+    assert not out.exists()  # each process had completed the dataset, or failed on the other's lock
+    torchrun_place(monkeypatch, 1)
+    assert runner.invoke(app, command + extra).output == ""  # said once, by rank 0
