@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from lmae_repair.errors import RankError
+from lmae_repair.errors import LmaeError, RankError, stop_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,28 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     try:
         yield
+    except Exception as exc:
+        if lost_contact(exc):
+            stop_if_interrupted(exc)  # a Ctrl-C reaches every process: said as an interruption
+            raise LmaeError(LOST_CONTACT) from exc
+        raise
     finally:
         dist.destroy_process_group()
+
+
+LOST_CONTACT = ("lost contact with another training process (it stopped or failed: its own message or torchrun's "
+                "summary says why); every finished epoch is saved; the same command with --resume continues from the last one")
+
+
+def lost_contact(exc: BaseException) -> bool:
+    """Whether `exc` is a collective step that failed because another process is gone: when one
+    process was killed, the first had said 'unexpected RuntimeError: [.../gloo/transport/tcp/pair.cc:553]
+    Connection closed by peer [127.0.0.1]:16621. This is typically caused by a remote w', cut off
+    mid-word, and nothing of the run kept or of --resume."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    return any(words in text for words in ("Connection closed by peer", "Connection reset by peer", "remote worker crashing"))
 
 
 def _collective_device() -> torch.device:

@@ -126,3 +126,18 @@ def test_a_command_other_than_train_under_torchrun_is_refused_once(monkeypatch, 
     assert not out.exists()  # each process had completed the dataset, or failed on the other's lock
     torchrun_place(monkeypatch, 1)
     assert runner.invoke(app, command + extra).output == ""  # said once, by rank 0
+
+
+def test_a_process_that_loses_the_others_says_so_and_how_to_go_on(monkeypatch):
+    from lmae_repair import distributed
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)
+    gone = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                        "peer [127.0.0.1]:16621. This is typically caused by a remote worker crashing.")
+    with pytest.raises(LmaeError, match="lost contact with another training process .* --resume continues"):
+        with distributed.process_group(Ranks(0, 2, 0), torch.device("cpu")):
+            raise gone
+    with pytest.raises(RuntimeError, match="out of memory"):  # any other failure is its own
+        with distributed.process_group(Ranks(0, 2, 0), torch.device("cpu")):
+            raise RuntimeError("CUDA out of memory")
