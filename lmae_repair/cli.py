@@ -242,8 +242,9 @@ def train(
         from lmae_repair.distributed import ranks_from_environment
         from lmae_repair.train import STATE_FILE, TrainOptions, check_option_values, load_training_data, ratio_folder, train as run_training
 
-        if not ranks_from_environment().is_main:
-            console.quiet = True  # under torchrun only rank 0 prints; errors still reach stderr
+        # under torchrun only rank 0 prints (errors still reach stderr); set either way, so that a
+        # later command in the same process (a test's, a notebook's) prints again
+        console.quiet = not ranks_from_environment().is_main
         if branch_reads_labels and branch_reads_image_only:
             fail("--branch-reads-labels and --branch-reads-image-only contradict each other; give one")
         options = TrainOptions(
