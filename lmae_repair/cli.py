@@ -704,22 +704,35 @@ def evaluate(
         if json_file is not None:  # before printing: a reader that goes away (`| head`) ends the printing
             text = json.dumps(result, indent=2)
             write_named_file(json_file, lambda f: f.write(text.encode()))
-        print_evaluation(result)
-        if result["pairs"] and not result["erased_pixels"]:
-            hint = ("no object is small enough, or the draw took none: raise --max-object-share or try another --seed"
-                    if strategy == "objects" else
-                    f"raise --mask-ratio, or lower --patch-size: only whole patches are erased, none where {patch_size} pixels "
-                    "is more than an image's side")
-            console.print(f"note: the damage erased no annotated pixel, so there is nothing to score ({hint})", highlight=False)
+        nothing_erased = bool(result["pairs"]) and not result["erased_pixels"]
+        if nothing_erased:  # a table of dashes would read as a result
+            console.print(f"nothing scored: the damage erased no annotated pixel in {counted(result['pairs'], 'pair')} "
+                          f"({nothing_erased_reason(result)})", highlight=False)
+        else:
+            print_evaluation(result)
         if strategy != "objects" and mask_ratio >= 1.0:
             console.print("note: at --mask-ratio 1 every patch is erased, so every label is all void: with nothing annotated to "
                           "complete from, complete leaves such labels as they are", highlight=False)
         if json_file is not None:
             console.print(f"figures written to {json_file}")
-        return 1 if failures else 0
+        return 1 if failures or nothing_erased else 0
 
     with stdout_kept_for(json_file):
         exit_with(guarded(run))
+
+
+def nothing_erased_reason(result: dict) -> str:
+    """Why an `evaluate` damage erased nothing, and what to change: for objects, whether the pairs
+    held no object under the size limit at all or the random draw took none of those they held."""
+    if result["strategy"] != "objects":
+        return (f"raise --mask-ratio, or lower --patch-size: only whole patches are erased, none where {result['patch_size']} "
+                "pixels is more than an image's side")
+    limit = f"{result['max_object_share'] * 100:g}%"
+    if not result["objects"]:
+        return (f"none holds an object (a connected region of one class, not background) of at most {limit} of its image: "
+                "raise --max-object-share, or evaluate more pairs")
+    return (f"{counted(result['objects'], 'object')} of at most {limit} of the image, and the draw at --mask-ratio "
+            f"{result['mask_ratio']} took none: raise --mask-ratio or try another --seed")
 
 
 def print_evaluation(result: dict) -> None:

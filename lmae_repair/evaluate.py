@@ -47,7 +47,7 @@ from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError, pair_error
 from lmae_repair.labelspace import LabelSpace
 from lmae_repair.dataset import label_tensor
-from lmae_repair.masking import TRAINING_STRATEGIES, erase_objects, mask_count, patch_background_ratio
+from lmae_repair.masking import TRAINING_STRATEGIES, erase_objects, mask_count, patch_background_ratio, small_objects
 from lmae_repair.metrics import ConfusionMatrix
 from lmae_repair.neighbourhood import neighbourhood_hint
 from lmae_repair.repair import Prepared, merge, route_and_prepare
@@ -198,6 +198,7 @@ class Case:
     damaged: np.ndarray
     erased: np.ndarray
     versions: dict = field(default_factory=dict)  # "damaged" / "intact" -> Loaded
+    objects: int = 0  # objects damage: the label's objects small enough to be erased
 
 
 def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: LabelSpace) -> Case:
@@ -207,6 +208,8 @@ def load_case(index: int, pair, checkpoints, options: EvaluateOptions, space: La
     rng = np.random.default_rng([options.seed, index])
     damaged, erased = degrade(truth, space, options, rng)
     case = Case(index, image, truth, damaged, erased)
+    if options.strategy == "objects":
+        case.objects = len(small_objects(truth, space, options.max_object_share * truth.size))
     for name, values in (("damaged", damaged), ("intact", truth)):
         loaded = Loaded(pair, new_entry(pair), replace(label_file, values=values))
         _, loaded.choice, loaded.prepared = route_and_prepare(image, values, checkpoints, options.threshold, rescale=not options.native_scale,
@@ -240,14 +243,15 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         min_confidence=options.min_confidence, precision=options.precision,
     ))
     pairs = index.pairs[: options.max_pairs or None]
-    used = erased_pixels = 0
+    used = erased_pixels = objects = 0
     batch: list[Case] = []
 
     def score(cases: list[Case]) -> None:
-        nonlocal used, erased_pixels
+        nonlocal used, erased_pixels, objects
         scored = score_cases(cases, completer, checkpoints, scores, on_pair, on_error)
         used += len(scored)
         erased_pixels += sum(int(case.erased.sum()) for case in scored)
+        objects += sum(case.objects for case in scored)
 
     with torch.inference_mode():
         for position, pair in enumerate(pairs):
@@ -278,6 +282,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "min_confidence": options.min_confidence,
         "pairs": used,
         "erased_pixels": erased_pixels,
+        "objects": objects if options.strategy == "objects" else None,  # small enough to be erased
         "methods": {name: scores[name].summary(space) for name in methods},
     }
 

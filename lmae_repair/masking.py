@@ -109,16 +109,22 @@ def strategy_mask(
     return top_patches(scores, count, generator)
 
 
-def erase_objects(label: np.ndarray, space: LabelSpace, share: float, max_area: float, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) bool: `share` of the label's objects, the count rounded at random. An object is a
-    connected (8-neighbour) region of one class, not background or void, of at most `max_area`
-    pixels."""
+def small_objects(label: np.ndarray, space: LabelSpace, max_area: float) -> list[tuple[np.ndarray, int]]:
+    """The label's objects as (region map, index) pairs: connected (8-neighbour) regions of one
+    class, not background or void, of at most `max_area` pixels. Apart from `erase_objects` so
+    that `evaluate` can say, when it erased nothing, whether there was nothing to erase."""
     objects = []
     for value in np.unique(label):
         if value >= space.num_classes or value == space.background_id:
             continue
         count, regions, stats, _ = cv2.connectedComponentsWithStats((label == value).astype(np.uint8), connectivity=8)
         objects += [(regions, i) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] <= max_area]
+    return objects
+
+
+def erase_objects(label: np.ndarray, space: LabelSpace, share: float, max_area: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) bool: `share` of the label's objects (`small_objects`), the count rounded at random."""
+    objects = small_objects(label, space, max_area)
     wanted = len(objects) * share
     take = int(wanted) + int(rng.random() < wanted - int(wanted))
     erased = np.zeros(label.shape, bool)

@@ -130,7 +130,7 @@ def test_objects_protocol_on_voc_data(tmp_path, family):
     assert everything.exit_code == 0 and "every label is all void" in everything.output
     none_small = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects",
                                      "--max-object-share", "0"])
-    assert none_small.exit_code == 0 and "raise --max-object-share" in none_small.output
+    assert none_small.exit_code == 1 and "raise --max-object-share" in none_small.output
 
 
 def test_bad_options_and_missing_extra_give_one_line_errors(tmp_path, family, monkeypatch):
@@ -175,3 +175,23 @@ def test_a_patch_larger_than_the_images_erases_nothing_and_the_note_says_to_lowe
     result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--patch-size", "128"])
     told = " ".join(result.output.split())
     assert "erased no annotated pixel" in told and "lower --patch-size" in told, told
+
+
+def test_a_damage_that_erases_nothing_says_why_in_one_line_in_place_of_a_table_of_dashes(tmp_path, family):
+    """concrete-voc val --strategy objects --max-pairs 5 erased nothing and printed tables of '-'
+    under a '0 erased pixels' title, exit code 0, as if it were a result."""
+    root = make_voc(tmp_path / "voc", count=3, size=64)
+    report = tmp_path / "o.json"
+    none_small = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects",
+                                     "--max-object-share", "0", "--json", str(report)])
+    told = " ".join(none_small.output.split())
+    assert none_small.exit_code == 1, told
+    assert "nothing scored: the damage erased no annotated pixel in 3 pairs (none holds an object" in told, told
+    assert "PA-mIoU" not in told and "IoU per class" not in told
+    figures = json.loads(report.read_text())
+    assert figures["erased_pixels"] == 0 and figures["objects"] == 0 and figures["methods"]["lmae-repair"]["pa_miou"] is None
+    drawn_none = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--strategy", "objects",
+                                     "--max-object-share", "0.5", "--mask-ratio", "0.001"])
+    told = " ".join(drawn_none.output.split())
+    assert drawn_none.exit_code == 1 and "and the draw at --mask-ratio 0.001 took none" in told, told
+    assert "PA-mIoU" not in told
