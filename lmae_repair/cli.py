@@ -674,7 +674,7 @@ def evaluate(
         import json
 
         from lmae_repair.data import write_named_file
-        from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset
+        from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset, rerun_command
         from lmae_repair.families import resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
@@ -701,6 +701,8 @@ def evaluate(
         with PairProgress("evaluating", total) as advance:
             result = evaluate_dataset(index, checkpoints, options, advance, on_error)
         result["failed"] = failures
+        result.update(split=split, images=images and str(images.absolute()), labels=labels and str(labels.absolute()))
+        result["command"] = rerun_command(result)
         if json_file is not None:  # before printing: a reader that goes away (`| head`) ends the printing
             text = json.dumps(result, indent=2)
             write_named_file(json_file, lambda f: f.write(text.encode()))

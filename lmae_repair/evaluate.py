@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmae_repair import __version__
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
 from lmae_repair.data import DatasetIndex, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
@@ -280,6 +281,13 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "missing_value": space.missing_id if options.strategy == "objects" else space.void_id,
         "seed": options.seed,
         "min_confidence": options.min_confidence,
+        "threshold": options.threshold,
+        "max_pairs": options.max_pairs,
+        "baselines": options.baselines,
+        "device": options.device,
+        "precision": options.precision,  # as it ran (auto resolved): bf16 and int8 move the figures a little
+        "native_scale": options.native_scale,
+        "version": __version__,
         "pairs": used,
         "erased_pixels": erased_pixels,
         "objects": objects if options.strategy == "objects" else None,  # small enough to be erased
@@ -329,3 +337,27 @@ def baseline_output(method: str, item: Loaded, image: np.ndarray, checkpoints) -
     if method == "nearest":
         return nearest_baseline(item.prepared, info)
     return random_walker_baseline(item.prepared, image, info)
+
+
+def rerun_command(result: dict) -> str:
+    """The `lmae-repair evaluate` command line that measures `result` again (the `command` of
+    `--json`): every setting that moves a figure, so that a paper's table can be re-run from it.
+    `--batch-size` is left out: it changes the speed, not the figures."""
+    import shlex
+
+    source = ["--images", result["images"], "--labels", result["labels"]] if result.get("images") else [str(Path(result["data"]).absolute())]
+    if result.get("split"):
+        source += ["--split", result["split"]]
+    words = ["lmae-repair", "evaluate", *source]
+    for model in result["models"]:
+        words += ["--models", model]
+    words += ["--strategy", result["strategy"], "--mask-ratio", f"{result['mask_ratio']:g}", "--seed", str(result["seed"]),
+              "--patch-size", str(result["patch_size"])]
+    if result["max_object_share"] is not None:
+        words += ["--max-object-share", f"{result['max_object_share']:g}"]
+    words += ["--max-pairs", str(result["max_pairs"]), "--threshold", f"{result['threshold']:g}",
+              "--min-confidence", f"{result['min_confidence']:g}", "--baselines", result["baselines"],
+              "--device", result["device"], "--precision", result["precision"]]
+    if result["native_scale"]:
+        words.append("--native-scale")
+    return shlex.join(str(word) for word in words)

@@ -195,3 +195,25 @@ def test_a_damage_that_erases_nothing_says_why_in_one_line_in_place_of_a_table_o
     told = " ".join(drawn_none.output.split())
     assert drawn_none.exit_code == 1 and "and the draw at --mask-ratio 0.001 took none" in told, told
     assert "PA-mIoU" not in told
+
+
+def test_the_json_holds_every_setting_and_a_command_that_measures_the_same_figures_again(tmp_path, family):
+    """--json lacked the split, --max-pairs, --threshold, the arithmetic and the version: a paper
+    table's figures could not be re-run from it (concrete-voc --split val read as the whole set)."""
+    import shlex
+
+    root = make_voc(tmp_path / "voc", count=5, size=64)
+    first = tmp_path / "a.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--split", "val", "--max-pairs", "1", "-m", "0.25",
+                                 "--seed", "2", "--threshold", "0.4", "--device", "cpu", "--json", str(first)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(first.read_text())
+    assert figures["split"] == "val" and figures["max_pairs"] == 1 and figures["threshold"] == 0.4 and figures["pairs"] == 1
+    assert figures["precision"] in ("bf16", "fp32", "int8") and figures["native_scale"] is False and figures["version"]
+    words = shlex.split(figures["command"])
+    assert words[:2] == ["lmae-repair", "evaluate"] and "--split" in words and "--threshold" in words
+    again = runner.invoke(app, [*words[1:], "--json", str(tmp_path / "b.json")])
+    assert again.exit_code == 0, again.output
+    repeated = json.loads((tmp_path / "b.json").read_text())
+    strip = lambda methods: {name: {**m, "seconds": 0} for name, m in methods.items()}  # noqa: E731
+    assert strip(repeated["methods"]) == strip(figures["methods"]) and repeated["command"] == figures["command"]
