@@ -753,6 +753,9 @@ def print_evaluation(result: dict) -> None:
         intact = figures["intact_changed"]
         table.add_row(name, *map(cell, values), "-" if intact is None else f"{intact:.2%}", f"{figures['seconds']:.1f}")
     console.print(table)
+    if result["routed"]:  # none where every pair failed
+        served = ", ".join(f"{name}: {counted(count, 'pair')}" for name, count in result["routed"].items())
+        console.print(f"damaged labels repaired with {served}", highlight=False)
     console.print("restored: share of erased pixels given back their true class; precision: share of changed pixels now right; "
                   "intact changed: share of the pixels of the undamaged labels that the repair changed (where missing annotation is void, "
                   "as in CamVid, that is the labels' own void, which every method fills)", style="dim")

@@ -245,6 +245,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
     ))
     pairs = index.pairs[: options.max_pairs or None]
     used = erased_pixels = objects = 0
+    routed: dict[str, int] = {}
     batch: list[Case] = []
 
     def score(cases: list[Case]) -> None:
@@ -253,6 +254,9 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         used += len(scored)
         erased_pixels += sum(int(case.erased.sum()) for case in scored)
         objects += sum(case.objects for case in scored)
+        for case in scored:
+            served = checkpoint_served(checkpoints, case.versions["damaged"].choice)
+            routed[served] = routed.get(served, 0) + 1
 
     with torch.inference_mode():
         for position, pair in enumerate(pairs):
@@ -291,8 +295,19 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "pairs": used,
         "erased_pixels": erased_pixels,
         "objects": objects if options.strategy == "objects" else None,  # small enough to be erased
+        "routed": dict(sorted(routed.items())),  # damaged pairs per checkpoint: what the model's figures measure
         "methods": {name: scores[name].summary(space) for name in methods},
     }
+
+
+def checkpoint_served(checkpoints, choice: int | None) -> str:
+    """'objects.safetensors (mask ratio 0.25, objects gaps)': the checkpoint that routing gave a
+    damaged label, as the figures' reader needs it: the same family scores very differently where
+    a light damage sends its labels to another checkpoint. None: 'none (left as it is)'."""
+    if choice is None:
+        return "none (left as it is)"
+    path, info = checkpoints[choice]
+    return f"{Path(path).name} (mask ratio {info.mask_ratio:g}, {info.gap_kind} gaps)"
 
 
 def score_cases(cases: list[Case], completer: Completer, checkpoints, scores: dict[str, Scores], on_pair=None,

@@ -217,3 +217,18 @@ def test_the_json_holds_every_setting_and_a_command_that_measures_the_same_figur
     repeated = json.loads((tmp_path / "b.json").read_text())
     strip = lambda methods: {name: {**m, "seconds": 0} for name, m in methods.items()}  # noqa: E731
     assert strip(repeated["methods"]) == strip(figures["methods"]) and repeated["command"] == figures["command"]
+
+
+def test_the_figures_say_which_checkpoint_repaired_the_damaged_labels(tmp_path, family):
+    """CamVid val at --mask-ratio 0.01: every damaged label went to the objects checkpoint (the
+    labels' own void follows edges), restored 0.61 against 0.97 at 0.25, and nothing said so."""
+    root = make_paired(tmp_path / "ds", count=3, size=64, seed=5)
+    report = tmp_path / "r.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    routed = json.loads(report.read_text())["routed"]
+    assert sum(routed.values()) == 3, routed
+    names = {path.name for path in family.rglob("*.safetensors")}
+    assert all(served.split(" (mask ratio ")[0] in names for served in routed), routed
+    served, count = next(iter(routed.items()))
+    assert f"damaged labels repaired with {served}: {count} pair" in " ".join(result.output.split())
