@@ -49,6 +49,18 @@ def write_pair(image_path: Path, label_path: Path, image: np.ndarray, label: np.
     label_img.save(label_path)
 
 
+def add_files_left_unpaired(root: Path) -> None:
+    """Beside a paired dataset's pairs, files discovery cannot pair but whose image it knows: a
+    JPEG label (jl.jpg for jl.png), two labels of one name (d.png, d.tif) and two labels naming
+    one image (c.png, c_mask.png)."""
+    image, label = make_scene(np.random.default_rng(2))
+    write_pair(root / "images" / "jl.png", root / "labels" / "jl.jpg", image, label)
+    write_pair(root / "images" / "d.png", root / "labels" / "d.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "d.tif")
+    write_pair(root / "images" / "c.png", root / "labels" / "c.png", image, label)
+    Image.fromarray(label).save(root / "labels" / "c_mask.png")
+
+
 def make_paired(root: Path, count: int = 6, size: int = 64, seed: int = 0, images="images", labels="labels") -> Path:
     rng = np.random.default_rng(seed)
     for i in range(count):

@@ -572,15 +572,10 @@ def test_rows_of_files_left_unpaired_name_their_image_where_one_is_known(tmp_pat
     """A JPEG label, two labels of one name, two labels naming one image and a VOC split entry
     whose label is missing: each has an image, and its row names it (null only where none is
     known), as a pair's row does."""
-    from conftest import make_voc
+    from conftest import add_files_left_unpaired, make_voc
 
     root = make_paired(tmp_path / "ds", count=3, seed=1)
-    image, label = make_scene(np.random.default_rng(2))
-    write_pair(root / "images" / "jl.png", root / "labels" / "jl.jpg", image, label)
-    write_pair(root / "images" / "d.png", root / "labels" / "d.png", image, label)
-    Image.fromarray(label).save(root / "labels" / "d.tif")
-    write_pair(root / "images" / "c.png", root / "labels" / "c.png", image, label)
-    Image.fromarray(label).save(root / "labels" / "c_mask.png")
+    add_files_left_unpaired(root)
     result = runner.invoke(app, ["audit", str(root), "--device", "cpu", "--json", str(tmp_path / "a.json")])
     assert result.exit_code == 1, result.output
     rows = {row["label"]: row for row in json.loads((tmp_path / "a.json").read_text())}

@@ -1230,15 +1230,10 @@ def test_the_note_on_voc_folders_not_copied_does_not_claim_images_that_labels_on
 def test_report_entries_of_unpaired_files_name_their_image_where_one_is_known(tmp_path, family):
     """lmae-report.json gave `"image": null` for a JPEG label, two labels of one name and two
     labels naming one image, though discovery knew the image (as audit's rows now name it)."""
-    from conftest import make_scene, write_pair
+    from conftest import add_files_left_unpaired
 
     root = make_paired(tmp_path / "ds", count=2, seed=1)
-    image, label = make_scene(np.random.default_rng(2))
-    write_pair(root / "images" / "jl.png", root / "labels" / "jl.jpg", image, label)
-    write_pair(root / "images" / "d.png", root / "labels" / "d.png", image, label)
-    Image.fromarray(label).save(root / "labels" / "d.tif")
-    write_pair(root / "images" / "c.png", root / "labels" / "c.png", image, label)
-    Image.fromarray(label).save(root / "labels" / "c_mask.png")
+    add_files_left_unpaired(root)
     (root / "labels" / "orphan.png").write_bytes((root / "labels" / "c_mask.png").read_bytes())  # no image at all
     result = complete(root, tmp_path / "out", family)
     assert result.exit_code == 1, result.output
