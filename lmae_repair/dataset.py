@@ -217,6 +217,12 @@ class SeededSampler(Sampler):
     def __len__(self) -> int:
         return math.ceil(self.size / self.world_size)
 
+    @property
+    def repeated(self) -> int:
+        """How many pairs the padding reads twice an epoch, summed over the processes: 1 for 7
+        pairs on 2 processes (shares of 4 and 4), 0 whenever the pairs divide by the processes."""
+        return len(self) * self.world_size - self.size
+
     def __iter__(self):
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)  # any --seed
         order = torch.randperm(self.size, generator=generator).tolist()

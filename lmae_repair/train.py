@@ -337,7 +337,7 @@ def train_one_ratio(
             record = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 5),
-                "images": images,
+                **epoch_images(images, loader.sampler),
                 "images_per_s": round(images / (time.perf_counter() - started), 2),
                 "lr": optimizer.param_groups[0]["lr"],
             }
@@ -367,6 +367,17 @@ def train_one_ratio(
 def duration(seconds: float) -> str:
     """A time as a person reads it: seconds under a minute, else minutes."""
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def epoch_images(images: int, sampler: SeededSampler) -> dict:
+    """history's count of an epoch's pairs: the distinct ones. Under torchrun the shares are
+    padded to one length by reading a few pairs twice (`SeededSampler`), so the crops trained on
+    (`images`, which the loss and the speed count) can exceed the pairs; 7 pairs on 2 processes
+    said "images": 8. Those repeats are then given as "repeated"."""
+    figures = {"images": images - sampler.repeated}
+    if sampler.repeated:
+        figures["repeated"] = sampler.repeated
+    return figures
 
 
 def seed_epoch(epoch: int, seed: int, rank: int, sampler: SeededSampler, mask_generator: torch.Generator) -> None:

@@ -141,3 +141,22 @@ def test_a_process_that_loses_the_others_says_so_and_how_to_go_on(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):  # any other failure is its own
         with distributed.process_group(Ranks(0, 2, 0), torch.device("cpu")):
             raise RuntimeError("CUDA out of memory")
+
+
+def test_history_counts_distinct_pairs_when_the_shares_are_padded(tmp_path):
+    """7 pairs on 2 processes: each share is padded to 4, so 8 crops are trained on an epoch;
+    history said "images": 8 where there are 7 pairs, one read twice."""
+    from lmae_repair.train import epoch_images
+
+    pairs = discover(make_paired(tmp_path / "ds", count=7, size=64)).pairs
+    options = TrainOptions(out=tmp_path / "run", mask_ratios=[0.5], crop=64, batch_size=2, workers=0)
+    shards = []
+    for rank in (0, 1):
+        loader = make_loader(pairs, LabelSpace(4), options, torch.device("cpu"), Ranks(rank, 2, rank))
+        loader.sampler.set_epoch(1)
+        shards.append([index for index, _ in loader.sampler])
+    trained = len(shards[0]) + len(shards[1])
+    assert trained == 8 and len(set(shards[0] + shards[1])) == 7
+    assert epoch_images(trained, loader.sampler) == {"images": 7, "repeated": 1}
+    alone = make_loader(pairs, LabelSpace(4), options, torch.device("cpu"))
+    assert epoch_images(len(alone.sampler), alone.sampler) == {"images": 7}
