@@ -129,6 +129,51 @@ def make_output_folder(out: Path) -> None:
         raise LmaeError(f"{out}: cannot write the output here ({reason})") from None
 
 
+def output_folds_case(out: Path) -> bool:
+    """Whether OUT's file system takes two names differing only in letter case for one file
+    (exFAT, an SMB share, a macOS volume), judged once by a probe file: there, a dataset from
+    Linux holding labels/Mix.png and labels/mix.png had its second output replace the first,
+    while the report counted both as repaired (`case_collisions`)."""
+    probe = out / f".lmae-case-test-{os.getpid()}.tmp"  # a leftover is a temporary: `remove_temporaries`
+    try:
+        probe.touch()
+        try:
+            return (out / probe.name.upper()).exists()
+        finally:
+            probe.unlink()
+    except OSError:
+        return False  # not known: written as on any file system, as before
+
+
+def case_collisions(index: DatasetIndex, pairs: list[Pair], out: Path, labels_only: bool) -> dict[str, str]:
+    """The error of each pair whose output (label, or mirrored image) differs only in letter case
+    from that of an earlier pair in `pairs`, by key, for an OUT that folds case: written, it would
+    replace the earlier pair's output. The earlier pair is written; the later one fails."""
+    owners: dict[str, tuple[Pair, Path]] = {}
+    errors: dict[str, str] = {}
+    for pair in pairs:
+        targets = [output_label_path(out, pair.key, index)]
+        if not labels_only:
+            targets.append(mirrored_image_path(pair, index, out))
+        clash = next(((owners[t.as_posix().casefold()], t) for t in targets if t.as_posix().casefold() in owners), None)
+        if clash is not None:
+            (earlier, earlier_target), target = clash
+            errors[pair.key] = (f"{pair.label}: not written: its output {target.name} would replace {earlier_target.name}, that of "
+                                f"{earlier.label}, as {out}'s file system does not tell letter case apart; rename one of them")
+            continue
+        owners.update({t.as_posix().casefold(): (pair, t) for t in targets})
+    return errors
+
+
+def case_refusals(index: DatasetIndex, options: CompleteOptions) -> dict[str, dict]:
+    """The failed entries, by key, of the pairs `case_collisions` keeps from being written
+    (none where OUT tells case apart, or in a dry run, which writes no probe)."""
+    if options.dry_run or not output_folds_case(options.out):
+        return {}
+    clashes = case_collisions(index, index.pairs, options.out, options.labels_only)
+    return {pair.key: {**new_entry(pair), "error": clashes[pair.key]} for pair in index.pairs if pair.key in clashes}
+
+
 def explicit_folder_names(index: DatasetIndex) -> tuple[str, str]:
     """With --images and --labels, OUT gets one folder for each, named like them (`images` and
     `labels` where both have the same name), so that OUT is a paired dataset of its own."""
@@ -732,19 +777,22 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         done = {pair.key: with_this_runs_paths(finished[pair.key], pair, index, options.out, checkpoints) for pair in index.pairs
                 if pair.key in finished and finished[pair.key].get("resume_key") == resume_key(pair, settings)
                 and not label_ids_missing(pair, index, options.out)}
+        refused = case_refusals(index, options)
+        for key in refused:
+            done.pop(key, None)  # an earlier run's (logged before this check): its output is the other pair's file
         if not options.dry_run and not options.labels_only:  # an earlier --labels-only run wrote no images
             for pair in [pair for pair in index.pairs if pair.key in done]:
                 try:
                     mirror_image(pair, index, options.out)
                 except (LmaeError, OSError):
                     del done[pair.key]  # redone, where the failure is reported like any other
-        todo = [pair for pair in index.pairs if pair.key not in done]
+        todo = [pair for pair in index.pairs if pair.key not in done and pair.key not in refused]
         unpaired = [problem_entry(problem, index.root) for problem in index.unmatched]
-        for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + unpaired:
+        for entry in [done[pair.key] for pair in index.pairs if pair.key in done] + list(refused.values()) + unpaired:
             if on_pair is not None:
                 on_pair(entry, worked=False)  # counted at once: no work, so not in pairs/s
         new = {e["label"]: e for e in run_pipeline(index, todo, checkpoints, options, on_pair, settings)}
-        entries = [done.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
+        entries = [done.get(pair.key) or refused.get(pair.key) or new[pair.key] for pair in index.pairs] + unpaired
         totals = report_totals(entries, time.perf_counter() - started, resumed=len(done))
         totals["unlabelled_images"] = len(index.unlabelled)
         # Labels an earlier run wrote for pairs this input no longer has (removed, renamed, or

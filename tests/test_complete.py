@@ -1321,3 +1321,29 @@ def test_html_report_outlines_changed_regions_so_a_black_fill_shows_over_the_dim
     bright[10:20, 20:35] = 2  # a colour that shows over the dimmed photo: not ringed
     _, pictures = written_report(tmp_path / "bright", [("sky", photo, original, bright, None)])
     assert not (pictures[3] == (255, 255, 255)).all(axis=2).any()
+
+
+def test_outputs_differing_only_in_case_are_not_written_over_each_other_where_out_folds_case(tmp_path, family, monkeypatch):
+    """labels/Mix.png and labels/mix.png (possible on Linux) into an OUT on exFAT, an SMB share or
+    a macOS volume: the second write replaced the first while the report counted both repaired.
+    No such file system here: the probe is made to say OUT folds case."""
+    from conftest import make_scene, write_pair
+    from lmae_repair import complete as complete_module
+
+    root = make_paired(tmp_path / "ds", count=2, size=48)
+    rng = np.random.default_rng(5)
+    for name in ("Mix", "mix"):
+        write_pair(root / "images" / f"{name}.jpg", root / "labels" / f"{name}.png", *make_scene(rng, 48, 48))
+    assert not complete_module.output_folds_case(tmp_path)  # Linux tells them apart: both written, as before
+
+    monkeypatch.setattr(complete_module, "output_folds_case", lambda out: True)
+    out = tmp_path / "out"
+    result = complete(root, out, family, "--workers", "0")
+    assert result.exit_code == 1, result.output
+    assert "mix.png: not written" in result.output and "that of" in result.output and "Mix.png" in result.output
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["Mix.png", "scene_000.png", "scene_001.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["Mix.jpg", "scene_000.png", "scene_001.png"]
+    report = json.loads((out / "lmae-report.json").read_text())
+    assert report["totals"]["failed"] == 1 and report["totals"]["pairs"] == 4
+    failed = [entry["label"] for entry in report["pairs"] if entry["error"]]
+    assert failed == ["labels/mix.png"]
