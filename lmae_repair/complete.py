@@ -119,7 +119,7 @@ def make_output_folder(out: Path) -> None:
     """Create OUT, or say in one line why it cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lmae-write-test-{os.getpid()}"
+        probe = out / f".lmae-write-test-{os.getpid()}.tmp"  # a leftover is a temporary: `remove_temporaries`
         probe.touch()
         probe.unlink()
     except OSError as exc:

@@ -601,8 +601,8 @@ class RunState:
 def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, device: torch.device, ranks: Ranks = Ranks()) -> DataLoader:
     """Shuffled batches of random crops; under torchrun each process reads its own 1/N of the
     pairs each epoch (`dataset.SeededSampler`), so an epoch still covers the data once. The last
-    batch may be smaller: dropped, 20 pairs in batches of 16 trained on 16 a epoch and 30 on 16,
-    though the run said '30 training pairs' and --epochs counts passes over them."""
+    batch may be smaller and is kept: dropping it, 20 pairs in batches of 16 trained on 16 an
+    epoch and 30 on 16, though the run said '30 training pairs' and --epochs counts passes over them."""
     dataset = CropDataset(pairs, space, options.crop, augment=True, photometric=options.photometric)
     default_workers = min(4, max((os.cpu_count() or 2) // (2 * ranks.world_size), 0))
     workers = options.workers if options.workers is not None else default_workers
