@@ -60,7 +60,7 @@ from lmae_repair.errors import pair_error
 from lmae_repair.labelspace import DEFAULT_VOID_ID, LabelSpace, build_label_space
 from lmae_repair.masking import missing_pixels
 from lmae_repair.repair import Prepared
-from lmae_repair.report import colour_table, pair_panels
+from lmae_repair.report import colour_table, outline_hidden, pair_panels
 
 REASON_FROM = 2.0  # deviations from which a statistic becomes a reason
 COMMON_CLASS = 0.9  # a class in at least this share of labels is expected in every label
@@ -423,6 +423,7 @@ def write_heatmap_legend(folder: Path, space: LabelSpace, colours: np.ndarray, r
 
     lines = ["Heatmap colours (the image is dimmed; coloured pixels are where the model sees what the label lacks):",
              "full colour: the class the model would fill in (suspect pixels)",
+             "white outline: around suspect pixels whose colour hardly shows over the dimmed image (a class drawn black)",
              "half strength: a class the model finds likely, far from any annotation of it (far look-alikes)"]
     names = list(enumerate(space.names))
     swatch, line = 14, 20
@@ -448,12 +449,15 @@ def write_heatmap_legend(folder: Path, space: LabelSpace, colours: np.ndarray, r
 def write_heatmap(folder: Path, item: Loaded, repaired: np.ndarray, colours: np.ndarray, far_map: np.ndarray | None = None) -> None:
     """The image dimmed, with the suspect pixels in the colour (`heatmap_colours`) of the class the
     model sees there, and the far look-alikes (`far_lookalikes`, where the model is less sure) in
-    that colour at half strength over the image."""
+    that colour at half strength over the image. Suspect pixels whose colour hardly shows over
+    the dimmed image (a class drawn black) are outlined in white, as on the HTML report."""
     image = read_image(item.pair.image)
     overlay = pair_panels(image, item.label.values, repaired, colours)[3]
+    suspect = repaired != item.label.values
     if far_map is not None:
-        far = (far_map != NOT_FAR) & (repaired == item.label.values)
+        far = (far_map != NOT_FAR) & ~suspect
         overlay[far] = (image[far] * 0.35 + colours[far_map[far]] * 0.5).clip(0, 255).astype(np.uint8)
+    overlay = outline_hidden(overlay, overlay, image, suspect)  # far look-alikes are never suspect: their colours stay
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="PNG")
     atomic_write(heatmap_path(folder, item.pair.key), lambda f: f.write(buffer.getvalue()))

@@ -193,15 +193,24 @@ def pair_panels(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, c
     return [image, colours[original], colours[repaired], overlay]
 
 
+def outline_hidden(picture: np.ndarray, overlay: np.ndarray, image: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """`picture` (`overlay`, a `pair_panels` changed-pixels picture, or a shrunk copy of it) with
+    the `changed` pixels whose colour hardly differs from the dimmed `image` beneath ringed
+    (`_outlined`, `HIDDEN_BELOW`): a class drawn black (CamVid's sky, labels without a palette)
+    showed nowhere. Shared by the HTML report and audit's heatmaps, which draw the same overlay."""
+    dimmed = (image * DIMMED).astype(np.int16)
+    hidden = changed & (np.abs(overlay.astype(np.int16) - dimmed).max(axis=2) < HIDDEN_BELOW)
+    return _outlined(picture, hidden)
+
+
 def pair_pictures(image: np.ndarray, original: np.ndarray, repaired: np.ndarray, colours: np.ndarray) -> list[str]:
     """`pair_panels` as data URIs of thumbnails, for the HTML report; the changed pixels stay
     visible on the last one however much it is shrunk, and whatever their colour: those that
-    would hardly differ from the dimmed photo beneath are ringed (`_outlined`)."""
+    would hardly differ from the dimmed photo beneath are ringed (`outline_hidden`)."""
     panels = pair_panels(image, original, repaired, colours)
     thumbnails = [_shrunk(panel) for panel in panels]
     changed = repaired != original
-    hidden = changed & (np.abs(panels[3].astype(np.int16) - (image * DIMMED).astype(np.int16)).max(axis=2) < HIDDEN_BELOW)
-    thumbnails[3] = _outlined(_keep_marked(thumbnails[3], panels[3], changed), hidden)
+    thumbnails[3] = outline_hidden(_keep_marked(thumbnails[3], panels[3], changed), panels[3], image, changed)
     return [_data_uri(thumbnail, photo=number == 0) for number, thumbnail in enumerate(thumbnails)]
 
 

@@ -616,3 +616,34 @@ def test_heatmaps_come_with_a_colour_key_and_use_its_colours_for_every_label(tmp
         heat = np.array(Image.open(path).convert("RGB"))
         seen |= {tuple(int(c) for c in rgb) for rgb in heat.reshape(-1, 3)}
     assert not seen & voc_only and seen & {tuple(custom[3 * c: 3 * c + 3]) for c in (1, 2, 3)}
+
+
+def test_a_heatmaps_suspect_pixels_drawn_black_are_outlined_so_they_show_over_the_dimmed_image(tmp_path):
+    """CamVid's labels carry no palette, so sky (class 0) is drawn black: suspect sky over the
+    dimmed photo was nearly invisible on its heatmap. As on the HTML report's changed-pixels
+    picture, such a region gets a one-pixel white ring; its pixels keep their class colour, and
+    suspect pixels in a colour that shows are not ringed."""
+    from lmae_repair.audit import heatmap_path, write_heatmap
+    from lmae_repair.complete import Loaded
+    from lmae_repair.data import LabelFile, Pair
+    from lmae_repair.report import default_palette
+
+    photo = tmp_path / "sky.png"
+    Image.fromarray(np.full((40, 60, 3), 40, np.uint8)).save(photo)
+    label = LabelFile(np.ones((40, 60), np.uint8), "L", None)
+    item = Loaded(Pair(photo, tmp_path / "sky_label.png", "labels/sky.png"), {}, label)
+    colours = default_palette()
+    repaired = label.values.copy()
+    repaired[10:20, 20:35] = 0  # suspect sky: black in VOC colours
+    write_heatmap(tmp_path / "maps", item, repaired, colours)
+    heat = np.array(Image.open(heatmap_path(tmp_path / "maps", "labels/sky.png")).convert("RGB"))
+    ring = np.zeros((40, 60), bool)
+    ring[9:21, 19:36] = True
+    ring[10:20, 20:35] = False
+    assert ((heat == (255, 255, 255)).all(axis=2) == ring).all()
+    assert (heat[10:20, 20:35] == (0, 0, 0)).all()  # the suspect pixels in their legend colour
+    assert (heat[~ring & ~np.pad(np.ones((10, 15), bool), ((10, 20), (20, 25)))] == 14).all()  # the rest: the photo dimmed
+    repaired[10:20, 20:35] = 2  # a colour that shows over the dimmed photo: not ringed
+    write_heatmap(tmp_path / "maps", item, repaired, colours)
+    heat = np.array(Image.open(heatmap_path(tmp_path / "maps", "labels/sky.png")).convert("RGB"))
+    assert not (heat == (255, 255, 255)).all(axis=2).any()
