@@ -859,17 +859,59 @@ def audit(
         exit_with(guarded(run, f"interrupted: {resumes}"))
 
 
+REASONS_MIN_WIDTH = 40  # a reasons column narrower than this folds a reason over 5 to 8 lines: they go beneath instead
+
+
 def print_audit(rows: list[dict], top: int) -> None:
+    """The `top` rows as a table; where the terminal leaves the reasons column under
+    REASONS_MIN_WIDTH (80 columns left it 24), the table goes without it and the reasons follow
+    it by rank, at the terminal's width (`reasons_by_rank`)."""
     flagged = sum(1 for row in rows if row["reasons"])
-    table = Table(title=f"labels most likely broken ({flagged} of {len(rows)} with a reason)")
-    longest_label = max((len(row["label"]) for row in rows[:top]), default=5)
-    for column, justify in (("#", "right"), ("score", "right"), ("label", "left"), ("suspect pixels", "right"), ("reasons", "left")):
-        # a label path is kept on one line where it fits in 48 characters; the reasons wrap instead
-        width = min(longest_label, 48) if column == "label" else None
-        table.add_column(column, justify=justify, overflow="fold", min_width=width, ratio=2 if column == "reasons" else None)
-    for rank, row in enumerate(rows[:top], 1):
-        table.add_row(str(rank), f"{row['score']:.2f}", row["label"], "-" if row["suspect_pixels"] is None else f"{row['suspect_pixels']:,}", "; ".join(row["reasons"]) or "-")
+    shown = rows[:top]
+    table = audit_table(f"labels most likely broken ({flagged} of {len(rows)} with a reason)", shown)
+    room = console.width - console.measure(table).maximum - 3  # the reasons column's border and padding
+    if room >= REASONS_MIN_WIDTH or not any(row["reasons"] for row in shown):
+        table.add_column("reasons", justify="left", overflow="fold", ratio=2)
+        for cells, row in zip(audit_cells(shown), shown):
+            table.add_row(*cells, "; ".join(row["reasons"]) or "-")
+        console.print(table)
+        return
+    for cells in audit_cells(shown):
+        table.add_row(*cells)
     console.print(table)
+    console.print(reasons_by_rank(shown))
+
+
+def audit_table(title: str, shown: list[dict]) -> Table:
+    """The top-K table's columns but the reasons; a label path is kept on one line where it fits in
+    48 characters (it is what a curator copies): the reasons wrap instead."""
+    table = Table(title=title)
+    longest_label = max((len(row["label"]) for row in shown), default=5)
+    for column, justify in (("#", "right"), ("score", "right"), ("label", "left"), ("suspect pixels", "right")):
+        width = min(longest_label, 48) if column == "label" else None
+        table.add_column(column, justify=justify, overflow="fold", min_width=width)
+    return table
+
+
+def audit_cells(shown: list[dict]) -> list[tuple[str, str, str, str]]:
+    """Rank, score, label and suspect pixels of each shown row, as the table prints them."""
+    return [(str(rank), f"{row['score']:.2f}", row["label"], "-" if row["suspect_pixels"] is None else f"{row['suspect_pixels']:,}")
+            for rank, row in enumerate(shown, 1)]
+
+
+def reasons_by_rank(shown: list[dict]) -> Table:
+    """The reasons of each shown row that has any, by its rank (#) in the table above, each reason
+    on its own lines at the terminal's width (a borderless grid: wrapped lines stay indented under
+    the reason, not under the rank)."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("#", "", "reasons")
+    for rank, row in enumerate(shown, 1):
+        for number, reason in enumerate(row["reasons"]):
+            grid.add_row(str(rank) if number == 0 else "", "-", reason)
+    return grid
 
 
 @command()

@@ -647,3 +647,49 @@ def test_a_heatmaps_suspect_pixels_drawn_black_are_outlined_so_they_show_over_th
     write_heatmap(tmp_path / "maps", item, repaired, colours)
     heat = np.array(Image.open(heatmap_path(tmp_path / "maps", "labels/sky.png")).convert("RGB"))
     assert not (heat == (255, 255, 255)).all(axis=2).any()
+
+
+def audit_table(rows: list[dict], width: int) -> str:
+    """The top-K table as `audit` prints it on a terminal `width` columns wide."""
+    from rich.console import Console
+
+    from lmae_repair import cli
+
+    saved = cli.console
+    cli.console = Console(width=width, soft_wrap=True, markup=False, emoji=False, force_terminal=False, color_system=None)
+    try:
+        with cli.console.capture() as captured:
+            cli.print_audit(rows, 4)
+    finally:
+        cli.console = saved
+    return captured.get()
+
+
+def test_at_80_columns_the_top_k_reasons_get_the_width_and_wide_terminals_keep_the_one_table():
+    """At 80 columns the reasons column was 24 wide: each reason folded over 5 to 8 lines. A
+    terminal too narrow for a readable reasons column now gets the table without it and the
+    reasons beneath, by rank, at the terminal's width; a wide one keeps the single table."""
+    from lmae_repair.audit import new_row
+
+    reasons = [["model sees whole objects the label lacks: 1.3% of it, in regions touching no annotation of their class "
+                "(dataset median 0.6%)", "model finds annotated classes likely far from any annotation of them, on 1.4% "
+                "as many pixels as the label annotates (dataset median 0.2%)"], [], ["background/void covers 40.0% (dataset median 2.0%)"]]
+    rows = []
+    for i, given in enumerate(reasons):
+        row = new_row(f"labels/0016E5_0{8111 + i}.png", None)
+        row.update(score=0.9 - i / 10, suspect_pixels=5423 - i, reasons=given)
+        rows.append(row)
+    narrow = audit_table(rows, 80)
+    lines = narrow.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    flat = "".join(narrow.split())
+    for row in rows:
+        assert row["label"] in narrow and f"{row['suspect_pixels']:,}" in narrow and f"{row['score']:.2f}" in narrow
+        for reason in row["reasons"]:
+            assert "".join(reason.split()) in flat  # every reason, whole
+    assert sum(1 for line in lines if "annotat" in line or "median" in line) <= 6  # 3 reasons, at most 2 lines each
+    assert narrow.index("labels/0016E5_08113.png") < narrow.index("background/void covers 40.0%")  # beneath the table
+    wide = audit_table(rows, 240)
+    header = next(line for line in wide.splitlines() if "label" in line and "score" in line)
+    assert "reasons" in header and "reasons" not in wide[wide.index("labels/0016E5_08113.png"):]  # none beneath the table
+    assert any("labels/0016E5_08113.png" in line and reasons[2][0] in line for line in wide.splitlines())  # in its row
