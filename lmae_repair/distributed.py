@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from lmae_repair.errors import LmaeError, RankError, stop_if_interrupted
+from lmae_repair.errors import RankError, stop_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
     except Exception as exc:
         if lost_contact(exc):
             stop_if_interrupted(exc)  # a Ctrl-C reaches every process: said as an interruption
-            raise LmaeError(LOST_CONTACT) from exc
+            # this process's own view (`RankError`): the one lost may be the first of the machine,
+            # which speaks for the others (`cli.speaks_for_machine`)
+            raise RankError(LOST_CONTACT) from exc
         raise
     finally:
         dist.destroy_process_group()

@@ -160,3 +160,21 @@ def test_history_counts_distinct_pairs_when_the_shares_are_padded(tmp_path):
     assert epoch_images(trained, loader.sampler) == {"images": 7, "repeated": 1}
     alone = make_loader(pairs, LabelSpace(4), options, torch.device("cpu"))
     assert epoch_images(len(alone.sampler), alone.sampler) == {"images": 7}
+
+
+def test_a_process_that_loses_the_first_process_of_its_machine_still_says_so(monkeypatch, tmp_path):
+    """Lost contact is what this process alone saw: where the one killed was LOCAL_RANK 0, which
+    speaks for the machine, the survivors printed nothing and only torchrun's summary was left."""
+    from lmae_repair import distributed, train
+
+    make_paired(tmp_path / "ds", count=2, size=32)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)
+
+    def peer_gone(*args, **kwargs):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16621.")
+
+    monkeypatch.setattr(train, "train_one_ratio", peer_gone)
+    torchrun_place(monkeypatch, 1)
+    result = runner.invoke(app, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--crop", "32", "--device", "cpu"])
+    assert result.exit_code == 2 and "error: rank 1: lost contact with another training process" in result.output, result.output
