@@ -366,12 +366,13 @@ def rerun_command(result: dict) -> str:
     words = ["lmae-repair", "evaluate", *source]
     for model in result["models"]:
         words += ["--models", model]
-    words += ["--strategy", result["strategy"], "--mask-ratio", f"{result['mask_ratio']:g}", "--seed", str(result["seed"]),
+    words += ["--strategy", result["strategy"], "--mask-ratio", repr(result["mask_ratio"]), "--seed", str(result["seed"]),
               "--patch-size", str(result["patch_size"])]
     if result["max_object_share"] is not None:
-        words += ["--max-object-share", f"{result['max_object_share']:g}"]
-    words += ["--max-pairs", str(result["max_pairs"]), "--threshold", f"{result['threshold']:g}",
-              "--min-confidence", f"{result['min_confidence']:g}", "--baselines", result["baselines"],
+        words += ["--max-object-share", repr(result["max_object_share"])]
+    # repr: every digit given (f"{x:g}" kept six, so -m 0.1234567 came back as 0.123457)
+    words += ["--max-pairs", str(result["max_pairs"]), "--threshold", repr(result["threshold"]),
+              "--min-confidence", repr(result["min_confidence"]), "--baselines", result["baselines"],
               "--device", result["device"], "--precision", result["precision"]]
     if result["native_scale"]:
         words.append("--native-scale")

@@ -232,3 +232,17 @@ def test_the_figures_say_which_checkpoint_repaired_the_damaged_labels(tmp_path, 
     assert all(served.split(" (mask ratio ")[0] in names for served in routed), routed
     served, count = next(iter(routed.items()))
     assert f"damaged labels repaired with {served}: {count} pair" in " ".join(result.output.split())
+
+
+def test_the_rerun_command_keeps_every_digit_of_the_settings_it_was_given(tmp_path, family):
+    """`command` wrote --mask-ratio 0.1234567 as 0.123457 (six significant digits): the line that
+    was to measure the same figures again ran another damage."""
+    import shlex
+
+    root = make_voc(tmp_path / "voc", count=2, size=64)
+    report = tmp_path / "o.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--max-pairs", "1", "-m", "0.1234567",
+                                 "--threshold", "0.3333333", "--device", "cpu", "--json", str(report)])
+    assert result.exit_code in (0, 1), result.output
+    words = shlex.split(json.loads(report.read_text())["command"])
+    assert words[words.index("--mask-ratio") + 1] == "0.1234567" and words[words.index("--threshold") + 1] == "0.3333333", words
