@@ -165,10 +165,14 @@ def refuse_torchrun(name: str) -> None:
     """Refuse a command other than train started by torchrun: each process ran the whole command,
     and `complete` under two processes failed in one of them as 'another lmae-repair run is
     writing here' (or, a moment apart, did the dataset twice)."""
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    if world_size != "1":
-        raise LmaeError(f"{name} runs as one process, but torchrun started it {world_size} times (WORLD_SIZE {world_size}): "
-                        f"start lmae-repair {name} without torchrun (only train shares its work among torchrun's processes)")
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return  # alone: torch is not imported for this check
+    from lmae_repair.distributed import ranks_from_environment
+
+    world_size = ranks_from_environment().world_size  # WORLD_SIZE=abc: the error that says so
+    if world_size > 1:
+        raise LmaeError(f"{name} runs as one process, but it was started as {world_size} (WORLD_SIZE {world_size}, as torchrun "
+                        f"sets it): start lmae-repair {name} without torchrun (only train shares its work among torchrun's processes)")
 
 
 def check_environment() -> None:

@@ -122,7 +122,7 @@ def test_a_command_other_than_train_under_torchrun_is_refused_once(monkeypatch, 
     torchrun_place(monkeypatch, 0)
     result = runner.invoke(app, command + extra)
     assert result.exit_code == 2, result.output
-    assert f"{command[0]} runs as one process, but torchrun started it 2 times" in result.output
+    assert f"{command[0]} runs as one process, but it was started as 2 (WORLD_SIZE 2" in result.output
     assert not out.exists()  # each process had completed the dataset, or failed on the other's lock
     torchrun_place(monkeypatch, 1)
     assert runner.invoke(app, command + extra).output == ""  # said once, by rank 0
@@ -178,3 +178,12 @@ def test_a_process_that_loses_the_first_process_of_its_machine_still_says_so(mon
     torchrun_place(monkeypatch, 1)
     result = runner.invoke(app, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--crop", "32", "--device", "cpu"])
     assert result.exit_code == 2 and "error: rank 1: lost contact with another training process" in result.output, result.output
+
+
+def test_a_malformed_world_size_is_named_as_such_not_taken_for_a_count_of_processes(monkeypatch, tmp_path):
+    """WORLD_SIZE=abc was refused as 'torchrun started it abc times'; the placement's own error says
+    what is wrong."""
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    monkeypatch.setenv("RANK", "0")
+    result = runner.invoke(app, ["audit", str(make_paired(tmp_path / "ds", count=2, size=32))])
+    assert result.exit_code == 2 and "must be integers" in result.output and "abc times" not in result.output, result.output
