@@ -130,6 +130,7 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
     function returning it, called only then, where it tells how far the run got). Only a body
     that shares its work among torchrun's processes says so (`several_processes`)."""
     watch_interrupts()
+    console.quiet = False  # what one command silenced (train on torchrun's other ranks) is not the next one's
     message = interrupted if callable(interrupted) else (lambda: interrupted)
     try:
         check_environment()
@@ -246,9 +247,7 @@ def train(
         from lmae_repair.distributed import ranks_from_environment
         from lmae_repair.train import STATE_FILE, TrainOptions, check_option_values, load_training_data, ratio_folder, train as run_training
 
-        # under torchrun only rank 0 prints (errors still reach stderr); set either way, so that a
-        # later command in the same process (a test's, a notebook's) prints again
-        console.quiet = not ranks_from_environment().is_main
+        console.quiet = not ranks_from_environment().is_main  # under torchrun only rank 0 prints; errors still reach stderr
         if branch_reads_labels and branch_reads_image_only:
             fail("--branch-reads-labels and --branch-reads-image-only contradict each other; give one")
         options = TrainOptions(

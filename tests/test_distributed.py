@@ -187,3 +187,14 @@ def test_a_malformed_world_size_is_named_as_such_not_taken_for_a_count_of_proces
     monkeypatch.setenv("RANK", "0")
     result = runner.invoke(app, ["audit", str(make_paired(tmp_path / "ds", count=2, size=32))])
     assert result.exit_code == 2 and "must be integers" in result.output and "abc times" not in result.output, result.output
+
+
+def test_a_command_after_train_on_another_rank_prints_again(monkeypatch, tmp_path):
+    """train silences the console on torchrun's other ranks; in one process (a notebook, this
+    test suite) every later command then printed nothing but errors (evaluate's table vanished)."""
+    torchrun_place(monkeypatch, 1)
+    runner.invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["inspect", "camvid"])
+    assert result.exit_code == 0 and "camvid" in result.output, result.output
