@@ -1347,3 +1347,24 @@ def test_outputs_differing_only_in_case_are_not_written_over_each_other_where_ou
     assert report["totals"]["failed"] == 1 and report["totals"]["pairs"] == 4
     failed = [entry["label"] for entry in report["pairs"] if entry["error"]]
     assert failed == ["labels/mix.png"]
+
+
+def test_time_left_counts_only_the_pace_of_this_runs_pairs_not_those_an_earlier_run_finished(monkeypatch, capsys):
+    """A rerun of a 2,000-pair run killed at 240 pairs said 1.3 pairs/s and '0:01:24' left: the
+    240 pairs skipped in an instant counted as speed. 1,744 pairs at 1.3/s are 22 minutes."""
+    import time
+
+    from lmae_repair import cli
+
+    monkeypatch.setattr(cli.PairProgress, "LOG_EVERY_S", 0.0)  # a line after every pair
+    clock = iter([100.0, 100.0] + [100.0] * 90 + [110.0, 110.0, 110.0, 110.0])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock, 110.0))
+    progress = cli.PairProgress("completing", 100)
+    progress.LOG_EVERY_S = 1e9  # no heartbeat thread racing the clock
+    with progress as advance:
+        progress.LOG_EVERY_S = 0.0
+        for _ in range(90):
+            advance(timed=False)  # done by the earlier run
+        advance()  # one pair worked, in 10 s: 9 pairs left take 90 s
+        assert progress.progress.tasks[0].fields["left"] == "0:01:30"
+    assert "completing: 91/100 pairs, 0.10 pairs/s, 0.2 min so far, 0:01:30 left" in capsys.readouterr().out
