@@ -148,6 +148,9 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
             presence[row["classes"]] += 1
     presence /= max(int(annotating.sum()), 1)
     common = [c for c in range(space.num_classes) if presence[c] >= COMMON_CLASS and c != space.background_id]
+    # the medians the reasons quote, taken once: per row, an audit of 30,000 labels spent 13 s here
+    medians = {"suspect_share": np.median(suspect), "separate_share": np.median(separate), "far_share": np.median(far),
+               "missing_share": np.median(missing)}
     for row, zm, zs, zp, zf in zip(usable, z_missing, z_suspect, z_separate, z_far):
         absent = [] if row.get("empty") else [c for c in common if c not in row["classes"]]  # a negative lacks them all
         evidence = max(zm, 0.0) + max(zs, 0.0) + max(zp, 0.0) + max(zf, 0.0) + MISSING_CLASS_EVIDENCE * len(absent)
@@ -156,26 +159,26 @@ def score_rows(rows: list[dict], space: LabelSpace) -> None:
         if zs >= REASON_FROM:
             row["reasons"].append(
                 f"model sees annotated classes where {row['suspect_share']:.1%} of the label is background/void "
-                f"(dataset median {np.median(suspect):.1%})"
+                f"(dataset median {medians['suspect_share']:.1%})"
             )
         if zp >= REASON_FROM:
             row["reasons"].append(
                 f"model sees whole objects the label lacks: {row['separate_share']:.1%} of it, in regions touching no "
-                f"annotation of their class (dataset median {np.median(separate):.1%})"
+                f"annotation of their class (dataset median {medians['separate_share']:.1%})"
             )
         if zf >= REASON_FROM:
             row["reasons"].append(
                 f"model finds annotated classes likely far from any annotation of them, on {row['far_share']:.1%} as many "
-                f"pixels as the label annotates (dataset median {np.median(far):.1%})"
+                f"pixels as the label annotates (dataset median {medians['far_share']:.1%})"
             )
         if zm >= REASON_FROM:
-            row["reasons"].append(f"background/void covers {row['missing_share']:.1%} (dataset median {np.median(missing):.1%})")
+            row["reasons"].append(f"background/void covers {row['missing_share']:.1%} (dataset median {medians['missing_share']:.1%})")
         for c in absent:
             row["reasons"].append(f"no {space.names[c]} (present in {presence[c]:.0%} of labels)")
         if not row["reasons"] and evidence >= REASON_FROM:  # no one measure far out, several a little: say which
-            parts = [(z, f"{name} {row[key] or 0.0:.2%} (median {np.median(values):.2%})") for z, name, key, values in (
-                (zs, "suspect pixels", "suspect_share", suspect), (zp, "separate suspect pixels", "separate_share", separate),
-                (zf, "far look-alikes", "far_share", far), (zm, "background/void", "missing_share", missing)) if z >= 0.5]
+            parts = [(z, f"{name} {row[key] or 0.0:.2%} (median {medians[key]:.2%})") for z, name, key in (
+                (zs, "suspect pixels", "suspect_share"), (zp, "separate suspect pixels", "separate_share"),
+                (zf, "far look-alikes", "far_share"), (zm, "background/void", "missing_share")) if z >= 0.5]
             row["reasons"].append("several measures a little above the dataset's median: "
                                   + ", ".join(text for _, text in sorted(parts, key=lambda part: -part[0])))
 

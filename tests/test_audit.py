@@ -693,3 +693,22 @@ def test_at_80_columns_the_top_k_reasons_get_the_width_and_wide_terminals_keep_t
     header = next(line for line in wide.splitlines() if "label" in line and "score" in line)
     assert "reasons" in header and "reasons" not in wide[wide.index("labels/0016E5_08113.png"):]  # none beneath the table
     assert any("labels/0016E5_08113.png" in line and reasons[2][0] in line for line in wide.splitlines())  # in its row
+
+
+def test_scoring_takes_the_dataset_medians_once_not_once_per_label_with_a_reason(monkeypatch):
+    """Each reason quoted the dataset median by taking it again over every label: scoring 30,000
+    labels took 13 s (12,000: 1.3 s), quadratic in the number of pairs."""
+    from lmae_repair.audit import new_row, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    rows = []
+    for i in range(200):
+        row = new_row(f"labels/{i:04d}.png", None)
+        row.update(missing_share=(i % 10) / 10, suspect_share=0.5 if i % 4 == 0 else 0.0, pixels=100, classes=[1])
+        rows.append(row)
+    median, calls = np.median, []
+    monkeypatch.setattr(np, "median", lambda *args, **kwargs: calls.append(1) or median(*args, **kwargs))
+    score_rows(rows, LabelSpace(3, background_id=0, void_id=255))
+    assert sum(bool(row["reasons"]) for row in rows) >= 50
+    assert any("(dataset median 0.0%)" in reason for row in rows for reason in row["reasons"])
+    assert len(calls) <= 20  # a few per measure, whatever the number of labels
