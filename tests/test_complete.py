@@ -1368,3 +1368,18 @@ def test_time_left_counts_only_the_pace_of_this_runs_pairs_not_those_an_earlier_
         advance()  # one pair worked, in 10 s: 9 pairs left take 90 s
         assert progress.progress.tasks[0].fields["left"] == "0:01:30"
     assert "completing: 91/100 pairs, 0.10 pairs/s, 0.2 min so far, 0:01:30 left" in capsys.readouterr().out
+
+
+def test_reruns_that_redo_every_pair_keep_one_progress_line_per_pair(tmp_path, family):
+    """Each rerun with other options appended a line per pair to OUT/.lmae-progress.jsonl, read
+    at every start: 4 runs of 16 pairs left 64 lines. A run keeps the last line of each pair."""
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    for threshold in ("0.5", "0.9", "0.5"):
+        assert complete(root, out, family, "--threshold", threshold).exit_code == 0
+    lines = [json.loads(line) for line in (out / ".lmae-progress.jsonl").read_text().splitlines()]
+    assert len(lines) == 6  # the run before's, kept as the last run started, and the last run's (9 before)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    assert complete(root, out, family, "--threshold", "0.5").exit_code == 0  # the kept lines still tell what is finished
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} == stamps
+    assert len((out / ".lmae-progress.jsonl").read_text().splitlines()) == 3
