@@ -238,16 +238,13 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     images, image_clashes = _by_stem(image_files, image_dir)
     labels, label_clashes = _by_stem(label_files, label_dir)
 
-    by_case: dict[str, list[str]] = {}
-    for key in images:
-        by_case.setdefault(key.casefold(), []).append(key)
+    by_case = by_letter_case(images)
 
     def image_key(stem_path: str) -> str | None:
         """The key of the image a label (its path below label_dir without extension) names, if
         any: of its name, else of the one image whose name differs only in letter case (as
         `_pair_ignoring_case` pairs them)."""
-        rel = Path(stem_path)
-        keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+        keys = image_keys_named(Path(stem_path))
         exact = next((key for key in keys if key in images), None)
         folded = {image for key in keys for image in by_case.get(key.casefold(), [])}
         return exact if exact is not None or len(folded) != 1 else folded.pop()
@@ -270,7 +267,7 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
-        keys = [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+        keys = image_keys_named(rel)
         match = next((key for key in keys if key in images), None)
         if match is None:
             clash = next((key for key in keys if key in image_clashes), None)
@@ -299,6 +296,12 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     return pairs, problems, unlabelled
 
 
+def image_keys_named(rel: Path) -> list[str]:
+    """The image keys (paths below the images folder, without extension) that a label names, `rel`
+    being its own below the labels folder: x for x.png, also x for x_mask.png (`_label_stem_candidates`)."""
+    return [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+
+
 def _pair_ignoring_case(orphans: list[tuple[Path, Path]], images: dict[str, Path], used: set[str],
                         claims: dict[str, list[Path]]) -> list[tuple[Path, Path]]:
     """Pair the labels left without an image (`orphans`: label, its path below the labels folder
@@ -307,15 +310,11 @@ def _pair_ignoring_case(orphans: list[tuple[Path, Path]], images: dict[str, Path
     they pair there; here they were failed pairs. Only where it is unambiguous: one image of that
     name, not taken by another label, named by one label. Updates `used` and `claims`; returns
     the orphans left."""
-    free: dict[str, list[str]] = {}
-    for key in images:
-        if key not in used:
-            free.setdefault(key.casefold(), []).append(key)
+    free = by_letter_case(key for key in images if key not in used)
 
     def match(rel: Path) -> str | None:
         """The one free image whose name is one the label may name, letter case aside."""
-        found = {key for stem in _label_stem_candidates(rel.name)
-                 for key in free.get((rel.parent / stem).as_posix().casefold(), [])}
+        found = {key for named in image_keys_named(rel) for key in free.get(named.casefold(), [])}
         return found.pop() if len(found) == 1 else None
 
     matches = {label: match(rel) for label, rel in orphans}
