@@ -570,10 +570,8 @@ class PairProgress:
             now = time.perf_counter()
             if timed:
                 self.count += 1
-                self.progress.update(self.task, advance=1, rate=rate_text(self.count, now - self.started))
-            else:
-                self.progress.update(self.task, advance=1)
-            self.progress.update(self.task, left=self.time_left(now))
+            rate = {"rate": rate_text(self.count, now - self.started)} if timed else {}  # moved by worked pairs only
+            self.progress.update(self.task, advance=1, left=self.time_left(now), **rate)
             if not console.is_terminal:
                 self.log_if_due(now)
 
@@ -1151,17 +1149,16 @@ def tuned_copies_folder(index, files: list[Path], used: str, out: Path | None) -
         index.refuse_inside(folder, "--out")
         if folder.exists() and not folder.is_dir():  # was "OUT: File exists"
             raise LmaeError(f"{folder}: --out names a file; give a folder for the tuned checkpoints")
-    if folder is None and any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
-        folder = outside_input(index, Path(f"{files[0].parent.name}-tuned"), f"-{files[0].parent.name}-tuned")
-        console.print(f"{used} is bundled with lmae-repair and stays as it is: the tuned copies go to {folder}/ "
-                      f"(use them with --models {folder})", highlight=False)
-    cached = next(filter(None, map(cached_repo_of, files)), None)
-    if folder is None and cached:  # the cache's copy must stay the commit's files
-        name = cached.split("/")[1]
-        folder = outside_input(index, Path(f"{name}-tuned"), f"-{name}-tuned")
-        console.print(f"the Hugging Face cache's download of hf://{cached} stays as it is: the tuned copies go to {folder}/ "
-                      f"(use them with --models {folder})", highlight=False)
-    return folder  # made where a tuned file is written, once `check_can_write` has passed
+        return folder  # made where a tuned file is written, once `check_can_write` has passed
+    if any(bundled_models_dir().resolve() in path.resolve().parents for path in files):
+        name, kept = files[0].parent.name, f"{used} is bundled with lmae-repair and"
+    elif cached := next(filter(None, map(cached_repo_of, files)), None):  # the cache's copy must stay the commit's files
+        name, kept = cached.split("/")[1], f"the Hugging Face cache's download of hf://{cached}"
+    else:
+        return None
+    folder = outside_input(index, Path(f"{name}-tuned"), f"-{name}-tuned")
+    console.print(f"{kept} stays as it is: the tuned copies go to {folder}/ (use them with --models {folder})", highlight=False)
+    return folder
 
 
 def print_tune_result(path: Path, target: Path, result: dict, names: list[str], in_place: bool) -> None:
