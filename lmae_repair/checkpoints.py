@@ -189,10 +189,10 @@ def not_a_checkpoint_file(path: Path) -> str:
     from lmae_repair.families import bundled_families
 
     if path.is_symlink() and not path.exists():  # a file of a Hub download whose blob was removed from the cache
-        from lmae_repair.hub import cached_repo_of
+        from lmae_repair.hub import cache_folder_name, cached_repo_of
 
         repo = cached_repo_of(path)
-        again = (f" (the Hugging Face cache's copy of {repo} is damaged: delete its models--{repo.replace('/', '--')} "
+        again = (f" (the Hugging Face cache's copy of {repo} is damaged: delete its {cache_folder_name(repo)} "
                  "folder there and download it again)") if repo else ""
         return f"a link to {os.readlink(path)}, which does not exist{again}"
     folder = path if path.is_dir() else None if path.exists() or len(path.parts) > 1 else bundled_families().get(str(path))

@@ -92,6 +92,14 @@ def cached_family(spec: str) -> Path | None:
         return None
 
 
+def cache_folder_name(repo_id: str) -> str:
+    """The folder of the huggingface_hub cache that holds `repo_id` (models--owner--name), as
+    huggingface_hub names it."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
 def cached_repo_of(path: Path) -> str | None:
     """The Hub repository (owner/name) whose copy in the huggingface_hub cache holds `path`, or
     None. The cache keeps a repository at `models--owner--name/snapshots/<commit>/`, its files
@@ -119,7 +127,7 @@ def not_cached(spec: str, repo_id: str, revision: str | None, exc: Exception, lo
         cause = exc.__cause__ or exc.__context__
         why = "the Hub cannot be reached" + (f" ({type(cause).__name__}: {first_line(cause)})" if cause else "")
         remedy = "fetch it once where the Hub can be reached"
-    refs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs"
+    refs = Path(constants.HF_HUB_CACHE) / cache_folder_name(repo_id) / "refs"
     cached = sorted(ref.name for ref in refs.iterdir() if ref.is_file()) if refs.is_dir() else []
     if cached and (revision or "main") not in cached:
         prefix = HUB_PREFIX if str(spec).startswith(HUB_PREFIX) else ""
