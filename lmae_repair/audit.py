@@ -192,12 +192,9 @@ def score_empty_labels_as_data(rows: list[dict]) -> None:
     look-alikes are counted against the median label's annotated area, since they annotate none.
     Rare ones stay file defects: one empty label among hundreds is most likely a slip; so do all
     of them where no model measured them (an audit of statistics only), which has no evidence."""
-    measured = [row for row in rows if not row["defect"] or row.get("empty")]
-    empty = [row for row in measured if row.get("empty")]
-    if any(row.get("far_pixels") is None for row in empty):  # no model measured them: nothing tells a negative
-        return  # from a label emptied by mistake, so they stay file defects, listed first
-    if len(empty) < max(EMPTY_COMMON_COUNT, EMPTY_COMMON_SHARE * len(measured)):
-        return
+    measured, empty = common_empty_labels(rows)
+    if not empty or any(row.get("far_pixels") is None for row in empty):  # no model measured them: nothing tells
+        return  # a negative from a label emptied by mistake, so they stay file defects (`empty_labels_note`)
     annotated = [(1.0 - row["missing_share"]) * row["pixels"] for row in measured if not row.get("empty")]
     typical = float(np.median(annotated)) if annotated else 0.0
     for row in empty:
@@ -205,6 +202,28 @@ def score_empty_labels_as_data(rows: list[dict]) -> None:
                                                       "scored by the model's evidence"])
         far = row["far_pixels"]  # measured: a row without it returned above
         row["far_share"] = round(far / (far + typical + 1), 5)
+
+
+def common_empty_labels(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the measured rows, those of them all background or void where such labels are common:
+    at least EMPTY_COMMON_COUNT and EMPTY_COMMON_SHARE of the measured ones; else none)."""
+    measured = [row for row in rows if not row["defect"] or row.get("empty")]
+    empty = [row for row in measured if row.get("empty")]
+    return measured, empty if len(empty) >= max(EMPTY_COMMON_COUNT, EMPTY_COMMON_SHARE * len(measured)) else []
+
+
+def empty_labels_note(rows: list[dict]) -> str | None:
+    """What to make of many empty labels that an audit without a model left as file defects.
+    Why: a CT set's slices outside the organs are empty (12 of 29 labels), and listed at score 1
+    with no word they looked like 12 broken files, the labels with a real problem below them."""
+    measured, empty = common_empty_labels(rows)
+    if not empty or any(not row["defect"] for row in empty):  # none common, or scored as negatives by a model
+        return None
+    if len(empty) == len(measured):  # none annotated: 0/255 masks whose 255 is void, which the first note explains
+        return None
+    return (f"{len(empty)} of the {len(measured)} labels are all background or void (empty slices, or images with nothing "
+            "to annotate?): without a model nothing tells them from labels emptied by mistake, so they are listed as file "
+            "defects after the other file defects; with --models, what the model sees in each ranks it among the others")
 
 
 def audit_dataset(
@@ -280,8 +299,10 @@ def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
 
 
 def rank_key(row: dict) -> tuple:
-    """Worst first: file defects, then by evidence (which keeps ordering where scores round to 1)."""
-    return (not row["defect"], -(row["evidence"] or 0.0), row["label"])
+    """Worst first: file defects (unreadable or unpaired files before labels that are only all
+    background or void, which may be a dataset's empty slices), then by evidence (which keeps
+    ordering where scores round to 1)."""
+    return (not row["defect"], bool(row["defect"] and row.get("empty")), -(row["evidence"] or 0.0), row["label"])
 
 
 def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: LabelSpace):

@@ -712,3 +712,38 @@ def test_scoring_takes_the_dataset_medians_once_not_once_per_label_with_a_reason
     assert sum(bool(row["reasons"]) for row in rows) >= 50
     assert any("(dataset median 0.0%)" in reason for row in rows for reason in row["reasons"])
     assert len(calls) <= 20  # a few per measure, whatever the number of labels
+
+
+def test_without_a_model_an_unreadable_label_comes_before_common_empty_labels_and_a_note_says_what_they_may_be(tmp_path):
+    """A CT set exported slice by slice holds many empty slices; audited without a model they
+    were listed first at score 1 in name order, a truncated label somewhere among them, with no
+    word that they may be the data's own empty slices. Other file defects now come first, and a
+    note says how many labels are empty and that a model would score them."""
+    root = make_paired(tmp_path / "ds", count=12, size=64, seed=3)
+    for i in range(1, 4):
+        key = f"labels/scene_00{i}.png"
+        Image.fromarray(np.zeros_like(np.array(Image.open(root / key)))).save(root / key)
+    truncated = root / "labels" / "scene_011.png"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    report = tmp_path / "a.json"
+    result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    rows = json.loads(report.read_text())
+    assert rows[0]["label"] == "labels/scene_011.png" and "unreadable label" in rows[0]["reasons"][0], rows[:2]
+    assert [row["label"] for row in rows[1:4]] == [f"labels/scene_00{i}.png" for i in range(1, 4)]
+    output = " ".join(result.output.split())
+    assert "note: 3 of the 11 labels are all background or void (empty slices" in output
+    assert "with --models, what the model sees in each ranks it among the others" in output
+
+
+def test_the_empty_labels_note_is_left_out_where_no_label_is_annotated(tmp_path):
+    """0/255 masks whose 255 is void are all void or background: the note on empty slices would
+    send their owner looking for empty slices, while the first note already says 255 is void."""
+    root = make_paired(tmp_path / "ds", count=4, size=64, seed=3)
+    for key in (f"labels/scene_00{i}.png" for i in range(4)):
+        values = np.array(Image.open(root / key))
+        Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8)).save(root / key)
+    result = runner.invoke(app, ["audit", str(root)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "the labels hold only 0 and 255" in output and "empty slices" not in output
