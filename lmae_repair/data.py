@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shlex
+import struct
 import sys
 import tempfile
 import unicodedata
@@ -750,6 +751,7 @@ class LabelFile:
     palette: list[int] | None
     transparency: int | bytes | None = None  # a palette PNG's transparent entries (tRNS), written back
     tiff: dict | None = None  # a TIFF's compression and descriptive tags (georeferencing...), written back (`tiff_extras`)
+    png: bytes | None = None  # a PNG's pixel size and text chunks as stored, written back (`png_extras`)
     kept: np.ndarray | None = None  # (H, W) bool: void pixels annotated all the same (`annotated_void`), never filled
 
 
@@ -923,6 +925,7 @@ def read_label(path: Path) -> LabelFile:
             palette = img.getpalette() if mode == "P" else None
             transparency = img.info.get("transparency") if mode == "P" else None
             tiff = tiff_extras(img)
+            png = png_extras(path) if img.format == "PNG" else None
             if mode in ("L", "P"):
                 values = np.array(img)
             elif mode == "1":  # a two-class mask at one bit per pixel: 0 and 1, written back as one
@@ -957,7 +960,45 @@ def read_label(path: Path) -> LabelFile:
         raise
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
-    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff)
+    return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff, png)
+
+
+PNG_KEPT_CHUNKS = {b"pHYs", b"sCAL", b"tEXt", b"zTXt", b"iTXt"}  # pixel size (sCAL: ITK's pixel spacing), text
+
+
+def png_extras(path: Path) -> bytes | None:
+    """The chunks of a PNG label that its copy must keep, as stored (length, type, data, CRC):
+    its pixel size (pHYs, and sCAL, where ITK and SimpleITK keep a slice's pixel spacing) and its
+    text, as a TIFF keeps its resolution and descriptive tags (`tiff_extras`). Why: PIL does not
+    read sCAL, and a completed CT label read back by SimpleITK had a spacing of 1 x 1 beside its
+    slice's 0.7 x 0.75, so the two no longer lined up in a volume. None where there are none."""
+    kept = []
+    with open(path, "rb") as f:
+        f.seek(8)  # the PNG signature
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                break
+            if kind not in PNG_KEPT_CHUNKS:
+                f.seek(length + 4, os.SEEK_CUR)  # its data and CRC
+                continue
+            body = f.read(length + 4)
+            if len(body) < length + 4:
+                break
+            kept.append(header + body)
+    return b"".join(kept) or None
+
+
+def with_png_chunks(encoded: bytes, chunks: bytes | None) -> bytes:
+    """A PNG's bytes with `chunks` (`png_extras`) inserted before its first image data chunk,
+    where the PNG standard puts pHYs and sCAL (text may go anywhere)."""
+    position = 8
+    while chunks and position + 8 <= len(encoded):
+        length, kind = struct.unpack(">I4s", encoded[position : position + 8])
+        if kind == b"IDAT":
+            return encoded[:position] + chunks + encoded[position:]
+        position += 12 + length
+    return encoded
 
 
 TIFF_KEPT_TAGS = {270, 282, 283, 296, 305, 306, 315, 33432}  # description, resolution, software, date, artist, copyright
@@ -1192,7 +1233,8 @@ def write_label(path: Path, label: LabelFile) -> None:
     # encoded in memory, then written by Python, which raises on a short write: PIL writes pixels
     # through the file descriptor without checking the count, and a nearly full disk left a
     # truncated label renamed into place as finished
-    atomic_write(path, lambda f: f.write(encoded_label(img, file_format, extra)))
+    kept_chunks = label.png if file_format == "PNG" else None
+    atomic_write(path, lambda f: f.write(with_png_chunks(encoded_label(img, file_format, extra), kept_chunks)))
 
 
 def encoded_label(img: Image.Image, file_format: str, options: dict) -> bytes:

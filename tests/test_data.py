@@ -1103,3 +1103,43 @@ def test_a_file_that_is_no_image_is_named_once_in_its_error(tmp_path):
             read()
         assert str(error.value).startswith(f"{path}: unreadable") and str(error.value).count(path.name) == 1, str(error.value)
         assert "not an image file" in str(error.value)
+
+
+def test_a_png_labels_pixel_spacing_and_text_are_written_back(tmp_path):
+    """SimpleITK writes a CT slice's pixel spacing into the PNG's sCAL chunk (PIL neither reads nor
+    writes it): a completed label read back by SimpleITK had a spacing of 1 x 1 beside its image's
+    0.7 x 0.75. A PNG label's sCAL, pHYs and text chunks are now written back as they were."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def chunks(path: Path) -> dict[bytes, bytes]:
+        data, found, position = path.read_bytes(), {}, 8
+        while position < len(data):
+            length, kind = struct.unpack(">I4s", data[position : position + 8])
+            found.setdefault(kind, data[position + 8 : position + 8 + length])
+            position += 12 + length
+        return found
+
+    values = np.zeros((40, 50), np.uint8)
+    values[10:20, 10:30] = 2
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "case001 slice042")
+    plain = tmp_path / "plain.png"
+    Image.fromarray(values).save(plain, dpi=(36.29, 33.87), pnginfo=text)
+    data = plain.read_bytes()
+    spacing = chunk(b"sCAL", b"\x01.7\x00.75")  # as SimpleITK writes a spacing of (0.7, 0.75)
+    (tmp_path / "slice.png").write_bytes(data[:33] + spacing + data[33:])  # after the signature and IHDR
+    label = read_label(tmp_path / "slice.png")
+    write_label(tmp_path / "out.png", label)
+    before, after = chunks(tmp_path / "slice.png"), chunks(tmp_path / "out.png")
+    for kind in (b"sCAL", b"pHYs", b"tEXt"):
+        assert after.get(kind) == before[kind], kind
+    assert list(after).index(b"sCAL") < list(after).index(b"IDAT")
+    assert np.array_equal(read_label(tmp_path / "out.png").values, values)
+    write_label(tmp_path / "bare.png", LabelFile(values, "L", None))  # a label without them gets none
+    assert not {b"sCAL", b"pHYs", b"tEXt"} & set(chunks(tmp_path / "bare.png"))
