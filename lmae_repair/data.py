@@ -39,8 +39,9 @@ logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # .jfif: JPEGs as Windows saves them
 # images of formats not read, named when a label's image is one (`unread_namesake`): phones' HEIC, cameras' raw files
+MEDICAL_IMAGE_SUFFIXES = {".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}  # DICOM, NIfTI, NRRD, MetaImage
 UNREAD_IMAGE_SUFFIXES = {".heic", ".heif", ".avif", ".gif", ".jp2", ".jxl", ".psd", ".tga", ".ppm", ".pgm",
-                         ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
+                         ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"} | MEDICAL_IMAGE_SUFFIXES
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # The largest image read, in pixels (8000x6000 fits): the model's class probabilities for one
@@ -375,14 +376,28 @@ def unread_namesake(rel: Path, image_dir: Path) -> str:
     names = {name.casefold() for name in _label_stem_candidates(rel.name)}
     try:
         found = sorted(entry.name for entry in os.scandir(folder)
-                       if not entry.name.startswith(".") and Path(entry.name).stem.casefold() in names
-                       and Path(entry.name).suffix.lower() in UNREAD_IMAGE_SUFFIXES and entry.is_file())
+                       if not entry.name.startswith(".") and _unread_stem(entry.name) in names and entry.is_file())
     except OSError:
         return ""
     if not found:
         return ""
+    slices = ("; a DICOM or NIfTI slice as a 16-bit PNG or TIFF, which is read and stretched to 8 bits"
+              if _unread_suffix(found[0]) in MEDICAL_IMAGE_SUFFIXES else "")
     return (f" ({folder / found[0]} is there, in a format lmae-repair does not read: save the images as JPEG, PNG, "
-            "TIFF, BMP or WebP)")
+            f"TIFF, BMP or WebP{slices})")
+
+
+def _unread_suffix(name: str) -> str | None:
+    """The suffix of a file name among UNREAD_IMAGE_SUFFIXES, the longest where two end it
+    (`x.nii.gz` is NIfTI, whose Path.suffix is only `.gz`); None where none does."""
+    ends = [suffix for suffix in UNREAD_IMAGE_SUFFIXES if name.lower().endswith(suffix) and len(name) > len(suffix)]
+    return max(ends, key=len, default=None)
+
+
+def _unread_stem(name: str) -> str | None:
+    """A file name in a format not read without that suffix, letter case folded; None for others."""
+    suffix = _unread_suffix(name)
+    return None if suffix is None else name[: -len(suffix)].casefold()
 
 
 def relative_key(path: Path | str, root: Path) -> str:

@@ -1143,3 +1143,18 @@ def test_a_png_labels_pixel_spacing_and_text_are_written_back(tmp_path):
     assert np.array_equal(read_label(tmp_path / "out.png").values, values)
     write_label(tmp_path / "bare.png", LabelFile(values, "L", None))  # a label without them gets none
     assert not {b"sCAL", b"pHYs", b"tEXt"} & set(chunks(tmp_path / "bare.png"))
+
+
+def test_a_dicom_or_nifti_slice_beside_a_label_is_named_with_how_to_save_it(tmp_path):
+    """A CT team's labels beside their slices as DICOM (`.dcm`) or NIfTI (`.nii.gz`, whose
+    Path.suffix is only `.gz`) were failed as having "no image with the same name", the slice
+    right there; they are named now, with the format that keeps a slice's 16-bit values."""
+    root = make_paired(tmp_path / "ds", count=3)
+    (root / "images" / "scene_000.png").rename(root / "images" / "scene_000.dcm")
+    (root / "images" / "scene_001.png").rename(root / "images" / "scene_001.nii.gz")
+    index = discover(root)
+    assert [p.image.name for p in index.pairs] == ["scene_002.png"]
+    for name, image in (("scene_000", "scene_000.dcm"), ("scene_001", "scene_001.nii.gz")):
+        assert (f"{root / 'labels' / name}.png: no image with the same name ({root / 'images' / image} is there, in a format "
+                "lmae-repair does not read: save the images as JPEG, PNG, TIFF, BMP or WebP; a DICOM or NIfTI slice as a "
+                "16-bit PNG or TIFF, which is read and stretched to 8 bits)") in index.unmatched, index.unmatched
