@@ -24,6 +24,7 @@ import struct
 import sys
 import tempfile
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1000,7 +1001,8 @@ def png_extras(path: Path) -> bytes | None:
             body = f.read(length + 4)
             if len(body) < length + 4:
                 break
-            kept.append(header + body)
+            if struct.unpack(">I", body[-4:])[0] == zlib.crc32(kind + body[:-4]):  # a damaged one would spoil the copy
+                kept.append(header + body)
     return b"".join(kept) or None
 
 

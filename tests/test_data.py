@@ -1143,6 +1143,12 @@ def test_a_png_labels_pixel_spacing_and_text_are_written_back(tmp_path):
     assert np.array_equal(read_label(tmp_path / "out.png").values, values)
     write_label(tmp_path / "bare.png", LabelFile(values, "L", None))  # a label without them gets none
     assert not {b"sCAL", b"pHYs", b"tEXt"} & set(chunks(tmp_path / "bare.png"))
+    damaged = chunk(b"tEXt", b"Comment\0x")[:-1] + b"\0"  # its CRC spoilt: left out, not copied into a valid file
+    (tmp_path / "damaged.png").write_bytes(data[:33] + spacing + data[33:-12] + damaged + data[-12:])
+    write_label(tmp_path / "out2.png", read_label(tmp_path / "damaged.png"))
+    out = (tmp_path / "out2.png").read_bytes()
+    assert chunks(tmp_path / "out2.png")[b"sCAL"] == b"\x01.7\x00.75"
+    assert out.count(b"tEXt") == 1 and b"Comment\0x" not in out
 
 
 def test_a_dicom_or_nifti_slice_beside_a_label_is_named_with_how_to_save_it(tmp_path):
