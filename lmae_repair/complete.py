@@ -233,16 +233,18 @@ def remove_earlier_mirrors(target: Path, label_output: Path) -> None:
 
 def side_files(index: DatasetIndex, unreadable: list[str] | None = None) -> list[Path]:
     """The dataset's files besides images and labels that a training script reads: its class
-    list (classes.txt, ...) and, for Pascal VOC, the split lists under ImageSets/. One that
+    list (classes.txt, ..., or an nnU-Net dataset.json) and, for Pascal VOC, the split lists under ImageSets/. One that
     cannot be read (a split list the run does not use, without read permission on a shared
     folder) is left out, its problem added to `unreadable`: it must not stop the run."""
-    from lmae_repair.data import find_voc_root
+    from lmae_repair.data import find_voc_root, nnunet_dataset_json
     from lmae_repair.labelspace import find_classes_file
 
     found = []
     classes = find_classes_file(index.root)
     if classes is not None:
         found.append(classes)
+    if index.layout == "paired" and nnunet_dataset_json(index.root) is not None:  # an nnU-Net raw dataset's class names
+        found.append(nnunet_dataset_json(index.root))
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is not None and (voc_root / "ImageSets").is_dir():
         found += sorted(p for p in (voc_root / "ImageSets").rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -16,6 +16,7 @@ are images without a label (normal in VOC's JPEGImages, so not recorded there).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -60,6 +61,8 @@ REFUSED_LABEL_SUFFIXES = {
 }
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
+NNUNET_DIR_NAMES = (("imagestr", "labelstr"), ("imagests", "labelsts"))  # nnU-Net's raw datasets: training and test pairs
+NNUNET_CHANNEL = "_0000"  # nnU-Net names an image by its label's name and channel: case_0000.png for case.png
 LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_segmentation", "_annotation")  # _segmentation: ISIC
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds"
@@ -301,8 +304,10 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
 
 def image_keys_named(rel: Path) -> list[str]:
     """The image keys (paths below the images folder, without extension) that a label names, `rel`
-    being its own below the labels folder: x for x.png, also x for x_mask.png (`_label_stem_candidates`)."""
-    return [(rel.parent / stem).as_posix() for stem in _label_stem_candidates(rel.name)]
+    being its own below the labels folder: x for x.png, also x for x_mask.png (`_label_stem_candidates`),
+    and after those x_0000, nnU-Net's name for the first channel of x (`NNUNET_CHANNEL`)."""
+    stems = _label_stem_candidates(rel.name)
+    return [(rel.parent / stem).as_posix() for stem in [*stems, *(stem + NNUNET_CHANNEL for stem in stems)]]
 
 
 def _pair_ignoring_case(orphans: list[tuple[Path, Path]], images: dict[str, Path], used: set[str],
@@ -646,6 +651,10 @@ def find_paired_dirs(root: Path, notes: dict[Path, str] | None = None) -> list[t
                 notes[Path(dirpath) / image_name] = (
                     f"{Path(dirpath) / label_names[0]}: taken as the labels; {', '.join(label_names[1:])} beside it "
                     "left out (name the folders with --images and --labels to use another)")
+        for images_tr, labels_tr in NNUNET_DIR_NAMES:  # imagesTr/ + labelsTr/, as nnU-Net names them
+            if images_tr in names and labels_tr in names:
+                found.append((Path(dirpath) / names[images_tr], Path(dirpath) / names[labels_tr]))
+                dirnames[:] = [d for d in dirnames if d not in (names[images_tr], names[labels_tr])]
     return sorted(found)
 
 
@@ -673,7 +682,45 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
         unlabelled += lonely
         known = known or names
     chosen_notes = [notes[image_dir] for image_dir, _ in folder_pairs if image_dir in notes]  # not those of another split
+    if known is None and nnunet_dataset_json(root) is not None:
+        known = nnunet_class_names(nnunet_dataset_json(root))
     return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes)
+
+
+def nnunet_dataset_json(root: Path) -> Path | None:
+    """The dataset.json of an nnU-Net (or Medical Segmentation Decathlon) raw dataset: beside its
+    imagesTr/ + labelsTr/ folders. None for other datasets, whose dataset.json may be anything."""
+    try:
+        folders = {entry.name.lower() for entry in os.scandir(root) if entry.is_dir()}
+    except OSError:
+        return None
+    nnunet = any(images in folders and labels in folders for images, labels in NNUNET_DIR_NAMES)
+    return root / "dataset.json" if nnunet and (root / "dataset.json").is_file() else None
+
+
+def nnunet_class_names(dataset_json: Path) -> list[str] | None:
+    """The class names of an nnU-Net raw dataset, from the `labels` of its dataset.json (nnU-Net
+    v2: {"background": 0, "liver": 1, ..., "ignore": N}; the Decathlon's and nnU-Net v1's:
+    {"0": "background", "1": "liver"}), in value order: `ignore`, nnU-Net's unannotated value and
+    always its largest, is then the last name, which makes it void
+    (`labelspace.label_space_from_names`). Why: read without them, a CT set's organs were
+    class_1..class_3 and the notes offered the street-scene family whose values they fit. None
+    where the labels are not the values 0..N one name each (nnU-Net's regions, lists of values)."""
+    try:
+        labels = json.loads(dataset_json.read_text(encoding="utf-8-sig")).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(labels, dict):
+        return None
+    if all(isinstance(key, str) and key.isdigit() and isinstance(name, str) for key, name in labels.items()):
+        by_value = {int(key): name for key, name in labels.items()}  # the Decathlon's value -> name
+    elif all(type(value) is int for value in labels.values()):
+        by_value = {value: name for name, value in labels.items()}
+    else:
+        return None
+    if sorted(by_value) != list(range(len(labels))):
+        return None
+    return [by_value[value] for value in range(len(labels))]
 
 
 # ---------------------------------------------------------------- entry point
@@ -722,7 +769,7 @@ def discover(
                                     "(--split for one split), or name a city's folders with --images and --labels")
                 raise LmaeError(
                     f"{root}: no dataset layout found (expected JPEGImages/ + SegmentationClass/, "
-                    "leftImg8bit/ + gtFine/, or images/ + labels/ folders; or pass --images and "
+                    "leftImg8bit/ + gtFine/, images/ + labels/, or nnU-Net's imagesTr/ + labelsTr/ folders; or pass --images and "
                     f"--labels){instances_only(root)}"
                 )
     if not index.pairs:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lmae_repair.checkpoints import CheckpointInfo, checkpoints_in_folder, read_info
-from lmae_repair.data import DatasetIndex, distinct_files, is_cityscapes, read_label, shell_path
+from lmae_repair.data import CITYSCAPES_NAMES, DatasetIndex, distinct_files, is_cityscapes, read_label, shell_path
 from lmae_repair.hub import HUB_PREFIX, cached_family, fetch_family, is_hub_spec
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import declared_class_names, declared_classes, find_classes_file, first_names, names_agree, void_named
@@ -332,8 +332,9 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
             unconfirmed.append((name, info.label_space))
     if not scored:
         soft = None if names else soft_edges_of_sample(index)  # as train judges labels whose classes nothing names
-        # names without a class list are the layout's: Cityscapes' train ids, named by its file names
-        names_from = "its class list" if find_classes_file(index.root) is not None else "its Cityscapes file names"
+        # names without a class list are the layout's: Cityscapes' train ids, named by its file names, or nnU-Net's dataset.json
+        names_from = ("its class list" if find_classes_file(index.root) is not None else
+                      "its Cityscapes file names" if index.known_class_names == CITYSCAPES_NAMES else "its dataset.json")
         raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from), index, values, soft)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:

@@ -1164,3 +1164,38 @@ def test_a_dicom_or_nifti_slice_beside_a_label_is_named_with_how_to_save_it(tmp_
         assert (f"{root / 'labels' / name}.png: no image with the same name ({root / 'images' / image} is there, in a format "
                 "lmae-repair does not read: save the images as JPEG, PNG, TIFF, BMP or WebP; a DICOM or NIfTI slice as a "
                 "16-bit PNG or TIFF, which is read and stretched to 8 bits)") in index.unmatched, index.unmatched
+
+
+def test_an_nnunet_raw_dataset_pairs_case_0000_images_with_their_labels_and_names_its_classes(tmp_path):
+    """nnU-Net's raw datasets, the usual form of a medical set, hold imagesTr/case_0000.png (the
+    first channel) beside labelsTr/case.png and the class names in dataset.json: DATA was "no
+    dataset layout found", and --images/--labels paired nothing. Now the folders, the names and
+    the classes are read (an `ignore` label, nnU-Net's unannotated value, is void), and
+    `complete` copies dataset.json into OUT beside the completed labels."""
+    import json
+
+    from lmae_repair.complete import side_files
+    from lmae_repair.data import nnunet_class_names
+
+    root = make_paired(tmp_path / "Dataset001_CT", count=3, images="imagesTr", labels="labelsTr")
+    make_paired(root, count=1, seed=5, images="imagesTs", labels="labelsTs")
+    for image in sorted(root.glob("images*/*.png")):
+        image.rename(image.with_name(f"{image.stem}_0000.png"))
+    shutil.copy(root / "imagesTr" / "scene_000_0000.png", root / "imagesTr" / "scene_000_0001.png")  # a second channel
+    labels = {"background": 0, "liver": 1, "kidney": 2, "ignore": 3}
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "file_ending": ".png"}))
+    index = discover(root)
+    assert [pair.key for pair in index.pairs] == ["labelsTr/scene_000.png", "labelsTr/scene_001.png",
+                                                 "labelsTr/scene_002.png", "labelsTs/scene_000.png"]
+    assert index.pairs[0].image.name == "scene_000_0000.png" and index.unmatched == []
+    assert [Path(line.partition(": ")[0]).name for line in index.unlabelled] == ["scene_000_0001.png"]  # noted, not failed
+    assert index.known_class_names == ["background", "liver", "kidney", "ignore"]
+    space = build_label_space(root, 2, layout_names=index.known_class_names)
+    assert (space.num_classes, space.background_id, space.void_id) == (3, 0, 3)
+    assert root / "dataset.json" in side_files(index)
+    pairs = discover(images=root / "imagesTr", labels=root / "labelsTr").pairs  # named directly: paired the same
+    assert [pair.image.name for pair in pairs] == ["scene_000_0000.png", "scene_001_0000.png", "scene_002_0000.png"]
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "tumour"}}))  # the Decathlon's form
+    assert nnunet_class_names(root / "dataset.json") == ["background", "tumour"]
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))  # regions
+    assert nnunet_class_names(root / "dataset.json") is None and discover(root).known_class_names is None
