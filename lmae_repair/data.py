@@ -62,6 +62,7 @@ REFUSED_LABEL_SUFFIXES = {
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
 NNUNET_DIR_NAMES = (("imagestr", "labelstr"), ("imagests", "labelsts"))  # nnU-Net's raw datasets: training and test pairs
+NNUNET_SPLITS = {"imagestr": ("train", "Tr"), "imagests": ("test", "Ts")}  # what --split names each
 NNUNET_CHANNEL = "_0000"  # nnU-Net names an image by its label's name and channel: case_0000.png for case.png
 LABEL_STEM_SUFFIXES = ("_label", "_labels", "_mask", "_gt", "_seg", "_segmentation", "_annotation")  # _segmentation: ISIC
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
@@ -658,17 +659,22 @@ def find_paired_dirs(root: Path, notes: dict[Path, str] | None = None) -> list[t
     return sorted(found)
 
 
+def split_names(image_dir: Path, root: Path) -> tuple[str, ...]:
+    """The --split values that choose a paired layout's image folder: the folders above it (train/
+    for train/images/), and for nnU-Net's imagesTr/ and imagesTs/ `train` and `test` (or Tr, Ts).
+    Why: without a split, `train` on an nnU-Net dataset with labelsTs/ trained on its test pairs."""
+    return (*image_dir.parent.relative_to(root).parts, *NNUNET_SPLITS.get(image_dir.name.lower(), ()))
+
+
 def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
     notes: dict[Path, str] = {}
     folder_pairs = find_paired_dirs(root, notes)
     if not folder_pairs:
         return None
     if split is not None:
-        chosen = [
-            (i, l) for i, l in folder_pairs if split in i.parent.relative_to(root).parts
-        ]
+        chosen = [(i, l) for i, l in folder_pairs if split in split_names(i, root)]
         if not chosen:
-            available = sorted({i.parent.name for i, _ in folder_pairs})
+            available = sorted({i.parent.name if i.name.lower() not in NNUNET_SPLITS else i.name for i, _ in folder_pairs})
             raise LmaeError(
                 f"{root}: no images/ + labels/ folders under a '{split}' folder "
                 f"(found under: {', '.join(available)})"
