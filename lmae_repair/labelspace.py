@@ -224,10 +224,24 @@ def read_class_list(path: Path) -> tuple[list[str], int | None]:
             raise LmaeError(f"{path}: class value {value} ({classes[value]}): classes take the values 0, 1, 2... below 255 "
                             f"(255 is void unless a line names another); for masks of 0 and {value}, save the objects as 1 "
                             f"(e.g. with numpy, (mask == {value}).astype(np.uint8) into new files) and list `1 {classes[value]}`")
+        if void_id is not None and void_id < max(classes):
+            raise LmaeError(void_below_classes(path, void_id, classes))
         return [classes.get(value, f"class_{value}") for value in range(max(classes) + 1)], void_id
     if lines[0].lower() == "__ignore__" and len(lines) > 1:
         return lines[1:], DEFAULT_VOID_ID
     return lines, None
+
+
+def void_below_classes(path: Path, void_id: int, classes: dict[int, str]) -> str:
+    """Why a class list whose void value lies below a class (`0 void`, `1 liver`: 1-based class ids
+    where 0 is "not annotated", as some medical exports number them) cannot be read, with the
+    remapping to do. Why: it was refused as 'label space: void value 0 is one of the class values
+    0..4 (class_0)', naming neither the file nor how to renumber the labels."""
+    first = min(classes)
+    remap = (f"e.g. with numpy, np.where(label == 0, 255, label - 1).astype(np.uint8) into new files, and list "
+             f"`0 {classes[first]}` ... `255 void`" if void_id == 0 and first == 1 else "void 255")
+    return (f"{path}: void value {void_id} is one of the class values 0..{max(classes)} (classes from {first}): "
+            f"lmae-repair needs the classes as the values 0..N-1 with void above them; remap the labels (classes from 0, {remap})")
 
 
 def void_named(class_names: list[str]) -> str | None:

@@ -1201,3 +1201,20 @@ def test_an_nnunet_raw_dataset_pairs_case_0000_images_with_their_labels_and_name
     assert nnunet_class_names(root / "dataset.json") == ["background", "tumour"]
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))  # regions
     assert nnunet_class_names(root / "dataset.json") is None and discover(root).known_class_names is None
+
+
+def test_a_class_list_with_void_below_the_classes_names_the_file_and_how_to_renumber_the_labels(tmp_path):
+    """1-based organ ids where 0 means "not annotated" (`0 void`, `1 background`, `2 liver`...)
+    were refused as 'label space: void value 0 is one of the class values 0..3 (class_0)', naming
+    no file, and `complete` advised training a family, which then failed the same way."""
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "classes.txt").write_text("0 void\n1 background\n2 liver\n3 kidney\n")
+    with pytest.raises(LmaeError) as error:
+        build_label_space(root)
+    assert str(error.value) == (
+        f"{root / 'classes.txt'}: void value 0 is one of the class values 0..3 (classes from 1): lmae-repair needs the classes as the "
+        "values 0..N-1 with void above them; remap the labels (classes from 0, e.g. with numpy, "
+        "np.where(label == 0, 255, label - 1).astype(np.uint8) into new files, and list `0 background` ... `255 void`)")
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "classes.txt: void value 0 is one of the class values" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
