@@ -855,24 +855,38 @@ def check_size(path: Path, img: Image.Image) -> None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3). Grayscale, palette, RGBA and CMYK images are converted; images of more
-    than 8 bits per value (16-bit PNG, 12-bit scans stored in 16 bits, signed or float rasters,
-    16-bit RGB TIFFs) are stretched to 8 bits (`stretch_to_8_bits`): PIL's own conversion clips
-    them to white, or keeps only the high byte, which leaves 12-bit data almost black."""
+    """RGB uint8 (H, W, 3) of an image (`read_image_nodata`)."""
+    return read_image_nodata(path)[0]
+
+
+def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB uint8 (H, W, 3), (H, W) bool of its no-data pixels or None). Grayscale, palette, RGBA
+    and CMYK images are converted; images of more than 8 bits per value (16-bit PNG, 12-bit scans
+    stored in 16 bits, signed or float rasters, 16-bit RGB TIFFs) are stretched to 8 bits
+    (`stretch_to_8_bits`): PIL's own conversion clips them to white, or keeps only the high byte,
+    which leaves 12-bit data almost black. No-data pixels are those where every band holds the
+    value a TIFF declares in GDAL's GDAL_NODATA tag (`declared_nodata`): outside a satellite
+    swath, or a tile's edge beyond the scene. They are left out of the stretch and drawn black:
+    a float reflectance raster with -9999 outside its swath had been stretched to plain white."""
     try:
         with Image.open(path) as img:
             check_size(path, img)
+            nodata = declared_nodata(img)
             if _bits_per_band(img, path) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
                 _refuse_wide_band_interleaved(img, path)
-                return stretch_to_8_bits(_read_wide_colour(path))
+                values, outside = _read_wide_colour(path, nodata)
+                return stretch_to_8_bits(values, outside), outside
             img.load()
             if img.mode.startswith("I") or img.mode == "F":
-                return stretch_to_8_bits(np.array(img))
+                values = np.array(img)
+                outside = nodata_pixels(values, nodata)
+                return stretch_to_8_bits(values, outside), outside
+            outside = None if nodata is None else nodata_pixels(np.asarray(img), nodata)  # no copy of every photo
             if img.mode == "P" and "transparency" in img.info:
                 # the same colours; straight to RGB, PIL warned (a UserWarning naming its own source
                 # file, not the image) for every palette image with transparent entries
                 img = img.convert("RGBA")
-            return np.array(img.convert("RGB"))
+            return np.array(img.convert("RGB")), outside
     except LmaeError:
         raise
     except Exception as exc:  # PIL raises many types for bad files
@@ -882,6 +896,34 @@ def read_image(path: Path) -> np.ndarray:
             hint = ("; a multi-band TIFF as GDAL writes them (bands as grey samples, or band-interleaved) is not read: "
                     "convert it to RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
+
+
+GDAL_NODATA_TAG = 42113  # GDAL's TIFF tag: the value of the pixels that hold no data, as text
+
+
+def declared_nodata(img: Image.Image) -> float | None:
+    """The no-data value a TIFF declares (GDAL_NODATA, text such as "0", "-9999" or "nan"); None
+    for other files, and where it declares none or one that is not a number."""
+    text = getattr(img, "tag_v2", {}).get(GDAL_NODATA_TAG) if img.format == "TIFF" else None
+    if text is None:
+        return None
+    try:
+        return float(str(text).strip().strip("\x00"))
+    except ValueError:
+        return None
+
+
+def nodata_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(H, W) bool: the pixels of `values` ((H, W) or (H, W, bands)) where every band holds
+    `nodata`; None where it is None or no pixel holds it. Band by band, so that a large tile
+    needs no (H, W, bands) temporary."""
+    if nodata is None:
+        return None
+    bands = values[..., None] if values.ndim == 2 else values
+    outside = np.ones(bands.shape[:2], bool)
+    for band in range(bands.shape[2]):
+        outside &= np.isnan(bands[..., band]) if math.isnan(nodata) else bands[..., band] == nodata
+    return outside if outside.any() else None
 
 
 def _bits_per_band(img: Image.Image, path: Path) -> int:
@@ -910,9 +952,10 @@ def _refuse_wide_band_interleaved(img: Image.Image, path: Path) -> None:
         )
 
 
-def _read_wide_colour(path: Path) -> np.ndarray:
+def _read_wide_colour(path: Path, nodata: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A colour TIFF or PNG of more than 8 bits per band as (H, W, 3) in R, G, B order: the first
-    three bands (an RGBN or RGBA file gives its RGB). OpenCV decodes these where PIL keeps 8 bits."""
+    three bands (an RGBN or RGBA file gives its RGB), with its no-data pixels judged on every band
+    (`nodata_pixels`). OpenCV decodes these where PIL keeps 8 bits."""
     import cv2
 
     level = cv2.utils.logging.getLogLevel()
@@ -923,15 +966,16 @@ def _read_wide_colour(path: Path) -> np.ndarray:
         cv2.utils.logging.setLogLevel(level)
     if values is None or values.ndim != 3 or values.shape[2] < 3:
         raise LmaeError(f"{path}: unreadable image (a {path.suffix.lstrip('.').upper() or 'file'} of more than 8 bits per band that OpenCV cannot decode)")
-    return values[..., [2, 1, 0]]  # OpenCV orders the bands B, G, R(, A)
+    return values[..., [2, 1, 0]], nodata_pixels(values, nodata)  # OpenCV orders the bands B, G, R(, A)
 
 
-def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
+def stretch_to_8_bits(values: np.ndarray, nodata: np.ndarray | None = None) -> np.ndarray:
     """An image of more than 8 bits as RGB uint8. Values that already fit 0-255 are kept (a float
     raster within 0-1 is scaled by 255); others
     are stretched from the image's 0.1st to its 99.9th percentile, whatever their type: the bit
     depth a file declares (16) is often not the one its data uses (12), and signed or float
-    rasters have no fixed range. Grey is repeated into three channels.
+    rasters have no fixed range. Grey is repeated into three channels. `nodata` ((H, W) bool, or
+    None): pixels that hold no data (`nodata_pixels`), left out of the range and drawn black.
 
     Integers of up to 16 bits go through a table of every value they can take, stretched as
     floats would be (the same bytes). Why: whole-image float64 temporaries made reading a
@@ -940,7 +984,7 @@ def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
         first, last = int(np.iinfo(values.dtype).min), int(np.iinfo(values.dtype).max)
-        table = _stretched(np.arange(first, last + 1).astype(np.float32), values)
+        table = _stretched(np.arange(first, last + 1).astype(np.float32), values if nodata is None else values[~nodata])
         rgb = np.empty(values.shape, np.uint8)
         rows = max(1, 1_000_000 // max(1, values[:1].size))  # about a million values at once: numpy indexes with int64
         for top in range(0, len(values), rows):
@@ -948,7 +992,9 @@ def stretch_to_8_bits(values: np.ndarray) -> np.ndarray:
             rgb[top : top + rows] = table[part.astype(np.int32) - first] if first else table[part]
     else:
         floats = values.astype(np.float32, copy=False)  # float32, not 64: a 5000x5000 RGBN tile is 300 MB, not 600
-        rgb = _stretched(floats, floats, floating=np.issubdtype(values.dtype, np.floating))
+        rgb = _stretched(floats, floats if nodata is None else floats[~nodata], floating=np.issubdtype(values.dtype, np.floating))
+    if nodata is not None:
+        rgb[nodata] = 0
     return np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
 
 

@@ -1218,3 +1218,26 @@ def test_a_class_list_with_void_below_the_classes_names_the_file_and_how_to_renu
     result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "classes.txt: void value 0 is one of the class values" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_pixels_a_tiff_declares_no_data_are_left_out_of_the_stretch(tmp_path):
+    """A float reflectance raster with -9999 outside its satellite swath (GDAL's GDAL_NODATA tag)
+    was stretched from -9999 to its brightest value: every pixel of the scene came out 255, plain
+    white to the model. The declared no-data pixels are left out of the range and drawn black."""
+    from PIL import TiffImagePlugin, TiffTags
+
+    from lmae_repair.data import read_image_nodata
+
+    reflectance = np.linspace(0.02, 0.4, 48 * 64, dtype=np.float32).reshape(48, 64)
+    reflectance[:, :16] = -9999  # outside the swath
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[42113] = "-9999"
+    tags.tagtype[42113] = TiffTags.ASCII
+    Image.fromarray(reflectance).save(tmp_path / "swath.tif", tiffinfo=tags)
+    rgb, nodata = read_image_nodata(tmp_path / "swath.tif")
+    assert nodata is not None and nodata.sum() == 48 * 16 and nodata[:, :16].all()
+    assert (rgb[:, :16] == 0).all()
+    scene = rgb[:, 16:, 0].astype(int)
+    assert scene.min() < 20 and scene.max() > 90 and scene.std() > 15  # 0.02..0.4 scaled by 255, not all white
+    Image.fromarray(reflectance).save(tmp_path / "undeclared.tif")  # nothing says -9999 is no data: as before
+    assert read_image_nodata(tmp_path / "undeclared.tif")[1] is None
