@@ -1213,7 +1213,9 @@ def read_pair(pair: Pair, space=None, with_kept: bool = False, keep_void: bool =
     the label's void pixels that are annotated all the same (`annotated_void`), for the commands
     that repair labels; training reads 255 as void whatever it was, so it skips that extra file.
     `keep_void` (`--keep-void`, needs `space`): every void pixel is kept so, as Pascal VOC means
-    its 255 (object borders, and difficult objects left out on purpose)."""
+    its 255 (object borders, and difficult objects left out on purpose). The pixels where the
+    image holds no data (`read_image_nodata`: a GeoTIFF's GDAL_NODATA, outside a swath) are kept
+    too: `complete` had filled a tile's black no-data border with vegetation and road."""
     label = read_label(pair.label)
     check_same_size(pair, label.values.shape)
     if space is not None:
@@ -1221,9 +1223,16 @@ def read_pair(pair: Pair, space=None, with_kept: bool = False, keep_void: bool =
     if with_kept:
         label.kept = annotated_void(pair.label, label.values)
     if keep_void:
-        void = label.values == space.void_id
-        label.kept = void if label.kept is None else label.kept | void
-    return read_image(pair.image), label
+        label.kept = _also_kept(label.kept, label.values == space.void_id)
+    image, nodata = read_image_nodata(pair.image)
+    if with_kept and nodata is not None:
+        label.kept = _also_kept(label.kept, nodata)
+    return image, label
+
+
+def _also_kept(kept: np.ndarray | None, more: np.ndarray) -> np.ndarray:
+    """`LabelFile.kept` with the pixels `more` added."""
+    return more if kept is None else kept | more
 
 
 # Cityscapes' train-id labels give 255 both to pixels nobody annotated (label id 0, "unlabeled")

@@ -1383,3 +1383,39 @@ def test_reruns_that_redo_every_pair_keep_one_progress_line_per_pair(tmp_path, f
     assert complete(root, out, family, "--threshold", "0.5").exit_code == 0  # the kept lines still tell what is finished
     assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} == stamps
     assert len((out / ".lmae-progress.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_geotiff_no_data_border_stays_void_and_the_holes_beside_it_are_filled(tmp_path, family):
+    """A tile whose left part lies outside the satellite swath (image 0 there, declared by GDAL's
+    GDAL_NODATA tag, label void): `complete` filled that border with classes. Kept as it is, it
+    still counted as a gap when choosing the working scale, so the tile was shrunk 4x and its
+    16-pixel holes, 4 pixels once shrunk, were left void."""
+    from PIL import TiffImagePlugin, TiffTags
+
+    from lmae_repair.checkpoints import load_checkpoint
+
+    for path in family.rglob("*.safetensors"):  # the models say they were trained on 64-pixel images
+        model, info = load_checkpoint(path)
+        info.training["image_short_side"] = 64
+        save_checkpoint(path, model, info)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 256, (256, 256, 3), dtype=np.uint8)
+    label = np.where(np.arange(256)[:, None] % 64 < 32, 1, 2).astype(np.uint8).repeat(256, axis=1)
+    image[:, :128], label[:, :128] = 0, 255  # outside the swath
+    holes = [(slice(32, 48), slice(160, 176)), (slice(192, 208), slice(208, 224))]
+    for hole in holes:
+        label[hole] = 255
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[42113] = "0"
+    tags.tagtype[42113] = TiffTags.ASCII
+    Image.fromarray(image).save(root / "images" / "tile.tif", tiffinfo=tags)
+    Image.fromarray(label).save(root / "labels" / "tile.tif", compression="tiff_lzw")
+    result = complete(root, tmp_path / "out", family)
+    assert result.exit_code == 0, result.output
+    written = np.array(Image.open(tmp_path / "out" / "labels" / "tile.tif"))
+    assert (written[:, :128] == 255).all()  # no data: not a class
+    assert all((written[hole] != 255).all() for hole in holes)
+    assert (written[:, 128:] != 255).all() and np.array_equal(written[label != 255], label[label != 255])
