@@ -843,7 +843,11 @@ def max_pixels() -> int:
 
 def check_size(path: Path, img: Image.Image) -> None:
     """Refuse an image too large to repair before its pixels are decoded."""
-    width, height = img.size
+    check_pixels(path, *img.size)
+
+
+def check_pixels(path: Path, width: int, height: int) -> None:
+    """`check_size` of an image `width` x `height` (from a header PIL could not open as an image too)."""
     if width * height > max_pixels():
         raise LmaeError(
             f"{path}: {width}x{height} ({width * height / 1e6:.1f} megapixels) is larger than the "
@@ -893,18 +897,69 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         hint = ""
         undecodable = isinstance(exc, Image.UnidentifiedImageError) or "unknown raw mode" in str(exc)
         if path.suffix.lower() in (".tif", ".tiff") and undecodable and path.is_file() and os.path.getsize(path) > 0:
+            tags = _tiff_tags(path)
+            if tags is not None:
+                return _read_tiff_pil_cannot(path, tags)
             hint = ("; a multi-band TIFF as GDAL writes them (bands as grey samples, or band-interleaved) is not read: "
                     "convert it to RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
 
 
+def _tiff_tags(path: Path) -> dict | None:
+    """The tags of a TIFF's first image, read by PIL's TIFF tag parser alone, for a TIFF that PIL
+    cannot open as an image (a layout it has no mode for, such as RGB of floats); None where the
+    file is no TIFF or its tags do not say its size."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8)
+            if header[:4] not in TiffImagePlugin.PREFIXES:
+                return None
+            tags = TiffImagePlugin.ImageFileDirectory_v2(header)
+            f.seek(tags.next)
+            tags.load(f)
+        found = dict(tags)
+    except Exception:
+        return None
+    return found if 256 in found and 257 in found else None
+
+
+SAMPLE_KINDS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}  # TIFF SampleFormat
+
+
+def _read_tiff_pil_cannot(path: Path, tags: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """`read_image_nodata` of a TIFF PIL has no mode for (`_tiff_tags`). Pixel-interleaved RGB (and
+    one more band) of floats, as GDAL and OpenCV write reflectance, is decoded by OpenCV and
+    stretched as other wide images are: it was refused as "not an image file", though a float
+    raster of one band was read. Other layouts (several bands stored as grey samples, as GDAL
+    writes multi-band rasters) are refused saying what they are, which OpenCV would have decoded
+    as one garbled band."""
+    check_pixels(path, int(tags[256]), int(tags[257]))
+    bands, planar = int(tags.get(277, 1)), tags.get(284, 1)
+    if tags.get(262) == 2 and planar == 1 and bands in (3, 4):
+        values, outside = _read_wide_colour(path, declared_nodata(tags))
+        return stretch_to_8_bits(values, outside), outside
+    bits, kind = tags.get(258, 1), tags.get(339, 1)
+    bits, kind = (value[0] if isinstance(value, tuple) else value for value in (bits, kind))
+    layout = ", band-interleaved (PlanarConfiguration 2)" if planar == 2 else (
+        ", stored as grey samples (PHOTOMETRIC=MINISBLACK, as GDAL writes multi-band rasters)" if tags.get(262) == 1 and bands > 1 else "")
+    raise LmaeError(
+        f"{path}: unreadable image (a TIFF of {bands} band{'s' if bands > 1 else ''} of {bits}-bit "
+        f"{SAMPLE_KINDS.get(kind, 'unknown')} values{layout}, which lmae-repair does not decode); convert it to "
+        "pixel-interleaved RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB -co INTERLEAVE=PIXEL IN.tif OUT.tif"
+    )
+
+
 GDAL_NODATA_TAG = 42113  # GDAL's TIFF tag: the value of the pixels that hold no data, as text
 
 
-def declared_nodata(img: Image.Image) -> float | None:
-    """The no-data value a TIFF declares (GDAL_NODATA, text such as "0", "-9999" or "nan"); None
-    for other files, and where it declares none or one that is not a number."""
-    text = getattr(img, "tag_v2", {}).get(GDAL_NODATA_TAG) if img.format == "TIFF" else None
+def declared_nodata(img: Image.Image | dict) -> float | None:
+    """The no-data value a TIFF (or its tags, `_tiff_tags`) declares (GDAL_NODATA, text such as
+    "0", "-9999" or "nan"); None for other files, and where it declares none or one that is not a
+    number."""
+    tags = img if isinstance(img, dict) else getattr(img, "tag_v2", {}) if img.format == "TIFF" else {}
+    text = tags.get(GDAL_NODATA_TAG)
     if text is None:
         return None
     try:
@@ -1319,11 +1374,15 @@ def check_same_size(pair: Pair, label_shape: tuple[int, int]) -> None:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) from the file header, without decoding the pixels (a TIFF PIL has no mode
+    for from its tags: `read_image` reads it, or says what it is)."""
     try:
         with Image.open(path) as img:
             return img.size
     except Exception as exc:
+        tags = _tiff_tags(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        if tags is not None:
+            return int(tags[256]), int(tags[257])
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)})") from None
 
 

@@ -1241,3 +1241,36 @@ def test_pixels_a_tiff_declares_no_data_are_left_out_of_the_stretch(tmp_path):
     assert scene.min() < 20 and scene.max() > 90 and scene.std() > 15  # 0.02..0.4 scaled by 255, not all white
     Image.fromarray(reflectance).save(tmp_path / "undeclared.tif")  # nothing says -9999 is no data: as before
     assert read_image_nodata(tmp_path / "undeclared.tif")[1] is None
+
+
+def test_an_rgb_tiff_of_floats_is_read_and_grey_sample_bands_are_named_for_what_they_are(tmp_path):
+    """A 3-band float32 reflectance TIFF (OpenCV or GDAL with PHOTOMETRIC=RGB) failed as "not an
+    image file: its contents match no image format", though a one-band float raster was read; a
+    4-band 16-bit raster as GDAL writes it (bands as grey samples) got the same false words."""
+    import struct
+
+    import cv2
+
+    from lmae_repair.data import image_size
+
+    reflectance = np.zeros((40, 50, 3), np.float32)
+    reflectance[..., 0], reflectance[..., 1], reflectance[..., 2] = 0.8, 0.4, 0.1  # R, G, B
+    cv2.imwrite(str(tmp_path / "float.tif"), reflectance[..., ::-1])  # OpenCV writes B, G, R
+    assert image_size(tmp_path / "float.tif") == (50, 40)
+    assert read_image(tmp_path / "float.tif")[5, 5].tolist() == [204, 102, 26]  # 0..1 scaled by 255
+
+    raster = (np.arange(40 * 50 * 4) % 4000).astype(np.uint16).reshape(40, 50, 4)
+    cv2.imwrite(str(tmp_path / "bands.tif"), raster)
+    data = bytearray((tmp_path / "bands.tif").read_bytes())
+    assert data[:2] == b"II"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):  # PhotometricInterpretation RGB -> MINISBLACK, as GDAL writes it
+        at = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 262:
+            struct.pack_into("<H", data, at + 8, 1)
+    (tmp_path / "bands.tif").write_bytes(bytes(data))
+    assert image_size(tmp_path / "bands.tif") == (50, 40)
+    with pytest.raises(LmaeError) as error:
+        read_image(tmp_path / "bands.tif")
+    assert "a TIFF of 4 bands of 16-bit unsigned integer values, stored as grey samples" in str(error.value)
+    assert "not an image file" not in str(error.value) and "gdal_translate" in str(error.value)
