@@ -289,7 +289,9 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     orphans = _pair_ignoring_case(orphans, images, used, claims)
     problems += [clash_line(group, "image") for stem, group in image_clashes.items() if stem not in named_clashes]
     lonely_images = by_name({key: path for key, path in images.items() if key not in used}, labels=False)
-    problems += [f"{label}: no image with the same name{elsewhere(rel, lonely_images, image_dir) or unread_namesake(rel, image_dir)}"
+    longer_images = by_prefix(lonely_images)
+    problems += [f"{label}: no image with the same name"
+                 f"{elsewhere(rel, lonely_images, image_dir) or unread_namesake(rel, image_dir) or near_namesake(label, rel, lonely_images, longer_images, image_dir)}"
                  for label, rel in orphans]
     for key, claimants in sorted(claims.items(), key=lambda item: item[1][0]):
         if len(claimants) == 1:
@@ -298,7 +300,9 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
             problems.append(problem(f"{images[key]}: {len(claimants)} labels name this image "
                                     f"({', '.join(str(p) for p in claimants)}); rename or remove all but one", images[key]))
     lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans}, labels=True)
-    unlabelled = [problem(f"{image}: no label with the same name{elsewhere(Path(key), lonely_labels, label_dir, 'a label')}", image)
+    longer_labels = by_prefix(lonely_labels)
+    unlabelled = [problem(f"{image}: no label with the same name"
+                          f"{elsewhere(Path(key), lonely_labels, label_dir, 'a label') or near_namesake(image, Path(key), lonely_labels, longer_labels, label_dir, 'a label')}", image)
                   for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
 
@@ -365,6 +369,44 @@ def elsewhere(stem: Path, partners: dict[str, list[Path]], partner_dir: Path, ki
 
     return (f" in {folder(stem.parent)} ({kind} of that name is in {folder(found[0].parent.relative_to(partner_dir))} "
             f"of {partner_dir}: the subfolders below the images and labels folders must match)")
+
+
+def name_prefixes(name: str) -> list[str]:
+    """The beginnings of `name` that end before a separator (not a letter or digit): `tile_01`
+    and `tile` of `tile_01-mask`, not `tile_0`, so that `tile_1` is no beginning of `tile_10`."""
+    return [name[:i] for i in range(1, len(name)) if not name[i].isalnum()]
+
+
+def by_prefix(partners: dict[str, list[Path]]) -> dict[str, list[tuple[str, Path]]]:
+    """{a beginning of a name (`name_prefixes`): (that name, its file)} of `by_name`'s index, for
+    `near_namesake` to find longer names without a search per file."""
+    index: dict[str, list[tuple[str, Path]]] = {}
+    for name, files in partners.items():
+        for prefix in name_prefixes(name):
+            index.setdefault(prefix, []).extend((name, file) for file in files)
+    return index
+
+
+def near_namesake(path: Path, stem: Path, partners: dict[str, list[Path]], longer: dict[str, list[tuple[str, Path]]],
+                  partner_dir: Path, kind: str = "an image") -> str:
+    """For a file without its partner (`path`; `stem`, its path below its folder without
+    extension; `kind`, what the partner is, as `elsewhere` takes it): an unpaired partner in the
+    same subfolder whose name begins this one's (`partners`, `by_name`) or begins with it
+    (`longer`, `by_prefix`) before a separator (a label `tile_01-mask.png` or `tile_01_classes.tif`
+    for the image `tile_01.tif`), and the name that pairs them; nothing where there is none.
+    Without it each was "no ... with the same name", the image and its label two lines apart,
+    with no word of how labels are matched."""
+    near = [(other, file) for other in name_prefixes(stem.name) for file in partners.get(other, [])]
+    near += longer.get(stem.name, [])
+    near = sorted(((other, file) for other, file in near if file.parent.relative_to(partner_dir) == stem.parent),
+                  key=lambda item: (-len(item[0]), item[1]))
+    if not near:
+        return ""
+    partner = near[0][1]
+    label, image = (path, partner) if kind == "an image" else (partner, path)
+    return (f" ({partner} has no {'label' if kind == 'an image' else 'image'} either, and a name close to this one: a label "
+            f"pairs with the image of its name, alone or followed by {', '.join(LABEL_STEM_SUFFIXES)}; "
+            f"rename {label.name} to {image.stem}{label.suffix} to pair them)")
 
 
 def shell_path(path: Path | str) -> str:

@@ -1274,3 +1274,23 @@ def test_an_rgb_tiff_of_floats_is_read_and_grey_sample_bands_are_named_for_what_
         read_image(tmp_path / "bands.tif")
     assert "a TIFF of 4 bands of 16-bit unsigned integer values, stored as grey samples" in str(error.value)
     assert "not an image file" not in str(error.value) and "gdal_translate" in str(error.value)
+
+
+def test_a_label_whose_name_only_begins_with_its_images_says_how_to_name_it(tmp_path):
+    """labels/tile_02-mask.png and labels/tile_04_classes.tif beside images/tile_02.tif and
+    images/tile_04.tif were "no image with the same name", and each image "no label with the same
+    name", with no word of how names are matched; tile_1 is no beginning of tile_10_a."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    image, label = make_scene(rng)
+    write_pair(root / "images" / "ok.tif", root / "labels" / "ok.png", image, label)
+    for name in ("tile_02.tif", "tile_04.tif", "tile_1.tif"):
+        Image.fromarray(image).save(root / "images" / name)
+    for name in ("tile_02-mask.png", "tile_04_classes.tif", "tile_10_a.png"):
+        Image.fromarray(label).save(root / "labels" / name)
+    index = discover(root)
+    lines = {Path(str(line).partition(": ")[0]).name: str(line) for line in index.unmatched + index.unlabelled}
+    assert "rename tile_02-mask.png to tile_02.png to pair them" in lines["tile_02-mask.png"]
+    assert "rename tile_02-mask.png to tile_02.png to pair them" in lines["tile_02.tif"]
+    assert "rename tile_04_classes.tif to tile_04.tif" in lines["tile_04_classes.tif"] and "_mask" in lines["tile_04_classes.tif"]
+    assert lines["tile_10_a.png"].endswith("no image with the same name") and lines["tile_1.tif"].endswith("no label with the same name")
