@@ -979,8 +979,8 @@ def _read_tiff_pil_cannot(path: Path, tags: dict) -> tuple[np.ndarray, np.ndarra
     as one garbled band."""
     check_pixels(path, int(tags[256]), int(tags[257]))
     bands, planar = int(tags.get(277, 1)), tags.get(284, 1)
-    if tags.get(262) == 2 and planar == 1 and bands in (3, 4):
-        values, outside = _read_wide_colour(path, declared_nodata(tags))
+    if tags.get(262) in (1, 2) and planar == 1 and bands in (3, 4):
+        values, outside = _read_wide_colour(path, declared_nodata(tags), grey_bands=tags.get(262) == 1)
         return stretch_to_8_bits(values, outside), outside
     bits, kind = tags.get(258, 1), tags.get(339, 1)
     bits, kind = (value[0] if isinstance(value, tuple) else value for value in (bits, kind))
@@ -1049,21 +1049,45 @@ def _refuse_wide_band_interleaved(img: Image.Image, path: Path) -> None:
         )
 
 
-def _read_wide_colour(path: Path, nodata: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_wide_colour(path: Path, nodata: float | None = None, grey_bands: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """A colour TIFF or PNG of more than 8 bits per band as (H, W, 3) in R, G, B order: the first
     three bands (an RGBN or RGBA file gives its RGB), with its no-data pixels judged on every band
-    (`nodata_pixels`). OpenCV decodes these where PIL keeps 8 bits."""
+    (`nodata_pixels`). OpenCV decodes these where PIL keeps 8 bits. `grey_bands`: a TIFF of 3 or 4
+    bands stored as grey samples, decoded as RGB(N) (`_grey_bands_as_rgb`)."""
     import cv2
 
+    encoded = np.fromfile(path, np.uint8)
+    if grey_bands:
+        _grey_bands_as_rgb(path, encoded)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # libtiff's warnings name no file
     try:
-        values = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        values = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     finally:
         cv2.utils.logging.setLogLevel(level)
     if values is None or values.ndim != 3 or values.shape[2] < 3:
         raise LmaeError(f"{path}: unreadable image (a {path.suffix.lstrip('.').upper() or 'file'} of more than 8 bits per band that OpenCV cannot decode)")
     return values[..., [2, 1, 0]], nodata_pixels(values, nodata)  # OpenCV orders the bands B, G, R(, A)
+
+
+def _grey_bands_as_rgb(path: Path, encoded: np.ndarray) -> None:
+    """Mark, in `encoded` (a TIFF's bytes, in memory: the file is not touched), its 3 or 4 bands
+    stored as grey samples (PHOTOMETRIC=MINISBLACK, as GDAL writes multi-band rasters) as RGB and
+    one extra band, the same pixels in the layout OpenCV decodes: it reads grey samples as one
+    garbled band. Only the first directory's PhotometricInterpretation and ExtraSamples count
+    change (OpenCV writes RGB + 1 band without ExtraSamples, and reads it so; a BigTIFF is refused)."""
+    order = {b"II": "<", b"MM": ">"}.get(encoded[:2].tobytes())
+    if order is None or int(np.frombuffer(encoded[2:4].tobytes(), f"{order}u2")[0]) != 42:
+        raise LmaeError(f"{path}: unreadable image (a BigTIFF of bands stored as grey samples); convert it to RGB first, "
+                        "e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
+    data = memoryview(encoded)
+    ifd = struct.unpack_from(f"{order}I", data, 4)[0]
+    entries = {struct.unpack_from(f"{order}H", data, ifd + 2 + 12 * i)[0]: ifd + 2 + 12 * i
+               for i in range(struct.unpack_from(f"{order}H", data, ifd)[0])}
+    bands = struct.unpack_from(f"{order}H", data, entries[277] + 8)[0] if 277 in entries else 1
+    struct.pack_into(f"{order}H", data, entries[262] + 8, 2)  # RGB
+    if 338 in entries:  # the bands after the first three are extra, their kind unspecified (0)
+        struct.pack_into(f"{order}IHH", data, entries[338] + 4, bands - 3, 0, 0)
 
 
 def stretch_to_8_bits(values: np.ndarray, nodata: np.ndarray | None = None) -> np.ndarray:

@@ -1270,10 +1270,46 @@ def test_an_rgb_tiff_of_floats_is_read_and_grey_sample_bands_are_named_for_what_
             struct.pack_into("<H", data, at + 8, 1)
     (tmp_path / "bands.tif").write_bytes(bytes(data))
     assert image_size(tmp_path / "bands.tif") == (50, 40)
-    with pytest.raises(LmaeError) as error:
-        read_image(tmp_path / "bands.tif")
-    assert "a TIFF of 4 bands of 16-bit unsigned integer values, stored as grey samples" in str(error.value)
-    assert "not an image file" not in str(error.value) and "gdal_translate" in str(error.value)
+    assert read_image(tmp_path / "bands.tif").shape == (40, 50, 3)  # read as RGB + 1 band (the next test)
+
+
+def test_a_gdal_multi_band_tiff_of_three_or_four_grey_sample_bands_is_read_as_rgb(tmp_path):
+    """GDAL writes a multi-band raster (RGB + near-infrared of 16 bits, the usual satellite tile)
+    as grey samples (PHOTOMETRIC=MINISBLACK), which PIL cannot open and OpenCV decodes as one
+    garbled band: every such tile was refused. Its first three bands are read as RGB, as those of
+    an RGB-tagged TIFF are, and the file is not touched."""
+    import struct
+
+    import cv2
+
+    raster = np.zeros((40, 50, 4), np.uint16)  # R, G, B, near-infrared; 0 outside the swath
+    raster[..., 0], raster[..., 1], raster[..., 2], raster[..., 3] = 3000, 1500, 100, 4000
+    raster[:, :10] = 0
+    reference = tmp_path / "rgbn.tif"
+    cv2.imwrite(str(reference), raster[..., [2, 1, 0, 3]])  # OpenCV writes B, G, R, A: tagged RGB
+    data = bytearray(reference.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):  # as GDAL writes it: grey samples, 3 extra
+        at = ifd + 2 + 12 * entry
+        tag = struct.unpack_from("<H", data, at)[0]
+        if tag == 262:
+            struct.pack_into("<H", data, at + 8, 1)
+        if tag == 338:
+            struct.pack_into("<IHH", data, at + 4, 3, 0, 0)
+    (tmp_path / "gdal.tif").write_bytes(bytes(data))
+    assert np.array_equal(read_image(tmp_path / "gdal.tif"), read_image(reference))
+    assert read_image(tmp_path / "gdal.tif")[5, 20].tolist()[0] == 255
+    assert (tmp_path / "gdal.tif").read_bytes() == bytes(data)
+
+    Image.fromarray(np.full((40, 50, 4), (200, 100, 50, 30), np.uint8)).save(tmp_path / "rgba.tif")  # with ExtraSamples
+    data = bytearray((tmp_path / "rgba.tif").read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 262:
+            struct.pack_into("<H", data, at + 8, 1)
+    (tmp_path / "grey8.tif").write_bytes(bytes(data))
+    assert read_image(tmp_path / "grey8.tif")[0, 0].tolist() == [200, 100, 50]
 
 
 def test_a_label_whose_name_only_begins_with_its_images_says_how_to_name_it(tmp_path):
