@@ -911,7 +911,8 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     stored in 16 bits, signed or float rasters, 16-bit RGB TIFFs) are stretched to 8 bits
     (`stretch_to_8_bits`): PIL's own conversion clips them to white, or keeps only the high byte,
     which leaves 12-bit data almost black. No-data pixels are those where every band holds the
-    value a TIFF declares in GDAL's GDAL_NODATA tag (`declared_nodata`): outside a satellite
+    value a TIFF declares in GDAL's GDAL_NODATA tag (`declared_nodata`), or, in an 8-bit
+    GeoTIFF with an alpha band (`_geotiff_alpha`), those whose alpha is 0: outside a satellite
     swath, or a tile's edge beyond the scene. They are left out of the stretch and drawn black:
     a float reflectance raster with -9999 outside its swath had been stretched to plain white."""
     try:
@@ -928,6 +929,8 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 outside = nodata_pixels(values, nodata)
                 return stretch_to_8_bits(values, outside), outside
             outside = None if nodata is None else nodata_pixels(np.asarray(img), nodata)  # no copy of every photo
+            if outside is None and _geotiff_alpha(img):
+                outside = nodata_pixels(np.asarray(img)[..., 3:], 0)
             if img.mode == "P" and "transparency" in img.info:
                 # the same colours; straight to RGB, PIL warned (a UserWarning naming its own source
                 # file, not the image) for every palette image with transparent entries
@@ -1008,6 +1011,20 @@ def declared_nodata(img: Image.Image | dict) -> float | None:
         return float(str(text).strip().strip("\x00"))
     except ValueError:
         return None
+
+
+GEOTIFF_PLACEMENT_TAGS = {33550, 33922, 34264}  # ModelPixelScale, ModelTiepoint, ModelTransformation
+
+
+def _geotiff_alpha(img: Image.Image) -> bool:
+    """Whether `img` is a georeferenced 8-bit RGBA TIFF whose fourth band the file declares alpha
+    (ExtraSamples 1 or 2), as `gdalwarp -dstalpha` writes the part of a tile outside the scene
+    (alpha 0): that part was filled with classes. Only GeoTIFFs: a photo's transparent pixels are
+    read as they always were."""
+    tags = getattr(img, "tag_v2", {}) if img.format == "TIFF" and img.mode == "RGBA" else {}
+    extra = tags.get(338)
+    extra = extra[0] if isinstance(extra, tuple) and extra else extra
+    return extra in (1, 2) and bool(GEOTIFF_PLACEMENT_TAGS & set(tags))
 
 
 def nodata_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray | None:

@@ -1419,3 +1419,32 @@ def test_a_geotiff_no_data_border_stays_void_and_the_holes_beside_it_are_filled(
     assert (written[:, :128] == 255).all()  # no data: not a class
     assert all((written[hole] != 255).all() for hole in holes)
     assert (written[:, 128:] != 255).all() and np.array_equal(written[label != 255], label[label != 255])
+
+
+def test_the_transparent_part_of_a_geotiff_with_an_alpha_band_stays_void(tmp_path, family):
+    """gdalwarp -dstalpha writes the part of a tile outside the scene as alpha 0 (an 8-bit RGBA
+    GeoTIFF, no GDAL_NODATA tag): `complete` filled its void with classes. A PNG photo's
+    transparent pixels are read as before."""
+    from PIL import TiffImagePlugin, TiffTags
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    image = np.dstack([rng.integers(1, 256, (64, 64, 3), dtype=np.uint8), np.full((64, 64), 255, np.uint8)])
+    label = np.where(np.arange(64)[:, None] % 32 < 16, 1, 2).astype(np.uint8).repeat(64, axis=1)
+    image[:, :16, 3], label[:, :16] = 0, 255  # outside the scene
+    label[32:48, 32:48] = 255  # a hole
+    geo = TiffImagePlugin.ImageFileDirectory_v2()
+    geo[33550] = (10.0, 10.0, 0.0)
+    geo.tagtype[33550] = TiffTags.DOUBLE
+    Image.fromarray(image, "RGBA").save(root / "images" / "tile.tif", tiffinfo=geo)
+    Image.fromarray(image, "RGBA").save(root / "images" / "photo.png")
+    Image.fromarray(label).save(root / "labels" / "tile.tif")
+    Image.fromarray(label).save(root / "labels" / "photo.png")
+    result = complete(root, tmp_path / "out", family, "--native-scale")
+    assert result.exit_code == 0, result.output
+    tile = np.array(Image.open(tmp_path / "out" / "labels" / "tile.tif"))
+    photo = np.array(Image.open(tmp_path / "out" / "labels" / "photo.png"))
+    assert (tile[:, :16] == 255).all() and (tile[32:48, 32:48] != 255).all()
+    assert (photo[:, :16] != 255).any()  # a photo's transparency says nothing of its label
