@@ -538,10 +538,43 @@ def time_left_text(remaining: int, count: int, seconds: float) -> str:
     return f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
 
+def draws_live(console: Console) -> bool:
+    """Whether a progress bar may redraw itself in place: on a real terminal whose cursor moves.
+    Why not rich's own `is_terminal`: it takes FORCE_COLOR=1 (which CI set-ups export for coloured
+    logs) or TTY_COMPATIBLE=1 for a terminal, and the bar was redrawn ten times a second into the
+    log file, 35 kB of carriage returns for 3 pairs; and with TERM=dumb on a terminal (Emacs' shell,
+    some CI runners) it drew nothing until the end, while the progress lines were left out as
+    well, so a long run looked hung. rich's TTY_INTERACTIVE=0/1 still decides where it is set."""
+    chosen = os.environ.get("TTY_INTERACTIVE")
+    if chosen in ("0", "1"):
+        return chosen == "1"
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        real = bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        real = False
+    return real and console.is_terminal and not console.is_dumb_terminal
+
+
+@contextmanager
+def drawn_or_logged(console: Console):
+    """Yield whether the progress bar is drawn live (`draws_live`); where it is not, rich is told
+    so for the while (`is_interactive`), so that it draws the bar once at the end, as in a pipe,
+    colours kept, instead of moving the cursor of a log file."""
+    live, interactive = draws_live(console), console.is_interactive
+    if not live:
+        console.is_interactive = False
+    try:
+        yield live
+    finally:
+        console.is_interactive = interactive
+
+
 class PairProgress:
     """A rich progress bar over pairs with a pairs/s column; `advance()` counts one pair. Where
-    the output is no terminal (a log file, a scheduler) the bar is drawn only at the end, so a
-    line of progress is printed every LOG_EVERY_S seconds instead: a long job must not look hung."""
+    the bar is not drawn live (a log file, a scheduler, TERM=dumb: `draws_live`) it is drawn only
+    at the end, so a line of progress is printed every LOG_EVERY_S seconds instead: a long job
+    must not look hung."""
 
     LOG_EVERY_S = 60.0
 
@@ -558,6 +591,8 @@ class PairProgress:
     def __enter__(self):
         import time
 
+        self.drawn = drawn_or_logged(console)
+        self.live = self.drawn.__enter__()
         self.progress.__enter__()
         self.task = self.progress.add_task("pairs", total=self.total, rate="-", left="-", tiles="")
         self.started, self.count, self.done = time.perf_counter(), 0, 0
@@ -572,7 +607,7 @@ class PairProgress:
                 self.count += 1
             rate = {"rate": rate_text(self.count, now - self.started)} if timed else {}  # moved by worked pairs only
             self.progress.update(self.task, advance=1, left=self.time_left(now), **rate)
-            if not console.is_terminal:
+            if not self.live:
                 self.log_if_due(now)
 
         self.lock = threading.Lock()  # the heartbeat and the pairs may both find a line due: one prints it
@@ -580,7 +615,7 @@ class PairProgress:
         # pairs finish a batch at a time: a batch of large pairs may take minutes, so a log gets a
         # line every LOG_EVERY_S and a terminal's bar the tiles under way every second
         self.heartbeat = None
-        if console.is_terminal or self.LOG_EVERY_S > 0:
+        if self.live or self.LOG_EVERY_S > 0:
             self.heartbeat = threading.Thread(target=self.beat, daemon=True)
             self.heartbeat.start()
         return advance
@@ -604,7 +639,7 @@ class PairProgress:
         the tiles under way, every second."""
         import time
 
-        if console.is_terminal:
+        if self.live:
             while not self.stopped.wait(1.0):
                 self.progress.update(self.task, tiles=tiles_under_way())
             return
@@ -617,6 +652,7 @@ class PairProgress:
             self.heartbeat.join()
         self.progress.update(self.task, tiles="")
         self.progress.__exit__(*exc)
+        self.drawn.__exit__(*exc)
 
 
 def key_value_table(title: str) -> Table:

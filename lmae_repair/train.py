@@ -904,7 +904,18 @@ class BudgetTimeRemainingColumn(TimeRemainingColumn):
         return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
-def training_progress(console: Console, disable: bool = False) -> Progress:
+@contextlib.contextmanager
+def training_progress(console: Console, disable: bool = False):
+    """The epoch's bar, drawn live only on a real terminal (`cli.drawn_or_logged`): a log file
+    under FORCE_COLOR=1 got it redrawn ten times a second; there the epoch lines tell the progress."""
+    from lmae_repair.cli import drawn_or_logged
+
+    with drawn_or_logged(console), progress_bar(console, disable) as progress:
+        yield progress
+
+
+def progress_bar(console: Console, disable: bool) -> Progress:
+    """The columns of `training_progress`."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -988,8 +999,10 @@ def load_training_data(
 def scan_training_labels(index: DatasetIndex, console: Console):
     """Every training label read once (`dataset.scan_labels`), with a bar on a terminal; an error
     when none is usable, before the label space, which cannot be told from no label at all."""
+    from lmae_repair.cli import draws_live
+
     with Progress(TextColumn("scanning labels"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
-                  disable=not console.is_terminal) as progress:  # a transient bar leaves a blank line in logs
+                  disable=not draws_live(console)) as progress:  # a transient bar leaves a blank line in logs
         task = progress.add_task("scan", total=len(index.pairs))
         scan = scan_labels(index.pairs, lambda: progress.advance(task))
     if not scan.good:

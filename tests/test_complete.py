@@ -1448,3 +1448,46 @@ def test_the_transparent_part_of_a_geotiff_with_an_alpha_band_stays_void(tmp_pat
     photo = np.array(Image.open(tmp_path / "out" / "labels" / "photo.png"))
     assert (tile[:, :16] == 255).all() and (tile[32:48, 32:48] != 255).all()
     assert (photo[:, :16] != 255).any()  # a photo's transparency says nothing of its label
+
+
+def test_a_log_under_force_color_gets_progress_lines_not_a_bar_redrawn_in_place(tmp_path, family, monkeypatch):
+    """CI set-ups export FORCE_COLOR=1 for coloured logs; rich then took the log file for a
+    terminal: the bar was redrawn ten times a second into it (35 kB of carriage returns for 3
+    pairs) and the progress lines a log gets were left out."""
+    from lmae_repair import cli
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    monkeypatch.setattr(cli.console, "is_interactive", True)  # what rich decides at start under FORCE_COLOR=1
+    monkeypatch.setattr(cli.PairProgress, "LOG_EVERY_S", 0.0)
+    result = complete(make_paired(tmp_path / "ds", count=3), tmp_path / "out", family, "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    assert "completing: 1/3 pairs" in result.output
+    assert "\r" not in result.output and "\x1b[2K" not in result.output  # no line erased and drawn again
+    assert cli.console.is_interactive  # told otherwise for the bar's while only
+
+
+def test_the_progress_bar_is_drawn_live_on_a_real_terminal_only(monkeypatch):
+    """TERM=dumb on a terminal (Emacs' shell, some CI runners) drew no bar until the end and no
+    progress lines either: a long run looked hung."""
+    import io
+
+    from rich.console import Console
+
+    from lmae_repair.cli import draws_live
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert draws_live(Console(file=Terminal()))
+    assert not draws_live(Console(file=io.StringIO()))
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert not draws_live(Console(file=io.StringIO()))  # coloured, but a file
+    monkeypatch.setenv("TERM", "dumb")
+    assert not draws_live(Console(file=Terminal()))
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")  # rich's own switch still decides
+    assert draws_live(Console(file=io.StringIO()))
