@@ -135,13 +135,13 @@ def find_checkpoints(specs: list[Path | str]) -> Checkpoints:
     return sorted(checkpoints, key=lambda c: (c[1].mask_ratio, c[1].gap_kind))
 
 
-def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | None, list[int] | None]:
+def dataset_evidence(index: DatasetIndex, problems: list[str] | None = None) -> tuple[list[set[int]], list[str] | None, list[int] | None]:
     """The label values of each label of a sample, the dataset's class names, and the palette most
     of the sampled labels carry (one label from another tool, first in the sample, must not speak
-    for the dataset)."""
+    for the dataset); why each sampled label that could not be read could not, into `problems`."""
     values: list[set[int]] = []
     palettes: Counter = Counter()
-    for label in sampled_labels(index):
+    for label in sampled_labels(index, problems):
         values.append(set(np.unique(label.values).tolist()))
         if label.palette:
             palettes[tuple(label.palette)] += 1
@@ -149,15 +149,17 @@ def dataset_evidence(index: DatasetIndex) -> tuple[list[set[int]], list[str] | N
     return values, declared_class_names(index.root, index.known_class_names), palette
 
 
-def sampled_labels(index: DatasetIndex):
+def sampled_labels(index: DatasetIndex, problems: list[str] | None = None):
     """The readable labels of up to MATCH_SAMPLE pairs spread over the dataset, the sample a
-    family is matched by; an unreadable one is skipped (reported when its pair is processed)."""
+    family is matched by; an unreadable one is skipped (reported when its pair is processed), its
+    error added to `problems` where given."""
     step = max(1, len(index.pairs) // MATCH_SAMPLE)
     for pair in index.pairs[::step][:MATCH_SAMPLE]:
         try:
             yield read_label(pair.label)
-        except LmaeError:
-            continue
+        except LmaeError as exc:
+            if problems is not None:
+                problems.append(str(exc))
 
 
 def seen(values: list[set[int]]) -> str:
@@ -277,15 +279,21 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
 
 
 def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list,
-                  soft: str | None = None, names_from: str = "its class list") -> str:
+                  soft: str | None = None, names_from: str = "its class list", unreadable: list[str] | None = None) -> str:
     """Why no bundled family was chosen, with what the user can do about a near miss: labels
     whose values fit a family but that nothing names (no class list, no palette), or labels that
-    hold no class indices at all (colour labels)."""
+    hold no class indices at all, the first sampled label's error saying why (`unreadable`): a
+    dataset of truncated or empty labels (a failed copy) was told to save its colour labels as
+    class indices."""
     named = f"class names {first_names(names, 6)} (from {names_from}), " if names else ""
     reason = f"no bundled family ({', '.join(families)}) fits these labels ({named}values seen: {seen(values)})"
     masks = masks_of_0_and_255(values) or soft  # no family fits, and train refuses such labels (`soft`: soft-edged masks)
     if masks:
         return f"{reason}: {masks}"
+    if not values and unreadable:
+        if len(unreadable) == 1:
+            return f"{reason}: the label sampled could not be read as class indices ({unreadable[0]})"
+        return f"{reason}: none of the {len(unreadable)} labels sampled could be read as class indices (first: {unreadable[0]})"
     if not values:
         return reason + (": no sampled label could be read as class indices (colour labels must be saved as class indices "
                          "first: a palette or grayscale PNG, one value per class)")
@@ -318,7 +326,8 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
     families = bundled_families()
     if not families:
         raise LmaeError(f"no --models given and no bundled models found in {bundled_models_text()}; {how_to_train(index.root, index.image_root)}")
-    values, names, palette = dataset_evidence(index)
+    unreadable: list[str] = []
+    values, names, palette = dataset_evidence(index, unreadable)
     scored, unconfirmed = [], []
     for name, folder in families.items():
         checkpoints = find_checkpoints([folder])
@@ -335,7 +344,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         # names without a class list are the layout's: Cityscapes' train ids, named by its file names, or nnU-Net's dataset.json
         names_from = ("its class list" if find_classes_file(index.root) is not None else
                       "its Cityscapes file names" if index.known_class_names == CITYSCAPES_NAMES else "its dataset.json")
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from), index, values, soft)
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from, unreadable), index, values, soft)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

@@ -397,7 +397,7 @@ def test_colour_labels_that_no_family_reads_are_not_sent_to_train_a_family(tmp_p
         Image.fromarray(np.stack([values * 60, values * 20, values * 0], -1).astype(np.uint8)).save(label)
     result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "out")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "colour labels must be saved as class indices first" in text
+    assert result.exit_code == 2 and "colour (RGB) label" in text and "needs class indices" in text
     assert "lmae-repair train" not in text
     trained = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert trained.exit_code == 2 and "no usable training pair" in trained.output  # what the advice had led to

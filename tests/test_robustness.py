@@ -644,3 +644,19 @@ def test_a_class_list_named_as_windows_or_macos_find_it_is_read(tmp_path, name):
     assert declared_class_names(root, None) == ["background", "rust", "hole"]
     (root / "classes.txt").write_text("background\ncrack\n")  # the exact name wins
     assert find_classes_file(root) == root / "classes.txt"
+
+
+def test_a_dataset_whose_labels_are_all_unreadable_is_told_why_not_to_save_colour_labels(tmp_path):
+    """Every label truncated or empty (a copy that failed): no family could be chosen, and the
+    error said to save colour labels as class indices, naming no file; it names the first
+    unreadable label and why it could not be read."""
+    root = make_paired(tmp_path / "ds", count=2)
+    labels = sorted((root / "labels").glob("*.png"))
+    labels[0].write_bytes(b"")
+    labels[1].write_bytes(labels[1].read_bytes()[:40])
+    for command in (["complete", str(root), "--out", str(tmp_path / "out")], ["audit", str(root)]):
+        result = runner.invoke(app, command)
+        text = " ".join(result.output.split())
+        assert "colour labels must be saved" not in text, text
+        assert f"none of the 2 labels sampled could be read as class indices (first: {labels[0]}: unreadable label (empty file))" in text
+    assert not (tmp_path / "out").exists()
