@@ -53,7 +53,7 @@ from lmae_repair.checkpoints import CheckpointInfo
 from lmae_repair.complete import (
     CompleteOptions, Completer, Loaded, PairLoader, _as_list, append_json_line, new_entry, read_json_lines, resume_key, run_settings,
 )
-from lmae_repair.data import DatasetIndex, atomic_write, is_special_file, read_image, read_pair, relative_key, write_named_file
+from lmae_repair.data import DatasetIndex, absolute_text, atomic_write, is_special_file, read_image, read_pair, relative_key, write_named_file
 from lmae_repair.dataset import scan_labels
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import pair_error
@@ -344,13 +344,13 @@ def defect_row(problem: str, root: Path, failed: bool) -> dict:
     where discovery knows one (`data.Problem`)."""
     path, _, reason = problem.partition(": ")
     image = getattr(problem, "image", None)
-    row = new_row(relative_key(path, root), None if image is None else str(Path(image).absolute()))
+    row = new_row(relative_key(path, root), None if image is None else absolute_text(image))
     row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
     return row
 
 
 def pair_row(item: Loaded, values, space: LabelSpace, options: AuditOptions, colours: np.ndarray | None = None) -> dict:
-    row = new_row(item.pair.key, str(item.pair.image.absolute()))  # opens from any folder, as a script reads the report
+    row = new_row(item.pair.key, absolute_text(item.pair.image))  # opens from any folder, as a script reads the report
     far_map = item.entry.pop("far_lookalike_classes", None)  # not for the journal: for the heatmap
     problems = file_defects(item, space)
     if problems:

@@ -726,7 +726,7 @@ def evaluate(
     def run() -> int:
         import json
 
-        from lmae_repair.data import write_named_file
+        from lmae_repair.data import absolute_text, write_named_file
         from lmae_repair.evaluate import EvaluateOptions, checked_methods, evaluate_dataset, rerun_command
         from lmae_repair.families import resolve_models
 
@@ -754,7 +754,7 @@ def evaluate(
         with PairProgress("evaluating", total) as advance:
             result = evaluate_dataset(index, checkpoints, options, advance, on_error)
         result["failed"] = failures
-        result.update(split=split, images=images and str(images.absolute()), labels=labels and str(labels.absolute()))
+        result.update(split=split, images=images and absolute_text(images), labels=labels and absolute_text(labels))
         result["command"] = rerun_command(result)
         if json_file is not None:  # before printing: a reader that goes away (`| head`) ends the printing
             text = json.dumps(result, indent=2)

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
-from lmae_repair.data import (IMAGE_SUFFIXES, DatasetIndex, LabelFile, Pair, atomic_write, completed_label_ids, label_ids_path,
+from lmae_repair.data import (IMAGE_SUFFIXES, absolute_text, DatasetIndex, LabelFile, Pair, atomic_write, completed_label_ids, label_ids_path,
                                read_label, read_pair, relative_key, write_label)
 from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted, unexpected, worker_ends_quietly_on_sigterm
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
@@ -363,7 +363,7 @@ class Loaded:
 
 def new_entry(pair: Pair) -> dict:
     # absolute, as `output`: a script reading lmae-report.json from another folder opens them too
-    return {"label": pair.key, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": None,
+    return {"label": pair.key, "image": absolute_text(pair.image), "input_label": absolute_text(pair.label), "output": None,
             "pixels": None, "background_heavy_share": None, "checkpoint": None, "mask_ratio": None, "gap_kind": None,
             "read_at": None, "patches_masked": 0, "pixels_changed": 0, "mean_confidence": None, "error": None}
 
@@ -375,7 +375,7 @@ def problem_entry(problem: str, root: Path) -> dict:
     path = problem.partition(": ")[0]
     entry = new_entry(Pair(Path(path), Path(path), relative_key(path, root)))
     image = getattr(problem, "image", None)
-    entry.update(image=None if image is None else str(Path(image).absolute()), input_label=None, error=problem)
+    entry.update(image=None if image is None else absolute_text(image), input_label=None, error=problem)
     return entry
 
 
@@ -487,7 +487,7 @@ class Completer:
             if self.measure is not None:
                 item.entry.update(self.measure(item.prepared, chosen, info))
             item.entry.update(
-                checkpoint=str(path.absolute()), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
+                checkpoint=absolute_text(path), mask_ratio=info.mask_ratio, gap_kind=info.gap_kind, patches_masked=result.patches_masked,
                 pixels_changed=result.pixels_changed,
                 mean_confidence=None if result.pixels_changed == 0 else round(result.mean_confidence, 4),
             )
@@ -580,7 +580,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
             write_label_ids(item.pair, item.label.values, values, target)
             if not options.labels_only:
                 mirror_image(item.pair, index, options.out)
-            entry["output"] = str(target.absolute())  # found again from any current folder
+            entry["output"] = absolute_text(target)  # found again from any current folder
             entry["output_stamp"] = file_stamp(target)
         except (LmaeError, OSError) as exc:
             entry["error"] = f"{item.pair.key}: cannot write the output ({exc})"
@@ -619,11 +619,11 @@ def with_this_runs_paths(entry: dict, pair: Pair, index: DatasetIndex, out: Path
     """An earlier run's entry for `pair` with the paths this run would write: the earlier run may
     have named DATA from another folder (relative paths that no longer open) or written into the
     OUT this one was copied from, and read the same models at another path (moved since)."""
-    output = output_label_path(out, pair.key, index).absolute()
-    entry = {**entry, "image": str(pair.image.absolute()), "input_label": str(pair.label.absolute()), "output": str(output)}
+    output = output_label_path(out, pair.key, index)
+    entry = {**entry, "image": absolute_text(pair.image), "input_label": absolute_text(pair.label), "output": absolute_text(output)}
     for path, info in checkpoints:  # the same contents (the resume key says so): this run's file for its slot
         if entry.get("checkpoint") and (info.mask_ratio, info.gap_kind) == (entry["mask_ratio"], entry["gap_kind"]):
-            entry["checkpoint"] = str(Path(path).absolute())
+            entry["checkpoint"] = absolute_text(path)
     return entry
 
 

@@ -458,6 +458,17 @@ def relative_key(path: Path | str, root: Path) -> str:
         return str(path)
 
 
+def absolute_text(path: Path | str) -> str:
+    """`path` from the root, as the reports give files so that a script opens them from any
+    folder, without `.` and `..`: DATA given as `../shared/data/camvid/val` from /work/main gave
+    `/work/main/../shared/data/...` (and two spellings of one file, which a script comparing paths
+    takes for two). Where a link before a `..` makes the tidied path another place, the path as
+    it is (links are kept, as the user named them)."""
+    absolute = Path(path).absolute()
+    tidy = os.path.normpath(absolute)
+    return tidy if tidy == str(absolute) or os.path.realpath(tidy) == os.path.realpath(absolute) else str(absolute)
+
+
 # ---------------------------------------------------------------- Pascal VOC
 
 

@@ -43,7 +43,7 @@ import torch
 
 from lmae_repair import __version__
 from lmae_repair.complete import CompleteOptions, Completer, Loaded, new_entry
-from lmae_repair.data import DatasetIndex, read_pair
+from lmae_repair.data import DatasetIndex, absolute_text, read_pair
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.errors import LmaeError, pair_error
 from lmae_repair.labelspace import LabelSpace
@@ -277,7 +277,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "data": str(index.root),
         "layout": index.layout,
         # absolute: `push --evaluate-json` run from another folder checks these are the family's files
-        "models": list(dict.fromkeys(str(Path(path).absolute()) for path, _ in checkpoints)),
+        "models": list(dict.fromkeys(absolute_text(path) for path, _ in checkpoints)),
         "strategy": options.strategy,
         "mask_ratio": options.mask_ratio,
         "patch_size": options.patch_size,
@@ -360,7 +360,7 @@ def rerun_command(result: dict) -> str:
     `--batch-size` is left out: it changes the speed, not the figures."""
     import shlex
 
-    source = ["--images", result["images"], "--labels", result["labels"]] if result.get("images") else [str(Path(result["data"]).absolute())]
+    source = ["--images", result["images"], "--labels", result["labels"]] if result.get("images") else [absolute_text(result["data"])]
     if result.get("split"):
         source += ["--split", result["split"]]
     words = ["lmae-repair", "evaluate", *source]

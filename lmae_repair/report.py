@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES, DatasetIndex, LabelFile, atomic_write, read_image, read_label
+from lmae_repair.data import CITYSCAPES_COLOURS, absolute_text, CITYSCAPES_NAMES, DatasetIndex, LabelFile, atomic_write, read_image, read_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 
@@ -86,7 +86,7 @@ def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], total
         "data": str(index.root),
         "data_root": str(index.root.resolve()),  # which dataset OUT holds: another is refused
         "layout": index.layout,
-        "checkpoints": [{"path": str(Path(path).absolute()), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
+        "checkpoints": [{"path": absolute_text(path), "mask_ratio": info.mask_ratio, "gap_kind": info.gap_kind} for path, info in checkpoints],
         "totals": totals,
         "pairs": entries,
         "unlabelled_images": index.unlabelled,

@@ -1491,3 +1491,25 @@ def test_the_progress_bar_is_drawn_live_on_a_real_terminal_only(monkeypatch):
     assert not draws_live(Console(file=Terminal()))
     monkeypatch.setenv("TTY_INTERACTIVE", "1")  # rich's own switch still decides
     assert draws_live(Console(file=io.StringIO()))
+
+
+def test_report_paths_of_data_named_with_dotdot_are_tidy_and_open(tmp_path, family, monkeypatch):
+    """DATA given as `../shared/data/...` (as this README's own examples do) put
+    `/work/main/../shared/data/...` in every path of lmae-report.json: it opened, but a script
+    comparing it with the dataset's own paths took it for another file."""
+    root = make_paired(tmp_path / "ds", count=2)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    result = complete(Path("../here/../ds"), Path("../out"), family)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "lmae-report.json").read_text())
+    for entry in report["pairs"]:
+        for name in ("image", "input_label", "output"):
+            assert ".." not in Path(entry[name]).parts and Path(entry[name]).is_file(), entry[name]
+        assert entry["input_label"] == str(root / entry["label"])
+    from lmae_repair.data import absolute_text
+
+    nested = tmp_path / "deep" / "a"
+    nested.mkdir(parents=True)
+    (tmp_path / "jump").symlink_to(nested)  # jump/.. is deep, not tmp_path: kept as given
+    assert absolute_text(tmp_path / "jump" / ".." / "a") == str(tmp_path / "jump" / ".." / "a")
