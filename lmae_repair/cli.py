@@ -73,8 +73,10 @@ class PipedConsole(Console):
     with status 1, and `--json` was never written)."""
 
     def on_broken_pipe(self) -> None:
+        from lmae_repair.data import silence
+
         self.quiet = True
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
+        silence(sys.stdout)
 
 
 def forget_zero_width() -> None:
@@ -144,7 +146,9 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
             err_console.print(message())
         raise typer.Exit(interrupt_exit_code())
     except BrokenPipeError:  # the reader went away (`... --json | head`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
+        from lmae_repair.data import silence
+
+        silence(sys.stdout)
         raise typer.Exit(0)
     except Exception as exc:
         ended_by = signal_that_ended_workers(exc)

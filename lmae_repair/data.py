@@ -1577,9 +1577,12 @@ def write_named_file(path: Path, write) -> None:
     stream = STANDARD_STREAMS.get(str(path))
     if stream is not None:  # its link leads to a pipe, a terminal or the file the stream was sent to: write into the stream
         out = getattr(sys, stream)
-        out.flush()  # what was printed before comes first
-        write(out.buffer)
-        out.buffer.flush()
+        try:
+            out.flush()  # what was printed before comes first
+            write(out.buffer)
+            out.buffer.flush()
+        except BrokenPipeError:  # the reader went away (`--json /dev/stdout | head`): the command goes on
+            silence(out)
         return
     target = path.resolve() if path.is_symlink() else path
     if not is_special_file(target):
@@ -1590,6 +1593,13 @@ def write_named_file(path: Path, write) -> None:
             write(f)
     except OSError as exc:
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
+
+
+def silence(stream) -> None:
+    """Send what is still written to `stream` nowhere, its reader being gone (Python's recipe, no
+    error at exit). Why not stop: `audit --json /dev/stdout --csv rows.csv | head` ended there
+    with exit code 0, rows.csv never written and the pairs that failed untold in the code."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def is_special_file(path: Path) -> bool:

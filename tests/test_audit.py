@@ -747,3 +747,23 @@ def test_the_empty_labels_note_is_left_out_where_no_label_is_annotated(tmp_path)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "the labels hold only 0 and 255" in output and "empty slices" not in output
+
+
+def test_a_reader_of_the_json_that_goes_away_leaves_the_csv_written_and_the_exit_code_told(tmp_path, family):
+    """`lmae-repair audit DATA --json /dev/stdout --csv rows.csv | head`: the reader gone, the audit
+    stopped at the JSON with exit code 0: rows.csv was never written and a pair that failed was
+    untold in the code."""
+    import subprocess
+    import sys
+
+    root = make_paired(tmp_path / "ds", count=3, size=64)
+    (root / "labels" / "scene_001.png").write_bytes(b"")
+    rows = tmp_path / "rows.csv"
+    command = [sys.executable, "-m", "lmae_repair", "audit", str(root), "--models", str(family), "--device", "cpu",
+               "--json", "/dev/stdout", "--csv", str(rows)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the JSON
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err.decode()  # as without the pipe: one pair failed
+    assert len(rows.read_text().splitlines()) == 4 and "empty file" in rows.read_text()
+    assert "Traceback" not in err.decode()
