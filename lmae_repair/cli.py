@@ -1349,7 +1349,24 @@ def training_recipe(training: dict) -> str:
 
 
 def main() -> None:
+    printable_stdout()
     app(args=debug_first(sys.argv[1:]), prog_name="lmae-repair")
+
+
+def printable_stdout() -> None:
+    """Let stdout print any file name, as stderr does (Python gives stderr `backslashreplace`).
+    Why: where stdout is strict, with PYTHONIOENCODING=utf-8 (set in many Dockerfiles) and a
+    file name that is not UTF-8, or an ASCII or cp1252 stdout (a redirected one on Windows) and a
+    name such as 日本.png, the run did all its work and then failed on its summary, exit code 2,
+    'unexpected UnicodeEncodeError'. A UTF-8 stream writes such a name's own bytes back, as
+    Python does in the C locale; any other escapes what it cannot encode."""
+    import codecs
+
+    stream = sys.stdout
+    if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+        return
+    utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+    stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
 def debug_first(args: list[str]) -> list[str]:

@@ -660,3 +660,18 @@ def test_a_dataset_whose_labels_are_all_unreadable_is_told_why_not_to_save_colou
         assert "colour labels must be saved" not in text, text
         assert f"none of the 2 labels sampled could be read as class indices (first: {labels[0]}: unreadable label (empty file))" in text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-8", b"scene_\xff"), ("ascii", "scène_日本".encode())])
+def test_a_strict_stdout_prints_any_file_name_instead_of_failing_after_the_work(tmp_path, family, encoding, name):
+    """PYTHONIOENCODING=utf-8 (many Dockerfiles set it) and a file name that is not UTF-8, or an
+    ASCII stdout (cp1252 on Windows, redirected) and a name such as 日本.png: the audit measured
+    every pair and then failed on its table, exit code 2, 'unexpected UnicodeEncodeError'."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    for folder, suffix in (("images", b".png"), ("labels", b".png")):
+        os.rename(root / folder / "scene_000.png", os.path.join(os.fsencode(root / folder), name + suffix))
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    command = [sys.executable, "-m", "lmae_repair", "audit", str(root), "--models", str(family), "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    assert b"scene_001.png" in result.stdout and b"labels most likely broken" in result.stdout
