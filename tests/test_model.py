@@ -257,3 +257,33 @@ def test_bf16_attention_of_a_token_does_not_depend_on_the_padding_of_its_pass():
             keys = torch.ones(1, 1, 1, 200 + extra, dtype=torch.bool)
             keys[..., 200:] = False
             assert torch.equal(attention(padded, keys)[:, :200], alone)
+
+
+def test_cpu_bf16_inference_pads_its_row_counts_to_a_few_sizes_and_the_logits_stay(monkeypatch):
+    """Under bf16 on a CPU each new matrix shape costs oneDNN a primitive it keeps, and resident
+    memory grew over thousands of pairs: the encoder's and decoder's token widths and the rows of
+    the head, the refiner and the mixed-patch product are padded up to `bucketed` sizes. The
+    needed patches' logits are the same as without the padding; float32 is not padded."""
+    from lmae_repair import model as model_module
+
+    assert [model_module.bucketed(n) for n in (1, 100, 1000)] == [1, 100, 1000]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sizes = [model_module.bucketed(n) for n in range(1, 4097)]
+    assert all(n <= size <= n + max(7, n // 8) for n, size in zip(range(1, 4097), sizes))
+    assert len(set(sizes)) <= 100
+    model = small_model(neighbour_hint=True, refine_channels=4, image_branch=4)
+    for layer in model.refine.layers:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.2)
+    torch.manual_seed(1)
+    image, label, mask = inputs(3, 48, 64)
+    mask = torch.rand(mask.shape) < 0.5  # each tile its own number of visible and needed patches
+    needed = mask & (torch.rand(mask.shape) < 0.7)
+    head_rows = []
+    model.head.register_forward_hook(lambda _module, args, _output: head_rows.append(len(args[0])))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = model.forward_patches(image, label, mask, needed, context_radius=2)
+        monkeypatch.setattr(model_module, "bucketed", lambda count: count)
+        unpadded = model.forward_patches(image, label, mask, needed, context_radius=2)
+    assert head_rows[0] in sizes and head_rows[0] > head_rows[1]  # padded, then not
+    assert torch.equal(padded, unpadded)
