@@ -49,6 +49,11 @@ class LabelScan:
                 fitting.append(pair)
         return fitting, problems
 
+    def unannotated(self, pairs: list[Pair], space: LabelSpace) -> list[Pair]:
+        """The `pairs` whose labels hold void only (Cityscapes' gtFine/test): training would spend
+        crops on them and validation would score nothing on them."""
+        return [pair for pair in pairs if set(self.values[pair].tolist()) <= {space.void_id}]
+
 
 def scan_labels(pairs: list[Pair], on_step: Callable[[], None] | None = None) -> LabelScan:
     """Read every label (and its image's header): value histogram, first palette, and the pairs

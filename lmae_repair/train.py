@@ -963,13 +963,8 @@ def load_training_data(
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
     if not scan.histogram[: space.num_classes].any():
         raise LmaeError(f"{index.root}: no training label holds an annotated pixel (all void): nothing to learn from")
-    unannotated = {pair for pair in pairs if set(scan.values[pair].tolist()) <= {space.void_id}}
-    if unannotated:  # e.g. Cityscapes' gtFine/test, whose labels are all void: an epoch's crops spent on nothing
-        pairs = [pair for pair in pairs if pair not in unannotated]
-        first = min(unannotated, key=lambda pair: pair.key)
-        count = len(unannotated)
-        console.print(f"note: {count} training label{'s hold' if count > 1 else ' holds'} no annotated pixel (all void), left out "
-                      f"(first: {first.label}){' (pass --split to train on one split)' if split is None else ''}", highlight=False)
+    # e.g. Cityscapes' gtFine/test, whose labels are all void: an epoch's crops spent on nothing
+    pairs = leave_out_unannotated(console, pairs, scan, space, "training", " (pass --split to train on one split)" if split is None else "")
     val_pairs: list[Pair] = []
     val_index = None
     if val is not None or val_split is not None:
@@ -1065,7 +1060,23 @@ def find_validation_pairs(
     if not pairs:
         report_skipped(console, skipped)
         raise LmaeError(f"{index.root}: no usable validation pair (--val, --val-split)")
+    if len(scan.unannotated(pairs, space)) == len(pairs):  # scored on no pixel: every epoch's PA-mIoU was NaN, and
+        report_skipped(console, skipped)  # the run ended, after its last epoch, without a best.safetensors
+        raise LmaeError(f"{index.root}: no validation label holds an annotated pixel (all void): nothing to choose "
+                        "best.safetensors by (--val, --val-split)")
+    pairs = leave_out_unannotated(console, pairs, scan, space, "validation")
     return index, (pairs[:max_pairs] if max_pairs > 0 else pairs), skipped
+
+
+def leave_out_unannotated(console: Console, pairs: list[Pair], scan, space: LabelSpace, kind: str, hint: str = "") -> list[Pair]:
+    """`pairs` without those whose labels hold void only (`LabelScan.unannotated`), which are
+    noted: `kind` (training, validation) pairs with nothing to learn or score."""
+    unannotated = set(scan.unannotated(pairs, space))
+    if unannotated:
+        first, count = min(unannotated, key=lambda pair: pair.key), len(unannotated)
+        console.print(f"note: {count} {kind} label{'s hold' if count > 1 else ' holds'} no annotated pixel (all void), left out "
+                      f"(first: {first.label}){hint}", highlight=False)
+    return [pair for pair in pairs if pair not in unannotated]
 
 
 def check_same_classes(index: DatasetIndex, space: LabelSpace) -> None:

@@ -912,3 +912,27 @@ def test_a_ratio_folder_that_cannot_be_made_is_refused_before_the_first_ratio_tr
     assert result.returncode == 2 and f"error: {run / 'mask-0.50'}: cannot write the output here (Permission denied in {run})" \
         in " ".join(result.stderr.split()), result.stderr
     assert "epoch 1" not in result.stdout and not (run / "mask-0.25" / "last.safetensors").exists()
+
+
+def test_validation_labels_with_no_annotated_pixel_are_refused_before_any_epoch_or_left_out(tmp_path):
+    """All-void --val labels scored nothing: every epoch's val PA-mIoU was NaN, no epoch counted as
+    best, and the run ended after training with 'best.safetensors: no such checkpoint file'."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    val = make_paired(tmp_path / "val", count=2, size=64, seed=4)
+    blank = sorted((val / "labels").iterdir())
+    for label in blank:
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(label)
+    out = tmp_path / "r"
+    args = ["train", str(root), "--val", str(val), "--num-classes", "4", "--epochs", "1", "--batch-size", "2", "--crop", "64",
+            "--workers", "0", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "no validation label holds an annotated pixel" in result.output, result.output
+    assert not out.exists()
+    make_paired(tmp_path / "good", count=1, size=64, seed=5)
+    (tmp_path / "good" / "labels" / "scene_000.png").replace(blank[0])  # one of the two annotated again
+    (tmp_path / "good" / "images" / "scene_000.png").replace(val / "images" / blank[0].name)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"note: 1 validation label holds no annotated pixel (all void), left out (first: {blank[1]})" in " ".join(result.output.split())
+    _, info = load_checkpoint(out / "mask-0.50" / "best.safetensors")
+    assert info.training["val_pairs"] == 1 and 0.0 <= info.validation["val_pa_miou"] <= 1.0
