@@ -185,14 +185,21 @@ def unknown_values(values: list[set[int]], space) -> str:
 
 
 def family_difference(info: CheckpointInfo, first: CheckpointInfo, first_path: Path) -> str | None:
-    """How a checkpoint differs from a family's first, in what one family must share, or None.
-    Class names count where both files have them: a file for "rust, corrosion" beside files for
-    "crack, spalling" would fill a crack with rust."""
-    mine, theirs = info.label_space, first.label_space
+    """How a checkpoint differs from a family's first, in what one family must share, or None."""
+    differs = space_difference(info.label_space, info.model.patch_size, first, first_path)
+    return None if differs is None else f"its {differs}"
+
+
+def space_difference(mine, patch_size: int, first: CheckpointInfo, first_path: Path) -> str | None:
+    """How a label space and patch size differ from those of a family's checkpoint `first`, or
+    None: also asked by `train` of the checkpoints already in its --out, which a model of other
+    classes would make no family. Class names count where both have them: a file for "rust,
+    corrosion" beside files for "crack, spalling" would fill a crack with rust."""
+    theirs = first.label_space
     if not (mine.same_classes(theirs) and mine.same_names(theirs)):
-        return f"its label space ({mine.describe()}) differs from that of {first_path} ({theirs.describe()})"
-    if info.model.patch_size != first.model.patch_size:
-        return f"its patch size ({info.model.patch_size}) differs from that of {first_path} ({first.model.patch_size})"
+        return f"label space ({mine.describe()}) differs from that of {first_path} ({theirs.describe()})"
+    if patch_size != first.model.patch_size:
+        return f"patch size ({patch_size}) differs from that of {first_path} ({first.model.patch_size})"
     return None
 
 

@@ -186,6 +186,23 @@ def check_crop_size(options: TrainOptions, data: TrainingData) -> None:
                         f"the crop's area; give --crop {limit} or less")
 
 
+def check_same_family(options: TrainOptions, space: LabelSpace) -> None:
+    """Refuse a run into an --out that holds checkpoints of another label space or patch size (a
+    family's other ratios, trained on other data): the run trained, and then `--models OUT` was
+    refused by every command, the checkpoints of one family having to share them."""
+    from lmae_repair.checkpoints import checkpoints_in_folder
+    from lmae_repair.families import space_difference
+
+    if not options.out.is_dir():
+        return
+    patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    for path in checkpoints_in_folder(options.out):
+        differs = space_difference(space, patch, read_info(path), path)
+        if differs:
+            raise LmaeError(f"{options.out}: this run's {differs}; the checkpoints of one family (--models {options.out}) "
+                            "must share one label space and patch size: choose another --out")
+
+
 def check_option_values(options: TrainOptions) -> None:
     """Refuse the option values that are wrong whatever the data (a typo in --preset, a mask ratio
     of 2, --device cuda on a machine without a GPU) before the labels are scanned: the error is
@@ -213,6 +230,7 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     check_option_values(options)
     check_mask_ratios(options, data.space)
     check_crop_size(options, data)
+    check_same_family(options, data.space)
     for ratio in options.mask_ratios:  # every ratio before the first trains: none is overwritten after hours
         check_no_earlier_run(ratio_folder(options.out, ratio), options.resume)
     ranks = ranks_from_environment()

@@ -936,3 +936,19 @@ def test_validation_labels_with_no_annotated_pixel_are_refused_before_any_epoch_
     assert f"note: 1 validation label holds no annotated pixel (all void), left out (first: {blank[1]})" in " ".join(result.output.split())
     _, info = load_checkpoint(out / "mask-0.50" / "best.safetensors")
     assert info.training["val_pairs"] == 1 and 0.0 <= info.validation["val_pa_miou"] <= 1.0
+
+
+def test_a_ratio_of_another_label_space_is_refused_in_a_run_folder_holding_a_family(tmp_path):
+    """-m 0.25 --num-classes 5 into a run folder of 4-class checkpoints trained, and then every
+    `--models OUT` was refused: the checkpoints of one family must share one label space."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "r"
+    args = ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "64", "--workers", "0", "--out", str(out)]
+    assert runner.invoke(app, args + ["-m", "0.5", "--num-classes", "4"]).exit_code == 0
+    for extra, said in ((["--num-classes", "5"], "this run's label space (5 classes"),
+                        (["--num-classes", "4", "--patch-size", "8"], "this run's patch size (8) differs")):
+        result = runner.invoke(app, args + ["-m", "0.25", *extra])
+        assert result.exit_code == 2, result.output
+        assert said in result.output and str(out / "mask-0.50" / "best.safetensors") in " ".join(result.output.split())
+        assert not (out / "mask-0.25").exists()
+    assert runner.invoke(app, args + ["-m", "0.25", "--num-classes", "4"]).exit_code == 0  # the same label space joins it
