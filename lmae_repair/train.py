@@ -834,8 +834,9 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
 
 
 # what a resumed run must keep (see resume_state): TrainOptions fields, recorded under the same
-# names in each checkpoint's training record (checkpoint_info)
-RESUMED_OPTIONS = ("crop", "lr", "mask_mix", "class_weighting", "weights_from")
+# names in each checkpoint's training record (checkpoint_info). The seed draws the validation
+# masks too: resumed with another, best.safetensors was chosen by figures on other patches.
+RESUMED_OPTIONS = ("crop", "lr", "mask_mix", "class_weighting", "weights_from", "photometric", "seed")
 
 
 def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float,
@@ -877,13 +878,22 @@ def load_saved_run(path: Path) -> tuple[dict, CheckpointInfo]:
 def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOptions) -> None:
     now = {key: list(value) if isinstance(value, tuple) else value  # as the JSON record holds it
            for key, value in ((key, getattr(options, key)) for key in RESUMED_OPTIONS)}
-    changed = [f"--{key.replace('_', '-')} {now[key]} (started with {info.training[key]})" for key in RESUMED_OPTIONS
+    changed = [option_change(key, now[key], info.training[key]) for key in RESUMED_OPTIONS
                if key in info.training and info.training[key] != now[key]]
     if info.gap_kind != options.gaps:
         changed.append(f"--gaps {options.gaps} (started with {info.gap_kind})")
     if changed:
         raise LmaeError(f"{path}: --resume continues a run with the options it was started with, and these differ: "
                         f"{'; '.join(changed)}. Pass those, or start a new run from its weights with --init")
+
+
+def option_change(key: str, now, then) -> str:
+    """An option of a resumed run that differs from its start, as the user types it: a flag
+    (`--photometric`) by whether it is given, not as 'True (started with False)'."""
+    flag = f"--{key.replace('_', '-')}"
+    if isinstance(now, bool):
+        return f"{flag} {'given' if now else 'left out'} (started {'with' if then else 'without'} it)"
+    return f"{flag} {now} (started with {then})"
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -952,3 +952,18 @@ def test_a_ratio_of_another_label_space_is_refused_in_a_run_folder_holding_a_fam
         assert said in result.output and str(out / "mask-0.50" / "best.safetensors") in " ".join(result.output.split())
         assert not (out / "mask-0.25").exists()
     assert runner.invoke(app, args + ["-m", "0.25", "--num-classes", "4"]).exit_code == 0  # the same label space joins it
+
+
+def test_a_run_resumed_with_another_seed_or_photometric_setting_is_refused(tmp_path):
+    """Both were taken without a word: the history and checkpoints then said --seed 5 or
+    photometric for epochs trained otherwise, and the new seed hid other validation patches, so
+    best.safetensors was chosen by comparing figures of different masks."""
+    root = make_paired(tmp_path / "ds", count=4, size=64)
+    args = ["train", str(root), "--val", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0", "--out", str(tmp_path / "r")]
+    assert runner.invoke(app, args + ["--epochs", "1"]).exit_code == 0
+    for changed, said in ((["--seed", "5"], "--seed 5 (started with 0)"),
+                          (["--photometric"], "--photometric given (started without it)")):
+        refused = runner.invoke(app, args + ["--epochs", "2", "--resume", *changed])
+        assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
+    assert len((tmp_path / "r" / "mask-0.50" / "history.jsonl").read_text().splitlines()) == 1
+    assert runner.invoke(app, args + ["--epochs", "2", "--resume", "--seed", "0"]).exit_code == 0
