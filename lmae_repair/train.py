@@ -196,7 +196,10 @@ def check_same_family(options: TrainOptions, space: LabelSpace) -> None:
     if not options.out.is_dir():
         return
     patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    own = [ratio_folder(options.out, ratio) for ratio in options.mask_ratios]  # their runs: --resume checks them, or they are refused
     for path in checkpoints_in_folder(options.out):
+        if any(folder in path.parents for folder in own):
+            continue
         differs = space_difference(space, patch, read_info(path), path)
         if differs:
             raise LmaeError(f"{options.out}: this run's {differs}; the checkpoints of one family (--models {options.out}) "
@@ -587,9 +590,8 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
     if not space.has_names and info.label_space.has_names:  # labels copied without their class list: the checkpoint's names
         space.names, space.palette = list(info.label_space.names), space.palette or info.label_space.palette
     if info.model != model.config and not grows_branch:
-        mine, theirs = model.config.to_dict(), info.model.to_dict()
-        differs = ", ".join(f"{key} {theirs[key]} (this run: {mine[key]})" for key in theirs if theirs[key] != mine.get(key))
-        raise LmaeError(f"--init {path}: its architecture differs from the one being trained ({differs}); pass the same --preset, --patch-size and --image-branch")
+        raise LmaeError(f"--init {path}: its architecture differs from the one being trained ({config_difference(info.model, model.config)}); "
+                        "pass the same --preset, --patch-size and --image-branch")
     weights = model.state_dict()
     for name, tensor in source.state_dict().items():
         target = weights[name]
@@ -599,6 +601,13 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
             target.zero_()
             target[:, : tensor.shape[1]].copy_(tensor)
     model.load_state_dict(weights)
+
+
+def config_difference(theirs, mine) -> str:
+    """What differs between a saved model's architecture and the one this run builds, each
+    setting with both values (`patch_size 16 (this run: 8)`)."""
+    theirs, mine = theirs.to_dict(), mine.to_dict()
+    return ", ".join(f"{key} {theirs[key]} (this run: {mine.get(key)})" for key in theirs if theirs[key] != mine.get(key))
 
 
 EPOCH_FILES = "epoch-*.safetensors"  # the weights train --keep-epochs keeps, one file per epoch
@@ -850,11 +859,14 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     `--gaps objects` would be marked for labels its earlier epochs never trained for. Changing
     them is a new run from these weights (`--init`)."""
     saved, info = load_saved_run(path)
-    if info.model != config or not info.label_space.same_classes(space) or abs(info.mask_ratio - ratio) > 1e-9:
-        raise LmaeError(
-            f"{path}: saved run differs from this command (model, label space or mask ratio); "
-            "use the same options or another --out"
-        )
+    differs = [config_difference(info.model, config)] if info.model != config else []
+    if not info.label_space.same_classes(space):
+        differs.append(f"label space {info.label_space.describe()} (this run: {space.describe()})")
+    if abs(info.mask_ratio - ratio) > 1e-9:
+        differs.append(f"mask ratio {info.mask_ratio:g} (this run: {ratio:g})")
+    if differs:  # said as "(model, label space or mask ratio)", leaving the user to guess which option
+        raise LmaeError(f"{path}: the saved run differs from this command: {'; '.join(differs)}; "
+                        "use the options it was started with, or another --out")
     check_resumed_options(path, info, options)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])

@@ -967,3 +967,14 @@ def test_a_run_resumed_with_another_seed_or_photometric_setting_is_refused(tmp_p
         assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
     assert len((tmp_path / "r" / "mask-0.50" / "history.jsonl").read_text().splitlines()) == 1
     assert runner.invoke(app, args + ["--epochs", "2", "--resume", "--seed", "0"]).exit_code == 0
+
+
+def test_a_run_resumed_with_another_architecture_says_which_option_differs(tmp_path):
+    """--resume --patch-size 8 of a patch-16 run said only 'saved run differs from this command
+    (model, label space or mask ratio)', leaving the user to guess which option."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0", "--out", str(tmp_path / "r")]
+    assert runner.invoke(app, args + ["--epochs", "1"]).exit_code == 0
+    for changed, said in ((["--patch-size", "8"], "patch_size 16 (this run: 8)"), (["-m", "0.504"], "mask ratio 0.5 (this run: 0.504)")):
+        refused = runner.invoke(app, args + ["--epochs", "2", "--resume", *changed])
+        assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
