@@ -367,7 +367,7 @@ def train_one_ratio(
             record["seconds"] = round(time.perf_counter() - started, 1)
             epoch_seconds.append(record["seconds"])
             score = record.get("val_pa_miou", -train_loss)
-            improved = score > state.best_score
+            improved = beats(score, state.best_score)
             state.epoch, state.history = epoch, state.history + [record]
             if improved:
                 state.best_score = score
@@ -383,6 +383,14 @@ def train_one_ratio(
                 progress.update(task, total=done + more * len(loader))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def beats(score: float, best: float) -> bool:
+    """Whether an epoch's score makes it best.safetensors. A NaN score (validation whose hidden
+    patches held no annotated pixel: a PA-mIoU of nothing) never beats a real one, but counts
+    while no real one has come: compared as a number it beat nothing, no best.safetensors was
+    written, and the run ended after its last epoch with 'no such checkpoint file'."""
+    return math.isnan(best) or best == -math.inf or score > best
 
 
 def duration(seconds: float) -> str:

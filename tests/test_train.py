@@ -978,3 +978,22 @@ def test_a_run_resumed_with_another_architecture_says_which_option_differs(tmp_p
     for changed, said in ((["--patch-size", "8"], "patch_size 16 (this run: 8)"), (["-m", "0.504"], "mask ratio 0.5 (this run: 0.504)")):
         refused = runner.invoke(app, args + ["--epochs", "2", "--resume", *changed])
         assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
+
+
+def test_validation_that_hides_no_annotated_pixel_still_gives_a_best_checkpoint(tmp_path):
+    """One validation pair annotated in a single patch that its (seeded) validation mask leaves
+    visible: PA-mIoU is NaN every epoch, which beat nothing, so the run ended with
+    'best.safetensors: no such checkpoint file' (exit code 2) after training."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    val = make_paired(tmp_path / "val", count=1, size=64, seed=4)
+    label = np.full((64, 64), 255, np.uint8)
+    label[0:16, 32:48] = 1  # patch (0, 2): visible in the validation mask of seed 0, pair 0, ratio 0.5 on a 4x4 grid
+    Image.fromarray(label).save(val / "labels" / "scene_000.png")
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(root), "--val", str(val), "--num-classes", "4", "--epochs", "2", "--batch-size", "2",
+                                 "--crop", "32", "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    history = [json.loads(line) for line in (out / "mask-0.50" / "history.jsonl").read_text().splitlines()]
+    assert [np.isnan(record["val_pa_miou"]) for record in history] == [True, True]  # the case this test is about
+    _, info = load_checkpoint(out / "mask-0.50" / "best.safetensors")
+    assert info.validation["epoch"] == 2
