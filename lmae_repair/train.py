@@ -445,7 +445,7 @@ def restore_run(
     if options.resume and not state_path.exists():
         console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
     elif options.resume:
-        state, trained_on = resume_state(state_path, model, optimizer, plateau, model.config, data.space, ratio, options)
+        state, trained_on = resume_state(state_path, model, optimizer, plateau, model.config, data, ratio, options, console)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
         if trained_on and trained_on != data.summary.get("data"):
             console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
@@ -856,8 +856,8 @@ def save_state(path: Path, model, optimizer, plateau, state: RunState, info: Che
 RESUMED_OPTIONS = ("crop", "lr", "mask_mix", "class_weighting", "weights_from", "photometric", "seed")
 
 
-def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpace, ratio: float,
-                 options: TrainOptions) -> tuple[RunState, str | None]:
+def resume_state(path: Path, model, optimizer, plateau, config, data: TrainingData, ratio: float,
+                 options: TrainOptions, console: Console) -> tuple[RunState, str | None]:
     """The saved run loaded into `model`, `optimizer` and `plateau`: its state, and the data its
     epochs were trained on (a resumed run may be given other data on purpose; it is said, not refused).
 
@@ -865,7 +865,9 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
     gap) must be the ones it was started with: the optimizer's saved state would silently keep
     the old learning rate while the checkpoints recorded the new one, and a run resumed with
     `--gaps objects` would be marked for labels its earlier epochs never trained for. Changing
-    them is a new run from these weights (`--init`)."""
+    them is a new run from these weights (`--init`). So must the validation pairs, which choose
+    best.safetensors by comparing the epochs' figures (`check_same_validation`)."""
+    space = data.space
     saved, info = load_saved_run(path)
     differs = [config_difference(info.model, config)] if info.model != config else []
     if not info.label_space.same_classes(space):
@@ -876,6 +878,7 @@ def resume_state(path: Path, model, optimizer, plateau, config, space: LabelSpac
         raise LmaeError(f"{path}: the saved run differs from this command: {'; '.join(differs)}; "
                         "use the options it was started with, or another --out")
     check_resumed_options(path, info, options)
+    check_same_validation(path, info, data.summary, console)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     plateau.load_state_dict(saved["plateau"])
@@ -905,6 +908,30 @@ def check_resumed_options(path: Path, info: CheckpointInfo, options: TrainOption
     if changed:
         raise LmaeError(f"{path}: --resume continues a run with the options it was started with, and these differ: "
                         f"{'; '.join(changed)}. Pass those, or start a new run from its weights with --init")
+
+
+def check_same_validation(path: Path, info: CheckpointInfo, summary: dict, console: Console) -> None:
+    """Refuse to resume a run on another number (or split) of validation pairs than it was saved
+    with: its best score is compared with the next epochs' figures, so a run validated on 2 pairs
+    and resumed on 4 chose best.safetensors across two sets, and one resumed without --val
+    compared a PA-mIoU with the negative training loss (no later epoch could be best). Data that
+    moved (another folder, as many pairs) is noted, as moved training data is."""
+    then, now = validation_text(info.training), validation_text(summary)
+    if then != now:
+        raise LmaeError(f"{path}: --resume continues a run on the validation pairs it was saved with, which choose "
+                        f"best.safetensors, and these differ: {now} (saved with {then}). Pass the same --val, --val-split "
+                        "and --val-max-pairs, or start a new run from its weights with --init")
+    if info.training.get("val_data") != summary.get("val_data"):
+        console.print(f"note: its earlier epochs were validated on {info.training.get('val_data')}; it goes on with "
+                      f"{summary.get('val_data')}", highlight=False)
+
+
+def validation_text(training: dict) -> str:
+    """How many validation pairs a run has, and of which split (not where they lie: data moved
+    to another disk is still the same validation)."""
+    if not training.get("val_pairs"):
+        return "no validation pairs"
+    return f"{training['val_pairs']} validation pairs" + (f" of split {training['val_split']}" if training.get("val_split") else "")
 
 
 def option_change(key: str, now, then) -> str:

@@ -997,3 +997,22 @@ def test_validation_that_hides_no_annotated_pixel_still_gives_a_best_checkpoint(
     assert [np.isnan(record["val_pa_miou"]) for record in history] == [True, True]  # the case this test is about
     _, info = load_checkpoint(out / "mask-0.50" / "best.safetensors")
     assert info.validation["epoch"] == 2
+
+
+def test_a_run_resumed_on_other_validation_pairs_is_refused_and_moved_ones_are_noted(tmp_path):
+    """Resumed without --val, a validated run compared its best PA-mIoU with the negative
+    training loss, so no later epoch could become best.safetensors; with --val-max-pairs changed,
+    it compared figures of two sets. Both went on without a word."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    val = make_paired(tmp_path / "val", count=3, size=64, seed=4)
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0", "--out", str(tmp_path / "r"), "--epochs"]
+    assert runner.invoke(app, args + ["1", "--val", str(val), "--val-max-pairs", "2"]).exit_code == 0
+    for changed, said in (([], "no validation pairs (saved with 2 validation pairs)"),
+                          (["--val", str(val)], "3 validation pairs (saved with 2 validation pairs)")):
+        refused = runner.invoke(app, args + ["2", "--resume", *changed])
+        assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
+    moved = tmp_path / "moved"
+    val.rename(moved)
+    resumed = runner.invoke(app, args + ["2", "--resume", "--val", str(moved), "--val-max-pairs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"validated on {val.resolve()}; it goes on with {moved.resolve()}" in " ".join(resumed.output.split())
