@@ -187,9 +187,10 @@ def check_crop_size(options: TrainOptions, data: TrainingData) -> None:
 
 
 def check_same_family(options: TrainOptions, space: LabelSpace) -> None:
-    """Refuse a run into an --out that holds checkpoints of another label space or patch size (a
-    family's other ratios, trained on other data): the run trained, and then `--models OUT` was
-    refused by every command, the checkpoints of one family having to share them."""
+    """Refuse a run into an --out whose checkpoints would make no family with this run's: one of
+    another label space or patch size (a family's other ratios, trained on other data), or one
+    that already serves a ratio trained here (an average written there as `mask-0.50.safetensors`).
+    Either way the run trained, and then `--models OUT` was refused by every command."""
     from lmae_repair.checkpoints import checkpoints_in_folder
     from lmae_repair.families import space_difference
 
@@ -197,13 +198,19 @@ def check_same_family(options: TrainOptions, space: LabelSpace) -> None:
         return
     patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
     own = [ratio_folder(options.out, ratio) for ratio in options.mask_ratios]  # their runs: --resume checks them, or they are refused
+    trained = {round(ratio, 2) for ratio in options.mask_ratios}
     for path in checkpoints_in_folder(options.out):
         if any(folder in path.parents for folder in own):
             continue
-        differs = space_difference(space, patch, read_info(path), path)
+        info = read_info(path)
+        differs = space_difference(space, patch, info, path)
         if differs:
             raise LmaeError(f"{options.out}: this run's {differs}; the checkpoints of one family (--models {options.out}) "
                             "must share one label space and patch size: choose another --out")
+        served = sorted(trained & {round(ratio, 2) for ratio in info.slot_ratios}) if info.gap_kind == options.gaps else []
+        if served:
+            raise LmaeError(f"{path} already serves mask ratio {served[0]:.2f} ({options.gaps} gaps) in {options.out}: a second "
+                            f"checkpoint for it would make --models {options.out} refused; choose another --out")
 
 
 def check_option_values(options: TrainOptions) -> None:

@@ -1016,3 +1016,18 @@ def test_a_run_resumed_on_other_validation_pairs_is_refused_and_moved_ones_are_n
     resumed = runner.invoke(app, args + ["2", "--resume", "--val", str(moved), "--val-max-pairs", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert f"validated on {val.resolve()}; it goes on with {moved.resolve()}" in " ".join(resumed.output.split())
+
+
+def test_a_ratio_already_served_by_a_file_in_the_run_folder_is_refused_before_training(tmp_path):
+    """-m 0.5 --out FAMILY beside an average written there as mask-0.50.safetensors trained, and
+    then `--models FAMILY` was refused: both files served mask ratio 0.50."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--epochs", "1", "--batch-size", "2", "--crop", "32", "--workers", "0", "-m", "0.5"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "r")]).exit_code == 0
+    family = tmp_path / "family"
+    family.mkdir()
+    (tmp_path / "r" / "mask-0.50" / "best.safetensors").replace(family / "mask-0.50.safetensors")
+    result = runner.invoke(app, args + ["--out", str(family)])
+    assert result.exit_code == 2, result.output
+    assert f"{family / 'mask-0.50.safetensors'} already serves mask ratio 0.50 (any gaps)" in " ".join(result.output.split())
+    assert not (family / "mask-0.50").exists()
