@@ -249,16 +249,44 @@ def soft_edged_masks(histogram, num_classes: int, way_out: str = "pass --num-cla
             f"into new files; resize masks with nearest-neighbour only), or {way_out}")
 
 
+def sparse_values(histogram, num_classes: int, void_id: int = 255,
+                  way_out: str = "pass --num-classes where the values are classes") -> str | None:
+    """What is wrong where labels whose classes are counted from their values (no class list)
+    use fewer than half of the values 0..N-1 that count makes classes: an encoding of spread-out
+    values (0, 10, 20, 30; 0, 128, 255), not class indices. `train` took 0, 10, 20, 30 for 31
+    classes, 27 of them never seen, 30 a class rather than void, and trained without a word."""
+    present = [int(v) for v in np.flatnonzero(np.asarray(histogram)[:num_classes])]
+    if not present or len(present) * 2 >= num_classes:  # none: no label read as indices (colour labels), said elsewhere
+        return None
+    values = present + ([void_id] if np.asarray(histogram)[void_id] else [])
+    shown = ", ".join(map(str, values)) if len(values) <= 8 else f"{', '.join(map(str, values[:6]))}, ..., {values[-1]}"
+    listed = f"[{', '.join(map(str, present))}]" if len(present) <= 8 else "VALUES"
+    return (f"the labels hold only the values {shown}: counted from them, that is {num_classes} classes (0-{num_classes - 1}, "
+            f"void {void_id}) of which {num_classes - len(present)} never occur; lmae-repair reads classes as the values "
+            f"0, 1, 2... with void {void_id}: remap them into new files (e.g. with numpy, lut = np.full(256, {void_id}, np.uint8); "
+            f"lut[{listed}] = np.arange({len(present)}); lut[mask], leaving a value that marks missing annotation out of "
+            f"the list so that it becomes {void_id}), or {way_out}")
+
+
+def counted_classes_problem(histogram, num_classes: int, void_id: int = 255,
+                            way_out: str = "pass --num-classes where the values are classes") -> str | None:
+    """Why labels whose classes are counted from their values (no class list) are no class
+    indices: 0/255 masks with soft edges (`soft_edged_masks`) or spread-out values
+    (`sparse_values`); None where the count looks meant."""
+    return soft_edged_masks(histogram, num_classes, way_out) or sparse_values(histogram, num_classes, void_id, way_out)
+
+
 def soft_edges_of_sample(index: DatasetIndex) -> str | None:
-    """`soft_edged_masks` of the labels `dataset_evidence` samples. Why: where no family fits 0/255
-    masks resized with bilinear interpolation, complete and audit said to train a family on
-    them, and train then refused them as soft-edged; they now say what train would."""
+    """`counted_classes_problem` of the labels `dataset_evidence` samples. Why: where no family
+    fits 0/255 masks resized with bilinear interpolation, or values such as 0, 10, 20, complete and
+    audit said to train a family on them, and train then refused them (or made a model of classes
+    no label holds); they now say what train would."""
     histogram = np.zeros(256, np.int64)
     for label in sampled_labels(index):
         histogram += np.bincount(label.values.ravel(), minlength=256)[:256]
     largest = [value for value in np.flatnonzero(histogram) if value != 255]
-    return soft_edged_masks(histogram, int(max(largest, default=0)) + 1,
-                            "where the values are classes, train a family on them with `lmae-repair train --num-classes N`")
+    return counted_classes_problem(histogram, int(max(largest, default=0)) + 1, 255,
+                                   "where the values are classes, train a family on them with `lmae-repair train --num-classes N`")
 
 
 PALETTE_SCORE = 1  # the palette agrees: weaker evidence than names (2), as most VOC tools write the same one

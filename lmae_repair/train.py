@@ -55,7 +55,7 @@ from lmae_repair.distributed import (
 )
 from lmae_repair.errors import LmaeError
 from lmae_repair.defaults import DEFAULT_CROP
-from lmae_repair.families import masks_of_0_and_255, soft_edged_masks
+from lmae_repair.families import counted_classes_problem, masks_of_0_and_255
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named
 from lmae_repair.losses import WEIGHTINGS, class_weights, lmae_loss
@@ -1105,7 +1105,7 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
     if not problem and space.void_id == 255 and void_option is None:
         problem = masks_of_0_and_255([set(np.flatnonzero(scan.histogram).tolist())])  # every label: a class list changes nothing
     if not problem and space_options.get("num_classes") is None and not space.has_names:  # classes counted from the values
-        problem = soft_edged_masks(scan.histogram, space.num_classes)
+        problem = counted_classes_problem(scan.histogram, space.num_classes, space.void_id)  # soft-edged masks, spread-out values
     if problem:
         raise LmaeError(f"{index.root}: {problem}")
     absent = [name for name, count in zip(space.names, scan.histogram[: space.num_classes]) if not count]

@@ -1031,3 +1031,28 @@ def test_a_ratio_already_served_by_a_file_in_the_run_folder_is_refused_before_tr
     assert result.exit_code == 2, result.output
     assert f"{family / 'mask-0.50.safetensors'} already serves mask ratio 0.50 (any gaps)" in " ".join(result.output.split())
     assert not (family / "mask-0.50").exists()
+
+
+def test_spread_out_label_values_are_refused_not_counted_as_classes_nobody_uses(tmp_path):
+    """Labels of 0, 10, 20, 30 (and 0, 128 with 255 void) with no class list: train counted 31
+    classes (129), 27 never seen, 30 a class rather than void, and trained without a word; complete
+    said to train on them. Refused saying how to remap them; --num-classes trains as they stand."""
+    from lmae_repair.families import sparse_values
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    for path in (root / "labels").glob("*.png"):
+        values = np.array(Image.open(path)) % 4
+        Image.fromarray((values * 10).astype(np.uint8)).save(path)
+    args = ["train", str(root), "--epochs", "1", "--crop", "64", "--workers", "0", "--out", str(tmp_path / "r")]
+    told = " ".join(runner.invoke(app, args).output.split())
+    assert "the labels hold only the values 0, 10, 20, 30" in told and "lut[[0, 10, 20, 30]] = np.arange(4)" in told, told
+    assert not (tmp_path / "r").exists()
+    completed = " ".join(runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o")]).output.split())
+    assert "27 never occur" in completed and "train a family for it" not in completed, completed
+    histogram = np.zeros(256, np.int64)
+    histogram[[0, 128, 255]] = 100
+    assert "lut[[0, 128]] = np.arange(2)" in sparse_values(histogram, 129)
+    histogram = np.zeros(256, np.int64)
+    histogram[[0, 1, 3, 255]] = 100  # one class absent from a few labels: classes all the same
+    assert sparse_values(histogram, 4) is None
+    assert sparse_values(np.zeros(256, np.int64), 1) is None  # no label read (colour labels): not spread-out values
