@@ -15,6 +15,7 @@ are images without a label (normal in VOC's JPEGImages, so not recorded there).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import text_lines
+from lmae_repair.labelspace import labelmap_entries, read_class_names, text_lines
 
 # PIL logs some decoding problems (a TIFF of 8 bands) before raising; the raise becomes our one
 # line naming the file, so its log line, printed with no file name, would only add noise.
@@ -1200,6 +1201,8 @@ def read_label(path: Path) -> LabelFile:
                     raise LmaeError(f"{path}: 16-bit label with values above 255{wide_mask_hint(wide)}")
                 values = wide.astype(np.uint8)  # written back 32-bit (a TIFF's mode I) or 16-bit (write_label)
                 mode = "I" if mode == "I" and img.format == "TIFF" else "I;16"
+            elif mode in ("RGB", "RGBA") and (mapped := labelmap_label(path, np.asarray(img))) is not None:
+                values, palette = mapped  # the mode kept: written back in the labelmap's colours (write_label)
             elif mode in ("RGB", "RGBA") and is_grey(np.asarray(img)):
                 values = np.asarray(img)[..., 0]  # grey saved as colour: the indices, three times
             elif mode == "LA" and bool((np.asarray(img)[..., 1] == 255).all()):
@@ -1321,6 +1324,73 @@ def voc_colour_indices(pixels: np.ndarray) -> np.ndarray | None:
     return table[red >> 5, green >> 5, blue >> 6]
 
 
+LABELMAP_LEVELS = 4  # the folders above a label searched for a labelmap.txt (labels/, a split, a subfolder)
+
+
+def labelmap_file(label_path: Path) -> Path | None:
+    """The `labelmap.txt` (CVAT's export) in the nearest of the few folders above a label, else None."""
+    for folder in list(label_path.parents)[:LABELMAP_LEVELS]:
+        if (folder / "labelmap.txt").is_file():
+            return folder / "labelmap.txt"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _labelmap_codes(path: Path, stamp: int) -> np.ndarray | None:
+    """(N,) int32 colour codes (r << 16 | g << 8 | b) of a labelmap.txt's classes in value order;
+    None where it is not in CVAT's form or cannot be read. `stamp` (its mtime) renews the cache."""
+    try:
+        entries = labelmap_entries(read_class_names(path))
+    except LmaeError:
+        return None
+    if entries is None:
+        return None
+    return np.array([(r << 16) | (g << 8) | b for _, (r, g, b) in entries], np.int32)
+
+
+def colour_codes(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) int32: each RGB(A) pixel's colour as r << 16 | g << 8 | b."""
+    rgb = pixels[..., :3].astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def labelmap_codes(label_path: Path) -> tuple[Path, np.ndarray] | None:
+    """(the labelmap.txt above a label, its class colour codes), or None without a usable one."""
+    found = labelmap_file(label_path)
+    codes = _labelmap_codes(found, found.stat().st_mtime_ns) if found is not None else None
+    return None if codes is None else (found, codes)
+
+
+def labelmap_label(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
+    """(class indices, the labelmap's colours as a palette) of an opaque colour label whose every
+    colour is a class colour of the `labelmap.txt` above it (CVAT's segmentation-mask export paints
+    its labels so); None otherwise (`voc_colour_label` then says which colours it lacks). Why:
+    such labels were refused as colour labels with no mapping, their mapping lying beside them."""
+    table = labelmap_codes(path)
+    if table is None or (pixels.shape[-1] == 4 and not bool((pixels[..., 3] == 255).all())):
+        return None
+    codes = table[1]
+    order = np.argsort(codes, kind="stable")
+    pixel_codes = colour_codes(pixels)
+    at = np.minimum(np.searchsorted(codes[order], pixel_codes), len(codes) - 1)
+    if not bool((codes[order][at] == pixel_codes).all()):
+        return None
+    palette = [int(c) for code in codes for c in ((code >> 16) & 255, (code >> 8) & 255, code & 255)]
+    return order[at].astype(np.uint8), palette
+
+
+def colours_not_in_labelmap(path: Path, pixels: np.ndarray) -> str:
+    """A clause naming the colours of a label that the labelmap.txt above it lacks ("" without one)."""
+    table = labelmap_codes(path)
+    if table is None:
+        return ""
+    present = np.unique(colour_codes(pixels))
+    missing = [int(c) for c in present if c not in set(table[1].tolist())]
+    shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in missing[:4]) + (", ..." if len(missing) > 4 else "")
+    return (f"; {len(missing)} of its colours are not class colours of {table[0]} ({shown}): add them there "
+            "(`name:r,g,b::`), or repaint those pixels with a class's colour")
+
+
 def in_voc_layout(path: Path) -> bool:
     """Whether a label lies below a Pascal VOC SegmentationClass/ folder (JPEGImages/ beside it),
     where colours mean the VOC colour map's indices."""
@@ -1345,8 +1415,12 @@ def voc_colour_label(path: Path, pixels: np.ndarray, mode: str) -> tuple[np.ndar
                 f"{', ...' if len(present) > 8 else ''}), read so in a VOC layout (JPEGImages/ + SegmentationClass/); "
                 "elsewhere save it as those indices first, e.g. Image.open(path).convert('RGB').quantize(palette="
                 "Image.open(a label in VOC's palette), dither=Image.Dither.NONE).save(new_path)")
+    in_labelmap = colours_not_in_labelmap(path, pixels)
+    if in_labelmap:
+        raise LmaeError(f"{path}: colour ({mode}) label{in_labelmap}")
     raise LmaeError(f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
-                    f"indices (a palette or grayscale PNG, one value per class){hint}")
+                    f"indices (a palette or grayscale PNG, one value per class; or a CVAT labelmap.txt of their colours beside "
+                    f"the labels){hint}")
 
 
 def is_grey(pixels: np.ndarray) -> bool:
@@ -1488,16 +1562,13 @@ def write_label(path: Path, label: LabelFile) -> None:
     or TIFF by the path's suffix (PNG for any other)."""
     file_format = LABEL_FORMATS.get(path.suffix.lower(), "PNG")
     img = Image.fromarray(label.values)
-    if label.mode in ("RGB", "RGBA", "LA"):  # a grey label read from a colour or grey + alpha file goes back as one
+    if label.mode in ("RGB", "RGBA") and label.palette:  # a colour label read by its labelmap.txt: painted in its colours
+        img = Image.fromarray(np.asarray(full_palette(label.palette, label.values), np.uint8).reshape(-1, 3)[label.values])
+        img = img.convert(label.mode)
+    elif label.mode in ("RGB", "RGBA", "LA"):  # a grey label read from a colour or grey + alpha file goes back as one
         img = img.convert(label.mode)
     elif label.mode == "P":
-        palette = list(label.palette or [])
-        needed = 3 * (int(label.values.max(initial=0)) + 1)
-        if len(palette) < needed:  # a class beyond a palette of the classes the label had: PIL would write fewer bits and drop it
-            from lmae_repair.report import default_palette
-
-            palette += default_palette().reshape(-1).tolist()[len(palette):needed]  # VOC colours for the new entries
-        img.putpalette(palette)  # turns the L image into P, indices unchanged
+        img.putpalette(full_palette(label.palette, label.values))  # turns the L image into P, indices unchanged
     elif label.mode == "1" and label.values.max(initial=0) <= 1:  # else (void kept) 8-bit grey
         img = Image.fromarray(label.values.astype(bool))
     elif label.mode == "I" and file_format == "TIFF":  # 32-bit grey stays 32-bit
@@ -1513,6 +1584,19 @@ def write_label(path: Path, label: LabelFile) -> None:
     # truncated label renamed into place as finished
     kept_chunks = label.png if file_format == "PNG" else None
     atomic_write(path, lambda f: f.write(with_png_chunks(encoded_label(img, file_format, extra), kept_chunks)))
+
+
+def full_palette(palette: list[int] | None, values: np.ndarray) -> list[int]:
+    """A label's palette with an entry for each of its values: a class beyond a palette of the
+    classes the label had gets its VOC colour (PIL would write a palette PNG in fewer bits and drop
+    it; a colour label would have none to paint it in)."""
+    palette = list(palette or [])
+    needed = 3 * (int(values.max(initial=0)) + 1)
+    if len(palette) < needed:
+        from lmae_repair.report import default_palette
+
+        palette += default_palette().reshape(-1).tolist()[len(palette):needed]
+    return palette
 
 
 def encoded_label(img: Image.Image, file_format: str, options: dict) -> bytes:

@@ -331,7 +331,8 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
         return f"{reason}: none of the {len(unreadable)} labels sampled could be read as class indices (first: {unreadable[0]})"
     if not values:
         return reason + (": no sampled label could be read as class indices (colour labels must be saved as class indices "
-                         "first: a palette or grayscale PNG, one value per class)")
+                         "first: a palette or grayscale PNG, one value per class; or painted in the colours of a CVAT labelmap.txt "
+                         "beside them)")
     for name, space in unconfirmed:
         reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
                    f"if they are its classes ({first_names(space.names)}), pass --models {name}")

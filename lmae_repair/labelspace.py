@@ -19,6 +19,8 @@ from lmae_repair.errors import LmaeError
 VOID_NAMES = {"void", "ignore", "unlabelled", "unlabeled", "unknown", "_ignore_", "__ignore__"}
 # "0 background", "1: crack", "255=ignore": a class list that gives each name its value
 INDEXED_LINE = re.compile(r"(\d+)(?:\s*[:=,]\s*|\s+)(\S.*)")
+# CVAT's (and datumaro's) `labelmap.txt`: "crack:250,50,83::" (name, colour, parts, actions)
+LABELMAP_LINE = re.compile(r"([^:]+):\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:[^:]*:[^:]*")
 BACKGROUND_NAMES = {"background", "_background_", "bg", "backgroud"}
 DEFAULT_BACKGROUND_ID = 0
 DEFAULT_VOID_ID = 255
@@ -156,7 +158,7 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
-CLASS_LIST_NAMES = ("classes.txt", "labels.txt", "class_names.txt")
+CLASS_LIST_NAMES = ("classes.txt", "labels.txt", "class_names.txt", "labelmap.txt")
 
 
 def find_classes_file(root: Path) -> Path | None:
@@ -204,13 +206,17 @@ def names_agree(names: list[str], space: "LabelSpace") -> bool:
 def read_class_list(path: Path) -> tuple[list[str], int | None]:
     """(names in value order, the void value if the file gives it) from a class list file.
 
-    Three formats: one name per line, the line number its value (a last `void` line marks the
+    Four formats: one name per line, the line number its value (a last `void` line marks the
     void value: `label_space_from_names`); every line `VALUE name` (also `VALUE: name`), where a
     void name gives the void value (`255 ignore`) and unlisted values below the largest class get
     `class_N`; labelme's `labels.txt`, whose first line `__ignore__` is value -1, saved as 255, and
-    whose classes start at 0 with `_background_`.
+    whose classes start at 0 with `_background_`; CVAT's `labelmap.txt` (`name:r,g,b::`, the
+    line number the value; its colours are read by `data.labelmap_colours`).
     """
     lines = read_class_names(path)
+    colours = labelmap_entries(lines)
+    if colours is not None:
+        return [name for name, _ in colours], None
     indexed = [INDEXED_LINE.fullmatch(line) for line in lines]
     if all(indexed):
         by_value = {int(match[1]): match[2].strip() for match in indexed}
@@ -242,6 +248,17 @@ def void_below_classes(path: Path, void_id: int, classes: dict[int, str]) -> str
              f"`0 {classes[first]}` ... `255 void`" if void_id == 0 and first == 1 else "void 255")
     return (f"{path}: void value {void_id} is one of the class values 0..{max(classes)} (classes from {first}): "
             f"lmae-repair needs the classes as the values 0..N-1 with void above them; remap the labels (classes from 0, {remap})")
+
+
+def labelmap_entries(lines: list[str]) -> list[tuple[str, tuple[int, int, int]]] | None:
+    """[(name, (r, g, b))] in value order where every line is CVAT's `labelmap.txt` form
+    (`name:r,g,b:parts:actions`, the `# label:color_rgb:...` header being a comment), else None.
+    Why: CVAT's segmentation-mask export writes its classes there, and its labels in those
+    colours; the names were ignored and the colour labels refused."""
+    matches = [LABELMAP_LINE.fullmatch(line) for line in lines]
+    if not lines or not all(matches):
+        return None
+    return [(match[1].strip(), (int(match[2]), int(match[3]), int(match[4]))) for match in matches]
 
 
 def void_named(class_names: list[str]) -> str | None:

@@ -1330,3 +1330,33 @@ def test_a_label_whose_name_only_begins_with_its_images_says_how_to_name_it(tmp_
     assert "rename tile_02-mask.png to tile_02.png to pair them" in lines["tile_02.tif"]
     assert "rename tile_04_classes.tif to tile_04.tif" in lines["tile_04_classes.tif"] and "_mask" in lines["tile_04_classes.tif"]
     assert lines["tile_10_a.png"].endswith("no image with the same name") and lines["tile_1.tif"].endswith("no label with the same name")
+
+
+def test_colour_labels_of_a_cvat_labelmap_are_read_by_its_colours_and_written_back_in_them(tmp_path, family):
+    """CVAT's segmentation-mask export paints labels in the colours of its `labelmap.txt`
+    (`name:r,g,b::`). The colour labels were refused ('no palette mapping') and the class names
+    ignored; now the names are the class list, the colours the indices, and the completed
+    labels are the same kind of file in the same colours."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    colours = np.array([[0, 0, 0], [250, 50, 83], [51, 221, 255], [36, 179, 83]], np.uint8)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nrust:250,50,83::\n"
+                                       "crack:51,221,255::\nmoss:36,179,83::\n")
+    indices = {}
+    for path in (root / "labels").glob("*.png"):
+        indices[path.name] = np.array(Image.open(path))
+        Image.fromarray(colours[indices[path.name]]).save(path)
+    assert build_label_space(root, scanned_max_value=3).names == ["background", "rust", "crack", "moss"]
+    label = read_label(root / "labels" / "scene_000.png")
+    assert label.mode == "RGB" and np.array_equal(label.values, indices["scene_000.png"])
+    write_label(tmp_path / "copy.png", label)
+    assert np.array_equal(np.array(Image.open(tmp_path / "copy.png")), np.array(Image.open(root / "labels" / "scene_000.png")))
+    result = runner.invoke(app, ["complete", str(root), "--models", str(family), "--out", str(tmp_path / "out"), "--min-confidence", "0"])
+    assert result.exit_code == 0, result.output
+    written = Image.open(tmp_path / "out" / "labels" / "scene_000.png")
+    used = {tuple(c) for c in np.array(written).reshape(-1, 3).tolist()}
+    assert written.mode == "RGB" and used <= {tuple(c) for c in colours.tolist()}, used
+    stray = np.array(Image.open(root / "labels" / "scene_001.png"))
+    stray[:2, :2] = (9, 9, 9)
+    Image.fromarray(stray).save(root / "labels" / "scene_001.png")
+    with pytest.raises(LmaeError, match=r"scene_001.png: colour \(RGB\) label; 1 of its colours are not class colours of .*labelmap.txt \(\(9, 9, 9\)\)"):
+        read_label(root / "labels" / "scene_001.png")
