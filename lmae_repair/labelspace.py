@@ -198,9 +198,12 @@ def first_names(names: list[str], limit: int = 4) -> str:
 
 
 def names_agree(names: list[str], space: "LabelSpace") -> bool:
-    """Whether declared class names begin with the label space's, case and spaces aside."""
-    given, wanted = [n.strip().lower() for n in names], [n.strip().lower() for n in space.names]
-    return given[: len(wanted)] == wanted
+    """Whether declared class names are the label space's, case and spaces aside, a last void
+    line (CamVid's `void`) not counted as a class (`label_space_from_names`). Why not only the
+    first ones: a class list of 5 classes chose the bundled family of its first 3, and every
+    label holding the other two failed one by one."""
+    declared = label_space_from_names(names)[1] if names else names
+    return [n.strip().lower() for n in declared] == [n.strip().lower() for n in space.names]
 
 
 def read_class_list(path: Path) -> tuple[list[str], int | None]:

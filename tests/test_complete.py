@@ -1513,3 +1513,26 @@ def test_report_paths_of_data_named_with_dotdot_are_tidy_and_open(tmp_path, fami
     nested.mkdir(parents=True)
     (tmp_path / "jump").symlink_to(nested)  # jump/.. is deep, not tmp_path: kept as given
     assert absolute_text(tmp_path / "jump" / ".." / "a") == str(tmp_path / "jump" / ".." / "a")
+
+
+def test_a_class_list_of_more_classes_than_a_family_knows_does_not_choose_it(tmp_path, monkeypatch):
+    """A class list naming 6 classes whose first 4 are a bundled family's: that family was chosen
+    (names compared only as far as the family's went), and every label holding the other two
+    failed one by one. Such a family now does not fit (nor do its files given as --models); a
+    last void line is still no class."""
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    names = ["background", "rust", "dent", "hole"]
+    space = LabelSpace(NUM_CLASSES, names=names, background_id=0, void_id=255)
+    family = tmp_path / "models_root" / "metal"
+    save_checkpoint(family / "mask-0.50.safetensors", LabelMAE(config), CheckpointInfo(config, 0.5, space, {"crop": 32}))
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "classes.txt").write_text("\n".join(names + ["stain", "scratch"]) + "\n")
+    args = ["complete", str(root), "--device", "cpu", "--dry-run"]
+    chosen = runner.invoke(app, args + ["--out", str(tmp_path / "o1")])
+    told = " ".join(chosen.output.split())
+    assert chosen.exit_code == 2 and "no bundled family (metal) fits these labels" in told, told
+    given = runner.invoke(app, args + ["--out", str(tmp_path / "o2"), "--models", str(family)])
+    assert given.exit_code == 2 and "does not fit the labels" in " ".join(given.output.split()), given.output
+    (root / "classes.txt").write_text("\n".join(names + ["void"]) + "\n")
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "o3")]).exit_code == 0
