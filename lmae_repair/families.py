@@ -314,7 +314,8 @@ def match_score(info: CheckpointInfo, values: list[set[int]], names: list[str] |
 
 
 def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | None, unconfirmed: list,
-                  soft: str | None = None, names_from: str = "its class list", unreadable: list[str] | None = None) -> str:
+                  soft: str | None = None, names_from: str = "its class list", unreadable: list[str] | None = None,
+                  palette: list[int] | None = None) -> str:
     """Why no bundled family was chosen, with what the user can do about a near miss: labels
     whose values fit a family but that nothing names (no class list, no palette), or labels that
     hold no class indices at all, the first sampled label's error saying why (`unreadable`): a
@@ -333,8 +334,10 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
         return reason + (": no sampled label could be read as class indices (colour labels must be saved as class indices "
                          "first: a palette or grayscale PNG, one value per class; or painted in the colours of a CVAT labelmap.txt "
                          "beside them)")
+    # palette labels whose colours are not the family's (a tool's own palette) say nothing of its classes either
+    unnamed = "no classes.txt, and their palette is not the family's" if palette else "no classes.txt, no palette"
     for name, space in unconfirmed:
-        reason += (f"; the values fit family '{name}' but nothing names the classes (no classes.txt, no palette): "
+        reason += (f"; the values fit family '{name}' but nothing names the classes ({unnamed}): "
                    f"if they are its classes ({first_names(space.names)}), pass --models {name}")
     return reason
 
@@ -380,7 +383,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
         # names without a class list are the layout's: Cityscapes' train ids, named by its file names, or nnU-Net's dataset.json
         names_from = ("its class list" if find_classes_file(index.root) is not None else
                       "its Cityscapes file names" if index.known_class_names == CITYSCAPES_NAMES else "its dataset.json")
-        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from, unreadable), index, values, soft)
+        raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from, unreadable, palette), index, values, soft)
     scored.sort(key=lambda s: -s[0])
     if len(scored) > 1 and scored[0][0] == scored[1][0]:
         tied = ", ".join(s[1] for s in scored if s[0] == scored[0][0])

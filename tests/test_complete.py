@@ -1536,3 +1536,20 @@ def test_a_class_list_of_more_classes_than_a_family_knows_does_not_choose_it(tmp
     assert given.exit_code == 2 and "does not fit the labels" in " ".join(given.output.split()), given.output
     (root / "classes.txt").write_text("\n".join(names + ["void"]) + "\n")
     assert runner.invoke(app, args + ["--out", str(tmp_path / "o3")]).exit_code == 0
+
+
+def test_palette_labels_of_another_palette_are_not_said_to_have_none(tmp_path, monkeypatch):
+    """Palette labels in a tool's own colours, whose values fit a named family: the error said
+    'nothing names the classes (no classes.txt, no palette)' of labels that carry a palette."""
+    monkeypatch.setenv("LMAE_REPAIR_MODELS", str(tmp_path / "models_root"))
+    config = ModelConfig(num_classes=NUM_CLASSES, patch_size=16, enc_depth=1, enc_dim=32, enc_heads=4, dec_depth=1, dec_dim=16, dec_heads=2)
+    space = LabelSpace(NUM_CLASSES, names=["background", "rust", "dent", "hole"], background_id=0, void_id=255, palette=VOC_PALETTE)
+    save_checkpoint(tmp_path / "models_root" / "metal" / "mask-0.50.safetensors", LabelMAE(config), CheckpointInfo(config, 0.5, space, {"crop": 32}))
+    root = make_paired(tmp_path / "ds", count=2)
+    for path in (root / "labels").glob("*.png"):
+        label = Image.open(path)
+        label.putpalette([10, 10, 10, 250, 0, 250, 0, 250, 250, 90, 90, 0] + [0] * 756)
+        label.save(path)
+    result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o"), "--dry-run"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no classes.txt, and their palette is not the family's" in told and "no palette" not in told, told
