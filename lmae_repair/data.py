@@ -273,10 +273,12 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     claims: dict[str, list[Path]] = {}  # image key -> the labels that name it
     named_clashes: set[str] = set()  # names of several images that a label names
     orphans: list[tuple[Path, Path]] = []  # (label, its path below label_dir without extension)
+    own_named = {key for stem in labels for key in image_keys_named(Path(stem), channel=False)}
     for stem_path, label in sorted(labels.items(), key=lambda item: item[1]):
         rel = Path(stem_path)
         keys = image_keys_named(rel)
-        match = next((key for key in keys if key in images), None)
+        own = image_keys_named(rel, channel=False)
+        match = next((key for key in keys if key in images and (key in own or key not in own_named)), None)
         if match is None:
             clash = next((key for key in keys if key in image_clashes), None)
             if clash is None:
@@ -308,12 +310,16 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     return pairs, problems, unlabelled
 
 
-def image_keys_named(rel: Path) -> list[str]:
+def image_keys_named(rel: Path, channel: bool = True) -> list[str]:
     """The image keys (paths below the images folder, without extension) that a label names, `rel`
     being its own below the labels folder: x for x.png, also x for x_mask.png (`_label_stem_candidates`),
-    and after those x_0000, nnU-Net's name for the first channel of x (`NNUNET_CHANNEL`)."""
+    and after those (where `channel`) x_0000, nnU-Net's name for the first channel of x
+    (`NNUNET_CHANNEL`). `match_by_stem` gives an image to a label by that channel name only where
+    no label names it by its own: in a plain dataset, labels/run.png beside run_0000.png's own
+    label had made images/run_0000.png fail as named by two labels."""
     stems = _label_stem_candidates(rel.name)
-    return [(rel.parent / stem).as_posix() for stem in [*stems, *(stem + NNUNET_CHANNEL for stem in stems)]]
+    channels = [stem + NNUNET_CHANNEL for stem in stems] if channel else []
+    return [(rel.parent / stem).as_posix() for stem in [*stems, *channels]]
 
 
 def _pair_ignoring_case(orphans: list[tuple[Path, Path]], images: dict[str, Path], used: set[str],

@@ -1360,3 +1360,18 @@ def test_colour_labels_of_a_cvat_labelmap_are_read_by_its_colours_and_written_ba
     Image.fromarray(stray).save(root / "labels" / "scene_001.png")
     with pytest.raises(LmaeError, match=r"scene_001.png: colour \(RGB\) label; 1 of its colours are not class colours of .*labelmap.txt \(\(9, 9, 9\)\)"):
         read_label(root / "labels" / "scene_001.png")
+
+
+def test_a_label_named_like_an_images_first_channel_does_not_take_an_image_its_own_label_names(tmp_path):
+    """nnU-Net pairs labels/run.png with images/run_0000.png, its first channel; in a plain
+    images/ + labels/ set, run_0000.png has its own label, and the stray run.png beside it made
+    run_0000.png fail as '2 labels name this image': a pair that was fine is kept, and run.png
+    alone has no image, as before."""
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "images" / "scene_000.png").rename(root / "images" / "run_0000.png")
+    (root / "labels" / "scene_000.png").rename(root / "labels" / "run_0000.png")
+    shutil.copy(root / "labels" / "run_0000.png", root / "labels" / "run.png")
+    index = discover(root)
+    assert keys(index) == ["labels/run_0000.png", "labels/scene_001.png"]
+    assert [line.partition(": ")[2] for line in index.unmatched] == ["no image with the same name"], index.unmatched
+    assert index.unmatched[0].startswith(str(root / "labels" / "run.png"))
