@@ -243,8 +243,9 @@ def side_files(index: DatasetIndex, unreadable: list[str] | None = None) -> list
     classes = find_classes_file(index.root)
     if classes is not None:
         found.append(classes)
-    if index.layout == "paired" and nnunet_dataset_json(index.root) is not None:  # an nnU-Net raw dataset's class names
-        found.append(nnunet_dataset_json(index.root))
+    dataset_json = nnunet_dataset_json(index.root) if index.layout == "paired" else None
+    if dataset_json is not None:  # an nnU-Net raw dataset's class names
+        found.append(dataset_json)
     voc_root = find_voc_root(index.root) if index.layout == "voc" else None
     if voc_root is not None and (voc_root / "ImageSets").is_dir():
         found += sorted(p for p in (voc_root / "ImageSets").rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -748,8 +748,9 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
         unlabelled += lonely
         known = known or names
     chosen_notes = [notes[image_dir] for image_dir, _ in folder_pairs if image_dir in notes]  # not those of another split
-    if known is None and nnunet_dataset_json(root) is not None:
-        known = nnunet_class_names(nnunet_dataset_json(root))
+    dataset_json = nnunet_dataset_json(root) if known is None else None
+    if dataset_json is not None:
+        known = nnunet_class_names(dataset_json)
     return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes)
 
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lmae_repair.data import CITYSCAPES_COLOURS, absolute_text, CITYSCAPES_NAMES, DatasetIndex, LabelFile, atomic_write, read_image, read_label
+from lmae_repair.data import CITYSCAPES_COLOURS, CITYSCAPES_NAMES, DatasetIndex, absolute_text, LabelFile, atomic_write, read_image, read_label
 from lmae_repair.errors import LmaeError
 from lmae_repair.labelspace import LabelSpace
 
