@@ -748,10 +748,38 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
         unlabelled += lonely
         known = known or names
     chosen_notes = [notes[image_dir] for image_dir, _ in folder_pairs if image_dir in notes]  # not those of another split
+    channels, unlabelled = other_channels(unlabelled, pairs)
+    if channels:
+        chosen_notes.append(f"further channels (_0001...) of paired images, as nnU-Net names them, left alone: {len(channels)} "
+                            f"(first: {channels[0].image}); only the first channel ({NNUNET_CHANNEL}) is read")
     dataset_json = nnunet_dataset_json(root) if known is None else None
     if dataset_json is not None:
         known = nnunet_class_names(dataset_json)
     return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes)
+
+
+def other_channels(unlabelled: list[Problem], pairs: list[Pair]) -> tuple[list[Problem], list[Problem]]:
+    """(the images among `unlabelled` that are further channels of a paired image, nnU-Net's
+    x_0001.png beside x_0000.png, the rest). Why: listed as images without a label, each channel
+    after the first was an audit row at score 1 above every label, three per case in a
+    four-channel set, which no fix to the labels could clear."""
+    paired = {pair.image.parent / pair.image.stem for pair in pairs if paired_by_channel(pair)}
+    channels, rest = [], []
+    for line in unlabelled:
+        image = getattr(line, "image", None)
+        stem = "" if image is None else image.stem
+        base, _, number = stem.rpartition("_")
+        further = len(number) == 4 and number.isdigit() and number != NNUNET_CHANNEL[1:]
+        (channels if further and image.parent / f"{base}{NNUNET_CHANNEL}" in paired else rest).append(line)
+    return channels, rest
+
+
+def paired_by_channel(pair: Pair) -> bool:
+    """Whether `pair`'s image is its label's by nnU-Net's first-channel name (x_0000.png for
+    x.png), not by its own: a plain set's labelled frame seq_0000.png makes seq_0001.png no channel."""
+    own = [stem.casefold() for stem in _label_stem_candidates(pair.label.stem)]
+    image = pair.image.stem.casefold()
+    return image not in own and image in {stem + NNUNET_CHANNEL for stem in own}
 
 
 def nnunet_dataset_json(root: Path) -> Path | None:

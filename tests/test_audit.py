@@ -767,3 +767,30 @@ def test_a_reader_of_the_json_that_goes_away_leaves_the_csv_written_and_the_exit
     assert process.returncode == 1, err.decode()  # as without the pipe: one pair failed
     assert len(rows.read_text().splitlines()) == 4 and "empty file" in rows.read_text()
     assert "Traceback" not in err.decode()
+
+
+def test_the_further_channels_of_an_nnunet_dataset_are_one_note_not_rows_ranked_first(tmp_path):
+    """An nnU-Net set of two-channel slices (imagesTr/case_0000.png and case_0001.png beside
+    labelsTr/case.png): every second channel was an 'image without a label' row at score 1, listed
+    above every label, so a four-channel set's audit began with three rows per case that no fix
+    could clear. They are one note now, and the table holds the labels and the real defects."""
+    import shutil
+
+    root = make_paired(tmp_path / "Dataset002", count=3, images="imagesTr", labels="labelsTr")
+    for image in sorted((root / "imagesTr").glob("*.png")):
+        image.rename(image.with_name(f"{image.stem}_0000.png"))
+        shutil.copy(image.with_name(f"{image.stem}_0000.png"), image.with_name(f"{image.stem}_0001.png"))
+    shutil.copy(root / "imagesTr" / "scene_000_0000.png", root / "imagesTr" / "lonely_0001.png")  # no channel 0 paired
+    report = tmp_path / "a.json"
+    result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
+    rows = [row["label"] for row in json.loads(report.read_text())]
+    assert rows[0] == "imagesTr/lonely_0001.png" and sorted(rows[1:]) == [f"labelsTr/scene_00{i}.png" for i in range(3)], rows
+    output = " ".join(result.output.split())
+    assert "note: further channels (_0001...) of paired images, as nnU-Net names them, left alone: 3" in output, output
+    plain = make_paired(tmp_path / "frames", count=2)  # video frames seq_0000 (labelled) and seq_0001 (not): no channels
+    (plain / "images" / "scene_000.png").rename(plain / "images" / "seq_0000.png")
+    (plain / "labels" / "scene_000.png").rename(plain / "labels" / "seq_0000.png")
+    (plain / "images" / "scene_001.png").rename(plain / "images" / "seq_0001.png")
+    result = runner.invoke(app, ["audit", str(plain), "--json", str(report)])
+    assert "imagesTr" not in result.output and "further channels" not in " ".join(result.output.split())
+    assert json.loads(report.read_text())[0]["label"] == "images/seq_0001.png"
