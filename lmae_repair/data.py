@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from lmae_repair.errors import LmaeError
-from lmae_repair.labelspace import labelmap_entries, read_class_names, text_lines
+from lmae_repair.labelspace import find_classes_file, labelmap_entries, read_class_names, text_lines
 
 # PIL logs some decoding problems (a TIFF of 8 bands) before raising; the raise becomes our one
 # line naming the file, so its log line, printed with no file name, would only add noise.
@@ -1359,15 +1359,15 @@ def voc_colour_indices(pixels: np.ndarray) -> np.ndarray | None:
     return table[red >> 5, green >> 5, blue >> 6]
 
 
-LABELMAP_LEVELS = 4  # the folders above a label searched for a labelmap.txt (labels/, a split, a subfolder)
-
-
 def labelmap_file(label_path: Path) -> Path | None:
-    """The `labelmap.txt` (CVAT's export) in the nearest of the few folders above a label, else None."""
-    for folder in list(label_path.parents)[:LABELMAP_LEVELS]:
-        if (folder / "labelmap.txt").is_file():
-            return folder / "labelmap.txt"
-    return None
+    """The `labelmap.txt` (CVAT's export) that is the class list of a label's dataset, else None:
+    the one `find_classes_file` finds from the folder above the labels' (the dataset folder, or a
+    split of it), so that the colours and the class names come from one file. Why not any one
+    in a few folders above: one two folders above the dataset (another export), in labels/ or
+    beside a classes.txt painted the labels in its colours while the names came from elsewhere,
+    and OUT, which gets the class list only, could not read the completed labels back."""
+    found = find_classes_file(label_path.parent.parent)
+    return found if found is not None and found.name.casefold().startswith("labelmap.txt") else None
 
 
 @functools.lru_cache(maxsize=8)

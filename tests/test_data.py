@@ -1375,3 +1375,27 @@ def test_a_label_named_like_an_images_first_channel_does_not_take_an_image_its_o
     assert keys(index) == ["labels/run_0000.png", "labels/scene_001.png"]
     assert [line.partition(": ")[2] for line in index.unmatched] == ["no image with the same name"], index.unmatched
     assert index.unmatched[0].startswith(str(root / "labels" / "run.png"))
+
+
+def test_a_labelmap_that_is_not_the_datasets_class_list_does_not_read_its_colour_labels(tmp_path):
+    """A labelmap.txt was looked for up to three folders above a label: one two folders above the
+    dataset (another export in the home folder), in labels/, or shadowed by a classes.txt beside
+    it painted the labels in its colours while the class names came from elsewhere (or were
+    counted), and `complete` wrote colour labels that its OUT, without that labelmap.txt, could not
+    read back. Only the labelmap.txt that is the dataset's class list (`find_classes_file`) reads them."""
+    colours = np.array([[0, 0, 0], [250, 50, 83], [51, 221, 255]], np.uint8)
+    labelmap = "background:0,0,0::\ncrack:250,50,83::\nspalling:51,221,255::\n"
+    places = {"above": "", "labels": "labels", "shadowed": ".", "root": "."}
+    for case, place in places.items():
+        root = make_paired(tmp_path / "ws" / "deep" / case, count=1, size=32) if case == "above" else make_paired(tmp_path / case, count=1, size=32)
+        (tmp_path / "ws" / "labelmap.txt" if case == "above" else root / place / "labelmap.txt").write_text(labelmap)
+        if case == "shadowed":
+            (root / "classes.txt").write_text("background\nspalling\ncrack\n")
+        label = root / "labels" / "scene_000.png"
+        indices = np.array(Image.open(label)) % 3
+        Image.fromarray(colours[indices]).save(label)
+        if case == "root":
+            assert np.array_equal(read_label(label).values, indices)
+        else:
+            with pytest.raises(LmaeError, match="colour \\(RGB\\) label with no palette mapping"):
+                read_label(label)
