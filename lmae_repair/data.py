@@ -1454,8 +1454,15 @@ def voc_colour_label(path: Path, pixels: np.ndarray, mode: str) -> tuple[np.ndar
     if in_labelmap:
         raise LmaeError(f"{path}: colour ({mode}) label{in_labelmap}")
     raise LmaeError(f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
-                    f"indices (a palette or grayscale PNG, one value per class; or a CVAT labelmap.txt of their colours beside "
-                    f"the labels){hint}")
+                    f"indices (a palette or grayscale PNG, one value per class; or a CVAT labelmap.txt of their colours in "
+                    f"the dataset folder, as its class list{stray_labelmap(path)}){hint}")
+
+
+def stray_labelmap(label_path: Path) -> str:
+    """A clause naming a labelmap.txt beside a colour label that is not read there (`labelmap_file`
+    reads the dataset's class list only): the user put it in labels/, and was told only to add one."""
+    beside = label_path.parent / "labelmap.txt"
+    return f"; {beside} is not read there: move it to the dataset folder" if beside.is_file() else ""
 
 
 def is_grey(pixels: np.ndarray) -> bool:

@@ -333,7 +333,7 @@ def no_fit_reason(families: dict, values: list[set[int]], names: list[str] | Non
     if not values:
         return reason + (": no sampled label could be read as class indices (colour labels must be saved as class indices "
                          "first: a palette or grayscale PNG, one value per class; or painted in the colours of a CVAT labelmap.txt "
-                         "beside them)")
+                         "in the dataset folder, as its class list)")
     # palette labels whose colours are not the family's (a tool's own palette) say nothing of its classes either
     unnamed = "no classes.txt, and their palette is not the family's" if palette else "no classes.txt, no palette"
     for name, space in unconfirmed:

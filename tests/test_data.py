@@ -1399,3 +1399,5 @@ def test_a_labelmap_that_is_not_the_datasets_class_list_does_not_read_its_colour
         else:
             with pytest.raises(LmaeError, match="colour \\(RGB\\) label with no palette mapping"):
                 read_label(label)
+    with pytest.raises(LmaeError, match=f"; {tmp_path / 'labels' / 'labels' / 'labelmap.txt'} is not read there: move it to the dataset folder"):
+        read_label(tmp_path / "labels" / "labels" / "scene_000.png")
