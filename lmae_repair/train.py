@@ -150,6 +150,12 @@ def ratio_folder(out: Path, ratio: float) -> Path:
     return out / f"{RATIO_FOLDER_PREFIX}{ratio:.2f}"
 
 
+def run_patch_size(options: TrainOptions, num_classes: int) -> int:
+    """The patch size the run's model will have (its --preset's, or --patch-size): the checks made
+    before the model is built (crop, ratios, the family in --out) each need it."""
+    return preset_config(options.preset, num_classes, patch_size=options.patch_size).patch_size
+
+
 def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
     """Refuse, before any training, a crop that is not whole patches (at least two a side), and
     mask ratios that cannot make a model with these patches: two that share a run folder (two
@@ -157,7 +163,7 @@ def check_mask_ratios(options: TrainOptions, space: LabelSpace) -> None:
     patch of a training crop (it would learn nothing). Ratios outside (0, 1) are refused earlier,
     by `check_option_values`."""
     folders: dict[str, float] = {}
-    patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    patch = run_patch_size(options, space.num_classes)
     if options.crop % patch or options.crop < 2 * patch:  # one patch: nothing both seen and hidden
         raise LmaeError(f"--crop {options.crop} must be a multiple of the patch size {patch}, at least {2 * patch}")
     patches = (options.crop // patch) ** 2
@@ -177,7 +183,7 @@ def check_crop_size(options: TrainOptions, data: TrainingData) -> None:
     loader, after the scan). The default crop is kept: small images train at it, as they did."""
     if not data.shapes:
         return
-    patch = preset_config(options.preset, data.space.num_classes, patch_size=options.patch_size).patch_size
+    patch = run_patch_size(options, data.space.num_classes)
     pair, (height, width) = min(data.shapes.items(), key=lambda item: (-max(item[1]), item[0].key))
     limit = max(math.ceil(max(height, width) / patch) * patch, DEFAULT_CROP // patch * patch)
     if options.crop > limit:
@@ -196,7 +202,7 @@ def check_same_family(options: TrainOptions, space: LabelSpace) -> None:
 
     if not options.out.is_dir():
         return
-    patch = preset_config(options.preset, space.num_classes, patch_size=options.patch_size).patch_size
+    patch = run_patch_size(options, space.num_classes)
     own = [ratio_folder(options.out, ratio) for ratio in options.mask_ratios]  # their runs: --resume checks them, or they are refused
     trained = {round(ratio, 2) for ratio in options.mask_ratios}
     for path in checkpoints_in_folder(options.out):
