@@ -380,7 +380,7 @@ def train_one_ratio(
             record["seconds"] = round(time.perf_counter() - started, 1)
             epoch_seconds.append(record["seconds"])
             score = record.get("val_pa_miou", -train_loss)
-            improved = beats(score, state.best_score)
+            improved = beats(score, state.best_score, validated="val_pa_miou" in record)
             state.epoch, state.history = epoch, state.history + [record]
             if improved:
                 state.best_score = score
@@ -398,11 +398,14 @@ def train_one_ratio(
     return folder / "best.safetensors"
 
 
-def beats(score: float, best: float) -> bool:
-    """Whether an epoch's score makes it best.safetensors. A NaN score (validation whose hidden
+def beats(score: float, best: float, validated: bool = True) -> bool:
+    """Whether an epoch's score makes it best.safetensors. A NaN PA-mIoU (validation whose hidden
     patches held no annotated pixel: a PA-mIoU of nothing) never beats a real one, but counts
     while no real one has come: compared as a number it beat nothing, no best.safetensors was
-    written, and the run ended after its last epoch with 'no such checkpoint file'."""
+    written, and the run ended after its last epoch with 'no such checkpoint file'. A NaN training
+    loss (not `validated`) never counts: its weights are NaN, and complete would have used them."""
+    if math.isnan(score) and not validated:
+        return False
     return math.isnan(best) or best == -math.inf or score > best
 
 

@@ -1056,3 +1056,19 @@ def test_spread_out_label_values_are_refused_not_counted_as_classes_nobody_uses(
     histogram[[0, 1, 3, 255]] = 100  # one class absent from a few labels: classes all the same
     assert sparse_values(histogram, 4) is None
     assert sparse_values(np.zeros(256, np.int64), 1) is None  # no label read (colour labels): not spread-out values
+
+
+def test_a_training_loss_of_nan_is_never_kept_as_best_without_validation(tmp_path, monkeypatch):
+    """A NaN validation PA-mIoU counts as best until a real one comes (no hidden annotated pixel);
+    that rule also took a NaN training loss, without validation, for the best epoch: the run ended
+    well, with a best.safetensors of NaN weights, which complete would then use."""
+    import lmae_repair.train as train_module
+
+    real = train_module.lmae_loss
+    monkeypatch.setattr(train_module, "lmae_loss", lambda *args, **kwargs: real(*args, **kwargs) * float("nan"))
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(root), "--num-classes", "4", "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert not (out / "mask-0.50" / "best.safetensors").exists()
