@@ -994,7 +994,7 @@ def test_validation_that_hides_no_annotated_pixel_still_gives_a_best_checkpoint(
                                  "--crop", "32", "--workers", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     history = [json.loads(line) for line in (out / "mask-0.50" / "history.jsonl").read_text().splitlines()]
-    assert [np.isnan(record["val_pa_miou"]) for record in history] == [True, True]  # the case this test is about
+    assert [record["val_pa_miou"] for record in history] == [None, None]  # the case this test is about (null: NaN is not JSON)
     _, info = load_checkpoint(out / "mask-0.50" / "best.safetensors")
     assert info.validation["epoch"] == 2
 
@@ -1072,3 +1072,24 @@ def test_a_training_loss_of_nan_is_never_kept_as_best_without_validation(tmp_pat
                                  "--workers", "0", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert not (out / "mask-0.50" / "best.safetensors").exists()
+
+
+def test_history_writes_a_pa_miou_of_nothing_as_null_not_bare_nan(tmp_path):
+    """Validation whose hidden patches held no annotated pixel: history.jsonl said
+    "val_pa_miou": NaN, which is not JSON (jq and strict parsers reject the file); it says null."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    val = make_paired(tmp_path / "val", count=1, size=64, seed=4)
+    label = np.full((64, 64), 255, np.uint8)
+    label[0:16, 32:48] = 1  # visible in the validation mask of seed 0 (see the test above): PA-mIoU of nothing
+    Image.fromarray(label).save(val / "labels" / "scene_000.png")
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(root), "--val", str(val), "--num-classes", "4", "--epochs", "1", "--batch-size", "2",
+                                 "--crop", "32", "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    lines = (out / "mask-0.50" / "history.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=strict) for line in lines]
+    assert records[0]["val_pa_miou"] is None and records[0]["epoch"] == 1
