@@ -385,10 +385,15 @@ def train_one_ratio(
             if improved:
                 state.best_score = score
             if ranks.is_main:
+                dropped = tuned_on(folder / "best.safetensors") if improved else None
                 info = checkpoint_info(model, ratio, data, options, state, record, device, ranks)
                 info.int8_calibration = calibrate(model, *calibration)
                 save_epoch(folder, model, optimizer, plateau, state, improved, info, options.keep_epochs)
                 progress.console.print(epoch_line(record, improved))
+                if dropped:
+                    progress.console.print(f"note: {folder / 'best.safetensors'} replaced by epoch {epoch}, without the class "
+                                           f"offsets tuned on {dropped}; tune again: lmae-repair tune {dropped} --models {folder}",
+                                           highlight=False)
             if options.max_minutes:  # the bar (and its ETA) ends where the budget will stop the run
                 more = epochs_within_budget(options.max_minutes, time.perf_counter() - run_started, epoch_seconds,
                                             options.epochs - epoch)
@@ -396,6 +401,22 @@ def train_one_ratio(
                 progress.update(task, total=done + more * len(loader))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def tuned_on(path: Path) -> str | None:
+    """Where `lmae-repair tune` tuned the class offsets a run's checkpoint holds (tuned in place,
+    `--models RUN/mask-R`), or None. A resumed run's new best.safetensors does not carry them
+    over: they fit the weights they were tuned with, as `average` drops them too, so the run
+    says so instead of silently writing the best epoch untuned (`train_one_ratio`)."""
+    if not path.exists():
+        return None
+    try:
+        info = read_info(path)
+    except LmaeError:
+        return None
+    if not info.class_bias and not info.continuation:
+        return None
+    return (info.training.get("class_bias_tuned_on") or {}).get("data") or "DATA"
 
 
 def beats(score: float, best: float, validated: bool = True) -> bool:
@@ -463,6 +484,10 @@ def restore_run(
     elif options.resume:
         state, trained_on = resume_state(state_path, model, optimizer, plateau, model.config, data, ratio, options, console)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")
+        if tuned_on(folder / "best.safetensors"):
+            console.print(f"note: {folder / 'best.safetensors'} holds class offsets tuned by lmae-repair tune; they are "
+                          "not carried over to an epoch that becomes best (they were tuned for its weights): tune again "
+                          "if one does", highlight=False)
         if trained_on and trained_on != data.summary.get("data"):
             console.print(f"note: its earlier epochs were trained on {trained_on}; it goes on with {data.summary.get('data')}", highlight=False)
         return state

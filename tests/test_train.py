@@ -1093,3 +1093,25 @@ def test_history_writes_a_pa_miou_of_nothing_as_null_not_bare_nan(tmp_path):
     lines = (out / "mask-0.50" / "history.jsonl").read_text().splitlines()
     records = [json.loads(line, parse_constant=strict) for line in lines]
     assert records[0]["val_pa_miou"] is None and records[0]["epoch"] == 1
+
+
+def test_resuming_a_tuned_run_says_a_new_best_drops_the_tuned_offsets(tmp_path):
+    """`tune VAL --models RUN/mask-0.50` (in place), then `train --resume --epochs 3`: a later
+    epoch that became best rewrote best.safetensors without the tuned class offsets, silently.
+    The offsets were tuned for the old weights (as `average` drops them), so they are not carried
+    over; the run says so when it resumes and when best.safetensors is replaced."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    val = make_paired(tmp_path / "val", count=2, size=64, seed=4)
+    out = tmp_path / "r"
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0", "--out", str(out), "--epochs"]
+    assert runner.invoke(app, args + ["1"]).exit_code == 0
+    tuned = runner.invoke(app, ["tune", str(val), "--models", str(out / "mask-0.50")])
+    assert tuned.exit_code == 0, tuned.output
+    best = out / "mask-0.50" / "best.safetensors"
+    assert read_info(best).class_bias
+    result = runner.invoke(app, args + ["3", "--resume"])
+    assert result.exit_code == 0, result.output
+    told = " ".join(result.output.split())
+    assert f"{best} holds class offsets tuned by lmae-repair tune" in told, told
+    assert not read_info(best).class_bias  # a later epoch (lower training loss) became best
+    assert f"{best} replaced by epoch" in told and "tune again" in told, told
