@@ -335,7 +335,7 @@ def label_space_of_data(index: DatasetIndex) -> LabelSpace:
     scan = scan_labels(index.pairs)
     largest = scan.max_value(DEFAULT_VOID_ID)
     return build_label_space(index.root, scanned_max_value=0 if largest is None else largest, palette=scan.palette,
-                             layout_names=index.known_class_names)
+                             layout_names=index.known_class_names, splits=index.split_folders)
 
 
 def defect_row(problem: str, root: Path, failed: bool) -> dict:

@@ -240,7 +240,7 @@ def side_files(index: DatasetIndex, unreadable: list[str] | None = None) -> list
     from lmae_repair.labelspace import find_classes_file
 
     found = []
-    classes = find_classes_file(index.root)
+    classes = find_classes_file(index.root, index.split_folders)
     if classes is not None:
         found.append(classes)
     dataset_json = nnunet_dataset_json(index.root) if index.layout == "paired" else None

@@ -120,6 +120,7 @@ class DatasetIndex:
     unlabelled: list[str] = field(default_factory=list)  # "path: no label with the same name"
     image_root: Path | None = None  # the --images folder, when it is not under root
     notes: list[str] = field(default_factory=list)  # what discovery chose that the user should know
+    split_folders: tuple[Path, ...] = ()  # the --split's folders (DATA/train/): a class list there names the classes
 
     @property
     def input_folders(self) -> list[Path]:
@@ -755,7 +756,22 @@ def discover_paired(root: Path, split: str | None) -> DatasetIndex | None:
     dataset_json = nnunet_dataset_json(root) if known is None else None
     if dataset_json is not None:
         known = nnunet_class_names(dataset_json)
-    return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes)
+    return DatasetIndex("paired", root, pairs, unmatched, known_class_names=known, unlabelled=unlabelled, notes=chosen_notes,
+                        split_folders=chosen_split_folders(folder_pairs, root, split))
+
+
+def chosen_split_folders(folder_pairs: list[tuple[Path, Path]], root: Path, split: str | None) -> tuple[Path, ...]:
+    """The folders named `split` above the chosen image folders (DATA/train/ for
+    DATA/train/images/), nearest the root first; none without --split, or for nnU-Net's imagesTr/
+    (its split is the folder itself, its class list beside it in the root)."""
+    folders: list[Path] = []
+    for image_dir, _ in folder_pairs:
+        parts = image_dir.parent.relative_to(root).parts
+        if split in parts:
+            folder = root.joinpath(*parts[: parts.index(split) + 1])
+            if folder not in folders:
+                folders.append(folder)
+    return tuple(folders)
 
 
 def other_channels(unlabelled: list[Problem], pairs: list[Pair]) -> tuple[list[Problem], list[Problem]]:

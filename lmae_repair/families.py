@@ -146,7 +146,7 @@ def dataset_evidence(index: DatasetIndex, problems: list[str] | None = None) -> 
         if label.palette:
             palettes[tuple(label.palette)] += 1
     palette = list(palettes.most_common(1)[0][0]) if palettes else None
-    return values, declared_class_names(index.root, index.known_class_names), palette
+    return values, declared_class_names(index.root, index.known_class_names, index.split_folders), palette
 
 
 def sampled_labels(index: DatasetIndex, problems: list[str] | None = None):
@@ -348,7 +348,7 @@ class NoFamilyFits(LmaeError):
 
     def __init__(self, reason: str, index: DatasetIndex, values: list[set[int]] | None = None, soft: str | None = None):
         try:  # the classes as train would read them (build_label_space): where one is named void, train refuses
-            misnamed = void_named(declared_classes(index.root, index.known_class_names)[0])
+            misnamed = void_named(declared_classes(index.root, index.known_class_names, index.split_folders)[0])
         except LmaeError:  # a class list that cannot be read: train says why
             misnamed = None
         # 0/255 masks, or no label read as class indices (colour labels): the reason says what to do
@@ -381,7 +381,7 @@ def match_family(index: DatasetIndex) -> tuple[str, Checkpoints, str]:
     if not scored:
         soft = None if names else soft_edges_of_sample(index)  # as train judges labels whose classes nothing names
         # names without a class list are the layout's: Cityscapes' train ids, named by its file names, or nnU-Net's dataset.json
-        names_from = ("its class list" if find_classes_file(index.root) is not None else
+        names_from = ("its class list" if find_classes_file(index.root, index.split_folders) is not None else
                       "its Cityscapes file names" if index.known_class_names == CITYSCAPES_NAMES else "its dataset.json")
         raise NoFamilyFits(no_fit_reason(families, values, names, unconfirmed, soft, names_from, unreadable, palette), index, values, soft)
     scored.sort(key=lambda s: -s[0])
@@ -402,7 +402,7 @@ def resolve_models(specs: list | None, index: DatasetIndex) -> tuple[str, Checkp
         checkpoints = find_checkpoints(list(specs))
         path, info = checkpoints[0]
         values, names, palette = dataset_evidence(index)
-        problem = (masks_of_0_and_255(values, names, palette, void_declared=declared_classes(index.root, index.known_class_names)[2] == 255)
+        problem = (masks_of_0_and_255(values, names, palette, void_declared=declared_classes(index.root, index.known_class_names, index.split_folders)[2] == 255)
                    if info.label_space.void_id == 255 else None)
         if problem:
             raise LmaeError(f"{index.root}: {problem}")

@@ -161,13 +161,15 @@ def read_class_names(path: Path) -> list[str]:
 CLASS_LIST_NAMES = ("classes.txt", "labels.txt", "class_names.txt", "labelmap.txt")
 
 
-def find_classes_file(root: Path) -> Path | None:
-    """classes.txt (or labels.txt) in the dataset root, its parent, or a Pascal VOC folder nested
-    in it (root/VOCdevkit/VOC2012/). Where none has its exact name, one found as Windows and macOS
+def find_classes_file(root: Path, splits: tuple[Path, ...] = ()) -> Path | None:
+    """classes.txt (or labels.txt) in the folder of the split read (`splits`: DATA/train/ for
+    `--split train`, `DatasetIndex.split_folders`; CamVid-like copies keep it there, and it was
+    missed, the classes counted from the values and void 11 made a class), the dataset root, its
+    parent, or a Pascal VOC folder nested in it (root/VOCdevkit/VOC2012/). Where none has its exact name, one found as Windows and macOS
     find it, letter case aside (`Classes.txt`), or with the `.txt` that Windows adds to a file
     renamed with extensions hidden (`classes.txt.txt`, shown as classes.txt): the dataset's class
     names were ignored without a word, and its labels taken for unnamed values."""
-    folders = (root, root.parent, *sorted(root.glob("VOCdevkit/*/")))
+    folders = (*splits, root, root.parent, *sorted(root.glob("VOCdevkit/*/")))
     for folder in folders:
         for name in CLASS_LIST_NAMES:
             if (folder / name).is_file():
@@ -185,10 +187,10 @@ def find_classes_file(root: Path) -> Path | None:
     return None
 
 
-def declared_class_names(root: Path, layout_names: list[str] | None) -> list[str] | None:
+def declared_class_names(root: Path, layout_names: list[str] | None, splits: tuple[Path, ...] = ()) -> list[str] | None:
     """The class names a dataset declares: its class list's (`find_classes_file`), else its
     layout's (Cityscapes' train ids), else None."""
-    classes_file = find_classes_file(root)
+    classes_file = find_classes_file(root, splits)
     return read_class_list(classes_file)[0] if classes_file is not None else layout_names
 
 
@@ -296,11 +298,12 @@ def label_space_from_names(names: list[str], void_id: int | None = None) -> tupl
 _UNSET = object()
 
 
-def declared_classes(root: Path | None, layout_names: list[str] | None) -> tuple[list[str], int | None | object, int | None]:
+def declared_classes(root: Path | None, layout_names: list[str] | None,
+                     splits: tuple[Path, ...] = ()) -> tuple[list[str], int | None | object, int | None]:
     """(class names, background id, void value) as the dataset's class list (`find_classes_file`)
     declares them, else its layout's list (Cityscapes' train ids); ([], _UNSET, None) without
     either. A void line is the void value, not a class (`label_space_from_names`)."""
-    classes_file = find_classes_file(root) if root is not None else None
+    classes_file = find_classes_file(root, splits) if root is not None else None
     if classes_file is not None:
         return label_space_from_names(*read_class_list(classes_file))[1:]
     if layout_names:
@@ -316,6 +319,7 @@ def build_label_space(
     void_id: int | None = None,
     palette: list[int] | None = None,
     layout_names: list[str] | None = None,
+    splits: tuple[Path, ...] = (),
 ) -> LabelSpace:
     """Combine classes.txt, flags and the scanned labels into one label space.
 
@@ -323,7 +327,7 @@ def build_label_space(
     train ids), then defaults (background 0, void 255, and as many classes as the largest
     non-void value seen in the labels implies).
     """
-    names, file_background, file_void = declared_classes(root, layout_names)
+    names, file_background, file_void = declared_classes(root, layout_names, splits)
     resolved_void = void_id if void_id is not None else (
         file_void if file_void is not None else DEFAULT_VOID_ID
     )

@@ -1140,6 +1140,7 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
         scanned_max_value=scan.max_value(void_option if void_option is not None else 255),
         palette=scan.palette,
         layout_names=index.known_class_names,
+        splits=index.split_folders,
         **space_options,
     )
     problem = space.single_class_problem() or (void_named(space.names) if void_option is None else None)
@@ -1204,7 +1205,7 @@ def leave_out_unannotated(console: Console, pairs: list[Pair], scan, space: Labe
 
 def check_same_classes(index: DatasetIndex, space: LabelSpace) -> None:
     """Refuse validation data whose class list names other classes than the training data's."""
-    names = declared_class_names(index.root, index.known_class_names)
+    names = declared_class_names(index.root, index.known_class_names, index.split_folders)
     if names and space.has_names and not names_agree(names, space):
         raise LmaeError(f"{index.root}: its classes ({first_names(names)}) are not the training data's "
                         f"({first_names(space.names)}); validate on data of the same label space")

@@ -1115,3 +1115,30 @@ def test_resuming_a_tuned_run_says_a_new_best_drops_the_tuned_offsets(tmp_path):
     assert f"{best} holds class offsets tuned by lmae-repair tune" in told, told
     assert not read_info(best).class_bias  # a later epoch (lower training loss) became best
     assert f"{best} replaced by epoch" in told and "tune again" in told, told
+
+
+def test_a_class_list_inside_the_split_folder_names_the_classes_of_that_split(tmp_path):
+    """DATA/train/{images,labels}/ with DATA/train/classes.txt (a CamVid-like copy), `--split
+    train`: the list was looked for only in DATA and its parent, so train counted the classes from
+    the values and its void value became a class; audit and complete read them so too."""
+    from lmae_repair.audit import label_space_of_data
+    from lmae_repair.families import dataset_evidence
+
+    root = tmp_path / "ds"
+    make_paired(root / "train", count=2, size=64)
+    make_paired(root / "val", count=1, size=64, seed=3)
+    for path in (root / "train" / "labels").glob("*.png"):
+        values = np.array(Image.open(path))
+        values[:8] = 4  # the void line's value
+        Image.fromarray(values).save(path)
+    (root / "train" / "classes.txt").write_text("background\nred\ngreen\nblue\nvoid\n")
+    index = discover(root, "train")
+    assert label_space_of_data(index).describe() == label_space_of_data(discover(root / "train")).describe()
+    assert label_space_of_data(index).void_id == 4 and label_space_of_data(index).num_classes == 4
+    assert dataset_evidence(index)[1] == ["background", "red", "green", "blue", "void"]
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    space = read_info(out / "mask-0.50" / "best.safetensors").label_space
+    assert (space.num_classes, space.void_id, space.names) == (4, 4, ["background", "red", "green", "blue"])
