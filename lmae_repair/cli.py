@@ -400,6 +400,8 @@ def complete(
             console.print(f"note: {', '.join(not_copied)} not copied to {target}, which holds the VOC dataset's {held} only "
                           "(instance masks and boxes would not match the completed labels)", highlight=False)
         print_complete_summary(report, target, dry_run)
+        if report.get("report_error"):  # after the summary: the labels were written all the same
+            fail(report["report_error"])
         return 1 if report["totals"]["failed"] else 0
 
     progress = {"pairs": None, "written": 0}  # how far the run got, for the message if it is interrupted

@@ -39,7 +39,7 @@ from lmae_repair.errors import DEBUG, LmaeError, pair_error, stop_if_interrupted
 from lmae_repair.defaults import DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 from lmae_repair.inference import for_inference, resolve_precision
 from lmae_repair.repair import Prepared, class_probabilities, finish_from, has_annotation, predict, route_and_prepare
-from lmae_repair.report import report_totals, write_html_report, write_json_report
+from lmae_repair.report import REPORT_HTML, REPORT_JSON, json_report, report_totals, write_html_report
 
 PROGRESS_LOG = ".lmae-progress.jsonl"
 LOCK_FILE = ".lmae-lock"
@@ -776,6 +776,22 @@ def run_pipeline(index: DatasetIndex, todo: list[Pair], checkpoints, options: Co
     return entries
 
 
+def write_reports(out: Path, report: dict, space) -> str | None:
+    """Write lmae-report.json, then lmae-report.html; None, or what could not be written and
+    what was. They come after every label: a full disk there failed the command with exit code 2
+    and no summary, as if nothing had been written, though every label had been (and each
+    report is written atomically: none is left half-written)."""
+    written = "the labels"
+    try:
+        atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode()))
+        written += f" and {REPORT_JSON}"
+        write_html_report(out, report, space)
+    except OSError as exc:
+        where = exc.filename or out / (REPORT_HTML if REPORT_JSON in written else REPORT_JSON)
+        return f"{where}: {exc.strerror or type(exc).__name__}; {written} were written"
+    return None
+
+
 def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
     """Repair every pair of `index` into options.out; returns the report (written unless dry run).
     `on_pair(entry, worked)` is called once per pair; worked is False for pairs finished by an
@@ -822,8 +838,8 @@ def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions,
         if options.dry_run:
             return {"data": str(index.root), "layout": index.layout, "totals": totals, "pairs": entries}
         totals["split_lists_left_out"] = prune_split_lists(index, options.out)
-        report = write_json_report(options.out, index, entries, totals, checkpoints)
-        write_html_report(options.out, report, checkpoints[0][1].label_space)
+        report = json_report(index, entries, totals, checkpoints)
+        report["report_error"] = write_reports(options.out, report, checkpoints[0][1].label_space)
         return report
     finally:
         if lock is not None:

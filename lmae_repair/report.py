@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -81,8 +80,9 @@ def report_totals(entries: list[dict], seconds: float, resumed: int) -> dict:
     }
 
 
-def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], totals: dict, checkpoints) -> dict:
-    report = {
+def json_report(index: DatasetIndex, entries: list[dict], totals: dict, checkpoints) -> dict:
+    """What lmae-report.json holds (written by `complete.write_reports`)."""
+    return {
         "data": str(index.root),
         "data_root": str(index.root.resolve()),  # which dataset OUT holds: another is refused
         "layout": index.layout,
@@ -91,8 +91,7 @@ def write_json_report(out: Path, index: DatasetIndex, entries: list[dict], total
         "pairs": entries,
         "unlabelled_images": index.unlabelled,
     }
-    atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode()))
-    return report
+
 
 
 def default_palette(count: int = 256) -> np.ndarray:

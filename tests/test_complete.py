@@ -1553,3 +1553,25 @@ def test_palette_labels_of_another_palette_are_not_said_to_have_none(tmp_path, m
     result = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "o"), "--dry-run"])
     told = " ".join(result.output.split())
     assert result.exit_code == 2 and "no classes.txt, and their palette is not the family's" in told and "no palette" not in told, told
+
+
+def test_a_report_that_cannot_be_written_still_shows_the_summary_and_says_the_labels_were(tmp_path, family, monkeypatch):
+    """The disk filling while the HTML report was written, after every label and the JSON: exit
+    code 2 with no summary, as if nothing had been written (README: exit 2 means a setup error)."""
+    import errno
+
+    import lmae_repair.complete as complete_module
+
+    def full_disk(out, report, space, top=12):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "lmae-report.html"))
+
+    monkeypatch.setattr(complete_module, "write_html_report", full_disk)
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    out = tmp_path / "out"
+    result = complete(root, out, family)
+    told = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "lmae-repair complete" in told and "repaired" in told, told  # the summary
+    assert f"{out / 'lmae-report.html'}: No space left on device" in told, told
+    assert "the labels and lmae-report.json were written" in told, told
+    assert len(list((out / "labels").glob("*.png"))) == 2 and (out / "lmae-report.json").is_file()
