@@ -150,6 +150,13 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
 
         silence(sys.stdout)
         raise typer.Exit(0)
+    except StdoutUnwritable as exc:
+        from lmae_repair.data import silence
+
+        silence(sys.stdout)  # what is still buffered goes nowhere, not into an error at exit
+        if DEBUG["on"]:
+            raise
+        fail(str(exc))
     except Exception as exc:
         ended_by = signal_that_ended_workers(exc)
         if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
@@ -1352,6 +1359,7 @@ def training_recipe(training: dict) -> str:
 
 def main() -> None:
     printable_stdout()
+    sys.stdout = GuardedStdout(sys.stdout)
     app(args=debug_first(sys.argv[1:]), prog_name="lmae-repair")
 
 
@@ -1369,6 +1377,38 @@ def printable_stdout() -> None:
         return
     utf8 = codecs.lookup(stream.encoding).name == "utf-8"
     stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
+class StdoutUnwritable(Exception):
+    """stdout itself could not be written (`> /dev/full`, a full disk under a redirect): said as
+    such (`guarded`), where it was 'unexpected OSError: [Errno 28] No space left on device',
+    naming no file. Not an OSError, so that no handler of a pair's files takes it for one."""
+
+
+class GuardedStdout:
+    """sys.stdout, whose write and flush errors (a closed reader aside: BrokenPipeError, see
+    `PipedConsole`) become `StdoutUnwritable`; everything else is the stream's own."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutUnwritable(f"cannot write to stdout ({exc.strerror or type(exc).__name__}); "
+                                   "redirect it elsewhere (a disk with room, or /dev/null)") from exc
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def debug_first(args: list[str]) -> list[str]:

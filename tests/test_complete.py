@@ -1575,3 +1575,18 @@ def test_a_report_that_cannot_be_written_still_shows_the_summary_and_says_the_la
     assert f"{out / 'lmae-report.html'}: No space left on device" in told, told
     assert "the labels and lmae-report.json were written" in told, told
     assert len(list((out / "labels").glob("*.png"))) == 2 and (out / "lmae-report.json").is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write stdout to")
+def test_a_stdout_that_cannot_be_written_is_named_as_such(tmp_path, family):
+    """`complete data --out X > /dev/full` said 'lmae-repair: unexpected OSError: [Errno 28] No
+    space left on device', leaving the user to guess which file was full."""
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    command = [sys.executable, "-m", "lmae_repair", "complete", str(root), "--out", str(tmp_path / "out"),
+               "--models", str(family), "--device", "cpu"]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+    told = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert told.startswith("error: cannot write to stdout (No space left on device)"), told
+    assert "unexpected" not in told and "Exception ignored" not in told, told
