@@ -304,6 +304,7 @@ def train(
             if index is not None:  # the validation data is input too
                 index.refuse_inside(options.out, "the run folder")
         console.print(f"label space: {training_data.space.describe()}")
+        started["options"] = options
         best = run_training(options, training_data, console)
         table = Table(title="checkpoints")
         for column in ("mask ratio", "best checkpoint", "val PA-mIoU"):
@@ -329,8 +330,18 @@ def train(
             console.print(f"{skipped} pair{'s were' if skipped > 1 else ' was'} skipped when the data was scanned (listed above; an image that fails to decode during training is skipped where it is met)")
         return 1 if training_data.skipped else 0
 
-    exit_with(guarded(run, "interrupted: every finished epoch is saved; the same command with --resume continues from the last one",
-                      several_processes=True))
+    started: dict = {}  # the run's options, once settled: where an interruption finds what was saved
+
+    def interrupted() -> str:
+        """What an interruption kept: 'every finished epoch is saved' was said where none had ended."""
+        from lmae_repair.train import STATE_FILE, ratio_folder
+
+        options = started.get("options")
+        if options is None or not any((ratio_folder(options.out, ratio) / STATE_FILE).exists() for ratio in options.mask_ratios):
+            return "interrupted before any epoch ended: nothing was saved; run the same command again"
+        return "interrupted: every finished epoch is saved; the same command with --resume continues from the last one"
+
+    exit_with(guarded(run, interrupted, several_processes=True))
 
 
 @command()

@@ -319,6 +319,7 @@ def train_one_ratio(
     config = model.config
     if options.init is not None and not (options.resume and (folder / STATE_FILE).exists()):
         start_from(model, options.init, data.space)
+    never_started = not folder.exists()  # a later ratio of a run interrupted during an earlier one
     folder.mkdir(parents=True, exist_ok=True)  # after --init is read: a refused one leaves no run folder behind
     if locks is not None and ranks.is_main and folder not in held:  # only rank 0 writes the run folder
         locks.enter_context(hold_run_folder(folder, options.resume))
@@ -327,7 +328,7 @@ def train_one_ratio(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=5, threshold=1e-3, factor=0.8
     )
-    state = restore_run(folder, model, optimizer, plateau, data, ratio, options, console)
+    state = restore_run(folder, model, optimizer, plateau, data, ratio, options, console, never_started)
     if state.epoch >= options.epochs:
         console.print(f"{folder}: already trained for {state.epoch} epochs (--epochs {options.epochs})")
         return folder / "best.safetensors"
@@ -473,14 +474,18 @@ def build_model(options: TrainOptions, space: LabelSpace) -> LabelMAE:
 
 def restore_run(
     folder: Path, model: LabelMAE, optimizer, plateau, data: TrainingData, ratio: float, options: TrainOptions,
-    console: Console,
+    console: Console, never_started: bool = False,
 ) -> RunState:
     """With --resume, the saved run loaded into `model`, `optimizer` and `plateau` (a ratio killed
-    before its first epoch ended starts again); without it, a fresh run (`train` has refused,
-    before any ratio trained, one that would overwrite an earlier run: `check_no_earlier_run`)."""
+    before its first epoch ended starts again, and so does one whose folder this run made,
+    `never_started`: the run was stopped during an earlier ratio); without it, a fresh run
+    (`train` has refused, before any ratio trained, one that would overwrite an earlier run:
+    `check_no_earlier_run`)."""
     state_path = folder / STATE_FILE
-    if options.resume and not state_path.exists():
-        console.print(f"{folder}: no saved epoch to resume (killed before the first one ended?); starting from scratch")
+    if options.resume and not state_path.exists() and never_started:
+        console.print(f"{folder}: not started yet, nothing to resume; training it from the start", highlight=False)
+    elif options.resume and not state_path.exists():
+        console.print(f"{folder}: no saved epoch to resume (killed before its first one ended); starting from scratch", highlight=False)
     elif options.resume:
         state, trained_on = resume_state(state_path, model, optimizer, plateau, model.config, data, ratio, options, console)
         console.print(f"resuming {folder} after epoch {state.epoch} of {options.epochs}")

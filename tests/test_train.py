@@ -526,7 +526,7 @@ def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch):
     monkeypatch.setattr(lmae_repair.train, "train", interrupted)
     root = make_paired(tmp_path / "ds", count=2, size=64)
     result = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "run"), "--crop", "64", "--workers", "0"])
-    assert result.exit_code == 130 and "--resume continues" in result.output
+    assert result.exit_code == 130 and "nothing was saved; run the same command again" in result.output  # no epoch ended
 
 
 def test_photometric_training_crops_change_the_image_only_and_record_it(tmp_path):
@@ -1142,3 +1142,34 @@ def test_a_class_list_inside_the_split_folder_names_the_classes_of_that_split(tm
     assert result.exit_code == 0, result.output
     space = read_info(out / "mask-0.50" / "best.safetensors").label_space
     assert (space.num_classes, space.void_id, space.names) == (4, 4, ["background", "red", "green", "blue"])
+
+
+def test_messages_of_an_interrupted_run_say_what_was_saved_and_what_never_started(tmp_path, monkeypatch):
+    """Interrupted in its first epoch, train said 'every finished epoch is saved' (none was); and
+    resuming a ratio that never started (the run stopped during an earlier ratio) said 'no saved
+    epoch to resume (killed before the first one ended?)'."""
+    import lmae_repair.train as train_module
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0", "--out", str(tmp_path / "r")]
+    real_epoch = train_module.run_epoch
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "run_epoch", interrupted)
+    result = runner.invoke(app, args + ["-m", "0.25", "--epochs", "1"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 130, result.output
+    assert "every finished epoch is saved" not in told and "before any epoch ended: nothing was saved" in told, told
+    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    assert runner.invoke(app, args + ["-m", "0.25", "--epochs", "1"]).exit_code == 0
+    monkeypatch.setattr(train_module, "run_epoch", interrupted)
+    result = runner.invoke(app, args + ["-m", "0.25", "-m", "0.5", "--epochs", "2", "--resume"])
+    assert "interrupted: every finished epoch is saved" in " ".join(result.output.split()), result.output
+    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    result = runner.invoke(app, args + ["-m", "0.25", "-m", "0.5", "--epochs", "1", "--resume"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'r' / 'mask-0.50'}: not started yet, nothing to resume; training it from the start" in told, told
+    assert "killed before the first one ended" not in told, told
