@@ -780,12 +780,15 @@ def write_reports(out: Path, report: dict, space) -> str | None:
     """Write lmae-report.json, then lmae-report.html; None, or what could not be written and
     what was. They come after every label: a full disk there failed the command with exit code 2
     and no summary, as if nothing had been written, though every label had been (and each
-    report is written atomically: none is left half-written)."""
+    report is written atomically: none is left half-written). A full disk comes as the LmaeError
+    `atomic_write` makes of it, naming the file; catching OSError alone missed every real one."""
     written = "the labels"
     try:
         atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode()))
         written += f" and {REPORT_JSON}"
         write_html_report(out, report, space)
+    except LmaeError as exc:
+        return f"{exc}; {written} were written"
     except OSError as exc:
         where = exc.filename or out / (REPORT_HTML if REPORT_JSON in written else REPORT_JSON)
         return f"{where}: {exc.strerror or type(exc).__name__}; {written} were written"

@@ -1555,26 +1555,41 @@ def test_palette_labels_of_another_palette_are_not_said_to_have_none(tmp_path, m
     assert result.exit_code == 2 and "no classes.txt, and their palette is not the family's" in told and "no palette" not in told, told
 
 
-def test_a_report_that_cannot_be_written_still_shows_the_summary_and_says_the_labels_were(tmp_path, family, monkeypatch):
+@pytest.mark.parametrize("where", ["write_html_report", "atomic_write"])
+def test_a_report_that_cannot_be_written_still_shows_the_summary_and_says_the_labels_were(tmp_path, family, monkeypatch, where):
     """The disk filling while the HTML report was written, after every label and the JSON: exit
-    code 2 with no summary, as if nothing had been written (README: exit 2 means a setup error)."""
+    code 2 with no summary, as if nothing had been written (README: exit 2 means a setup error).
+    `atomic_write`: where a full disk really shows, as the LmaeError naming the file that it
+    makes of the OSError; only a bare OSError was caught, so that case still had no summary."""
     import errno
+    import os
 
     import lmae_repair.complete as complete_module
 
     def full_disk(out, report, space, top=12):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "lmae-report.html"))
 
-    monkeypatch.setattr(complete_module, "write_html_report", full_disk)
+    real_replace = os.replace
+
+    def full_disk_at_rename(src, dst, *args, **kwargs):
+        if str(dst).endswith("lmae-report.html"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+
+    if where == "atomic_write":
+        monkeypatch.setattr(os, "replace", full_disk_at_rename)
+    else:
+        monkeypatch.setattr(complete_module, "write_html_report", full_disk)
     root = make_paired(tmp_path / "ds", count=2, size=32)
     out = tmp_path / "out"
     result = complete(root, out, family)
     told = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
     assert "lmae-repair complete" in told and "repaired" in told, told  # the summary
-    assert f"{out / 'lmae-report.html'}: No space left on device" in told, told
+    assert f"{out / 'lmae-report.html'}: " in told and "No space left on device" in told, told
     assert "the labels and lmae-report.json were written" in told, told
     assert len(list((out / "labels").glob("*.png"))) == 2 and (out / "lmae-report.json").is_file()
+    assert not list(out.glob(".lmae-report.html.*")), "a temporary file was left behind"
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write stdout to")
@@ -1590,3 +1605,4 @@ def test_a_stdout_that_cannot_be_written_is_named_as_such(tmp_path, family):
     assert result.returncode == 2, result.stderr
     assert told.startswith("error: cannot write to stdout (No space left on device)"), told
     assert "unexpected" not in told and "Exception ignored" not in told, told
+
