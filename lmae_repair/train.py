@@ -992,15 +992,16 @@ def option_change(key: str, now, then) -> str:
 def write_history(path: Path, history: list[dict]) -> None:
     """One line of figures per epoch, rewritten whole from the saved state (never appended), so
     that a run killed between saving its state and its history cannot lose or repeat an epoch.
-    A figure of nothing (NaN: a PA-mIoU with no annotated pixel hidden) is written null: bare
-    NaN is not JSON, and jq or any strict reader refused the whole file."""
+    A figure of nothing (NaN: a PA-mIoU with no annotated pixel hidden; or an infinite loss) is
+    written null: bare NaN is not JSON, and jq or any strict reader refused the whole file."""
     text = "".join(json.dumps(strict_json(record), allow_nan=False) + "\n" for record in history)
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def strict_json(record: dict) -> dict:
-    """An epoch's figures with each NaN as None, for JSON's null (`write_history`)."""
-    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
+    """An epoch's figures with each NaN, and each infinity (a diverging run's mean training loss
+    overflows), as None, for JSON's null (`write_history`): allow_nan=False refuses both."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()}
 
 
 def epoch_line(record: dict, improved: bool) -> Text:

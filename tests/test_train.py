@@ -1173,3 +1173,20 @@ def test_messages_of_an_interrupted_run_say_what_was_saved_and_what_never_starte
     assert result.exit_code == 0, result.output
     assert f"{tmp_path / 'r' / 'mask-0.50'}: not started yet, nothing to resume; training it from the start" in told, told
     assert "killed before the first one ended" not in told, told
+
+
+def test_history_of_an_infinite_training_loss_is_written_not_a_crash(tmp_path):
+    """A diverging run's mean training loss can overflow to inf: write_history (allow_nan=False
+    since NaN became null) raised 'Out of range float values are not JSON compliant' after the
+    epoch's state was saved, and again at every later epoch of --resume. inf is null too."""
+    from lmae_repair.train import write_history
+
+    path = tmp_path / "history.jsonl"
+    write_history(path, [{"epoch": 1, "train_loss": float("inf"), "val_pa_miou": float("nan")},
+                         {"epoch": 2, "train_loss": -float("inf"), "val_pa_miou": 0.5}])
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    records = [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()]
+    assert [(r["train_loss"], r["val_pa_miou"]) for r in records] == [(None, None), (None, 0.5)]
