@@ -151,12 +151,7 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
         silence(sys.stdout)
         raise typer.Exit(0)
     except StdoutUnwritable as exc:
-        from lmae_repair.data import silence
-
-        silence(sys.stdout)  # what is still buffered goes nowhere, not into an error at exit
-        if DEBUG["on"]:
-            raise
-        fail(str(exc))
+        stdout_unwritable(exc)
     except Exception as exc:
         ended_by = signal_that_ended_workers(exc)
         if ended_by is not None:  # the group's signal, noticed through a worker first: an interruption all the same
@@ -1371,7 +1366,13 @@ def training_recipe(training: dict) -> str:
 def main() -> None:
     printable_stdout()
     sys.stdout = GuardedStdout(sys.stdout)
-    app(args=debug_first(sys.argv[1:]), prog_name="lmae-repair")
+    try:
+        app(args=debug_first(sys.argv[1:]), prog_name="lmae-repair")
+    except StdoutUnwritable as exc:  # --help, --version: answered before any command's `guarded`
+        try:
+            stdout_unwritable(exc)
+        except typer.Exit as end:
+            sys.exit(end.exit_code)
 
 
 def printable_stdout() -> None:
@@ -1394,6 +1395,18 @@ class StdoutUnwritable(Exception):
     """stdout itself could not be written (`> /dev/full`, a full disk under a redirect): said as
     such (`guarded`), where it was 'unexpected OSError: [Errno 28] No space left on device',
     naming no file. Not an OSError, so that no handler of a pair's files takes it for one."""
+
+
+def stdout_unwritable(exc: StdoutUnwritable) -> None:
+    """Say `exc` in one line, exit code 2 (`fail`), for `guarded` and for what typer answers
+    itself (`--help` into `> /dev/full` was a traceback, exit code 1). What is still buffered
+    goes nowhere, not into an error at exit."""
+    from lmae_repair.data import silence
+
+    silence(sys.stdout)
+    if DEBUG["on"]:
+        raise exc
+    fail(str(exc))
 
 
 class GuardedStdout:

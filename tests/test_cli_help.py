@@ -1,7 +1,11 @@
 """What a newcomer reads first: `lmae-repair --help` and each command's --help."""
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import typer.main
 
 from typer.testing import CliRunner
@@ -73,3 +77,17 @@ def test_readme_section_of_each_command_names_every_option_it_has():
             if param.hidden or not names:
                 continue
             assert any(re.search(re.escape(n) + r"(?![\w-])", text) for n in names), (name, names)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write stdout to")
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["complete", "--help"]])
+def test_help_or_version_into_a_stdout_that_cannot_be_written_is_one_line_not_a_traceback(args):
+    """`lmae-repair --version > /dev/full`: typer answers these before any command's `guarded`,
+    so the StdoutUnwritable meant to be one line came out as a traceback, exit code 1 (README:
+    a stdout that cannot be written is a one-line error, exit code 2)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "lmae_repair", *args], stdout=full, stderr=subprocess.PIPE, text=True)
+    told = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert told.startswith("error: cannot write to stdout (No space left on device)"), told
+    assert "Traceback" not in told and "Exception ignored" not in told, told
