@@ -12,6 +12,7 @@ message rather than a traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,24 @@ class CheckpointInfo:
         if info.continuation and len(info.continuation) != 2:
             raise LmaeError(f"continuation has {len(info.continuation)} values, not 2 (down the columns, along the rows)")
         return info
+
+
+def strict_json(value) -> str:
+    """`value` as strict JSON, each NaN or infinity (a PA-mIoU of nothing, an overflowed loss)
+    as null: bare NaN is not JSON, and strict readers refused the whole of history.jsonl or of
+    `inspect --json`. The checkpoint's own metadata keeps NaN (its readers take it back as such)."""
+    return json.dumps(finite_or_null(value), allow_nan=False)
+
+
+def finite_or_null(value):
+    """`value` with each non-finite float, however deep in lists and dicts, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def save_checkpoint(path: Path, model: LabelMAE, info: CheckpointInfo, half: bool = False) -> None:

@@ -1253,7 +1253,7 @@ def inspect(
     def run() -> None:
         import json
 
-        from lmae_repair.checkpoints import read_info
+        from lmae_repair.checkpoints import read_info, strict_json
         from lmae_repair.families import checkpoint_files, find_checkpoints
 
         try:  # a family in routing order (a file serving two slots: once)
@@ -1262,7 +1262,7 @@ def inspect(
             paths, refused = checkpoint_files([checkpoint]), str(exc)
         if Path(checkpoint).is_file():  # one file: its own error, exit code 2, as any command gives
             if as_json:
-                print(read_info(paths[0]).to_json())
+                print(strict_json(json.loads(read_info(paths[0]).to_json())))  # NaN (a PA-mIoU of nothing) as null
             else:
                 print_checkpoint(paths[0])
             return
@@ -1277,7 +1277,7 @@ def inspect(
                 failures.append(str(exc))
                 report_failure(str(exc))
         if as_json:  # one document, so that json.load reads it
-            print(json.dumps(documents))
+            print(strict_json(documents))
         if refused:  # still a setup error (exit code 2), as --models would take it, once every file is shown
             raise LmaeError(f"{checkpoint}: {len(failures)} of {len(paths)} checkpoints unreadable" if refused in failures else refused)
 

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from lmae_repair import __version__
-from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from lmae_repair.checkpoints import GAP_KINDS, CheckpointInfo, load_checkpoint, read_info, save_checkpoint, strict_json
 from lmae_repair.data import DatasetIndex, Pair, atomic_write, discover_noted, read_pair
 from lmae_repair.dataset import CropDataset, SeededSampler, gap_pixel_counts, label_tensor, scan_labels
 from lmae_repair.distributed import (
@@ -994,14 +994,8 @@ def write_history(path: Path, history: list[dict]) -> None:
     that a run killed between saving its state and its history cannot lose or repeat an epoch.
     A figure of nothing (NaN: a PA-mIoU with no annotated pixel hidden; or an infinite loss) is
     written null: bare NaN is not JSON, and jq or any strict reader refused the whole file."""
-    text = "".join(json.dumps(strict_json(record), allow_nan=False) + "\n" for record in history)
+    text = "".join(strict_json(record) + "\n" for record in history)
     atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def strict_json(record: dict) -> dict:
-    """An epoch's figures with each NaN, and each infinity (a diverging run's mean training loss
-    overflows), as None, for JSON's null (`write_history`): allow_nan=False refuses both."""
-    return {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()}
 
 
 def epoch_line(record: dict, improved: bool) -> Text:

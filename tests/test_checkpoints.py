@@ -493,3 +493,29 @@ def test_average_refusal_gives_the_values_that_differ(tmp_path):
     with pytest.raises(LmaeError, match=r"label space differs from .* \(3 classes \(background, rust, corrosion\), background id 0, "
                                         r"void id 255 vs 3 classes \(background, crack, spalling\)"):
         average_checkpoints([first, renamed])
+
+
+def test_inspect_json_writes_a_pa_miou_of_nothing_as_null_not_bare_nan(tmp_path):
+    """A run whose validation hid no annotated pixel stores a PA-mIoU of NaN; `inspect --json`
+    printed it as bare NaN, which is not JSON (strict readers refuse the whole document), as
+    history.jsonl did before it wrote null. One file and a folder's list alike."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+
+    model = LabelMAE(CONFIG).eval()
+    space = LabelSpace(3, ["background", "crack", "spalling"], background_id=0, void_id=255)
+    path = tmp_path / "run" / "best.safetensors"
+    path.parent.mkdir()
+    save_checkpoint(path, model, CheckpointInfo(CONFIG, 0.5, space, {"data": "x"}, {"val_pa_miou": float("nan"), "val_miou": 0.5}))
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for target in (path, path.parent):
+        result = CliRunner().invoke(app, ["inspect", str(target), "--json"])
+        assert result.exit_code == 0, result.output
+        document = json.loads(result.output, parse_constant=strict)
+        validation = (document if isinstance(document, dict) else document[0])["validation"]
+        assert validation == {"val_pa_miou": None, "val_miou": 0.5}
+    assert np.isnan(read_info(path).validation["val_pa_miou"])  # the checkpoint itself is unchanged
