@@ -1428,8 +1428,9 @@ class GuardedStdout:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise StdoutUnwritable(f"cannot write to stdout ({exc.strerror or type(exc).__name__}); "
-                                   "redirect it elsewhere (a disk with room, or /dev/null)") from exc
+            from lmae_repair.data import REDIRECT_IT
+
+            raise StdoutUnwritable(f"cannot write to stdout ({exc.strerror or type(exc).__name__}); {REDIRECT_IT}") from exc
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

@@ -1711,6 +1711,9 @@ STANDARD_STREAMS = {name: stream for stream, fd in (("stdout", 1), ("stderr", 2)
                     for name in (f"/dev/{stream}", f"/dev/fd/{fd}", f"/proc/self/fd/{fd}")}
 
 
+REDIRECT_IT = "redirect it elsewhere (a disk with room, or /dev/null)"  # what to do about a stream that cannot be written
+
+
 def write_named_file(path: Path, write) -> None:
     """Write a file the user named (`--json`, `--csv`): through a symbolic link into its target
     (the link stays a link), and straight into a special file such as /dev/stdout or a named pipe
@@ -1725,6 +1728,9 @@ def write_named_file(path: Path, write) -> None:
             out.buffer.flush()
         except BrokenPipeError:  # the reader went away (`--json /dev/stdout | head`): the command goes on
             silence(out)
+        except OSError as exc:  # `> /dev/full`: straight into the buffer, past the guard that says so (cli.GuardedStdout)
+            silence(out)
+            raise LmaeError(f"{path}: cannot write to {stream} ({exc.strerror or type(exc).__name__}); {REDIRECT_IT}") from None
         return
     target = path.resolve() if path.is_symlink() else path
     if not is_special_file(target):

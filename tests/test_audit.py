@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -794,3 +795,21 @@ def test_the_further_channels_of_an_nnunet_dataset_are_one_note_not_rows_ranked_
     result = runner.invoke(app, ["audit", str(plain), "--json", str(report)])
     assert "imagesTr" not in result.output and "further channels" not in " ".join(result.output.split())
     assert json.loads(report.read_text())[0]["label"] == "images/seq_0001.png"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write stdout to")
+def test_a_json_sent_to_a_stdout_that_cannot_be_written_is_named_as_such(tmp_path, family):
+    """`lmae-repair audit DATA --json /dev/stdout > /dev/full`: the JSON is written into the
+    stream's own buffer, past the guard that names an unwritable stdout, so it still said
+    'unexpected OSError: [Errno 28] No space left on device' (README: 'cannot write to stdout')."""
+    import subprocess
+    import sys
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    command = [sys.executable, "-m", "lmae_repair", "audit", str(root), "--models", str(family), "--device", "cpu",
+               "--json", "/dev/stdout"]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    told = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert "cannot write to stdout (No space left on device)" in told and "unexpected" not in told, told
