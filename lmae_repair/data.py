@@ -1422,9 +1422,9 @@ def labelmap_label(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, list[int
         return None
     codes = table[1]
     order = np.argsort(codes, kind="stable")
-    pixel_codes = colour_codes(pixels)
-    at = np.minimum(np.searchsorted(codes[order], pixel_codes), len(codes) - 1)
-    if not bool((codes[order][at] == pixel_codes).all()):
+    sorted_codes, pixel_codes = codes[order], colour_codes(pixels)
+    at = np.minimum(np.searchsorted(sorted_codes, pixel_codes), len(codes) - 1)
+    if not bool((sorted_codes[at] == pixel_codes).all()):
         return None
     palette = [int(c) for code in codes for c in ((code >> 16) & 255, (code >> 8) & 255, code & 255)]
     return order[at].astype(np.uint8), palette
@@ -1436,7 +1436,7 @@ def colours_not_in_labelmap(path: Path, pixels: np.ndarray) -> str:
     if table is None:
         return ""
     present = np.unique(colour_codes(pixels))
-    missing = [int(c) for c in present if c not in set(table[1].tolist())]
+    missing = present[~np.isin(present, table[1])].tolist()
     shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in missing[:4]) + (", ..." if len(missing) > 4 else "")
     return (f"; {len(missing)} of its colours are not class colours of {table[0]} ({shown}): add them there "
             "(`name:r,g,b::`), or repaint those pixels with a class's colour")
