@@ -1281,7 +1281,7 @@ def read_label(path: Path) -> LabelFile:
     return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff, png)
 
 
-PNG_KEPT_CHUNKS = {b"pHYs", b"sCAL", b"tEXt", b"zTXt", b"iTXt"}  # pixel size (sCAL: ITK's pixel spacing), text
+PNG_KEPT_CHUNKS = {b"pHYs", b"sCAL", b"tEXt", b"zTXt", b"iTXt", b"eXIf"}  # pixel size (sCAL: ITK's pixel spacing), text, EXIF
 
 
 def png_extras(path: Path) -> bytes | None:
@@ -1289,7 +1289,10 @@ def png_extras(path: Path) -> bytes | None:
     its pixel size (pHYs, and sCAL, where ITK and SimpleITK keep a slice's pixel spacing) and its
     text, as a TIFF keeps its resolution and descriptive tags (`tiff_extras`). Why: PIL does not
     read sCAL, and a completed CT label read back by SimpleITK had a spacing of 1 x 1 beside its
-    slice's 0.7 x 0.75, so the two no longer lined up in a volume. None where there are none."""
+    slice's 0.7 x 0.75, so the two no longer lined up in a volume. Its EXIF (eXIf, self-contained)
+    too: a label carrying its phone photo's orientation came back without it, so viewers and
+    loaders that apply it (`ImageOps.exif_transpose`) turned the image but no longer the label.
+    None where there are none."""
     kept = []
     with open(path, "rb") as f:
         f.seek(8)  # the PNG signature

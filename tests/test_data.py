@@ -1401,3 +1401,20 @@ def test_a_labelmap_that_is_not_the_datasets_class_list_does_not_read_its_colour
                 read_label(label)
     with pytest.raises(LmaeError, match=f"; {tmp_path / 'labels' / 'labels' / 'labelmap.txt'} is not read there: move it to the dataset folder"):
         read_label(tmp_path / "labels" / "labels" / "scene_000.png")
+
+
+def test_a_labels_exif_orientation_is_written_back(tmp_path):
+    """A PNG label saved with its phone photo's EXIF orientation (an eXIf chunk) came back without
+    it, so viewers and loaders applying it (`ImageOps.exif_transpose`) turned the photo but not
+    the completed label: the same pixels, shown a quarter turn apart."""
+    values = np.zeros((40, 50), np.uint8)
+    values[10:20, 10:30] = 2
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.fromarray(values).save(tmp_path / "phone.png", exif=exif)
+    write_label(tmp_path / "out.png", read_label(tmp_path / "phone.png"))
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.getexif().get(0x0112) == 6
+        assert np.array_equal(np.asarray(written), values)
+    write_label(tmp_path / "bare.png", LabelFile(values, "L", None))  # a label without one gets none
+    assert b"eXIf" not in (tmp_path / "bare.png").read_bytes()
