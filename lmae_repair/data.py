@@ -951,6 +951,21 @@ def check_size(path: Path, img: Image.Image) -> None:
     check_pixels(path, *img.size)
 
 
+def check_stored_orientation(path: Path, img: Image.Image) -> None:
+    """Refuse a TIFF whose Orientation tag turns or flips it (2-8), before its pixels are decoded.
+    Why: PIL applies a TIFF's orientation as it decodes (a JPEG's or PNG's EXIF one it does not),
+    and garbles an uncompressed TIFF turned a quarter: such a label was read scrambled, reported
+    unchanged and written back so, without the tag; such an image no longer matched its label's
+    stored pixels, which are what lmae-repair pairs."""
+    orientation = img.tag_v2.get(274, 1) if img.format == "TIFF" else 1
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        raise LmaeError(
+            f"{path}: a TIFF whose Orientation tag ({orientation}) turns or flips it for viewers, which "
+            "the TIFF decoder applies (garbling an uncompressed one); lmae-repair reads images and labels as "
+            "stored: set the tag to 1 where the stored pixels are the ones labelled (exiftool -n -Orientation=1 FILE)"
+        )
+
+
 def check_pixels(path: Path, width: int, height: int) -> None:
     """`check_size` of an image `width` x `height` (from a header PIL could not open as an image too)."""
     if width * height > max_pixels():
@@ -981,6 +996,7 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with Image.open(path) as img:
             check_size(path, img)
+            check_stored_orientation(path, img)
             nodata = declared_nodata(img)
             if _bits_per_band(img, path) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
                 _refuse_wide_band_interleaved(img, path)
@@ -1233,6 +1249,7 @@ def read_label(path: Path) -> LabelFile:
     try:
         with Image.open(path) as img:
             check_size(path, img)
+            check_stored_orientation(path, img)
             if getattr(img, "n_frames", 1) > 1:  # written back, only the first page would survive
                 raise LmaeError(f"{path}: label has {img.n_frames} pages (a multi-page TIFF or an animation); "
                                 "lmae-repair reads and writes single-page labels")
@@ -1607,7 +1624,10 @@ def image_size(path: Path) -> tuple[int, int]:
     for from its tags: `read_image` reads it, or says what it is)."""
     try:
         with Image.open(path) as img:
+            check_stored_orientation(path, img)
             return img.size
+    except LmaeError:
+        raise
     except Exception as exc:
         tags = _tiff_tags(path) if path.suffix.lower() in (".tif", ".tiff") else None
         if tags is not None:

@@ -1418,3 +1418,27 @@ def test_a_labels_exif_orientation_is_written_back(tmp_path):
         assert np.array_equal(np.asarray(written), values)
     write_label(tmp_path / "bare.png", LabelFile(values, "L", None))  # a label without one gets none
     assert b"eXIf" not in (tmp_path / "bare.png").read_bytes()
+
+
+def test_a_tiff_turned_by_its_orientation_tag_is_refused_not_read_garbled(tmp_path):
+    """PIL applies a TIFF's Orientation tag as it decodes (not a JPEG's or PNG's EXIF one), and an
+    uncompressed TIFF label tagged 6 came out scrambled: its pair was reported unchanged and the
+    label written back so, without the tag. Such TIFFs, labels or images, are now refused, named."""
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    label = sorted((root / "labels").iterdir())[0]
+    values = np.array(Image.open(label))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(values).save(label.with_suffix(".tif"), exif=exif)  # stored as its image is, tagged turned
+    label.unlink()
+    image = sorted((root / "images").iterdir())[1]
+    exif[0x0112] = 3
+    Image.open(image).save(image.with_suffix(".tif"), exif=exif, compression="tiff_lzw")
+    image.unlink()
+    pairs = sorted(discover(root).pairs, key=lambda pair: pair.label.name)
+    for pair, path, tag in ((pairs[0], label.with_suffix(".tif"), 6), (pairs[1], image.with_suffix(".tif"), 3)):
+        with pytest.raises(LmaeError, match=rf"^{re.escape(str(path))}: a TIFF whose Orientation tag \({tag}\)"):
+            read_pair(pair)
+    exif[0x0112] = 1  # upright: read as it is
+    Image.fromarray(values).save(tmp_path / "upright.tif", exif=exif)
+    assert np.array_equal(read_label(tmp_path / "upright.tif").values, values)
