@@ -60,6 +60,9 @@ REFUSED_LABEL_SUFFIXES = {
        for suffix in LOSSY_LABEL_SUFFIXES},
     ".gif": "labels are read and written as PNG, BMP or TIFF: save it as PNG (a palette GIF converts without a value changed)",
 }
+# The same files renamed (a JPEG saved as x.png): read, their values outside the label space were
+# blamed, or, where JPEG's ringing stayed within it, processed as if exact, borders shifted.
+LOSSY_LABEL_FORMATS = {"JPEG", "MPO", "WEBP"}
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 LABEL_DIR_NAMES = ("labels", "label", "masks", "mask", "annotations", "annotation", "gt")
 NNUNET_DIR_NAMES = (("imagestr", "labelstr"), ("imagests", "labelsts"))  # nnU-Net's raw datasets: training and test pairs
@@ -1250,6 +1253,9 @@ def read_label(path: Path) -> LabelFile:
         with Image.open(path) as img:
             check_size(path, img)
             check_stored_orientation(path, img)
+            if img.format in LOSSY_LABEL_FORMATS:  # renamed: a .jpg label is refused by its suffix (REFUSED_LABEL_SUFFIXES)
+                raise LmaeError(f"{path}: a {img.format} file named {path.suffix or 'without a suffix'}; "
+                                f"{REFUSED_LABEL_SUFFIXES['.jpg']}")
             if getattr(img, "n_frames", 1) > 1:  # written back, only the first page would survive
                 raise LmaeError(f"{path}: label has {img.n_frames} pages (a multi-page TIFF or an animation); "
                                 "lmae-repair reads and writes single-page labels")

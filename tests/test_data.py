@@ -1442,3 +1442,16 @@ def test_a_tiff_turned_by_its_orientation_tag_is_refused_not_read_garbled(tmp_pa
     exif[0x0112] = 1  # upright: read as it is
     Image.fromarray(values).save(tmp_path / "upright.tif", exif=exif)
     assert np.array_equal(read_label(tmp_path / "upright.tif").values, values)
+
+
+def test_a_jpeg_label_renamed_to_png_is_refused_as_lossy(tmp_path):
+    """A JPEG label renamed x.png was read: JPEG's ringing was blamed as values outside the label
+    space, or, where it stayed within it, repaired as exact with its region borders changed. It is
+    refused as a .jpg label is, by what the file holds."""
+    values = np.zeros((32, 32), np.uint8)
+    values[8:24, 8:24] = 3
+    Image.fromarray(values).save(tmp_path / "renamed.png", format="JPEG")
+    with pytest.raises(LmaeError, match=r"renamed.png: a JPEG file named .png; lossy compression changes class values"):
+        read_label(tmp_path / "renamed.png")
+    Image.fromarray(values).save(tmp_path / "real.png")
+    assert np.array_equal(read_label(tmp_path / "real.png").values, values)
