@@ -1259,6 +1259,10 @@ def read_label(path: Path) -> LabelFile:
             if getattr(img, "n_frames", 1) > 1:  # written back, only the first page would survive
                 raise LmaeError(f"{path}: label has {img.n_frames} pages (a multi-page TIFF or an animation); "
                                 "lmae-repair reads and writes single-page labels")
+            if img.mode in ("RGB", "RGBA") and (bits := _bits_per_band(img, path)) > 8:
+                # PIL keeps each value's high byte: grey classes 1..255 all read 0, the label emptied
+                raise LmaeError(f"{path}: {bits}-bit colour label ({img.mode}), read as 8 bits it would lose its class "
+                                "values; save it as an 8- or 16-bit grayscale (or palette) PNG of class indices")
             img.load()
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None

@@ -1455,3 +1455,17 @@ def test_a_jpeg_label_renamed_to_png_is_refused_as_lossy(tmp_path):
         read_label(tmp_path / "renamed.png")
     Image.fromarray(values).save(tmp_path / "real.png")
     assert np.array_equal(read_label(tmp_path / "real.png").values, values)
+
+
+def test_a_16_bit_colour_label_is_refused_not_read_as_its_high_bytes(tmp_path):
+    """PIL reads a 16-bit RGB PNG as 8 bits, keeping each value's high byte: a grey label of
+    classes 1..10 saved so read as all 0, every class gone, and was repaired and written back so."""
+    import cv2
+
+    values = np.zeros((24, 32), np.uint16)
+    values[4:12, 4:20] = 3
+    cv2.imwrite(str(tmp_path / "wide.png"), np.repeat(values[..., None], 3, axis=2))
+    with pytest.raises(LmaeError, match=r"wide.png: 16-bit colour label \(RGB\)"):
+        read_label(tmp_path / "wide.png")
+    Image.fromarray(values).save(tmp_path / "grey16.png")  # 16-bit grey: read, as before
+    assert np.array_equal(read_label(tmp_path / "grey16.png").values, values)
