@@ -1496,12 +1496,51 @@ def voc_colour_label(path: Path, pixels: np.ndarray, mode: str) -> tuple[np.ndar
                 f"{', ...' if len(present) > 8 else ''}), read so in a VOC layout (JPEGImages/ + SegmentationClass/); "
                 "elsewhere save it as those indices first, e.g. Image.open(path).convert('RGB').quantize(palette="
                 "Image.open(a label in VOC's palette), dither=Image.Dither.NONE).save(new_path)")
+    if not hint:
+        hint = sibling_palette_hint(path, pixels)
     in_labelmap = colours_not_in_labelmap(path, pixels)
     if in_labelmap:
         raise LmaeError(f"{path}: colour ({mode}) label{in_labelmap}")
     raise LmaeError(f"{path}: colour ({mode}) label with no palette mapping; lmae-repair needs class "
                     f"indices (a palette or grayscale PNG, one value per class; or a CVAT labelmap.txt of their colours in "
                     f"the dataset folder, as its class list{stray_labelmap(path)}){hint}")
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_palette(folder: Path, stamp: int, looked_at: int = 20) -> tuple[Path, np.ndarray] | None:
+    """(the first palette label among the first `looked_at` label files of a folder, its palette's
+    colour codes), or None: looked up once per folder (`stamp`, its mtime, renews it), not once per
+    colour label in it, as a dataset of colour labels fails every one."""
+    try:
+        siblings = sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."))
+    except OSError:
+        return None
+    for sibling in siblings[:looked_at]:
+        try:
+            with Image.open(sibling) as img:
+                palette = img.getpalette() if img.mode == "P" else None
+        except Exception:
+            continue
+        if palette:
+            entries = np.asarray(palette[: len(palette) // 3 * 3], np.int32).reshape(-1, 3)
+            return sibling, (entries[:, 0] << 16) | (entries[:, 1] << 8) | entries[:, 2]
+    return None
+
+
+def sibling_palette_hint(path: Path, pixels: np.ndarray) -> str:
+    """A clause saying how to turn a colour label back into indices where every colour in it is an
+    entry of the palette of a palette label beside it (`_folder_palette`): one label of a palette
+    dataset that a tool saved as RGB. Why: it was refused as a colour label "with no palette
+    mapping", the mapping lying in its neighbours."""
+    try:
+        found = _folder_palette(path.parent, path.parent.stat().st_mtime_ns)
+    except OSError:
+        return ""
+    if found is None or not bool(np.isin(np.unique(colour_codes(pixels)), found[1]).all()):
+        return ""
+    return (f"; every colour in it is an entry of the palette of {found[0]}: save it as that palette's indices "
+            "first, e.g. Image.open(path).convert('RGB').quantize(palette=Image.open(that label), "
+            "dither=Image.Dither.NONE).save(new_path)")
 
 
 def stray_labelmap(label_path: Path) -> str:

@@ -1469,3 +1469,26 @@ def test_a_16_bit_colour_label_is_refused_not_read_as_its_high_bytes(tmp_path):
         read_label(tmp_path / "wide.png")
     Image.fromarray(values).save(tmp_path / "grey16.png")  # 16-bit grey: read, as before
     assert np.array_equal(read_label(tmp_path / "grey16.png").values, values)
+
+
+def test_a_colour_label_among_palette_labels_is_told_their_palette(tmp_path):
+    """One label of a palette dataset saved as RGB by a tool was refused "with no palette mapping",
+    though every colour in it is an entry of its neighbours' palette; the message now names the
+    label whose palette maps it and how to save it as indices (a colour it lacks: no such hint)."""
+    palette = [0, 0, 0, 200, 30, 30, 30, 200, 30, 30, 30, 200] + [0, 0, 0] * 252
+    values = np.zeros((16, 20), np.uint8)
+    values[4:10, 2:12], values[10:, 12:] = 1, 3
+    indexed = Image.fromarray(values, "P")
+    indexed.putpalette(palette)
+    (tmp_path / "labels").mkdir()
+    indexed.save(tmp_path / "labels" / "a.png")
+    indexed.convert("RGB").save(tmp_path / "labels" / "b.png")
+    with pytest.raises(LmaeError, match=rf"no palette mapping.*; every colour in it is an entry of the palette of "
+                                        rf"{re.escape(str(tmp_path / 'labels' / 'a.png'))}: save it as that palette's indices"):
+        read_label(tmp_path / "labels" / "b.png")
+    stray = np.asarray(indexed.convert("RGB")).copy()
+    stray[0, 0] = (1, 2, 3)
+    Image.fromarray(stray).save(tmp_path / "labels" / "c.png")
+    with pytest.raises(LmaeError) as error:
+        read_label(tmp_path / "labels" / "c.png")
+    assert "no palette mapping" in str(error.value) and "entry of the palette" not in str(error.value)
