@@ -219,7 +219,7 @@ def train(
     image_branch: Optional[int] = typer.Option(None, min=1, help="Add a small U-Net over the image with this many features per pixel (e.g. 16), for thin structures such as cracks. Default: the --init checkpoint's, else none; --init of a checkpoint without one grows it."),
     # two flags rather than "--branch-reads-labels/--branch-reads-image-only": typer gives the second
     # name a column of its own, which squeezed every option's help to a few characters (names cut)
-    branch_reads_labels: bool = typer.Option(False, "--branch-reads-labels", help="The image branch's U-Net also reads the label, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's (--branch-reads-image-only: image only), else image only; --init of an image-only branch grows it."),
+    branch_reads_labels: bool = typer.Option(False, "--branch-reads-labels", help="The image branch's U-Net also reads the label, so that it can follow an annotation from where it stops into the image (README \"The method\"). Default: the --init checkpoint's (one that reads the label keeps reading it), else image only; --init of an image-only branch grows it."),
     branch_reads_image_only: bool = typer.Option(False, "--branch-reads-image-only", hidden=True),
     epochs: int = typer.Option(50, min=1, help="Epochs to train (with --resume: the total to reach)."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),

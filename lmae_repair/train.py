@@ -642,6 +642,12 @@ def start_from(model: LabelMAE, path: Path, space: LabelSpace) -> None:
                         f"a checkpoint can only start a model of the same classes{hint}")
     if not space.has_names and info.label_space.has_names:  # labels copied without their class list: the checkpoint's names
         space.names, space.palette = list(info.label_space.names), space.palette or info.label_space.palette
+    if info.model.branch_reads_labels and replace(info.model, branch_reads_labels=False) == mine:
+        # only --branch-reads-image-only asks this (the default keeps what the branch reads): the generic
+        # advice below ("pass the same --preset, --patch-size and --image-branch") named none of it
+        raise LmaeError(f"--init {path}: its image branch reads the label as well as the image, and --branch-reads-image-only "
+                        "asks for one that reads the image only, which it cannot become without what it learned from the label; "
+                        "leave out --branch-reads-image-only to fine-tune it as it is, or start without --init")
     if info.model != model.config and not grows_branch:
         raise LmaeError(f"--init {path}: its architecture differs from the one being trained ({config_difference(info.model, model.config)}); "
                         "pass the same --preset, --patch-size and --image-branch")

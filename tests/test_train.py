@@ -1190,3 +1190,20 @@ def test_history_of_an_infinite_training_loss_is_written_not_a_crash(tmp_path):
 
     records = [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()]
     assert [(r["train_loss"], r["val_pa_miou"]) for r in records] == [(None, None), (None, 0.5)]
+
+
+def test_init_of_a_label_reading_branch_with_branch_reads_image_only_says_which_option_to_leave_out(tmp_path):
+    """train --help said --branch-reads-image-only makes the --init checkpoint's branch image only; with a
+    branch that reads the label it was refused as "architecture differs ... pass the same --preset,
+    --patch-size and --image-branch", none of which the user had changed."""
+    root = make_voc(tmp_path / "voc", count=6, size=64)
+    config = preset_config("tiny", NUM_CLASSES, image_branch=4, branch_reads_labels=True)
+    start = tmp_path / "reads-labels.safetensors"
+    save_checkpoint(start, LabelMAE(config), CheckpointInfo(config, 0.5, LabelSpace(NUM_CLASSES, background_id=0, void_id=255), {"crop": 64}))
+    result = runner.invoke(app, ["train", str(root), "--split", "train", "--batch-size", "4", "--crop", "64", "--workers", "0",
+                                 "--epochs", "1", "--out", str(tmp_path / "run"), "--init", str(start), "--branch-reads-image-only"])
+    assert result.exit_code == 2, result.output
+    assert "leave out --branch-reads-image-only" in result.output and "--patch-size" not in result.output, result.output
+    assert not list((tmp_path / "run").rglob("*.safetensors"))
+    help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.replace("│", " ").split())
+    assert "--branch-reads-image-only: image only" not in help_text
