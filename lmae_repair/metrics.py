@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lmae_repair.errors import LmaeError
+
 
 def class_ious(matrix: np.ndarray, unpredicted: np.ndarray) -> np.ndarray:
     """Per-class IoU (N,) from a confusion matrix (rows true, columns predicted) and, per true
@@ -29,6 +31,14 @@ def mean_iou(ious: np.ndarray) -> float:
     return float(ious[present].mean()) if present.any() else float("nan")
 
 
+def as_tensor(values) -> torch.Tensor:
+    """A tensor as it is; a numpy array (or list) as a tensor, a view with negative strides (a
+    flipped label) copied, which torch cannot take."""
+    if isinstance(values, torch.Tensor):
+        return values
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
 class ConfusionMatrix:
     """Accumulates an N x N matrix: rows are true classes, columns predicted classes."""
 
@@ -38,7 +48,14 @@ class ConfusionMatrix:
         self.unpredicted = torch.zeros(num_classes, dtype=torch.long)  # per true class: no class predicted
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> None:
-        """Count pixels where truth is a class (not void) and `where` (if given) is True."""
+        """Count pixels where truth is a class (not void) and `where` (if given) is True. Tensors
+        or numpy arrays (a notebook's labels) of one shape."""
+        prediction, truth = as_tensor(prediction), as_tensor(truth)
+        where = None if where is None else as_tensor(where)
+        for name, other in (("prediction", prediction), ("where", where)):
+            if other is not None and other.shape != truth.shape:
+                raise LmaeError(f"confusion matrix: {name} {tuple(other.shape)} and truth {tuple(truth.shape)} "
+                                "must have the same shape")
         n = self.num_classes
         valid = (truth >= 0) & (truth < n)
         if where is not None:

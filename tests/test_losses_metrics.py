@@ -84,3 +84,23 @@ def test_tune_scores_the_miou_that_evaluate_reports():
     cm = ConfusionMatrix(3)
     cm.update(torch.from_numpy(chosen), torch.from_numpy(truths))
     assert math.isclose(pa_miou(logs, truths, np.zeros(3, np.int64), np.zeros(3)), cm.miou())
+
+
+def test_confusion_matrix_takes_numpy_arrays_as_a_notebook_passes_them():
+    """PA-mIoU from a notebook: labels are numpy arrays (uint8 from a PNG, a bool mask of the
+    erased pixels); update had raised AttributeError: 'numpy.ndarray' object has no attribute
+    'bool'. Arrays of different shapes are refused naming both, not with torch's mask error."""
+    truth = np.array([[0, 0, 1], [1, 2, 9]], np.uint8)
+    prediction = np.array([[0, 1, 1], [1, 2, 0]], np.uint8)
+    erased = np.array([[False, False, True], [True, False, True]])
+    from_numpy, from_torch = ConfusionMatrix(3), ConfusionMatrix(3)
+    from_numpy.update(prediction[:, ::-1], truth[:, ::-1], erased[:, ::-1])  # a flipped view: negative strides
+    from_torch.update(torch.from_numpy(prediction), torch.from_numpy(truth), torch.from_numpy(erased))
+    assert torch.equal(from_numpy.matrix, from_torch.matrix) and from_numpy.miou() == 1.0
+    unmasked = ConfusionMatrix(3)
+    unmasked.update(prediction.astype(np.int64), truth)
+    assert unmasked.total == 5
+    with pytest.raises(LmaeError, match=r"prediction \(2, 2\) and truth \(2, 3\)"):
+        ConfusionMatrix(3).update(prediction[:, :2], truth)
+    with pytest.raises(LmaeError, match=r"where \(2,\)"):
+        ConfusionMatrix(3).update(prediction, truth, erased[0, :2])
