@@ -50,6 +50,7 @@ from lmae_repair.class_bias import apply_class_bias, normalised, weigh_classes
 from lmae_repair.continuation import NO_CLASS, agreements, boost_continued_classes, reach_at_input
 from lmae_repair.dataset import label_tensor
 from lmae_repair.defaults import DEFAULT_THRESHOLD
+from lmae_repair.errors import LmaeError
 from lmae_repair.inference import mirror_pad, predict_many, resolve_precision
 from lmae_repair.masking import expand_patch_mask, mask_count, missing_pixels, patch_background_ratio, patch_share, top_patches
 from lmae_repair.model import LabelMAE
@@ -279,13 +280,48 @@ def gap_coverage(label: np.ndarray, infos: list[CheckpointInfo], threshold: floa
     return float((pixels & holes).sum() / holes.sum())
 
 
+def pair_arrays(image, label) -> tuple[np.ndarray, np.ndarray]:
+    """The pair as the repair reads it: `image` (H, W, 3) uint8 RGB and `label` (H, W) uint8 class
+    ids, C-contiguous (a PIL image is read as np.asarray reads it; a label of another integer type
+    whose values fit is made uint8, so the repair returns uint8). Anything else is refused in one
+    line saying what it is and what is read. Why: from a notebook the arrays come as the user
+    holds them (a float image in 0..1, a grey (H, W, 1) one, an int64 label), and they had ended
+    in a traceback from OpenCV or torch, or a float image had been read as black. Nothing is
+    done in place: the caller's arrays stay as they are. A read-only array (np.asarray of a PIL
+    image) is copied, which torch.from_numpy would have warned about."""
+    image, label = np.asarray(image), np.asarray(label)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise LmaeError(f"image is {image.shape}: a grey image; the repair reads (H, W, 3) RGB: np.dstack([grey] * 3)")
+    if image.ndim != 3 or image.shape[2] != 3:
+        hint = (": channels first (a tensor's layout)? image.transpose(1, 2, 0)" if image.ndim == 3 and image.shape[0] == 3
+                else ": image[..., :3] drops the alpha channel" if image.ndim == 3 and image.shape[2] == 4 else "")
+        raise LmaeError(f"image is {image.shape}; the repair reads (H, W, 3) RGB{hint}")
+    if image.dtype != np.uint8:
+        values = f" (values {image.min():g} to {image.max():g})" if image.size and image.dtype.kind in "biuf" else ""
+        hint = ": (image * 255).round().astype(np.uint8)" if image.dtype.kind == "f" and image.size and image.max() <= 1 else ""
+        raise LmaeError(f"image is {image.dtype}{values}; the repair reads uint8 RGB, 0 to 255{hint}")
+    if label.ndim != 2:
+        raise LmaeError(f"label is {label.shape}; the repair reads (H, W) class ids")
+    if label.dtype != np.uint8:
+        if label.dtype.kind not in "iu":
+            raise LmaeError(f"label is {label.dtype}; the repair reads integer class ids (uint8)")
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise LmaeError(f"label is {label.dtype} with values {label.min()} to {label.max()}; the repair reads uint8 class ids, 0 to 255")
+        label = label.astype(np.uint8)
+    if image.shape[:2] != label.shape:
+        raise LmaeError(f"image {image.shape} and label {label.shape} differ in size; the repair reads a label of its image's size")
+    return tuple(np.ascontiguousarray(a) if a.flags.writeable else np.array(a, order="C") for a in (image, label))
+
+
 def prepare(
     image: np.ndarray, label: np.ndarray, info: CheckpointInfo, original: np.ndarray | None = None, routed: np.ndarray | None = None,
 ) -> Prepared:
     """Choose the floor(L*m) most background-heavy patches of `label` ((H, W) uint8, with `image`
     (H, W, 3) uint8 of the same size) and pad both for tiled prediction. `original`: the input's
     label at its own size where `label` is a shrunk copy (`shrink_pair`); `routed`: the label
-    the patches are chosen by, where it differs (`as_routed`)."""
+    the patches are chosen by, where it differs (`as_routed`). Other arrays are made so or
+    refused (`pair_arrays`)."""
+    image, label = pair_arrays(image, label)
     space, p = info.label_space, info.model.patch_size
     tile = info.tile
     label_t = label_tensor(label, space)
@@ -334,7 +370,8 @@ def route_and_prepare(
     the routing rules above (mask ratio, then gap kind) applied to one label at the working
     scale (`working_scale`; `rescale` False: always as it is), as `complete`, `evaluate` and
     `audit` use them. `kept`: the label's pixels `merge` must leave as they are
-    (`LabelFile.kept`)."""
+    (`LabelFile.kept`). `image` and `label` as `pair_arrays` reads them."""
+    image, label = pair_arrays(image, label)
     infos = [info for _, info in checkpoints]
     space = infos[0].label_space
     seen_image, seen_label = as_the_model_sees(image, label, infos, threshold, rescale, kept)

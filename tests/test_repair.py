@@ -392,3 +392,50 @@ def test_fine_holes_that_would_no_longer_fill_patches_once_shrunk_are_read_as_th
     big_gap = rng.integers(1, 3, (64, 64)).astype(np.uint8)
     big_gap[16:48, 16:48] = 255
     assert route_and_prepare(image, big_gap, [(model, info)])[2].size == (32, 32)
+
+
+def test_arrays_a_notebook_passes_are_read_as_uint8_or_refused_in_one_clear_line(scenario):
+    """`route_and_prepare` and `prepare` take the pair as numpy arrays, and from a notebook they
+    come as the user happens to hold them. An int64 label (np.array of a list, a model's argmax)
+    is the same label: repaired alike, returned uint8; a PIL label (AttributeError: no 'shape')
+    is read as np.asarray reads it. An image in floats (0..1 after ToTensor), grey (H, W) or
+    (H, W, 1), RGBA, or a label the size of another image had ended in a traceback from OpenCV or
+    torch ('Unsupported depth of input image', 'shape [15, 14] is invalid'), or in a repair that
+    read a 0..1 image as black; each is now refused saying what is wrong and what the repair
+    reads. The caller's arrays are not changed."""
+    import re
+
+    from PIL import Image
+
+    from lmae_repair.errors import LmaeError
+    from lmae_repair.repair import route_and_prepare
+
+    model, info, image, label = scenario
+    checkpoints = [(model, info)]
+    expected = repair_label(model, info, image, label).values
+    wide = label.astype(np.int64)
+    with torch.no_grad():
+        _, _, item = route_and_prepare(image, wide, checkpoints)
+        repaired = finish(item, predict(model, info, [item], "cpu")[0], info).values
+        flipped = repair_label(model, info, image[:, ::-1], label[:, ::-1]).values  # negative strides
+    assert repaired.dtype == np.uint8 and np.array_equal(repaired, expected) and wide.dtype == np.int64
+    assert flipped.shape == label.shape
+    refusals = {
+        "float32": (image.astype(np.float32) / 255, label),
+        "(40, 52): a grey image": (image[..., 0], label),
+        "(40, 52, 1)": (image[..., :1], label),
+        "(40, 52, 4); the repair reads (H, W, 3) RGB: image[..., :3]": (np.dstack([image, image[..., :1]]), label),
+        "(3, 40, 52); the repair reads (H, W, 3) RGB: channels first": (image.transpose(2, 0, 1), label),
+        "label is float64": (image, label.astype(np.float64)),
+        "label is bool": (image, label > 0),
+        "label is (40, 52, 1)": (image, label[..., None]),
+        "values 0 to 300": (image, np.where(label == 255, 300, label.astype(np.int64))),
+        "image (40, 52, 3) and label (30, 52)": (image, label[:30]),
+    }
+    for words, (bad_image, bad_label) in refusals.items():
+        for step in (lambda i, lab: route_and_prepare(i, lab, checkpoints), lambda i, lab: prepare(i, lab, info)):
+            with pytest.raises(LmaeError, match=re.escape(words)):
+                step(bad_image, bad_label)
+    with torch.no_grad():
+        _, _, item = route_and_prepare(Image.fromarray(image), Image.fromarray(label), checkpoints)
+        assert np.array_equal(finish(item, predict(model, info, [item], "cpu")[0], info).values, expected)
