@@ -131,7 +131,7 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
     with --debug), Ctrl-C exit code 130 (SIGTERM 143) with the `interrupted` message (or a
     function returning it, called only then, where it tells how far the run got). Only a body
     that shares its work among torchrun's processes says so (`several_processes`)."""
-    watch_interrupts()
+    give_back = watch_interrupts()
     console.quiet = False  # what one command silenced (train on torchrun's other ranks) is not the next one's
     message = interrupted if callable(interrupted) else (lambda: interrupted)
     try:
@@ -166,6 +166,8 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
         if isinstance(exc, OSError) and exc.filename:
             fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         fail(unexpected("lmae-repair", exc))
+    finally:
+        give_back()  # the caller's handlers, where a notebook runs the command in its own process
 
 
 def refuse_torchrun(name: str) -> None:

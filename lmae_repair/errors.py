@@ -15,23 +15,36 @@ DEBUG = {"on": False}
 INTERRUPTED = {"on": False, "signal": signal.SIGINT}
 
 
-def watch_interrupts() -> None:
+def watch_interrupts():
     """Remember a Ctrl-C or a SIGTERM (`INTERRUPTED`) before raising KeyboardInterrupt as usual:
     some library code swallows the exception (an interrupted lazy import left PyTorch
     half-imported and the run went on, failing pairs), and the per-pair error handlers check the
     flag (`pair_error`, `complete.Completer`) to stop the run instead. SIGTERM (`kill`, a job
     scheduler's time limit) takes the same way out, so it too says what was kept and how to go
-    on, where Python's default would end the process without a word."""
+    on, where Python's default would end the process without a word.
+
+    Returns what gives the process back as it was (the handlers before, the flag off), for the end
+    of the command: run in a notebook's kernel (`app([...], standalone_mode=False)`), the handlers
+    had stayed, so a SIGTERM to the idle kernel raised KeyboardInterrupt in it instead of ending
+    it, and after an interrupted command every later error of a pair in library code
+    (`pair_error`) became a KeyboardInterrupt."""
     INTERRUPTED.update(on=False, signal=signal.SIGINT)  # a new command (tests run several in one process)
     if threading.current_thread() is not threading.main_thread():
-        return
+        return lambda: INTERRUPTED.update(on=False)
 
     def on_interrupt(signum, frame):
         INTERRUPTED.update(on=True, signal=signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_interrupt)
-    signal.signal(signal.SIGTERM, on_interrupt)
+    before = {signum: signal.signal(signum, on_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def give_back() -> None:
+        INTERRUPTED.update(on=False)
+        for signum, handler in before.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(signum, handler)
+
+    return give_back
 
 
 def worker_ends_quietly_on_sigterm(worker_id: int) -> None:

@@ -246,3 +246,32 @@ def test_an_interrupted_complete_says_how_many_pairs_are_written_earlier_runs_in
     ctrl_c_on_the_third_batch(monkeypatch)
     dry = CliRunner().invoke(app, args + ["--dry-run"])
     assert dry.exit_code == 130 and "nothing was written (--dry-run)" in dry.output, dry.output
+
+
+def test_a_command_run_in_process_gives_back_the_signal_handlers_and_clears_the_interrupt(tmp_path, family, monkeypatch):
+    """From a notebook (`app([...], standalone_mode=False)`) the commands run in the kernel's own
+    process. Their Ctrl-C/SIGTERM handlers had stayed installed after the command returned, so a
+    SIGTERM to the kernel (`kill`, a scheduler) raised KeyboardInterrupt in it instead of ending
+    it; and after an interrupted command the remembered interrupt stayed on, so every later error
+    of one pair in library code (`errors.pair_error`) became a KeyboardInterrupt."""
+    from typer.testing import CliRunner
+
+    from lmae_repair.cli import app
+    from lmae_repair.complete import Completer
+    from lmae_repair.errors import INTERRUPTED, pair_error
+
+    handlers = lambda: {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # noqa: E731
+    before = handlers()
+    assert CliRunner().invoke(app, ["inspect", str(family)]).exit_code == 0
+    assert handlers() == before
+
+    def swallowed_interrupt(self, index):
+        INTERRUPTED["on"] = True  # what the SIGINT handler records before raising
+        raise AttributeError("module 'torch._dynamo' has no attribute 'guards'")
+
+    monkeypatch.setattr(Completer, "model", swallowed_interrupt)
+    root = make_paired(tmp_path / "ds", count=2)
+    result = CliRunner().invoke(app, ["complete", str(root), "--out", str(tmp_path / "out"), "--models", str(family), "--device", "cpu"])
+    assert result.exit_code == 130
+    assert handlers() == before and not INTERRUPTED["on"]
+    assert "unexpected ValueError" in pair_error("x.png", ValueError("odd"))
