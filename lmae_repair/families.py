@@ -463,14 +463,20 @@ def calibrate_checkpoint(path: Path, data: Path, split: str | None = None, half:
     return len(info.int8_calibration)
 
 
-def set_routing(path: Path, dest: Path, ratios: list[float], gap_kind: str | None = None, half: bool = True) -> Path:
+def set_routing(path: Path, dest: Path, ratios: list[float] | float, gap_kind: str | None = None, half: bool = True) -> Path:
     """Copy a checkpoint to `dest` (a file), weights unchanged, serving the routing slots of
     `ratios` (the first is its mask ratio) and meant for `gap_kind` gaps (checkpoints.GAP_KINDS;
     None keeps the checkpoint's own).
     One file for several slots keeps a family small: the bundled camvid family serves 0.50 and
-    0.75 from one model (models/camvid/README.md)."""
+    0.75 from one model (models/camvid/README.md). One number (`0.5`) is one slot: from a
+    notebook it had raised "'float' object is not iterable"."""
+    from numbers import Real
+
     from lmae_repair.checkpoints import GAP_KINDS, load_checkpoint, save_checkpoint
 
+    ratios = [ratios] if isinstance(ratios, Real) else list(ratios)
+    if any(not isinstance(r, Real) or isinstance(r, bool) for r in ratios):
+        raise LmaeError(f"mask ratios must be numbers in (0, 1], got {ratios}")
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
         raise LmaeError(f"mask ratios must be in (0, 1], got {ratios}")
     check_distinct_slots(ratios)

@@ -519,3 +519,18 @@ def test_inspect_json_writes_a_pa_miou_of_nothing_as_null_not_bare_nan(tmp_path)
         validation = (document if isinstance(document, dict) else document[0])["validation"]
         assert validation == {"val_pa_miou": None, "val_miou": 0.5}
     assert np.isnan(read_info(path).validation["val_pa_miou"])  # the checkpoint itself is unchanged
+
+
+def test_set_routing_takes_one_ratio_as_a_number_and_refuses_ratios_that_are_not_numbers(tmp_path, family):
+    """From a notebook `set_routing(src, dest, 0.5)` (one slot) had raised "TypeError: 'float'
+    object is not iterable", and ['0.5'] (read from a text field) "'<' not supported between
+    instances of 'float' and 'str'". One number is one slot; anything not a number is refused
+    saying so, before anything is written."""
+    from lmae_repair.families import set_routing
+
+    source = family / "mask-0.25" / "best.safetensors"
+    written = set_routing(source, tmp_path / "half.safetensors", np.float32(0.5))
+    assert read_info(written).slot_ratios == [0.5]
+    with pytest.raises(LmaeError, match=r"mask ratios must be numbers in \(0, 1\], got \['0.5'\]"):
+        set_routing(source, tmp_path / "text.safetensors", ["0.5"])
+    assert not (tmp_path / "text.safetensors").exists()
