@@ -37,7 +37,9 @@ def main() -> None:
         parser.exit(2, f"error: {report_file}: no pair was written, so there is nothing to draw\n")
     rows = []
     for entry in entries:
-        space = read_info(Path(entry["checkpoint"])).label_space
+        # a pair left as it is (no background-heavy patch) names no checkpoint: the run's label
+        # space then, which every checkpoint of its family shares (it had been a TypeError)
+        space = read_info(Path(entry["checkpoint"] or report["checkpoints"][0]["path"])).label_space
         original, repaired = read_label(Path(entry["input_label"])), read_label(Path(entry["output"]))
         colours = colour_table(space, original.palette)
         panels = pair_panels(read_image(Path(entry["image"])), original.values, repaired.values, colours)
