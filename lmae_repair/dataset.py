@@ -87,8 +87,10 @@ def to_tensors(image: np.ndarray, label: np.ndarray, space: LabelSpace) -> tuple
 
 
 def label_tensor(label: np.ndarray, space: LabelSpace) -> torch.Tensor:
-    """HxW uint8 label -> long (H,W) with values outside the label space mapped to void."""
-    label_t = torch.from_numpy(np.ascontiguousarray(label)).long()
+    """HxW uint8 label -> long (H,W) with values outside the label space mapped to void. Always a
+    copy: for an int64 label (a notebook's) `.long()` had been the caller's memory, and the void
+    was written into the caller's array."""
+    label_t = torch.from_numpy(np.ascontiguousarray(label)).to(torch.long, copy=True)
     label_t[(label_t >= space.num_classes) & (label_t != space.void_id)] = space.void_id
     return label_t
 

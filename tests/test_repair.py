@@ -439,3 +439,21 @@ def test_arrays_a_notebook_passes_are_read_as_uint8_or_refused_in_one_clear_line
     with torch.no_grad():
         _, _, item = route_and_prepare(Image.fromarray(image), Image.fromarray(label), checkpoints)
         assert np.array_equal(finish(item, predict(model, info, [item], "cpu")[0], info).values, expected)
+
+
+def test_routing_a_notebooks_int64_label_leaves_the_callers_array_as_it_was():
+    """`dataset.label_tensor` maps values outside the label space to void in its tensor; for an
+    int64 label (a notebook's np.array of a list, a model's argmax) torch.from_numpy(...).long()
+    was the caller's own memory, so `label_heavy_share` (and `evaluate.degrade`) wrote void into
+    the caller's array. Now the tensor is always a copy."""
+    from lmae_repair.dataset import label_tensor
+    from lmae_repair.evaluate import EvaluateOptions, degrade
+
+    _, info = untrained()
+    label = np.ones((32, 32), np.int64)
+    label[:8] = 7  # not a class of the 3-class space: read as void
+    before = label.copy()
+    assert label_heavy_share(label, info) == pytest.approx(1 / 4)
+    assert int(label_tensor(label, info.label_space).max()) == 255
+    degrade(label, info.label_space, EvaluateOptions(strategy="random", mask_ratio=0.5, patch_size=8), np.random.default_rng(0))
+    assert np.array_equal(label, before)
