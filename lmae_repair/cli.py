@@ -25,7 +25,18 @@ from lmae_repair import __version__
 from lmae_repair.errors import DEBUG, INTERRUPTED, LmaeError, RankError, interrupt_exit_code, signal_that_ended_workers, unexpected, watch_interrupts
 from lmae_repair.defaults import DEFAULT_CROP, DEFAULT_MIN_CONFIDENCE, DEFAULT_THRESHOLD
 
-app = typer.Typer(
+class App(typer.Typer):
+    """The typer app, callable from Python with path objects among its arguments: a notebook's
+    `app(["complete", data, "--out", out], standalone_mode=False)` with pathlib paths had ended
+    in "TypeError: object of type 'PosixPath' has no len()" from click's parser."""
+
+    def __call__(self, args=None, *more, **options):
+        if args is not None:
+            args = [os.fspath(arg) if isinstance(arg, os.PathLike) else arg for arg in args]
+        return super().__call__(args, *more, **options)
+
+
+app = App(
     add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -91,3 +91,11 @@ def test_help_or_version_into_a_stdout_that_cannot_be_written_is_one_line_not_a_
     assert result.returncode == 2, result.stderr
     assert told.startswith("error: cannot write to stdout (No space left on device)"), told
     assert "Traceback" not in told and "Exception ignored" not in told, told
+
+
+def test_the_app_called_from_python_takes_path_objects_as_a_notebook_passes_them(family, capsys):
+    """`app(["inspect", Path(...)], standalone_mode=False)` from a notebook, where paths are
+    pathlib objects, had ended in "TypeError: object of type 'PosixPath' has no len()" from
+    click's parser. Each argument that is a path is taken as its text."""
+    assert app(["inspect", family / "mask-0.25" / "best.safetensors"], standalone_mode=False) in (None, 0)
+    assert "mask ratio" in capsys.readouterr().out
