@@ -560,8 +560,8 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
         found.setdefault(pair.label.stem, pair)
     for pair in pairs:
         found.setdefault(pair.image.stem, pair)
-    problems = {Path(line.partition(": ")[0]).stem: line for line in unmatched}
-    lonely_images = {Path(line.partition(": ")[0]).stem: line.image for line in unlabelled}
+    problems = names_below(unmatched, (label_dir, image_dir), lambda line: line)
+    lonely_images = names_below(unlabelled, (image_dir,), lambda line: line.image)
     known = found.keys() | problems.keys() | lonely_images.keys()
     folded = by_letter_case(known)
     listed: dict[str, str] = {}  # name -> the first list naming it
@@ -583,6 +583,22 @@ def discover_voc(voc_root: Path, root: Path, split: str | None) -> DatasetIndex:
     if split is not None:
         return DatasetIndex("voc", root, list(dict.fromkeys(found[name] for name in sorted(listed.keys() & found.keys()))), missing)
     return DatasetIndex("voc", root, pairs, list(dict.fromkeys(unmatched + missing)))
+
+
+def names_below(lines: list[str], folders: tuple[Path, ...], value) -> dict:
+    """{the name a split list gives the file a problem line (`path: reason`) is about: `value(line)`},
+    by its path below the first of `folders` holding it, without extension (`seq01/frame_000001`),
+    then by its bare name where no other file has it first. Keyed by the bare name alone, a CVAT
+    video export's missing `seq01/frame_000001` and `seq02/frame_000001` were one failed pair
+    named `SegmentationClass/frame_000001.png`, in neither sequence."""
+    by_path: dict[str, object] = {}
+    for line in lines:
+        path = Path(line.partition(": ")[0])
+        below = next((path.relative_to(folder) for folder in folders if path.is_relative_to(folder)), Path(path.name))
+        by_path.setdefault(below.with_suffix("").as_posix(), value(line))
+    for line in lines:
+        by_path.setdefault(Path(line.partition(": ")[0]).stem, value(line))
+    return by_path
 
 
 def split_list_name(line: str, names, folded: dict[str, list[str]] | None = None) -> str:

@@ -1492,3 +1492,25 @@ def test_a_colour_label_among_palette_labels_is_told_their_palette(tmp_path):
     with pytest.raises(LmaeError) as error:
         read_label(tmp_path / "labels" / "c.png")
     assert "no palette mapping" in str(error.value) and "entry of the palette" not in str(error.value)
+
+
+def test_a_split_list_naming_missing_frames_of_one_name_in_two_subfolders_reports_each_in_its_own(tmp_path):
+    """A CVAT video export of two sequences lists seq01/frame_000001 and seq02/frame_000001, whose
+    labels are missing (unannotated frames): both were one failed pair, named
+    SegmentationClass/frame_000001.png, a file of neither sequence."""
+    root = tmp_path / "voc"
+    rng = np.random.default_rng(0)
+    for seq in ("seq01", "seq02"):
+        for name in ("frame_000000", "frame_000001"):
+            image, label = make_scene(rng)
+            write_pair(root / "JPEGImages" / seq / f"{name}.png", root / "SegmentationClass" / seq / f"{name}.png", image, label)
+        (root / "SegmentationClass" / seq / "frame_000001.png").unlink()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "default.txt").write_text(
+        "".join(f"{seq}/frame_00000{i}\n" for seq in ("seq01", "seq02") for i in (0, 1)))
+    index = discover(root)
+    assert len(index.pairs) == 2
+    assert index.unmatched == [
+        f"{root / 'SegmentationClass' / seq / 'frame_000001.png'}: ImageSets/Segmentation/default.txt lists {seq}/frame_000001, "
+        "but this label is missing (its image is there)" for seq in ("seq01", "seq02")]
+    assert [line.image for line in index.unmatched] == [root / "JPEGImages" / seq / "frame_000001.png" for seq in ("seq01", "seq02")]
