@@ -4,7 +4,8 @@ Three kinds of evidence, each giving reasons a curator can check:
 - **file defects** (score 1): unreadable or truncated files, an image without a label or a label
   without an image, a label whose size differs from its image, values outside the label space, a
   colour (RGB) label, a label that is all background or void (unless such labels are common:
-  then they are negatives, scored by the model's evidence, `score_empty_labels_as_data`);
+  then they are negatives, scored by the model's evidence, `score_empty_labels_as_data`; images
+  without a label, where common, are unannotated frames, listed last, `rank_common_unlabelled_last`);
 - **statistics**: the label's share of background-or-void pixels against the rest of the
   dataset (robust z-score: median and median absolute deviation), and classes that almost every
   other label has but this one lacks;
@@ -69,6 +70,9 @@ SCALE = 4.0
 EMPTY_COMMON_SHARE = 0.05  # labels all background or void are part of the data (negatives) from this share...
 EMPTY_COMMON_COUNT = 3  # ... and this many of them: then scored by evidence, not as file defects
 EMPTY_LABEL = "label is all background or void"
+# images without a label are the data's unannotated frames from this share of the images (and
+# EMPTY_COMMON_COUNT of them): a video tool exporting every Nth frame leaves (N-1)/N of them
+UNLABELLED_COMMON_SHARE = 0.25
 FAR_CONFIDENCE = 0.5  # a far look-alike: the model finds its class more likely than not...
 FAR_PIXELS = 10  # ... over this many pixels from any annotation of that class
 NOT_FAR = 255  # in the map of far look-alikes' classes: none here
@@ -261,6 +265,7 @@ def audit_dataset(
         if on_pair is not None:
             on_pair(rows[-1]["error"], True)
     score_rows(rows, space)
+    rank_common_unlabelled_last(rows)
     if colours is not None and any(has_heatmap(row) for row in rows):
         write_heatmap_legend(options.heatmaps, space, colours, rows)
     return sorted(rows, key=rank_key)
@@ -301,8 +306,39 @@ def read_journal(journal: Path, keys: dict[str, str]) -> dict[str, dict]:
 def rank_key(row: dict) -> tuple:
     """Worst first: file defects (unreadable or unpaired files before labels that are only all
     background or void, which may be a dataset's empty slices), then by evidence (which keeps
-    ordering where scores round to 1)."""
-    return (not row["defect"], bool(row["defect"] and row.get("empty")), -(row["evidence"] or 0.0), row["label"])
+    ordering where scores round to 1); the images of a dataset's unannotated frames
+    (`rank_common_unlabelled_last`) last of all."""
+    return (bool(row.get("unannotated")), not row["defect"], bool(row["defect"] and row.get("empty")), -(row["evidence"] or 0.0),
+            row["label"])
+
+
+def common_unlabelled(rows: list[dict]) -> tuple[int, list[dict]]:
+    """(how many images the rows concern, the rows of images without a label where those are common:
+    at least EMPTY_COMMON_COUNT and UNLABELLED_COMMON_SHARE of the images; else none)."""
+    unlabelled = [row for row in rows if row.get("unlabelled")]
+    images = sum(1 for row in rows if not row.get("unpaired") or row.get("unlabelled"))
+    return images, unlabelled if len(unlabelled) >= max(EMPTY_COMMON_COUNT, UNLABELLED_COMMON_SHARE * images) else []
+
+
+def rank_common_unlabelled_last(rows: list[dict]) -> None:
+    """Where images without a label are common (`common_unlabelled`), they are frames nobody annotated
+    (a video tool exports labels of every Nth frame; `complete` leaves them alone), not broken
+    labels: ranked first at score 1, a video's unlabelled frames filled the table and buried the
+    labels that are broken. They are then listed last at score 0, saying so. Rare ones stay file
+    defects: a label lost among hundreds."""
+    images, unlabelled = common_unlabelled(rows)
+    for row in unlabelled:
+        row.update(score=0.0, unannotated=True,
+                   reasons=[f"{row['reasons'][0]}, as are {len(unlabelled)} of the {images} images: left unannotated, listed last"])
+
+
+def unlabelled_note(rows: list[dict]) -> str | None:
+    """What the images listed last at score 0 are (`rank_common_unlabelled_last`), where there are any."""
+    images, unlabelled = common_unlabelled(rows)
+    if not unlabelled:
+        return None
+    return (f"{len(unlabelled)} of the {images} images have no label (frames left unannotated, as a video annotation tool "
+            "exports every Nth frame?): they are listed last, at score 0, and complete leaves them alone")
 
 
 def _audited_pairs(pairs: list, checkpoints, options: AuditOptions, space: LabelSpace):
@@ -345,7 +381,8 @@ def defect_row(problem: str, root: Path, failed: bool) -> dict:
     path, _, reason = problem.partition(": ")
     image = getattr(problem, "image", None)
     row = new_row(relative_key(path, root), None if image is None else absolute_text(image))
-    row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None)
+    row.update(score=1.0, defect=True, reasons=[reason or problem], error=problem if failed else None, unpaired=True,
+               unlabelled=not failed)  # not failed: an image without a label (`index.unlabelled`)
     return row
 
 

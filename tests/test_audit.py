@@ -813,3 +813,27 @@ def test_a_json_sent_to_a_stdout_that_cannot_be_written_is_named_as_such(tmp_pat
     told = " ".join(result.stderr.split())
     assert result.returncode == 2, result.stderr
     assert "cannot write to stdout (No space left on device)" in told and "unexpected" not in told, told
+
+
+def test_where_images_without_a_label_are_common_they_are_listed_last_not_above_the_broken_labels(tmp_path):
+    """A video labelled every second frame: each unlabelled frame was a row at score 1, ranked
+    before every label, so the table was all frames nobody meant to label and the truncated label
+    came below them. Where they are common they are listed last at score 0, and a note says why;
+    a rare one (a lost label) stays a file defect listed first (`test_each_file_defect_...`)."""
+    import shutil
+
+    root = make_paired(tmp_path / "ds", count=6, size=64, seed=3)
+    for i in range(4):
+        shutil.copy(root / "images" / "scene_000.png", root / "images" / f"unlabelled_{i}.png")
+    truncated = root / "labels" / "scene_005.png"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    report = tmp_path / "a.json"
+    result = runner.invoke(app, ["audit", str(root), "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    rows = json.loads(report.read_text())
+    assert rows[0]["label"] == "labels/scene_005.png" and "unreadable label" in rows[0]["reasons"][0], rows[:2]
+    assert [row["label"] for row in rows[-4:]] == [f"images/unlabelled_{i}.png" for i in range(4)]
+    assert all(row["score"] == 0.0 and "as are 4 of the 10 images" in row["reasons"][0] for row in rows[-4:]), rows[-4:]
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+    output = " ".join(result.output.split())
+    assert "note: 4 of the 10 images have no label (frames left unannotated" in output, output
