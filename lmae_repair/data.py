@@ -145,11 +145,12 @@ class DatasetIndex:
             raise LmaeError(f"{path}: {what} would be written inside the input ({folder}); choose a place outside it")
 
 
-def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = None) -> list[Path]:
+def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = None,
+                 left_out: list[Path] | None = None) -> list[Path]:
     """The files below `folder` with one of `suffixes` (hidden files and folders left out), through symlinked
     folders but each real folder once, so that a link loop ends. What cannot be used is added to
     `problems`, one line each, instead of hanging or vanishing: a folder that cannot be read, a
-    FIFO or device (opening it would wait forever), a link to nothing."""
+    FIFO or device (opening it would wait forever), a link to nothing; such files also to `left_out`."""
     found = []
 
     def unreadable(error: OSError) -> None:
@@ -166,6 +167,8 @@ def _files_below(folder: Path, suffixes: set[str], problems: list[str] | None = 
             elif problems is not None:
                 what = f"a link to {os.readlink(path)}, which does not exist" if path.is_symlink() and not path.exists() else "not a regular file"
                 problems.append(f"{path}: {what}; left out")
+                if left_out is not None:
+                    left_out.append(path)
     return sorted(found)
 
 
@@ -242,7 +245,9 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     images without a label). A name shared by two images or two labels is one problem, and
     its partner is not reported again as lacking a match."""
     problems: list[str] = []
-    image_files, label_files = _files_below(image_dir, IMAGE_SUFFIXES, problems), _files_below(label_dir, LABEL_SUFFIXES, problems)
+    unusable_labels: list[Path] = []
+    image_files = _files_below(image_dir, IMAGE_SUFFIXES, problems)
+    label_files = _files_below(label_dir, LABEL_SUFFIXES, problems, unusable_labels)
     if label_dir.resolve() == image_dir.resolve():
         label_files = _labels_beside_images(label_files, image_files)
         taken = set(label_files)
@@ -267,6 +272,13 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
 
     problems += [problem(clash_line(group, "label"), image_named(stem)) for stem, group in label_clashes.items()]
     pairs, used = [], {image_key(stem) or stem for stem in label_clashes}  # their image is reported through them
+    if label_dir.resolve() != image_dir.resolve():
+        for label in unusable_labels:  # a link to nothing: its image is reported through it, not also as without a label
+            key = image_key(unicodedata.normalize("NFC", label.relative_to(label_dir).with_suffix("").as_posix()))
+            if key is not None and key not in used:
+                used.add(key)
+                at = next(i for i, line in enumerate(problems) if line.startswith(f"{label}: "))
+                problems[at] = problem(problems[at], images[key])
     if label_dir.resolve() != image_dir.resolve():
         refused, _ = _by_stem(_files_below(label_dir, set(REFUSED_LABEL_SUFFIXES)), label_dir)
         for stem_path, path in sorted(refused.items()):

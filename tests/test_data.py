@@ -1514,3 +1514,19 @@ def test_a_split_list_naming_missing_frames_of_one_name_in_two_subfolders_report
         f"{root / 'SegmentationClass' / seq / 'frame_000001.png'}: ImageSets/Segmentation/default.txt lists {seq}/frame_000001, "
         "but this label is missing (its image is there)" for seq in ("seq01", "seq02")]
     assert [line.image for line in index.unmatched] == [root / "JPEGImages" / seq / "frame_000001.png" for seq in ("seq01", "seq02")]
+
+
+def test_the_image_of_a_label_link_to_nothing_is_named_by_that_label_not_also_said_to_have_no_label(tmp_path):
+    """Frames linked into a sequence folder, one label link left pointing nowhere: the label was a
+    failed pair and its frame also "no label with the same name", as if none had been exported;
+    now the frame is reported through its label (as audit's row names it), not twice."""
+    root = make_paired(tmp_path / "ds", count=2)
+    for folder in ("images", "labels"):
+        (root / folder / "seqA").mkdir()
+        (root / folder / "scene_001.png").rename(root / folder / "seqA" / "2.png")
+    (root / "labels" / "seqA" / "2.png").unlink()
+    (root / "labels" / "seqA" / "2.png").symlink_to(tmp_path / "exported" / "2.png")
+    index = discover(root)
+    assert len(index.pairs) == 1 and index.unlabelled == []
+    assert index.unmatched == [f"{root / 'labels' / 'seqA' / '2.png'}: a link to {tmp_path / 'exported' / '2.png'}, which does not exist; left out"]
+    assert index.unmatched[0].image == root / "images" / "seqA" / "2.png"
