@@ -321,9 +321,16 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
     lonely_labels = by_name({rel.as_posix(): label for label, rel in orphans}, labels=True)
     longer_labels = by_prefix(lonely_labels)
     unlabelled = [problem(f"{image}: no label with the same name"
-                          f"{elsewhere(Path(key), lonely_labels, label_dir, 'a label') or near_namesake(image, Path(key), lonely_labels, longer_labels, label_dir, 'a label')}", image)
+                          f"{elsewhere(Path(key), lonely_labels, label_dir, 'a label') or near_namesake(image, Path(key), lonely_labels, longer_labels, label_dir, 'a label') or no_folder(label_dir, Path(key).parent)}", image)
                   for key, image in images.items() if key not in used]
     return pairs, problems, unlabelled
+
+
+def no_folder(label_dir: Path, below: Path) -> str:
+    """For an image without a label in subfolder `below`: that the labels folder has no such
+    subfolder, where it has none (a sequence exported as images but not as labels); nothing else.
+    Each of its frames was "no label with the same name", as if its labels had been lost one by one."""
+    return "" if below == Path(".") or (label_dir / below).is_dir() else f" ({label_dir / below} does not exist)"
 
 
 def image_keys_named(rel: Path, channel: bool = True) -> list[str]:

@@ -1530,3 +1530,17 @@ def test_the_image_of_a_label_link_to_nothing_is_named_by_that_label_not_also_sa
     assert len(index.pairs) == 1 and index.unlabelled == []
     assert index.unmatched == [f"{root / 'labels' / 'seqA' / '2.png'}: a link to {tmp_path / 'exported' / '2.png'}, which does not exist; left out"]
     assert index.unmatched[0].image == root / "images" / "seqA" / "2.png"
+
+
+def test_images_of_a_subfolder_the_labels_folder_lacks_say_that_folder_does_not_exist(tmp_path):
+    """A video sequence exported as frames but not as labels (images/seq05/ without labels/seq05/):
+    each frame was only "no label with the same name", as if its labels were lost one by one."""
+    root = make_paired(tmp_path / "ds", count=2)
+    (root / "images" / "seq05").mkdir()
+    (root / "images" / "scene_001.png").rename(root / "images" / "seq05" / "frame_000001.png")
+    (root / "labels" / "scene_001.png").unlink()
+    shutil.copy(root / "images" / "scene_000.png", root / "images" / "lost.png")  # a label lost where the folder is there
+    index = discover(root)
+    assert sorted(index.unlabelled) == [
+        f"{root / 'images' / 'lost.png'}: no label with the same name",
+        f"{root / 'images' / 'seq05' / 'frame_000001.png'}: no label with the same name ({root / 'labels' / 'seq05'} does not exist)"]
