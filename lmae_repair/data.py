@@ -1446,8 +1446,16 @@ def labelmap_file(label_path: Path) -> Path | None:
     split of it), so that the colours and the class names come from one file. Why not any one
     in a few folders above: one two folders above the dataset (another export), in labels/ or
     beside a classes.txt painted the labels in its colours while the names came from elsewhere,
-    and OUT, which gets the class list only, could not read the completed labels back."""
+    and OUT, which gets the class list only, could not read the completed labels back. Where
+    none is there, the one above the nearest folder above the label named as discovery names
+    label folders (`labels/`, `masks/`, `SegmentationClass/`...), so that a label in a sequence's
+    subfolder (`labels/video1/clip2/x.png`) reads the dataset's labelmap.txt too: it was looked
+    for in `labels/video1/` and its parent only, and the label refused as an unmapped colour label."""
     found = find_classes_file(label_path.parent.parent)
+    if found is None:
+        names = {*LABEL_DIR_NAMES, "segmentationclass", *(labels for _, labels in NNUNET_DIR_NAMES)}
+        labels_folder = next((folder for folder in label_path.parents if folder.name.casefold() in names), None)
+        found = None if labels_folder is None else find_classes_file(labels_folder.parent)
     return found if found is not None and found.name.casefold().startswith("labelmap.txt") else None
 
 

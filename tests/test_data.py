@@ -1544,3 +1544,21 @@ def test_images_of_a_subfolder_the_labels_folder_lacks_say_that_folder_does_not_
     assert sorted(index.unlabelled) == [
         f"{root / 'images' / 'lost.png'}: no label with the same name",
         f"{root / 'images' / 'seq05' / 'frame_000001.png'}: no label with the same name ({root / 'labels' / 'seq05'} does not exist)"]
+
+
+def test_colour_labels_in_a_sequences_nested_subfolder_read_the_datasets_cvat_labelmap(tmp_path):
+    """Video frames grouped by video and clip (labels/video1/clip2/frame_000001.png), painted in
+    the colours of the dataset's CVAT labelmap.txt: the class names came from it, but the labels
+    were refused as colour labels with no palette mapping, the labelmap looked for in
+    labels/video1/ and labels/ only; a label one folder down was read."""
+    colours = np.array([[0, 0, 0], [250, 50, 83], [51, 221, 255]], np.uint8)
+    root = make_paired(tmp_path / "ds", count=1, size=32)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\ncrack:250,50,83::\nspalling:51,221,255::\n")
+    for folder in ("images", "labels"):
+        (root / folder / "video1" / "clip2").mkdir(parents=True)
+        (root / folder / "scene_000.png").rename(root / folder / "video1" / "clip2" / "frame_000001.png")
+    label = root / "labels" / "video1" / "clip2" / "frame_000001.png"
+    indices = np.array(Image.open(label)) % 3
+    Image.fromarray(colours[indices]).save(label)
+    read = read_label(label)
+    assert read.mode == "RGB" and np.array_equal(read.values, indices)
