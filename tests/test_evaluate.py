@@ -246,3 +246,16 @@ def test_the_rerun_command_keeps_every_digit_of_the_settings_it_was_given(tmp_pa
     assert result.exit_code in (0, 1), result.output
     words = shlex.split(json.loads(report.read_text())["command"])
     assert words[words.index("--mask-ratio") + 1] == "0.1234567" and words[words.index("--threshold") + 1] == "0.3333333", words
+
+
+def test_images_without_a_label_are_noted_as_not_scored(tmp_path, family):
+    """A video labelled every second frame: evaluate scored the labelled frames and said nothing of
+    the others, while complete and train note such images; it notes them too now."""
+    root = make_paired(tmp_path / "ds", count=2, size=64, seed=5)
+    (root / "images" / "seq01").mkdir()
+    (root / "images" / "scene_001.png").rename(root / "images" / "seq01" / "frame_000002.png")
+    (root / "labels" / "scene_001.png").unlink()
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--max-pairs", "1"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"note: 1 image has no label and is not scored (first: {root / 'images' / 'seq01' / 'frame_000002.png'}: no label" in output, output
