@@ -239,7 +239,7 @@ def train(
     crop: int = typer.Option(DEFAULT_CROP, min=16, help="Training crop size; inference runs in tiles of this size."),
     lr: float = typer.Option(5e-4, min=0.0, max=1.0, help="Peak learning rate (Adam), above 0."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores shared among the processes, at most 4)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Data-loading processes per training process (default: half the cores this job may use, shared among the processes, at most 4)."),
     seed: int = typer.Option(0, min=0, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tune; same preset and label space)."),
@@ -362,7 +362,7 @@ def complete(
     labels: Optional[Path] = typer.Option(None, help="Label folder, with --images."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(8, min=1, help="Pairs per model batch."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Processes reading and preparing pairs (default: half the cores, at most 4; 0 on 2 cores or fewer)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Processes reading and preparing pairs (default: half the cores this job may use, at most 4; 0 on 2 cores or fewer)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Background-or-void share from which a patch counts as background-heavy."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Repair in memory and report, write nothing."),
     labels_only: bool = typer.Option(False, "--labels-only", help="Write the labels only, not links to the images."),
@@ -530,10 +530,10 @@ def stdout_kept_for(*files: Optional[Path]):
 
 def default_workers() -> int:
     """Loader processes for complete: none on small machines, where they would only compete
-    with the model for the same cores."""
-    import os
+    with the model for the same cores. The cores are those this process may use (`usable_cpus`)."""
+    from lmae_repair.defaults import usable_cpus
 
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     return 0 if cores <= 2 else min(4, cores // 2)
 
 

@@ -53,7 +53,7 @@ from lmae_repair.distributed import (
     wait_for_all,
 )
 from lmae_repair.errors import LmaeError
-from lmae_repair.defaults import DEFAULT_CROP
+from lmae_repair.defaults import DEFAULT_CROP, usable_cpus
 from lmae_repair.families import counted_classes_problem, masks_of_0_and_255
 from lmae_repair.inference import mirror_pad, predict_probabilities, resolve_device
 from lmae_repair.labelspace import LabelSpace, build_label_space, declared_class_names, first_names, names_agree, void_named
@@ -690,7 +690,7 @@ def make_loader(pairs: list[Pair], space: LabelSpace, options: TrainOptions, dev
     batch may be smaller and is kept: dropping it, 20 pairs in batches of 16 trained on 16 an
     epoch and 30 on 16, though the run said '30 training pairs' and --epochs counts passes over them."""
     dataset = CropDataset(pairs, space, options.crop, augment=True, photometric=options.photometric)
-    default_workers = min(4, max((os.cpu_count() or 2) // (2 * ranks.world_size), 0))
+    default_workers = min(4, usable_cpus() // (2 * ranks.world_size))  # the job's cores, not the node's
     workers = options.workers if options.workers is not None else default_workers
     sampler = SeededSampler(len(dataset), options.seed, ranks.rank, ranks.world_size)
     shard = len(sampler)

@@ -1606,3 +1606,31 @@ def test_a_stdout_that_cannot_be_written_is_named_as_such(tmp_path, family):
     assert told.startswith("error: cannot write to stdout (No space left on device)"), told
     assert "unexpected" not in told and "Exception ignored" not in told, told
 
+
+
+def test_default_loader_workers_count_the_cpus_the_job_may_use_not_the_node(tmp_path, monkeypatch):
+    """On a 64-core node, a Slurm job granted 2 CPUs (its affinity mask, or SLURM_CPUS_PER_TASK
+    where Slurm set none) got 4 loader processes for complete and for train, from
+    os.cpu_count(), all on its 2 cores beside the model's threads."""
+    import os
+
+    from lmae_repair.cli import default_workers
+    from lmae_repair.train import TrainOptions, make_loader
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_workers() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # taskset -c 0,1
+    assert default_workers() == 0
+    pairs = make_paired(tmp_path / "ds", count=2, size=32)
+    from lmae_repair.data import discover
+
+    index = discover(pairs)
+    options = TrainOptions(out=tmp_path / "run", mask_ratios=[0.5], crop=32, batch_size=2)
+    space = LabelSpace(NUM_CLASSES, background_id=0, void_id=255)
+    assert make_loader(index.pairs, space, options, torch.device("cpu")).num_workers == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")  # granted 2, no mask set
+    assert default_workers() == 0
+    assert make_loader(index.pairs, space, options, torch.device("cpu")).num_workers == 1
