@@ -294,6 +294,7 @@ def train(
             photometric=photometric,
         )
         check_option_values(options)  # before the scan: a typo is the one line printed
+        note_workers_beyond_cpus(workers)
         if options.gaps == "objects" and (len(options.mask_mix) < 4 or options.mask_mix[3] == 0):
             # routing sends labels with missed objects to such a checkpoint, and only the objects
             # strategy shows it one in training: without it, it learns what any other file learns
@@ -386,6 +387,7 @@ def complete(
         )
         index = discover_data(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
+        note_workers_beyond_cpus(workers)
         unreadable: list[str] = []
         side_files(index, unreadable)
         for problem in unreadable:
@@ -535,6 +537,20 @@ def default_workers() -> int:
 
     cores = usable_cpus()
     return 0 if cores <= 2 else min(4, cores // 2)
+
+
+def note_workers_beyond_cpus(workers: Optional[int]) -> None:
+    """A `--workers` above the CPUs this process may use (`usable_cpus`) is kept, but said in one
+    line: PyTorch's own warning came as four lines of its source, twice, into a job's log."""
+    import warnings
+
+    from lmae_repair.defaults import usable_cpus
+
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+    cpus = usable_cpus()
+    if workers is not None and workers > cpus:
+        console.print(f"note: --workers {workers} is more than the {counted(cpus, 'CPU')} this process may use (affinity mask, "
+                      f"SLURM_CPUS_PER_TASK): the loader processes share {'it' if cpus == 1 else 'them'} with the model; fewer may be faster", highlight=False)
 
 
 def counted(number: int, noun: str) -> str:

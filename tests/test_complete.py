@@ -1634,3 +1634,22 @@ def test_default_loader_workers_count_the_cpus_the_job_may_use_not_the_node(tmp_
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")  # granted 2, no mask set
     assert default_workers() == 0
     assert make_loader(index.pairs, space, options, torch.device("cpu")).num_workers == 1
+
+
+def test_more_workers_than_usable_cpus_is_one_note_not_pytorchs_warning(tmp_path, family, monkeypatch):
+    """`--workers 16` in a job granted one CPU printed PyTorch's 'This DataLoader will create 16
+    worker processes in total. Our suggested max number of worker ...' with its source line,
+    twice, into the job's log; it is now one line that says what was granted."""
+    import os
+    import warnings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # taskset -c 0
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = complete(root, tmp_path / "out", family, "--workers", "2", "--batch-size", "1")
+    told = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "note: --workers 2 is more than the 1 CPU this process may use" in told, told
+    assert not [w for w in caught if "This DataLoader will create" in str(w.message)], [str(w.message) for w in caught]
