@@ -147,6 +147,7 @@ def guarded(function, interrupted="interrupted", several_processes: bool = False
     message = interrupted if callable(interrupted) else (lambda: interrupted)
     try:
         check_environment()
+        threads_as_granted()
         if not several_processes:
             refuse_torchrun(function.__qualname__.split(".")[0])  # "complete.<locals>.run": the command
         return function()
@@ -193,6 +194,21 @@ def refuse_torchrun(name: str) -> None:
     if world_size > 1:
         raise LmaeError(f"{name} runs as one process, but it was started as {world_size} (WORLD_SIZE {world_size}, as torchrun "
                         f"sets it): start lmae-repair {name} without torchrun (only train shares its work among torchrun's processes)")
+
+
+def threads_as_granted() -> None:
+    """Keep PyTorch's threads to the CPUs Slurm granted the task (SLURM_CPUS_PER_TASK) where
+    OMP_NUM_THREADS does not say otherwise. PyTorch sizes its threads by the affinity mask, so a
+    job whose Slurm sets no cpuset ran one thread per core of the whole node, on cores granted to
+    other jobs. Elsewhere (no Slurm, or OMP_NUM_THREADS set, as torchrun sets it) nothing changes."""
+    if "SLURM_CPUS_PER_TASK" not in os.environ or os.environ.get("OMP_NUM_THREADS"):
+        return  # torch is not imported for this check
+    import torch
+
+    from lmae_repair.defaults import usable_cpus
+
+    if torch.get_num_threads() > usable_cpus():
+        torch.set_num_threads(usable_cpus())
 
 
 def check_environment() -> None:

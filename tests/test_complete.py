@@ -1653,3 +1653,22 @@ def test_more_workers_than_usable_cpus_is_one_note_not_pytorchs_warning(tmp_path
     assert result.exit_code == 0, result.output
     assert "note: --workers 2 is more than the 1 CPU this process may use" in told, told
     assert not [w for w in caught if "This DataLoader will create" in str(w.message)], [str(w.message) for w in caught]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="PyTorch runs one thread here already")
+def test_slurm_cpus_per_task_bounds_pytorchs_threads_unless_omp_num_threads_is_set(tmp_path, family, monkeypatch):
+    """A Slurm job granted 1 CPU (SLURM_CPUS_PER_TASK=1) with no cpuset ran PyTorch's one thread
+    per core of the node; OMP_NUM_THREADS, where set, still decides."""
+    threads = torch.get_num_threads()
+    root = make_paired(tmp_path / "ds", count=1, size=32)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert complete(root, tmp_path / "out", family, "--dry-run").exit_code == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(threads)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+        assert complete(root, tmp_path / "out", family, "--dry-run").exit_code == 0
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
