@@ -72,14 +72,15 @@ def device_for_rank(device: torch.device, ranks: Ranks) -> torch.device:
 
 
 @contextlib.contextmanager
-def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
+def process_group(ranks: Ranks, device: torch.device, say=None) -> Iterator[None]:
     """Join the job's process group (NCCL between GPUs, gloo between CPU processes) for the
-    duration of the block, and leave it afterwards so the process exits cleanly."""
+    duration of the block, and leave it afterwards so the process exits cleanly. `say` (rank 0's
+    console print) tells that the run waits for the others (`join_group`)."""
     if not ranks.distributed or dist.is_initialized():
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    join_group(backend, ranks, say)
     try:
         yield
     except Exception as exc:
@@ -91,6 +92,28 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
         raise
     finally:
         dist.destroy_process_group()
+
+
+def join_group(backend: str, ranks: Ranks, say=None) -> None:
+    """`init_process_group`, which waits inside PyTorch's C++ for every process of WORLD_SIZE.
+    Where they never come (a WORLD_SIZE left in a batch job's environment, a process that failed
+    to start) train had printed nothing for 30 minutes, and a SIGTERM or Ctrl-C did nothing
+    either, as Python's handlers (`errors.watch_interrupts`) wait for the C++ call to return: the
+    scheduler's signal only took effect with its SIGKILL. So it says that it waits, and for that
+    wait the two signals end the process at once (nothing is written yet), with the shell's
+    128 + signal exit status."""
+    import signal
+
+    if say is not None:
+        say(f"waiting for the {ranks.world_size} processes of WORLD_SIZE {ranks.world_size} to join at "
+            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} (torchrun's variables; "
+            "without torchrun, unset WORLD_SIZE to train as one process)")
+    handlers = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 LOST_CONTACT = ("lost contact with another training process (it stopped or failed: its own message or torchrun's "

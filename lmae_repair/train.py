@@ -252,7 +252,8 @@ def train(options: TrainOptions, data: TrainingData, console: Console) -> list[P
     device = device_for_rank(resolve_device(options.device), ranks)
     weights = loss_weights(options, data, console).to(device, torch.float)  # once for every mask ratio
     note_small_images(console, data, options.crop)
-    with process_group(ranks, device), contextlib.ExitStack() as locks:
+    say = (lambda text: console.print(f"note: {text}", highlight=False)) if ranks.is_main else None
+    with process_group(ranks, device, say), contextlib.ExitStack() as locks:
         held = hold_existing_run_folders(options, locks) if ranks.is_main else set()
         return [train_one_ratio(options, data, ratio, weights, console, ranks, device, locks, held) for ratio in options.mask_ratios]
 

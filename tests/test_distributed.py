@@ -198,3 +198,40 @@ def test_a_command_after_train_on_another_rank_prints_again(monkeypatch, tmp_pat
         monkeypatch.delenv(name, raising=False)
     result = runner.invoke(app, ["inspect", "camvid"])
     assert result.exit_code == 0 and "camvid" in result.output, result.output
+
+
+def test_a_process_waiting_for_others_that_never_come_says_so_and_stops_on_sigterm(tmp_path):
+    """WORLD_SIZE=2 left in a batch job's environment, no torchrun: train printed nothing more
+    and waited inside PyTorch's C++ for a second process for 30 minutes, deaf to the scheduler's
+    SIGTERM (Python's handler waits for the call to return). It now says what it waits for, and
+    SIGTERM ends it at once, before anything is written."""
+    import os
+    import signal
+    import socket
+    import time
+
+    data = make_paired(tmp_path / "ds", count=2, size=32)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.pop("OMP_NUM_THREADS", None)
+    log = tmp_path / "log.txt"
+    command = [sys.executable, "-m", "lmae_repair", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+               "--batch-size", "2", "--crop", "32", "--workers", "0", "--device", "cpu", "--preset", "tiny"]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for the 2 processes of WORLD_SIZE 2" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.5)
+        time.sleep(2)  # inside init_process_group
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "waiting for the 2 processes of WORLD_SIZE 2 to join at 127.0.0.1" in " ".join(log.read_text().split())
+    assert not (tmp_path / "run").exists()
