@@ -16,12 +16,14 @@ stops two runs from writing into the same OUT at once.
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -705,6 +707,19 @@ def append_json_line(path: Path, record: dict) -> None:
         raise LmaeError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})") from None
 
 
+_NOTED_NO_LOCKS: set[str] = set()
+
+
+def note_no_locks(out: Path, exc: OSError) -> None:
+    """A shared file system without locks (Lustre mounted without `flock`, NFS without its lock
+    service: ENOSYS, ENOLCK, EOPNOTSUPP) had every run refused as 'another lmae-repair run is
+    writing here', though none was. The run goes on unlocked, and says so once per folder."""
+    if str(out) not in _NOTED_NO_LOCKS:
+        _NOTED_NO_LOCKS.add(str(out))
+        print(f"note: {out}: its file system takes no locks ({exc.strerror or type(exc).__name__}): a second run "
+              "into it at the same time would not be refused", file=sys.stderr, flush=True)
+
+
 def lock_output(out: Path, data_root: Path | None = None, name: str = LOCK_FILE):
     """Hold an exclusive lock on OUT for this run; a second run into the same OUT is refused. The
     lock file keeps the dataset's root (`data_root`), so that a run killed before its report
@@ -717,9 +732,12 @@ def lock_output(out: Path, data_root: Path | None = None, name: str = LOCK_FILE)
     if fcntl is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise LmaeError(f"{out}: another lmae-repair run is writing here; wait for it or choose another --out") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                note_no_locks(out, exc)  # not held by another run: the file system takes no locks
+            else:
+                handle.close()
+                raise LmaeError(f"{out}: another lmae-repair run is writing here; wait for it or choose another --out") from None
     if data_root is not None:
         handle.truncate(0)
         handle.write(f"{data_root}\n")

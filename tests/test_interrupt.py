@@ -275,3 +275,32 @@ def test_a_command_run_in_process_gives_back_the_signal_handlers_and_clears_the_
     assert result.exit_code == 130
     assert handlers() == before and not INTERRUPTED["on"]
     assert "unexpected ValueError" in pair_error("x.png", ValueError("odd"))
+
+
+def test_a_file_system_without_locks_is_said_once_and_the_run_goes_on(tmp_path, family, monkeypatch):
+    """On a shared file system that takes no locks (Lustre without `flock`, NFS without its lock
+    service), flock fails with ENOLCK or ENOSYS, and every complete or train was refused as
+    'another lmae-repair run is writing here' though none was."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from lmae_repair import complete as complete_module
+    from lmae_repair.cli import app
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(complete_module.fcntl, "flock", no_locks)
+    root = make_paired(tmp_path / "ds", count=2, size=32)
+    out = tmp_path / "out"
+    args = ["complete", str(root), "--out", str(out), "--models", str(family), "--device", "cpu", "--workers", "0"]
+    said = []
+    for _ in range(2):  # the second run finds the first's lock file
+        result = CliRunner().invoke(app, args)
+        said.append(" ".join(result.output.split()))
+        assert result.exit_code == 0, result.output
+        assert "another lmae-repair run" not in said[-1], said[-1]
+    assert len(list((out / "labels").glob("*.png"))) == 2
+    assert f"note: {out}: its file system takes no locks (No locks available)" in said[0], said[0]
+    assert said[0].count("takes no locks") == 1, said[0]  # though complete locks twice (before the models load, then to write)
