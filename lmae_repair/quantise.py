@@ -303,8 +303,11 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_()).clamp_(min=1e-12).div_(127.0)
-        # int32 products times the row scale: one pass (the multiplication promotes to float)
-        products = torch.mul(torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), self.weight_t), scale)
+        # int32 products made float, then times the row scale: the same values as the promoting
+        # torch.mul(int32, float) (which casts each product to float32 first), in PyTorch's
+        # vectorised float kernels rather than its slower mixed-dtype path (1.2 -> 0.5 ms on a
+        # 3136 x 256 product, one core; 24 CamVid pairs: 0.36 -> 0.25 s of 5.3 s model time)
+        products = torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), self.weight_t).float().mul_(scale)
         out = products.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, products, self.weight_scale)
         return out.view(*shape[:-1], out.shape[-1])
 

@@ -172,3 +172,19 @@ def test_int8_inference_gives_each_image_the_same_result_whatever_shares_its_bat
     # float rounding only (kernels block a batch differently; float32 differs as much), not a
     # quantisation step: a shared int8 range moved probabilities by about 1e-2
     assert max(float((a - b).abs().max()) for a, b in zip(together, alone)) < 1e-5
+
+
+def test_int8_linear_scales_its_products_exactly_as_the_promoting_multiplication_did():
+    """The int32 products are made float before the row scale multiplies them (faster kernels);
+    the result must be the bits the mixed int32 x float32 multiplication gave (the labels
+    `complete` writes stay byte-identical)."""
+    torch.manual_seed(0)
+    for bias in (True, False):
+        int8 = Int8Linear(torch.nn.Linear(512, 96, bias=bias))
+        x = torch.randn(3, 50, 512) * 40.0
+        rows = x.reshape(-1, 512)
+        scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_()).clamp_(min=1e-12).div_(127.0)
+        products = torch.mul(torch._int_mm(torch.div(rows, scale).round_().to(torch.int8), int8.weight_t), scale)
+        old = products.mul_(int8.weight_scale) if int8.bias is None else torch.addcmul(int8.bias, products, int8.weight_scale)
+        with torch.no_grad():
+            assert torch.equal(int8(x), old.view(3, 50, 96))
