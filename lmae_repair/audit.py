@@ -73,6 +73,7 @@ EMPTY_LABEL = "label is all background or void"
 # images without a label are the data's unannotated frames from this share of the images (and
 # EMPTY_COMMON_COUNT of them): a video tool exporting every Nth frame leaves (N-1)/N of them
 UNLABELLED_COMMON_SHARE = 0.25
+FEW_LABELS = 5  # fewer measured labels give the medians and deviations of the scores nothing to stand on
 FAR_CONFIDENCE = 0.5  # a far look-alike: the model finds its class more likely than not...
 FAR_PIXELS = 10  # ... over this many pixels from any annotation of that class
 NOT_FAR = 255  # in the map of far look-alikes' classes: none here
@@ -228,6 +229,27 @@ def empty_labels_note(rows: list[dict]) -> str | None:
     return (f"{len(empty)} of the {len(measured)} labels are all background or void (empty slices, or images with nothing "
             "to annotate?): without a model nothing tells them from labels emptied by mistake, so they are listed as file "
             "defects after the other file defects; with --models, what the model sees in each ranks it among the others")
+
+
+def few_labels_note(rows: list[dict]) -> str | None:
+    """What the scores are worth where fewer than FEW_LABELS labels were measured, and what to go
+    by instead. Why: scores and reasons measure each label against the dataset's median and
+    spread, and a dataset of one label is its own median: a label half void (86,400 suspect
+    pixels) was audited alone at score 0.00, "0 of 1 with a reason". The suspect pixels are the
+    label's own measure, so the note names the label with most of them."""
+    measured = [row for row in rows if not row["defect"]]
+    if not measured or len(measured) >= FEW_LABELS:
+        return None
+    labels = f"{len(measured)} label{'s' if len(measured) > 1 else ''}"
+    note = (f"only {labels} to compare: scores and reasons measure each label against the dataset's median, which needs "
+            f"{FEW_LABELS} labels or more to mean anything")
+    if all(row["suspect_share"] is None for row in measured):  # no model measured them
+        return note
+    worst = max(measured, key=lambda row: row["suspect_share"] or 0.0)
+    if not worst["suspect_pixels"]:
+        return f"{note}; the model would fill no pixel of {'any of them' if len(measured) > 1 else 'it'}"
+    return (f"{note}; go by the suspect pixels, those the model would fill: most in {worst['label']}, "
+            f"{worst['suspect_pixels']:,} ({worst['suspect_share']:.1%} of it)")
 
 
 def audit_dataset(

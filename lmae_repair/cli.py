@@ -911,8 +911,8 @@ def audit(
     """List the labels that look broken, worst first: file defects, statistics against the rest of the dataset, and where the model sees annotated classes the label lacks."""
 
     def run() -> int:
-        from lmae_repair.audit import (AuditOptions, audit_dataset, empty_labels_note, journal_for, label_space_of_data, unlabelled_note,
-                                       write_csv, write_json)
+        from lmae_repair.audit import (AuditOptions, audit_dataset, empty_labels_note, few_labels_note, journal_for, label_space_of_data,
+                                       unlabelled_note, write_csv, write_json)
         from lmae_repair.families import NoFamilyFits, resolve_models
 
         device_name, arithmetic = device_and_precision(device, precision)
@@ -961,7 +961,7 @@ def audit(
             console.print(f"{counted(resumed, 'pair')} measured by an earlier, interrupted run, taken from its journal "
                           "(removed now that the report holds every row)", highlight=False)
         print_audit(rows, top)
-        for note in (empty_labels_note(rows), unlabelled_note(rows)):
+        for note in (empty_labels_note(rows), unlabelled_note(rows), few_labels_note(rows)):
             if note:
                 console.print(f"note: {note}", highlight=False)
         for path, _ in files:

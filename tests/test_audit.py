@@ -837,3 +837,30 @@ def test_where_images_without_a_label_are_common_they_are_listed_last_not_above_
     assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
     output = " ".join(result.output.split())
     assert "note: 4 of the 10 images have no label (frames left unannotated" in output, output
+
+
+def test_an_audit_of_fewer_than_five_labels_says_the_scores_compare_nothing_and_names_the_most_suspect_label(tmp_path, family):
+    """One label is its own median: audited alone, a label half void scored 0.00 with no reason
+    and no word why. The note says the scores need more labels and points at the suspect pixels."""
+    from lmae_repair.audit import FEW_LABELS, few_labels_note, new_row, score_rows
+    from lmae_repair.labelspace import LabelSpace
+
+    row = new_row("labels/half.png", None)
+    row.update(missing_share=0.5, suspect_share=0.5, separate_share=0.1, far_share=0.4, suspect_pixels=86400, pixels=172800,
+               classes=[1, 2])
+    score_rows([row], LabelSpace(3, background_id=0, void_id=255))
+    assert row["score"] == 0.0 and not row["reasons"]  # what the note is there to explain
+    note = few_labels_note([row])
+    assert note.startswith("only 1 label to compare") and "labels/half.png, 86,400 (50.0% of it)" in note
+    many = []
+    for i in range(FEW_LABELS):
+        other = new_row(f"labels/{i}.png", None)
+        other.update(missing_share=0.1, suspect_share=0.0, suspect_pixels=0, pixels=100, classes=[1])
+        many.append(other)
+    assert few_labels_note(many) is None
+    assert few_labels_note(many[:2]).endswith("the model would fill no pixel of any of them")
+
+    root = make_paired(tmp_path / "ds", count=1, size=64, seed=3)
+    result = audit(root, family)
+    assert result.exit_code == 0, result.output
+    assert "note: only 1 label to compare" in " ".join(result.output.split())
