@@ -846,7 +846,12 @@ def evaluate(
 
 def nothing_erased_reason(result: dict) -> str:
     """Why an `evaluate` damage erased nothing, and what to change: for objects, whether the pairs
-    held no object under the size limit at all or the random draw took none of those they held."""
+    held no object under the size limit at all or the random draw took none of those they held.
+    Labels that hold no class at all (all void) come first: a damage has nothing to erase there,
+    and the advice to raise --mask-ratio sent the user after the wrong cause."""
+    if result.get("unannotated") == result["pairs"]:
+        return (f"{'no label holds an' if result['pairs'] > 1 else 'the label holds no'} annotated pixel (all void): evaluate damages "
+                "complete labels and scores the repair against them; give it pairs whose labels are annotated")
     if result["strategy"] != "objects":
         return (f"raise --mask-ratio, or lower --patch-size: only whole patches are erased, none where {result['patch_size']} "
                 "pixels is more than an image's side")

@@ -244,14 +244,16 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         min_confidence=options.min_confidence, precision=options.precision,
     ))
     pairs = index.pairs[: options.max_pairs or None]
-    used = erased_pixels = objects = 0
+    used = erased_pixels = objects = unannotated = 0
     routed: dict[str, int] = {}
     batch: list[Case] = []
 
     def score(cases: list[Case]) -> None:
-        nonlocal used, erased_pixels, objects
+        nonlocal used, erased_pixels, objects, unannotated
         scored = score_cases(cases, completer, checkpoints, scores, on_pair, on_error)
         used += len(scored)
+        # labels all void have nothing to erase: told apart from a damage too light (`nothing_erased_reason`)
+        unannotated += sum(1 for case in scored if not (case.truth < space.num_classes).any())
         erased_pixels += sum(int(case.erased.sum()) for case in scored)
         objects += sum(case.objects for case in scored)
         for case in scored:
@@ -294,6 +296,7 @@ def evaluate_dataset(index: DatasetIndex, checkpoints, options: EvaluateOptions,
         "version": __version__,
         "pairs": used,
         "erased_pixels": erased_pixels,
+        "unannotated": unannotated,  # pairs whose label holds no class at all (all void)
         "objects": objects if options.strategy == "objects" else None,  # small enough to be erased
         "routed": dict(sorted(routed.items())),  # damaged pairs per checkpoint: what the model's figures measure
         "methods": {name: scores[name].summary(space) for name in methods},

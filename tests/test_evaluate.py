@@ -259,3 +259,20 @@ def test_images_without_a_label_are_noted_as_not_scored(tmp_path, family):
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert f"note: 1 image has no label and is not scored (first: {root / 'images' / 'seq01' / 'frame_000002.png'}: no label" in output, output
+
+
+def test_labels_all_void_erase_nothing_and_the_line_says_so_not_to_raise_the_mask_ratio(tmp_path, family):
+    """Two labels all void: 'the damage erased no annotated pixel (raise --mask-ratio, or lower
+    --patch-size ...)' sent the user after the wrong cause; the line names the labels' void."""
+    from PIL import Image
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    for label in (root / "labels").iterdir():
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(label)
+    report = tmp_path / "o.json"
+    result = runner.invoke(app, ["evaluate", str(root), "--models", str(family), "--device", "cpu", "--json", str(report)])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 1, told
+    assert "erased no annotated pixel in 2 pairs (no label holds an annotated pixel (all void)" in told, told
+    assert "raise --mask-ratio" not in told
+    assert json.loads(report.read_text())["unannotated"] == 2
