@@ -1397,7 +1397,7 @@ def validation_rows(info) -> list[tuple[str, str]]:
     rows = [(f"validation {key.removeprefix('val_')}", str(value)) for key, value in validation.items()]
     if training.get("val_data"):
         split = f", split {training['val_split']}" if training.get("val_split") else ""
-        pairs = f", {training['val_pairs']} pairs" if training.get("val_pairs") is not None else ""
+        pairs = f", {counted(training['val_pairs'], 'pair')}" if training.get("val_pairs") is not None else ""
         same = training["val_data"] == training.get("data") and training.get("val_split") == training.get("split")
         rows.append(("validation data", f"{training['val_data']}{split}{pairs}" + (" (the training data: not held out)" if same else "")))
     return rows

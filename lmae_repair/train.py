@@ -342,8 +342,8 @@ def train_one_ratio(
     processes = f", {ranks.world_size} processes x {options.batch_size} images per step" if ranks.distributed else ""
     console.print(Text.assemble(
         (f"mask ratio {ratio:.2f}", "bold"), f": {options.preset} model, {model.num_parameters() / 1e6:.1f}M "
-        f"parameters, patch {config.patch_size}, {len(data.train_pairs)} training pairs, "
-        f"{len(data.val_pairs)} validation pairs, device {device}{processes}; "
+        f"parameters, patch {config.patch_size}, {pairs_text(len(data.train_pairs), 'training')}, "
+        f"{pairs_text(len(data.val_pairs), 'validation')}, device {device}{processes}; "
         f"{epoch_plan(state.epoch, options.epochs, options.max_minutes)}"
     ))
     use_amp = device.type == "cuda"
@@ -983,7 +983,12 @@ def validation_text(training: dict) -> str:
     to another disk is still the same validation)."""
     if not training.get("val_pairs"):
         return "no validation pairs"
-    return f"{training['val_pairs']} validation pairs" + (f" of split {training['val_split']}" if training.get("val_split") else "")
+    return pairs_text(training["val_pairs"], "validation") + (f" of split {training['val_split']}" if training.get("val_split") else "")
+
+
+def pairs_text(count: int, kind: str) -> str:
+    """'1 training pair', '3 validation pairs': a run on one pair said '1 training pairs'."""
+    return f"{count} {kind} pair{'' if count == 1 else 's'}"
 
 
 def option_change(key: str, now, then) -> str:

@@ -1207,3 +1207,19 @@ def test_init_of_a_label_reading_branch_with_branch_reads_image_only_says_which_
     assert not list((tmp_path / "run").rglob("*.safetensors"))
     help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.replace("│", " ").split())
     assert "--branch-reads-image-only: image only" not in help_text
+
+
+def test_a_run_on_one_pair_counts_it_in_the_singular_and_so_does_inspect(tmp_path):
+    """A run on one training and one validation pair said '1 training pairs, 1 validation pairs',
+    and inspect 'validation data ..., 1 pairs'."""
+    make_paired(tmp_path / "ds" / "train", count=1, size=64, seed=1)
+    make_paired(tmp_path / "ds" / "val", count=1, size=64, seed=2)
+    (tmp_path / "ds" / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tmp_path / "ds"), "--split", "train", "--val-split", "val", "--out", str(out),
+                                 "--epochs", "1", "--crop", "64", "--workers", "0"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 0, told
+    assert "1 training pair, 1 validation pair, device" in told, told
+    shown = runner.invoke(app, ["inspect", str(out / "mask-0.50" / "best.safetensors")])
+    assert shown.exit_code == 0 and "1 pairs" not in shown.output and ", 1 pair" in shown.output, shown.output
