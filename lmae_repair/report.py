@@ -277,6 +277,15 @@ def _resumed_text(totals: dict) -> str:
     return f" ({resumed} of them done by an earlier run into this folder)" if resumed else ""
 
 
+def _shown_text(pictured: int) -> str:
+    """What the page pictures: a run that changed no label (one pair, already complete) said
+    "The 0 most-changed pairs are shown ... and every changed label is listed below them"."""
+    if not pictured:
+        return "No label was changed, so none is pictured"
+    return (f"The {pictured} most-changed pair{'s are' if pictured > 1 else ' is'} shown (share of pixels changed, largest first; "
+            "a label's name opens its repaired file), and every changed label is listed below them")
+
+
 def changed_pairs_list(out: Path, entries: list[dict], limit: int = CHANGED_LISTED) -> str:
     """Every changed pair (the first `limit`), most changed first, without pictures: a curator
     sees which labels the run changed, and opens them, without reading the JSON."""
@@ -330,10 +339,8 @@ th {{ font-weight: normal; padding-top: 1.2em; }} img {{ image-rendering: pixela
 .key {{ margin-right: 1em; white-space: nowrap; }} .key i {{ display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: middle; border: 1px solid #999; }}
 </style></head><body>
 <h1>lmae-repair: {html.escape(report['data'])}</h1>
-<p>{totals['pairs']} pairs{_resumed_text(totals)}: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
-{totals['pixels_changed']:,} pixels changed{pixel_share}. The {len(pictured)} most-changed pairs are shown
-(share of pixels changed, largest first; a label's name opens its repaired file), and every changed label is listed
-below them; the full report, unchanged and failed pairs included, is in {REPORT_JSON}.</p>
+<p>{totals['pairs']} pair{'' if totals['pairs'] == 1 else 's'}{_resumed_text(totals)}: {totals['repaired']} repaired, {totals['unchanged']} unchanged, {totals['failed'] - count} failed{unpaired};
+{totals['pixels_changed']:,} pixels changed{pixel_share}. {_shown_text(len(pictured))}; the full report, unchanged and failed pairs included, is in {REPORT_JSON}.</p>
 <p>{HOW_TO_READ}</p>
 {failures}
 <p>{legend}</p>

@@ -1672,3 +1672,15 @@ def test_slurm_cpus_per_task_bounds_pytorchs_threads_unless_omp_num_threads_is_s
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_page_of_a_run_on_one_pair_that_changed_nothing_says_so_in_the_singular(tmp_path):
+    """One pair, already complete: the page said '1 pairs: ...' and 'The 0 most-changed pairs
+    are shown ..., and every changed label is listed below them'."""
+    label = np.zeros((32, 32), np.uint8)
+    label[8:20, 8:20] = 1
+    page, pictures = written_report(tmp_path, [("only", np.zeros((32, 32, 3), np.uint8), label, label.copy(), None)])
+    text = " ".join(page.split())
+    assert "<p>1 pair: " in text and "1 pairs" not in text
+    assert "No label was changed, so none is pictured; the full report" in text and "most-changed" not in text
+    assert not pictures
