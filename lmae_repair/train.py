@@ -1162,7 +1162,10 @@ def settle_label_space(index: DatasetIndex, scan, space_options: dict, console: 
     if problem:
         raise LmaeError(f"{index.root}: {problem}")
     absent = [name for name, count in zip(space.names, scan.histogram[: space.num_classes]) if not count]
-    if absent:  # a class listed in classes.txt (or counted up to) that no label holds
+    # a class listed in classes.txt (or counted up to) that no label holds; where none holds any
+    # class, the error that nothing is annotated says it alone (`load_training_data`), not after a
+    # note naming every class as one the model "cannot learn"
+    if absent and len(absent) < space.num_classes:
         console.print(f"note: no training label holds {first_names(absent)}: the model cannot learn "
                       f"{'them' if len(absent) > 1 else 'it'}", highlight=False)
     pairs, outside = scan.outside(space)

@@ -1223,3 +1223,17 @@ def test_a_run_on_one_pair_counts_it_in_the_singular_and_so_does_inspect(tmp_pat
     assert "1 training pair, 1 validation pair, device" in told, told
     shown = runner.invoke(app, ["inspect", str(out / "mask-0.50" / "best.safetensors")])
     assert shown.exit_code == 0 and "1 pairs" not in shown.output and ", 1 pair" in shown.output, shown.output
+
+
+def test_training_labels_all_void_are_refused_in_one_line_without_a_note_that_every_class_cannot_be_learnt(tmp_path):
+    """Labels all void (with a classes.txt) printed 'note: no training label holds background,
+    red, green, ...: the model cannot learn them' before the error that says the real cause."""
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    (root / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    for label in (root / "labels").iterdir():
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(label)
+    result = runner.invoke(app, ["train", str(root), "--epochs", "1", "--crop", "64", "--workers", "0", "--out", str(tmp_path / "run")])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 2, told
+    assert "no training label holds an annotated pixel (all void): nothing to learn from" in told
+    assert "cannot learn" not in told
