@@ -1553,9 +1553,11 @@ def voc_colour_label(path: Path, pixels: np.ndarray, mode: str) -> tuple[np.ndar
 def _folder_palette(folder: Path, stamp: int, looked_at: int = 20) -> tuple[Path, np.ndarray] | None:
     """(the first palette label among the first `looked_at` label files of a folder, its palette's
     colour codes), or None: looked up once per folder (`stamp`, its mtime, renews it), not once per
-    colour label in it, as a dataset of colour labels fails every one."""
+    colour label in it, as a dataset of colour labels fails every one. Regular files only: opening a
+    FIFO named .png beside the label would wait forever."""
     try:
-        siblings = sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith("."))
+        siblings = sorted(p for p in folder.iterdir()
+                          if p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith(".") and p.is_file())
     except OSError:
         return None
     for sibling in siblings[:looked_at]:

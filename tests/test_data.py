@@ -1562,3 +1562,26 @@ def test_colour_labels_in_a_sequences_nested_subfolder_read_the_datasets_cvat_la
     Image.fromarray(colours[indices]).save(label)
     read = read_label(label)
     assert read.mode == "RGB" and np.array_equal(read.values, indices)
+
+
+def test_the_palette_of_neighbours_is_looked_up_without_opening_a_fifo_beside_the_label(tmp_path):
+    """The hint for a colour label among palette labels opened the label folder's files to find a
+    palette; a FIFO named .png among them made `complete` wait forever (found by the robustness
+    corpus). Only regular files are opened now; the hint still comes from a palette label."""
+    import os
+    import threading
+
+    from lmae_repair.data import _folder_palette
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    os.mkfifo(folder / "a_fifo.png")
+    palette_label = Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").convert("P")
+    palette_label.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    palette_label.save(folder / "b_palette.png")
+    found = []
+    worker = threading.Thread(target=lambda: found.append(_folder_palette(folder, 0)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert found, "looking up the folder's palette waited on the FIFO"
+    assert found[0] is not None and found[0][0].name == "b_palette.png"
