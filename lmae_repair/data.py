@@ -183,7 +183,9 @@ def walk_once(folder: Path, onerror=None):
     the folders beside it: a dataset's labels were read as images without a label, and a link
     up from a side folder found every pair 40 times over. Hidden folders (.git/,
     .ipynb_checkpoints/, a drive's .Trash-1000/) and SYSTEM_FOLDERS are not data: the images and
-    labels of a deleted copy in a USB drive's trash were found as a second set of pairs."""
+    labels of a deleted copy in a USB drive's trash were found as a second set of pairs.
+    Folders are walked in sorted order, not the file system's: with `images/latest -> seq01` and
+    the same in labels/, which name is used must not differ between images/ and labels/."""
     visited = {str(above) for above in Path(os.path.realpath(folder)).parents}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
         real = os.path.realpath(dirpath)
@@ -191,7 +193,7 @@ def walk_once(folder: Path, onerror=None):
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d.casefold() not in SYSTEM_FOLDERS]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.casefold() not in SYSTEM_FOLDERS)
         yield dirpath, dirnames, filenames
 
 

@@ -1585,3 +1585,29 @@ def test_the_palette_of_neighbours_is_looked_up_without_opening_a_fifo_beside_th
     worker.join(timeout=20)
     assert found, "looking up the folder's palette waited on the FIFO"
     assert found[0] is not None and found[0][0].name == "b_palette.png"
+
+
+def test_a_folder_reached_two_ways_is_named_the_same_way_in_images_and_labels(tmp_path, monkeypatch):
+    """`images/latest -> seq01` (and the same in labels/): which name was used hung on the order
+    the file system listed the folders in, so images/ and labels/ could each take a different one
+    and no pair formed. Folders are now walked in sorted order, whatever the file system says."""
+    root = tmp_path / "ds"
+    make_paired(tmp_path / "flat", count=2)
+    for side in ("images", "labels"):
+        (root / side).mkdir(parents=True)
+        shutil.move(str(tmp_path / "flat" / side), str(root / side / "seq01"))
+        (root / side / "latest").symlink_to("seq01", target_is_directory=True)
+    real_walk = os.walk
+
+    def labels_listed_backwards(top, **kwargs):  # a file system that lists labels/ in another order than images/
+        for dirpath, dirnames, filenames in real_walk(top, **kwargs):
+            if Path(dirpath).name == "labels":
+                dirnames.sort(reverse=True)
+            elif Path(dirpath).name == "images":
+                dirnames.sort()
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(os, "walk", labels_listed_backwards)
+    index = discover(root)
+    assert len(index.pairs) == 2 and index.unmatched == [] and index.unlabelled == []
+    assert keys(index) == sorted(keys(index)) and len({Path(k).parent.name for k in keys(index)}) == 1
