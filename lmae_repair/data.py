@@ -1712,7 +1712,21 @@ def check_same_size(pair: Pair, label_shape: tuple[int, int]) -> None:
                     turned = " (its EXIF orientation turns it a quarter for viewers; its stored pixels are what count: rotate the image's pixels to match)"
         except Exception:
             pass
-    raise LmaeError(f"{pair.label}: label is {label_shape[1]}x{label_shape[0]} but its image is {width}x{height}{turned}")
+        turned = turned or " (width and height swapped)"
+    raise LmaeError(f"{pair.label}: label is {label_shape[1]}x{label_shape[0]} but its image is {width}x{height}"
+                    f"{turned or scale_hint((label_shape[1], label_shape[0]), (width, height))}")
+
+
+def scale_hint(label_size: tuple[int, int], image_size: tuple[int, int]) -> str:
+    """' (exactly 2x the image: resized?)' where one size is a whole multiple of the other in both
+    directions: a label saved at another resolution than its image looks like any other mismatch
+    otherwise, and its likely cause (one of the two was resized) goes unsaid."""
+    for big, small, word in ((label_size, image_size, "{k}x"), (image_size, label_size, "1/{k} of")):
+        if all(s > 0 and b % s == 0 for b, s in zip(big, small)) and big[0] // small[0] == big[1] // small[1] > 1:
+            k = big[0] // small[0]
+            amount = "half" if word.startswith("1/") and k == 2 else word.format(k=k)
+            return f" (exactly {amount} the image's size: resized?)"
+    return ""
 
 
 def image_size(path: Path) -> tuple[int, int]:

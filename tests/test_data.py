@@ -1611,3 +1611,19 @@ def test_a_folder_reached_two_ways_is_named_the_same_way_in_images_and_labels(tm
     index = discover(root)
     assert len(index.pairs) == 2 and index.unmatched == [] and index.unlabelled == []
     assert keys(index) == sorted(keys(index)) and len({Path(k).parent.name for k in keys(index)}) == 1
+
+
+@pytest.mark.parametrize("label_size,hint", [
+    ((32, 48), "(width and height swapped)"),
+    ((96, 64), "(exactly 2x the image's size: resized?)"),
+    ((24, 16), "(exactly half the image's size: resized?)"),
+    ((16, 32), "$"),
+])
+def test_a_size_mismatch_says_when_the_label_is_the_image_turned_or_resized(tmp_path, label_size, hint):
+    """A label 2x its image, half of it, or with width and height swapped was only 'label is AxB but
+    its image is CxD'; the likely cause is now named on the same line (nothing for other sizes)."""
+    write_pair(tmp_path / "images" / "a.png", tmp_path / "labels" / "a.png",
+               np.zeros((32, 48, 3), np.uint8), np.zeros(label_size[::-1], np.uint8))
+    with pytest.raises(LmaeError, match=re.escape(f"label is {label_size[0]}x{label_size[1]} but its image is 48x32")
+                       + (re.escape(" " + hint) if hint != "$" else hint)):
+        read_pair(discover(tmp_path).pairs[0])
