@@ -1308,6 +1308,8 @@ def read_label(path: Path) -> LabelFile:
             png = png_extras(path) if img.format == "PNG" else None
             if mode in ("L", "P"):
                 values = np.array(img)
+                if mode == "L" and img.format == "PNG" and (bits := png_grey_bits(path)) in (2, 4):
+                    values //= 255 // (2 ** bits - 1)  # PIL scaled 0..3 to 0, 85, 170, 255 (4 bits: 0..15 by 17)
             elif mode == "1":  # a two-class mask at one bit per pixel: 0 and 1, written back as one
                 values = np.asarray(img).astype(np.uint8)
             elif mode in ("I", "I;16", "I;16B", "I;16L"):
@@ -1343,6 +1345,18 @@ def read_label(path: Path) -> LabelFile:
     except Exception as exc:
         raise LmaeError(f"{path}: unreadable label ({_reason(exc)})") from None
     return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff, png)
+
+
+def png_grey_bits(path: Path) -> int | None:
+    """The bit depth of a grayscale PNG (IHDR colour type 0), None for any other: PIL widens a 2-
+    or 4-bit grey PNG to 8 bits by scaling (0..3 to 0, 85, 170, 255), which left a label of
+    classes 0..3 refused as values outside the label space. The scaling is exact, so the stored
+    values are recovered by dividing; the label is written back with 8 bits."""
+    with open(path, "rb") as file:
+        header = file.read(26)
+    if len(header) == 26 and header[12:16] == b"IHDR" and header[25] == 0:
+        return header[24]
+    return None
 
 
 PNG_KEPT_CHUNKS = {b"pHYs", b"sCAL", b"tEXt", b"zTXt", b"iTXt", b"eXIf"}  # pixel size (sCAL: ITK's pixel spacing), text, EXIF

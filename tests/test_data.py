@@ -1627,3 +1627,29 @@ def test_a_size_mismatch_says_when_the_label_is_the_image_turned_or_resized(tmp_
     with pytest.raises(LmaeError, match=re.escape(f"label is {label_size[0]}x{label_size[1]} but its image is 48x32")
                        + (re.escape(" " + hint) if hint != "$" else hint)):
         read_pair(discover(tmp_path).pairs[0])
+
+
+def _grey_png_of_few_bits(path: Path, values: np.ndarray, depth: int) -> None:
+    """A grayscale PNG of `depth` (2 or 4) bits per pixel, which PIL cannot write."""
+    import struct
+    import zlib
+    per = 8 // depth
+    rows = b""
+    for row in values:
+        padded = np.concatenate([row, np.zeros(-len(row) % per, row.dtype)]).reshape(-1, per)
+        rows += b"\0" + bytes(int(sum(int(v) << (8 - depth * (j + 1)) for j, v in enumerate(group))) for group in padded)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_a_grey_png_label_of_2_or_4_bits_is_read_as_its_values_not_scaled_to_255(tmp_path, depth):
+    """PIL scales a 2-bit grey PNG's 0..3 to 0/85/170/255 (4-bit: 0..15 to 0, 17, ... 255), and
+    such labels were refused as values outside the label space; the stored values are now read."""
+    values = (np.arange(35).reshape(5, 7) % 2 ** depth).astype(np.uint8)
+    _grey_png_of_few_bits(tmp_path / "few.png", values, depth)
+    label = read_label(tmp_path / "few.png")
+    assert np.array_equal(label.values, values) and label.mode == "L"
