@@ -1037,6 +1037,7 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with Image.open(path) as img:
             check_size(path, img)
             check_stored_orientation(path, img)
+            refuse_frames(path, img)
             nodata = declared_nodata(img)
             if _bits_per_band(img, path) > 8 and not (img.mode.startswith("I") or img.mode == "F"):
                 _refuse_wide_band_interleaved(img, path)
@@ -1067,6 +1068,30 @@ def read_image_nodata(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             hint = ("; a multi-band TIFF as GDAL writes them (bands as grey samples, or band-interleaved) is not read: "
                     "convert it to RGB first, e.g. gdal_translate -b 1 -b 2 -b 3 -co PHOTOMETRIC=RGB IN.tif OUT.tif")
         raise LmaeError(f"{path}: unreadable image ({_reason(exc)}){hint}") from None
+
+
+def refuse_frames(path: Path, img: Image.Image) -> None:
+    """Refuse an animated PNG or WebP, or a TIFF of several full-size pages: it was read at its
+    first frame without a word, though the label may have been drawn on another, and a label of
+    that kind is refused (`read_label`). A TIFF's further pages that are smaller (a GeoTIFF's
+    overviews, a thumbnail) or a mask (NewSubfileType bit 4) are no other picture; nor are a
+    phone JPEG's extra pictures (MPO: a depth map, a preview), read as the photo they come with."""
+    frames = getattr(img, "n_frames", 1)
+    if frames < 2 or img.format not in ("PNG", "WEBP", "TIFF"):
+        return
+    if img.format == "TIFF":
+        size, whole = img.size, False
+        for page in range(1, frames):
+            img.seek(page)
+            whole = img.size == size and not int(img.tag_v2.get(254, 0)) & 5  # neither an overview nor a mask
+            if whole:
+                break
+        img.seek(0)
+        if not whole:
+            return
+    what = "pages (a multi-page TIFF)" if img.format == "TIFF" else f"frames (an animated {'WebP' if img.format == 'WEBP' else 'PNG'})"
+    raise LmaeError(f"{path}: image has {frames} {what}; lmae-repair reads single-frame images, and which frame "
+                    "the label belongs to is not known: save the one it was drawn on as an image of its own")
 
 
 def _tiff_tags(path: Path) -> dict | None:

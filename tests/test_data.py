@@ -1653,3 +1653,16 @@ def test_a_grey_png_label_of_2_or_4_bits_is_read_as_its_values_not_scaled_to_255
     _grey_png_of_few_bits(tmp_path / "few.png", values, depth)
     label = read_label(tmp_path / "few.png")
     assert np.array_equal(label.values, values) and label.mode == "L"
+
+
+@pytest.mark.parametrize("name", ["anim.png", "anim.webp", "pages.tif"])
+def test_an_animated_or_multi_page_image_is_refused_like_such_a_label_not_read_at_its_first_frame(tmp_path, name):
+    """An animated PNG or WebP and a TIFF of several pages were read at their first frame without
+    a word, though the label may belong to another (a label of that kind is refused); a TIFF whose
+    further pages are smaller (a GeoTIFF's overviews, a thumbnail) is still read, as is a JPEG."""
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    red.save(tmp_path / name, save_all=True, append_images=[blue], **({"lossless": True} if name.endswith("webp") else {}))
+    with pytest.raises(LmaeError, match=re.escape(str(tmp_path / name)) + ": image has 2 (frames|pages) .*save the one"):
+        read_image(tmp_path / name)
+    red.save(tmp_path / "overview.tif", save_all=True, append_images=[blue.resize((16, 16))])
+    assert read_image(tmp_path / "overview.tif")[0, 0].tolist() == [255, 0, 0]
