@@ -930,7 +930,6 @@ def audit(
         for path, option in ((json_file, "--json"), (csv_file, "--csv"), (heatmaps, "--heatmaps")):
             if path is not None:
                 index.refuse_inside(path, option)
-        check_can_write_folder(heatmaps, "--heatmaps")  # after refuse_inside: it makes the folder
         space = None
         try:
             used, checkpoints = resolve_models(models, index)
@@ -942,6 +941,8 @@ def audit(
             problem = space.single_class_problem() if exc.advice else None  # else the reason said it
             if problem:
                 console.print(f"note: {problem}", highlight=False)
+        if checkpoints is not None:  # after refuse_inside: it makes the folder, so not where no heatmap is drawn
+            check_can_write_folder(heatmaps, "--heatmaps")
         console.print(f"{counted(len(index.pairs), 'pair')} ({index.layout} layout) in {index.root}; models: {used}", highlight=False)
         for problem in index.unmatched:
             report_failure(problem)

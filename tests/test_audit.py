@@ -864,3 +864,12 @@ def test_an_audit_of_fewer_than_five_labels_says_the_scores_compare_nothing_and_
     result = audit(root, family)
     assert result.exit_code == 0, result.output
     assert "note: only 1 label to compare" in " ".join(result.output.split())
+
+
+def test_heatmaps_asked_for_with_no_model_that_fits_make_no_empty_folder(tmp_path):
+    """`audit --heatmaps maps` where no model fits writes no heatmap (it says so), yet created
+    maps/ and left it empty; the folder is now made only when heatmaps will be drawn."""
+    root = make_paired(tmp_path / "ds", count=2)
+    result = runner.invoke(app, ["audit", str(root), "--device", "cpu", "--heatmaps", str(tmp_path / "maps")])
+    assert "writes no heatmaps" in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "maps").exists()
