@@ -1122,7 +1122,7 @@ def average(
         from lmae_repair.data import distinct_files
         from lmae_repair.train import EPOCH_FILES, STATE_FILE
 
-        from lmae_repair.families import not_a_local_path
+        from lmae_repair.families import not_a_local_path, with_checkpoint_suffix
 
         missing = [spec for spec in checkpoints if not Path(spec).exists()]  # str: Path("hf://o/n") reads hf:/o/n
         if missing:
@@ -1154,13 +1154,6 @@ def average(
                           f"weights and are not carried over; tune the average: lmae-repair tune DATA --models {target}", highlight=False)
 
     guarded(run)
-
-
-def with_checkpoint_suffix(path: Path) -> Path:
-    """`path` ending in .safetensors. `average --out models/mine/mask-0.50` wrote a file that
-    `--models models/mine` and `inspect` then did not find ("no .safetensors checkpoint found"):
-    a folder's checkpoints are its .safetensors files (checkpoints.checkpoints_in_folder)."""
-    return path if path.name.endswith(".safetensors") else path.with_name(path.name + ".safetensors")
 
 
 @command()

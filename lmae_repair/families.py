@@ -486,8 +486,17 @@ def set_routing(path: Path, dest: Path, ratios: list[float] | float, gap_kind: s
     gap_kind = info.gap_kind if gap_kind is None else gap_kind
     training = {**info.training, "trained_mask_ratio": info.training.get("trained_mask_ratio", info.mask_ratio)}
     served = replace(info, mask_ratio=float(ratios[0]), serve_ratios=[float(r) for r in ratios[1:]], gap_kind=gap_kind, training=training)
-    save_checkpoint(Path(dest), model, served, half=half)
-    return Path(dest)
+    dest = with_checkpoint_suffix(Path(dest))
+    save_checkpoint(dest, model, served, half=half)
+    return dest
+
+
+def with_checkpoint_suffix(path: Path) -> Path:
+    """`path` ending in .safetensors. `average --out models/mine/mask-0.50` (and `set_routing`,
+    `set_context` given `mine/general`) wrote a file that `--models models/mine` and `inspect`
+    then did not find ("no .safetensors checkpoint found"): a folder's checkpoints are its
+    .safetensors files (checkpoints.checkpoints_in_folder)."""
+    return path if path.name.endswith(".safetensors") else path.with_name(path.name + ".safetensors")
 
 
 def check_distinct_slots(ratios: list[float]) -> None:
@@ -510,13 +519,16 @@ def set_context(path: Path, dest: Path, patches: int, half: bool = True) -> Path
     `CheckpointInfo.context_patches`, `model.context_around`). Set it only after measuring the
     family's damage with and without (`evaluate`): it made `complete` on CamVid val about 10%
     faster at no measurable cost there, and cost the concrete family a little precision."""
+    from numbers import Integral
+
     from lmae_repair.checkpoints import load_checkpoint, save_checkpoint
 
-    if patches < 0:
-        raise LmaeError(f"context patches must be 0 or more, got {patches}")
+    if not isinstance(patches, Integral) or isinstance(patches, bool) or patches < 0:  # "3" raised a TypeError
+        raise LmaeError(f"context patches must be a whole number, 0 or more, got {patches!r}")
     model, info = load_checkpoint(path)
-    save_checkpoint(Path(dest), model, replace(info, context_patches=int(patches)), half=half)
-    return Path(dest)
+    dest = with_checkpoint_suffix(Path(dest))
+    save_checkpoint(dest, model, replace(info, context_patches=int(patches)), half=half)
+    return dest
 
 
 def serve_at_ratio(path: Path, ratio: float, dest: Path, half: bool = True) -> Path:

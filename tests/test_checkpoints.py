@@ -534,3 +534,20 @@ def test_set_routing_takes_one_ratio_as_a_number_and_refuses_ratios_that_are_not
     with pytest.raises(LmaeError, match=r"mask ratios must be numbers in \(0, 1\], got \['0.5'\]"):
         set_routing(source, tmp_path / "text.safetensors", ["0.5"])
     assert not (tmp_path / "text.safetensors").exists()
+
+
+def test_set_routing_and_set_context_write_a_file_a_family_folder_finds_and_refuse_a_wrong_type_in_one_line(tmp_path):
+    """`set_routing(src, "mine/general")` wrote `general` without .safetensors, which `--models
+    mine` then did not find (`average --out` adds the suffix); `set_context(..., "3")` raised
+    "'<' not supported between instances of 'str' and 'int'"."""
+    from lmae_repair.families import find_checkpoints, set_context, set_routing
+
+    path, _, _ = saved(tmp_path)
+    routed = set_routing(path, tmp_path / "mine" / "general", [0.25, 0.5])
+    near = set_context(path, tmp_path / "near" / "mask-0.50", 1)
+    assert routed == tmp_path / "mine" / "general.safetensors" and near == tmp_path / "near" / "mask-0.50.safetensors"
+    assert {found for found, _ in find_checkpoints([tmp_path / "mine"])} == {routed}
+    assert {found for found, _ in find_checkpoints([tmp_path / "near"])} == {near}
+    for patches in ("3", 1.5, True):
+        with pytest.raises(LmaeError, match="context patches must be a whole number"):
+            set_context(path, tmp_path / "bad.safetensors", patches)
