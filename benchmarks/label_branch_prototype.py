@@ -11,7 +11,18 @@ restored, precision of changed pixels, intact pixels changed, at several confide
 
 2026-12-06, 2-core AMD EPYC: image-only at 0.7: restored 0.238, precision 0.237, intact 1.24%;
 reading labels after 20 minutes (700 steps of 16) at 0.5: 0.252, 0.600, 0.21%."""
-import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import sys
+def usage_wanted(args):  # --help or no arguments crashed with IndexError, after loading torch
+    try:
+        return args[1] not in ('image', 'labels') or float(args[2]) < 0
+    except (IndexError, ValueError):
+        return True
+if usage_wanted(sys.argv):
+    helped = len(sys.argv) > 1 and sys.argv[1] in ('-h', '--help')
+    print(__doc__ + '\n\n    usage: label_branch_prototype.py image|labels MINUTES [CONCRETE_VOC_DIR]',
+          file=sys.stdout if helped else sys.stderr)
+    sys.exit(0 if helped else 2)
+import time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from lmae_repair.checkpoints import load_checkpoint
 from lmae_repair.masking import erase_objects

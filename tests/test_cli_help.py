@@ -99,3 +99,13 @@ def test_the_app_called_from_python_takes_path_objects_as_a_notebook_passes_them
     click's parser. Each argument that is a path is taken as its text."""
     assert app(["inspect", family / "mask-0.25" / "best.safetensors"], standalone_mode=False) in (None, 0)
     assert "mask ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,code", [(["--help"], 0), ([], 2), (["labels"], 2), (["labels", "twenty"], 2)])
+def test_the_label_branch_prototype_prints_its_usage_not_an_index_error(args, code):
+    """`python benchmarks/label_branch_prototype.py --help` (or with no arguments) crashed with
+    IndexError after loading torch; it now prints how to run it."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "label_branch_prototype.py"
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    assert "label_branch_prototype.py labels 20" in result.stdout + result.stderr
