@@ -368,6 +368,8 @@ def train_one_ratio(
                 trained, loader, optimizer, weights, ratio, options, data.space, generator, device,
                 use_amp, warmup, state, progress, task,
             )
+            if math.isnan(train_loss):
+                raise LmaeError(diverged_message(folder, ratio, epoch, state.epoch, options.lr))
             plateau.step(train_loss)
             record = {
                 "epoch": epoch,
@@ -402,6 +404,24 @@ def train_one_ratio(
                 progress.update(task, total=done + more * len(loader))
     wait_for_all()  # the checkpoints are written before any process reads them
     return folder / "best.safetensors"
+
+
+def diverged_message(folder: Path, ratio: float, epoch: int, saved: int, lr: float) -> str:
+    """What to say when an epoch's training loss is NaN (diverged, typically a too high --lr):
+    its weights are NaN too (no gradient scaler skips such a step), and every later epoch would
+    be NaN. The run went on to its last epoch and then ended with 'best.safetensors: no such
+    checkpoint file', or, validated, kept NaN weights as best. It stops there instead, without
+    saving that epoch, and says what is kept (the saved epochs, which --resume would continue
+    at the same --lr) and what to try."""
+    if saved:
+        kept = (f"{folder} keeps epoch{'s 1-' if saved > 1 else ' '}{saved} (best.safetensors, last.safetensors, "
+                f"state.pt), not epoch {epoch}")
+        where = (f" into a new --out (the saved run resumes only at its --lr), or from its weights with "
+                 f"--init {folder / 'best.safetensors'}")
+    else:
+        kept, where = "nothing was saved (no epoch ended before it)", ""
+    return (f"mask ratio {ratio:.2f}: the training loss became NaN in epoch {epoch} (the weights are no longer numbers), "
+            f"so training stopped; {kept}; try a lower --lr than {lr:g} (e.g. --lr {lr / 5:g}){where}")
 
 
 def tuned_on(path: Path) -> str | None:

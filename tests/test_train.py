@@ -1237,3 +1237,37 @@ def test_training_labels_all_void_are_refused_in_one_line_without_a_note_that_ev
     assert result.exit_code == 2, told
     assert "no training label holds an annotated pixel (all void): nothing to learn from" in told
     assert "cannot learn" not in told
+
+
+def test_a_training_loss_that_becomes_nan_stops_the_run_saying_when_what_is_kept_and_to_lower_the_lr(tmp_path, monkeypatch):
+    """A diverging run (too high --lr) trained on to its last epoch with NaN weights and then
+    ended with 'best.safetensors: no such checkpoint file' (or, validated, kept NaN weights as
+    best). It stops at the NaN epoch, saves nothing of it, and says what is kept and what to try."""
+    import lmae_repair.train as train_module
+
+    real, calls = train_module.lmae_loss, []
+
+    def nan_from_the_second_step(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs) * (float("nan") if len(calls) >= 2 else 1.0)
+
+    monkeypatch.setattr(train_module, "lmae_loss", nan_from_the_second_step)
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(root), "--num-classes", "4", "--epochs", "3", "--batch-size", "2", "--crop", "32",
+                                 "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "training loss became NaN in epoch 2" in message and "keeps epoch 1 " in message and "lower --lr" in message
+    assert "no such checkpoint" not in message
+    assert len((out / "mask-0.50" / "history.jsonl").read_text().splitlines()) == 1
+    model, _ = load_checkpoint(out / "mask-0.50" / "best.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    calls.extend([1, 1])  # NaN from the first step, validated: nothing kept, not NaN weights as best
+    val = make_paired(tmp_path / "val", count=1, size=64, seed=4)
+    result = runner.invoke(app, ["train", str(root), "--val", str(val), "--num-classes", "4", "--epochs", "2", "--batch-size", "2",
+                                 "--crop", "32", "--workers", "0", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2, result.output
+    assert "NaN in epoch 1" in " ".join(result.output.split()) and "nothing was saved" in result.output
+    assert not (tmp_path / "v" / "mask-0.50" / "best.safetensors").exists()
