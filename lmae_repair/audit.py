@@ -238,7 +238,7 @@ def few_labels_note(rows: list[dict]) -> str | None:
     pixels) was audited alone at score 0.00, "0 of 1 with a reason". The suspect pixels are the
     label's own measure, so the note names the label with most of them."""
     measured = [row for row in rows if not row["defect"]]
-    if not measured or len(measured) >= FEW_LABELS:
+    if not too_few_labels(rows):
         return None
     labels = f"{len(measured)} label{'s' if len(measured) > 1 else ''}"
     note = (f"only {labels} to compare: scores and reasons measure each label against the dataset's median, which needs "
@@ -250,6 +250,14 @@ def few_labels_note(rows: list[dict]) -> str | None:
         return f"{note}; the model would fill no pixel of {'any of them' if len(measured) > 1 else 'it'}"
     return (f"{note}; go by the suspect pixels, those the model would fill: most in {worst['label']}, "
             f"{worst['suspect_pixels']:,} ({worst['suspect_share']:.1%} of it)")
+
+
+def too_few_labels(rows: list[dict]) -> bool:
+    """Whether some but fewer than FEW_LABELS labels were measured, so that their scores and
+    reasons compare nothing (`few_labels_note`). Each row of --json / --csv says it
+    (`few_labels`): a script read score 0.0 as a clean label, the note being on the terminal only."""
+    measured = sum(not row["defect"] for row in rows)
+    return 0 < measured < FEW_LABELS
 
 
 def audit_dataset(
@@ -287,6 +295,9 @@ def audit_dataset(
         if on_pair is not None:
             on_pair(rows[-1]["error"], True)
     score_rows(rows, space)
+    few = too_few_labels(rows)
+    for row in rows:
+        row["few_labels"] = few
     rank_common_unlabelled_last(rows)
     if colours is not None and any(has_heatmap(row) for row in rows):
         write_heatmap_legend(options.heatmaps, space, colours, rows)
@@ -580,7 +591,7 @@ def remove_stale_heatmaps(folder: Path, rows: list[dict]) -> int:
 
 
 PUBLIC_FIELDS = ("label", "image", "score", "evidence", "reasons", "suspect_pixels", "pixels", "missing_share", "suspect_share",
-                 "separate_share", "far_share")
+                 "separate_share", "far_share", "few_labels")
 
 
 def public(row: dict) -> dict:
@@ -592,11 +603,18 @@ def write_json(path: Path, rows: list[dict]) -> None:
     write_named_file(path, lambda f: f.write(text.encode()))
 
 
+def csv_value(value) -> str | float | int:
+    """A value as the CSV writes it: None empty, a flag true/false as in the JSON (not Python's True)."""
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(PUBLIC_FIELDS)
     for row in rows:
-        writer.writerow([" | ".join(row[k]) if k == "reasons" else ("" if row[k] is None else row[k]) for k in PUBLIC_FIELDS])
+        writer.writerow([" | ".join(row[k]) if k == "reasons" else csv_value(row[k]) for k in PUBLIC_FIELDS])
     # a file name that is not UTF-8 is written back as the bytes it has on disk, so a script can open it
     write_named_file(path, lambda f: f.write(buffer.getvalue().encode("utf-8", errors="surrogateescape")))

@@ -873,3 +873,21 @@ def test_heatmaps_asked_for_with_no_model_that_fits_make_no_empty_folder(tmp_pat
     result = runner.invoke(app, ["audit", str(root), "--device", "cpu", "--heatmaps", str(tmp_path / "maps")])
     assert "writes no heatmaps" in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "maps").exists()
+
+
+def test_the_json_and_csv_of_fewer_than_five_labels_say_on_every_row_that_the_scores_compare_nothing(tmp_path, family):
+    """With fewer than 5 labels the scores are 0.0 whatever the labels hold, and only the note on
+    the terminal said so: a script reading --json / --csv took them for clean labels. Each row
+    says it (`few_labels`), false where the dataset is large enough."""
+    root = make_paired(tmp_path / "ds", count=2, size=64, seed=3)
+    result = audit(root, family, "--json", str(tmp_path / "a.json"), "--csv", str(tmp_path / "a.csv"))
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "a.json").read_text())
+    assert len(rows) == 2 and all(row["few_labels"] is True for row in rows)
+    with open(tmp_path / "a.csv", newline="") as f:
+        assert [row["few_labels"] for row in csv.DictReader(f)] == ["true", "true"]
+
+    root = make_paired(tmp_path / "many", count=5, size=64, seed=3)
+    result = audit(root, family, "--json", str(tmp_path / "b.json"))
+    assert result.exit_code == 0, result.output
+    assert [row["few_labels"] for row in json.loads((tmp_path / "b.json").read_text())] == [False] * 5
