@@ -392,7 +392,8 @@ def complete(
     """Complete the labels of a dataset: route each pair to a checkpoint, rebuild its background-heavy patches, and write a completed copy of the dataset plus a report."""
 
     def run() -> int:
-        from lmae_repair.complete import CompleteOptions, check_output, complete_dataset, side_files, voc_folders_not_copied
+        from lmae_repair.complete import (CompleteOptions, check_output, complete_dataset, give_up_output, hold_output, side_files,
+                                          voc_folders_not_copied)
         from lmae_repair.families import resolve_models
 
         target = out or beside(data, "-completed")
@@ -403,12 +404,18 @@ def complete(
         )
         index = discover_data(data, split, images, labels)
         check_output(index, target, dry_run)  # before the models load
-        note_workers_beyond_cpus(workers)
-        unreadable: list[str] = []
-        side_files(index, unreadable)
-        for problem in unreadable:
-            console.print(f"note: {problem}", highlight=False)
-        used, checkpoints = resolve_models(models, index)
+        lock, made = (None, False) if dry_run else hold_output(index, target)  # a run started at once is refused first
+        try:
+            note_workers_beyond_cpus(workers)
+            unreadable: list[str] = []
+            side_files(index, unreadable)
+            for problem in unreadable:
+                console.print(f"note: {problem}", highlight=False)
+            used, checkpoints = resolve_models(models, index)
+        except BaseException:
+            if lock is not None:
+                give_up_output(lock, target, made)
+            raise
         ratios = ", ".join(f"{info.mask_ratio:.2f}" + (" for objects" if info.gap_kind == "objects" else "") for _, info in checkpoints)
         unpaired = f" and {counted(len(index.unmatched), 'file')} that could not be paired" if index.unmatched else ""
         console.print(f"{counted(len(index.pairs), 'pair')}{unpaired} ({index.layout} layout) in {index.root}; models: {used} (mask ratios {ratios}) on {options.device}, {options.precision}", highlight=False)
@@ -422,7 +429,7 @@ def complete(
                     progress["written"] += 1
                 advance(timed=worked)
 
-            report = complete_dataset(index, checkpoints, options, on_pair)
+            report = complete_dataset(index, checkpoints, options, on_pair, lock)
         if index.unlabelled:
             count = len(index.unlabelled)
             console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'were' if count > 1 else 'was'} left alone (first: {index.unlabelled[0]}; all in lmae-report.json)", highlight=False)

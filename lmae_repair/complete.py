@@ -745,6 +745,32 @@ def lock_output(out: Path, data_root: Path | None = None, name: str = LOCK_FILE)
     return handle
 
 
+def hold_output(index: DatasetIndex, out: Path):
+    """OUT made and locked (`lock_output`) before the models load, for `complete_dataset(lock=)`.
+    Why: two runs started at once into one OUT both passed `check_output` (no lock yet), and the
+    one refused loaded its models and printed its progress line before 'another lmae-repair run
+    is writing here'. Returns (lock, whether this run made OUT) for `give_up_output`."""
+    made = not out.exists()
+    make_output_folder(out)
+    return lock_output(out, index.root.resolve()), made
+
+
+def give_up_output(lock, out: Path, made: bool) -> None:
+    """Release OUT held by `hold_output` when the run ends before `complete_dataset` (no model
+    fits, a Ctrl-C while they load): an OUT this run made and left holding only its lock file is
+    removed again (the lock file removed while still held), as it was before OUT was locked early;
+    a lock file naming this dataset would refuse a later run of another dataset into it."""
+    try:
+        if made and [entry.name for entry in out.iterdir()] == [LOCK_FILE]:
+            (out / LOCK_FILE).unlink()
+            lock.close()
+            out.rmdir()  # fails, left alone, where another run has since put a file in it
+    except OSError:
+        pass
+    finally:
+        lock.close()
+
+
 def remove_temporaries(out: Path) -> None:
     """Delete the temporary files of a run that was killed (`atomic_write` names them .NAME.*.tmp);
     safe because this run holds the lock on OUT."""
@@ -813,16 +839,18 @@ def write_reports(out: Path, report: dict, space) -> str | None:
     return None
 
 
-def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None) -> dict:
+def complete_dataset(index: DatasetIndex, checkpoints, options: CompleteOptions, on_pair=None, lock=None) -> dict:
     """Repair every pair of `index` into options.out; returns the report (written unless dry run).
     `on_pair(entry, worked)` is called once per pair; worked is False for pairs finished by an
-    earlier run and for files that could not be paired."""
-    check_output(index, options.out, options.dry_run)
+    earlier run and for files that could not be paired. `lock`: OUT's lock from `hold_output`,
+    taken by the caller before the models loaded (else taken here); released at the end."""
+    if lock is None:
+        check_output(index, options.out, options.dry_run)
     started = time.perf_counter()
-    lock = None
     if not options.dry_run:
-        make_output_folder(options.out)
-        lock = lock_output(options.out, index.root.resolve())
+        if lock is None:
+            make_output_folder(options.out)
+            lock = lock_output(options.out, index.root.resolve())
         remove_temporaries(options.out)
         compact_progress(options.out)
         remove_earlier_report(options.out)

@@ -1684,3 +1684,35 @@ def test_the_page_of_a_run_on_one_pair_that_changed_nothing_says_so_in_the_singu
     assert "<p>1 pair: " in text and "1 pairs" not in text
     assert "No label was changed, so none is pictured; the full report" in text and "most-changed" not in text
     assert not pictures
+
+
+def test_a_run_started_at_the_same_moment_into_the_same_output_is_refused_before_its_models_load(tmp_path, family, monkeypatch):
+    """Two runs started at once into one OUT both passed the check for a lock (none was held
+    yet); the one refused then loaded its models and printed its progress line before 'another
+    lmae-repair run is writing here'. The other run is made to lock OUT just after the check."""
+    import lmae_repair.complete as complete_module
+    import lmae_repair.families as families
+
+    root = make_paired(tmp_path / "ds", count=2)
+    out = tmp_path / "out"
+    held, loads, real_check, real_resolve = [], [], complete_module.check_output, families.resolve_models
+
+    def check_then_the_other_run_locks(index, target, dry_run=False):
+        real_check(index, target, dry_run)
+        target.mkdir(exist_ok=True)
+        held.append(complete_module.lock_output(target, index.root.resolve()))
+
+    monkeypatch.setattr(complete_module, "check_output", check_then_the_other_run_locks)
+    monkeypatch.setattr(families, "resolve_models", lambda *args: loads.append(1) or real_resolve(*args))
+    try:
+        result = complete(root, out, family)
+    finally:
+        for lock in held:
+            lock.close()
+    assert result.exit_code == 2 and "another lmae-repair run is writing here" in result.output
+    assert not loads and "models:" not in result.output  # refused first, alone
+    monkeypatch.setattr(complete_module, "check_output", real_check)
+
+    missing = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "new"), "--models", str(tmp_path / "no-such-model")])
+    assert missing.exit_code == 2 and not (tmp_path / "new").exists()  # the OUT made to lock it is removed again
+    assert complete(root, out, family).exit_code == 0
