@@ -322,6 +322,8 @@ def train(
         background = parse_background_id(background_id)
         if background is not _UNSET:
             space_options["background_id"] = background
+        if out is not None:  # the run folder is known before the scan: an interruption there tells what it holds
+            started["options"] = options
         training_data = load_training_data(data, split, images, labels, val, val_split, space_options, console, val_max_pairs)
         if out is None:
             options.out = outside_input(training_data.train, options.out, "-runs")
@@ -358,10 +360,15 @@ def train(
     started: dict = {}  # the run's options, once settled: where an interruption finds what was saved
 
     def interrupted() -> str:
-        """What an interruption kept: 'every finished epoch is saved' was said where none had ended."""
+        """What an interruption kept: 'every finished epoch is saved' was said where none had ended,
+        and 'nothing was saved' by a --resume interrupted while it scanned the data (the run folder
+        is known before then with --out, and with --resume the epochs saved earlier are kept)."""
         from lmae_repair.train import STATE_FILE, ratio_folder
 
         options = started.get("options")
+        if options is None and resume:  # the default --out is settled only after the scan
+            return ("interrupted before training began: nothing new was saved, and any epochs an earlier run saved are "
+                    "kept; run the same command again")
         if options is None or not any((ratio_folder(options.out, ratio) / STATE_FILE).exists() for ratio in options.mask_ratios):
             return "interrupted before any epoch ended: nothing was saved; run the same command again"
         return "interrupted: every finished epoch is saved; the same command with --resume continues from the last one"

@@ -1271,3 +1271,27 @@ def test_a_training_loss_that_becomes_nan_stops_the_run_saying_when_what_is_kept
     assert result.exit_code == 2, result.output
     assert "NaN in epoch 1" in " ".join(result.output.split()) and "nothing was saved" in result.output
     assert not (tmp_path / "v" / "mask-0.50" / "best.safetensors").exists()
+
+
+def test_an_interrupted_scan_of_a_resumed_run_says_its_saved_epochs_are_kept_not_that_nothing_was_saved(tmp_path, monkeypatch):
+    """Ctrl-C while `train --resume` scanned the data said 'nothing was saved', though the run's
+    earlier epochs were there: the run folder was only looked at once the scan was over."""
+    import lmae_repair.train as train_module
+
+    root = make_paired(tmp_path / "ds", count=2, size=64)
+    args = ["train", str(root), "--batch-size", "2", "--crop", "32", "--workers", "0"]
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "r"), "--epochs", "1"]).exit_code == 0
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_training_data", interrupted)
+    result = runner.invoke(app, args + ["--out", str(tmp_path / "r"), "--epochs", "2", "--resume"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 130 and "every finished epoch is saved" in told and "nothing was saved" not in told, told
+    monkeypatch.chdir(tmp_path)  # the default --out, settled after the scan: the earlier epochs are still kept
+    result = runner.invoke(app, args + ["--epochs", "2", "--resume"])
+    told = " ".join(result.output.split())
+    assert result.exit_code == 130 and "any epochs an earlier run saved are kept" in told and "nothing was saved" not in told, told
+    result = runner.invoke(app, args + ["--out", str(tmp_path / "new"), "--epochs", "1"])
+    assert result.exit_code == 130 and "nothing was saved" in " ".join(result.output.split())  # true there
