@@ -444,6 +444,14 @@ def complete(
         if unannotated:
             count = len(unannotated)
             console.print(f"note: {count} label{'s have' if count > 1 else ' has'} no annotated pixel (all void) and {'were' if count > 1 else 'was'} left as {'they are' if count > 1 else 'it is'}: nothing to complete from (first: {unannotated[0]})", highlight=False)
+        from lmae_repair import __version__
+        from lmae_repair.complete import other_versions
+
+        kept, versions = other_versions(report["pairs"])
+        if kept:
+            console.print(f"note: {counted(len(kept), 'pair')} in {target} {'were' if len(kept) > 1 else 'was'} kept as finished by a run "
+                          f"of lmae-repair {' and '.join(versions)} (this is {__version__}), whose labels may differ from this "
+                          f"version's; a new --out writes them all with this one (first: {kept[0]['label']})", highlight=False)
         earlier = report["totals"].get("outputs_not_in_input", [])
         if earlier:
             count = len(earlier)

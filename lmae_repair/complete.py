@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lmae_repair import __version__
 from lmae_repair.checkpoints import CheckpointInfo, load_checkpoint
 from lmae_repair.data import (IMAGE_SUFFIXES, absolute_text, DatasetIndex, LabelFile, Pair, atomic_write, completed_label_ids, label_ids_path,
                                read_label, read_pair, relative_key, write_label)
@@ -576,6 +577,7 @@ def write_outputs(item: Loaded, values, index: DatasetIndex, options: CompleteOp
     """Write one pair's label (and image link) under OUT, then log it as finished."""
     entry = item.entry
     entry["resume_key"] = resume_key(item.pair, settings)
+    entry["version"] = __version__  # the resume key has none: a rerun by another version says so (`other_versions`)
     if entry["error"] is None and not options.dry_run:
         try:
             target = output_label_path(options.out, item.pair.key, index)
@@ -642,6 +644,18 @@ def remove_stale_outputs(pair: Pair, index: DatasetIndex, out: Path) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass  # a folder or an unwritable file: left as it is
+
+
+def other_versions(entries: list[dict]) -> tuple[list[dict], list[str]]:
+    """The finished pairs an earlier run of another lmae-repair version wrote (kept as done: the
+    resume key holds the models, options and inputs, not the code), and those versions ('an
+    earlier version' where the log predates recording it). A rerun into an old OUT says so once,
+    since that version may have written other labels; it refuses nothing."""
+    other = [entry for entry in entries if entry.get("error") is None and entry.get("version") != __version__]
+    versions = sorted({str(entry["version"]) for entry in other if entry.get("version")})
+    if any(not entry.get("version") for entry in other):
+        versions.append("an earlier version that did not record it")
+    return other, versions
 
 
 def load_progress(out: Path, index: DatasetIndex) -> dict[str, dict]:

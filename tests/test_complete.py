@@ -1716,3 +1716,32 @@ def test_a_run_started_at_the_same_moment_into_the_same_output_is_refused_before
     missing = runner.invoke(app, ["complete", str(root), "--out", str(tmp_path / "new"), "--models", str(tmp_path / "no-such-model")])
     assert missing.exit_code == 2 and not (tmp_path / "new").exists()  # the OUT made to lock it is removed again
     assert complete(root, out, family).exit_code == 0
+
+
+def test_a_rerun_into_an_output_written_by_another_version_says_its_finished_pairs_were_kept(tmp_path, family):
+    """The resume key holds the models, options and inputs, not lmae-repair's version: a rerun
+    into an OUT an older version wrote skipped its pairs as done without a word, though that
+    version may have written other labels. It says so once; a same-version rerun says nothing."""
+    from lmae_repair import __version__
+    from lmae_repair.complete import PROGRESS_LOG
+
+    root = make_paired(tmp_path / "ds", count=3)
+    out = tmp_path / "out"
+    assert complete(root, out, family).exit_code == 0
+    log = out / PROGRESS_LOG
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {entry["version"] for entry in entries} == {__version__}
+    again = complete(root, out, family)
+    assert again.exit_code == 0 and "kept as finished by a run of lmae-repair" not in again.output
+    labels = {path.name: path.read_bytes() for path in (out / "labels").iterdir()}
+
+    entries[0]["version"] = "0.0.1"
+    for entry in entries[1:]:
+        del entry["version"]  # a log of a version that did not record it
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    older = complete(root, out, family)
+    told = " ".join(older.output.split())
+    assert older.exit_code == 0, older.output
+    assert (f"3 pairs in {out} were kept as finished by a run of lmae-repair 0.0.1 and an earlier version that did not "
+            f"record it (this is {__version__})") in told, told
+    assert {path.name: path.read_bytes() for path in (out / "labels").iterdir()} == labels  # kept, not redone
