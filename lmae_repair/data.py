@@ -1325,6 +1325,7 @@ def read_label(path: Path) -> LabelFile:
                 # PIL keeps each value's high byte: grey classes 1..255 all read 0, the label emptied
                 raise LmaeError(f"{path}: {bits}-bit colour label ({img.mode}), read as 8 bits it would lose its class "
                                 "values; save it as an 8- or 16-bit grayscale (or palette) PNG of class indices")
+            grey_bits = png_grey_bits(img)  # from the decoder's plan, which img.load() clears
             img.load()
             mode = img.mode
             palette = img.getpalette() if mode == "P" else None
@@ -1333,8 +1334,8 @@ def read_label(path: Path) -> LabelFile:
             png = png_extras(path) if img.format == "PNG" else None
             if mode in ("L", "P"):
                 values = np.array(img)
-                if mode == "L" and img.format == "PNG" and (bits := png_grey_bits(path)) in (2, 4):
-                    values //= 255 // (2 ** bits - 1)  # PIL scaled 0..3 to 0, 85, 170, 255 (4 bits: 0..15 by 17)
+                if mode == "L" and grey_bits in (2, 4):
+                    values //= 255 // (2 ** grey_bits - 1)  # PIL scaled 0..3 to 0, 85, 170, 255 (4 bits: 0..15 by 17)
             elif mode == "1":  # a two-class mask at one bit per pixel: 0 and 1, written back as one
                 values = np.asarray(img).astype(np.uint8)
             elif mode in ("I", "I;16", "I;16B", "I;16L"):
@@ -1372,16 +1373,14 @@ def read_label(path: Path) -> LabelFile:
     return LabelFile(np.ascontiguousarray(values, dtype=np.uint8), mode, palette, transparency, tiff, png)
 
 
-def png_grey_bits(path: Path) -> int | None:
-    """The bit depth of a grayscale PNG (IHDR colour type 0), None for any other: PIL widens a 2-
-    or 4-bit grey PNG to 8 bits by scaling (0..3 to 0, 85, 170, 255), which left a label of
-    classes 0..3 refused as values outside the label space. The scaling is exact, so the stored
-    values are recovered by dividing; the label is written back with 8 bits."""
-    with open(path, "rb") as file:
-        header = file.read(26)
-    if len(header) == 26 and header[12:16] == b"IHDR" and header[25] == 0:
-        return header[24]
-    return None
+def png_grey_bits(img: Image.Image) -> int | None:
+    """The bit depth of a 2- or 4-bit grayscale PNG, None for any other (1 bit opens as mode 1), read from the
+    decoder's raw mode (`L;2`) before the pixels are loaded, not from the file a second time: PIL
+    widens a 2- or 4-bit grey PNG to 8 bits by scaling (0..3 to 0, 85, 170, 255), which left a
+    label of classes 0..3 refused as values outside the label space. The scaling is exact, so the
+    stored values are recovered by dividing; the label is written back with 8 bits."""
+    raw = img.tile[0][3] if img.format == "PNG" and img.tile else None  # (codec, extents, offset, raw mode)
+    return {"L;2": 2, "L;4": 4}.get(raw) if isinstance(raw, str) else None
 
 
 PNG_KEPT_CHUNKS = {b"pHYs", b"sCAL", b"tEXt", b"zTXt", b"iTXt", b"eXIf"}  # pixel size (sCAL: ITK's pixel spacing), text, EXIF
