@@ -281,7 +281,6 @@ def match_by_stem(image_dir: Path, label_dir: Path, root: Path) -> tuple[list[Pa
                 used.add(key)
                 at = next(i for i, line in enumerate(problems) if line.startswith(f"{label}: "))
                 problems[at] = problem(problems[at], images[key])
-    if label_dir.resolve() != image_dir.resolve():
         refused, _ = _by_stem(_files_below(label_dir, set(REFUSED_LABEL_SUFFIXES)), label_dir)
         for stem_path, path in sorted(refused.items()):
             if stem_path not in labels and stem_path not in label_clashes:
@@ -1607,8 +1606,7 @@ def _folder_palette(folder: Path, stamp: int, looked_at: int = 20) -> tuple[Path
         except Exception:
             continue
         if palette:
-            entries = np.asarray(palette[: len(palette) // 3 * 3], np.int32).reshape(-1, 3)
-            return sibling, (entries[:, 0] << 16) | (entries[:, 1] << 8) | entries[:, 2]
+            return sibling, colour_codes(np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3))
     return None
 
 
