@@ -830,9 +830,7 @@ def evaluate(
         total = min(len(index.pairs), max_pairs or len(index.pairs))
         console.print(f"{counted(total, 'pair')} ({index.layout} layout) in {index.root}; models: {used}; damage: {strategy} at {mask_ratio}, seed {seed}", highlight=False)
         if index.unlabelled:  # as complete and train note them: a video's unlabelled frames were left out without a word
-            count = len(index.unlabelled)
-            console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'are' if count > 1 else 'is'} "
-                          f"not scored (first: {index.unlabelled[0]})", highlight=False)
+            console.print(f"note: {index.unlabelled_images_note('not scored')}", highlight=False)
         failures = list(index.unmatched)
         for problem in failures:
             report_failure(problem)

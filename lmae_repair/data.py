@@ -136,6 +136,16 @@ class DatasetIndex:
         return next((folder for folder in self.input_folders
                      if path_r == folder.resolve() or folder.resolve() in path_r.parents), None)
 
+    def unlabelled_images_note(self, fate: str) -> str | None:
+        """'N images have no label and are `fate` (first: ...)', or None where every image has one:
+        train and evaluate say what they leave out, so that a partly labelled dataset (a video's
+        every Nth frame, a half-converted folder) is not used in part without a word."""
+        if not self.unlabelled:
+            return None
+        count = len(self.unlabelled)
+        return (f"{count} image{'s have' if count > 1 else ' has'} no label and {'are' if count > 1 else 'is'} {fate} "
+                f"(first: {self.unlabelled[0]})")
+
     def refuse_inside(self, path: Path, what: str = "the output") -> None:
         """Refuse to write `path` (an output folder, a report file) inside the input: it could
         overwrite an input file (an `audit --json` naming a label did), and no command writes

@@ -1110,9 +1110,7 @@ def load_training_data(
                         "splits; give the validation data with --val DATA (and --val-split for a split of it)")
     index = discover_noted(console, root, split, images, labels)
     if index.unlabelled:  # as complete notes them: a partly converted dataset must not train on a part silently
-        count = len(index.unlabelled)
-        console.print(f"note: {count} image{'s have' if count > 1 else ' has'} no label and {'are' if count > 1 else 'is'} "
-                      f"not trained on (first: {index.unlabelled[0]})", highlight=False)
+        console.print(f"note: {index.unlabelled_images_note('not trained on')}", highlight=False)
     scan = scan_training_labels(index, console)
     space, pairs, skipped = settle_label_space(index, scan, space_options, console)
     if not scan.histogram[: space.num_classes].any():
